@@ -1,0 +1,227 @@
+"""Read and write images in the layout ``cv2.imread(path, IMREAD_UNCHANGED)`` gives.
+
+Arrays are HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA), dtype uint8 or uint16, so the pipeline sees one
+layout whatever the file format. On top of plain OpenCV decoding, :func:`read_image`
+
+* refuses images above ``max_pixels`` from the header alone, before any pixel is decoded (decompression
+  bombs), with :class:`ImageTooLargeError`;
+* applies the EXIF orientation tag (phones store rotated JPEGs; cv2's IMREAD_UNCHANGED ignores the tag);
+* converts CMYK to BGR (OpenCV turns CMYK TIFF into BGRA with a fake opaque alpha; we drop it);
+* raises :class:`UnreadableImageError` naming the file for missing, corrupt or non-image input.
+
+PIL reads the header (size, format, mode, EXIF); OpenCV decodes, because it keeps 16-bit colour, which
+PIL does not. PIL decodes only what OpenCV cannot (e.g. GIF).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest image (width x height) read by default: 40 MP, ~120 MB as uint8 BGR before any upscaling."""
+
+WRITE_FORMATS = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg", ".webp": ".webp", ".bmp": ".bmp"}
+WRITE_FORMATS |= {".tif": ".tiff", ".tiff": ".tiff"}
+
+_EXIF_ORIENTATION = 0x0112
+
+
+class ImageReadError(ValueError):
+    """Base class for images that cannot be turned into an array; the message names the source."""
+
+
+class UnreadableImageError(ImageReadError):
+    """Missing, corrupt or not an image (or a pixel type this project does not handle)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The header announces more pixels than allowed; raised before decoding."""
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as cv2 does with IMREAD_UNCHANGED, plus EXIF orientation and CMYK→BGR.
+
+    ``max_pixels=None`` lifts our limit (PIL's own hard limit, ~179 MP, still applies).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UnreadableImageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UnreadableImageError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    return read_image_bytes(data, max_pixels=max_pixels, name=str(path))
+
+
+def read_image_bytes(
+    data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "<image bytes>"
+) -> np.ndarray:
+    """Decode an encoded image held in memory (uploads); same rules as :func:`read_image`."""
+    if max_pixels is not None and max_pixels <= 0:
+        raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
+    if not data:
+        raise UnreadableImageError(f"{name}: empty file")
+    header = _open_header(data, name)
+    width, height = header.size
+    _check_size(width, height, max_pixels, name)
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        img = _decode_with_pil(header, name)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise UnreadableImageError(f"{name}: unsupported pixel type {img.dtype} (only 8- and 16-bit images)")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if header.mode == "CMYK" and img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]
+    _check_size(img.shape[1], img.shape[0], max_pixels, name)
+    return np.ascontiguousarray(_apply_orientation(img, _orientation(header)))
+
+
+def _open_header(data: bytes, name: str) -> Image.Image:
+    """Parse only the header; PIL decodes nothing until asked."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(f"{name}: not an image or corrupt ({exc})") from None
+
+
+def _check_size(width: int, height: int, max_pixels: int | None, name: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} = {width * height / 1e6:.1f} MP is above the limit of "
+            f"{max_pixels / 1e6:.1f} MP; downscale it first or raise max_pixels"
+        )
+
+
+def _orientation(header: Image.Image) -> int:
+    """EXIF orientation (1..8), read without decoding pixels."""
+    try:
+        if header.format == "PNG":
+            # PngImageFile.getexif() decodes the whole image to look for a trailing eXIf chunk; only the
+            # eXIf chunk before the pixel data (where writers put it) is honoured.
+            raw = header.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = header.getexif()
+        value = int(exif.get(_EXIF_ORIENTATION, 1))
+    except Exception:  # malformed EXIF must not make a readable image unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn pixels the way EXIF says the camera held them (same result as PIL's exif_transpose)."""
+    if orientation == 2:
+        return img[:, ::-1]
+    if orientation == 3:
+        return img[::-1, ::-1]
+    if orientation == 4:
+        return img[::-1]
+    if orientation == 5:
+        return img.swapaxes(0, 1)
+    if orientation == 6:
+        return img.swapaxes(0, 1)[:, ::-1]
+    if orientation == 7:
+        return img.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return img.swapaxes(0, 1)[::-1]
+    return img
+
+
+def _decode_with_pil(header: Image.Image, name: str) -> np.ndarray:
+    """Fallback decoder for files OpenCV rejects; returns the cv2 layout."""
+    try:
+        header.load()
+    except Exception as exc:
+        raise UnreadableImageError(f"{name}: corrupt or truncated image ({exc})") from None
+    im = header
+    if im.mode in ("I;16", "I;16L", "I;16B"):
+        return np.asarray(im, dtype=np.uint16).copy()
+    if im.mode in ("1", "L"):
+        return np.asarray(im.convert("L")).copy()
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    rgb = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+    return cv2.cvtColor(rgb, cv2.COLOR_RGBA2BGRA if has_alpha else cv2.COLOR_RGB2BGR)
+
+
+def encode_image(img: np.ndarray, ext: str = ".png", quality: int = 95) -> bytes:
+    """Encode an array in the cv2 layout to file bytes of format ``ext``.
+
+    PNG and TIFF keep everything (8/16-bit, gray, BGR, BGRA). The others are 8-bit only: 16-bit is
+    rounded to 8-bit. JPEG has no alpha: BGRA is composited over white. WebP has no gray mode (readers
+    get BGR back). ``quality`` (1-100) applies to JPEG and WebP; WebP at 100 is written lossless.
+    """
+    fmt = WRITE_FORMATS.get(ext.lower() if ext.startswith(".") else "." + ext.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write '{ext}' images; use one of {sorted(WRITE_FORMATS)}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"quality must be in [1, 100], got {quality}")
+    img = _validated(img)
+    params: list[int] = []
+    if fmt in (".jpg", ".webp", ".bmp") and img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
+    if fmt == ".jpg":
+        if img.ndim == 3 and img.shape[2] == 4:
+            img = _over_white(img)
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    elif fmt == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101 if quality == 100 else int(quality)]
+    ok, buf = cv2.imencode(fmt, img, params)
+    if not ok:
+        raise OSError(f"OpenCV could not encode a {img.shape} {img.dtype} image as {fmt}")
+    return buf.tobytes()
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray, quality: int = 95) -> Path:
+    """Write ``img`` (cv2 layout) to ``path``; the format follows the suffix (see :func:`encode_image`).
+
+    Parent folders are created; the file appears atomically (temp file + rename), so a reader never
+    sees half an image.
+    """
+    path = Path(path)
+    data = encode_image(img, path.suffix, quality)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _validated(img: np.ndarray) -> np.ndarray:
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {type(img).__name__}")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected a uint8 or uint16 image, got {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))) or 0 in img.shape:
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {img.shape}")
+    return np.ascontiguousarray(img)
+
+
+def _over_white(bgra: np.ndarray) -> np.ndarray:
+    """Composite BGRA (uint8) over a white background: what viewers show for transparent pixels."""
+    alpha = bgra[:, :, 3:4].astype(np.float32) / 255.0
+    out = bgra[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)

@@ -1,0 +1,193 @@
+"""gfp.imageio: formats, EXIF orientation, alpha, gray, 16-bit, CMYK, size limit, bad files."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from gfp.imageio import (
+    ImageTooLargeError,
+    UnreadableImageError,
+    encode_image,
+    read_image,
+    read_image_bytes,
+    write_image,
+)
+
+
+def _smooth_bgr(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
+    """A smooth colour image (lossy codecs keep it close) with an asymmetric layout."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".bmp", ".webp", ".jpg"])
+@pytest.mark.parametrize("layout", ["bgr", "gray", "bgra"])
+def test_round_trip(tmp_path: Path, ext: str, layout: str) -> None:
+    bgr = _smooth_bgr()
+    img = {"bgr": bgr, "gray": bgr[:, :, 1].copy(), "bgra": np.dstack([bgr, bgr[:, :, 0]])}[layout]
+    out = read_image(write_image(tmp_path / f"x{ext}", img, quality=100))
+    lossless = ext in (".png", ".tif", ".bmp", ".webp")  # webp at quality 100 is lossless
+    expected = img
+    if ext == ".jpg" and layout == "bgra":  # no alpha in JPEG: composited over white
+        a = img[:, :, 3:].astype(np.float64) / 255
+        expected = np.round(img[:, :, :3] * a + 255 * (1 - a)).astype(np.uint8)
+    if ext == ".webp" and layout == "gray":  # WebP has no gray mode
+        expected = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    assert out.shape == expected.shape and out.dtype == np.uint8
+    diff = np.abs(out.astype(int) - expected.astype(int))
+    if ext == ".webp" and layout == "bgra":  # libwebp may change the colour of fully transparent pixels
+        diff = diff[img[:, :, 3] > 0]
+    if lossless:
+        assert diff.max() == 0
+    else:
+        assert diff.mean() < 3
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.parametrize("channels", [0, 3, 4])
+def test_16bit_stays_16bit(tmp_path: Path, ext: str, channels: int) -> None:
+    rng = np.random.default_rng(1)
+    shape = (20, 30) if channels == 0 else (20, 30, channels)
+    img = rng.integers(0, 65536, shape, dtype=np.uint16)
+    out = read_image(write_image(tmp_path / f"x{ext}", img))
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, img)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".webp", ".bmp"])
+def test_16bit_to_8bit_formats_scales_down(tmp_path: Path, ext: str) -> None:
+    img8 = _smooth_bgr()
+    out = read_image(write_image(tmp_path / f"x{ext}", img8.astype(np.uint16) * 257, quality=100))
+    assert out.dtype == np.uint8
+    assert np.abs(out.astype(int) - img8.astype(int)).mean() < 3
+
+
+def test_matches_cv2_imread_layout(tmp_path: Path) -> None:
+    img = np.dstack([_smooth_bgr(), np.full((48, 64), 7, np.uint8)])
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), cv2.imread(str(tmp_path / "a.png"), -1))
+
+
+def _with_orientation(img_rgb: np.ndarray, fmt: str, orientation: int, **kw) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(img_rgb).save(buf, fmt, exif=exif.tobytes(), **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pil_lossless(orientation: int) -> None:
+    rgb = _smooth_bgr(30, 50)[:, :, ::-1].copy()
+    data = _with_orientation(rgb, "PNG", orientation)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))[:, :, ::-1]
+    out = read_image_bytes(data)
+    assert out.shape == expected.shape
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_jpeg(tmp_path: Path, orientation: int) -> None:
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:20, :30] = (255, 0, 0)  # red top-left quadrant marks where "up" went
+    (tmp_path / "o.jpg").write_bytes(_with_orientation(rgb, "JPEG", orientation, quality=95))
+    out = read_image(tmp_path / "o.jpg")
+    red = (out[:, :, 2] > 200) & (out[:, :, 1] < 60)
+    if orientation == 3:  # rotated 180: red quadrant at bottom-right
+        assert out.shape[:2] == (40, 60) and red[30, 45] and not red[10, 15]
+    elif orientation == 6:  # rotate 90 cw: red at top-right, portrait
+        assert out.shape[:2] == (60, 40) and red[10, 30] and not red[10, 10]
+    else:  # 8: rotate 90 ccw: red at bottom-left
+        assert out.shape[:2] == (60, 40) and red[50, 10] and not red[10, 10]
+
+
+def test_cmyk_jpeg_and_tiff_become_bgr(tmp_path: Path) -> None:
+    rgb = _smooth_bgr()[:, :, ::-1].copy()
+    for fmt, ext in (("JPEG", ".jpg"), ("TIFF", ".tif")):
+        Image.fromarray(rgb).convert("CMYK").save(tmp_path / f"c{ext}", fmt, quality=95)
+        out = read_image(tmp_path / f"c{ext}")
+        assert out.shape == (48, 64, 3) and out.dtype == np.uint8
+        expected = np.asarray(Image.open(tmp_path / f"c{ext}").convert("RGB"))[:, :, ::-1]
+        assert np.abs(out.astype(int) - expected.astype(int)).max() <= 2, fmt
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_too_large_refused_from_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file has a header and no pixel data at all: refusing it proves nothing was decoded.
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded an image that the header already refused")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(8000, 6000))  # 48 MP > default 40 MP
+    with pytest.raises(ImageTooLargeError, match="bomb.png"):
+        read_image(tmp_path / "bomb.png")
+    (tmp_path / "huge.png").write_bytes(_png_header_only(100_000, 100_000))  # above PIL's hard limit
+    with pytest.raises(ImageTooLargeError, match="huge.png"):
+        read_image(tmp_path / "huge.png", max_pixels=None)
+
+
+def test_max_pixels_configurable(tmp_path: Path) -> None:
+    path = write_image(tmp_path / "s.png", _smooth_bgr(20, 30))
+    assert read_image(path, max_pixels=600).shape == (20, 30, 3)
+    with pytest.raises(ImageTooLargeError, match="limit"):
+        read_image(path, max_pixels=599)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"definitely not an image", b"\x89PNG\r\n\x1a\n garbage after the signature"]
+)
+def test_unreadable_names_file(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "bad.png").write_bytes(content)
+    with pytest.raises(UnreadableImageError, match="bad.png"):
+        read_image(tmp_path / "bad.png")
+
+
+def test_truncated_and_missing(tmp_path: Path) -> None:
+    data = encode_image(_smooth_bgr(), ".png")
+    (tmp_path / "cut.png").write_bytes(data[:60])
+    with pytest.raises(UnreadableImageError, match="cut.png"):
+        read_image(tmp_path / "cut.png")
+    with pytest.raises(UnreadableImageError, match="nope.png"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_fallback_decoder_for_formats_cv2_lacks() -> None:
+    rgb = _smooth_bgr()[:, :, ::-1].copy()
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("P").save(buf, "GIF")
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))[:, :, ::-1]
+    np.testing.assert_array_equal(read_image_bytes(buf.getvalue()), expected)
+
+
+def test_write_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot write"):
+        write_image(tmp_path / "x.gifx", _smooth_bgr())
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        write_image(tmp_path / "x.png", _smooth_bgr().astype(np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        write_image(tmp_path / "x.png", np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ValueError, match="quality"):
+        write_image(tmp_path / "x.jpg", _smooth_bgr(), quality=0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_creates_folders(tmp_path: Path) -> None:
+    out = write_image(tmp_path / "a" / "b" / "x.png", _smooth_bgr())
+    assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["x.png"]
