@@ -1,0 +1,25 @@
+"""GFPGAN networks: pure PyTorch modules, no I/O.
+
+- :mod:`gfp.archs.stylegan2_clean` — the StyleGAN2 face prior (clean ops) and its CS-SFT decoder.
+- :mod:`gfp.archs.stylegan2_v1` — the original StyleGAN2 layers (paper model, discriminators).
+- :mod:`gfp.archs.degradation_removal` — U-Net blocks that remove degradations.
+- :mod:`gfp.archs.cs_sft` — channel-split spatial feature transform.
+- :mod:`gfp.archs.gfpgan` — the generators that put those stages together.
+- :mod:`gfp.archs.config` — configs, building, and recognising a checkpoint's layout.
+"""
+
+from gfp.archs.config import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
+from gfp.archs.gfpgan import GFPGANClean, GFPGANv1
+from gfp.archs.stylegan2_clean import StyleGAN2Generator
+from gfp.archs.stylegan2_v1 import StyleGAN2GeneratorV1
+
+__all__ = [
+    "GFPGANClean",
+    "GFPGANv1",
+    "GeneratorConfig",
+    "StyleGAN2Generator",
+    "StyleGAN2GeneratorV1",
+    "UnknownArchitectureError",
+    "build_generator",
+    "detect_config",
+]

@@ -1,0 +1,198 @@
+"""GFPGAN generators: degradation removal → latent mapping → CS-SFT into a StyleGAN2 prior.
+
+``GFPGANClean`` is the architecture of the released v1.2, v1.3 and v1.4 models; ``GFPGANv1`` is the paper
+model (``GFPGANv1.pth``). Both share one forward pass and differ only in their layer types. Attribute
+names follow the official checkpoints, so ``params_ema`` loads with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from gfp.archs.degradation_removal import ResBlock as CleanResBlock
+from gfp.archs.degradation_removal import ResUpBlock
+from gfp.archs.stylegan2_clean import StyleGAN2Generator, stylegan_channels
+from gfp.archs.stylegan2_v1 import ConvLayer, EqualConv2d, EqualLinear, ScaledLeakyReLU, StyleGAN2GeneratorV1
+from gfp.archs.stylegan2_v1 import ResBlock as V1ResBlock
+
+
+class _GFPGAN(nn.Module):
+    """Shared forward of both GFPGAN variants; subclasses create the layers."""
+
+    conv_body_first: nn.Module
+    conv_body_down: nn.ModuleList
+    final_conv: nn.Module
+    conv_body_up: nn.ModuleList
+    toRGB: nn.ModuleList  # noqa: N815  (official checkpoint key)
+    final_linear: nn.Module
+    condition_scale: nn.ModuleList
+    condition_shift: nn.ModuleList
+    stylegan_decoder: StyleGAN2Generator
+
+    def __init__(
+        self,
+        out_size: int,
+        num_style_feat: int,
+        channel_multiplier: float,
+        narrow: float,
+        different_w: bool,
+        input_is_latent: bool,
+    ) -> None:
+        super().__init__()
+        self.out_size = out_size
+        self.log_size = int(math.log2(out_size))
+        self.num_style_feat = num_style_feat
+        self.different_w = different_w
+        self.input_is_latent = input_is_latent
+        # The U-Net is half as wide as the GAN prior.
+        self.unet_channels = stylegan_channels(channel_multiplier, narrow * 0.5)
+        num_latent = self.log_size * 2 - 2
+        self.latent_size = num_latent * num_style_feat if different_w else num_style_feat
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.conv_body_first(x)
+
+    def _bottleneck(self, feat: Tensor) -> Tensor:
+        return self.final_conv(feat)
+
+    def forward(
+        self,
+        x: Tensor,
+        return_rgb: bool = True,
+        randomize_noise: bool = False,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Restore ``x`` (RGB in [-1, 1], B×3×out_size×out_size).
+
+        Returns the restored image and, when ``return_rgb``, the U-Net's RGB outputs at each decoder
+        resolution (the pyramid restoration loss's targets). Noise is the checkpoint's fixed noise unless
+        ``randomize_noise`` (the official default) is set.
+        """
+        # Degradation removal: encoder down to 4x4.
+        feat = self._stem(x)
+        skips = []
+        for down in self.conv_body_down:
+            feat = down(feat)
+            skips.insert(0, feat)
+        feat = self._bottleneck(feat)
+
+        # Latent mapping: bottleneck → W (one code per decoder layer when different_w).
+        style_code = self.final_linear(feat.flatten(1))
+        if self.different_w:
+            style_code = style_code.view(style_code.size(0), -1, self.num_style_feat)
+
+        # Decoder: clean features at each resolution → CS-SFT conditions (+ RGB for the pyramid loss).
+        conditions = []
+        out_rgbs = []
+        for level, up in enumerate(self.conv_body_up):
+            feat = up(feat + skips[level])
+            conditions.append((self.condition_scale[level](feat), self.condition_shift[level](feat)))
+            if return_rgb:
+                out_rgbs.append(self.toRGB[level](feat))
+
+        image, _ = self.stylegan_decoder(
+            style_code, conditions, input_is_latent=self.input_is_latent, randomize_noise=randomize_noise
+        )
+        return image, out_rgbs
+
+
+class GFPGANClean(_GFPGAN):
+    """GFPGAN with the clean StyleGAN2 prior (v1.2, v1.3, v1.4: ``channel_multiplier=2``)."""
+
+    def __init__(
+        self,
+        out_size: int = 512,
+        num_style_feat: int = 512,
+        channel_multiplier: float = 2,
+        num_mlp: int = 8,
+        input_is_latent: bool = True,
+        different_w: bool = True,
+        narrow: float = 1.0,
+        sft_half: bool = True,
+    ) -> None:
+        super().__init__(out_size, num_style_feat, channel_multiplier, narrow, different_w, input_is_latent)
+        ch = self.unet_channels
+        self.conv_body_first = nn.Conv2d(3, ch[out_size], 1)
+        self.conv_body_down = nn.ModuleList(
+            CleanResBlock(ch[2**i], ch[2 ** (i - 1)], mode="down") for i in range(self.log_size, 2, -1)
+        )
+        self.final_conv = nn.Conv2d(ch[4], ch[4], 3, 1, 1)
+        self.conv_body_up = nn.ModuleList(
+            CleanResBlock(ch[2 ** (i - 1)], ch[2**i], mode="up") for i in range(3, self.log_size + 1)
+        )
+        self.toRGB = nn.ModuleList(nn.Conv2d(ch[2**i], 3, 1) for i in range(3, self.log_size + 1))
+        self.final_linear = nn.Linear(ch[4] * 4 * 4, self.latent_size)
+        self.stylegan_decoder = StyleGAN2Generator(
+            out_size, num_style_feat, num_mlp, channel_multiplier, narrow, sft_half=sft_half
+        )
+        self.condition_scale = nn.ModuleList()
+        self.condition_shift = nn.ModuleList()
+        for i in range(3, self.log_size + 1):
+            c = ch[2**i]
+            sft_c = c if sft_half else c * 2
+            for heads in (self.condition_scale, self.condition_shift):
+                heads.append(
+                    nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(c, sft_c, 3, 1, 1))
+                )
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(self.conv_body_first(x), 0.2)
+
+    def _bottleneck(self, feat: Tensor) -> Tensor:
+        return F.leaky_relu(self.final_conv(feat), 0.2)
+
+
+class GFPGANv1(_GFPGAN):
+    """The paper model: original StyleGAN2 layers throughout (``GFPGANv1.pth``: ``channel_multiplier=1``)."""
+
+    def __init__(
+        self,
+        out_size: int = 512,
+        num_style_feat: int = 512,
+        channel_multiplier: float = 1,
+        num_mlp: int = 8,
+        input_is_latent: bool = True,
+        different_w: bool = True,
+        narrow: float = 1.0,
+        sft_half: bool = True,
+        resample_kernel: tuple[int, ...] = (1, 3, 3, 1),
+        lr_mlp: float = 0.01,
+    ) -> None:
+        super().__init__(out_size, num_style_feat, channel_multiplier, narrow, different_w, input_is_latent)
+        ch = self.unet_channels
+        self.conv_body_first = ConvLayer(3, ch[out_size], 1)
+        self.conv_body_down = nn.ModuleList(
+            V1ResBlock(ch[2**i], ch[2 ** (i - 1)], resample_kernel) for i in range(self.log_size, 2, -1)
+        )
+        self.final_conv = ConvLayer(ch[4], ch[4], 3)
+        self.conv_body_up = nn.ModuleList(
+            ResUpBlock(ch[2 ** (i - 1)], ch[2**i]) for i in range(3, self.log_size + 1)
+        )
+        self.toRGB = nn.ModuleList(EqualConv2d(ch[2**i], 3, 1) for i in range(3, self.log_size + 1))
+        self.final_linear = EqualLinear(ch[4] * 4 * 4, self.latent_size)
+        self.stylegan_decoder = StyleGAN2GeneratorV1(
+            out_size,
+            num_style_feat,
+            num_mlp,
+            channel_multiplier,
+            narrow,
+            sft_half=sft_half,
+            resample_kernel=resample_kernel,
+            lr_mlp=lr_mlp,
+        )
+        self.condition_scale = nn.ModuleList()
+        self.condition_shift = nn.ModuleList()
+        for i in range(3, self.log_size + 1):
+            c = ch[2**i]
+            sft_c = c if sft_half else c * 2
+            # The scale head starts at 1 (identity modulation), the shift head at 0.
+            for heads, last_bias in ((self.condition_scale, 1.0), (self.condition_shift, 0.0)):
+                heads.append(
+                    nn.Sequential(
+                        EqualConv2d(c, c, 3, padding=1),
+                        ScaledLeakyReLU(0.2),
+                        EqualConv2d(c, sft_c, 3, padding=1, bias_init_val=last_bias),
+                    )
+                )
