@@ -1,0 +1,112 @@
+"""Config detection on each official layout, config validation, and the deterministic default."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gfp  # noqa: F401  (torchvision shim before basicsr)
+from gfp.archs import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
+
+
+def _official_state(arch: str, channel_multiplier: int, out_size: int = 512, narrow: float = 1.0) -> dict:
+    """State dict of the official module with the official inference config (shapes are what matter)."""
+    from gfpgan.archs.gfpganv1_arch import GFPGANv1
+    from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
+
+    cls = GFPGANv1Clean if arch == "clean" else GFPGANv1
+    with torch.device("meta"):
+        net = cls(
+            out_size=out_size,
+            num_style_feat=512,
+            channel_multiplier=channel_multiplier,
+            decoder_load_path=None,
+            fix_decoder=False,
+            num_mlp=8,
+            input_is_latent=True,
+            different_w=True,
+            narrow=narrow,
+            sft_half=True,
+        )
+    return net.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("name", "arch", "channel_multiplier"),
+    [
+        ("GFPGANv1.pth", "v1", 1),
+        ("GFPGANCleanv1-NoCE-C2.pth", "clean", 2),
+        ("GFPGANv1.3.pth / GFPGANv1.4.pth", "clean", 2),
+    ],
+)
+def test_detects_each_official_layout(name, arch, channel_multiplier):
+    config = detect_config(_official_state(arch, channel_multiplier))
+    assert config == GeneratorConfig(arch=arch, out_size=512, channel_multiplier=channel_multiplier), name
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        GeneratorConfig(arch="clean", out_size=64, channel_multiplier=1, narrow=0.25, num_style_feat=64),
+        GeneratorConfig(arch="v1", out_size=128, channel_multiplier=2, narrow=0.5, num_mlp=2),
+        GeneratorConfig(arch="clean", out_size=256, channel_multiplier=2, narrow=0.125, sft_half=False),
+        GeneratorConfig(arch="v1", out_size=32, channel_multiplier=1, narrow=0.125, different_w=False),
+    ],
+)
+def test_detection_round_trips_custom_configs(config):
+    with torch.device("meta"):
+        state = build_generator(config).state_dict()
+    assert detect_config(state) == config
+
+
+def test_rejects_other_networks_clearly():
+    resnet = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 2)).state_dict()
+    with pytest.raises(UnknownArchitectureError, match="not a GFPGAN"):
+        detect_config(resnet)
+
+
+def test_rejects_a_truncated_gfpgan_state_dict():
+    state = _official_state("clean", 2, out_size=64, narrow=0.25)
+    del state["stylegan_decoder.to_rgbs.1.bias"]
+    with pytest.raises(UnknownArchitectureError, match="missing"):
+        detect_config(state)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"arch": "bilinear"}, {"out_size": 500}, {"out_size": 2048}, {"narrow": 0}]
+)
+def test_config_validation(kwargs):
+    with pytest.raises(ValueError):
+        GeneratorConfig(**kwargs)
+
+
+def test_config_dict_round_trip_ignores_format_markers():
+    config = GeneratorConfig(arch="v1", out_size=128, channel_multiplier=1, narrow=0.5)
+    data = config.to_dict() | {"format": "gfp-generator", "format_version": 1}
+    assert GeneratorConfig.from_dict(data) == config
+
+
+def test_default_forward_is_deterministic_and_random_noise_is_opt_in():
+    torch.manual_seed(0)
+    net = build_generator(GeneratorConfig(out_size=32, narrow=0.125, num_style_feat=32)).eval()
+    with torch.no_grad():
+        for conv in net.stylegan_decoder.style_convs:
+            conv.weight.fill_(0.5)  # noise strength: make noise visible
+        x = torch.rand(1, 3, 32, 32) * 2 - 1
+        first, _ = net(x, return_rgb=False)
+        second, _ = net(x, return_rgb=False)
+        noisy, _ = net(x, return_rgb=False, randomize_noise=True)
+    assert torch.equal(first, second)
+    assert not torch.allclose(first, noisy)
+
+
+def test_cs_sft_leaves_half_the_channels_untouched():
+    from gfp.archs.cs_sft import channel_split_sft
+
+    feat = torch.randn(2, 8, 4, 4)
+    scale, shift = torch.full((2, 4, 4, 4), 2.0), torch.ones(2, 4, 4, 4)
+    out = channel_split_sft(feat, scale, shift, half=True)
+    assert torch.equal(out[:, :4], feat[:, :4])
+    assert torch.allclose(out[:, 4:], feat[:, 4:] * 2 + 1)
+    full = channel_split_sft(feat, torch.full_like(feat, 2.0), torch.ones_like(feat), half=False)
+    assert torch.allclose(full, feat * 2 + 1)
