@@ -1,0 +1,183 @@
+"""Face detection (RetinaFace, 5 landmarks) and alignment to the FFHQ template.
+
+This reproduces what the official pipeline does through facexlib's ``FaceRestoreHelper``
+(``get_face_landmarks_5`` + ``align_warp_face``) as plain functions over facexlib's detector *network*:
+no per-image state lives on any object, so one detector can serve many threads. Preprocessing, decoding,
+thresholds and the warp settings are the official ones, so that given the same weights our crops equal
+the official crops.
+
+Weights are not loaded here (see :mod:`gfp.loading`); :func:`build_detector` only builds the network.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+DETECTORS: dict[str, str] = {"retinaface_resnet50": "resnet50", "retinaface_mobile0.25": "mobile0.25"}
+"""Detector model names (as in :data:`gfp.loading.MODEL_ZOO`) → facexlib RetinaFace backbone names."""
+
+FFHQ_TEMPLATE_512 = np.array(
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.1936],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ]
+)
+"""Where the 5 landmarks (left eye, right eye, nose, left and right mouth corner) sit in a 512 FFHQ face."""
+
+CONF_THRESHOLD = 0.97
+"""Detection score threshold the official helper passes to RetinaFace."""
+NMS_THRESHOLD = 0.4
+EYE_DIST_THRESHOLD = 5.0
+"""Faces whose eyes are closer than this many pixels (side or tiny faces) are skipped, as officially."""
+BORDER_VALUE = (135, 133, 132)
+"""Gray fill for the parts of an aligned crop that fall outside the image (official value)."""
+
+_BGR_MEAN = (104.0, 117.0, 123.0)
+_VARIANCE = (0.1, 0.2)
+_MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+_STEPS = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces found in one image, in the official order (descending score, after NMS)."""
+
+    boxes: np.ndarray
+    """(N, 5) float32: x1, y1, x2, y2, score."""
+    landmarks: np.ndarray
+    """(N, 5, 2) float32: left eye, right eye, nose, left mouth corner, right mouth corner (x, y)."""
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def build_detector(name: str = "retinaface_resnet50") -> nn.Module:
+    """Build facexlib's RetinaFace network for ``name`` (random weights, CPU, eval mode)."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}")
+    from facexlib.detection.retinaface import RetinaFace
+
+    with warnings.catch_warnings():  # facexlib passes torchvision's deprecated `pretrained=False`
+        warnings.simplefilter("ignore", UserWarning)
+        net = RetinaFace(network_name=DETECTORS[name], half=False, device=torch.device("cpu"))
+    return net.eval()
+
+
+def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix that DataParallel left on some facexlib detector checkpoints."""
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+
+
+def _priors(height: int, width: int) -> torch.Tensor:
+    """RetinaFace anchors (cx, cy, w, h), normalised, in facexlib PriorBox order; vectorised but equal."""
+    rows = []
+    for step, min_sizes in zip(_STEPS, _MIN_SIZES, strict=True):
+        fh, fw = -(-height // step), -(-width // step)
+        cy = ((np.arange(fh, dtype=np.float64) + 0.5) * step) / height
+        cx = ((np.arange(fw, dtype=np.float64) + 0.5) * step) / width
+        grid_y, grid_x = np.meshgrid(cy, cx, indexing="ij")
+        per_size = [
+            np.stack(
+                [grid_x, grid_y, np.full_like(grid_x, m / width), np.full_like(grid_x, m / height)], axis=-1
+            )
+            for m in min_sizes
+        ]
+        rows.append(np.stack(per_size, axis=2).reshape(-1, 4))
+    return torch.from_numpy(np.concatenate(rows).astype(np.float32))
+
+
+def _decode(loc: torch.Tensor, ldm: torch.Tensor, priors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undo the SSD box/landmark encoding (same arithmetic order as facexlib's decode/decode_landm)."""
+    centers, sizes = priors[:, :2], priors[:, 2:]
+    shifted = centers + loc[:, :2] * _VARIANCE[0] * sizes
+    boxes = torch.cat((shifted, sizes * torch.exp(loc[:, 2:] * _VARIANCE[1])), 1)
+    boxes[:, :2] -= boxes[:, 2:] / 2
+    boxes[:, 2:] += boxes[:, :2]
+    points = torch.cat([centers + ldm[:, 2 * i : 2 * i + 2] * _VARIANCE[0] * sizes for i in range(5)], dim=1)
+    return boxes, points
+
+
+@torch.inference_mode()
+def detect_faces(
+    detector: nn.Module,
+    img: np.ndarray,
+    conf_threshold: float = CONF_THRESHOLD,
+    nms_threshold: float = NMS_THRESHOLD,
+    eye_dist_threshold: float | None = EYE_DIST_THRESHOLD,
+    only_center_face: bool = False,
+) -> Detections:
+    """Detect faces and 5 landmarks in a BGR image (uint8, or float in [0, 255]) at its original size.
+
+    Matches facexlib ``RetinaFace.detect_faces(img, 0.97)`` followed by the helper's eye-distance filter and
+    its ``only_center_face`` choice (the face whose box centre is nearest the image centre).
+    """
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"detect_faces expects an HxWx3 BGR image, got shape {img.shape}")
+    height, width = img.shape[:2]
+    device = next(detector.parameters()).device
+    dtype = next(detector.parameters()).dtype
+    x = torch.from_numpy(np.ascontiguousarray(img.astype(np.float32).transpose(2, 0, 1))).unsqueeze(0)
+    x = x.to(device) - torch.tensor(_BGR_MEAN, device=device).view(1, 3, 1, 1)
+    loc, conf, ldm = detector(x.to(dtype))
+    boxes, points = _decode(loc[0].float(), ldm[0].float(), _priors(height, width).to(device))
+    boxes = (boxes * torch.tensor([width, height] * 2, dtype=torch.float32, device=device)).cpu().numpy()
+    points = (points * torch.tensor([width, height] * 5, dtype=torch.float32, device=device)).cpu().numpy()
+    scores = conf[0, :, 1].float().cpu().numpy()
+
+    keep = np.where(scores > conf_threshold)[0]
+    order = keep[scores[keep].argsort()[::-1]]
+    dets = np.hstack((boxes[order], scores[order, None])).astype(np.float32, copy=False)
+    points = points[order]
+    nms_keep = torchvision.ops.nms(torch.from_numpy(dets[:, :4]), torch.from_numpy(dets[:, 4]), nms_threshold)
+    dets, points = dets[nms_keep.numpy()], points[nms_keep.numpy()].reshape(-1, 5, 2)
+
+    if eye_dist_threshold is not None and len(dets):
+        eye_dist = np.linalg.norm(points[:, 0] - points[:, 1], axis=1)
+        wide = eye_dist >= eye_dist_threshold
+        dets, points = dets[wide], points[wide]
+    if only_center_face and len(dets) > 1:
+        centers = (dets[:, 0:2] + dets[:, 2:4]) / 2
+        idx = int(np.argmin(np.linalg.norm(centers - np.array([width / 2, height / 2]), axis=1)))
+        dets, points = dets[idx : idx + 1], points[idx : idx + 1]
+    return Detections(boxes=np.ascontiguousarray(dets), landmarks=np.ascontiguousarray(points))
+
+
+def face_template(face_size: int = 512) -> np.ndarray:
+    """The FFHQ 5-point template scaled to a ``face_size`` square crop."""
+    return FFHQ_TEMPLATE_512 * (face_size / 512.0)
+
+
+def alignment_matrix(landmarks: np.ndarray, face_size: int = 512) -> np.ndarray:
+    """2x3 similarity transform from image to crop (OpenCV LMEDS fit, as the official helper)."""
+    matrix = cv2.estimateAffinePartial2D(landmarks, face_template(face_size), method=cv2.LMEDS)[0]
+    if matrix is None:
+        raise ValueError("could not fit an alignment transform to these landmarks (degenerate points)")
+    return matrix
+
+
+def align_faces(
+    img: np.ndarray, landmarks: np.ndarray, face_size: int = 512
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Warp each face of ``img`` to a ``face_size`` FFHQ-aligned crop; returns (crops, affine matrices).
+
+    Outside the image the crop is filled with the official constant gray; interpolation is bilinear.
+    """
+    crops, matrices = [], []
+    for points in landmarks:
+        matrix = alignment_matrix(points, face_size)
+        crop = cv2.warpAffine(
+            img, matrix, (face_size, face_size), borderMode=cv2.BORDER_CONSTANT, borderValue=BORDER_VALUE
+        )
+        crops.append(crop)
+        matrices.append(matrix)
+    return crops, matrices
