@@ -1,1 +1,512 @@
-"""Gradio app for the Hugging Face Space (placeholder until the app issue lands)."""
+"""Gradio app (the Hugging Face Space) for gfp blind face restoration.
+
+Drop a photo, compare before and after on a slider, look at every face before and after, and download
+the full-resolution result as the exact file (PNG by default, so alpha and 16-bit survive). The same
+function is the API endpoint ``/restore`` (gradio_client) and an MCP tool.
+
+    python app.py                                  # http://127.0.0.1:7860, GFPGAN v1.4
+    python app.py --model owner/repo --device cuda # add a Hub model (or a file path) and make it the default
+
+Every flag has an environment variable (shown by ``--help``) so a Space can be configured without code.
+Networks are loaded lazily, once per model, into one shared :class:`gfp.pipeline.Restorer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import gradio as gr
+import numpy as np
+
+import gfp  # noqa: F401  (installs the torchvision shim before anything imports basicsr)
+from gfp.imageio import ImageReadError, read_image, write_image
+from gfp.loading import WeightsNotFoundError, resolve_weights, select_device
+from gfp.pipeline import RestoreOptions, Restorer
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = ROOT / "examples"
+
+MODEL_CHOICES: list[tuple[str, str]] = [
+    ("GFPGAN v1.4", "v1.4"),
+    ("GFPGAN v1.3", "v1.3"),
+    ("GFPGAN v1.2", "v1.2"),
+    ("GFPGAN v1 (paper)", "v1"),
+]
+DETECTOR_CHOICES: list[tuple[str, str]] = [
+    ("RetinaFace ResNet-50", "retinaface_resnet50"),
+    ("RetinaFace MobileNet-0.25 (fast)", "retinaface_mobile0.25"),
+]
+BACKGROUND_CHOICES: list[tuple[str, str]] = [("Real-ESRGAN", "realesrgan"), ("none", "none")]
+FORMATS: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WebP": ".webp"}
+
+HARD_MAX_PIXELS = 40_000_000
+"""Uploads larger than this are refused (decompression bombs); smaller ones above the budget are scaled."""
+PREVIEW_MAX_SIDE = 2048
+"""The slider and gallery show at most this many pixels per side; the download is always full size."""
+OUTPUT_TTL_S = 3600
+"""Result files older than this are deleted from the app's output folder on the next request."""
+
+EXAMPLES = [
+    "astronaut_blur_jpeg.jpg",
+    "astronaut_noise.jpg",
+    "astronaut_lowres.png",
+    "old_photo.jpg",
+    "group_photo.jpg",
+    "astronaut_alpha.png",
+]
+"""Degraded public-domain photos made by examples/make_examples.py (see examples/README.md)."""
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything the app is configured with at launch (flags or environment variables)."""
+
+    models: tuple[str, ...] = ()
+    weights_dir: str | None = None
+    server_name: str = "127.0.0.1"
+    port: int | None = None
+    share: bool = False
+    device: str = "auto"
+    detector: str = "retinaface_resnet50"
+    background: str = "realesrgan"
+    concurrency: int | None = None
+    max_pixels: int | None = None
+    mcp: bool = True
+
+
+def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
+    """Read the app settings from command-line flags, falling back to environment variables."""
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description="gfp face restoration: Gradio app / Hugging Face Space")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="extra model: a checkpoint path, a folder from save_pretrained, a Hub repo id or a zoo name; "
+        "repeatable, the first becomes the default (env GFP_MODEL, comma-separated)",
+    )
+    parser.add_argument(
+        "--weights-dir", default=env("GFP_WEIGHTS_DIR"), help="folder with weight files (env GFP_WEIGHTS_DIR)"
+    )
+    parser.add_argument(
+        "--server-name",
+        default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to listen on; 0.0.0.0 for the network (env GRADIO_SERVER_NAME)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=_env_int("GRADIO_SERVER_PORT", None),
+        help="port; default the first free one from 7860 (env GRADIO_SERVER_PORT)",
+    )
+    parser.add_argument(
+        "--share", action="store_true", default=_env_flag("GRADIO_SHARE"), help="public gradio.live link"
+    )
+    parser.add_argument(
+        "--device", default=env("GFP_DEVICE", "auto"), help="auto, cpu, cuda, cuda:1, mps (env GFP_DEVICE)"
+    )
+    parser.add_argument(
+        "--detector",
+        default=env("GFP_DETECTOR", "retinaface_resnet50"),
+        choices=[value for _, value in DETECTOR_CHOICES],
+        help="default face detector (env GFP_DETECTOR)",
+    )
+    parser.add_argument(
+        "--bg-upsampler",
+        dest="background",
+        default=env("GFP_BG_UPSAMPLER", "realesrgan"),
+        choices=[value for _, value in BACKGROUND_CHOICES],
+        help="default background upsampler (env GFP_BG_UPSAMPLER)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=_env_int("GFP_CONCURRENCY", None),
+        help="requests processed at once; default 1 on CPU, 2 on GPU (env GFP_CONCURRENCY)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=_env_int("GFP_MAX_PIXELS", None),
+        help="inputs above this many pixels are downscaled first; default 2 MP on CPU, 8 MP on GPU "
+        "(env GFP_MAX_PIXELS)",
+    )
+    parser.add_argument(
+        "--no-mcp",
+        dest="mcp",
+        action="store_false",
+        default=not _env_flag("GFP_NO_MCP"),
+        help="do not serve the MCP tool (env GFP_NO_MCP=1)",
+    )
+    args = parser.parse_args(argv)
+    models = (
+        args.model if args.model is not None else [m for m in env("GFP_MODEL", "").split(",") if m.strip()]
+    )
+    for name, value in (("--concurrency", args.concurrency), ("--max-pixels", args.max_pixels)):
+        if value is not None and value < 1:
+            parser.error(f"{name} must be at least 1, got {value}")
+    return AppSettings(
+        models=tuple(m.strip() for m in models if m.strip()),
+        weights_dir=args.weights_dir,
+        server_name=args.server_name,
+        port=args.port,
+        share=args.share,
+        device=args.device,
+        detector=args.detector,
+        background=args.background,
+        concurrency=args.concurrency,
+        max_pixels=args.max_pixels,
+        mcp=args.mcp,
+    )
+
+
+def model_choices(extra: Sequence[str]) -> list[tuple[str, str]]:
+    """The model dropdown: launch-time models first (the first is the default), then the official ones."""
+    zoo = {value for _, value in MODEL_CHOICES}
+    added = [(_model_label(spec), spec) for spec in dict.fromkeys(extra) if spec not in zoo]
+    first = [choice for choice in MODEL_CHOICES if extra and choice[1] == extra[0]]
+    rest = [choice for choice in MODEL_CHOICES if choice not in first]
+    return (first + added + rest) if first else (added + rest)
+
+
+def _model_label(spec: str) -> str:
+    path = Path(spec)
+    return f"{path.name} (local)" if path.exists() else spec
+
+
+def missing_weights(settings: AppSettings) -> list[str]:
+    """Try to get the default model, detector and upsampler weights; return the error message of each miss.
+
+    On a Space this downloads them at startup (before the first request), offline it explains what to put
+    where: the messages come from :class:`gfp.loading.WeightsNotFoundError`.
+    """
+    wanted = [model_choices(settings.models)[0][1], settings.detector]
+    if settings.background == "realesrgan":
+        wanted.append("RealESRGAN_x2plus")
+    messages = []
+    for spec in wanted:
+        try:
+            resolve_weights(spec, settings.weights_dir)
+        except WeightsNotFoundError as exc:
+            messages.append(str(exc))
+    return messages
+
+
+def _banner(messages: Sequence[str]) -> str:
+    if not messages:
+        return ""
+    details = "\n\n".join(f"```\n{m}\n```" for m in messages)
+    return (
+        "### ⚠️ Some weights are missing\n"
+        "The app runs, but requests that need these files will fail until you provide them: put the files "
+        "in the weights folder (`--weights-dir` / `GFP_WEIGHTS_DIR`), pass a path or Hub repo id with "
+        "`--model`, or give the machine internet access so they download.\n\n" + details
+    )
+
+
+def _as_display(img: np.ndarray) -> np.ndarray:
+    """cv2 layout (any depth) -> 8-bit RGB/RGBA for gradio's image widgets, at most PREVIEW_MAX_SIDE."""
+    if img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    side = max(img.shape[:2])
+    if side > PREVIEW_MAX_SIDE:
+        scale = PREVIEW_MAX_SIDE / side
+        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return img
+
+
+def _read_upload(image: dict[str, Any] | str | None) -> tuple[np.ndarray, str]:
+    """Decode the uploaded file itself (not gradio's PIL preprocessing) and name the result after it.
+
+    gradio's image preprocessing drops alpha and 16-bit and fails with a technical message on a bad file;
+    reading the file with gfp.imageio keeps every layout, applies EXIF orientation and gives clear errors.
+    ``image`` is gradio's raw FileData dict (the event runs with preprocess=False) or, for direct calls,
+    a path.
+    """
+    if isinstance(image, dict):
+        path, name = image.get("path"), image.get("orig_name") or image.get("path")
+    else:
+        path, name = image, image
+    if not path:
+        raise gr.Error("Please upload a photo first.")
+    try:
+        img = read_image(path, max_pixels=HARD_MAX_PIXELS)
+    except ImageReadError as exc:
+        shown = str(exc).replace(str(path), Path(str(name)).name)  # no server paths in user messages
+        raise gr.Error(f"Could not use this file: {shown}") from None
+    return img, Path(str(name)).stem[:60] or "photo"
+
+
+def _fit_budget(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str | None]:
+    """Downscale (area averaging) so that width x height <= max_pixels; say so when it happens."""
+    h, w = img.shape[:2]
+    if h * w <= max_pixels:
+        return img, None
+    scale = math.sqrt(max_pixels / (h * w))
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return small, (
+        f"The photo ({w}x{h}) is above this app's budget of {max_pixels / 1e6:.1f} MP and was downscaled "
+        f"to {size[0]}x{size[1]} first."
+    )
+
+
+def _face_pairs(
+    cropped: Sequence[np.ndarray], restored: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, str]]:
+    """One gallery tile per face: the aligned crop before (left) and after (right)."""
+    tiles = []
+    for i, (before, after) in enumerate(zip(cropped, restored, strict=False)):
+        if after.shape != before.shape:
+            after = cv2.resize(after, (before.shape[1], before.shape[0]), interpolation=cv2.INTER_AREA)
+        tiles.append((_as_display(np.hstack([before, after])), f"Face {i + 1}: before | after"))
+    return tiles
+
+
+def _status(result: Any, n_faces: int, model: str, out_shape: tuple[int, ...], fmt: str) -> str:
+    stages = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
+    faces = f"{n_faces} face{'s' if n_faces != 1 else ''} found"
+    return (
+        f"{faces} · {stages} · device {result.device} · model {model} · "
+        f"output {out_shape[1]}x{out_shape[0]} {fmt}"
+    )
+
+
+class _OutputFolder:
+    """Where result files are written for download; old ones are pruned so the folder cannot grow forever."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="gfp-app-"))
+        self._lock = threading.Lock()
+
+    def new_file(self, stem: str, suffix: str) -> Path:
+        """A fresh, unique path whose file name is what the user downloads."""
+        with self._lock:
+            now = time.time()
+            for old in self.path.glob("*/*"):
+                if now - old.stat().st_mtime > OUTPUT_TTL_S:
+                    old.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        old.parent.rmdir()
+        folder = Path(tempfile.mkdtemp(dir=self.path))
+        return folder / f"{stem}_restored{suffix}"
+
+
+def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blocks:
+    """Build the Blocks UI around one shared Restorer (created here unless given)."""
+    device = select_device(settings.device)
+    on_gpu = device.type != "cpu"
+    restorer = restorer or Restorer(weights_dir=settings.weights_dir, device=str(device))
+    models = model_choices(settings.models)
+    allowed = {
+        "model": {v for _, v in models},
+        "detector": {v for _, v in DETECTOR_CHOICES},
+        "background": {v for _, v in BACKGROUND_CHOICES},
+        "output_format": set(FORMATS),
+    }
+    max_pixels = settings.max_pixels or (8_000_000 if on_gpu else 2_000_000)
+    outputs = _OutputFolder()
+
+    def restore(
+        image: dict[str, Any] | str | None,
+        model: str = models[0][1],
+        rescale: float = 2,
+        background: str = settings.background,
+        strength: float = 1.0,
+        only_center_face: bool = False,
+        aligned: bool = False,
+        detector: str = settings.detector,
+        output_format: str = "PNG",
+        progress: gr.Progress = gr.Progress(),  # noqa: B008  (gradio injects the tracker through the default)
+    ) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, str]], str, str]:
+        """Restore the faces in a photo with GFPGAN and upscale the rest.
+
+        Args:
+            image: the photo (any format OpenCV or Pillow reads; alpha and 16-bit are kept in PNG output).
+            model: GFPGAN version ("v1.4", "v1.3", "v1.2", "v1") or a model the app was launched with.
+            rescale: final upscaling factor of the whole photo, 1 to 4.
+            background: background upsampler, "realesrgan" or "none".
+            strength: 0 keeps the original faces, 1 uses the restored faces fully.
+            only_center_face: restore only the face nearest the centre.
+            aligned: the input is already an aligned 512x512 face crop (no detection).
+            detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
+            output_format: file format of the download, "PNG", "JPEG" or "WebP".
+
+        Returns:
+            the before/after pair, the faces before and after, the full-resolution file, a status line.
+        """
+        for name, value in (
+            ("model", model),
+            ("detector", detector),
+            ("background", background),
+            ("output_format", output_format),
+        ):
+            if value not in allowed[name]:
+                raise gr.Error(f"Unknown {name} {value!r}; choose one of {sorted(allowed[name])}.")
+        if not (1 <= float(rescale) <= 4):
+            raise gr.Error(f"Rescale must be between 1 and 4, got {rescale}.")
+        if not (0.0 <= float(strength) <= 1.0):
+            raise gr.Error(f"Strength must be between 0 and 1, got {strength}.")
+        img, stem = _read_upload(image)
+        img, notice = _fit_budget(img, max_pixels)
+        if notice:
+            gr.Info(notice)
+
+        def report(done: int, total: int, stage: str) -> None:
+            progress((done, total) if total else None, desc=stage)
+
+        options = RestoreOptions(
+            version=model,
+            upscale=int(round(float(rescale))),
+            bg_upsampler=background,
+            only_center_face=bool(only_center_face),
+            aligned=bool(aligned),
+            strength=float(strength),
+            detector=detector,
+        )
+        try:
+            result = restorer.restore(img, options, progress=report)
+        except WeightsNotFoundError as exc:
+            raise gr.Error(str(exc)) from None
+
+        out = result.image
+        path = outputs.new_file(stem, FORMATS[output_format])
+        write_image(path, out)
+        before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
+        n_faces = len(result.restored_faces)
+        status = _status(result, n_faces, model, out.shape, output_format)
+        if notice:
+            status = f"{notice} {status}"
+        if n_faces == 0:
+            message = "No face found: the photo was only upscaled."
+            gr.Warning(message)
+            status = f"{message} {status}"
+        pairs = _face_pairs(result.cropped_faces, result.restored_faces)
+        return (_as_display(before), _as_display(out)), pairs, str(path), status
+
+    handler: Callable[..., Any] = restore
+    try:  # ZeroGPU Spaces: borrow a GPU per request; elsewhere `spaces` is not installed.
+        import spaces
+
+        handler = spaces.GPU(restore)
+    except ImportError:
+        pass
+
+    banner = _banner(missing_weights(settings))
+    with gr.Blocks(title="gfp: GFPGAN face restoration", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            "# GFPGAN face restoration\n"
+            "Blind face restoration with a generative facial prior (GFPGAN, CVPR 2021), open implementation. "
+            "Upload a photo, press **Restore**, compare with the slider, download the full-resolution file."
+        )
+        gr.Markdown(banner, visible=bool(banner), elem_id="weights-banner")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard", "webcam"],
+                    label="Photo",
+                    elem_id="input-image",
+                )
+                model = gr.Dropdown(models, value=models[0][1], label="Model")
+                rescale = gr.Slider(1, 4, value=2, step=1, label="Rescale factor")
+                background = gr.Radio(
+                    BACKGROUND_CHOICES, value=settings.background, label="Background upsampler"
+                )
+                strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
+                with gr.Accordion("Advanced", open=False):
+                    only_center_face = gr.Checkbox(False, label="Only the centre face")
+                    aligned = gr.Checkbox(False, label="Input is an aligned 512x512 face")
+                    detector = gr.Dropdown(DETECTOR_CHOICES, value=settings.detector, label="Face detector")
+                    output_format = gr.Radio(list(FORMATS), value="PNG", label="Download format")
+                run = gr.Button("Restore", variant="primary", elem_id="restore-button")
+                examples = [str(EXAMPLES_DIR / name) for name in EXAMPLES if (EXAMPLES_DIR / name).is_file()]
+                if examples:
+                    gr.Examples([[path] for path in examples], inputs=[image], label="Examples (click one)")
+            with gr.Column(scale=2):
+                slider = gr.ImageSlider(label="Before / after", type="numpy", format="webp", elem_id="slider")
+                faces = gr.Gallery(
+                    label="Faces: before | after",
+                    columns=3,
+                    height=300,
+                    object_fit="contain",
+                    elem_id="faces",
+                )
+                download = gr.File(label="Full-resolution result", elem_id="download")
+                status = gr.Markdown(elem_id="status")
+        run.click(
+            handler,
+            inputs=[
+                image,
+                model,
+                rescale,
+                background,
+                strength,
+                only_center_face,
+                aligned,
+                detector,
+                output_format,
+            ],
+            outputs=[slider, faces, download, status],
+            api_name="restore",
+            preprocess=False,  # we read the uploaded file ourselves: see _read_upload
+        )
+    demo.queue(default_concurrency_limit=settings.concurrency or (2 if on_gpu else 1), max_size=64)
+    return demo
+
+
+def launch(demo: gr.Blocks, settings: AppSettings, **kwargs: Any) -> Any:
+    """Start the server with the settings' address, port, share link and MCP tool."""
+    mcp = settings.mcp
+    if mcp:
+        try:
+            import mcp as _mcp  # noqa: F401
+        except ImportError:
+            print("MCP disabled: install gradio[mcp] to serve the restore tool to MCP clients.")
+            mcp = False
+    return demo.launch(
+        server_name=settings.server_name,
+        server_port=settings.port,
+        share=settings.share,
+        mcp_server=mcp,
+        max_file_size="50mb",
+        **kwargs,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point: parse flags, build the UI, serve."""
+    settings = parse_args(argv)
+    launch(build_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()
