@@ -1,0 +1,368 @@
+"""Background upsampling with Real-ESRGAN networks (or plain Lanczos) for the restore pipeline.
+
+The networks are basicsr's ``RRDBNet`` and ``SRVGGNetCompact`` with the official configurations; the
+tiling is our own and reproduces ``realesrgan.RealESRGANer.enhance`` (pre-pad, mod-pad, tile grid, tile
+padding, gray/alpha handling, 8/16-bit quantisation, final Lanczos resize) to within one grey level,
+while
+
+* keeping no per-call state on the object, so one upsampler serves many threads (RealESRGANer stores
+  the image being processed on ``self``);
+* moving only one padded tile at a time to the device and quantising each tile straight into the
+  uint8/uint16 result (RealESRGANer puts the whole image and a float32 output of the upscaled size on
+  the device), and skipping tiles that only cover padding;
+* accepting any ``outscale`` in [1, 8], choosing the network whose native scale suits it (see
+  :meth:`BackgroundUpsampler.scale_for`);
+* running on CPU too (the official CLI disables the background upsampler there).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from basicsr.archs.rrdbnet_arch import RRDBNet
+from basicsr.archs.srvgg_arch import SRVGGNetCompact
+from torch import nn
+from torch.nn import functional as F
+
+MIN_OUTSCALE = 1.0
+MAX_OUTSCALE = 8.0
+STAGE = "background"
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class BackgroundModel:
+    """A Real-ESRGAN network of the model zoo: its native scale and its architecture."""
+
+    name: str
+    scale: int
+    build: Callable[[], nn.Module]
+
+
+BACKGROUND_MODELS: dict[str, BackgroundModel] = {
+    m.name: m
+    for m in (
+        # Official GFPGAN CLI default.
+        BackgroundModel(
+            "RealESRGAN_x2plus",
+            2,
+            lambda: RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=2),
+        ),
+        # Official GFPGAN Space default.
+        BackgroundModel(
+            "realesr-general-x4v3",
+            4,
+            lambda: SRVGGNetCompact(
+                num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=32, upscale=4, act_type="prelu"
+            ),
+        ),
+        BackgroundModel(
+            "realesr-animevideov3",
+            4,
+            lambda: SRVGGNetCompact(
+                num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"
+            ),
+        ),
+    )
+}
+
+BACKGROUND_CHOICES: dict[str, tuple[str, ...]] = {
+    "realesrgan": ("RealESRGAN_x2plus", "realesr-general-x4v3"),
+    **{name: (name,) for name in BACKGROUND_MODELS},
+    "none": (),
+}
+"""Names a user may pick. "realesrgan" uses the x2 model up to outscale 2 and the x4 model above."""
+
+
+def scaled_size(height: int, width: int, outscale: float) -> tuple[int, int]:
+    """Output (height, width) for ``outscale``: each side rounded half up, at least 1 pixel.
+
+    The pipeline must use the same rule wherever it sizes the upscaled result.
+    """
+    return max(1, math.floor(height * outscale + 0.5)), max(1, math.floor(width * outscale + 0.5))
+
+
+def lanczos_upsample(img: np.ndarray, outscale: float) -> np.ndarray:
+    """The "none" background: resize to :func:`scaled_size` with Lanczos (cv2.INTER_LANCZOS4)."""
+    _check_outscale(outscale)
+    _check_image(img)
+    h, w = img.shape[:2]
+    out_h, out_w = scaled_size(h, w, outscale)
+    return _resize(img, out_h, out_w)
+
+
+def upsample_background(
+    img: np.ndarray,
+    outscale: float,
+    upsampler: BackgroundUpsampler | None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Upscale the whole image with ``upsampler``, or with Lanczos when it is None ("none")."""
+    if upsampler is None:
+        return lanczos_upsample(img, outscale)
+    return upsampler.upsample(img, outscale, progress=progress)
+
+
+class BackgroundUpsampler:
+    """Real-ESRGAN background upsampler; thread-safe, holds only networks and settings.
+
+    ``networks`` maps a native scale (2 or 4) to a network, or to a zero-argument function returning
+    one (loaded on first use, once, under a lock). ``tile=0`` runs the whole image at once; otherwise
+    the image is cut into ``tile``-pixel tiles, each run with ``tile_pad`` pixels of context.
+    ``pre_pad`` reflect-pads the bottom/right edge before the network, as RealESRGANer does.
+    ``half`` runs float16 on CUDA/MPS; it is ignored on CPU, where float16 convolutions are slow.
+    """
+
+    def __init__(
+        self,
+        networks: Mapping[int, nn.Module | Callable[[], nn.Module]],
+        *,
+        tile: int = 400,
+        tile_pad: int = 10,
+        pre_pad: int = 0,
+        half: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not networks:
+            raise ValueError("BackgroundUpsampler needs at least one network")
+        if any(s not in (1, 2, 4) for s in networks):
+            raise ValueError(f"native scales must be 1, 2 or 4, got {sorted(networks)}")
+        if tile < 0 or tile_pad < 0 or pre_pad < 0:
+            raise ValueError(f"tile, tile_pad and pre_pad must be >= 0, got {tile}, {tile_pad}, {pre_pad}")
+        self.tile = int(tile)
+        self.tile_pad = int(tile_pad)
+        self.pre_pad = int(pre_pad)
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if half and self.device.type != "cpu" else torch.float32
+        self._sources = dict(networks)
+        self._loaded: dict[int, nn.Module] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """Native scales of the networks this upsampler can use."""
+        return tuple(sorted(self._sources))
+
+    def scale_for(self, outscale: float) -> int:
+        """The native scale used for ``outscale``: the smallest that reaches it, else the largest.
+
+        With x2 and x4 networks: outscale <= 2 runs the x2 network, larger ones the x4 network, so
+        the final Lanczos step shrinks little (or not at all) instead of enlarging a x2 result.
+        """
+        _check_outscale(outscale)
+        reaching = [s for s in self.scales if s >= outscale]
+        return min(reaching) if reaching else max(self.scales)
+
+    def network(self, scale: int) -> nn.Module:
+        """The network of native ``scale``, loaded and placed on the device on first use."""
+        with self._lock:
+            net = self._loaded.get(scale)
+            if net is None:
+                source = self._sources[scale]
+                net = source if isinstance(source, nn.Module) else source()
+                net = net.eval().requires_grad_(False).to(device=self.device, dtype=self.dtype)
+                self._loaded[scale] = net
+            return net
+
+    def upsample(self, img: np.ndarray, outscale: float, progress: Progress | None = None) -> np.ndarray:
+        """Upscale ``img`` (HxW, HxWx3 BGR or HxWx4 BGRA; uint8, uint16, or float in [0, 1]).
+
+        Returns the same layout and dtype at :func:`scaled_size`. Gray is run as RGB and converted
+        back; alpha is upscaled by the network too (as a gray image), as RealESRGANer does.
+        ``progress(done, total, "background")`` is called after every tile.
+        """
+        scale = self.scale_for(outscale)
+        _check_image(img)
+        net = self.network(scale)
+        h, w = img.shape[:2]
+        max_range = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
+        x = img.astype(np.float32) / np.float32(max_range) if max_range != 1.0 else img.astype(np.float32)
+
+        gray = x.ndim == 2
+        out_dtype = img.dtype if max_range != 1.0 else np.dtype(np.float32)
+        out = np.empty((h * scale, w * scale, 1 if gray else x.shape[2]), out_dtype)
+        # (RGB float input, reduce the network's output to gray, channels of `out` it fills)
+        if gray:
+            passes = [(cv2.cvtColor(x, cv2.COLOR_GRAY2RGB), True, slice(0, 1))]
+        else:
+            passes = [(cv2.cvtColor(x[:, :, :3], cv2.COLOR_BGR2RGB), False, slice(0, 3))]
+            if x.shape[2] == 4:
+                alpha = np.ascontiguousarray(x[:, :, 3])
+                passes.append((cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB), True, slice(3, 4)))
+
+        grid = self._tile_grid(h, w, scale)
+        total = len(grid) * len(passes)
+        with torch.inference_mode():
+            for index, (rgb, to_gray, channels) in enumerate(passes):
+                padded = self._pad(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None], scale)
+                for done, box in enumerate(grid, start=index * len(grid) + 1):
+                    self._run_tile(net, scale, padded, box, out[:, :, channels], to_gray, max_range)
+                    if progress is not None:
+                        progress(done, total, STAGE)
+        out = out[:, :, 0] if gray else out
+
+        out_h, out_w = scaled_size(h, w, outscale)
+        if (out_h, out_w) != (h * scale, w * scale):
+            out = _resize(out, out_h, out_w)
+        return out
+
+    def _pad(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+        """Pre-pad, then pad to a multiple of the pixel-unshuffle factor (x2: 2, x1: 4), as RealESRGANer."""
+        x = _pad_bottom_right(x, self.pre_pad, self.pre_pad)
+        mod = {2: 2, 1: 4}.get(scale)
+        if mod is not None:
+            x = _pad_bottom_right(x, -x.shape[3] % mod, -x.shape[2] % mod)
+        return x
+
+    def _tile_grid(self, h: int, w: int, scale: int) -> list[tuple[int, int, int, int]]:
+        """Tiles (y0, y1, x0, x1) of the padded input whose output lands inside the h x w result.
+
+        The grid covers the padded size exactly as RealESRGANer's does; tiles lying wholly in the
+        padding are dropped (their output is cropped away anyway).
+        """
+        ph, pw = self._padded_size(h, w, scale)
+        size = self._tile_size(scale) or max(ph, pw)
+        return [
+            (y0, min(y0 + size, ph), x0, min(x0 + size, pw))
+            for y0 in range(0, ph, size)
+            for x0 in range(0, pw, size)
+            if y0 < h and x0 < w
+        ]
+
+    def _padded_size(self, h: int, w: int, scale: int) -> tuple[int, int]:
+        mod = {2: 2, 1: 4}.get(scale, 1)
+        ph, pw = h + self.pre_pad, w + self.pre_pad
+        return ph + (-ph % mod), pw + (-pw % mod)
+
+    def _tile_size(self, scale: int) -> int:
+        """Tile size, rounded up to the pixel-unshuffle factor so every tile stays divisible by it."""
+        mod = {2: 2, 1: 4}.get(scale, 1)
+        return self.tile + (-self.tile % mod)
+
+    def _run_tile(
+        self,
+        net: nn.Module,
+        scale: int,
+        padded: torch.Tensor,
+        box: tuple[int, int, int, int],
+        target: np.ndarray,
+        to_gray: bool,
+        max_range: float,
+    ) -> None:
+        """Run one tile with its context padding and write its (cropped, quantised) output."""
+        y0, y1, x0, x1 = box
+        ph, pw = padded.shape[2:]
+        whole = self.tile == 0
+        mod = {2: 2, 1: 4}.get(scale, 1)
+        pad = 0 if whole else self.tile_pad + (-self.tile_pad % mod)
+        cy0, cy1, cx0, cx1 = max(y0 - pad, 0), min(y1 + pad, ph), max(x0 - pad, 0), min(x1 + pad, pw)
+        tile_in = padded[:, :, cy0:cy1, cx0:cx1].to(device=self.device, dtype=self.dtype)
+        result = net(tile_in)
+        # Keep the tile's own area, minus whatever falls outside the unpadded image.
+        oh, ow = target.shape[:2]
+        ty0, tx0 = y0 * scale, x0 * scale
+        ty1, tx1 = min(y1 * scale, oh), min(x1 * scale, ow)
+        oy, ox = (y0 - cy0) * scale, (x0 - cx0) * scale
+        result = result[0, :, oy : oy + ty1 - ty0, ox : ox + tx1 - tx0].float().clamp_(0, 1)
+        if to_gray:
+            # cv2's BGR->gray on float, as RealESRGANer applies it to its float output.
+            bgr = result.flip(0).permute(1, 2, 0).cpu().numpy()
+            values = cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2GRAY)[:, :, None]
+            if max_range != 1.0:
+                values = np.round(values * np.float32(max_range))
+        else:
+            result = result.flip(0).permute(1, 2, 0)
+            if max_range != 1.0:
+                result = torch.round(result * max_range)
+                result = result.to(torch.int32 if max_range > 255 else torch.uint8)
+            values = result.cpu().numpy()
+        target[ty0:ty1, tx0:tx1] = values
+
+
+def build_background_upsampler(
+    name: str,
+    weights_dir: str | None = None,
+    device: torch.device | str | None = None,
+    tile: int = 400,
+    half: bool = False,
+    *,
+    tile_pad: int = 10,
+    pre_pad: int = 0,
+) -> BackgroundUpsampler | None:
+    """Upsampler for a name of :data:`BACKGROUND_CHOICES`; None for "none" (use Lanczos).
+
+    Weights are resolved (and downloaded if needed) through ``gfp.loading`` when a network is first
+    used, so "realesrgan" fetches the x4 model only once an outscale above 2 is asked for.
+    """
+    if name not in BACKGROUND_CHOICES:
+        raise ValueError(f"unknown background upsampler '{name}'; choose one of {sorted(BACKGROUND_CHOICES)}")
+    models = [BACKGROUND_MODELS[m] for m in BACKGROUND_CHOICES[name]]
+    if not models:
+        return None
+    from gfp.loading import select_device
+
+    dev = device if isinstance(device, torch.device) else select_device(device)
+
+    def loader(model: BackgroundModel) -> Callable[[], nn.Module]:
+        return lambda: load_background_network(model.name, weights_dir)
+
+    return BackgroundUpsampler(
+        {m.scale: loader(m) for m in models},
+        tile=tile,
+        tile_pad=tile_pad,
+        pre_pad=pre_pad,
+        half=half,
+        device=dev,
+    )
+
+
+def load_background_network(name: str, weights_dir: str | None = None) -> nn.Module:
+    """Build the zoo network ``name`` and load its weights (strict) via gfp.loading."""
+    from gfp.loading import load_state_dict, resolve_weights
+
+    net = BACKGROUND_MODELS[name].build()
+    net.load_state_dict(load_state_dict(resolve_weights(name, weights_dir)), strict=True)
+    return net
+
+
+def _pad_bottom_right(x: torch.Tensor, right: int, bottom: int) -> torch.Tensor:
+    """Reflect-pad bottom/right like RealESRGANer; replicate where the image is too small to reflect."""
+    if right == 0 and bottom == 0:
+        return x
+    mode = "reflect" if right < x.shape[3] and bottom < x.shape[2] else "replicate"
+    return F.pad(x, (0, right, 0, bottom), mode=mode)
+
+
+def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    out = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_LANCZOS4)
+    if out.dtype.kind == "f":
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _check_outscale(outscale: float) -> None:
+    if (
+        isinstance(outscale, bool)
+        or not isinstance(outscale, numbers.Real)
+        or not (MIN_OUTSCALE <= outscale <= MAX_OUTSCALE)
+    ):
+        raise ValueError(
+            f"outscale must be a number in [{MIN_OUTSCALE:g}, {MAX_OUTSCALE:g}], got {outscale!r}"
+        )
+
+
+def _check_image(img: np.ndarray) -> None:
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f"expected a numpy image, got {type(img).__name__}")
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))) or 0 in img.shape:
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {img.shape}")
+    if img.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise ValueError(f"expected a uint8, uint16 or float image, got {img.dtype}")
