@@ -307,9 +307,12 @@ def build_background_upsampler(
     models = [BACKGROUND_MODELS[m] for m in BACKGROUND_CHOICES[name]]
     if not models:
         return None
-    from gfp.loading import select_device
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        from gfp.loading import select_device
 
-    dev = device if isinstance(device, torch.device) else select_device(device)
+        dev = select_device(device)
 
     def loader(model: BackgroundModel) -> Callable[[], nn.Module]:
         return lambda: load_background_network(model.name, weights_dir)

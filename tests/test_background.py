@@ -1,0 +1,279 @@
+"""gfp.background: sizes, native-scale choice, Lanczos "none", parity with RealESRGANer, threads."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from basicsr.archs.rrdbnet_arch import RRDBNet
+from basicsr.archs.srvgg_arch import SRVGGNetCompact
+from realesrgan import RealESRGANer
+
+from gfp.background import (
+    BACKGROUND_MODELS,
+    BackgroundUpsampler,
+    build_background_upsampler,
+    lanczos_upsample,
+    scaled_size,
+    upsample_background,
+)
+
+
+def _tiny_x4(seed: int = 0) -> SRVGGNetCompact:
+    torch.manual_seed(seed)
+    return SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4, act_type="prelu").eval()
+
+
+def _tiny_x2(seed: int = 0) -> RRDBNet:
+    torch.manual_seed(seed)
+    return RRDBNet(num_in_ch=3, num_out_ch=3, scale=2, num_feat=8, num_block=1, num_grow_ch=4).eval()
+
+
+def _image(h: int = 38, w: int = 50, channels: int = 3, dtype: type = np.uint8, seed: int = 0) -> np.ndarray:
+    """Smooth colours plus a little noise; channels=0 gives a 2-D gray image."""
+    rng = np.random.default_rng(seed)
+    c = max(channels, 1)
+    small = rng.random((5, 6, c), dtype=np.float32)
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).reshape(h, w, c)
+    img = np.clip(img + rng.random((h, w, c)) * 0.1, 0, 1)
+    peak = 65535 if dtype == np.uint16 else 255
+    img = np.round(img * peak).astype(dtype)
+    return img[:, :, 0] if channels == 0 else img
+
+
+def _reference(net, scale: int, tmp_path: Path, img: np.ndarray, outscale: float, **kw) -> np.ndarray:
+    """RealESRGANer.enhance on the same network (its prints silenced)."""
+    path = tmp_path / "net.pth"
+    if not path.exists():
+        torch.save({"params": net.state_dict()}, path)
+    ref = RealESRGANer(scale=scale, model_path=str(path), model=net, device="cpu", **kw)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return ref.enhance(img, outscale=outscale)[0]
+
+
+@pytest.mark.parametrize("outscale", [1, 1.5, 2, 2.5, 3, 3.3, 4, 5.25, 6, 7, 8])
+def test_output_size_for_every_scale(outscale: float) -> None:
+    up = BackgroundUpsampler({2: _tiny_x2(), 4: _tiny_x4()}, tile=0)
+    img = _image(37, 45)
+    out = up.upsample(img, outscale)
+    assert out.shape == (*scaled_size(37, 45, outscale), 3) and out.dtype == np.uint8
+
+
+def test_scaled_size_rounds_half_up() -> None:
+    assert scaled_size(37, 45, 1.5) == (56, 68)  # 55.5 -> 56, 67.5 -> 68
+    assert scaled_size(64, 64, 3.3) == (211, 211)  # 211.2
+    assert scaled_size(10, 3, 8) == (80, 24)
+    assert scaled_size(1, 1, 1.2) == (1, 1)
+
+
+def test_native_scale_choice() -> None:
+    nets = {2: _tiny_x2(), 4: _tiny_x4()}
+    both = BackgroundUpsampler(nets, tile=0)
+    assert [both.scale_for(s) for s in (1, 1.5, 2, 2.01, 3.3, 4, 6, 8)] == [2, 2, 2, 4, 4, 4, 4, 4]
+    x4_only = BackgroundUpsampler({4: nets[4]}, tile=0)
+    assert x4_only.scale_for(1.5) == 4
+    img = _image()
+    for outscale, native in ((1.5, 2), (2, 2), (3.3, 4), (8, 4)):
+        only = BackgroundUpsampler({native: nets[native]}, tile=0)
+        np.testing.assert_array_equal(both.upsample(img, outscale), only.upsample(img, outscale))
+
+
+def test_none_is_lanczos() -> None:
+    img = _image(40, 52, channels=4)
+    for outscale in (1.5, 2, 3.3):
+        h, w = scaled_size(40, 52, outscale)
+        expected = cv2.resize(img, (w, h), interpolation=cv2.INTER_LANCZOS4)
+        np.testing.assert_array_equal(upsample_background(img, outscale, None), expected)
+    np.testing.assert_array_equal(lanczos_upsample(img, 1), img)
+
+
+@pytest.mark.parametrize(
+    ("case", "tile", "tile_pad", "pre_pad", "outscale"),
+    [("bgr", 0, 10, 0, 4), ("bgra", 20, 4, 2, 2.5), ("gray", 20, 4, 0, 4), ("bgr16", 0, 10, 2, 2.5)],
+)
+def test_parity_real_animevideov3(
+    shared_data: Path, tmp_path: Path, case: str, tile: int, tile_pad: int, pre_pad: int, outscale: float
+) -> None:
+    net = SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4, act_type="prelu")
+    state = torch.load(shared_data / "weights" / "realesr-animevideov3.pth", map_location="cpu")
+    net.load_state_dict(state["params"], strict=True)
+    photo = cv2.imread(str(shared_data / "photos" / "deepface_img1.jpg"))
+    img = cv2.resize(photo, (40, 30), interpolation=cv2.INTER_AREA)
+    if case == "bgra":
+        img = np.dstack([img, np.linspace(0, 255, 40, dtype=np.uint8)[None].repeat(30, 0)])
+    elif case == "gray":
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    elif case == "bgr16":
+        img = img.astype(np.uint16) * 257 + 100
+    # outscale 2.5: 30*2.5 and 40*2.5 are whole numbers, where RealESRGANer's int() and our rounding agree
+    expected = _reference(net, 4, tmp_path, img, outscale, tile=tile, tile_pad=tile_pad, pre_pad=pre_pad)
+    got = BackgroundUpsampler({4: net}, tile=tile, tile_pad=tile_pad, pre_pad=pre_pad).upsample(img, outscale)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    tolerance = 1 if img.dtype == np.uint8 else 257  # one 8-bit level
+    assert np.abs(got.astype(np.int64) - expected.astype(np.int64)).max() <= tolerance
+
+
+@pytest.mark.parametrize(
+    ("channels", "dtype", "tile", "tile_pad", "pre_pad", "outscale"),
+    [(3, np.uint8, 0, 10, 0, 2), (4, np.uint8, 16, 2, 4, 1.5), (0, np.uint16, 10, 4, 3, 2)],
+)
+def test_parity_random_rrdbnet_x2(
+    tmp_path: Path, channels: int, dtype: type, tile: int, tile_pad: int, pre_pad: int, outscale: float
+) -> None:
+    net = _tiny_x2(seed=3)
+    img = _image(34, 46, channels=channels, dtype=dtype, seed=1)
+    if dtype == np.uint16:
+        img[0, 0] = 60000  # RealESRGANer decides 16-bit from the maximum value
+    expected = _reference(net, 2, tmp_path, img, outscale, tile=tile, tile_pad=tile_pad, pre_pad=pre_pad)
+    got = BackgroundUpsampler({2: net}, tile=tile, tile_pad=tile_pad, pre_pad=pre_pad).upsample(img, outscale)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    tolerance = 1 if dtype == np.uint8 else 257  # one 8-bit level
+    assert np.abs(got.astype(np.int64) - expected.astype(np.int64)).max() <= tolerance
+
+
+def test_tiles_join_without_seams_given_enough_context() -> None:
+    net = _tiny_x4(seed=5)  # 4 convolutions: each output pixel sees 4 input pixels around it
+    img = _image(30, 42)
+    whole = BackgroundUpsampler({4: net}, tile=0).upsample(img, 4)
+    tiled = BackgroundUpsampler({4: net}, tile=8, tile_pad=5).upsample(img, 4)
+    assert np.abs(tiled.astype(int) - whole).max() <= 1
+    starved = BackgroundUpsampler({4: net}, tile=8, tile_pad=0).upsample(img, 4)
+    assert np.abs(starved.astype(int) - whole).max() > 1  # the test can tell seams apart
+
+
+def test_odd_tiles_work_for_x2(tmp_path: Path) -> None:
+    net = _tiny_x2(seed=5)
+    img = _image(30, 42)
+    # Odd tile sizes would break pixel-unshuffle (RealESRGANer raises); they are rounded up to even.
+    odd = BackgroundUpsampler({2: net}, tile=9, tile_pad=3).upsample(img, 2)
+    expected = _reference(net, 2, tmp_path, img, 2, tile=10, tile_pad=4, pre_pad=0)
+    np.testing.assert_array_equal(odd, expected)
+
+
+def test_layouts_and_dtypes_kept() -> None:
+    up = BackgroundUpsampler({4: _tiny_x4()}, tile=16, tile_pad=2)
+    for img in (
+        _image(channels=0),
+        _image(channels=4),
+        _image(dtype=np.uint16),
+        _image(channels=4, dtype=np.uint16),
+    ):
+        out = up.upsample(img, 3)
+        assert out.shape[2:] == img.shape[2:] and out.dtype == img.dtype
+    f = _image().astype(np.float32) / 255
+    out = up.upsample(f, 4)
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    q = up.upsample(_image(), 4)
+    assert np.abs(np.round(out * 255) - q).max() <= 1  # float path = 8-bit path without the rounding
+
+
+def test_tiny_images_with_x2_model() -> None:
+    up = BackgroundUpsampler({2: _tiny_x2()}, tile=4, tile_pad=2, pre_pad=10)
+    for h, w in ((1, 1), (1, 7), (3, 2)):
+        assert up.upsample(_image(h, w), 2).shape == (2 * h, 2 * w, 3)
+
+
+def test_progress_reports_every_tile() -> None:
+    calls = []
+    up = BackgroundUpsampler({4: _tiny_x4()}, tile=16, tile_pad=2)
+    up.upsample(_image(30, 40, channels=4), 4, progress=lambda d, t, s: calls.append((d, t, s)))
+    assert calls == [(i, 12, "background") for i in range(1, 13)]  # 2x3 tiles, colour + alpha
+
+
+def test_shared_between_threads() -> None:
+    up = BackgroundUpsampler({2: _tiny_x2(), 4: _tiny_x4()}, tile=12, tile_pad=2)
+    jobs = [(_image(20 + i, 30 - i, seed=i), s) for i, s in enumerate((1.5, 2, 3.3, 4, 2, 1.5))]
+    expected = [up.upsample(img, s) for img, s in jobs]
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            results[i] = up.upsample(*jobs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, exp in enumerate(expected):
+        np.testing.assert_array_equal(results[i], exp)
+
+
+def test_networks_load_lazily_once() -> None:
+    built = []
+
+    def make(scale: int):
+        def load():
+            built.append(scale)
+            return _tiny_x2() if scale == 2 else _tiny_x4()
+
+        return load
+
+    up = BackgroundUpsampler({2: make(2), 4: make(4)}, tile=0)
+    up.upsample(_image(), 2)
+    up.upsample(_image(), 1.5)
+    assert built == [2]
+    up.upsample(_image(), 3)
+    assert built == [2, 4]
+
+
+def test_half_is_ignored_on_cpu() -> None:
+    up = BackgroundUpsampler({4: _tiny_x4()}, half=True, tile=0)
+    assert next(up.network(4).parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("outscale", [0.5, 0, 8.5, float("nan"), "2", True])
+def test_bad_outscale(outscale) -> None:
+    up = BackgroundUpsampler({4: _tiny_x4()})
+    with pytest.raises(ValueError, match="outscale"):
+        up.upsample(_image(), outscale)
+    with pytest.raises(ValueError, match="outscale"):
+        upsample_background(_image(), outscale, None)
+
+
+def test_bad_images() -> None:
+    up = BackgroundUpsampler({4: _tiny_x4()})
+    with pytest.raises(ValueError, match="shape"):
+        up.upsample(np.zeros((8, 8, 2), np.uint8), 2)
+    with pytest.raises(ValueError, match="uint8"):
+        up.upsample(np.zeros((8, 8, 3), np.int32), 2)
+    with pytest.raises(TypeError, match="numpy"):
+        up.upsample([[0]], 2)
+    with pytest.raises(ValueError, match="tile"):
+        BackgroundUpsampler({4: _tiny_x4()}, tile=-1)
+
+
+def test_build_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gfp.background as background
+
+    loaded = []
+
+    def fake_load(name: str, weights_dir=None):
+        loaded.append((name, weights_dir))
+        return _tiny_x2() if BACKGROUND_MODELS[name].scale == 2 else _tiny_x4()
+
+    monkeypatch.setattr(background, "load_background_network", fake_load)
+    cpu = torch.device("cpu")
+    assert build_background_upsampler("none", device=cpu) is None
+    with pytest.raises(ValueError, match="realesrgan"):
+        build_background_upsampler("esrgan-9000", device=cpu)
+    auto = build_background_upsampler("realesrgan", "/w", device=cpu, tile=32)
+    assert auto.scales == (2, 4) and auto.tile == 32 and loaded == []
+    auto.upsample(_image(), 2)
+    auto.upsample(_image(), 4)
+    assert loaded == [("RealESRGAN_x2plus", "/w"), ("realesr-general-x4v3", "/w")]
+    assert build_background_upsampler("realesr-animevideov3", device=cpu).scales == (4,)
+
+
+def test_zoo_architecture_loads_real_animevideov3(shared_data: Path) -> None:
+    state = torch.load(shared_data / "weights" / "realesr-animevideov3.pth", map_location="cpu")["params"]
+    BACKGROUND_MODELS["realesr-animevideov3"].build().load_state_dict(state, strict=True)
+    general = BACKGROUND_MODELS["realesr-general-x4v3"].build()
+    with pytest.raises(RuntimeError):  # the x4v3 body is twice as deep: the file must not fit it
+        general.load_state_dict(state, strict=True)
