@@ -1,0 +1,193 @@
+"""Training configuration: one nested dict, defaults = the official GFPGAN v1 recipe.
+
+A YAML file overrides the defaults (unknown keys are errors, so typos do not silently train the wrong
+model) and ``key.sub=value`` command-line overrides go on top (values parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Official options/train_gfpgan_v1.yml, regrouped. Sizes are in pixels at ``data.out_size``.
+DEFAULTS: dict[str, Any] = {
+    "name": "gfpgan",
+    "output_dir": "runs/gfpgan",
+    "seed": 0,
+    "device": "auto",
+    "data": {
+        "train": None,  # folder of aligned HQ faces, or a basicsr-style ``*.lmdb`` folder
+        "val": None,  # folder of held-out HQ faces (LQ made from them with a fixed seed)
+        "val_holdout": 0,  # or: keep the last N training files (sorted) out for validation
+        "out_size": 512,
+        "use_hflip": True,
+        "batch_size": 3,  # per process (official: 3 per GPU x 4 GPUs)
+        "num_workers": 4,
+        "components": {
+            "source": "template",  # "file" (official landmarks .pth) or "template" (FFHQ 5-point template)
+            "file": None,
+            "eye_enlarge_ratio": 1.4,
+        },
+    },
+    "degradation": {
+        "blur_kernel_size": 41,
+        "kernel_list": ["iso", "aniso"],
+        "kernel_prob": [0.5, 0.5],
+        "blur_sigma": [0.1, 10.0],
+        "downsample_range": [0.8, 8.0],
+        "noise_range": [0.0, 20.0],
+        "jpeg_range": [60, 100],
+        "color_jitter_prob": 0.3,
+        "color_jitter_shift": 20.0,  # in /255 units, per channel
+        "color_jitter_pt_prob": 0.3,
+        "brightness": [0.5, 1.5],
+        "contrast": [0.5, 1.5],
+        "saturation": [0.0, 1.5],
+        "hue": [-0.1, 0.1],
+        "gray_prob": 0.01,
+        "gt_gray": False,
+    },
+    "model": {
+        # gfp.archs.GeneratorConfig fields; the paper model (v1) trains at channel multiplier 1.
+        "generator": {"arch": "v1", "out_size": 512, "channel_multiplier": 1, "narrow": 1.0},
+        "pretrained": None,  # generator to fine-tune: "v1.4", a .pth/.safetensors file, a folder or repo id
+        "prior": None,  # StyleGAN2 checkpoint loaded into the decoder (official: StyleGAN2_512_Cmul1 FFHQ)
+        "fix_decoder": True,  # freeze the StyleGAN2 decoder (only when a prior or pretrained is loaded)
+        "discriminator": {"channel_multiplier": 1, "narrow": 1.0, "weights": None},
+        "component_discriminators": {
+            "enabled": True,
+            "weights": {"left_eye": None, "right_eye": None, "mouth": None},
+        },
+        "identity": {"arch": "arcface_resnet18", "weights": "arcface_resnet18"},  # or mobilefacenet / none
+        "vgg_weights": "vgg19",  # zoo name or file of torchvision vgg19 weights; null = random (tests only)
+    },
+    "loss": {
+        "pixel_weight": 0.1,
+        "pyramid_weight": 1.0,
+        "pyramid_until": 50000,
+        "perceptual_weight": 1.0,
+        "style_weight": 50.0,
+        "vgg_layers": {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0},
+        "gan_weight": 0.1,
+        "component_gan_weight": 1.0,
+        "component_style_weight": 200.0,
+        "identity_weight": 10.0,
+        "r1_weight": 10.0,
+        "d_reg_every": 16,
+    },
+    "optim": {
+        "lr_g": 2e-3,
+        "lr_d": 2e-3,
+        "lr_component": 2e-3,
+        "milestones": [600000, 700000],
+        "gamma": 0.5,
+    },
+    "train": {
+        "total_iter": 800000,
+        "ema_decay": 0.5 ** (32 / 10000),
+        "amp": True,  # autocast on CUDA only (bf16 where supported, else fp16 + GradScaler)
+        "log_every": 100,
+        "image_every": 1000,
+        "val_every": 5000,
+        "ckpt_every": 5000,
+        "keep_checkpoints": 3,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used (message says which key and why)."""
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
+    for key, value in update.items():
+        path = f"{where}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key '{path}' (known here: {', '.join(sorted(base))})")
+        free_form = path in ("loss.vgg_layers", "model.generator")
+        if isinstance(base[key], dict) and not free_form:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
+            _merge(base[key], value, path + ".")
+        elif free_form:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
+            base[key] = {**base[key], **value} if path == "model.generator" else dict(value)
+        else:
+            base[key] = value
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` → ``{"a": {"b": {"c": value}}}`` with the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw != "" else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Defaults ← YAML file ← overrides; ``model.generator.out_size`` follows ``data.out_size``."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p} must contain a YAML mapping at the top level")
+        _merge(cfg, loaded, "")
+    for item in overrides or []:
+        _merge(cfg, parse_override(item), "")
+    cfg["model"]["generator"]["out_size"] = cfg["data"]["out_size"]
+    validate(cfg)
+    return cfg
+
+
+def _check_range(cfg: dict[str, Any], key: str, low: float, high: float) -> None:
+    value = cfg["degradation"][key]
+    if value is None:
+        return
+    if not (isinstance(value, list | tuple) and len(value) == 2 and low <= value[0] <= value[1] <= high):
+        raise ConfigError(f"degradation.{key} must be [min, max] within [{low}, {high}], got {value!r}")
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Reject values the trainer cannot use, with the key named."""
+    size = cfg["data"]["out_size"]
+    if size not in (32, 64, 128, 256, 512, 1024):
+        raise ConfigError(f"data.out_size must be a power of two in 32..1024, got {size}")
+    if cfg["data"]["batch_size"] < 1:
+        raise ConfigError("data.batch_size must be at least 1")
+    if cfg["data"]["components"]["source"] not in ("template", "file"):
+        raise ConfigError("data.components.source must be 'template' or 'file'")
+    if cfg["data"]["components"]["source"] == "file" and not cfg["data"]["components"]["file"]:
+        raise ConfigError("data.components.source is 'file' but data.components.file is not set")
+    deg = cfg["degradation"]
+    _check_range(cfg, "blur_sigma", 0.0, 100.0)
+    _check_range(cfg, "downsample_range", 0.1, 64.0)
+    _check_range(cfg, "noise_range", 0.0, 255.0)
+    _check_range(cfg, "jpeg_range", 1, 100)
+    if deg["blur_kernel_size"] % 2 != 1:
+        raise ConfigError("degradation.blur_kernel_size must be odd")
+    if len(deg["kernel_list"]) != len(deg["kernel_prob"]) or not set(deg["kernel_list"]) <= {"iso", "aniso"}:
+        raise ConfigError("degradation.kernel_list must hold 'iso'/'aniso' with one kernel_prob each")
+    if cfg["model"]["identity"]["arch"] not in ("arcface_resnet18", "mobilefacenet", "none"):
+        raise ConfigError("model.identity.arch must be arcface_resnet18, mobilefacenet or none")
+    unknown = set(cfg["loss"]["vgg_layers"]) - set(VGG19_LAYERS)
+    if unknown:
+        raise ConfigError(f"loss.vgg_layers has unknown VGG19 layers {sorted(unknown)}")
+
+
+# Index of each conv output (before ReLU) in torchvision's vgg19().features.
+VGG19_LAYERS: dict[str, int] = {
+    "conv1_1": 0, "conv1_2": 2, "conv2_1": 5, "conv2_2": 7,
+    "conv3_1": 10, "conv3_2": 12, "conv3_3": 14, "conv3_4": 16,
+    "conv4_1": 19, "conv4_2": 21, "conv4_3": 23, "conv4_4": 25,
+    "conv5_1": 28, "conv5_2": 30, "conv5_3": 32, "conv5_4": 34,
+}  # fmt: skip

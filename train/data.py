@@ -1,0 +1,416 @@
+"""Training data: aligned HQ faces → (degraded LQ, HQ, facial component boxes).
+
+The degradation is the official GFPGAN one (blur → downsample → noise → JPEG → resize back → colour
+jitter / gray), every number from the ``degradation`` config section. Random parameters are drawn from a
+``numpy.random.Generator`` seeded per sample from (seed, epoch, rank, position), so a run is reproducible
+and resumes exactly, whatever the number of loader workers. The blur kernel and JPEG codec are basicsr's
+(``basicsr.data.degradations``, the official functions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from basicsr.data import degradations
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import functional as TF
+
+import gfp  # noqa: F401  (torchvision shim before basicsr)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+# FFHQ 512 five-point template (eyes, nose, mouth corners), as used to align faces for GFPGAN.
+FFHQ_TEMPLATE_512 = np.array(
+    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043],
+     [313.08905, 371.15118]],
+    dtype=np.float64,
+)  # fmt: skip
+COMPONENTS = ("left_eye", "right_eye", "mouth")
+
+
+class DataError(ValueError):
+    """A dataset folder, lmdb or landmarks file that cannot be used."""
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files directly inside ``folder`` (clear error when there are none)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------- lmdb
+def write_lmdb(files: list[Path], lmdb_path: str | Path, compress_level: int = 1) -> Path:
+    """Pack images into a basicsr-style lmdb (``data.mdb`` + ``meta_info.txt``, key = file stem)."""
+    import lmdb
+
+    out = Path(lmdb_path)
+    if out.suffix != ".lmdb":
+        raise DataError(f"lmdb folder name must end with .lmdb, got {out}")
+    total = sum(p.stat().st_size for p in files)
+    env = lmdb.open(str(out), map_size=max(total * 10, 1 << 24))
+    lines = []
+    with env.begin(write=True) as txn:
+        for p in files:
+            img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                raise DataError(f"unreadable image: {p}")
+            ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+            txn.put(p.stem.encode("ascii"), buf.tobytes())
+            h, w = img.shape[:2]
+            c = 1 if img.ndim == 2 else img.shape[2]
+            lines.append(f"{p.stem}.png ({h},{w},{c}) {compress_level}\n")
+    env.close()
+    (out / "meta_info.txt").write_text("".join(lines))
+    return out
+
+
+class _ImageSource:
+    """Reads encoded image bytes from a folder or a basicsr-style lmdb (opened lazily per worker)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._env = None
+        if self.root.suffix == ".lmdb":
+            meta = self.root / "meta_info.txt"
+            if not meta.is_file():
+                raise DataError(f"{self.root} has no meta_info.txt (is it a basicsr lmdb?)")
+            self.keys = [
+                line.split(" ")[0].rsplit(".", 1)[0] for line in meta.read_text().splitlines() if line
+            ]
+            self.is_lmdb = True
+        else:
+            self.keys = [str(p) for p in list_images(self.root)]
+            self.is_lmdb = False
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def stem(self, index: int) -> str:
+        return self.keys[index] if self.is_lmdb else Path(self.keys[index]).stem
+
+    def read(self, index: int) -> np.ndarray:
+        """BGR float32 in [0, 1]."""
+        key = self.keys[index]
+        if self.is_lmdb:
+            if self._env is None:
+                import lmdb
+
+                self._env = lmdb.open(str(self.root), readonly=True, lock=False, readahead=False)
+            with self._env.begin(write=False) as txn:
+                buf = txn.get(key.encode("ascii"))
+            if buf is None:
+                raise DataError(f"key {key!r} missing from {self.root}")
+            img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+        else:
+            img = cv2.imread(key, cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"unreadable image: {key}")
+        return img.astype(np.float32) / 255.0
+
+    def __getstate__(self) -> dict[str, Any]:  # lmdb handles do not cross process boundaries
+        state = self.__dict__.copy()
+        state["_env"] = None
+        return state
+
+
+# ------------------------------------------------------------------------------ facial component boxes
+def _numpy_safe_globals() -> list[Any]:
+    """The exact numpy objects a pickled dict of float arrays references (numpy 1.x and 2.x spellings)."""
+    from numpy._core import multiarray
+
+    allowed: list[Any] = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    allowed += [(multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+    allowed += [(multiarray.scalar, "numpy.core.multiarray.scalar")]
+    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType"):
+        allowed.append(getattr(np.dtypes, name))
+    return allowed
+
+
+def load_component_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """Official ``FFHQ_eye_mouth_landmarks_512.pth``: {``'00000000'``: {part: [x, y, half_len]}} at 512 px.
+
+    The file is a numpy pickle; it is loaded with ``weights_only=True`` and only the numpy array types
+    allow-listed, never with arbitrary unpickling.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"components file not found: {p}")
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        raw = torch.load(p, map_location="cpu", weights_only=True)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, parts in raw.items():
+        out[str(key)] = {
+            part: np.asarray(parts[part], dtype=np.float64).reshape(-1)[:3] for part in COMPONENTS
+        }
+    return out
+
+
+def template_components(eye_scale: float = 0.2, mouth_scale: float = 0.55) -> dict[str, np.ndarray]:
+    """Component centres and half sizes (512 px) from the FFHQ 5-point template for aligned faces.
+
+    Eye half size = ``eye_scale`` × inter-ocular distance, mouth half size = ``mouth_scale`` × mouth width.
+    """
+    t = FFHQ_TEMPLATE_512
+    eye_dist = float(np.linalg.norm(t[1] - t[0]))
+    mouth_width = float(np.linalg.norm(t[4] - t[3]))
+    mouth = (t[3] + t[4]) / 2
+    return {
+        "left_eye": np.array([t[0, 0], t[0, 1], eye_scale * eye_dist]),
+        "right_eye": np.array([t[1, 0], t[1, 1], eye_scale * eye_dist]),
+        "mouth": np.array([mouth[0], mouth[1], mouth_scale * mouth_width]),
+    }
+
+
+def component_boxes(
+    parts: dict[str, np.ndarray], out_size: int, flipped: bool, eye_enlarge_ratio: float
+) -> dict[str, torch.Tensor]:
+    """[x1, y1, x2, y2] boxes at ``out_size`` (official formula: centre ± half, +1 on the top-left)."""
+    if flipped:  # the subject's eyes swap sides
+        parts = {"left_eye": parts["right_eye"], "right_eye": parts["left_eye"], "mouth": parts["mouth"]}
+    scale = out_size / 512.0
+    boxes = {}
+    for name in COMPONENTS:
+        x, y, half = (float(v) for v in parts[name])
+        if flipped:
+            x = 512.0 - x
+        if "eye" in name:
+            half *= eye_enlarge_ratio
+        box = np.array([x - half + 1, y - half + 1, x + half, y + half]) * scale
+        boxes[name] = torch.from_numpy(box).float()
+    return boxes
+
+
+# ------------------------------------------------------------------------------------------ degradation
+@dataclass
+class DegradationParams:
+    """Everything random about one degradation, drawn up front (so it can be checked and replayed)."""
+
+    kernel_type: str
+    sigma_x: float
+    sigma_y: float
+    rotation: float
+    scale: float
+    noise_sigma: float | None
+    jpeg_quality: int | None
+    color_shift: np.ndarray | None  # per-channel, /255 units already divided
+    gray: bool
+    pt_jitter: list[tuple[str, float]]  # (op, factor) in application order
+
+
+def sample_degradation(cfg: dict[str, Any], rng: np.random.Generator) -> DegradationParams:
+    """Draw one set of degradation parameters from the configured ranges."""
+    kinds = list(cfg["kernel_list"])
+    probs = np.asarray(cfg["kernel_prob"], dtype=np.float64)
+    kernel_type = str(kinds[rng.choice(len(kinds), p=probs / probs.sum())])
+    lo, hi = cfg["blur_sigma"]
+    sigma_x = float(rng.uniform(lo, hi))
+    if kernel_type == "aniso":
+        sigma_y = float(rng.uniform(lo, hi))
+        rotation = float(rng.uniform(-math.pi, math.pi))
+    else:
+        sigma_y, rotation = sigma_x, 0.0
+    scale = float(rng.uniform(*cfg["downsample_range"]))
+    noise = None if cfg["noise_range"] is None else float(rng.uniform(*cfg["noise_range"]))
+    jpeg = None if cfg["jpeg_range"] is None else int(round(rng.uniform(*cfg["jpeg_range"])))
+    shift = None
+    if cfg["color_jitter_prob"] is not None and rng.uniform() < cfg["color_jitter_prob"]:
+        s = cfg["color_jitter_shift"] / 255.0
+        shift = rng.uniform(-s, s, 3).astype(np.float32)
+    gray = bool(cfg["gray_prob"]) and rng.uniform() < cfg["gray_prob"]
+    pt_jitter: list[tuple[str, float]] = []
+    if cfg["color_jitter_pt_prob"] is not None and rng.uniform() < cfg["color_jitter_pt_prob"]:
+        for op in np.array(["brightness", "contrast", "saturation", "hue"])[rng.permutation(4)]:
+            if cfg[str(op)] is not None:
+                pt_jitter.append((str(op), float(rng.uniform(*cfg[str(op)]))))
+    return DegradationParams(
+        kernel_type, sigma_x, sigma_y, rotation, scale, noise, jpeg, shift, gray, pt_jitter
+    )
+
+
+_JITTER_OPS = {
+    "brightness": TF.adjust_brightness,
+    "contrast": TF.adjust_contrast,
+    "saturation": TF.adjust_saturation,
+    "hue": TF.adjust_hue,
+}
+
+
+def degrade(
+    img_gt: np.ndarray, params: DegradationParams, cfg: dict[str, Any], rng: np.random.Generator
+) -> np.ndarray:
+    """HQ BGR float32 [0, 1] (HxWx3) → LQ of the same size, also BGR float32 [0, 1]."""
+    h, w = img_gt.shape[:2]
+    kernel = degradations.bivariate_Gaussian(
+        cfg["blur_kernel_size"], params.sigma_x, params.sigma_y, params.rotation,
+        isotropic=params.kernel_type == "iso",
+    )  # fmt: skip
+    img = cv2.filter2D(img_gt, -1, kernel)
+    img = cv2.resize(img, (max(1, int(w // params.scale)), max(1, int(h // params.scale))), cv2.INTER_LINEAR)
+    if params.noise_sigma is not None:
+        img = np.clip(
+            img + rng.standard_normal(img.shape).astype(np.float32) * params.noise_sigma / 255.0, 0, 1
+        )
+    if params.jpeg_quality is not None:
+        img = _jpeg(img, params.jpeg_quality)
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    if params.color_shift is not None:
+        img = np.clip(img + params.color_shift, 0, 1)
+    if params.gray:
+        img = np.tile(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None], (1, 1, 3))
+    return img.astype(np.float32)
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG round trip at ``quality`` (as basicsr's add_jpg_compression, quantised to uint8 explicitly)."""
+    img8 = (np.clip(img, 0, 1) * 255.0).round().astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", img8, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise DataError("JPEG encoding failed")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR).astype(np.float32) / 255.0
+
+
+def _to_tensor(img_bgr: np.ndarray) -> torch.Tensor:
+    """BGR HWC [0, 1] → RGB CHW [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img_bgr[:, :, ::-1].transpose(2, 0, 1))).float()
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+class FaceDegradationDataset(Dataset):
+    """HQ faces from a folder or lmdb, degraded on the fly; items are dicts of tensors in [-1, 1].
+
+    Index with an int (validation: fixed seed per image) or with a ``(index, seed)`` tuple from
+    :class:`ResumableSampler` (training: seed identifies epoch, rank and position).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        data_cfg: dict[str, Any],
+        degradation_cfg: dict[str, Any],
+        indices: list[int] | None = None,
+        train: bool = True,
+    ) -> None:
+        self.source = _ImageSource(root)
+        self.indices = list(range(len(self.source))) if indices is None else list(indices)
+        if not self.indices:
+            raise DataError(f"no training images left in {root} after holding out validation images")
+        self.out_size = int(data_cfg["out_size"])
+        self.hflip = bool(data_cfg["use_hflip"]) and train
+        self.deg = degradation_cfg
+        comp = data_cfg["components"]
+        self.eye_enlarge = float(comp["eye_enlarge_ratio"])
+        self.components = load_component_file(comp["file"]) if comp["source"] == "file" else None
+        self.template = template_components()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _parts(self, source_index: int) -> dict[str, np.ndarray]:
+        if self.components is None:
+            return self.template
+        stem = self.source.stem(source_index)
+        for key in (stem, f"{int(stem):08d}" if stem.isdigit() else stem, f"{source_index:08d}"):
+            if key in self.components:
+                return self.components[key]
+        raise DataError(f"no facial components for image {stem!r} in the components file")
+
+    def __getitem__(self, item: int | tuple[int, tuple[int, ...]]) -> dict[str, Any]:
+        index, seed = (item, (0xFACE, item)) if isinstance(item, int) else item
+        rng = np.random.default_rng(list(seed))
+        source_index = self.indices[index]
+        img_gt = self.source.read(source_index)
+        if img_gt.shape[:2] != (self.out_size, self.out_size):
+            interp = cv2.INTER_AREA if img_gt.shape[0] > self.out_size else cv2.INTER_CUBIC
+            img_gt = cv2.resize(img_gt, (self.out_size, self.out_size), interpolation=interp)
+        flipped = self.hflip and rng.uniform() < 0.5
+        if flipped:
+            img_gt = np.ascontiguousarray(img_gt[:, ::-1])
+        params = sample_degradation(self.deg, rng)
+        img_lq = degrade(img_gt, params, self.deg, rng)
+        if params.gray and self.deg.get("gt_gray"):
+            img_gt = np.tile(cv2.cvtColor(img_gt, cv2.COLOR_BGR2GRAY)[:, :, None], (1, 1, 3))
+        gt, lq = _to_tensor(img_gt), _to_tensor(img_lq)
+        for op, factor in params.pt_jitter:
+            lq = _JITTER_OPS[op](lq, factor)
+        lq = torch.clamp((lq * 255.0).round(), 0, 255) / 255.0
+        out: dict[str, Any] = {"lq": lq * 2 - 1, "gt": gt * 2 - 1, "path": self.source.stem(source_index)}
+        boxes = component_boxes(self._parts(source_index), self.out_size, flipped, self.eye_enlarge)
+        out.update({f"loc_{k}": v for k, v in boxes.items()})
+        return out
+
+
+def split_indices(count: int, holdout: int) -> tuple[list[int], list[int]]:
+    """Training and validation indices: the last ``holdout`` items (sorted order) are held out."""
+    if holdout < 0 or holdout >= count:
+        raise DataError(f"data.val_holdout must be in [0, {count - 1}] for {count} images, got {holdout}")
+    return list(range(count - holdout)), list(range(count - holdout, count))
+
+
+class ResumableSampler(Sampler):
+    """Endless shuffled stream of ``(index, seed)`` for one rank, starting at any position.
+
+    Epoch ``e`` uses permutation ``seed + e``, split round-robin across ranks (padded by wrap-around so
+    every rank sees the same count); position ``p`` of a rank is fully determined, so resuming at
+    ``start = step × batch_size`` replays exactly the samples a straight run would have drawn.
+    """
+
+    def __init__(
+        self, length: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0
+    ) -> None:
+        self.length, self.seed, self.rank, self.world, self.start = length, seed, rank, world_size, start
+        self.per_rank = math.ceil(length / world_size)
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number
+        return 1 << 62
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, ...]]]:
+        position = self.start
+        while True:
+            epoch, offset = divmod(position, self.per_rank)
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            perm = torch.randperm(self.length, generator=g).tolist()
+            perm += perm[: self.per_rank * self.world - self.length]
+            mine = perm[self.rank :: self.world]
+            for k in range(offset, self.per_rank):
+                yield mine[k], (self.seed, epoch, self.rank, k)
+            position = (epoch + 1) * self.per_rank
+
+
+def prepare_folder(src: str | Path, dst: str | Path, size: int, lmdb: bool = False) -> Path:
+    """Resize every aligned face in ``src`` to ``size``² PNGs in ``dst`` (or one ``dst``.lmdb).
+
+    Training at a size below the stored one (FFHQ/CelebA-HQ are 1024 px) otherwise decodes and resizes
+    every image on every step.
+    """
+    from tqdm import tqdm
+
+    files = list_images(src)
+    out = Path(dst)
+    target = out.with_suffix("") if lmdb else out
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in tqdm(files, desc="resize", unit="img"):
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"unreadable image: {p}")
+        if img.shape[:2] != (size, size):
+            interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
+            img = cv2.resize(img, (size, size), interpolation=interp)
+        dest = target / f"{p.stem}.png"
+        cv2.imwrite(str(dest), img)
+        written.append(dest)
+    if lmdb:
+        return write_lmdb(written, out if out.suffix == ".lmdb" else out.with_suffix(".lmdb"))
+    return target
