@@ -1,0 +1,43 @@
+"""Validation metrics on batches of images in [-1, 1]: PSNR, SSIM (both on 0-255 RGB) and identity cosine."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def _to255(x: Tensor) -> Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round()
+
+
+def psnr(output: Tensor, target: Tensor) -> Tensor:
+    """Per-image PSNR in dB of uint8-quantised RGB images (as basicsr's calculate_psnr, no crop)."""
+    mse = (_to255(output) - _to255(target)).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(output: Tensor, target: Tensor) -> Tensor:
+    """Per-image SSIM (11x11 Gaussian window σ=1.5, valid region, channels averaged), as basicsr's."""
+    x, y = _to255(output).double(), _to255(target).double()
+    c = x.shape[1]
+    win = _gaussian_window().to(x.device).expand(c, 1, 11, 11)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_x, mu_y = F.conv2d(x, win, groups=c), F.conv2d(y, win, groups=c)
+    sxx = F.conv2d(x * x, win, groups=c) - mu_x**2
+    syy = F.conv2d(y * y, win, groups=c) - mu_y**2
+    sxy = F.conv2d(x * y, win, groups=c) - mu_x * mu_y
+    value = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return value.flatten(1).mean(1).float()
+
+
+def cosine_similarity(emb_a: Tensor, emb_b: Tensor) -> Tensor:
+    """Per-pair cosine similarity of identity embeddings."""
+    return F.cosine_similarity(emb_a.float(), emb_b.float(), dim=1)
