@@ -1,0 +1,139 @@
+"""Build every network a GFPGAN training run needs from the config, loading weights where asked.
+
+Weight files are found through ``gfp.loading`` (explicit path, weights folder, cache, Hub, official URL).
+The identity network and VGG19 are not generator weights, so their download entries are registered
+into the gfp model zoo here (:func:`register_training_weights`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gfp.archs import GeneratorConfig, build_generator
+from gfp.loading import MODEL_ZOO, CheckpointError, ModelEntry, load_state_dict, resolve_weights
+from train.discriminators import FacialComponentDiscriminator, StyleGAN2Discriminator
+from train.identity import IdentityEmbedder
+from train.losses import VGGFeatures
+
+log = logging.getLogger("train")
+
+TRAINING_WEIGHTS = (
+    ModelEntry(
+        "arcface_resnet18",
+        "arcface_resnet18.pth",
+        "https://github.com/TencentARC/GFPGAN/releases/download/v0.1.0/arcface_resnet18.pth",
+        "identity",
+        note="official sha256 not available offline: not verified",
+    ),
+    ModelEntry(
+        "vgg19",
+        "vgg19-dcbb9e9d.pth",
+        "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        "perceptual",
+        note="torchvision ImageNet VGG19; the file name carries the first hex digits of its sha256",
+    ),
+)
+
+
+def register_training_weights() -> None:
+    """Add the identity and VGG19 downloads to ``gfp.loading.MODEL_ZOO`` (idempotent)."""
+    for entry in TRAINING_WEIGHTS:
+        MODEL_ZOO.setdefault(entry.name, entry)
+
+
+def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_weights(spec: str, weights_dir: str | None = None) -> dict[str, Tensor]:
+    """State dict of a zoo name / file / folder; also unwraps ``net_state_dict`` (MobileFaceNet ckpt)."""
+    register_training_weights()
+    path = resolve_weights(spec, weights_dir)
+    try:
+        return _strip_prefix(load_state_dict(path))
+    except CheckpointError:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(raw, dict) and isinstance(raw.get("net_state_dict"), dict):
+            return _strip_prefix(raw["net_state_dict"])
+        raise
+
+
+def generator_config(cfg: dict[str, Any]) -> GeneratorConfig:
+    return GeneratorConfig.from_dict(cfg["model"]["generator"])
+
+
+def build_training_generator(cfg: dict[str, Any], weights_dir: str | None = None) -> nn.Module:
+    """Generator (random, fine-tuning start, and/or StyleGAN2 prior in the decoder; decoder maybe frozen)."""
+    model = cfg["model"]
+    net_g = build_generator(generator_config(cfg))
+    loaded_decoder = False
+    if model["pretrained"]:
+        net_g.load_state_dict(load_weights(model["pretrained"], weights_dir), strict=True)
+        loaded_decoder = True
+        log.info("generator initialised from %s", model["pretrained"])
+    if model["prior"]:
+        net_g.stylegan_decoder.load_state_dict(load_weights(model["prior"], weights_dir), strict=True)
+        loaded_decoder = True
+        log.info("StyleGAN2 prior loaded into the decoder from %s", model["prior"])
+    if model["fix_decoder"]:
+        if not loaded_decoder:
+            log.warning(
+                "model.fix_decoder is set but no prior/pretrained was loaded: freezing a random decoder"
+            )
+        net_g.stylegan_decoder.requires_grad_(False)
+    return net_g
+
+
+def build_discriminators(cfg: dict[str, Any], weights_dir: str | None = None) -> dict[str, nn.Module]:
+    """``{"d": whole-face D, and "left_eye"/"right_eye"/"mouth" component Ds when enabled}``."""
+    md = cfg["model"]["discriminator"]
+    nets: dict[str, nn.Module] = {
+        "d": StyleGAN2Discriminator(cfg["data"]["out_size"], md["channel_multiplier"], narrow=md["narrow"])
+    }
+    if md["weights"]:
+        nets["d"].load_state_dict(load_weights(md["weights"], weights_dir), strict=True)
+    comp = cfg["model"]["component_discriminators"]
+    if comp["enabled"]:
+        for part in ("left_eye", "right_eye", "mouth"):
+            nets[part] = FacialComponentDiscriminator()
+            if comp["weights"].get(part):
+                nets[part].load_state_dict(load_weights(comp["weights"][part], weights_dir), strict=True)
+    return nets
+
+
+def build_identity(cfg: dict[str, Any], weights_dir: str | None = None) -> IdentityEmbedder | None:
+    """Frozen identity embedder, or None when ``model.identity.arch`` is ``none``."""
+    ident = cfg["model"]["identity"]
+    if ident["arch"] == "none":
+        return None
+    embedder = IdentityEmbedder(ident["arch"])
+    if ident["weights"]:
+        embedder.net.load_state_dict(load_weights(ident["weights"], weights_dir), strict=True)
+    else:
+        log.warning("identity network has random weights (model.identity.weights is null): tests only")
+    return embedder
+
+
+def build_vgg(cfg: dict[str, Any], weights_dir: str | None = None) -> VGGFeatures | None:
+    """Frozen VGG19 feature extractor, or None when the perceptual and style weights are both 0."""
+    loss = cfg["loss"]
+    if not loss["perceptual_weight"] and not loss["style_weight"]:
+        return None
+    spec = cfg["model"]["vgg_weights"]
+    if spec is None:
+        log.warning("VGG19 has random weights (model.vgg_weights is null): tests only")
+        return VGGFeatures(list(loss["vgg_layers"]))
+    try:
+        state = load_weights(spec, weights_dir)
+    except Exception as err:
+        raise RuntimeError(
+            f"the perceptual loss needs ImageNet VGG19 weights ({spec!r}), which could not be loaded: {err}\n"
+            "Download https://download.pytorch.org/models/vgg19-dcbb9e9d.pth and pass its path as "
+            "model.vgg_weights=PATH (or put it in GFP_WEIGHTS_DIR), or switch the loss off with "
+            "loss.perceptual_weight=0 loss.style_weight=0."
+        ) from err
+    return VGGFeatures(list(loss["vgg_layers"]), state)

@@ -1,0 +1,531 @@
+"""GFPGAN training loop: ``python -m train.train --config CONFIG.yml [key.sub=value ...]``.
+
+One command for CPU, one GPU, and many GPUs / nodes (launch with ``torchrun``; DistributedDataParallel,
+per-rank shuffled sampling, rank 0 logs, validates and checkpoints). Checkpoints hold everything needed to
+continue bit-for-bit: networks, EMA generator, optimisers, schedulers, AMP scaler, step and RNG states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torchvision.ops import roi_align
+from tqdm import tqdm
+
+from gfp.loading import select_device
+from train import losses as L
+from train.config import ConfigError, load_config
+from train.data import FaceDegradationDataset, ResumableSampler, list_images, split_indices
+from train.metrics import cosine_similarity, psnr, ssim
+from train.networks import build_discriminators, build_identity, build_training_generator, build_vgg
+
+log = logging.getLogger("train")
+PARTS = ("left_eye", "right_eye", "mouth")
+CHECKPOINT_GLOB = "step_*.pt"
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
+def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+class Trainer:
+    """Holds the networks, optimisers and data of one process; ``fit()`` runs to ``train.total_iter``."""
+
+    def __init__(
+        self, cfg: dict[str, Any], rank: int = 0, world_size: int = 1, device: torch.device | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.rank, self.world = rank, world_size
+        self.device = device or select_device(cfg["device"])
+        self.step = 0
+        self.out_dir = Path(cfg["output_dir"])
+        torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
+
+        self.net_g = build_training_generator(cfg).to(self.device)
+        self.net_g_ema = copy.deepcopy(self.net_g).eval().requires_grad_(False)
+        self.nets_d = {k: v.to(self.device) for k, v in build_discriminators(cfg).items()}
+        self.identity = build_identity(cfg)
+        self.identity = self.identity.to(self.device) if self.identity is not None else None
+        self.vgg = build_vgg(cfg)
+        self.vgg = self.vgg.to(self.device) if self.vgg is not None else None
+        self._frozen = {n for n, p in self.net_g.named_parameters() if not p.requires_grad}
+
+        opt = cfg["optim"]
+        reg_ratio = cfg["loss"]["d_reg_every"] / (cfg["loss"]["d_reg_every"] + 1)  # lazy R1 correction
+        g_params = [p for p in self.net_g.parameters() if p.requires_grad]
+        self.optimizers = {"g": torch.optim.Adam(g_params, lr=opt["lr_g"], betas=(0.0, 0.99))}
+        self.optimizers["d"] = torch.optim.Adam(
+            self.nets_d["d"].parameters(), lr=opt["lr_d"] * reg_ratio, betas=(0.0, 0.99**reg_ratio)
+        )
+        for part in PARTS:
+            if part in self.nets_d:
+                self.optimizers[part] = torch.optim.Adam(
+                    self.nets_d[part].parameters(), lr=opt["lr_component"], betas=(0.9, 0.99)
+                )
+        self.schedulers = {
+            k: torch.optim.lr_scheduler.MultiStepLR(o, milestones=opt["milestones"], gamma=opt["gamma"])
+            for k, o in self.optimizers.items()
+        }
+
+        self.amp = bool(cfg["train"]["amp"]) and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+
+        if world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net_g = DistributedDataParallel(self.net_g, device_ids=ids)
+            self.nets_d = {k: DistributedDataParallel(v, device_ids=ids) for k, v in self.nets_d.items()}
+
+        self._build_data()
+        self.writer = None
+
+    # ------------------------------------------------------------------------------------------- data
+    def _build_data(self) -> None:
+        data = self.cfg["data"]
+        if not data["train"]:
+            raise ConfigError("data.train is not set: give a folder of aligned faces (or a .lmdb)")
+        root = Path(data["train"])
+        count = len(FaceDegradationDataset(root, data, self.cfg["degradation"]))
+        train_idx, held_idx = split_indices(count, int(data["val_holdout"]))
+        self.train_set = FaceDegradationDataset(root, data, self.cfg["degradation"], train_idx, train=True)
+        self.val_set = None
+        if data["val"]:
+            list_images(data["val"])  # clear error now rather than at the first validation
+            self.val_set = FaceDegradationDataset(data["val"], data, self.cfg["degradation"], train=False)
+        elif held_idx:
+            self.val_set = FaceDegradationDataset(root, data, self.cfg["degradation"], held_idx, train=False)
+
+    def _loader(self) -> DataLoader:
+        sampler = ResumableSampler(
+            len(self.train_set), self.cfg["seed"], self.rank, self.world, start=self.step * self.batch_size
+        )
+        workers = int(self.cfg["data"]["num_workers"])
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.cfg["seed"]),  # keep the global RNG untouched
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.cfg["data"]["batch_size"])
+
+    # ------------------------------------------------------------------------------------------- step
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
+
+    def _backward(self, loss: Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def _rois(self, batch: dict[str, Tensor], images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Left eye, right eye and mouth crops via roi_align (80/80/120 px at 512, scaled to out_size)."""
+        size = self.cfg["data"]["out_size"]
+        eye_px, mouth_px = max(10, round(80 * size / 512)), max(10, round(120 * size / 512))
+        b = images[0].shape[0]
+        idx = torch.arange(b, device=self.device, dtype=torch.float32)[:, None]
+        boxes = {p: torch.cat([idx, batch[f"loc_{p}"].to(self.device)], 1) for p in PARTS}
+        out = []
+        for img in images:
+            crops = {
+                p: roi_align(img, boxes[p], output_size=eye_px if "eye" in p else mouth_px) for p in PARTS
+            }
+            out.append(crops)
+        return out
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One official GFPGAN iteration: G update, EMA, D update (+lazy R1), component D updates."""
+        self.step += 1
+        lw = self.cfg["loss"]
+        lq = batch["lq"].to(self.device, non_blocking=True)
+        gt = batch["gt"].to(self.device, non_blocking=True)
+        d_all = list(self.nets_d.values())
+        use_comp = all(p in self.nets_d for p in PARTS)
+        logs: dict[str, Tensor] = {}
+
+        # ---- generator
+        _set_requires_grad(d_all, False)
+        self.optimizers["g"].zero_grad(set_to_none=True)
+        with self._autocast():
+            output, out_rgbs = self.net_g(lq, return_rgb=True, randomize_noise=True)
+            total = L.pixel_loss(output, gt, lw["pixel_weight"])
+            logs["l_g_pix"] = total
+            pyr_w = lw["pyramid_weight"] if self.step <= lw["pyramid_until"] else 0.0
+            l_pyr = L.pyramid_loss(out_rgbs, gt, pyr_w)  # weight 0 keeps DDP's graph complete
+            total = total + l_pyr
+            logs["l_g_pyramid"] = l_pyr
+            if self.vgg is not None:
+                l_per, l_sty = L.perceptual_loss(
+                    self.vgg(output),
+                    self.vgg(gt),
+                    lw["vgg_layers"],
+                    lw["perceptual_weight"],
+                    lw["style_weight"],
+                )
+                total = total + l_per + l_sty
+                logs["l_g_percep"], logs["l_g_style"] = l_per, l_sty
+            l_gan = L.gan_loss_g(self.nets_d["d"](output), lw["gan_weight"])
+            total = total + l_gan
+            logs["l_g_gan"] = l_gan
+            if use_comp:
+                fake_rois, real_rois = self._rois(batch, [output, gt])
+                fake_feats, real_feats = [], []
+                for part in PARTS:
+                    pred, feats = self.nets_d[part](fake_rois[part], return_feats=True)
+                    l_c = L.gan_loss_g(pred, lw["component_gan_weight"])
+                    total = total + l_c
+                    logs[f"l_g_gan_{part}"] = l_c
+                    fake_feats.append(feats)
+                    real_feats.append(self.nets_d[part](real_rois[part], return_feats=True)[1])
+                if lw["component_style_weight"] > 0:
+                    l_cs = L.component_style_loss(fake_feats, real_feats, lw["component_style_weight"])
+                    total = total + l_cs
+                    logs["l_g_comp_style"] = l_cs
+            if self.identity is not None and lw["identity_weight"] > 0:
+                l_id = L.identity_loss(self.identity(output), self.identity(gt), lw["identity_weight"])
+                total = total + l_id
+                logs["l_identity"] = l_id
+        logs["l_g_total"] = total
+        self._backward(total)
+        self.scaler.step(self.optimizers["g"])
+        self._update_ema()
+
+        # ---- discriminator
+        _set_requires_grad(d_all, True)
+        for key, opt in self.optimizers.items():
+            if key != "g":
+                opt.zero_grad(set_to_none=True)
+        fake = output.detach()
+        with self._autocast():
+            fake_pred, real_pred = self.nets_d["d"](fake), self.nets_d["d"](gt)
+            l_d = L.gan_loss_d(real_pred, fake_pred)
+        logs["l_d"], logs["real_score"], logs["fake_score"] = l_d, real_pred.mean(), fake_pred.mean()
+        self._backward(l_d)
+        if self.step % lw["d_reg_every"] == 0:
+            gt_r = gt.detach().requires_grad_(True)
+            pred = self.nets_d["d"](gt_r)  # R1 in full precision
+            r1 = L.r1_penalty(pred, gt_r)
+            # 0 * pred keeps the last layer's bias in the graph (DDP expects every parameter to get a grad)
+            l_r1 = lw["r1_weight"] / 2 * r1 * lw["d_reg_every"] + 0 * pred[0, 0]
+            logs["l_d_r1"] = r1
+            self._backward(l_r1)
+        self.scaler.step(self.optimizers["d"])
+        if use_comp:
+            fake_rois = {p: v.detach() for p, v in fake_rois.items()}
+            with self._autocast():
+                for part in PARTS:
+                    f_pred, _ = self.nets_d[part](fake_rois[part])
+                    r_pred, _ = self.nets_d[part](real_rois[part])
+                    l_dc = L.gan_loss_d(r_pred, f_pred)
+                    logs[f"l_d_{part}"] = l_dc
+                    self._backward(l_dc)
+            for part in PARTS:
+                self.scaler.step(self.optimizers[part])
+        self.scaler.update()
+        for sched in self.schedulers.values():
+            sched.step()
+        return self._reduce(logs)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = float(self.cfg["train"]["ema_decay"])
+        src = dict(_unwrap(self.net_g).named_parameters())
+        for name, p_ema in self.net_g_ema.named_parameters():
+            if name not in self._frozen:
+                p_ema.lerp_(src[name].detach(), 1.0 - decay)
+        for b_ema, b in zip(self.net_g_ema.buffers(), _unwrap(self.net_g).buffers(), strict=True):
+            b_ema.copy_(b)
+
+    def _reduce(self, logs: dict[str, Tensor]) -> dict[str, float]:
+        """Average the scalar logs over ranks (for logging only)."""
+        keys = sorted(logs)
+        values = torch.stack([logs[k].detach().float().reshape(()) for k in keys])
+        if self.world > 1:
+            dist.all_reduce(values)
+            values /= self.world
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    # -------------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """EMA generator on held-out faces: PSNR, SSIM, identity cosine (and the same for the LQ input)."""
+        if self.val_set is None:
+            return {}
+        sums: dict[str, float] = {}
+        grid = []
+        for i in range(len(self.val_set)):
+            item = self.val_set[i]
+            lq, gt = item["lq"][None].to(self.device), item["gt"][None].to(self.device)
+            out, _ = self.net_g_ema(lq, return_rgb=False)
+            out = out.float().clamp(-1, 1)
+            values = {
+                "psnr": psnr(out, gt),
+                "ssim": ssim(out, gt),
+                "psnr_lq": psnr(lq, gt),
+                "ssim_lq": ssim(lq, gt),
+            }
+            if self.identity is not None:
+                e_gt = self.identity(gt)
+                values["id_cos"] = cosine_similarity(self.identity(out), e_gt)
+                values["id_cos_lq"] = cosine_similarity(self.identity(lq), e_gt)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + float(v.mean())
+            if i < 4:
+                grid += [lq[0], out[0], gt[0]]
+        metrics = {k: v / len(self.val_set) for k, v in sums.items()}
+        if self.writer is not None and grid:
+            from torchvision.utils import make_grid
+
+            image = make_grid(torch.stack(grid).cpu(), nrow=3, normalize=True, value_range=(-1, 1))
+            self.writer.add_image("val/lq_output_gt", image, self.step)
+        return metrics
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (plain tensors and containers: loads with weights_only)."""
+        state = {
+            "step": self.step,
+            "config": self.cfg,
+            "net_g": _unwrap(self.net_g).state_dict(),
+            "net_g_ema": self.net_g_ema.state_dict(),
+            "nets_d": {k: _unwrap(v).state_dict() for k, v in self.nets_d.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "rng": self._rng_states(),
+        }
+        return state
+
+    def _rng_states(self) -> list[dict[str, Tensor]]:
+        """Every rank's torch RNG state (collective when distributed), so each rank resumes its own stream."""
+        mine = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.world == 1:
+            return [mine]
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        return gathered
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        _unwrap(self.net_g).load_state_dict(state["net_g"])
+        self.net_g_ema.load_state_dict(state["net_g_ema"])
+        for k, v in self.nets_d.items():
+            _unwrap(v).load_state_dict(state["nets_d"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        self.scaler.load_state_dict(state["scaler"])
+        states = state["rng"]
+        if len(states) == self.world:
+            torch.set_rng_state(states[self.rank]["cpu"].cpu())
+            if "cuda" in states[self.rank] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(states[self.rank]["cuda"].cpu(), self.device)
+        else:
+            log.warning(
+                "checkpoint was written by %d processes, now %d: noise RNG reseeded", len(states), self.world
+            )
+            torch.manual_seed(self.cfg["seed"] * 1000 + self.rank + self.step)
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step_XXXXXXXX.pt`` atomically (rank 0; all ranks call) and prune old ones."""
+        state = self.state_dict()
+        if self.rank != 0:
+            return None
+        folder = self.out_dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step_{self.step:08d}.pt"
+        tmp = path.with_suffix(".pt.part")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        keep = int(self.cfg["train"]["keep_checkpoints"])
+        for old in sorted(folder.glob(CHECKPOINT_GLOB))[:-keep] if keep > 0 else []:
+            old.unlink()
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.load_state_dict(state)
+
+    # ---------------------------------------------------------------------------------------------- fit
+    def fit(self, total_iter: int | None = None) -> dict[str, float]:
+        """Train until ``total_iter`` (default ``train.total_iter``); returns the last logged losses."""
+        tcfg = self.cfg["train"]
+        total_iter = int(total_iter if total_iter is not None else tcfg["total_iter"])
+        main = self.rank == 0
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yml").write_text(_dump_yaml(self.cfg))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+        self.net_g.train()
+        for net in self.nets_d.values():
+            net.train()
+        last: dict[str, float] = {}
+        if self.step >= total_iter:
+            return last
+        bar = tqdm(total=total_iter, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
+        started, t0 = self.step, time.time()
+        for batch in self._loader():
+            logs = self.train_step(batch)
+            bar.update(1)
+            if main:
+                last = logs
+                self._log(logs, started, t0)
+                if tcfg["image_every"] and self.step % tcfg["image_every"] == 0:
+                    self._log_train_images(batch)
+            if tcfg["val_every"] and (self.step % tcfg["val_every"] == 0 or self.step == total_iter):
+                self._run_validation()
+            if tcfg["ckpt_every"] and (self.step % tcfg["ckpt_every"] == 0 or self.step == total_iter):
+                self.save_checkpoint()
+                if self.world > 1:
+                    dist.barrier()
+            if self.step >= total_iter:
+                break
+        bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return last
+
+    def _log(self, logs: dict[str, float], started: int, t0: float) -> None:
+        every = self.cfg["train"]["log_every"]
+        if not every or self.step % every:
+            return
+        for k, v in logs.items():
+            self.writer.add_scalar(f"loss/{k}", v, self.step)
+        self.writer.add_scalar("lr/g", self.optimizers["g"].param_groups[0]["lr"], self.step)
+        rate = (self.step - started) / max(time.time() - t0, 1e-9)
+        record = {"step": self.step, "time_s": round(time.time() - t0, 1), "it_per_s": round(rate, 4), **logs}
+        self._append_jsonl("train_log.jsonl", record)
+        text = " ".join(
+            f"{k}={v:.4g}" for k, v in logs.items() if k.startswith(("l_g_total", "l_g_pix", "l_d"))
+        )
+        tqdm.write(f"step {self.step}: {text}")
+
+    def _log_train_images(self, batch: dict[str, Tensor]) -> None:
+        from torchvision.utils import make_grid
+
+        with torch.no_grad():
+            out, _ = self.net_g_ema(batch["lq"][:4].to(self.device), return_rgb=False)
+        rows = torch.cat([batch["lq"][:4], out.float().cpu(), batch["gt"][:4]])
+        grid = make_grid(rows, nrow=min(4, batch["lq"].shape[0]), normalize=True, value_range=(-1, 1))
+        self.writer.add_image("train/lq_ema_gt", grid, self.step)
+
+    def _run_validation(self) -> None:
+        if self.rank == 0 and self.val_set is not None:
+            metrics = self.validate()
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"val/{k}", v, self.step)
+            self._append_jsonl("val_log.jsonl", {"step": self.step, **metrics})
+            tqdm.write(f"validation @ {self.step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if self.world > 1:
+            dist.barrier()
+
+    def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        with open(self.out_dir / name, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _dump_yaml(cfg: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``step_*.pt`` in ``output_dir/checkpoints`` (None when there is none)."""
+    found = sorted((Path(output_dir) / "checkpoints").glob(CHECKPOINT_GLOB))
+    return found[-1] if found else None
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def _distributed_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when not launched by it."""
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def run(
+    cfg: dict[str, Any], rank: int, world_size: int, resume: str | None = None, local_rank: int = 0
+) -> Trainer:
+    """Build a trainer for this process (initialising the process group when world_size > 1) and train."""
+    device = select_device(cfg["device"])
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(
+                "nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size
+            )
+    trainer = Trainer(cfg, rank, world_size, device)
+    torch.manual_seed(cfg["seed"] * 1000 + rank)  # per-rank noise for the generator's random noise inputs
+    if resume:
+        path = latest_checkpoint(cfg["output_dir"]) if resume == "auto" else Path(resume)
+        if path is None:
+            log.info("no checkpoint in %s: starting from scratch", cfg["output_dir"])
+        elif not path.is_file():
+            raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
+        else:
+            trainer.resume(path)
+            log.info("resumed from %s at step %d", path, trainer.step)
+    trainer.fit()
+    return trainer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.train", description="Train a GFPGAN generator.")
+    p.add_argument("--config", required=True, help="YAML config (see train/configs/)")
+    p.add_argument("--resume", default=None, help="checkpoint file, or 'auto' for the newest in output_dir")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. data.batch_size=4")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank, world, local_rank = _distributed_env()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        run(cfg, rank, world, args.resume, local_rank)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
