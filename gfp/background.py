@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from basicsr.archs.rrdbnet_arch import RRDBNet
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from torch import nn
 from torch.nn import functional as F
+
+from gfp.loading import load_state_dict, resolve_weights, select_device
 
 MIN_OUTSCALE = 1.0
 MAX_OUTSCALE = 8.0
@@ -289,7 +292,7 @@ class BackgroundUpsampler:
 
 def build_background_upsampler(
     name: str,
-    weights_dir: str | None = None,
+    weights_dir: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
     tile: int = 400,
     half: bool = False,
@@ -299,20 +302,16 @@ def build_background_upsampler(
 ) -> BackgroundUpsampler | None:
     """Upsampler for a name of :data:`BACKGROUND_CHOICES`; None for "none" (use Lanczos).
 
-    Weights are resolved (and downloaded if needed) through ``gfp.loading`` when a network is first
-    used, so "realesrgan" fetches the x4 model only once an outscale above 2 is asked for.
+    ``device`` goes through ``gfp.loading.select_device`` (None/"auto": cuda, mps, cpu). Weights are
+    resolved (and downloaded if needed) through ``gfp.loading`` when a network is first used, so
+    "realesrgan" fetches the x4 model only once an outscale above 2 is asked for.
     """
     if name not in BACKGROUND_CHOICES:
         raise ValueError(f"unknown background upsampler '{name}'; choose one of {sorted(BACKGROUND_CHOICES)}")
     models = [BACKGROUND_MODELS[m] for m in BACKGROUND_CHOICES[name]]
     if not models:
         return None
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        from gfp.loading import select_device
-
-        dev = select_device(device)
+    dev = select_device(device)
 
     def loader(model: BackgroundModel) -> Callable[[], nn.Module]:
         return lambda: load_background_network(model.name, weights_dir)
@@ -327,10 +326,8 @@ def build_background_upsampler(
     )
 
 
-def load_background_network(name: str, weights_dir: str | None = None) -> nn.Module:
+def load_background_network(name: str, weights_dir: str | os.PathLike[str] | None = None) -> nn.Module:
     """Build the zoo network ``name`` and load its weights (strict) via gfp.loading."""
-    from gfp.loading import load_state_dict, resolve_weights
-
     net = BACKGROUND_MODELS[name].build()
     net.load_state_dict(load_state_dict(resolve_weights(name, weights_dir)), strict=True)
     return net

@@ -259,7 +259,7 @@ def test_build_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
         return _tiny_x2() if BACKGROUND_MODELS[name].scale == 2 else _tiny_x4()
 
     monkeypatch.setattr(background, "load_background_network", fake_load)
-    cpu = torch.device("cpu")
+    cpu = "cpu"
     assert build_background_upsampler("none", device=cpu) is None
     with pytest.raises(ValueError, match="realesrgan"):
         build_background_upsampler("esrgan-9000", device=cpu)
@@ -271,9 +271,13 @@ def test_build_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_background_upsampler("realesr-animevideov3", device=cpu).scales == (4,)
 
 
-def test_zoo_architecture_loads_real_animevideov3(shared_data: Path) -> None:
+def test_build_loads_real_weights_through_gfp_loading(shared_data: Path) -> None:
+    up = build_background_upsampler("realesr-animevideov3", shared_data / "weights", device="cpu", tile=0)
     state = torch.load(shared_data / "weights" / "realesr-animevideov3.pth", map_location="cpu")["params"]
-    BACKGROUND_MODELS["realesr-animevideov3"].build().load_state_dict(state, strict=True)
+    net = SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4, act_type="prelu")
+    net.load_state_dict(state, strict=True)
+    img = _image(24, 30)
+    np.testing.assert_array_equal(up.upsample(img, 4), BackgroundUpsampler({4: net}, tile=0).upsample(img, 4))
     general = BACKGROUND_MODELS["realesr-general-x4v3"].build()
-    with pytest.raises(RuntimeError):  # the x4v3 body is twice as deep: the file must not fit it
+    with pytest.raises(RuntimeError):  # the x4v3 body is twice as deep: the anime file must not fit it
         general.load_state_dict(state, strict=True)
