@@ -20,6 +20,7 @@ format is safetensors.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import pickle
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError
@@ -271,31 +272,36 @@ def download(entry: ModelEntry, dest: Path, progress: bool = True) -> Path:
     reports them with the other places looked); a download cut midway raises :class:`DownloadError`.
     """
     request = urllib.request.Request(entry.url, headers={"User-Agent": "gfp"})
-    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, _atomic_path(dest) as tmp:
         total = int(response.headers.get("Content-Length") or 0) or None
-        digest = hashlib.sha256()
-        received = 0
-        with (
-            _atomic_path(dest) as tmp,
-            open(tmp, "wb") as fh,
-            tqdm(total=total, unit="B", unit_scale=True, desc=entry.file_name, disable=not progress) as bar,
-        ):
-            try:
-                while chunk := response.read(_CHUNK):
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-                if total is not None and received != total:
-                    raise DownloadError(f"connection closed after {received} of {total} bytes")
-            except (OSError, DownloadError) as err:
-                reason = err if isinstance(err, DownloadError) else _describe(err)
-                raise DownloadError(
-                    f"download of {entry.file_name} from {entry.url} was interrupted ({reason}); nothing was "
-                    f"saved as {dest}. Try again, or download it yourself and pass its path."
-                ) from err
-            _verify(entry, digest.hexdigest(), received, dest)
+        try:
+            sha256, size = _copy_with_progress(response, tmp, total, entry.file_name, progress)
+            if total is not None and size != total:
+                raise DownloadError(f"connection closed after {size} of {total} bytes")
+        except (OSError, http.client.HTTPException, DownloadError) as err:
+            reason = err if isinstance(err, DownloadError) else _describe(err)
+            raise DownloadError(
+                f"download of {entry.file_name} from {entry.url} was interrupted ({reason}); nothing was "
+                f"saved as {dest}. Try again, or download it yourself and pass its path."
+            ) from err
+        _verify(entry, sha256, size, dest)
     return dest
+
+
+def _copy_with_progress(
+    response: IO[bytes], dest: Path, total: int | None, label: str, progress: bool
+) -> tuple[str, int]:
+    """Stream ``response`` into ``dest`` under a tqdm bar; return the sha256 and byte count written."""
+    digest = hashlib.sha256()
+    size = 0
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress)
+    with open(dest, "wb") as fh, bar:
+        while chunk := response.read(_CHUNK):
+            fh.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest(), size
 
 
 def _verify(entry: ModelEntry, sha256: str, size: int, dest: Path) -> None:
@@ -396,8 +402,9 @@ def _torch_load(path: Path) -> Any:
             f"{found.group(1)}), which could run code. Nothing in it was executed. Load only checkpoints "
             "from sources you trust, saved as plain state dicts or safetensors."
         ) from err
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    except Exception as err:  # arbitrary bytes make the unpickler fail in arbitrary ways (IndexError, ...)
+        reason = f"{type(err).__name__}: {err}"
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {reason}") from err
 
 
 def _unpickler_reason(err: Exception) -> str:

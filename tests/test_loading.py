@@ -1,0 +1,372 @@
+"""gfp.loading: the model zoo, where weights are found, downloads, the Hub, generators and devices.
+
+Networks are tiny (out_size 64/128, narrow channels); downloads go to a local HTTP server in a thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from gfp import loading
+from gfp.archs import UnknownArchitectureError
+from gfp.loading import (
+    MODEL_ZOO,
+    CheckpointError,
+    ChecksumMismatchError,
+    DownloadError,
+    WeightsNotFoundError,
+    load_generator,
+    resolve_weights,
+    save_pretrained,
+    select_device,
+)
+from tests._zoo_helpers import FileServer, serve, tiny_config, tiny_generator
+
+OFFICIAL = {  # zoo name -> release URL, as published by TencentARC / xinntao
+    "v1": "https://github.com/TencentARC/GFPGAN/releases/download/v0.1.0/GFPGANv1.pth",
+    "v1.2": "https://github.com/TencentARC/GFPGAN/releases/download/v0.2.0/GFPGANCleanv1-NoCE-C2.pth",
+    "v1.3": "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.3.pth",
+    "v1.4": "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
+    "retinaface_resnet50": "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
+    "retinaface_mobile0.25": "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",
+    "parsenet": "https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",
+    "RealESRGAN_x2plus": "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth",
+    "realesr-general-x4v3": "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.5.0/realesr-general-x4v3.pth",
+    "realesr-animevideov3": "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.5.0/realesr-animevideov3.pth",
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty cache and no weights folder from the environment."""
+    monkeypatch.setenv("GFP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("GFP_WEIGHTS_DIR", raising=False)
+    return tmp_path / "cache"
+
+
+def _checkpoint_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _point_at(monkeypatch: pytest.MonkeyPatch, name: str, url: str, body: bytes | None, **changes) -> None:
+    """Make zoo entry ``name`` download from ``url``; by default its sha256 is that of ``body``."""
+    if body is not None:
+        changes.setdefault("sha256", hashlib.sha256(body).hexdigest())
+        changes.setdefault("size", len(body))
+    monkeypatch.setitem(MODEL_ZOO, name, dataclasses.replace(MODEL_ZOO[name], url=url, **changes))
+
+
+def _closed_port_url(path: str) -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# --- the zoo ------------------------------------------------------------------------------------------
+
+
+def test_zoo_lists_official_releases_and_generator_configs() -> None:
+    assert set(MODEL_ZOO) == set(OFFICIAL)
+    for name, url in OFFICIAL.items():
+        entry = MODEL_ZOO[name]
+        assert entry.url == url and url.endswith("/" + entry.file_name)
+        assert entry.sha256 is None or len(entry.sha256) == 64
+        if entry.sha256 is None:
+            assert "not verified" in entry.note
+    assert MODEL_ZOO["v1"].config.arch == "v1" and MODEL_ZOO["v1"].config.channel_multiplier == 1
+    for name in ("v1.2", "v1.3", "v1.4"):
+        config = MODEL_ZOO[name].config
+        assert (config.arch, config.channel_multiplier, config.out_size) == ("clean", 2, 512)
+        assert config.different_w and config.sft_half and config.input_is_latent
+    assert all(e.config is None for e in MODEL_ZOO.values() if e.kind != "generator")
+
+
+@pytest.mark.parametrize("spec", ["1.4", "v1.4", "V1.4", "GFPGANv1.4", "GFPGANv1.4.pth"])
+def test_version_spellings_name_the_same_entry(spec: str) -> None:
+    assert loading.zoo_entry(spec) is MODEL_ZOO["v1.4"]
+
+
+@pytest.mark.shared
+def test_shared_copies_against_zoo_hashes(shared_data: Path) -> None:
+    """The offline MobileNet copy is the official file; the animevideov3 copy is documented as re-saved."""
+    weights = shared_data / "weights"
+    mobile = MODEL_ZOO["retinaface_mobile0.25"]
+    data = (weights / mobile.file_name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == mobile.sha256 and len(data) == mobile.size
+    anime = MODEL_ZOO["realesr-animevideov3"]
+    assert hashlib.sha256((weights / anime.file_name).read_bytes()).hexdigest() != anime.sha256
+    assert resolve_weights("retinaface_mobile0.25", weights_dir=weights) == weights / mobile.file_name
+
+
+# --- downloads ----------------------------------------------------------------------------------------
+
+
+def test_download_shows_progress_verifies_and_then_hits_the_cache(
+    monkeypatch: pytest.MonkeyPatch, isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = _checkpoint_bytes({"params_ema": tiny_generator(tiny_config()).state_dict()})
+    with serve(FileServer(files={"/GFPGANv1.4.pth": body})) as server:
+        _point_at(monkeypatch, "v1.4", server.url("/GFPGANv1.4.pth"), body)
+        path = resolve_weights("v1.4")
+        assert path == isolated / "GFPGANv1.4.pth" and path.read_bytes() == body
+        assert "GFPGANv1.4.pth" in capsys.readouterr().err  # the tqdm bar
+        assert resolve_weights("1.4") == path
+        assert server.count("/GFPGANv1.4.pth") == 1  # the second call never asked the network
+    assert _leftovers(isolated) == ["GFPGANv1.4.pth"]
+
+
+def test_checksum_mismatch_deletes_the_download(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    body = b"not the official bytes" * 100
+    with serve(FileServer(files={"/parsing_parsenet.pth": body})) as server:
+        _point_at(monkeypatch, "parsenet", server.url("/parsing_parsenet.pth"), None)
+        with pytest.raises(ChecksumMismatchError, match="deleted") as err:
+            resolve_weights("parsenet", progress=False)
+    assert MODEL_ZOO["parsenet"].sha256 in str(err.value)
+    assert hashlib.sha256(body).hexdigest() in str(err.value)
+    assert _leftovers(isolated) == []
+
+
+def test_size_is_checked_when_only_the_size_is_known(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    body = b"x" * 1000
+    with serve(FileServer(files={"/f.pth": body})) as server:
+        _point_at(monkeypatch, "realesr-general-x4v3", server.url("/f.pth"), None, size=999)
+        with pytest.raises(ChecksumMismatchError, match="1000 bytes, expected 999"):
+            resolve_weights("realesr-general-x4v3", progress=False)
+    assert _leftovers(isolated) == []
+
+
+def test_interrupted_download_leaves_no_file(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    body = bytes(range(256)) * 4096
+    with serve(FileServer(files={"/x2.pth": body}, truncate={"/x2.pth": len(body) // 3})) as server:
+        _point_at(monkeypatch, "RealESRGAN_x2plus", server.url("/x2.pth"), body)
+        with pytest.raises(DownloadError, match="interrupted") as err:
+            resolve_weights("RealESRGAN_x2plus", progress=False)
+    assert "RealESRGAN_x2plus.pth" in str(err.value)
+    assert _leftovers(isolated) == []  # neither the final name nor a temp file
+
+
+def test_offline_error_names_the_file_every_place_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated: Path
+) -> None:
+    url = _closed_port_url("/GFPGANv1.3.pth")
+    _point_at(monkeypatch, "v1.3", url, None)
+    monkeypatch.setenv("GFP_WEIGHTS_DIR", str(tmp_path / "mine"))
+    with pytest.raises(WeightsNotFoundError) as err:
+        resolve_weights("v1.3", progress=False)
+    message = str(err.value)
+    for needed in (
+        "GFPGANv1.3.pth",
+        str(tmp_path / "mine" / "GFPGANv1.3.pth"),
+        str(isolated / "GFPGANv1.3.pth"),
+        url,
+        "GFP_WEIGHTS_DIR",
+        "weights_dir",
+        "path",
+    ):
+        assert needed in message, needed
+    assert _leftovers(isolated) == []
+
+
+def test_http_error_is_reported_as_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(FileServer()) as server:
+        _point_at(monkeypatch, "v1", server.url("/missing.pth"), None)
+        with pytest.raises(WeightsNotFoundError, match="HTTP 404"):
+            resolve_weights("v1", progress=False)
+
+
+# --- local resolution ---------------------------------------------------------------------------------
+
+
+def test_weights_dir_argument_beats_env_which_beats_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated: Path
+) -> None:
+    _point_at(monkeypatch, "v1.4", _closed_port_url("/never"), None)
+    folders = {name: tmp_path / name for name in ("arg", "env")}
+    for folder in [*folders.values(), isolated]:
+        folder.mkdir()
+        (folder / "GFPGANv1.4.pth").write_bytes(b"x")
+    monkeypatch.setenv("GFP_WEIGHTS_DIR", str(folders["env"]))
+    assert resolve_weights("v1.4", weights_dir=folders["arg"]) == folders["arg"] / "GFPGANv1.4.pth"
+    assert resolve_weights("v1.4") == folders["env"] / "GFPGANv1.4.pth"
+    monkeypatch.delenv("GFP_WEIGHTS_DIR")
+    assert resolve_weights("v1.4") == isolated / "GFPGANv1.4.pth"
+
+
+def test_explicit_paths_and_unknown_names(tmp_path: Path) -> None:
+    ckpt = tmp_path / "anything.pth"
+    ckpt.write_bytes(b"x")
+    assert resolve_weights(str(ckpt)) == ckpt
+    assert resolve_weights(ckpt) == ckpt
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        resolve_weights(tmp_path / "missing.pth")
+    with pytest.raises(WeightsNotFoundError, match="unknown model 'v9'.*v1.4"):
+        resolve_weights("v9")
+
+
+# --- generators ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "multiplier", "out_size"), [("v1", 1, 64), ("clean", 1, 64), ("clean", 2, 64), ("clean", 2, 128)]
+)
+def test_load_generator_recognises_each_official_layout(
+    tmp_path: Path, arch: str, multiplier: int, out_size: int
+) -> None:
+    config = tiny_config(arch, multiplier, out_size)
+    original = tiny_generator(config)
+    path = tmp_path / "trained.pth"
+    torch.save({"params_ema": original.state_dict()}, path)
+    generator, found = load_generator(str(path), device="cpu")
+    assert found == config
+    assert not generator.training
+    loaded = generator.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in original.state_dict().items())
+
+
+def test_params_ema_is_preferred_over_params(tmp_path: Path) -> None:
+    config = tiny_config()
+    ema, raw = tiny_generator(config, seed=1).state_dict(), tiny_generator(config, seed=2).state_dict()
+    key = "final_linear.weight"
+    assert not torch.equal(ema[key], raw[key])
+    torch.save({"params": raw, "params_ema": ema}, tmp_path / "both.pth")
+    torch.save({"params": raw}, tmp_path / "raw.pth")
+    assert torch.equal(load_generator(tmp_path / "both.pth")[0].state_dict()[key], ema[key])
+    assert torch.equal(load_generator(tmp_path / "raw.pth")[0].state_dict()[key], raw[key])
+
+
+def test_plain_safetensors_file_is_recognised(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    config = tiny_config("v1")
+    save_file(tiny_generator(config).state_dict(), tmp_path / "g.safetensors")
+    assert load_generator(tmp_path / "g.safetensors")[1] == config
+
+
+def test_unknown_layout_is_rejected_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "detector.pth"
+    torch.save({"body.conv1.weight": torch.zeros(8, 3, 3, 3)}, path)
+    with pytest.raises(UnknownArchitectureError, match="detector.pth.*conv_body_first"):
+        load_generator(path)
+
+
+def test_zoo_name_loads_the_zoo_layout_and_rejects_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tiny_config("clean", 2)
+    torch.save({"params_ema": tiny_generator(config).state_dict()}, tmp_path / "GFPGANv1.4.pth")
+    with pytest.raises(CheckpointError, match="is not GFPGAN v1.4"):
+        load_generator("1.4", weights_dir=tmp_path)
+    monkeypatch.setitem(MODEL_ZOO, "v1.4", dataclasses.replace(MODEL_ZOO["v1.4"], config=config))
+    assert load_generator("1.4", weights_dir=tmp_path)[1] == config
+
+
+# --- published format and the Hub ---------------------------------------------------------------------
+
+
+def test_save_pretrained_round_trip(tmp_path: Path) -> None:
+    config = tiny_config("clean", 2, 128)
+    original = tiny_generator(config)
+    folder = save_pretrained(original, config, tmp_path / "export", card="# my model\n")
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["format"] == "gfp-generator" and meta["format_version"] == 1 and meta["out_size"] == 128
+    generator, found = load_generator(folder)
+    assert found == config and not generator.training
+    loaded = generator.state_dict()
+    assert loaded.keys() == original.state_dict().keys()  # noise buffers included
+    assert all(torch.equal(loaded[k], v) for k, v in original.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"arch": "clean"}, "not a gfp-generator config"),
+        ({"format": "gfp-generator", "format_version": 9}, "newer"),
+    ],
+)
+def test_foreign_or_newer_config_is_rejected(tmp_path: Path, meta: dict, message: str) -> None:
+    folder = save_pretrained(tiny_generator(tiny_config()), tiny_config(), tmp_path / "m")
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=message):
+        load_generator(folder)
+
+
+def _hub_files(folder: Path, repo: str) -> dict[str, bytes]:
+    return {f"/{repo}/resolve/main/{p.name}": p.read_bytes() for p in folder.iterdir()}
+
+
+def test_hub_repo_downloads_through_the_hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    config = tiny_config("v1")
+    published = save_pretrained(tiny_generator(config), config, tmp_path / "pub")
+    with serve(FileServer(files=_hub_files(published, "someone/tiny-gfpgan"))) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.base_url)
+        generator, found = load_generator("someone/tiny-gfpgan")
+        weights_path = "/someone/tiny-gfpgan/resolve/main/model.safetensors"
+        assert server.count(weights_path) == 1
+        assert (tmp_path / "hf" / "models--someone--tiny-gfpgan").is_dir()
+        assert found == config
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+        assert load_generator("someone/tiny-gfpgan")[1] == config  # served from the HF cache
+        assert server.count(weights_path) == 1
+
+
+def test_hub_repo_missing_everywhere_explains_how_to_provide_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    with serve(FileServer()) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.base_url)
+        with pytest.raises(WeightsNotFoundError) as err:
+            resolve_weights("someone/absent", weights_dir=tmp_path / "w", progress=False)
+    message = str(err.value)
+    for needed in (
+        "someone/absent",
+        str(tmp_path / "w" / "someone" / "absent"),
+        server.base_url,
+        "hf download",
+    ):
+        assert needed in message, needed
+
+
+def test_hub_repo_in_weights_dir_needs_no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", _closed_port_url(""))
+    config = tiny_config()
+    save_pretrained(tiny_generator(config), config, tmp_path / "w" / "someone" / "tiny")
+    monkeypatch.setenv("GFP_WEIGHTS_DIR", str(tmp_path / "w"))
+    assert load_generator("someone/tiny")[1] == config
+
+
+# --- devices ------------------------------------------------------------------------------------------
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device().type in {"cpu", "cuda", "mps"}
+    assert select_device("auto") == select_device(None)
+    for bad in ("gpu0", "tpu", "xla"):
+        with pytest.raises(ValueError, match="device"):
+            select_device(bad)
+    with pytest.raises(ValueError, match="CUDA"):
+        select_device(f"cuda:{torch.cuda.device_count()}")

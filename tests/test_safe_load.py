@@ -1,0 +1,107 @@
+"""Safe loading: checkpoints are read without running pickled code; bad files fail with clear errors."""
+
+from __future__ import annotations
+
+import pathlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gfp.loading import CheckpointError, UnsafeCheckpointError, WeightsNotFoundError, load_state_dict
+
+
+class _TouchOnLoad:
+    """Unpickling this calls ``Path.touch(marker)``: a harmless stand-in for arbitrary code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _malicious(tmp_path: Path, legacy: bool) -> tuple[Path, Path]:
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / ("legacy.pth" if legacy else "evil.pth")
+    checkpoint = {"params_ema": {"w": torch.zeros(2)}, "extra": _TouchOnLoad(marker)}
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
+    return path, marker
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_pickled_code_payload_is_refused_and_never_runs(tmp_path: Path, legacy: bool) -> None:
+    path, marker = _malicious(tmp_path, legacy)
+    with pytest.raises(UnsafeCheckpointError, match="refused to load") as err:
+        load_state_dict(path)
+    assert str(path) in str(err.value) and "was executed" in str(err.value)
+    assert not marker.exists()
+
+
+def test_the_payload_is_real(tmp_path: Path) -> None:
+    """Control for the test above: an unsafe load of the same file does run the payload."""
+    path, marker = _malicious(tmp_path, legacy=False)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_plain_pickle_of_tensors_loads_and_unwraps(tmp_path: Path) -> None:
+    weights = {"a.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(2)}
+    torch.save(weights, tmp_path / "plain.pth")
+    torch.save({"params_ema": weights, "params": {"a.weight": torch.zeros(1)}}, tmp_path / "wrapped.pth")
+    for name in ("plain.pth", "wrapped.pth"):
+        loaded = load_state_dict(tmp_path / name)
+        assert loaded.keys() == weights.keys()
+        assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+
+
+def test_safetensors_file_and_folder(tmp_path: Path) -> None:
+    weights = {"w": torch.randn(3, 3)}
+    save_file(weights, tmp_path / "model.safetensors")
+    assert torch.equal(load_state_dict(tmp_path / "model.safetensors")["w"], weights["w"])
+    assert torch.equal(load_state_dict(tmp_path)["w"], weights["w"])
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("garbage.pth", b"this is not a checkpoint" * 10, "not a readable PyTorch checkpoint"),
+        ("empty.pth", b"", "not a readable PyTorch checkpoint"),
+        ("broken.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage", "not a readable safetensors"),
+    ],
+    ids=["garbage", "empty", "safetensors"],
+)
+def test_unreadable_files_fail_clearly(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_state_dict(path)
+    assert name in str(err.value)
+
+
+def test_checkpoint_without_a_state_dict_is_rejected(tmp_path: Path) -> None:
+    torch.save({"epoch": 3, "net_state_dict": {"w": torch.zeros(1)}}, tmp_path / "trainer.pth")
+    with pytest.raises(CheckpointError, match="not a state dict of tensors.*epoch"):
+        load_state_dict(tmp_path / "trainer.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="holds no state dict"):
+        load_state_dict(tmp_path / "list.pth")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        load_state_dict(tmp_path / "nope.pth")
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    ("file_name", "some_key"),
+    [
+        ("detection_mobilenet0.25_Final.pth", "body.stage1.0.0.weight"),
+        ("realesr-animevideov3.pth", "body.0.weight"),
+    ],
+)
+def test_real_official_files_load_with_weights_only(shared_data: Path, file_name: str, some_key: str) -> None:
+    state_dict = load_state_dict(shared_data / "weights" / file_name)
+    assert some_key in state_dict and all(isinstance(v, torch.Tensor) for v in state_dict.values())
