@@ -1,0 +1,49 @@
+"""``python -m train {prepare,train,export,publish} ...``: one entry point for the training workflow."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _prepare(argv: list[str]) -> int:
+    from train.data import DataError, prepare_folder
+
+    p = argparse.ArgumentParser(
+        prog="python -m train prepare", description="Resize aligned faces for training."
+    )
+    p.add_argument("src", help="folder of aligned faces (e.g. FFHQ 1024 px)")
+    p.add_argument("dst", help="output folder (or NAME.lmdb with --lmdb)")
+    p.add_argument("--size", type=int, default=512, help="training size in pixels (data.out_size)")
+    p.add_argument(
+        "--lmdb", action="store_true", help="also pack the resized faces into a basicsr-style lmdb"
+    )
+    args = p.parse_args(argv)
+    try:
+        print(prepare_folder(args.src, args.dst, args.size, lmdb=args.lmdb))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = ("prepare", "train", "export", "publish")
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m train {{{','.join(commands)}}} ... (add -h after a command for its options)")
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "prepare":
+        return _prepare(rest)
+    if command == "train":
+        from train.train import main as run
+    elif command == "export":
+        from train.export import main as run
+    else:
+        from train.publish import main as run
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Export a training checkpoint's (EMA) generator in the published format, with a model card.
+
+``python -m train.export CHECKPOINT.pt OUT_DIR [--raw] [--license ...] [--dataset ...] [--official-pth]``
+
+The folder (``config.json`` + ``model.safetensors`` + ``README.md``) is what ``gfp.loading`` loads by path
+or Hugging Face repo id, so ``python -m gfp -v OUT_DIR`` and ``python app.py --model OUT_DIR`` use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from gfp.archs import GeneratorConfig, build_generator
+from gfp.loading import save_pretrained
+
+METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "id_cos": "Identity cosine similarity"}
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be exported (message says why)."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint written by ``train.train`` (loaded with ``weights_only=True``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"checkpoint not found: {p}")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "net_g_ema" not in state or "config" not in state:
+        raise ExportError(f"{p} is not a train.train checkpoint (no net_g_ema/config)")
+    return state
+
+
+def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
+    """The validation record logged at ``step`` (or the latest before it) next to the checkpoint's run."""
+    log = Path(checkpoint).resolve().parent.parent / "val_log.jsonl"
+    if not log.is_file():
+        return {}
+    best: dict[str, Any] = {}
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("step", 0) <= step:
+            best = record
+    return {k: float(v) for k, v in best.items() if k in METRIC_NAMES}
+
+
+def model_card(
+    cfg: dict[str, Any],
+    step: int,
+    metrics: dict[str, float],
+    license_id: str = "apache-2.0",
+    datasets: list[str] | None = None,
+    base_model: str | None = None,
+    repo_name: str | None = None,
+) -> str:
+    """README.md with Hugging Face YAML metadata (license, tags, base model, data, metrics) and usage."""
+    gen = cfg["model"]["generator"]
+    name = repo_name or cfg["name"]
+    meta: dict[str, Any] = {
+        "license": license_id,
+        "library_name": "gfp",
+        "pipeline_tag": "image-to-image",
+        "tags": ["face-restoration", "gfpgan", "image-to-image", "pytorch", "safetensors"],
+    }
+    if base_model:
+        meta["base_model"] = base_model
+    if datasets:
+        meta["datasets"] = datasets
+    if metrics:
+        meta["model-index"] = [
+            {
+                "name": name,
+                "results": [
+                    {
+                        "task": {"type": "image-to-image", "name": "Blind face restoration"},
+                        "dataset": {
+                            "name": "held-out validation faces (synthetic degradation)",
+                            "type": "custom",
+                        },
+                        "metrics": [
+                            {"type": k, "name": METRIC_NAMES[k], "value": round(v, 4)}
+                            for k, v in metrics.items()
+                        ],
+                    }
+                ],
+            }
+        ]
+    rows = "\n".join(f"| {METRIC_NAMES[k]} | {v:.4f} |" for k, v in metrics.items()) or "| (none logged) | |"
+    loss = cfg["loss"]
+    return f"""---
+{yaml.safe_dump(meta, sort_keys=False).strip()}
+---
+
+# {name}
+
+A GFPGAN blind face restoration generator trained with the `train/` package of `gfp`
+(architecture `{gen["arch"]}`, {cfg["data"]["out_size"]} px, channel multiplier
+{gen.get("channel_multiplier")}, narrow {gen.get("narrow")}); exported from step {step} as the EMA generator.
+
+## Use
+
+```bash
+python -m gfp -i inputs -o results -v {repo_name or "<this repo id or folder>"}
+python app.py --model {repo_name or "<this repo id or folder>"}
+```
+
+## Training
+
+- data: `{cfg["data"]["train"]}`, degraded on the fly as in the official GFPGAN recipe
+  (full settings in `training_config.yml`)
+- loss weights: pixel {loss["pixel_weight"]}, pyramid {loss["pyramid_weight"]},
+  perceptual {loss["perceptual_weight"]} (style {loss["style_weight"]}), GAN {loss["gan_weight"]},
+  component GAN {loss["component_gan_weight"]} (style {loss["component_style_weight"]}),
+  identity {loss["identity_weight"]}, R1 {loss["r1_weight"]}
+- initialisation: {cfg["model"]["pretrained"] or "random"}; StyleGAN2 prior: {cfg["model"]["prior"] or "none"}
+
+## Validation (EMA generator, step {step})
+
+| metric | value |
+| --- | --- |
+{rows}
+"""
+
+
+def export(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    use_ema: bool = True,
+    card: str | None = None,
+    official_pth: bool = False,
+) -> Path:
+    """Write the generator of ``checkpoint`` to ``out_dir`` in the published format (+ official .pth)."""
+    state = read_checkpoint(checkpoint)
+    config = GeneratorConfig.from_dict(state["config"]["model"]["generator"])
+    net = build_generator(config)
+    net.load_state_dict(state["net_g_ema" if use_ema else "net_g"], strict=True)
+    if card is None:
+        card = model_card(state["config"], state["step"], validation_metrics(checkpoint, state["step"]))
+    folder = save_pretrained(net, config, out_dir, card=card)
+    (Path(folder) / "training_config.yml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
+    if official_pth:  # the official layout, for tools that read GFPGAN .pth files
+        torch.save({"params_ema": net.state_dict()}, Path(folder) / "generator_official.pth")
+    return Path(folder)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="training checkpoint (runs/NAME/checkpoints/step_*.pt)")
+    p.add_argument("out_dir", help="folder to write config.json + model.safetensors + README.md into")
+    p.add_argument("--raw", action="store_true", help="export the raw generator instead of the EMA one")
+    p.add_argument("--license", default="apache-2.0", help="license id for the model card")
+    p.add_argument("--dataset", action="append", default=None, help="dataset id for the card (repeatable)")
+    p.add_argument("--base-model", default=None, help="Hub id of the model this was fine-tuned from")
+    p.add_argument("--name", default=None, help="model name / repo id shown in the card")
+    p.add_argument("--official-pth", action="store_true", help="also write generator_official.pth")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        state = read_checkpoint(args.checkpoint)
+        metrics = validation_metrics(args.checkpoint, state["step"])
+        card = model_card(
+            state["config"], state["step"], metrics, args.license, args.dataset, args.base_model, args.name
+        )
+        folder = export(
+            args.checkpoint, args.out_dir, use_ema=not args.raw, card=card, official_pth=args.official_pth
+        )
+    except (ExportError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported step {state['step']} to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Publish an exported generator (or a training checkpoint, exported on the way) to the Hugging Face Hub.
+
+``python -m train.publish SOURCE --repo-id owner/name [--private] [--dry-run] [--out-dir DIR]``
+
+SOURCE is an export folder or a ``step_*.pt`` checkpoint. The folder is checked first (all three files
+present, and it loads through ``gfp.loading.load_generator``); ``--dry-run`` stops there and only writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, load_generator
+from train.export import ExportError, export, model_card, read_checkpoint, validation_metrics
+
+REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
+
+
+class PublishError(ValueError):
+    """A folder that is not ready to publish, or an upload that failed."""
+
+
+def check_folder(folder: str | Path) -> list[str]:
+    """Raise unless ``folder`` holds the published format and loads as a generator; returns its files."""
+    root = Path(folder)
+    missing = [name for name in REQUIRED if not (root / name).is_file()]
+    if missing:
+        raise PublishError(f"{root} is not ready to publish: missing {', '.join(missing)}")
+    load_generator(root, device="cpu")
+    return sorted(p.name for p in root.iterdir() if p.is_file())
+
+
+def prepare(source: str | Path, repo_id: str, out_dir: str | Path | None = None, **card_args) -> Path:
+    """Export folder for ``source``: used as is when it is a folder, exported when it is a checkpoint."""
+    src = Path(source)
+    if src.is_dir():
+        return src
+    state = read_checkpoint(src)
+    folder = Path(out_dir) if out_dir else src.resolve().parent.parent / "export"
+    card = model_card(
+        state["config"], state["step"], validation_metrics(src, state["step"]), repo_name=repo_id, **card_args
+    )
+    return export(src, folder, card=card)
+
+
+def publish(
+    folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False, token: str | None = None
+) -> str:
+    """Create (if needed) the model repo and upload the folder; returns the repo URL (dry run: the folder)."""
+    files = check_folder(folder)
+    if dry_run:
+        print(f"dry run: would upload {', '.join(files)} from {folder} to {repo_id} (private={private})")
+        return str(folder)
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="Upload GFPGAN generator",
+        )
+    except Exception as err:  # network, auth and permission errors all end the same way for the user
+        raise PublishError(f"upload to {repo_id} failed: {type(err).__name__}: {err}") from err
+    return str(url)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.publish", description=__doc__.splitlines()[0])
+    p.add_argument("source", help="export folder or training checkpoint")
+    p.add_argument("--repo-id", required=True, help="Hugging Face repo id, owner/name")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="write and check the folder, upload nothing")
+    p.add_argument("--out-dir", default=None, help="where to export a checkpoint (default: RUN/export)")
+    p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / `hf auth login`)")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--dataset", action="append", default=None)
+    p.add_argument("--base-model", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        folder = prepare(
+            args.source, args.repo_id, args.out_dir,
+            license_id=args.license, datasets=args.dataset, base_model=args.base_model,
+        )  # fmt: skip
+        result = publish(folder, args.repo_id, private=args.private, dry_run=args.dry_run, token=args.token)
+    except (ExportError, PublishError, RuntimeError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"published: {result}" if not args.dry_run else f"ready to publish: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
