@@ -200,11 +200,11 @@ def resolve_weights(
     explicit = Path(spec).expanduser()
     if explicit.exists():
         return explicit
-    if isinstance(name_or_path, os.PathLike) or _looks_like_path(spec):
-        raise WeightsNotFoundError(f"weights file {explicit} does not exist")
     entry = zoo_entry(spec)
     if entry is not None:
         return _resolve_zoo(entry, weights_dir, progress)
+    if isinstance(name_or_path, os.PathLike) or _looks_like_path(spec):
+        raise WeightsNotFoundError(f"weights file {explicit} does not exist")
     if _REPO_ID.match(spec):
         return _resolve_hub(spec, weights_dir, progress)
     raise WeightsNotFoundError(
@@ -335,7 +335,7 @@ def _resolve_hub(repo_id: str, weights_dir: str | os.PathLike[str] | None, progr
     try:
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             path = hf_hub_download(repo_id, name, endpoint=endpoint, tqdm_class=quiet)
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
         looked.append(f"Hugging Face cache {constants.HF_HUB_CACHE}: not there")
         reason = (str(err).splitlines() or [""])[0][:200]
         looked.append(

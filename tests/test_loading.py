@@ -202,6 +202,7 @@ def test_weights_dir_argument_beats_env_which_beats_cache(
         (folder / "GFPGANv1.4.pth").write_bytes(b"x")
     monkeypatch.setenv("GFP_WEIGHTS_DIR", str(folders["env"]))
     assert resolve_weights("v1.4", weights_dir=folders["arg"]) == folders["arg"] / "GFPGANv1.4.pth"
+    assert resolve_weights("GFPGANv1.4.pth", weights_dir=folders["arg"]) == folders["arg"] / "GFPGANv1.4.pth"
     assert resolve_weights("v1.4") == folders["env"] / "GFPGANv1.4.pth"
     monkeypatch.delenv("GFP_WEIGHTS_DIR")
     assert resolve_weights("v1.4") == isolated / "GFPGANv1.4.pth"
@@ -348,6 +349,11 @@ def test_hub_repo_missing_everywhere_explains_how_to_provide_it(
         "hf download",
     ):
         assert needed in message, needed
+
+
+def test_invalid_hub_repo_id_is_reported_not_raised_raw() -> None:
+    with pytest.raises(WeightsNotFoundError, match="someone/a--b.*HFValidationError"):
+        resolve_weights("someone/a--b", progress=False)
 
 
 def test_hub_repo_in_weights_dir_needs_no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
