@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gfp import loading
-from gfp.archs import UnknownArchitectureError
+from gfp.archs import UnknownArchitectureError, detect_config
 from gfp.loading import (
     MODEL_ZOO,
     CheckpointError,
@@ -94,6 +94,24 @@ def test_zoo_lists_official_releases_and_generator_configs() -> None:
         assert (config.arch, config.channel_multiplier, config.out_size) == ("clean", 2, 512)
         assert config.different_w and config.sft_half and config.input_is_latent
     assert all(e.config is None for e in MODEL_ZOO.values() if e.kind != "generator")
+
+
+@pytest.mark.parametrize("name", ["v1", "v1.2", "v1.3", "v1.4"])
+def test_zoo_configs_are_what_the_official_checkpoints_detect_as(name: str) -> None:
+    """load_generator rejects a zoo file whose detected layout differs, so the two must agree exactly.
+
+    The official networks are built (on the meta device, no memory) the way the official inference
+    script builds them for each version; their state dicts have the released checkpoints' keys and shapes.
+    """
+    from gfpgan.archs.gfpganv1_arch import GFPGANv1
+    from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
+
+    official = GFPGANv1 if name == "v1" else GFPGANv1Clean
+    options = {"out_size": 512, "num_style_feat": 512, "num_mlp": 8, "decoder_load_path": None}
+    options |= {"fix_decoder": False, "input_is_latent": True, "different_w": True, "sft_half": True}
+    with torch.device("meta"):
+        state_dict = official(channel_multiplier=1 if name == "v1" else 2, **options).state_dict()
+    assert detect_config(state_dict) == MODEL_ZOO[name].config
 
 
 @pytest.mark.parametrize("spec", ["1.4", "v1.4", "V1.4", "GFPGANv1.4", "GFPGANv1.4.pth"])
