@@ -55,6 +55,9 @@ class VGGFeatures(nn.Module):
             own = {k.removeprefix("features."): v for k, v in state_dict.items() if k.startswith("features.")}
             features.load_state_dict(own)
         self.features = features[: max(self.layers) + 1]
+        for layer in self.features:  # in-place ReLUs would overwrite the pre-ReLU outputs we keep
+            if isinstance(layer, nn.ReLU):
+                layer.inplace = False
         self.features.requires_grad_(False).eval()
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
