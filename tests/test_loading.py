@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _zoo_helpers import FileServer, serve, tiny_config, tiny_generator
 
 from gfp import loading
 from gfp.archs import UnknownArchitectureError, detect_config
@@ -28,7 +29,6 @@ from gfp.loading import (
     save_pretrained,
     select_device,
 )
-from tests._zoo_helpers import FileServer, serve, tiny_config, tiny_generator
 
 OFFICIAL = {  # zoo name -> release URL, as published by TencentARC / xinntao
     "v1": "https://github.com/TencentARC/GFPGAN/releases/download/v0.1.0/GFPGANv1.pth",
