@@ -126,6 +126,7 @@ MODEL_ZOO: dict[str, ModelEntry] = {
             "detector",
             sha256="38ec7bb3c9cbfe2f40edabc05fab970a6d648747cbc534092be85d5eb9b37ed0",
             size=1789735,
+            note="hash of the offline copy (shared data SHA256SUMS), a legacy-format original, not re-saved",
         ),
         ModelEntry(
             "parsenet",
