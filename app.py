@@ -30,8 +30,9 @@ import gradio as gr
 import numpy as np
 
 import gfp  # noqa: F401  (installs the torchvision shim before anything imports basicsr)
+from gfp.background import BACKGROUND_CHOICES as BACKGROUND_FILES
 from gfp.imageio import ImageReadError, read_image, write_image
-from gfp.loading import WeightsNotFoundError, resolve_weights, select_device
+from gfp.loading import WeightsError, WeightsNotFoundError, resolve_weights, select_device
 from gfp.pipeline import RestoreOptions, Restorer
 
 ROOT = Path(__file__).resolve().parent
@@ -47,7 +48,13 @@ DETECTOR_CHOICES: list[tuple[str, str]] = [
     ("RetinaFace ResNet-50", "retinaface_resnet50"),
     ("RetinaFace MobileNet-0.25 (fast)", "retinaface_mobile0.25"),
 ]
-BACKGROUND_CHOICES: list[tuple[str, str]] = [("Real-ESRGAN", "realesrgan"), ("none", "none")]
+BACKGROUND_CHOICES: list[tuple[str, str]] = [
+    ("Real-ESRGAN", "realesrgan"),
+    ("Real-ESRGAN general-x4v3", "realesr-general-x4v3"),
+    ("Real-ESRGAN animevideov3 (fast)", "realesr-animevideov3"),
+    ("none (Lanczos)", "none"),
+]
+"""Background upsamplers; "realesrgan" = x2plus up to 2x, general-x4v3 above (see gfp.background)."""
 FORMATS: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WebP": ".webp"}
 
 HARD_MAX_PIXELS = 40_000_000
@@ -190,8 +197,9 @@ def model_choices(extra: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def _model_label(spec: str) -> str:
+    """Dropdown text for a launch-time model: a path shows its last part only (no server paths in the UI)."""
     path = Path(spec)
-    return f"{path.name} (local)" if path.exists() else spec
+    return f"{path.name} (local)" if path.is_absolute() or path.exists() else spec
 
 
 def missing_weights(settings: AppSettings) -> list[str]:
@@ -200,9 +208,7 @@ def missing_weights(settings: AppSettings) -> list[str]:
     On a Space this downloads them at startup (before the first request), offline it explains what to put
     where: the messages come from :class:`gfp.loading.WeightsNotFoundError`.
     """
-    wanted = [model_choices(settings.models)[0][1], settings.detector]
-    if settings.background == "realesrgan":
-        wanted.append("RealESRGAN_x2plus")
+    wanted = [model_choices(settings.models)[0][1], settings.detector, *BACKGROUND_FILES[settings.background]]
     messages = []
     for spec in wanted:
         try:
@@ -290,13 +296,20 @@ def _face_pairs(
     return tiles
 
 
-def _status(result: Any, n_faces: int, model: str, out_shape: tuple[int, ...], fmt: str) -> str:
-    stages = " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
-    faces = f"{n_faces} face{'s' if n_faces != 1 else ''} found"
-    return (
-        f"{faces} · {stages} · device {result.device} · model {model} · "
-        f"output {out_shape[1]}x{out_shape[0]} {fmt}"
+def _status(result: Any, model: str, fmt: str, notices: Sequence[str]) -> str:
+    """The status line (Markdown): faces, output, device, model, time per stage, then any notices."""
+    n_faces = len(result.restored_faces)
+    height, width = result.image.shape[:2]
+    lines = [f"**Note:** {notice}" for notice in notices]
+    lines.append(
+        f"**{n_faces} face{'s' if n_faces != 1 else ''} found** · output {width}x{height} {fmt} · "
+        f"device {result.device} · model {model}"
     )
+    lines.append(
+        "Time: " + " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
+    )
+    lines += [f"Note: {note}" for note in result.notes]
+    return "  \n".join(lines)
 
 
 class _OutputFolder:
@@ -331,6 +344,7 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
         "background": {v for _, v in BACKGROUND_CHOICES},
         "output_format": set(FORMATS),
     }
+    labels = {value: label for label, value in models}
     max_pixels = settings.max_pixels or (8_000_000 if on_gpu else 2_000_000)
     outputs = _OutputFolder()
 
@@ -352,7 +366,8 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
             image: the photo (any format OpenCV or Pillow reads; alpha and 16-bit are kept in PNG output).
             model: GFPGAN version ("v1.4", "v1.3", "v1.2", "v1") or a model the app was launched with.
             rescale: final upscaling factor of the whole photo, 1 to 4.
-            background: background upsampler, "realesrgan" or "none".
+            background: background upsampler: "realesrgan", "realesr-general-x4v3", "realesr-animevideov3"
+                or "none" (plain Lanczos resize).
             strength: 0 keeps the original faces, 1 uses the restored faces fully.
             only_center_face: restore only the face nearest the centre.
             aligned: the input is already an aligned 512x512 face crop (no detection).
@@ -382,32 +397,29 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
         def report(done: int, total: int, stage: str) -> None:
             progress((done, total) if total else None, desc=stage)
 
-        options = RestoreOptions(
-            version=model,
-            upscale=int(round(float(rescale))),
-            bg_upsampler=background,
-            only_center_face=bool(only_center_face),
-            aligned=bool(aligned),
-            strength=float(strength),
-            detector=detector,
-        )
         try:
+            options = RestoreOptions(
+                version=model,
+                upscale=float(rescale),
+                bg_upsampler=background,
+                only_center_face=bool(only_center_face),
+                aligned=bool(aligned),
+                strength=float(strength),
+                detector=detector,
+            )
             result = restorer.restore(img, options, progress=report)
-        except WeightsNotFoundError as exc:
+        except (WeightsError, ValueError) as exc:  # missing/bad weights, or options the pipeline refuses
             raise gr.Error(str(exc)) from None
 
         out = result.image
         path = outputs.new_file(stem, FORMATS[output_format])
         write_image(path, out)
         before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
-        n_faces = len(result.restored_faces)
-        status = _status(result, n_faces, model, out.shape, output_format)
-        if notice:
-            status = f"{notice} {status}"
-        if n_faces == 0:
-            message = "No face found: the photo was only upscaled."
-            gr.Warning(message)
-            status = f"{message} {status}"
+        notices = [notice] if notice else []
+        if not result.restored_faces:
+            notices.append("No face found: the photo was only upscaled.")
+            gr.Warning(notices[-1])
+        status = _status(result, labels[model], output_format, notices)
         pairs = _face_pairs(result.cropped_faces, result.restored_faces)
         return (_as_display(before), _as_display(out)), pairs, str(path), status
 
@@ -505,7 +517,11 @@ def launch(demo: gr.Blocks, settings: AppSettings, **kwargs: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: parse flags, build the UI, serve."""
     settings = parse_args(argv)
-    launch(build_app(settings), settings)
+    try:
+        demo = build_app(settings)
+    except ValueError as exc:  # e.g. --device cuda on a machine without CUDA
+        raise SystemExit(f"app.py: error: {exc}") from None
+    launch(demo, settings)
 
 
 if __name__ == "__main__":

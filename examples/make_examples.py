@@ -56,8 +56,8 @@ def noisy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def low_resolution(img: np.ndarray) -> np.ndarray:
-    """A thumbnail: the face is about 55 px wide."""
-    return resize(img, 128)
+    """A thumbnail: the face is about 70 px wide, near the smallest that RetinaFace finds at 0.97."""
+    return resize(img, 160)
 
 
 def old_photo(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

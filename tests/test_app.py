@@ -1,0 +1,345 @@
+"""The Gradio app end to end: launched on 127.0.0.1 and called through gradio_client (and MCP).
+
+The generator is a tiny self-made checkpoint (random weights, published format); the detector is the real
+RetinaFace MobileNet-0.25 when ../shared/data is present, else a seeded random one saved under the zoo
+file name (then face counts are arbitrary, so tests assert sizes, formats and behaviour, not faces).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import app
+from gfp.archs import GeneratorConfig, build_generator
+from gfp.faces import build_detector
+from gfp.loading import MODEL_ZOO, save_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+DETECTOR = "retinaface_mobile0.25"
+MAX_PIXELS = 30_000
+"""The test app's pixel budget: the 160x160 example (25600 px) fits, a 200x200 input is downscaled."""
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_weights(folder: Path, real_detector: Path | None) -> Path:
+    """A weights folder with a tiny random generator ("tiny/", published format) and a detector file."""
+    torch.manual_seed(0)
+    config = GeneratorConfig(arch="clean", out_size=64, channel_multiplier=1, narrow=0.25, num_style_feat=64)
+    save_pretrained(build_generator(config), config, folder / "tiny")
+    target = folder / MODEL_ZOO[DETECTOR].file_name
+    if real_detector is not None:
+        target.symlink_to(real_detector)
+    else:
+        torch.manual_seed(1)
+        torch.save(build_detector(DETECTOR).state_dict(), target)
+    return folder
+
+
+def real_detector_file(request: pytest.FixtureRequest) -> Path | None:
+    """The real MobileNet-0.25 weights from the shared data, or None on a fresh clone."""
+    try:
+        shared = request.getfixturevalue("shared_data")
+    except pytest.skip.Exception:
+        return None
+    path = shared / "weights" / MODEL_ZOO[DETECTOR].file_name
+    return path if path.is_file() else None
+
+
+class Server:
+    """The app served in this process on a free port, as a user or a client sees it."""
+
+    def __init__(self, weights: Path, real_detector: bool, **overrides: object) -> None:
+        self.weights = weights
+        self.real_detector = real_detector
+        defaults = {
+            "models": (str(weights / "tiny"), str(weights / "gone.pth")),  # the second one is never there
+            "weights_dir": str(weights),
+            "port": free_port(),
+            "device": "cpu",
+            "detector": DETECTOR,
+            "background": "none",
+            "max_pixels": MAX_PIXELS,
+        }
+        self.settings = app.AppSettings(**(defaults | overrides))
+        self.demo = app.build_app(self.settings)
+        app.launch(self.demo, self.settings, prevent_thread_lock=True, quiet=True)
+        self.url = f"http://127.0.0.1:{self.settings.port}/"
+
+    @property
+    def model(self) -> str:
+        return self.settings.models[0]
+
+    def client(self) -> gradio_client.Client:
+        return gradio_client.Client(self.url, verbose=False)
+
+    def close(self) -> None:
+        self.demo.close()
+
+
+def start_server(request: pytest.FixtureRequest, tmp: Path, **overrides: object) -> Server:
+    """Build the weights folder and serve the app; the caller closes it."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    real = real_detector_file(request)
+    return Server(make_weights(tmp, real), real is not None, **overrides)
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(request, tmp_path_factory.mktemp("app-weights"), concurrency=4)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server):
+    return server.client()
+
+
+def call(client, server: Server, image: Path, rescale: int = 2, fmt: str = "PNG", **kwargs: object):
+    """One /restore request with the test defaults; returns (slider, gallery, file path, status)."""
+    args = {
+        "model": server.model,
+        "rescale": rescale,
+        "background": "none",
+        "strength": 1.0,
+        "only_center_face": False,
+        "aligned": False,
+        "detector": DETECTOR,
+        "output_format": fmt,
+    } | kwargs
+    return client.predict(gradio_client.handle_file(str(image)), *args.values(), api_name="/restore")
+
+
+def read(path: str | Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert img is not None, f"{path} is not an image"
+    return img
+
+
+# --- settings, no server ---------------------------------------------------------------------------
+
+
+def test_flags_and_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GFP_MODEL", "a/b, /x/y.pth")
+    monkeypatch.setenv("GFP_DEVICE", "cpu")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    from_env = app.parse_args([])
+    assert from_env.models == ("a/b", "/x/y.pth")
+    assert (from_env.device, from_env.port, from_env.server_name) == ("cpu", 7999, "127.0.0.1")
+    flags = app.parse_args(
+        ["--model", "m1", "--model", "m2", "--weights-dir", "/w", "--server-name", "0.0.0.0", "--port", "1"]
+        + ["--share", "--device", "cuda", "--bg-upsampler", "none", "--detector", DETECTOR, "--no-mcp"]
+    )
+    assert flags.models == ("m1", "m2") and flags.weights_dir == "/w" and flags.share and not flags.mcp
+    assert (flags.server_name, flags.port, flags.device, flags.background) == ("0.0.0.0", 1, "cuda", "none")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--concurrency", "0"])
+
+
+def test_model_choices_put_launch_models_first() -> None:
+    assert app.model_choices([])[0][1] == "v1.4"
+    choices = [value for _, value in app.model_choices(["owner/repo", "v1.3"])]
+    assert choices[0] == "owner/repo" and choices.count("v1.3") == 1
+    assert {"v1.4", "v1.3", "v1.2", "v1"} <= set(choices)
+    assert [value for _, value in app.model_choices(["v1.2"])][0] == "v1.2"
+
+
+def test_app_choices_are_what_the_pipeline_accepts() -> None:
+    from gfp.background import BACKGROUND_CHOICES
+    from gfp.faces import DETECTORS
+
+    assert {value for _, value in app.BACKGROUND_CHOICES} <= set(BACKGROUND_CHOICES)
+    assert {value for _, value in app.DETECTOR_CHOICES} <= set(DETECTORS)
+    assert {value for _, value in app.MODEL_CHOICES} <= set(MODEL_ZOO)
+
+
+def test_examples_exist_and_are_small() -> None:
+    for name in app.EXAMPLES:
+        path = EXAMPLES / name
+        assert path.is_file() and path.stat().st_size < 200_000, name
+        assert read(path).shape[0] >= 64
+    assert read(EXAMPLES / "astronaut_alpha.png").shape[2] == 4
+
+
+def test_budget_and_display_helpers() -> None:
+    img = np.zeros((300, 200, 4), np.uint16)
+    small, notice = app._fit_budget(img, 15_000)
+    assert small.shape[0] * small.shape[1] <= 15_000 and small.shape[2] == 4 and "300" in notice
+    same, none = app._fit_budget(img, 60_000)
+    assert same is img and none is None
+    shown = app._as_display(np.full((10, 20, 4), 65535, np.uint16))
+    assert shown.dtype == np.uint8 and shown.shape == (10, 20, 4) and shown.max() == 255
+    big = app._as_display(np.zeros((3000, 100), np.uint8))
+    assert big.shape == (app.PREVIEW_MAX_SIDE, 68, 3)
+
+
+def test_missing_weights_banner_names_the_files(tmp_path: Path) -> None:
+    settings = app.AppSettings(
+        models=(str(tmp_path / "nope.pth"),), weights_dir=str(tmp_path), detector=DETECTOR, background="none"
+    )
+    torch.save({}, tmp_path / MODEL_ZOO[DETECTOR].file_name)
+    messages = app.missing_weights(settings)
+    assert len(messages) == 1 and "nope.pth" in messages[0]
+    banner = app._banner(messages)
+    assert "nope.pth" in banner and "--weights-dir" in banner
+    assert app._banner([]) == ""
+
+
+# --- through the server ------------------------------------------------------------------------------
+
+
+def test_restore_returns_input_size_times_rescale(client, server: Server) -> None:
+    slider, gallery, file, status = call(client, server, EXAMPLES / "astronaut_lowres.png", rescale=2)
+    out = read(file)
+    assert out.shape == (320, 320, 3) and out.dtype == np.uint8
+    assert Path(file).name == "astronaut_lowres_restored.png"
+    assert Path(file).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before, after = (read(p) for p in slider)
+    assert before.shape[:2] == after.shape[:2] == (320, 320)
+    assert "device cpu" in status and "output 320x320 PNG" in status
+    for item in gallery:
+        tile = read(item["image"])
+        assert tile.shape[1] == 2 * tile.shape[0]  # aligned crop before | after, side by side
+    if server.real_detector:
+        assert len(gallery) == 1 and "1 face found" in status
+
+
+@pytest.mark.parametrize(("fmt", "magic", "channels"), [("JPEG", b"\xff\xd8", 3), ("WebP", b"RIFF", 4)])
+def test_download_formats(
+    client, server: Server, tmp_path: Path, fmt: str, magic: bytes, channels: int
+) -> None:
+    path = tmp_path / "cutout.png"
+    cv2.imwrite(str(path), cv2.resize(read(EXAMPLES / "astronaut_alpha.png"), (112, 112)))
+    _, _, file, _ = call(client, server, path, rescale=1, fmt=fmt)
+    assert Path(file).read_bytes()[: len(magic)] == magic
+    assert Path(file).suffix == {"JPEG": ".jpg", "WebP": ".webp"}[fmt]
+    assert read(file).shape == (112, 112, channels)  # JPEG drops alpha (over white), WebP keeps it
+
+
+def test_alpha_and_16_bit_survive(client, server: Server, tmp_path: Path) -> None:
+    bgr = read(EXAMPLES / "astronaut_lowres.png").astype(np.uint16) * 257  # 160x160, one face
+    alpha = np.tile(np.linspace(0, 65535, 160, dtype=np.uint16), (160, 1))
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.dstack([bgr, alpha]))
+    _, _, file, _ = call(client, server, path, rescale=2)
+    out = read(file)
+    assert out.shape == (320, 320, 4) and out.dtype == np.uint16
+    assert np.abs(out[:, :, 3].astype(int) - cv2.resize(alpha, (320, 320)).astype(int)).mean() < 2000
+    assert len(np.unique(out[:, :, :3])) > 256  # really 16-bit values, not 8-bit ones scaled up
+
+
+def test_over_budget_input_is_downscaled_with_notice(client, server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    cv2.imwrite(str(path), cv2.resize(read(EXAMPLES / "astronaut_blur_jpeg.jpg"), (200, 200)))
+    _, _, file, status = call(client, server, path, rescale=2)
+    side = int((MAX_PIXELS) ** 0.5)
+    assert read(file).shape == (2 * side, 2 * side, 3)
+    assert "downscaled" in status and "200x200" in status
+
+
+def test_no_face_is_a_notice_not_an_error(client, server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "wall.png"
+    cv2.imwrite(str(path), np.full((80, 120, 3), 128, np.uint8))
+    _, gallery, file, status = call(client, server, path, rescale=2)
+    assert read(file).shape == (160, 240, 3)
+    if server.real_detector or not gallery:
+        assert gallery == [] and "No face found" in status
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "../../etc/passwd"}, "Unknown model"),
+        ({"detector": "yolo"}, "Unknown detector"),
+        ({"output_format": "GIF"}, "Unknown output_format"),
+        ({"rescale": 9}, "Rescale must be between 1 and 4"),
+    ],
+)
+def test_bad_options_are_gradio_errors(client, server: Server, change: dict, message: str) -> None:
+    with pytest.raises(gradio_client.exceptions.AppError, match=message):
+        call(client, server, EXAMPLES / "astronaut_lowres.png", **change)
+
+
+def test_unreadable_upload_is_a_gradio_error(client, server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "holiday.png"
+    path.write_bytes(b"this is not a picture")
+    with pytest.raises(gradio_client.exceptions.AppError, match="Could not use this file: holiday.png"):
+        call(client, server, path)
+
+
+def test_too_large_upload_is_a_gradio_error(client, server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"  # 7000x7000 of one colour: a tiny file announcing 49 MP
+    cv2.imwrite(str(path), np.zeros((7000, 7000), np.uint8))
+    with pytest.raises(gradio_client.exceptions.AppError, match="above the limit"):
+        call(client, server, path)
+
+
+def test_missing_generator_weights_are_a_gradio_error(client, server: Server) -> None:
+    with pytest.raises(gradio_client.exceptions.AppError, match="gone.pth does not exist"):
+        call(client, server, EXAMPLES / "astronaut_lowres.png", model=server.settings.models[1])
+
+
+def test_concurrent_requests_get_their_own_results(server: Server, tmp_path: Path) -> None:
+    sources = ["astronaut_lowres.png", "astronaut_blur_jpeg.jpg", "astronaut_noise.jpg", "old_photo.jpg"]
+    photos = []
+    for i, name in enumerate(sources):
+        path = tmp_path / f"photo{i}.png"
+        cv2.imwrite(str(path), cv2.resize(read(EXAMPLES / name), (144 + 8 * i, 144 + 8 * i)))
+        photos.append(path)
+    sequential = [read(call(server.client(), server, p)[2]) for p in photos]
+
+    clients = [server.client() for _ in photos]
+    results: list[np.ndarray | BaseException | None] = [None] * len(photos)
+    barrier = threading.Barrier(len(photos))
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[i] = read(call(clients[i], server, photos[i])[2])
+        except BaseException as exc:  # reported below, in the test thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(photos))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for i, (alone, together) in enumerate(zip(sequential, results, strict=True)):
+        assert isinstance(together, np.ndarray), together
+        assert together.shape == (2 * (144 + 8 * i),) * 2 + (3,)
+        np.testing.assert_array_equal(together, alone)
+
+
+def test_mcp_lists_the_restore_tool(server: Server) -> None:
+    pytest.importorskip("mcp")
+    import anyio
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async def tools() -> list[str]:
+        url = server.url + "gradio_api/mcp/"
+        async with (
+            streamablehttp_client(url) as (reader, writer, _),
+            ClientSession(reader, writer) as session,
+        ):
+            await session.initialize()
+            return [tool.name for tool in (await session.list_tools()).tools]
+
+    assert "restore" in anyio.run(tools)
