@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from gfp.loading import load_state_dict, resolve_weights, select_device
 
 MIN_OUTSCALE = 1.0
+_UNSHUFFLE = {2: 2, 1: 4}  # RRDBNet pixel-unshuffles x2 input by 2 and x1 input by 4
 MAX_OUTSCALE = 8.0
 STAGE = "background"
 
@@ -122,6 +123,9 @@ class BackgroundUpsampler:
     the image is cut into ``tile``-pixel tiles, each run with ``tile_pad`` pixels of context.
     ``pre_pad`` reflect-pads the bottom/right edge before the network, as RealESRGANer does.
     ``half`` runs float16 on CUDA/MPS; it is ignored on CPU, where float16 convolutions are slow.
+    Tiles of equal size are batched so that one network call sees up to ``batch_pixels`` input
+    pixels (tiles larger than that run one by one), which bounds memory like a single big tile.
+    Networks given as modules are moved to the device in place.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class BackgroundUpsampler:
         pre_pad: int = 0,
         half: bool = False,
         device: torch.device | str = "cpu",
+        batch_pixels: int = 512 * 512,
     ) -> None:
         if not networks:
             raise ValueError("BackgroundUpsampler needs at least one network")
@@ -140,11 +145,17 @@ class BackgroundUpsampler:
             raise ValueError(f"native scales must be 1, 2 or 4, got {sorted(networks)}")
         if tile < 0 or tile_pad < 0 or pre_pad < 0:
             raise ValueError(f"tile, tile_pad and pre_pad must be >= 0, got {tile}, {tile_pad}, {pre_pad}")
+        if batch_pixels < 1:
+            raise ValueError(f"batch_pixels must be >= 1, got {batch_pixels}")
         self.tile = int(tile)
         self.tile_pad = int(tile_pad)
         self.pre_pad = int(pre_pad)
         self.device = torch.device(device)
         self.dtype = torch.float16 if half and self.device.type != "cpu" else torch.float32
+        self.batch_pixels = int(batch_pixels)
+        # NHWC convolutions: ~1.5x faster on CPU (oneDNN) and the tensor-core layout on CUDA.
+        cl = self.device.type in ("cpu", "cuda")
+        self._memory_format = torch.channels_last if cl else torch.contiguous_format
         self._sources = dict(networks)
         self._loaded: dict[int, nn.Module] = {}
         self._lock = threading.Lock()
@@ -172,6 +183,7 @@ class BackgroundUpsampler:
                 source = self._sources[scale]
                 net = source if isinstance(source, nn.Module) else source()
                 net = net.eval().requires_grad_(False).to(device=self.device, dtype=self.dtype)
+                net = net.to(memory_format=self._memory_format)
                 self._loaded[scale] = net
             return net
 
@@ -180,7 +192,7 @@ class BackgroundUpsampler:
 
         Returns the same layout and dtype at :func:`scaled_size`. Gray is run as RGB and converted
         back; alpha is upscaled by the network too (as a gray image), as RealESRGANer does.
-        ``progress(done, total, "background")`` is called after every tile.
+        ``progress(done, total, "background")`` is called after every network call.
         """
         scale = self.scale_for(outscale)
         _check_image(img)
@@ -201,13 +213,14 @@ class BackgroundUpsampler:
                 alpha = np.ascontiguousarray(x[:, :, 3])
                 passes.append((cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB), True, slice(3, 4)))
 
-        grid = self._tile_grid(h, w, scale)
-        total = len(grid) * len(passes)
+        batches = self._batches(self._tiles(h, w, scale))
+        total, done = len(batches) * len(passes), 0
         with torch.inference_mode():
-            for index, (rgb, to_gray, channels) in enumerate(passes):
+            for rgb, to_gray, channels in passes:
                 padded = self._pad(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None], scale)
-                for done, box in enumerate(grid, start=index * len(grid) + 1):
-                    self._run_tile(net, scale, padded, box, out[:, :, channels], to_gray, max_range)
+                for batch in batches:
+                    self._run_batch(net, scale, padded, batch, out[:, :, channels], to_gray, max_range)
+                    done += 1
                     if progress is not None:
                         progress(done, total, STAGE)
         out = out[:, :, 0] if gray else out
@@ -220,74 +233,84 @@ class BackgroundUpsampler:
     def _pad(self, x: torch.Tensor, scale: int) -> torch.Tensor:
         """Pre-pad, then pad to a multiple of the pixel-unshuffle factor (x2: 2, x1: 4), as RealESRGANer."""
         x = _pad_bottom_right(x, self.pre_pad, self.pre_pad)
-        mod = {2: 2, 1: 4}.get(scale)
-        if mod is not None:
-            x = _pad_bottom_right(x, -x.shape[3] % mod, -x.shape[2] % mod)
-        return x
+        mod = _UNSHUFFLE.get(scale, 1)
+        return _pad_bottom_right(x, -x.shape[3] % mod, -x.shape[2] % mod)
 
-    def _tile_grid(self, h: int, w: int, scale: int) -> list[tuple[int, int, int, int]]:
-        """Tiles (y0, y1, x0, x1) of the padded input whose output lands inside the h x w result.
+    def _tiles(self, h: int, w: int, scale: int) -> list[_Tile]:
+        """RealESRGANer's tile grid over the padded input, minus tiles lying wholly in the padding.
 
-        The grid covers the padded size exactly as RealESRGANer's does; tiles lying wholly in the
-        padding are dropped (their output is cropped away anyway).
+        Tile size and context are rounded up to the pixel-unshuffle factor, so that every tile of a
+        x2 network stays divisible by 2 (RealESRGANer fails on odd ones).
         """
-        ph, pw = self._padded_size(h, w, scale)
-        size = self._tile_size(scale) or max(ph, pw)
-        return [
-            (y0, min(y0 + size, ph), x0, min(x0 + size, pw))
-            for y0 in range(0, ph, size)
-            for x0 in range(0, pw, size)
-            if y0 < h and x0 < w
-        ]
-
-    def _padded_size(self, h: int, w: int, scale: int) -> tuple[int, int]:
-        mod = {2: 2, 1: 4}.get(scale, 1)
+        mod = _UNSHUFFLE.get(scale, 1)
         ph, pw = h + self.pre_pad, w + self.pre_pad
-        return ph + (-ph % mod), pw + (-pw % mod)
+        ph, pw = ph + (-ph % mod), pw + (-pw % mod)
+        if self.tile == 0:
+            return [_Tile((0, ph, 0, pw), (0, ph, 0, pw))]
+        size, pad = self.tile + (-self.tile % mod), self.tile_pad + (-self.tile_pad % mod)
+        tiles = []
+        for y0 in range(0, h, size):
+            for x0 in range(0, w, size):
+                y1, x1 = min(y0 + size, ph), min(x0 + size, pw)
+                context = (max(y0 - pad, 0), min(y1 + pad, ph), max(x0 - pad, 0), min(x1 + pad, pw))
+                tiles.append(_Tile((y0, y1, x0, x1), context))
+        return tiles
 
-    def _tile_size(self, scale: int) -> int:
-        """Tile size, rounded up to the pixel-unshuffle factor so every tile stays divisible by it."""
-        mod = {2: 2, 1: 4}.get(scale, 1)
-        return self.tile + (-self.tile % mod)
+    def _batches(self, tiles: list[_Tile]) -> list[list[_Tile]]:
+        """Tiles of equal input size grouped so one network call sees at most ``batch_pixels`` pixels."""
+        groups: dict[tuple[int, int], list[_Tile]] = {}
+        for t in tiles:
+            groups.setdefault(t.input_size, []).append(t)
+        batches = []
+        for (th, tw), group in groups.items():
+            n = max(1, self.batch_pixels // (th * tw))
+            batches += [group[i : i + n] for i in range(0, len(group), n)]
+        return batches
 
-    def _run_tile(
+    def _run_batch(
         self,
         net: nn.Module,
         scale: int,
         padded: torch.Tensor,
-        box: tuple[int, int, int, int],
+        batch: list[_Tile],
         target: np.ndarray,
         to_gray: bool,
         max_range: float,
     ) -> None:
-        """Run one tile with its context padding and write its (cropped, quantised) output."""
-        y0, y1, x0, x1 = box
-        ph, pw = padded.shape[2:]
-        whole = self.tile == 0
-        mod = {2: 2, 1: 4}.get(scale, 1)
-        pad = 0 if whole else self.tile_pad + (-self.tile_pad % mod)
-        cy0, cy1, cx0, cx1 = max(y0 - pad, 0), min(y1 + pad, ph), max(x0 - pad, 0), min(x1 + pad, pw)
-        tile_in = padded[:, :, cy0:cy1, cx0:cx1].to(device=self.device, dtype=self.dtype)
-        result = net(tile_in)
-        # Keep the tile's own area, minus whatever falls outside the unpadded image.
+        """Run tiles (with their context) in one network call; write each one's cropped, quantised output."""
+        inputs = [padded[:, :, cy0:cy1, cx0:cx1] for cy0, cy1, cx0, cx1 in (t.context for t in batch)]
+        x = torch.cat(inputs).to(device=self.device, dtype=self.dtype)
+        results = net(x.contiguous(memory_format=self._memory_format))
         oh, ow = target.shape[:2]
-        ty0, tx0 = y0 * scale, x0 * scale
-        ty1, tx1 = min(y1 * scale, oh), min(x1 * scale, ow)
-        oy, ox = (y0 - cy0) * scale, (x0 - cx0) * scale
-        result = result[0, :, oy : oy + ty1 - ty0, ox : ox + tx1 - tx0].float().clamp_(0, 1)
-        if to_gray:
-            # cv2's BGR->gray on float, as RealESRGANer applies it to its float output.
-            bgr = result.flip(0).permute(1, 2, 0).cpu().numpy()
-            values = cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2GRAY)[:, :, None]
-            if max_range != 1.0:
-                values = np.round(values * np.float32(max_range))
-        else:
-            result = result.flip(0).permute(1, 2, 0)
-            if max_range != 1.0:
-                result = torch.round(result * max_range)
-                result = result.to(torch.int32 if max_range > 255 else torch.uint8)
-            values = result.cpu().numpy()
-        target[ty0:ty1, tx0:tx1] = values
+        for result, t in zip(results, batch, strict=True):
+            (y0, y1, x0, x1), (cy0, _, cx0, _) = t.box, t.context
+            # Keep the tile's own area, minus whatever falls outside the unpadded image.
+            ty0, tx0, ty1, tx1 = y0 * scale, x0 * scale, min(y1 * scale, oh), min(x1 * scale, ow)
+            oy, ox = (y0 - cy0) * scale, (x0 - cx0) * scale
+            tile = result[:, oy : oy + ty1 - ty0, ox : ox + tx1 - tx0].float().clamp_(0, 1)
+            tile = tile.flip(0).permute(1, 2, 0)  # RGB CHW -> BGR HWC
+            if to_gray:  # cv2's BGR->gray on float, as RealESRGANer applies it to its float output
+                bgr = np.ascontiguousarray(tile.cpu().numpy())
+                values = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
+                if max_range != 1.0:
+                    values = np.round(values * np.float32(max_range))
+            else:
+                if max_range != 1.0:
+                    tile = torch.round(tile * max_range).to(torch.int32 if max_range > 255 else torch.uint8)
+                values = tile.cpu().numpy()
+            target[ty0:ty1, tx0:tx1] = values
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """A tile of the padded input (y0, y1, x0, x1) and the larger area the network sees for it."""
+
+    box: tuple[int, int, int, int]
+    context: tuple[int, int, int, int]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.context[1] - self.context[0], self.context[3] - self.context[2]
 
 
 def build_background_upsampler(
