@@ -7,6 +7,7 @@ file name (then face counts are arbitrary, so tests assert sizes, formats and be
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import threading
@@ -200,6 +201,14 @@ def test_missing_weights_banner_names_the_files(tmp_path: Path) -> None:
     banner = app._banner(messages)
     assert "nope.pth" in banner and "--weights-dir" in banner
     assert app._banner([]) == ""
+    demo = app.build_app(settings)  # still starts, with the banner on top
+    shown = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "weights-banner"]
+    assert len(shown) == 1 and shown[0].visible and "nope.pth" in shown[0].value
+
+
+def test_bad_device_is_a_clear_exit() -> None:
+    with pytest.raises(SystemExit, match="app.py: error: .*cuda:7"):
+        app.main(["--device", "cuda:7", "--no-mcp"])
 
 
 # --- through the server ------------------------------------------------------------------------------
@@ -327,19 +336,25 @@ def test_concurrent_requests_get_their_own_results(server: Server, tmp_path: Pat
         np.testing.assert_array_equal(together, alone)
 
 
-def test_mcp_lists_the_restore_tool(server: Server) -> None:
+def test_mcp_serves_the_restore_tool(server: Server) -> None:
     pytest.importorskip("mcp")
     import anyio
     from mcp import ClientSession
     from mcp.client.streamable_http import streamablehttp_client
 
-    async def tools() -> list[str]:
-        url = server.url + "gradio_api/mcp/"
-        async with (
-            streamablehttp_client(url) as (reader, writer, _),
-            ClientSession(reader, writer) as session,
-        ):
-            await session.initialize()
-            return [tool.name for tool in (await session.list_tools()).tools]
+    photo = (
+        "data:image/png;base64," + base64.b64encode((EXAMPLES / "astronaut_lowres.png").read_bytes()).decode()
+    )
+    arguments = {"image": photo, "model": server.model, "background": "none", "detector": DETECTOR}
 
-    assert "restore" in anyio.run(tools)
+    async def session_calls() -> tuple[dict, str]:
+        url = server.url + "gradio_api/mcp/"
+        async with streamablehttp_client(url) as (rd, wr, _), ClientSession(rd, wr) as session:
+            await session.initialize()
+            schemas = {tool.name: tool.inputSchema for tool in (await session.list_tools()).tools}
+            result = await session.call_tool("restore", arguments)
+            return schemas, " ".join(getattr(part, "text", "") for part in result.content)
+
+    schemas, text = anyio.run(session_calls)
+    assert {"image", "model", "rescale", "strength", "output_format"} <= set(schemas["restore"]["properties"])
+    assert "output 320x320 PNG" in text  # the status line of a real run (default rescale 2)
