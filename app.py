@@ -57,8 +57,6 @@ BACKGROUND_CHOICES: list[tuple[str, str]] = [
 """Background upsamplers; "realesrgan" = x2plus up to 2x, general-x4v3 above (see gfp.background)."""
 FORMATS: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WebP": ".webp"}
 
-HARD_MAX_PIXELS = 40_000_000
-"""Uploads larger than this are refused (decompression bombs); smaller ones above the budget are scaled."""
 PREVIEW_MAX_SIDE = 2048
 """The slider and gallery show at most this many pixels per side; the download is always full size."""
 OUTPUT_TTL_S = 3600
@@ -263,7 +261,7 @@ def _read_upload(image: dict[str, Any] | str | None) -> tuple[np.ndarray, str]:
     if not path:
         raise gr.Error("Please upload a photo first.")
     try:
-        img = read_image(path, max_pixels=HARD_MAX_PIXELS)
+        img = read_image(path)  # refuses more than imageio.DEFAULT_MAX_PIXELS (40 MP)
     except ImageReadError as exc:
         shown = str(exc).replace(str(path), Path(str(name)).name)  # no server paths in user messages
         raise gr.Error(f"Could not use this file: {shown}") from None

@@ -191,6 +191,18 @@ def test_budget_and_display_helpers() -> None:
     assert big.shape == (app.PREVIEW_MAX_SIDE, 68, 3)
 
 
+def test_old_result_files_are_pruned() -> None:
+    folder = app._OutputFolder()
+    old = folder.new_file("old", ".png")
+    old.write_bytes(b"x")
+    os.utime(old, (0, 0))
+    fresh = folder.new_file("fresh", ".png")
+    fresh.write_bytes(b"x")
+    folder.new_file("next", ".png")
+    assert not old.exists() and not old.parent.exists() and fresh.exists()
+    assert fresh.name == "fresh_restored.png"
+
+
 def test_missing_weights_banner_names_the_files(tmp_path: Path) -> None:
     settings = app.AppSettings(
         models=(str(tmp_path / "nope.pth"),), weights_dir=str(tmp_path), detector=DETECTOR, background="none"
