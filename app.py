@@ -38,12 +38,13 @@ from gfp.pipeline import RestoreOptions, Restorer
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"
 
-MODEL_CHOICES: list[tuple[str, str]] = [
-    ("GFPGAN v1.4", "v1.4"),
-    ("GFPGAN v1.3", "v1.3"),
-    ("GFPGAN v1.2", "v1.2"),
-    ("GFPGAN v1 (paper)", "v1"),
-]
+MODEL_LABELS: dict[str, str] = {
+    "v1.4": "GFPGAN v1.4",
+    "v1.3": "GFPGAN v1.3",
+    "v1.2": "GFPGAN v1.2",
+    "v1": "GFPGAN v1 (paper)",
+}
+"""The official versions (gfp.loading.MODEL_ZOO names) and how the model dropdown shows them."""
 DETECTOR_CHOICES: list[tuple[str, str]] = [
     ("RetinaFace ResNet-50", "retinaface_resnet50"),
     ("RetinaFace MobileNet-0.25 (fast)", "retinaface_mobile0.25"),
@@ -185,19 +186,20 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     )
 
 
-def model_choices(extra: Sequence[str]) -> list[tuple[str, str]]:
-    """The model dropdown: launch-time models first (the first is the default), then the official ones."""
-    zoo = {value for _, value in MODEL_CHOICES}
-    added = [(_model_label(spec), spec) for spec in dict.fromkeys(extra) if spec not in zoo]
-    first = [choice for choice in MODEL_CHOICES if extra and choice[1] == extra[0]]
-    rest = [choice for choice in MODEL_CHOICES if choice not in first]
-    return (first + added + rest) if first else (added + rest)
+def model_specs(extra: Sequence[str]) -> dict[str, str]:
+    """Model dropdown values -> what the pipeline loads, in dropdown order (the first is the default).
 
-
-def _model_label(spec: str) -> str:
-    """Dropdown text for a launch-time model: a path shows its last part only (no server paths in the UI)."""
-    path = Path(spec)
-    return f"{path.name} (local)" if path.is_absolute() or path.exists() else spec
+    Launch-time models come first, then the official versions. A local file or folder is offered under its
+    last path part only, so no server path shows in the UI or the API schema.
+    """
+    specs: dict[str, str] = {}
+    for spec in extra:
+        path = Path(spec).expanduser()
+        local = spec not in MODEL_LABELS and (path.is_absolute() or path.exists())
+        specs.setdefault(path.name if local else spec, spec)
+    for name in MODEL_LABELS:
+        specs.setdefault(name, name)
+    return specs
 
 
 def missing_weights(settings: AppSettings) -> list[str]:
@@ -206,7 +208,8 @@ def missing_weights(settings: AppSettings) -> list[str]:
     On a Space this downloads them at startup (before the first request), offline it explains what to put
     where: the messages come from :class:`gfp.loading.WeightsNotFoundError`.
     """
-    wanted = [model_choices(settings.models)[0][1], settings.detector, *BACKGROUND_FILES[settings.background]]
+    default_model = next(iter(model_specs(settings.models).values()))
+    wanted = [default_model, settings.detector, *BACKGROUND_FILES[settings.background]]
     messages = []
     for spec in wanted:
         try:
@@ -277,7 +280,7 @@ def _fit_budget(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str | Non
     size = (max(1, int(w * scale)), max(1, int(h * scale)))
     small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     return small, (
-        f"The photo ({w}x{h}) is above this app's budget of {max_pixels / 1e6:.1f} MP and was downscaled "
+        f"The photo ({w}x{h}) is above this app's budget of {max_pixels / 1e6:.3g} MP and was downscaled "
         f"to {size[0]}x{size[1]} first."
     )
 
@@ -335,14 +338,14 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
     device = select_device(settings.device)
     on_gpu = device.type != "cpu"
     restorer = restorer or Restorer(weights_dir=settings.weights_dir, device=str(device))
-    models = model_choices(settings.models)
+    specs = model_specs(settings.models)
+    models = [(MODEL_LABELS.get(name, name), name) for name in specs]
     allowed = {
-        "model": {v for _, v in models},
+        "model": set(specs),
         "detector": {v for _, v in DETECTOR_CHOICES},
         "background": {v for _, v in BACKGROUND_CHOICES},
         "output_format": set(FORMATS),
     }
-    labels = {value: label for label, value in models}
     max_pixels = settings.max_pixels or (8_000_000 if on_gpu else 2_000_000)
     outputs = _OutputFolder()
 
@@ -397,7 +400,7 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
 
         try:
             options = RestoreOptions(
-                version=model,
+                version=specs[model],
                 upscale=float(rescale),
                 bg_upsampler=background,
                 only_center_face=bool(only_center_face),
@@ -417,7 +420,7 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
         if not result.restored_faces:
             notices.append("No face found: the photo was only upscaled.")
             gr.Warning(notices[-1])
-        status = _status(result, labels[model], output_format, notices)
+        status = _status(result, MODEL_LABELS.get(model, model), output_format, notices)
         pairs = _face_pairs(result.cropped_faces, result.restored_faces)
         return (_as_display(before), _as_display(out)), pairs, str(path), status
 
@@ -471,7 +474,7 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
                     elem_id="faces",
                 )
                 download = gr.File(label="Full-resolution result", elem_id="download")
-                status = gr.Markdown(elem_id="status")
+                status = gr.Markdown(label="Status", elem_id="status")
         run.click(
             handler,
             inputs=[

@@ -85,7 +85,8 @@ class Server:
 
     @property
     def model(self) -> str:
-        return self.settings.models[0]
+        """The default model as the dropdown and API name it (the tiny generator's folder name)."""
+        return Path(self.settings.models[0]).name
 
     def client(self) -> gradio_client.Client:
         return gradio_client.Client(self.url, verbose=False)
@@ -154,12 +155,12 @@ def test_flags_and_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
         app.parse_args(["--concurrency", "0"])
 
 
-def test_model_choices_put_launch_models_first() -> None:
-    assert app.model_choices([])[0][1] == "v1.4"
-    choices = [value for _, value in app.model_choices(["owner/repo", "v1.3"])]
-    assert choices[0] == "owner/repo" and choices.count("v1.3") == 1
-    assert {"v1.4", "v1.3", "v1.2", "v1"} <= set(choices)
-    assert [value for _, value in app.model_choices(["v1.2"])][0] == "v1.2"
+def test_model_specs_put_launch_models_first(tmp_path: Path) -> None:
+    assert list(app.model_specs([]))[0] == "v1.4"
+    specs = app.model_specs(["owner/repo", "v1.3", str(tmp_path / "mine.pth")])
+    assert list(specs)[:3] == ["owner/repo", "v1.3", "mine.pth"]  # a local path is offered by its name only
+    assert specs["mine.pth"] == str(tmp_path / "mine.pth") and specs["owner/repo"] == "owner/repo"
+    assert set(app.MODEL_LABELS) <= set(specs) and len(specs) == 6
 
 
 def test_app_choices_are_what_the_pipeline_accepts() -> None:
@@ -168,7 +169,7 @@ def test_app_choices_are_what_the_pipeline_accepts() -> None:
 
     assert {value for _, value in app.BACKGROUND_CHOICES} <= set(BACKGROUND_CHOICES)
     assert {value for _, value in app.DETECTOR_CHOICES} <= set(DETECTORS)
-    assert {value for _, value in app.MODEL_CHOICES} <= set(MODEL_ZOO)
+    assert set(app.MODEL_LABELS) <= set(MODEL_ZOO)
 
 
 def test_examples_exist_and_are_small() -> None:
@@ -314,7 +315,7 @@ def test_too_large_upload_is_a_gradio_error(client, server: Server, tmp_path: Pa
 
 def test_missing_generator_weights_are_a_gradio_error(client, server: Server) -> None:
     with pytest.raises(gradio_client.exceptions.AppError, match="gone.pth does not exist"):
-        call(client, server, EXAMPLES / "astronaut_lowres.png", model=server.settings.models[1])
+        call(client, server, EXAMPLES / "astronaut_lowres.png", model="gone.pth")
 
 
 def test_concurrent_requests_get_their_own_results(server: Server, tmp_path: Path) -> None:
