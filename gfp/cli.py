@@ -1,0 +1,190 @@
+"""Command line: ``python -m gfp`` / ``gfp``, with the official ``inference_gfpgan.py`` flags and layout.
+
+Outputs (as the official script writes them) under ``--output``::
+
+    cropped_faces/{name}_{idx:02d}.png            aligned input faces
+    restored_faces/{name}_{idx:02d}[_{suffix}].png restored faces
+    cmp/{name}_{idx:02d}.png                      input | restored, side by side
+    restored_imgs/{name}[_{suffix}].{ext}         the whole restored image (not with --aligned)
+
+A file that cannot be read or restored is reported in one line and skipped; the exit status is 1 if any
+file failed, 2 for usage errors and missing weights, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gfp.background import BACKGROUND_CHOICES
+from gfp.faces import DETECTORS
+from gfp.imageio import read_image, write_image
+from gfp.loading import WeightsError
+from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (official inference_gfpgan.py flags, plus ours)."""
+    p = argparse.ArgumentParser(
+        prog="gfp",
+        description="Restore faces in photos with GFPGAN (blind face restoration, generative facial prior).",
+    )
+    p.add_argument(
+        "-i", "--input", default="inputs/whole_imgs", help="input image or folder (default: %(default)s)"
+    )
+    p.add_argument("-o", "--output", default="results", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "-v",
+        "--version",
+        default="1.4",
+        help="GFPGAN model: 1, 1.2, 1.3, 1.4, a weights file or a Hub repo id (default: %(default)s)",
+    )
+    p.add_argument(
+        "-s", "--upscale", type=float, default=2, help="final upscale, 1 to 8 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--bg_upsampler",
+        default="realesrgan",
+        choices=list(BACKGROUND_CHOICES),
+        help="background upsampler; 'none' = Lanczos resize (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bg_tile", type=int, default=400, help="background tile size, 0 = no tiling (default: %(default)s)"
+    )
+    p.add_argument("--suffix", default=None, help="suffix of the restored faces and images")
+    p.add_argument("--only_center_face", action="store_true", help="only restore the face nearest the centre")
+    p.add_argument("--aligned", action="store_true", help="inputs are already FFHQ-aligned faces")
+    p.add_argument(
+        "--ext",
+        default="auto",
+        choices=["auto", "jpg", "png"],
+        help="extension of restored images; auto = as the input (default: %(default)s)",
+    )
+    p.add_argument(
+        "-w",
+        "--weight",
+        type=float,
+        default=0.5,
+        help="official flag, kept for parity; no effect (use --strength)",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="blend of restored (1) and input (0) face (default: %(default)s)",
+    )
+    p.add_argument(
+        "--detector",
+        default="retinaface_resnet50",
+        choices=list(DETECTORS),
+        help="face detector (default: %(default)s)",
+    )
+    p.add_argument(
+        "--weights-dir", default=None, help="folder searched first for weight files (else $GFP_WEIGHTS_DIR)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--half", action="store_true", help="float16 generator on GPU (ignored on CPU)")
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="faces per generator batch (default: %(default)s)"
+    )
+    return p
+
+
+def list_inputs(path: str) -> list[Path]:
+    """The input file, or the files of an input folder in sorted order (as the official script globs)."""
+    path = path.rstrip("/\\") or path
+    if os.path.isfile(path):
+        return [Path(path)]
+    if os.path.isdir(path):
+        return [Path(p) for p in sorted(glob.glob(os.path.join(glob.escape(path), "*"))) if os.path.isfile(p)]
+    raise FileNotFoundError(f"input {path!r} is neither a file nor a folder")
+
+
+def save_outputs(
+    result: RestoreResult,
+    basename: str,
+    in_ext: str,
+    output: Path,
+    suffix: str | None,
+    ext: str,
+    aligned: bool,
+) -> None:
+    """Write faces, comparisons and the restored image with the official names."""
+    for idx, (cropped, restored) in enumerate(zip(result.cropped_faces, result.restored_faces, strict=True)):
+        write_image(output / "cropped_faces" / f"{basename}_{idx:02d}.png", cropped)
+        face_name = (
+            f"{basename}_{idx:02d}_{suffix}.png" if suffix is not None else f"{basename}_{idx:02d}.png"
+        )
+        write_image(output / "restored_faces" / face_name, restored)
+        write_image(output / "cmp" / f"{basename}_{idx:02d}.png", np.concatenate((cropped, restored), axis=1))
+    if aligned:
+        return
+    extension = in_ext.lstrip(".") if ext == "auto" else ext
+    name = f"{basename}_{suffix}" if suffix is not None else basename
+    write_image(output / "restored_imgs" / f"{name}.{extension}", result.image)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = RestoreOptions(
+            version=args.version,
+            upscale=args.upscale,
+            bg_upsampler=args.bg_upsampler,
+            bg_tile=args.bg_tile,
+            only_center_face=args.only_center_face,
+            aligned=args.aligned,
+            strength=args.strength,
+            detector=args.detector,
+            batch_size=args.batch_size,
+            weight=args.weight,
+        )
+        inputs = list_inputs(args.input)
+        restorer = Restorer(weights_dir=args.weights_dir, device=args.device, half=args.half)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    if not inputs:
+        parser.error(f"input folder {args.input!r} holds no files")
+
+    output = Path(args.output)
+    failed: list[Path] = []
+    for path in tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr):
+        basename, in_ext = os.path.splitext(path.name)
+        try:
+            img = read_image(path)
+            result = restorer.restore(img, options)
+            save_outputs(result, basename, in_ext, output, args.suffix, args.ext, args.aligned)
+        except WeightsError as err:
+            tqdm.write(f"gfp: error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            tqdm.write("gfp: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # one bad file must not stop the others: report it in one line
+            failed.append(path)
+            tqdm.write(f"gfp: error: {path}: {_one_line(err)}", file=sys.stderr)
+            continue
+        for note in result.notes:
+            tqdm.write(f"gfp: note: {path.name}: {note}", file=sys.stderr)
+        if not result.restored_faces and not args.aligned:
+            tqdm.write(f"gfp: {path.name}: no face found, image only upscaled", file=sys.stderr)
+    done = len(inputs) - len(failed)
+    print(f"Restored {done} of {len(inputs)} image(s); results are in the [{output}] folder.")
+    if failed:
+        print(f"{len(failed)} file(s) failed: {', '.join(p.name for p in failed)}", file=sys.stderr)
+        return 1
+    return 0
