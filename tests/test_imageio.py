@@ -191,3 +191,18 @@ def test_write_rejects_bad_input(tmp_path: Path) -> None:
 def test_write_creates_folders(tmp_path: Path) -> None:
     out = write_image(tmp_path / "a" / "b" / "x.png", _smooth_bgr())
     assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["x.png"]
+
+
+def test_real_photos_match_cv2_imread(shared_data: Path) -> None:
+    """Real-world files (JPEG/PNG, colour/gray, assorted encoders) decode exactly as cv2.imread does."""
+    photos = sorted((shared_data / "photos").iterdir(), key=lambda p: p.stat().st_size)[:16]
+    assert photos
+    for photo in photos:
+        with Image.open(photo) as im:
+            orientation = im.getexif().get(0x0112, 1)
+            w, h = im.size
+        ours = read_image(photo)
+        assert ours.shape[:2] == ((w, h) if orientation in (5, 6, 7, 8) else (h, w)), photo.name
+        if orientation == 1:
+            expected = cv2.imread(str(photo), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(ours, expected, err_msg=photo.name)
