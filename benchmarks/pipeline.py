@@ -1,0 +1,185 @@
+"""Benchmark (and parity table): our restore pipeline against the official GFPGAN stack, photo by photo.
+
+Both sides get identical weights (tests/_official_pipeline.py: seeded random full-size GFPGAN clean
+generator and ParseNet, the real RetinaFace MobileNet-0.25 and, with --background, the real
+realesr-animevideov3). For each photo, ours and then the official ``GFPGANer.enhance`` run back to back,
+each in a fresh subprocess so that its peak RSS (resource.getrusage) is its own. Prints per photo: faces
+ours/official, PSNR of the two restored images, wall time per stage, the ratio ours/official (< 1: ours
+is faster) and peak memory; then totals.
+
+    python benchmarks/pipeline.py                         # 3 small photos, Lanczos background
+    python benchmarks/pipeline.py --background            # with realesr-animevideov3 on both sides
+    python benchmarks/pipeline.py --all --jsonl out.jsonl # all photos of the shared data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+DEFAULT_PHOTOS = ("codeformer_04.jpg", "codeformer_05.jpg", "codeformer_01.jpg")
+STAGES = ("load", "detect", "align", "restore", "background", "paste", "total")
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("GFP_TEST_DATA") or ROOT.parent / "shared" / "data")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_ours(photo: Path, folder: Path, out: Path, upscale: float, background: bool) -> dict:
+    """Restore with gfp.pipeline; stage timings come from RestoreResult.timings (parse counted in paste)."""
+    import cv2
+    import torch
+    from _official_pipeline import our_options
+
+    from gfp.pipeline import Restorer
+
+    torch.set_grad_enabled(False)
+    start = time.perf_counter()
+    restorer = Restorer(weights_dir=folder, device="cpu")
+    options = our_options(folder, upscale, background)
+    restorer.generator(options.version)
+    restorer.detector(options.detector)
+    restorer.parser()
+    load = time.perf_counter() - start
+    img = cv2.imread(str(photo), cv2.IMREAD_COLOR)
+    result = restorer.restore(img, options)
+    cv2.imwrite(str(out), result.image)
+    t = dict(result.timings)
+    times = {s: t.get(s, 0.0) for s in STAGES}
+    times["paste"] += t.get("parse", 0.0)
+    times["load"] += load
+    times["total"] += load
+    return {"faces": len(result.restored_faces), "times": times, "peak_mb": _peak_rss_mb()}
+
+
+def run_official(photo: Path, folder: Path, out: Path, upscale: float, background: bool) -> dict:
+    """Restore with the official GFPGANer.enhance; stages timed by wrapping its helper's methods."""
+    import cv2
+    import torch
+    from _official_pipeline import official_restorer
+
+    torch.set_grad_enabled(False)
+    times = dict.fromkeys(STAGES, 0.0)
+    start = time.perf_counter()
+    er = official_restorer(folder, upscale, background)
+    times["load"] = time.perf_counter() - start
+
+    def timed(obj: object, name: str, stage: str) -> None:
+        original = getattr(obj, name)
+
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                times[stage] += time.perf_counter() - t0
+
+        setattr(obj, name, wrapper)
+
+    timed(er.face_helper, "get_face_landmarks_5", "detect")
+    timed(er.face_helper, "align_warp_face", "align")
+    timed(er.gfpgan, "forward", "restore")
+    timed(er.face_helper, "paste_faces_to_input_image", "paste")
+    if er.bg_upsampler is not None:
+        timed(er.bg_upsampler, "enhance", "background")
+    img = cv2.imread(str(photo), cv2.IMREAD_COLOR)
+    t0 = time.perf_counter()
+    _, restored_faces, restored = er.enhance(img, has_aligned=False, only_center_face=False, paste_back=True)
+    times["total"] = time.perf_counter() - t0 + times["load"]
+    cv2.imwrite(str(out), restored)
+    return {"faces": len(restored_faces), "times": times, "peak_mb": _peak_rss_mb()}
+
+
+def _side(args: argparse.Namespace) -> None:
+    fn = run_ours if args.side == "ours" else run_official
+    result = fn(Path(args.photo), Path(args.weights), Path(args.out), args.upscale, args.background)
+    print("RESULT " + json.dumps(result))
+
+
+def _spawn(side: str, photo: Path, folder: Path, out: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--photo", str(photo), "--weights", str(folder)]
+    cmd += ["--out", str(out), "--upscale", str(args.upscale)] + (["--background"] if args.background else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{side} failed on {photo.name}:\n{proc.stderr[-2000:]}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--photos", nargs="*", default=list(DEFAULT_PHOTOS), help="photo file names in shared data"
+    )
+    p.add_argument("--all", action="store_true", help="every photo of the shared data")
+    p.add_argument("--background", action="store_true", help="realesr-animevideov3 background on both sides")
+    p.add_argument("--upscale", type=float, default=2)
+    p.add_argument("--jsonl", default=None, help="also append one JSON line per photo to this file")
+    p.add_argument("--side", choices=["ours", "official"], help=argparse.SUPPRESS)
+    p.add_argument("--photo", help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.side:
+        _side(args)
+        return
+
+    import cv2
+    from _official_pipeline import make_weights, psnr
+
+    data = _data_dir()
+    names = sorted(x.name for x in (data / "photos").iterdir()) if args.all else args.photos
+    work = Path(tempfile.mkdtemp(prefix="gfp-bench-"))
+    folder = make_weights(work / "weights", data)
+    bg = "realesr-animevideov3" if args.background else "Lanczos"
+    print(f"upscale {args.upscale:g}, background {bg}, CPU")
+    head = f"{'photo':32} {'faces':>7} {'PSNR dB':>8} {'ours s':>8} {'official s':>10} {'ratio':>6}"
+    print(f"{head} {'peak MB':>13}")
+    totals = {"ours": dict.fromkeys(STAGES, 0.0), "official": dict.fromkeys(STAGES, 0.0)}
+    peaks = {"ours": 0.0, "official": 0.0}
+    for name in names:
+        photo = data / "photos" / name
+        res = {s: _spawn(s, photo, folder, work / f"{s}.png", args) for s in ("ours", "official")}
+        ours_img, off_img = cv2.imread(str(work / "ours.png")), cv2.imread(str(work / "official.png"))
+        value = psnr(ours_img, off_img)
+        t_ours, t_off = res["ours"]["times"]["total"], res["official"]["times"]["total"]
+        for side in res:
+            for s in STAGES:
+                totals[side][s] += res[side]["times"][s]
+            peaks[side] = max(peaks[side], res[side]["peak_mb"])
+        faces = f"{res['ours']['faces']}/{res['official']['faces']}"
+        mem = f"{res['ours']['peak_mb']:.0f}/{res['official']['peak_mb']:.0f}"
+        print(
+            f"{name:32} {faces:>7} {value:8.2f} {t_ours:8.1f} {t_off:10.1f} {t_ours / t_off:6.2f} {mem:>13}"
+        )
+        sys.stdout.flush()
+        if args.jsonl:
+            with open(args.jsonl, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"photo": name, "psnr": value, **res}) + "\n")
+    print("\nstage totals (s)   " + " ".join(f"{s:>9}" for s in STAGES))
+    for side in ("ours", "official"):
+        print(f"{side:18} " + " ".join(f"{totals[side][s]:9.2f}" for s in STAGES))
+    ratios = [
+        totals["ours"][s] / totals["official"][s] if totals["official"][s] else float("nan") for s in STAGES
+    ]
+    print(f"{'ours/official':18} " + " ".join(f"{r:9.2f}" for r in ratios))
+    print(f"peak RSS MB: ours {peaks['ours']:.0f}, official {peaks['official']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
