@@ -407,6 +407,9 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
                 aligned=bool(aligned),
                 strength=float(strength),
                 detector=detector,
+                batch_size=4
+                if on_gpu
+                else 1,  # CPU gains nothing from batches; one face a step = live progress
             )
             result = restorer.restore(img, options, progress=report)
         except (WeightsError, ValueError) as exc:  # missing/bad weights, or options the pipeline refuses
