@@ -271,6 +271,17 @@ def _read_upload(image: dict[str, Any] | str | None) -> tuple[np.ndarray, str]:
     return img, Path(str(name)).stem[:60] or "photo"
 
 
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    """A numeric option from the request, or a gradio error that says what is allowed."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not low <= number <= high:
+        raise gr.Error(f"{name} must be a number between {low:g} and {high:g}, got {value!r}.")
+    return number
+
+
 def _fit_budget(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str | None]:
     """Downscale (area averaging) so that width x height <= max_pixels; say so when it happens."""
     h, w = img.shape[:2]
@@ -388,10 +399,7 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
         ):
             if value not in allowed[name]:
                 raise gr.Error(f"Unknown {name} {value!r}; choose one of {sorted(allowed[name])}.")
-        if not (1 <= float(rescale) <= 4):
-            raise gr.Error(f"Rescale must be between 1 and 4, got {rescale}.")
-        if not (0.0 <= float(strength) <= 1.0):
-            raise gr.Error(f"Strength must be between 0 and 1, got {strength}.")
+        rescale, strength = _number("Rescale", rescale, 1.0, 4.0), _number("Strength", strength, 0.0, 1.0)
         img, stem = _read_upload(image)
         img, notice = _fit_budget(img, max_pixels)
         if notice:
@@ -403,11 +411,11 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
         try:
             options = RestoreOptions(
                 version=specs[model],
-                upscale=float(rescale),
+                upscale=rescale,
                 bg_upsampler=background,
                 only_center_face=bool(only_center_face),
                 aligned=bool(aligned),
-                strength=float(strength),
+                strength=strength,
                 detector=detector,
                 batch_size=faces_per_step,
             )
@@ -453,7 +461,7 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
                     elem_id="input-image",
                 )
                 model = gr.Dropdown(models, value=models[0][1], label="Model")
-                rescale = gr.Slider(1, 4, value=2, step=1, label="Rescale factor")
+                rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
                 background = gr.Radio(
                     BACKGROUND_CHOICES, value=settings.background, label="Background upsampler"
                 )

@@ -114,7 +114,7 @@ def client(server: Server):
     return server.client()
 
 
-def call(client, server: Server, image: Path, rescale: int = 2, fmt: str = "PNG", **kwargs: object):
+def call(client, server: Server, image: Path, rescale: float = 2, fmt: str = "PNG", **kwargs: object):
     """One /restore request with the test defaults; returns (slider, gallery, file path, status)."""
     args = {
         "model": server.model,
@@ -279,8 +279,8 @@ def test_over_budget_input_is_downscaled_with_notice(client, server: Server, tmp
 def test_no_face_is_a_notice_not_an_error(client, server: Server, tmp_path: Path) -> None:
     path = tmp_path / "wall.png"
     cv2.imwrite(str(path), np.full((80, 120, 3), 128, np.uint8))
-    _, gallery, file, status = call(client, server, path, rescale=2)
-    assert read(file).shape == (160, 240, 3)
+    _, gallery, file, status = call(client, server, path, rescale=1.5)
+    assert read(file).shape == (120, 180, 3)
     if server.real_detector or not gallery:
         assert gallery == [] and "No face found" in status
 
@@ -291,7 +291,8 @@ def test_no_face_is_a_notice_not_an_error(client, server: Server, tmp_path: Path
         ({"model": "../../etc/passwd"}, "Unknown model"),
         ({"detector": "yolo"}, "Unknown detector"),
         ({"output_format": "GIF"}, "Unknown output_format"),
-        ({"rescale": 9}, "Rescale must be between 1 and 4"),
+        ({"rescale": 9}, "Rescale must be a number between 1 and 4"),
+        ({"strength": "lots"}, "Strength must be a number between 0 and 1"),
     ],
 )
 def test_bad_options_are_gradio_errors(client, server: Server, change: dict, message: str) -> None:
