@@ -1,0 +1,115 @@
+"""gfp.paste: inverse transform, masks and blending against facexlib's paste_faces_to_input_image."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from facexlib.parsing.parsenet import ParseNet
+from facexlib.utils.face_restoration_helper import FaceRestoreHelper
+
+from gfp.paste import inverse_affine, parse_masks, paste_faces
+
+
+def _matrix(angle_deg: float, scale: float, tx: float, ty: float) -> np.ndarray:
+    """An image → crop similarity transform like the alignment produces."""
+    a = np.deg2rad(angle_deg)
+    return np.array(
+        [[scale * np.cos(a), -scale * np.sin(a), tx], [scale * np.sin(a), scale * np.cos(a), ty]], np.float64
+    )
+
+
+def _scene(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:90, 0:120]
+    img = np.dstack([xx * 2, yy * 2, (xx + yy)]).astype(np.uint8)
+    faces = [rng.integers(0, 256, (128, 128, 3), dtype=np.uint8) for _ in range(2)]
+    faces = [cv2.GaussianBlur(f, (7, 7), 0) for f in faces]
+    matrices = [_matrix(8, 2.5, -30, -20), _matrix(-15, 3.0, -150, -60)]
+    return img, faces, matrices
+
+
+def _official_paste(img, faces, matrices, upscale, parser=None):
+    """facexlib's paste_faces_to_input_image on a helper built without its detector/parser downloads."""
+    helper = FaceRestoreHelper.__new__(FaceRestoreHelper)
+    helper.upscale_factor = upscale
+    helper.face_size = (faces[0].shape[1], faces[0].shape[0])
+    helper.input_img = img
+    helper.restored_faces = list(faces)
+    helper.affine_matrices = list(matrices)
+    helper.inverse_affine_matrices = []
+    helper.use_parse = parser is not None
+    helper.face_parse = parser
+    helper.device = torch.device("cpu")
+    helper.get_inverse_affine()
+    return helper.paste_faces_to_input_image()
+
+
+def _upscaled(img: np.ndarray, upscale: float) -> np.ndarray:
+    h, w = img.shape[:2]
+    return cv2.resize(img, (int(w * upscale), int(h * upscale)), interpolation=cv2.INTER_LANCZOS4)
+
+
+def test_inverse_affine_scales_and_offsets_like_official() -> None:
+    m = _matrix(10, 2.0, -5, 7)
+    np.testing.assert_allclose(inverse_affine(m, 1), cv2.invertAffineTransform(m))
+    expected = cv2.invertAffineTransform(m) * 3
+    expected[:, 2] += 1.5
+    np.testing.assert_allclose(inverse_affine(m, 3), expected)
+
+
+@pytest.mark.parametrize("upscale", [1, 2, 3])
+def test_square_mask_paste_matches_official(upscale: int) -> None:
+    img, faces, matrices = _scene()
+    official = _official_paste(img, faces, matrices, upscale)
+    ours = paste_faces(_upscaled(img, upscale).astype(np.float32), faces, matrices, upscale)
+    ours = np.clip(ours, 0, 255).astype(np.uint8)  # the official result is truncated, not rounded
+    diff = np.abs(ours.astype(int) - official.astype(int))
+    assert ours.shape == official.shape
+    assert (
+        diff.mean() < 0.01 and diff.max() <= 3
+    )  # per-face warps sample OpenCV's 1/32 px grid a bit differently
+
+
+def test_parse_mask_paste_matches_official() -> None:
+    img, faces, matrices = _scene(1)
+    torch.manual_seed(0)
+    parser = ParseNet(in_size=512, out_size=512, parsing_ch=19, base_ch=4, ch_range=[4, 8]).eval()
+    official = _official_paste(
+        img, [cv2.resize(f, (512, 512)) for f in faces], [m * 4 for m in matrices], 2, parser
+    )
+    faces512 = [cv2.resize(f, (512, 512)) for f in faces]
+    masks = parse_masks(parser, faces512, batch_size=2)
+    assert all(m.shape == (512, 512) and m.min() >= 0 and m.max() <= 1 for m in masks)
+    assert any(m.max() > 0.5 for m in masks)  # the random parser marks some face labels
+    ours = paste_faces(_upscaled(img, 2).astype(np.float32), faces512, [m * 4 for m in matrices], 2, masks)
+    ours = np.clip(ours, 0, 255).astype(np.uint8)
+    diff = np.abs(ours.astype(int) - official.astype(int))
+    assert diff.mean() < 0.01 and diff.max() <= 3
+
+
+def test_later_faces_win_where_faces_overlap() -> None:
+    img = np.zeros((80, 80, 3), np.uint8)
+    m = _matrix(0, 2.0, -20, -20)
+    first, second = np.full((128, 128, 3), 50, np.uint8), np.full((128, 128, 3), 200, np.uint8)
+    out = paste_faces(img.astype(np.float32), [first, second], [m, m], 1)
+    assert out[42, 42, 0] == pytest.approx(200, abs=0.5)
+    out = paste_faces(img.astype(np.float32), [second, first], [m, m], 1)
+    assert out[42, 42, 0] == pytest.approx(50, abs=0.5)
+
+
+def test_face_scale_puts_8bit_faces_on_a_16bit_background() -> None:
+    background = np.full((80, 80, 3), 1000.0, np.float32)
+    face = np.full((128, 128, 3), 255, np.uint8)
+    out = paste_faces(background, [face], [_matrix(0, 2.0, -20, -20)], 1, face_scale=65535 / 255)
+    assert out[42, 42, 0] == pytest.approx(65535, rel=1e-4)
+    assert out[2, 2, 0] == 1000.0  # far from the face: untouched
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    face = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match="float32"):
+        paste_faces(np.zeros((8, 8, 3), np.uint8), [face], [_matrix(0, 1, 0, 0)], 1)
+    with pytest.raises(ValueError, match="one matrix"):
+        paste_faces(np.zeros((8, 8, 3), np.float32), [face], [], 1)
