@@ -1,0 +1,269 @@
+"""gfp.pipeline: options, layouts (gray, alpha, 16-bit), strength, batching, threads, parser fallback.
+
+Small and fast: a tiny random generator (64 px faces). Without the shared data a "blind" detector (random
+MobileNet whose class head always says background) gives face-free runs; with it, the real MobileNet-0.25
+finds the faces of real photos.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from gfp.archs import GeneratorConfig, build_generator
+from gfp.background import lanczos_upsample, scaled_size, upsample_background
+from gfp.faces import build_detector
+from gfp.loading import WeightsNotFoundError, save_pretrained
+from gfp.pipeline import RestoreOptions, Restorer
+
+MOBILE = "detection_mobilenet0.25_Final.pth"
+TINY = GeneratorConfig(
+    arch="clean", out_size=64, channel_multiplier=1, narrow=0.125, num_style_feat=32, num_mlp=2
+)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No downloads: an empty cache and a network that always fails (the parser is never available)."""
+    monkeypatch.setenv("GFP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("GFP_WEIGHTS_DIR", raising=False)
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("offline test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+def _tiny_generator(folder: Path) -> None:
+    torch.manual_seed(0)
+    save_pretrained(build_generator(TINY), TINY, folder / "tiny")
+
+
+@pytest.fixture(scope="module")
+def blind_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny generator + a MobileNet detector that never finds a face."""
+    folder = tmp_path_factory.mktemp("blind")
+    _tiny_generator(folder)
+    torch.manual_seed(0)
+    net = build_detector("retinaface_mobile0.25")
+    for head in net.ClassHead:
+        torch.nn.init.zeros_(head.conv1x1.weight)
+        head.conv1x1.bias.data = torch.tensor([10.0, -10.0]).repeat(head.num_anchors)
+    torch.save(net.state_dict(), folder / MOBILE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_weights(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """Tiny generator + the real MobileNet-0.25 detector and realesr-animevideov3 (linked, not copied)."""
+    folder = tmp_path_factory.mktemp("real")
+    _tiny_generator(folder)
+    for name in (MOBILE, "realesr-animevideov3.pth"):
+        (folder / name).symlink_to(shared_data / "weights" / name)
+    return folder
+
+
+def _options(folder: Path, **kw: object) -> RestoreOptions:
+    base = {"version": str(folder / "tiny"), "bg_upsampler": "none", "detector": "retinaface_mobile0.25"}
+    return RestoreOptions(**(base | kw))
+
+
+def _gradient(h: int = 60, w: int = 80) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.dstack([xx * 3, yy * 4, (xx + yy) * 2]).astype(np.uint8)
+
+
+def _layouts(bgr: np.ndarray) -> dict[str, np.ndarray]:
+    alpha = np.linspace(0, 255, bgr.shape[1], dtype=np.uint8)[None].repeat(bgr.shape[0], 0)
+    return {
+        "gray": cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY),
+        "bgr": bgr,
+        "bgra": np.dstack([bgr, alpha]),
+        "bgr16": bgr.astype(np.uint16) * 257,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"upscale": 0.5}, "upscale"),
+        ({"upscale": 9}, "upscale"),
+        ({"strength": 1.5}, "strength"),
+        ({"bg_upsampler": "magic"}, "background upsampler"),
+        ({"detector": "yolo"}, "face detector"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"bg_tile": -1}, "bg_tile"),
+        ({"version": " "}, "version"),
+    ],
+)
+def test_options_are_validated(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RestoreOptions(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("img", "error"),
+    [
+        (np.zeros((8, 8, 3), np.float32), ValueError),
+        (np.zeros((8, 8, 2), np.uint8), ValueError),
+        (np.zeros((0, 8, 3), np.uint8), ValueError),
+        ([[0, 1]], TypeError),
+    ],
+)
+def test_bad_images_are_clear_errors(blind_weights: Path, img: object, error: type) -> None:
+    with pytest.raises(error, match="expected"):
+        Restorer(blind_weights, device="cpu").restore(img, _options(blind_weights))
+
+
+@pytest.mark.parametrize("layout", ["gray", "bgr", "bgra", "bgr16"])
+def test_no_face_image_is_only_upscaled(blind_weights: Path, layout: str) -> None:
+    img = _layouts(_gradient())[layout]
+    result = Restorer(blind_weights, device="cpu").restore(img, _options(blind_weights, upscale=2))
+    assert result.restored_faces == [] and result.cropped_faces == []
+    assert result.boxes.shape == (0, 5) and result.landmarks.shape == (0, 5, 2)
+    assert result.image.dtype == img.dtype and result.image.shape == (120, 160, *img.shape[2:])
+    np.testing.assert_array_equal(result.image, lanczos_upsample(img, 2))
+    assert result.device == "cpu" and result.timings["total"] >= result.timings["detect"] > 0
+
+
+def test_fractional_upscale_sizes(blind_weights: Path) -> None:
+    img = _gradient(61, 83)
+    result = Restorer(blind_weights, device="cpu").restore(img, _options(blind_weights, upscale=1.5))
+    assert result.image.shape[:2] == scaled_size(61, 83, 1.5)
+
+
+@pytest.mark.parametrize("layout", ["gray", "bgra", "bgr16"])
+def test_aligned_input(blind_weights: Path, layout: str) -> None:
+    img = _layouts(_gradient(96, 96))[layout]
+    result = Restorer(blind_weights, device="cpu").restore(
+        img, _options(blind_weights, aligned=True, upscale=1)
+    )
+    assert len(result.restored_faces) == 1 and result.restored_faces[0].shape == (64, 64, 3)
+    assert result.cropped_faces[0].dtype == np.uint8 and result.boxes.shape == (0, 5)
+    assert result.image.shape == img.shape and result.image.dtype == img.dtype
+    assert result.face_mask == "none"
+
+
+def test_missing_generator_raises_weights_not_found(blind_weights: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match="v1.4"):
+        Restorer(blind_weights, device="cpu").restore(_gradient(), RestoreOptions(bg_upsampler="none"))
+
+
+@pytest.mark.shared
+def test_background_model_is_used(real_weights: Path) -> None:
+    img = _gradient(24, 32)  # no face: the output is the background upsampler's output
+    upsampler = Restorer(real_weights, device="cpu").background("realesr-animevideov3", 400)
+    result = Restorer(real_weights, device="cpu").restore(
+        img, _options(real_weights, bg_upsampler="realesr-animevideov3", upscale=3)
+    )
+    np.testing.assert_array_equal(result.image, upsample_background(img, 3, upsampler))
+
+
+@pytest.fixture(scope="module")
+def group(shared_data: Path) -> np.ndarray:
+    return cv2.imread(str(shared_data / "photos" / "codeformer_01.jpg"), cv2.IMREAD_COLOR)
+
+
+@pytest.mark.shared
+def test_real_photo_all_faces_in_detection_order(real_weights: Path, group: np.ndarray) -> None:
+    seen: list[tuple[int, int, str]] = []
+    result = Restorer(real_weights, device="cpu").restore(
+        group, _options(real_weights), progress=lambda d, t, s: seen.append((d, t, s))
+    )
+    n = len(result.restored_faces)
+    assert n == len(result.cropped_faces) == len(result.boxes) == len(result.landmarks) == 4
+    assert all(
+        f.shape == (64, 64, 3) and f.dtype == np.uint8 for f in result.restored_faces + result.cropped_faces
+    )
+    assert list(result.boxes[:, 4]) == sorted(result.boxes[:, 4], reverse=True)
+    assert result.image.shape == (group.shape[0] * 2, group.shape[1] * 2, 3)
+    assert result.face_mask == "square" and "face parser unavailable" in result.notes[0]
+    assert ("restore", n, n) in [(s, d, t) for d, t, s in seen] and ("paste", n, n) in [
+        (s, d, t) for d, t, s in seen
+    ]
+    assert {"load", "detect", "align", "restore", "background", "paste", "total"} <= set(result.timings)
+    # the faces really were pasted: the output differs from the plain upscale around each face
+    plain = lanczos_upsample(group, 2).astype(int)
+    for x1, y1, x2, y2, _ in result.boxes.astype(int):
+        box = (slice(2 * y1, 2 * y2), slice(2 * x1, 2 * x2))
+        assert np.abs(result.image[box].astype(int) - plain[box]).mean() > 5
+
+
+@pytest.mark.shared
+def test_only_center_face(real_weights: Path, group: np.ndarray) -> None:
+    result = Restorer(real_weights, device="cpu").restore(
+        group, _options(real_weights, only_center_face=True)
+    )
+    assert len(result.restored_faces) == 1
+
+
+@pytest.mark.shared
+def test_strength_blends_restored_and_input_faces(real_weights: Path, group: np.ndarray) -> None:
+    restorer = Restorer(real_weights, device="cpu")
+    full = restorer.restore(group, _options(real_weights))
+    none = restorer.restore(group, _options(real_weights, strength=0.0))
+    half = restorer.restore(group, _options(real_weights, strength=0.5))
+    faces = zip(
+        full.cropped_faces, none.restored_faces, half.restored_faces, full.restored_faces, strict=True
+    )
+    for crop, f0, f5, f1 in faces:
+        assert np.abs(f0.astype(int) - crop).max() <= 1
+        expected = (crop.astype(float) + f1) / 2
+        assert np.abs(f5 - expected).max() <= 1.5
+        assert np.abs(f1.astype(int) - crop).mean() > 10
+
+
+@pytest.mark.shared
+def test_batch_size_does_not_change_results(real_weights: Path, group: np.ndarray) -> None:
+    restorer = Restorer(real_weights, device="cpu")
+    one = restorer.restore(group, _options(real_weights, batch_size=1))
+    three = restorer.restore(group, _options(real_weights, batch_size=3))
+    for a, b in zip(one.restored_faces, three.restored_faces, strict=True):
+        assert np.abs(a.astype(int) - b).max() <= 1
+
+
+@pytest.mark.shared
+def test_layouts_keep_gray_alpha_and_16bit(real_weights: Path, group: np.ndarray) -> None:
+    restorer = Restorer(real_weights, device="cpu")
+    layouts = _layouts(group)
+    out8 = restorer.restore(layouts["bgr"], _options(real_weights)).image
+
+    gray = restorer.restore(layouts["gray"], _options(real_weights))
+    assert gray.image.ndim == 2 and gray.image.shape == out8.shape[:2] and len(gray.restored_faces) > 0
+
+    bgra = restorer.restore(layouts["bgra"], _options(real_weights)).image
+    assert bgra.shape == (*out8.shape[:2], 4)
+    np.testing.assert_array_equal(bgra[:, :, 3], lanczos_upsample(layouts["bgra"][:, :, 3], 2))
+    np.testing.assert_array_equal(bgra[:, :, :3], out8)
+
+    out16 = restorer.restore(layouts["bgr16"], _options(real_weights)).image
+    assert out16.dtype == np.uint16
+    # faces on the 16-bit scale: the 16-bit result is the 8-bit one times 257, up to rounding
+    diff = np.abs(out16.astype(float) / 257 - out8)
+    assert diff.max() <= 1.5 and diff.mean() < 0.3
+
+
+@pytest.mark.shared
+def test_one_restorer_serves_threads(real_weights: Path, group: np.ndarray) -> None:
+    images = [group, np.ascontiguousarray(group[:, ::-1])]
+    restorer = Restorer(real_weights, device="cpu")
+    expected = [restorer.restore(img, _options(real_weights)).image for img in images]
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        results[i] = restorer.restore(images[i % 2], _options(real_weights)).image
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        np.testing.assert_array_equal(results[i], expected[i % 2])
