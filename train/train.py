@@ -11,6 +11,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -36,6 +37,10 @@ from train.networks import build_discriminators, build_identity, build_training_
 log = logging.getLogger("train")
 PARTS = ("left_eye", "right_eye", "mouth")
 CHECKPOINT_GLOB = "step_*.pt"
+
+
+class TrainingDivergedError(RuntimeError):
+    """Losses went NaN/inf; raised before the broken weights are checkpointed."""
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -248,7 +253,14 @@ class Trainer:
         self.scaler.update()
         for sched in self.schedulers.values():
             sched.step()
-        return self._reduce(logs)
+        reduced = self._reduce(logs)  # identical on every rank, so every rank stops together
+        if not all(map(math.isfinite, reduced.values())):
+            bad = sorted(k for k, v in reduced.items() if not math.isfinite(v))
+            raise TrainingDivergedError(
+                f"losses became non-finite at step {self.step} ({', '.join(bad)}): training diverged. Resume "
+                "from the last checkpoint (--resume auto) with a lower optim.lr_g / optim.lr_d."
+            )
+        return reduced
 
     @torch.no_grad()
     def _update_ema(self) -> None:
