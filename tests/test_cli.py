@@ -1,0 +1,180 @@
+"""gfp.cli: official flags and output layout, per-file errors, exit codes, no tracebacks for user errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from gfp.archs import GeneratorConfig, build_generator
+from gfp.cli import list_inputs, main
+from gfp.faces import build_detector
+from gfp.loading import save_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+MOBILE = "detection_mobilenet0.25_Final.pth"
+TINY = GeneratorConfig(arch="clean", out_size=64, channel_multiplier=1, narrow=0.125, num_style_feat=32)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GFP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("GFP_WEIGHTS_DIR", raising=False)
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("offline test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+def _weights(folder: Path, detector: Path | None) -> Path:
+    """Tiny generator; the real detector when given, else one that never finds a face."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_pretrained(build_generator(TINY), TINY, folder / "tiny")
+    if detector is not None:
+        (folder / MOBILE).symlink_to(detector)
+    else:
+        net = build_detector("retinaface_mobile0.25")
+        for head in net.ClassHead:
+            torch.nn.init.zeros_(head.conv1x1.weight)
+            head.conv1x1.bias.data = torch.tensor([10.0, -10.0]).repeat(head.num_anchors)
+        torch.save(net.state_dict(), folder / MOBILE)
+    return folder
+
+
+def _args(weights: Path, *extra: str) -> list[str]:
+    return ["-v", str(weights / "tiny"), "--weights-dir", str(weights), "--detector", "retinaface_mobile0.25",
+            "--bg_upsampler", "none", "--device", "cpu", *extra]  # fmt: skip
+
+
+def _gradient(h: int = 40, w: int = 56) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.dstack([xx * 4, yy * 5, (xx + yy) * 2]).astype(np.uint8)
+
+
+def test_module_entry_point_prints_help() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gfp", "--help"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0
+    for flag in ("--input", "--upscale", "--bg_upsampler", "--only_center_face", "--aligned", "--strength"):
+        assert flag in proc.stdout
+
+
+def test_list_inputs(tmp_path: Path) -> None:
+    for name in ("b.png", "a.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    assert [p.name for p in list_inputs(str(tmp_path) + "/")] == ["a.jpg", "b.png"]
+    assert list_inputs(str(tmp_path / "a.jpg")) == [tmp_path / "a.jpg"]
+    with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
+        list_inputs(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-i", "/nonexistent/x.png"], "neither a file nor a folder"),
+        (["-s", "9"], "upscale"),
+        (["-w", "x"], ""),
+    ],
+)
+def test_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list, message: str
+) -> None:
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), _gradient())
+    with pytest.raises(SystemExit) as exc:
+        main(["-i", str(img), "-o", str(tmp_path / "out"), *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), _gradient())
+    code = main(
+        ["-i", str(img), "-o", str(tmp_path / "out"), "--weights-dir", str(tmp_path), "--device", "cpu"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "could not find weights 'v1.4'" in err and "GFPGANv1.4.pth" in err and "Traceback" not in err
+
+
+def test_folder_with_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = _weights(tmp_path / "w", None)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "a.png"), _gradient())
+    cv2.imwrite(str(inputs / "b.jpg"), _gradient(30, 20))
+    (inputs / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = main(["-i", str(inputs), "-o", str(out), "-s", "2", *_args(weights)])
+    captured = capsys.readouterr()
+    assert code == 1
+    error_lines = [line for line in captured.err.splitlines() if "broken.png" in line and "error" in line]
+    assert len(error_lines) == 1 and "Traceback" not in captured.err
+    assert cv2.imread(str(out / "restored_imgs" / "a.png")).shape == (80, 112, 3)
+    assert cv2.imread(str(out / "restored_imgs" / "b.jpg")).shape == (60, 40, 3)
+    assert not (out / "cropped_faces").exists()  # no faces in gradients
+    assert "Restored 2 of 3" in captured.out
+
+
+def test_ext_and_suffix_for_images(tmp_path: Path) -> None:
+    weights = _weights(tmp_path / "w", None)
+    cv2.imwrite(str(tmp_path / "a.jpg"), _gradient())
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "-i",
+                str(tmp_path / "a.jpg"),
+                "-o",
+                str(out),
+                "--ext",
+                "png",
+                "--suffix",
+                "gfp",
+                *_args(weights),
+            ]
+        )
+        == 0
+    )
+    assert [p.name for p in (out / "restored_imgs").iterdir()] == ["a_gfp.png"]
+
+
+@pytest.mark.shared
+def test_official_output_layout(tmp_path: Path, shared_data: Path) -> None:
+    weights = _weights(tmp_path / "w", shared_data / "weights" / MOBILE)
+    photo = shared_data / "photos" / "codeformer_01.jpg"
+    out = tmp_path / "out"
+    assert main(["-i", str(photo), "-o", str(out), "--suffix", "x", *_args(weights)]) == 0
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*.*")}
+    faces = range(4)
+    expected = {f"cropped_faces/codeformer_01_{i:02d}.png" for i in faces}
+    expected |= {f"restored_faces/codeformer_01_{i:02d}_x.png" for i in faces}
+    expected |= {f"cmp/codeformer_01_{i:02d}.png" for i in faces}
+    expected |= {"restored_imgs/codeformer_01_x.jpg"}
+    assert names == expected
+    cmp = cv2.imread(str(out / "cmp" / "codeformer_01_00.png"))
+    crop = cv2.imread(str(out / "cropped_faces" / "codeformer_01_00.png"))
+    assert cmp.shape == (64, 128, 3)
+    np.testing.assert_array_equal(cmp[:, :64], crop)
+
+
+def test_aligned_inputs_write_faces_only(tmp_path: Path) -> None:
+    weights = _weights(tmp_path / "w", None)
+    cv2.imwrite(str(tmp_path / "face.png"), _gradient(96, 96))
+    out = tmp_path / "out"
+    assert main(["-i", str(tmp_path / "face.png"), "-o", str(out), "--aligned", *_args(weights)]) == 0
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*.*")}
+    assert names == {"cropped_faces/face_00.png", "restored_faces/face_00.png", "cmp/face_00.png"}
