@@ -251,7 +251,9 @@ class Restorer:
                 if isinstance(parser, str):
                     notes.append(parser)
                 else:
+                    report(0, len(restored), "parse")
                     masks, face_mask = parse_masks(parser, restored, options.batch_size), "parsenet"
+                    report(len(restored), len(restored), "parse")
                     lap("parse")
             upsampler = self.background(options.bg_upsampler, options.bg_tile)
             lap("load")
