@@ -162,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     output = Path(args.output)
     failed: list[Path] = []
+    noted: set[str] = set()
     for path in tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr):
         basename, in_ext = os.path.splitext(path.name)
         try:
@@ -179,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             tqdm.write(f"gfp: error: {path}: {_one_line(err)}", file=sys.stderr)
             continue
         for note in result.notes:
-            tqdm.write(f"gfp: note: {path.name}: {note}", file=sys.stderr)
+            if note not in noted:  # e.g. the missing parser: say it once, not for every file
+                noted.add(note)
+                tqdm.write(f"gfp: note: {note}", file=sys.stderr)
         if not result.restored_faces and not args.aligned:
             tqdm.write(f"gfp: {path.name}: no face found, image only upscaled", file=sys.stderr)
     done = len(inputs) - len(failed)

@@ -153,18 +153,24 @@ def test_ext_and_suffix_for_images(tmp_path: Path) -> None:
 
 
 @pytest.mark.shared
-def test_official_output_layout(tmp_path: Path, shared_data: Path) -> None:
+def test_official_output_layout(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     weights = _weights(tmp_path / "w", shared_data / "weights" / MOBILE)
-    photo = shared_data / "photos" / "codeformer_01.jpg"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("codeformer_01.jpg", "codeformer_04.jpg"):  # 4 faces and 1 face
+        (inputs / name).symlink_to(shared_data / "photos" / name)
     out = tmp_path / "out"
-    assert main(["-i", str(photo), "-o", str(out), "--suffix", "x", *_args(weights)]) == 0
+    assert main(["-i", str(inputs), "-o", str(out), "--suffix", "x", *_args(weights)]) == 0
     names = {p.relative_to(out).as_posix() for p in out.rglob("*.*")}
-    faces = range(4)
-    expected = {f"cropped_faces/codeformer_01_{i:02d}.png" for i in faces}
-    expected |= {f"restored_faces/codeformer_01_{i:02d}_x.png" for i in faces}
-    expected |= {f"cmp/codeformer_01_{i:02d}.png" for i in faces}
-    expected |= {"restored_imgs/codeformer_01_x.jpg"}
+    expected = {"restored_imgs/codeformer_01_x.jpg", "restored_imgs/codeformer_04_x.jpg"}
+    for stem, n in (("codeformer_01", 4), ("codeformer_04", 1)):
+        expected |= {f"cropped_faces/{stem}_{i:02d}.png" for i in range(n)}
+        expected |= {f"restored_faces/{stem}_{i:02d}_x.png" for i in range(n)}
+        expected |= {f"cmp/{stem}_{i:02d}.png" for i in range(n)}
     assert names == expected
+    assert capsys.readouterr().err.count("face parser unavailable") == 1
     cmp = cv2.imread(str(out / "cmp" / "codeformer_01_00.png"))
     crop = cv2.imread(str(out / "cropped_faces" / "codeformer_01_00.png"))
     assert cmp.shape == (64, 128, 3)
