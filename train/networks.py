@@ -79,6 +79,8 @@ def build_training_generator(cfg: dict[str, Any], weights_dir: str | None = None
         net_g.stylegan_decoder.load_state_dict(load_weights(model["prior"], weights_dir), strict=True)
         loaded_decoder = True
         log.info("StyleGAN2 prior loaded into the decoder from %s", model["prior"])
+    if net_g.input_is_latent:  # the decoder is fed W directly: its z→W mapping MLP is never used
+        net_g.stylegan_decoder.style_mlp.requires_grad_(False)
     if model["fix_decoder"]:
         if not loaded_decoder:
             log.warning(

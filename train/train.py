@@ -408,8 +408,8 @@ class Trainer:
         for batch in self._loader():
             logs = self.train_step(batch)
             bar.update(1)
+            last = logs
             if main:
-                last = logs
                 self._log(logs, started, t0)
                 if tcfg["image_every"] and self.step % tcfg["image_every"] == 0:
                     self._log_train_images(batch)

@@ -1,0 +1,228 @@
+"""The training loop end to end on CPU with tiny networks: learning, exact resume, 2-process DDP,
+export → gfp loading, publish (dry run and a stand-in Hub client), and the command-line entry points."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+
+from gfp.loading import load_generator
+from train.config import load_config
+from train.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "train" / "configs" / "tiny_cpu.yml"
+FAST = [  # the loop's full recipe, minus the two slowest frozen nets (covered in their own tests)
+    "data.out_size=32",
+    "model.identity.arch=none",
+    "model.generator.narrow=0.0625",
+    "model.generator.num_style_feat=32",
+    "model.discriminator.narrow=0.0625",
+    "loss.vgg_layers={conv1_2: 0.1, conv2_2: 0.1}",
+    "train.val_every=0",
+    "train.log_every=0",
+    "train.ckpt_every=0",
+]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    """Eight smooth synthetic 64 px images with a face-like layout (dark eyes and mouth on skin tone)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("faces")
+    for i in range(8):
+        img = np.zeros((64, 64, 3), np.uint8)
+        img[:] = rng.integers(90, 200, 3)
+        for x, y in ((24, 30), (40, 30)):
+            cv2.circle(img, (x, y), 3, tuple(int(v) for v in rng.integers(0, 60, 3)), -1)
+        cv2.ellipse(img, (32, 46), (8, 3), 0, 0, 360, tuple(int(v) for v in rng.integers(60, 120, 3)), -1)
+        cv2.imwrite(str(folder / f"{i:05d}.png"), cv2.GaussianBlur(img, (0, 0), 1.0))
+    return folder
+
+
+def _config(faces: Path, out: Path, *extra: str) -> dict:
+    return load_config(TINY, [f"data.train={faces}", f"output_dir={out}", *FAST, *extra])
+
+
+def _reconstruction_l1(trainer: Trainer) -> float:
+    """L1 of the generator (fixed noise) on four fixed degraded faces."""
+    items = [trainer.train_set[i] for i in range(4)]
+    lq, gt = torch.stack([it["lq"] for it in items]), torch.stack([it["gt"] for it in items])
+    with torch.no_grad():
+        out, _ = trainer.net_g.eval()(lq, return_rgb=False)
+    trainer.net_g.train()
+    return float((out - gt).abs().mean())
+
+
+def test_twenty_iterations_lower_the_reconstruction_loss(faces, tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(_config(faces, tmp_path / "run"))
+    assert trainer.vgg is not None and len(trainer.nets_d) == 4  # perceptual + whole-face + 3 component Ds
+    before = _reconstruction_l1(trainer)
+    logs = trainer.fit(20)
+    after = _reconstruction_l1(trainer)
+    assert trainer.step == 20
+    assert after < 0.9 * before, (before, after)
+    assert {"l_g_pix", "l_g_pyramid", "l_g_percep", "l_g_style", "l_g_gan", "l_g_comp_style", "l_d"} <= set(
+        logs
+    )
+    assert (tmp_path / "run" / "config.yml").is_file()
+
+
+def test_resume_continues_exactly(faces, tmp_path):
+    extra = (
+        "loss.d_reg_every=2",
+        "loss.pyramid_until=3",
+        "train.ckpt_every=2",
+    )  # R1 and pyramid switch inside
+    torch.manual_seed(5)
+    straight = Trainer(_config(faces, tmp_path / "a", *extra))
+    straight.fit(4)
+    torch.manual_seed(5)
+    first = Trainer(_config(faces, tmp_path / "b", *extra))
+    first.fit(2)
+    ckpt = tmp_path / "b" / "checkpoints" / "step_00000002.pt"
+    assert ckpt.is_file()
+    torch.manual_seed(123)  # a different process state: everything must come from the checkpoint
+    resumed = Trainer(_config(faces, tmp_path / "b", *extra))
+    resumed.resume(ckpt)
+    assert resumed.step == 2
+    resumed.fit(4)
+    a, b = straight.state_dict(), resumed.state_dict()
+    for key in ("net_g", "net_g_ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), (key, name)
+    for net, sd in a["nets_d"].items():
+        for name, tensor in sd.items():
+            assert torch.equal(tensor, b["nets_d"][net][name]), (net, name)
+    assert a["optimizers"]["g"]["state"][0]["exp_avg_sq"].equal(
+        b["optimizers"]["g"]["state"][0]["exp_avg_sq"]
+    )
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        trainer = Trainer(cfg, rank, world, torch.device("cpu"))
+        torch.manual_seed(1000 + rank)  # different noise per rank, as train.train.run does
+        initial = {k: v.clone() for k, v in trainer.state_dict()["net_g"].items()}
+        logs = trainer.fit(3)
+        state = trainer.state_dict()
+        torch.save({"initial": initial, "net_g": state["net_g"], "d": state["nets_d"]["d"], "logs": logs},
+                   Path(out) / f"rank{rank}.pt")  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_ddp_ranks_agree(faces, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _config(faces, tmp_path / "ddp", "train.ckpt_every=3", "data.batch_size=2")
+    mp.spawn(_ddp_worker, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for name in r0["net_g"]:
+        assert torch.equal(r0["net_g"][name], r1["net_g"][name]), name
+    for name in r0["d"]:
+        assert torch.equal(r0["d"][name], r1["d"][name]), name
+    assert any(not torch.equal(r0["initial"][k], r0["net_g"][k]) for k in r0["net_g"])  # it did train
+    assert r0["logs"] == pytest.approx(r1["logs"])  # logged losses are averaged over ranks
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["cpu"], ckpt["rng"][1]["cpu"])
+
+
+def test_cli_train_export_load_and_publish(faces, tmp_path, monkeypatch, capsys):
+    from train.__main__ import main as cli
+    from train.export import read_checkpoint
+
+    run = tmp_path / "run"
+    args = [f"data.train={faces}", f"output_dir={run}", *FAST, "train.total_iter=2", "train.ckpt_every=2"]
+    args += ["train.val_every=2", "data.val_holdout=2"]
+    assert cli(["train", "--config", str(TINY), *args]) == 0
+    ckpt = run / "checkpoints" / "step_00000002.pt"
+    assert (run / "val_log.jsonl").is_file() and list((run / "tb").iterdir())
+
+    export_dir = tmp_path / "export"
+    assert cli(["export", str(ckpt), str(export_dir), "--dataset", "my/faces", "--official-pth"]) == 0
+    state = read_checkpoint(ckpt)
+    generator, config = load_generator(export_dir, device="cpu")
+    assert config.to_dict() == {
+        **config.to_dict(),
+        **{k: v for k, v in state["config"]["model"]["generator"].items()},
+    }
+    from gfp.archs import build_generator
+
+    ema = build_generator(config)
+    ema.load_state_dict(state["net_g_ema"])
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(generator(x)[0], ema.eval()(x)[0], rtol=0, atol=0)
+    official, _ = load_generator(export_dir / "generator_official.pth", device="cpu")  # official layout too
+    torch.testing.assert_close(official(x)[0], generator(x)[0], rtol=0, atol=0)
+
+    card = (export_dir / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert (
+        meta["license"] == "apache-2.0"
+        and meta["datasets"] == ["my/faces"]
+        and "face-restoration" in meta["tags"]
+    )
+    metrics = {m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"psnr", "ssim"}
+
+    # dry run from the checkpoint: writes and checks the folder, contacts nobody
+    dry_dir = tmp_path / "dry"
+    assert (
+        cli(["publish", str(ckpt), "--repo-id", "me/gfpgan-tiny", "--dry-run", "--out-dir", str(dry_dir)])
+        == 0
+    )
+    assert {"config.json", "model.safetensors", "README.md", "training_config.yml"} <= {
+        p.name for p in dry_dir.iterdir()
+    }
+    assert "me/gfpgan-tiny" in (dry_dir / "README.md").read_text()
+
+    calls = []
+
+    class FakeApi:  # stands in for huggingface_hub.HfApi: records what would go over the network
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, private, repo_type, exist_ok):
+            calls.append(("create", repo_id, private, repo_type, exist_ok))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
+            calls.append(("upload", Path(folder_path), repo_id))
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert cli(["publish", str(dry_dir), "--repo-id", "me/gfpgan-tiny", "--private", "--token", "t0k"]) == 0
+    assert calls == [
+        ("init", "t0k"),
+        ("create", "me/gfpgan-tiny", True, "model", True),
+        ("upload", dry_dir, "me/gfpgan-tiny"),
+    ]
+    (dry_dir / "config.json").unlink()
+    assert cli(["publish", str(dry_dir), "--repo-id", "me/x", "--dry-run"]) == 2
+    assert "missing config.json" in capsys.readouterr().err
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    from train.__main__ import main as cli
+
+    assert cli(["train", "--config", str(tmp_path / "nope.yml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert cli(["train", "--config", str(TINY), f"data.train={tmp_path}"]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert cli(["export", str(tmp_path / "missing.pt"), str(tmp_path / "o")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
