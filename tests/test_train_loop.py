@@ -226,3 +226,32 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert "no images" in capsys.readouterr().err
     assert cli(["export", str(tmp_path / "missing.pt"), str(tmp_path / "o")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_fine_tune_start_and_frozen_prior_load_from_official_layout_files(faces, tmp_path):
+    """``model.pretrained`` takes an official-layout .pth; ``model.prior`` fills (and freezes) the decoder."""
+    from gfp.archs import GeneratorConfig, build_generator
+
+    base = _config(faces, tmp_path / "x")
+    torch.manual_seed(11)
+    donor = build_generator(GeneratorConfig.from_dict(base["model"]["generator"]))
+    torch.save({"params": {}, "params_ema": donor.state_dict()}, tmp_path / "official.pth")
+    torch.save({"params_ema": donor.stylegan_decoder.state_dict()}, tmp_path / "prior.pth")
+
+    tuned = Trainer(_config(faces, tmp_path / "ft", f"model.pretrained={tmp_path / 'official.pth'}"))
+    for name, tensor in donor.state_dict().items():
+        assert torch.equal(tuned.net_g.state_dict()[name], tensor), name
+        assert torch.equal(tuned.net_g_ema.state_dict()[name], tensor), name
+
+    prior = Trainer(
+        _config(faces, tmp_path / "pr", f"model.prior={tmp_path / 'prior.pth'}", "model.fix_decoder=true")
+    )
+    decoder = prior.net_g.stylegan_decoder
+    for name, tensor in donor.stylegan_decoder.state_dict().items():
+        assert torch.equal(decoder.state_dict()[name], tensor), name
+    assert not any(p.requires_grad for p in decoder.parameters())
+    trainable = {id(p) for group in prior.optimizers["g"].param_groups for p in group["params"]}
+    assert trainable and not any(id(p) in trainable for p in decoder.parameters())
+    assert not torch.equal(
+        prior.net_g.conv_body_first.weight, donor.conv_body_first.weight
+    )  # U-Net stays fresh
