@@ -1,9 +1,11 @@
 """Benchmark our background tiler (gfp.background) against realesrgan's RealESRGANer.
 
-Both run the same network on the same image with the same tile settings; each measurement runs in a
-fresh subprocess so that peak memory is its own: peak RSS growth over the loaded state (CPU) or peak
-allocated device memory (CUDA). Prints wall time per run, the ratio RealESRGANer / ours (> 1: ours is
-faster), peak memory, and the largest output difference between the two.
+Both run the same network on the same image with the same tile settings. Time: one subprocess holds
+both, warms each up, then times them in alternation so both see the same background load (this
+machine may be shared); the median is printed with the ratio RealESRGANer / ours (> 1: ours is
+faster). Memory: one subprocess per implementation, peak above the level before its warm-up
+(resident memory sampled every ms on CPU, allocated device memory on CUDA). Also printed: the largest
+output difference between the two.
 
     python benchmarks/background.py                      # real realesr-animevideov3, CPU
     python benchmarks/background.py --model RealESRGAN_x2plus --size 96x72   # seeded random weights
@@ -20,16 +22,18 @@ import contextlib
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+IMPLS = ("realesrgan", "ours")
 sys.path.insert(0, str(ROOT))
 
 
@@ -72,74 +76,112 @@ def _image(size: str, alpha: bool) -> np.ndarray:
     return img
 
 
-def _peak_bytes(device) -> int:
-    import torch
+class _RssPeak:
+    """Peak resident memory while inside the ``with`` block, sampled every millisecond (CPU runs).
 
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ``ru_maxrss`` cannot be used: loading the model already set a higher peak than some runs reach.
+    """
+
+    def __init__(self) -> None:
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    def __enter__(self) -> _RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
 
 
-def worker(args: argparse.Namespace) -> None:
-    """One implementation, one setting, in this process; prints a JSON line."""
-    import torch
-
+def _runner(impl: str, args: argparse.Namespace, device) -> Callable[[], np.ndarray]:
+    """A zero-argument function upscaling the benchmark image with one implementation."""
     from gfp.background import BACKGROUND_MODELS, BackgroundUpsampler
 
-    device = torch.device(args.device)
     scale = BACKGROUND_MODELS[args.model].scale
     net = _network(args.model, Path(args.state_file))
     img = _image(args.size, args.alpha)
-    if args.worker == "ours":
-        up = BackgroundUpsampler(
-            {scale: net}, tile=args.tile, tile_pad=10, pre_pad=args.pre_pad, device=device
-        )
-        up.network(scale)
+    if impl == "ours":
+        up = BackgroundUpsampler({scale: net}, tile=args.tile, pre_pad=args.pre_pad, device=device)
+        return lambda: up.upsample(img, args.outscale)
+    from realesrgan import RealESRGANer
 
-        def run() -> np.ndarray:
-            return up.upsample(img, args.outscale)
-    else:
-        from realesrgan import RealESRGANer
+    ref = RealESRGANer(
+        scale=scale,
+        model_path=args.state_file,
+        model=net,
+        tile=args.tile,
+        tile_pad=10,
+        pre_pad=args.pre_pad,
+        device=device,
+    )
 
-        ref = RealESRGANer(
-            scale=scale,
-            model_path=args.state_file,
-            model=net,
-            tile=args.tile,
-            tile_pad=10,
-            pre_pad=args.pre_pad,
-            device=device,
-        )
+    def run() -> np.ndarray:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per tile
+            return ref.enhance(img, outscale=args.outscale)[0]
 
-        def run() -> np.ndarray:
-            with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per tile
-                return ref.enhance(img, outscale=args.outscale)[0]
+    return run
 
-    times = []
-    if device.type == "cuda":
-        run()  # warm-up (cuDNN autotuning, allocator); on CPU the first run is measured like the rest
+
+def worker(args: argparse.Namespace) -> None:
+    """Prints a JSON line. "time": both implementations in this process, warmed up, then timed in
+    alternation (so both see the same background load). "ours"/"realesrgan": peak memory of one run.
+    """
+    import torch
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if args.worker == "time":
+        runs = {impl: _runner(impl, args, device) for impl in IMPLS}
+        outputs = {impl: run() for impl, run in runs.items()}  # warm-up: kernels chosen per shape
+        times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+        for _ in range(args.repeat):
+            for impl, run in runs.items():
+                start = time.perf_counter()
+                run()
+                if cuda:
+                    torch.cuda.synchronize()
+                times[impl].append(time.perf_counter() - start)
+        a, b = (outputs[impl] for impl in IMPLS)
+        diff = int(np.abs(a.astype(np.int64) - b).max()) if a.shape == b.shape else f"{a.shape} vs {b.shape}"
+        print(json.dumps({"times": times, "diff": diff}))
+        return
+    run = _runner(args.worker, args, device)
+    # Memory counts from before the warm-up, so what an implementation keeps between calls
+    # (RealESRGANer holds the last input and output on itself) counts as well.
+    base = torch.cuda.memory_allocated(device) if cuda else _RssPeak().peak
+    run()
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    base = 0 if device.type == "cuda" else _peak_bytes(device)
-    for _ in range(args.repeat):
-        start = time.perf_counter()
-        out = run()
-        if device.type == "cuda":
+    with _RssPeak() as rss:
+        run()
+        if cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = _peak_bytes(device) - base
-    np.save(args.output, out)
-    print(json.dumps({"times": times, "peak": peak}))
+    print(json.dumps({"peak": (torch.cuda.max_memory_allocated(device) if cuda else rss.peak) - base}))
 
 
-def _measure(args: argparse.Namespace, impl: str, tile: int, state_file: Path, output: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, "--tile", str(tile), "--state-file", str(state_file)]
-    cmd += ["--output", str(output), "--model", args.model, "--size", args.size, "--device", args.device]
-    cmd += ["--outscale", str(args.outscale), "--repeat", str(args.repeat), "--pre-pad", str(args.pre_pad)]
+def _measure(args: argparse.Namespace, what: str, tile: int, state_file: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", what, "--tile", str(tile), "--state-file", str(state_file)]
+    cmd += ["--model", args.model, "--size", args.size, "--device", args.device, "--repeat", str(args.repeat)]
+    cmd += ["--outscale", str(args.outscale), "--pre-pad", str(args.pre_pad)]
     cmd += ["--alpha"] if args.alpha else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"{impl} tile={tile} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{what} tile={tile} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -154,11 +196,10 @@ def main() -> None:
     parser.add_argument("--outscale", type=float, default=None, help="default: the model's native scale")
     parser.add_argument("--alpha", action="store_true", help="BGRA input (the network also runs on alpha)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--worker", choices=["ours", "realesrgan"], help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per implementation")
+    parser.add_argument("--worker", choices=["time", *IMPLS], help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--state-file", help=argparse.SUPPRESS)
-    parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     import gfp  # noqa: F401  (torchvision shim before realesrgan/basicsr)
@@ -182,18 +223,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state_file = Path(tmp) / "net.pth"
         for tile in args.tiles:
-            theirs = _measure(args, "realesrgan", tile, state_file, Path(tmp) / "theirs.npy")
-            ours = _measure(args, "ours", tile, state_file, Path(tmp) / "ours.npy")
-            a, b = np.load(Path(tmp) / "theirs.npy"), np.load(Path(tmp) / "ours.npy")
-            diff = (
-                int(np.abs(a.astype(np.int64) - b).max())
-                if a.shape == b.shape
-                else f"shape {a.shape}!={b.shape}"
-            )
-            t_theirs, t_ours = float(np.median(theirs["times"])), float(np.median(ours["times"]))
+            timed = _measure(args, "time", tile, state_file)
+            t_theirs, t_ours = (float(np.median(timed["times"][impl])) for impl in IMPLS)
+            m_theirs, m_ours = (_measure(args, impl, tile, state_file)["peak"] / 2**20 for impl in IMPLS)
             print(
                 f"{tile:>6} {t_theirs:>15.3f} {t_ours:>10.3f} {t_theirs / t_ours:>7.2f} "
-                f"{theirs['peak'] / 2**20:>15.1f} {ours['peak'] / 2**20:>13.1f} {diff!s:>10}"
+                f"{m_theirs:>15.1f} {m_ours:>13.1f} {timed['diff']!s:>10}"
             )
 
 

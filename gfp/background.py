@@ -289,17 +289,17 @@ class BackgroundUpsampler:
             # Keep the tile's own area, minus whatever falls outside the unpadded image.
             ty0, tx0, ty1, tx1 = y0 * scale, x0 * scale, min(y1 * scale, oh), min(x1 * scale, ow)
             oy, ox = (y0 - cy0) * scale, (x0 - cx0) * scale
+            # In place on the network's output: no extra full-size float copies.
             tile = result[:, oy : oy + ty1 - ty0, ox : ox + tx1 - tx0].float().clamp_(0, 1)
-            tile = tile.flip(0).permute(1, 2, 0)  # RGB CHW -> BGR HWC
             if to_gray:  # cv2's BGR->gray on float, as RealESRGANer applies it to its float output
-                bgr = np.ascontiguousarray(tile.cpu().numpy())
+                bgr = np.ascontiguousarray(tile.flip(0).permute(1, 2, 0).cpu().numpy())
                 values = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
                 if max_range != 1.0:
                     values = np.round(values * np.float32(max_range))
             else:
                 if max_range != 1.0:
-                    tile = torch.round(tile * max_range).to(torch.int32 if max_range > 255 else torch.uint8)
-                values = tile.cpu().numpy()
+                    tile = tile.mul_(max_range).round_().to(torch.int32 if max_range > 255 else torch.uint8)
+                values = tile.flip(0).permute(1, 2, 0).cpu().numpy()  # RGB CHW -> BGR HWC
             target[ty0:ty1, tx0:tx1] = values
 
 
