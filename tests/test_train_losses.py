@@ -103,3 +103,13 @@ def test_vgg_features_are_pre_relu_conv_outputs_of_normalised_input():
     )
     assert (feats["conv1_2"] < 0).any()  # before the ReLU
     assert len(vgg.features) == 3 and not any(p.requires_grad for p in vgg.parameters())
+
+
+def test_vgg_features_load_torchvision_vgg19_weights():
+    from torchvision.models import vgg19
+
+    torch.manual_seed(3)
+    state = vgg19(weights=None).state_dict()  # the layout of vgg19-dcbb9e9d.pth
+    vgg = L.VGGFeatures(["conv5_4"], state)
+    assert len(vgg.features) == 35
+    assert torch.equal(vgg.features[34].weight, state["features.34.weight"])

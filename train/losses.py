@@ -47,10 +47,10 @@ class VGGFeatures(nn.Module):
 
     def __init__(self, layers: list[str], state_dict: dict[str, Tensor] | None = None) -> None:
         super().__init__()
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
         self.layers = {VGG19_LAYERS[name]: name for name in layers}
-        features = vgg19(weights=None).features
+        features = make_layers(cfgs["E"])  # vgg19().features, without the 120M-weight classifier
         if state_dict is not None:
             own = {k.removeprefix("features."): v for k, v in state_dict.items() if k.startswith("features.")}
             features.load_state_dict(own)
