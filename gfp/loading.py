@@ -83,7 +83,7 @@ class ModelEntry:
     name: str
     file_name: str
     url: str
-    kind: str  # "generator" | "detector" | "parser" | "upsampler"
+    kind: str  # "generator" | "detector" | "parser" | "upsampler" | "identity" | "perceptual"
     sha256: str | None = None
     size: int | None = None
     config: GeneratorConfig | None = None
@@ -150,6 +150,20 @@ MODEL_ZOO: dict[str, ModelEntry] = {
             f"{_REALESRGAN}/v0.2.5.0/realesr-general-x4v3.pth",
             "upsampler",
             note="official sha256 not available offline: not verified",
+        ),
+        ModelEntry(
+            "arcface_resnet18",
+            "arcface_resnet18.pth",
+            "https://github.com/TencentARC/GFPGAN/releases/download/v0.1.0/arcface_resnet18.pth",
+            "identity",
+            note="official sha256 not available offline: not verified",
+        ),
+        ModelEntry(
+            "vgg19",
+            "vgg19-dcbb9e9d.pth",
+            "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+            "perceptual",
+            note="torchvision ImageNet VGG19; full sha256 not known offline: not verified",
         ),
         ModelEntry(
             "realesr-animevideov3",
@@ -359,8 +373,17 @@ class _QuietTqdm(tqdm):
         super().__init__(*args, **kwargs)
 
 
+# Wrapper keys under which checkpoints keep their state dict, most preferred first: basicsr's EMA and
+# plain weights, then the MobileFaceNet identity checkpoint's and the common ``state_dict``.
+_STATE_DICT_KEYS = ("params_ema", "params", "net_state_dict", "state_dict")
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Load a state dict without running pickled code; unwraps ``params_ema`` (preferred) or ``params``."""
+    """Load a state dict without running pickled code.
+
+    Unwraps ``params_ema`` (preferred), ``params``, ``net_state_dict`` or ``state_dict`` and drops a
+    ``module.`` prefix that every key carries.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILE
@@ -373,7 +396,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
     checkpoint = _torch_load(path)
     if isinstance(checkpoint, dict):
-        for key in ("params_ema", "params"):
+        for key in _STATE_DICT_KEYS:
             if isinstance(checkpoint.get(key), dict):
                 checkpoint = checkpoint[key]
                 break
@@ -385,6 +408,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             f"{path} is not a state dict of tensors: {len(bad)} entries are not (e.g. {bad[0]!r}); "
             f"top-level keys: {', '.join(map(str, list(checkpoint)[:8]))}"
         )
+    # Checkpoints saved from nn.DataParallel (some facexlib detectors) prefix every key with "module.".
+    if all(k.startswith("module.") for k in checkpoint):
+        checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
     return checkpoint
 
 

@@ -81,7 +81,7 @@ def test_unreadable_files_fail_clearly(tmp_path: Path, name: str, content: bytes
 
 
 def test_checkpoint_without_a_state_dict_is_rejected(tmp_path: Path) -> None:
-    torch.save({"epoch": 3, "net_state_dict": {"w": torch.zeros(1)}}, tmp_path / "trainer.pth")
+    torch.save({"epoch": 3, "model_weights": {"w": torch.zeros(1)}}, tmp_path / "trainer.pth")
     with pytest.raises(CheckpointError, match="not a state dict of tensors.*epoch"):
         load_state_dict(tmp_path / "trainer.pth")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
@@ -105,3 +105,14 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_real_official_files_load_with_weights_only(shared_data: Path, file_name: str, some_key: str) -> None:
     state_dict = load_state_dict(shared_data / "weights" / file_name)
     assert some_key in state_dict and all(isinstance(v, torch.Tensor) for v in state_dict.values())
+
+
+def test_unwraps_identity_checkpoints_and_dataparallel_prefixes(tmp_path: Path) -> None:
+    """The MobileFaceNet checkpoint keeps its weights under net_state_dict; DataParallel adds module."""
+    weights = {"module.conv.weight": torch.ones(2, 2), "module.conv.bias": torch.zeros(2)}
+    path = tmp_path / "identity.ckpt"
+    torch.save({"epoch": 3, "net_state_dict": weights}, path)
+    assert sorted(load_state_dict(path)) == ["conv.bias", "conv.weight"]
+    mixed = tmp_path / "mixed.pth"
+    torch.save({"module.a": torch.ones(1), "b": torch.ones(1)}, mixed)
+    assert sorted(load_state_dict(mixed)) == ["b", "module.a"]  # only a prefix every key shares is dropped

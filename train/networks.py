@@ -1,8 +1,7 @@
 """Build every network a GFPGAN training run needs from the config, loading weights where asked.
 
-Weight files are found through ``gfp.loading`` (explicit path, weights folder, cache, Hub, official URL).
-The identity network and VGG19 are not generator weights, so their download entries are registered
-into the gfp model zoo here (:func:`register_training_weights`).
+Weight files are found through ``gfp.loading`` (explicit path, weights folder, cache, Hub, official URL);
+the identity network and VGG19 downloads are entries of its model zoo.
 """
 
 from __future__ import annotations
@@ -10,56 +9,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from gfp.archs import GeneratorConfig, build_generator
-from gfp.loading import MODEL_ZOO, CheckpointError, ModelEntry, load_state_dict, resolve_weights
+from gfp.loading import load_state_dict, resolve_weights
 from train.discriminators import FacialComponentDiscriminator, StyleGAN2Discriminator
 from train.identity import IdentityEmbedder
 from train.losses import VGGFeatures
 
 log = logging.getLogger("train")
 
-TRAINING_WEIGHTS = (
-    ModelEntry(
-        "arcface_resnet18",
-        "arcface_resnet18.pth",
-        "https://github.com/TencentARC/GFPGAN/releases/download/v0.1.0/arcface_resnet18.pth",
-        "identity",
-        note="official sha256 not available offline: not verified",
-    ),
-    ModelEntry(
-        "vgg19",
-        "vgg19-dcbb9e9d.pth",
-        "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-        "perceptual",
-        note="torchvision ImageNet VGG19; the file name carries the first hex digits of its sha256",
-    ),
-)
-
-
-def register_training_weights() -> None:
-    """Add the identity and VGG19 downloads to ``gfp.loading.MODEL_ZOO`` (idempotent)."""
-    for entry in TRAINING_WEIGHTS:
-        MODEL_ZOO.setdefault(entry.name, entry)
-
-
-def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
 
 def load_weights(spec: str, weights_dir: str | None = None) -> dict[str, Tensor]:
-    """State dict of a zoo name / file / folder; also unwraps ``net_state_dict`` (MobileFaceNet ckpt)."""
-    register_training_weights()
-    path = resolve_weights(spec, weights_dir)
-    try:
-        return _strip_prefix(load_state_dict(path))
-    except CheckpointError:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(raw, dict) and isinstance(raw.get("net_state_dict"), dict):
-            return _strip_prefix(raw["net_state_dict"])
-        raise
+    """State dict of a zoo name (e.g. ``arcface_resnet18``, ``vgg19``), file or folder, loaded safely."""
+    return load_state_dict(resolve_weights(spec, weights_dir))
 
 
 def generator_config(cfg: dict[str, Any]) -> GeneratorConfig:
