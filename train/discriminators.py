@@ -13,13 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from gfp.archs.stylegan2_clean import stylegan_channels
 from gfp.archs.stylegan2_v1 import DEFAULT_KERNEL, ConvLayer, EqualLinear, ResBlock
-
-
-def discriminator_channels(channel_multiplier: float = 2, narrow: float = 1.0) -> dict[int, int]:
-    """Channels per resolution, as StyleGAN2 (wide at low resolution, scaled by the multiplier above 32)."""
-    base = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
-    return {r: int(c * (channel_multiplier if r >= 64 else 1) * narrow) for r, c in base.items()}
 
 
 class StyleGAN2Discriminator(nn.Module):
@@ -34,7 +29,7 @@ class StyleGAN2Discriminator(nn.Module):
         narrow: float = 1.0,
     ) -> None:
         super().__init__()
-        ch = discriminator_channels(channel_multiplier, narrow)
+        ch = stylegan_channels(channel_multiplier, narrow)
         log_size = int(math.log2(out_size))
         if 2**log_size != out_size or out_size not in ch:
             raise ValueError(f"out_size must be a power of two in 4..1024, got {out_size}")
