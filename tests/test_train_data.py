@@ -257,3 +257,30 @@ def test_split_indices_holds_out_the_tail():
     assert split_indices(5, 2) == ([0, 1, 2], [3, 4])
     with pytest.raises(ValueError, match="val_holdout"):
         split_indices(3, 3)
+
+
+@pytest.mark.shared
+def test_components_from_retinaface_landmarks_on_real_faces(shared_data, tmp_path):
+    """For datasets without the official landmarks file: boxes from detected 5-point landmarks."""
+    from train.__main__ import main
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for src in sorted((shared_data / "faces" / "hq").glob("*.jpg"))[:3]:
+        img = cv2.imread(str(src))
+        cv2.imwrite(str(faces / f"{src.stem}.png"), cv2.resize(img, (256, 256), interpolation=cv2.INTER_AREA))
+    out = tmp_path / "components.pth"
+    code = main(
+        ["components", str(faces), str(out), "--detector", "retinaface_mobile0.25"]
+        + ["--weights-dir", str(shared_data / "weights")]
+    )
+    assert code == 0
+    loaded = load_component_file(out)
+    assert sorted(loaded) == sorted(p.stem for p in faces.iterdir())
+    template = template_components()
+    for parts in loaded.values():
+        # CelebA-HQ faces are aligned close to the FFHQ template: detected centres land near it (512 px).
+        for part in ("left_eye", "right_eye", "mouth"):
+            assert np.linalg.norm(parts[part][:2] - template[part][:2]) < 40, part
+            assert 0.5 < parts[part][2] / template[part][2] < 2.0
+        assert parts["left_eye"][0] < parts["right_eye"][0] and parts["mouth"][1] > parts["left_eye"][1]

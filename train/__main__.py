@@ -1,4 +1,4 @@
-"""``python -m train {prepare,train,export,publish} ...``: one entry point for the training workflow."""
+"""``python -m train {prepare,components,train,export,publish} ...``: the training workflow's entry point."""
 
 from __future__ import annotations
 
@@ -27,15 +27,44 @@ def _prepare(argv: list[str]) -> int:
     return 0
 
 
+def _components(argv: list[str]) -> int:
+    from gfp.loading import WeightsError
+    from train.data import DataError, detect_components, save_component_file
+
+    p = argparse.ArgumentParser(
+        prog="python -m train components",
+        description="Eye and mouth boxes from RetinaFace's 5 landmarks, for datasets without a landmarks "
+        "file (use the output as data.components.file with data.components.source=file).",
+    )
+    p.add_argument("src", help="folder of aligned faces")
+    p.add_argument("out", help="output .pth file (official structure, loads with weights_only=True)")
+    p.add_argument(
+        "--detector", default="retinaface_resnet50", help="retinaface_resnet50 or retinaface_mobile0.25"
+    )
+    p.add_argument("--weights-dir", default=None, help="folder searched first for the detector weights")
+    args = p.parse_args(argv)
+    try:
+        found, missed = detect_components(args.src, args.detector, args.weights_dir)
+    except (DataError, WeightsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(save_component_file(found, args.out))
+    if missed:
+        print(f"no face found in {len(missed)} image(s), e.g. {missed[0]}: remove them or use the template")
+    return 1 if missed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("prepare", "train", "export", "publish")
+    commands = ("prepare", "components", "train", "export", "publish")
     if not argv or argv[0] not in commands:
         print(f"usage: python -m train {{{','.join(commands)}}} ... (add -h after a command for its options)")
         return 2
     command, rest = argv[0], argv[1:]
     if command == "prepare":
         return _prepare(rest)
+    if command == "components":
+        return _components(rest)
     if command == "train":
         from train.train import main as run
     elif command == "export":

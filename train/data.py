@@ -21,17 +21,15 @@ import torch
 from basicsr.data import degradations
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import functional as TF
+from tqdm import tqdm
 
 import gfp  # noqa: F401  (torchvision shim before basicsr)
+from gfp.faces import FFHQ_TEMPLATE_512, build_detector, detect_faces
+from gfp.imageio import ImageReadError, read_image
+from gfp.loading import load_state_dict, resolve_weights
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
-# FFHQ 512 five-point template (eyes, nose, mouth corners), as used to align faces for GFPGAN.
-FFHQ_TEMPLATE_512 = np.array(
-    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043],
-     [313.08905, 371.15118]],
-    dtype=np.float64,
-)  # fmt: skip
 COMPONENTS = ("left_eye", "right_eye", "mouth")
 
 
@@ -157,12 +155,14 @@ def load_component_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def template_components(eye_scale: float = 0.2, mouth_scale: float = 0.55) -> dict[str, np.ndarray]:
-    """Component centres and half sizes (512 px) from the FFHQ 5-point template for aligned faces.
+def landmark_components(
+    landmarks: np.ndarray, eye_scale: float = 0.2, mouth_scale: float = 0.55
+) -> dict[str, np.ndarray]:
+    """Component centres and half sizes from 5 landmarks (eyes, nose, mouth corners) in 512-px coordinates.
 
     Eye half size = ``eye_scale`` × inter-ocular distance, mouth half size = ``mouth_scale`` × mouth width.
     """
-    t = FFHQ_TEMPLATE_512
+    t = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
     eye_dist = float(np.linalg.norm(t[1] - t[0]))
     mouth_width = float(np.linalg.norm(t[4] - t[3]))
     mouth = (t[3] + t[4]) / 2
@@ -171,6 +171,50 @@ def template_components(eye_scale: float = 0.2, mouth_scale: float = 0.55) -> di
         "right_eye": np.array([t[1, 0], t[1, 1], eye_scale * eye_dist]),
         "mouth": np.array([mouth[0], mouth[1], mouth_scale * mouth_width]),
     }
+
+
+def template_components() -> dict[str, np.ndarray]:
+    """Components of a perfectly aligned face: those of the FFHQ 5-point template itself."""
+    return landmark_components(FFHQ_TEMPLATE_512)
+
+
+def detect_components(
+    folder: str | Path, detector: str = "retinaface_resnet50", weights_dir: str | None = None
+) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+    """Components of every face in ``folder`` from RetinaFace's 5 landmarks (for datasets without a file).
+
+    Returns the components by image stem (512-px coordinates, whatever the image size) and the stems where
+    no face was found (the dataset then needs the template for those, or they should be removed).
+    """
+    net = build_detector(detector)
+    net.load_state_dict(load_state_dict(resolve_weights(detector, weights_dir)), strict=True)
+    found: dict[str, dict[str, np.ndarray]] = {}
+    missed: list[str] = []
+    for path in tqdm(list_images(folder), desc="landmarks", unit="face"):
+        try:
+            img = read_image(path)
+        except ImageReadError as err:
+            raise DataError(str(err)) from err
+        img = img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        img = (img[..., :3] / 257.0 if img.dtype == np.uint16 else img[..., :3]).astype(np.float32)
+        faces = detect_faces(net, img, only_center_face=True)
+        if len(faces) == 0:
+            missed.append(path.stem)
+            continue
+        found[path.stem] = landmark_components(faces.landmarks[0] * (512.0 / img.shape[1]))
+    return found, missed
+
+
+def save_component_file(components: dict[str, dict[str, np.ndarray]], path: str | Path) -> Path:
+    """Write components in the official file's structure, as tensors (loads with ``weights_only=True``)."""
+    data = {
+        stem: {part: torch.as_tensor(np.asarray(v, dtype=np.float64)) for part, v in parts.items()}
+        for stem, parts in components.items()
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    return path
 
 
 def component_boxes(
