@@ -34,7 +34,7 @@ from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from torch import nn
 from torch.nn import functional as F
 
-from gfp.loading import load_state_dict, resolve_weights, select_device
+from gfp.loading import load_network, prepare_for_inference, select_device
 
 MIN_OUTSCALE = 1.0
 MAX_OUTSCALE = 8.0
@@ -184,7 +184,7 @@ class BackgroundUpsampler:
             if net is None:
                 source = self._sources[scale]
                 net = source if isinstance(source, nn.Module) else source()
-                net = net.eval().requires_grad_(False).to(device=self.device, dtype=self.dtype)
+                net = prepare_for_inference(net, self.device, half=self.dtype == torch.float16)
                 net = net.to(memory_format=self._memory_format)
                 self._loaded[scale] = net
             return net
@@ -353,9 +353,7 @@ def build_background_upsampler(
 
 def load_background_network(name: str, weights_dir: str | os.PathLike[str] | None = None) -> nn.Module:
     """Build the zoo network ``name`` and load its weights (strict) via gfp.loading."""
-    net = BACKGROUND_MODELS[name].build()
-    net.load_state_dict(load_state_dict(resolve_weights(name, weights_dir)), strict=True)
-    return net
+    return load_network(BACKGROUND_MODELS[name].build(), name, weights_dir, device="cpu")
 
 
 def _pad_bottom_right(x: torch.Tensor, right: int, bottom: int) -> torch.Tensor:

@@ -73,11 +73,6 @@ def build_detector(name: str = "retinaface_resnet50") -> nn.Module:
     return net.eval()
 
 
-def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the ``module.`` prefix that DataParallel left on some facexlib detector checkpoints."""
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-
-
 def _priors(height: int, width: int) -> torch.Tensor:
     """RetinaFace anchors (cx, cy, w, h), normalised, in facexlib PriorBox order; vectorised but equal."""
     rows = []

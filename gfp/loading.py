@@ -466,10 +466,11 @@ def load_generator(
     spec: str | os.PathLike[str],
     weights_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
+    half: bool = False,
 ) -> tuple[nn.Module, GeneratorConfig]:
     """Build and load a GFPGAN generator from a version, file, published folder or Hub repo id.
 
-    Returns the network in eval mode on ``device`` (see :func:`select_device`) and its config. The layout
+    Returns the network ready for inference (see :func:`prepare_for_inference`) and its config. The layout
     of a ``.pth``/``.safetensors`` file is recognised from its keys and shapes, so any official or
     self-trained checkpoint works without being told what it is.
     """
@@ -490,7 +491,39 @@ def load_generator(
         generator.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not fit its config {config}: {err}") from err
-    return generator.eval().to(select_device(device)), config
+    return prepare_for_inference(generator, device, half), config
+
+
+def load_network(
+    net: nn.Module,
+    name_or_path: str | os.PathLike[str],
+    weights_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    half: bool = False,
+) -> nn.Module:
+    """Load the weights of ``name_or_path`` strictly into ``net`` and prepare it for inference.
+
+    For the helper networks (detector, face parser, background upsampler) whose architecture the caller
+    builds; GFPGAN generators go through :func:`load_generator`, which recognises their layout.
+    """
+    path = resolve_weights(name_or_path, weights_dir)
+    try:
+        net.load_state_dict(load_state_dict(path), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit {type(net).__name__}: {err}") from err
+    return prepare_for_inference(net, device, half)
+
+
+def prepare_for_inference(
+    net: nn.Module, device: str | torch.device | None = None, half: bool = False
+) -> nn.Module:
+    """Eval mode, no gradients, on ``device`` (see :func:`select_device`); float16 only off the CPU.
+
+    This is the one place that decides where and in which precision a network runs.
+    """
+    target = select_device(device)
+    dtype = torch.float16 if half and target.type != "cpu" else torch.float32
+    return net.eval().requires_grad_(False).to(device=target, dtype=dtype)
 
 
 def save_pretrained(

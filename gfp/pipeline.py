@@ -31,8 +31,8 @@ from gfp.background import (
     scaled_size,
     upsample_background,
 )
-from gfp.faces import DETECTORS, align_faces, build_detector, detect_faces, strip_module_prefix
-from gfp.loading import WeightsError, load_generator, load_state_dict, resolve_weights, select_device
+from gfp.faces import DETECTORS, align_faces, build_detector, detect_faces
+from gfp.loading import WeightsError, load_generator, load_network, select_device
 from gfp.paste import build_parser, parse_masks, paste_faces
 
 Progress = Callable[[int, int, str], None]
@@ -155,9 +155,7 @@ class Restorer:
         """(network, GeneratorConfig) for a version / file / folder / repo id."""
 
         def load() -> tuple[nn.Module, Any]:
-            net, config = load_generator(version, self.weights_dir, self.device)
-            net.requires_grad_(False)
-            return (net.half() if self.half else net), config
+            return load_generator(version, self.weights_dir, self.device, half=self.half)
 
         return self._get(("generator", os.fspath(version)), load)[0]
 
@@ -165,10 +163,7 @@ class Restorer:
         """The RetinaFace detector ``name`` with its weights, on the device."""
 
         def load() -> nn.Module:
-            net = build_detector(name)
-            state = strip_module_prefix(load_state_dict(resolve_weights(name, self.weights_dir)))
-            net.load_state_dict(state, strict=True)
-            return net.requires_grad_(False).to(self.device)
+            return load_network(build_detector(name), name, self.weights_dir, self.device)
 
         return self._get(("detector", name), load)[0]
 
@@ -177,13 +172,10 @@ class Restorer:
 
         def load() -> nn.Module | str:
             try:
-                state = load_state_dict(resolve_weights("parsenet", self.weights_dir))
+                return load_network(build_parser(), "parsenet", self.weights_dir, self.device)
             except WeightsError as err:
                 reason = str(err).splitlines()[0].removesuffix("Looked in:").strip().rstrip(".")
                 return f"face parser unavailable ({reason}); faces blended with the soft square mask instead"
-            net = build_parser()
-            net.load_state_dict(state, strict=True)
-            return net.requires_grad_(False).to(self.device)
 
         return self._get(("parser",), load)[0]
 

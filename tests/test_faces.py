@@ -18,8 +18,8 @@ from gfp.faces import (
     build_detector,
     detect_faces,
     face_template,
-    strip_module_prefix,
 )
+from gfp.loading import load_network
 
 MOBILE = "detection_mobilenet0.25_Final.pth"
 
@@ -36,11 +36,6 @@ def test_priors_equal_facexlib_priorbox(height: int, width: int) -> None:
 def test_unknown_detector_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown face detector 'yolo'"):
         build_detector("yolo")
-
-
-def test_strip_module_prefix() -> None:
-    t = torch.zeros(1)
-    assert list(strip_module_prefix({"module.body.x": t, "fpn.y": t})) == ["body.x", "fpn.y"]
 
 
 def test_detect_faces_rejects_non_bgr() -> None:
@@ -70,9 +65,7 @@ def test_align_fills_outside_with_official_gray() -> None:
 @pytest.fixture(scope="module")
 def mobile(shared_data: Path) -> torch.nn.Module:
     net = build_detector("retinaface_mobile0.25")
-    state = torch.load(shared_data / "weights" / MOBILE, map_location="cpu", weights_only=True)
-    net.load_state_dict(strip_module_prefix(state), strict=True)
-    return net
+    return load_network(net, shared_data / "weights" / MOBILE)
 
 
 def _official_helper(shared_data: Path):

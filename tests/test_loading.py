@@ -25,6 +25,8 @@ from gfp.loading import (
     DownloadError,
     WeightsNotFoundError,
     load_generator,
+    load_network,
+    prepare_for_inference,
     resolve_weights,
     save_pretrained,
     select_device,
@@ -396,3 +398,19 @@ def test_select_device() -> None:
             select_device(bad)
     with pytest.raises(ValueError, match="CUDA"):
         select_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_load_network_places_helper_networks_and_rejects_misfits(tmp_path: Path) -> None:
+    source = torch.nn.Conv2d(3, 4, 3)
+    torch.save({"params": source.state_dict()}, tmp_path / "conv.pth")
+    net = load_network(torch.nn.Conv2d(3, 4, 3), tmp_path / "conv.pth", device="cpu", half=True)
+    assert torch.equal(net.weight, source.weight)
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    assert net.weight.dtype == torch.float32  # float16 is only used off the CPU
+    with pytest.raises(CheckpointError, match="does not fit Conv2d"):
+        load_network(torch.nn.Conv2d(3, 8, 3), tmp_path / "conv.pth")
+
+
+def test_prepare_for_inference_uses_select_device() -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        prepare_for_inference(torch.nn.Linear(2, 2), "cuda:3")
