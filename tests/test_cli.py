@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -23,15 +21,7 @@ MOBILE = "detection_mobilenet0.25_Final.pth"
 TINY = GeneratorConfig(arch="clean", out_size=64, channel_multiplier=1, narrow=0.125, num_style_feat=32)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("GFP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("GFP_WEIGHTS_DIR", raising=False)
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("offline test")
-
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def _weights(folder: Path, detector: Path | None) -> Path:

@@ -8,8 +8,6 @@ finds the faces of real photos.
 from __future__ import annotations
 
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -29,16 +27,7 @@ TINY = GeneratorConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No downloads: an empty cache and a network that always fails (the parser is never available)."""
-    monkeypatch.setenv("GFP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("GFP_WEIGHTS_DIR", raising=False)
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("offline test")
-
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def _tiny_generator(folder: Path) -> None:
