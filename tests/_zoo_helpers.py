@@ -1,4 +1,4 @@
-"""Test helpers for gfp.loading: a local HTTP server standing in for GitHub releases and the HF Hub."""
+"""Test helpers for weights: a local server standing in for GitHub releases and the HF Hub; tiny models."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import torch
 
@@ -105,3 +106,16 @@ def serve(server: FileServer) -> Iterator[FileServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+def save_blind_detector(path: Path) -> Path:
+    """A MobileNet-0.25 RetinaFace whose class heads always say "background": it never finds a face."""
+    from gfp.faces import build_detector
+
+    torch.manual_seed(0)
+    net = build_detector("retinaface_mobile0.25")
+    for head in net.ClassHead:
+        torch.nn.init.zeros_(head.conv1x1.weight)
+        head.conv1x1.bias.data = torch.tensor([10.0, -10.0]).repeat(head.num_anchors)
+    torch.save(net.state_dict(), path)
+    return path
