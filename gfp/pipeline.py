@@ -277,7 +277,7 @@ class Restorer:
     ) -> list[np.ndarray]:
         """Run the generator over aligned crops in batches; blend by strength; return uint8 BGR faces."""
         restored: list[np.ndarray] = []
-        dtype = torch.float16 if self.half else torch.float32
+        dtype = next(net.parameters()).dtype  # decided once, by gfp.loading.prepare_for_inference
         strength = float(options.strength)
         report(0, len(crops), "restore")
         for start in range(0, len(crops), options.batch_size):
