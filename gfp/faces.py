@@ -160,6 +160,20 @@ def alignment_matrix(landmarks: np.ndarray, face_size: int = 512) -> np.ndarray:
     return matrix
 
 
+def resize_aligned(img: np.ndarray, face_size: int) -> np.ndarray:
+    """An aligned face brought to the model's ``face_size``.
+
+    Area averaging when shrinking (no aliasing; training makes its inputs the same way), bilinear when
+    enlarging (as the official aligned path).
+    """
+    if img.shape[0] == face_size and img.shape[1] == face_size:
+        return img
+    shrink = img.shape[0] > face_size and img.shape[1] > face_size
+    return cv2.resize(
+        img, (face_size, face_size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
+
+
 def align_faces(
     img: np.ndarray, landmarks: np.ndarray, face_size: int = 512
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -31,7 +31,7 @@ from gfp.background import (
     scaled_size,
     upsample_background,
 )
-from gfp.faces import DETECTORS, align_faces, build_detector, detect_faces
+from gfp.faces import DETECTORS, align_faces, build_detector, detect_faces, resize_aligned
 from gfp.loading import WeightsError, load_generator, load_network, select_device
 from gfp.paste import build_parser, parse_masks, paste_faces
 
@@ -216,7 +216,7 @@ class Restorer:
         lap("load")
 
         if options.aligned:
-            crops = [cv2.resize(work, (face_size, face_size), interpolation=cv2.INTER_LINEAR)]
+            crops = [resize_aligned(work, face_size)]
             boxes, landmarks, matrices = np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32), []
         else:
             report(0, 1, "detect")

@@ -1,4 +1,4 @@
-"""``python -m train {prepare,components,train,export,publish} ...``: the training workflow's entry point."""
+"""``python -m train {prepare,components,train,export,publish,evaluate} ...``: the training entry point."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _components(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("prepare", "components", "train", "export", "publish")
+    commands = ("prepare", "components", "train", "export", "publish", "evaluate")
     if not argv or argv[0] not in commands:
         print(f"usage: python -m train {{{','.join(commands)}}} ... (add -h after a command for its options)")
         return 2
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         from train.train import main as run
     elif command == "export":
         from train.export import main as run
+    elif command == "evaluate":
+        from train.evaluate import main as run
     else:
         from train.publish import main as run
     return run(rest)

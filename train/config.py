@@ -7,10 +7,13 @@ model) and ``key.sub=value`` command-line overrides go on top (values parsed as 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from gfp.archs import GeneratorConfig
 
 # Official options/train_gfpgan_v1.yml, regrouped. Sizes are in pixels at ``data.out_size``.
 DEFAULTS: dict[str, Any] = {
@@ -23,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
         "val": None,  # folder of held-out HQ faces (LQ made from them with a fixed seed)
         "val_holdout": 0,  # or: keep the last N training files (sorted) out for validation
         "out_size": 512,
+        "degrade_size": None,  # degrade here, then shrink to out_size as inference does (null: out_size)
+        "cache_images": False,  # keep each decoded, resized HQ face in memory (small datasets)
         "use_hflip": True,
         "batch_size": 3,  # per process (official: 3 per GPU x 4 GPUs)
         "num_workers": 4,
@@ -77,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "identity_weight": 10.0,
         "r1_weight": 10.0,
         "d_reg_every": 16,
+        "gan_from": 0,  # reconstruction first: GAN, component and identity losses only after this step
     },
     "optim": {
         "lr_g": 2e-3,
@@ -84,16 +90,21 @@ DEFAULTS: dict[str, Any] = {
         "lr_component": 2e-3,
         "milestones": [600000, 700000],
         "gamma": 0.5,
+        "schedule": "multistep",  # or "cosine" (to min_lr_ratio × lr at train.total_iter)
+        "min_lr_ratio": 0.0,
+        "warmup_iter": 0,  # linear learning-rate warm-up
     },
     "train": {
         "total_iter": 800000,
         "ema_decay": 0.5 ** (32 / 10000),
+        "ema_warmup": False,  # decay min(ema_decay, (1 + step) / (10 + step)): EMA useful from the start
         "amp": True,  # autocast on CUDA only (bf16 where supported, else fp16 + GradScaler)
         "log_every": 100,
         "image_every": 1000,
         "val_every": 5000,
         "ckpt_every": 5000,
         "keep_checkpoints": 3,
+        "profile": False,  # synchronise CUDA around each part of a step so the logged s_* times are exact
     },
 }
 
@@ -117,7 +128,48 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
                 raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
             base[key] = {**base[key], **value} if path == "model.generator" else dict(value)
         else:
-            base[key] = value
+            base[key] = _coerce(base[key], value, path)
+
+
+def _number(value: Any, path: str, want: type) -> int | float:
+    """``value`` as ``want`` (int or float); YAML reads ``1e-3`` as a string, so numeric strings count too."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"config key '{path}' must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+    if want is int:
+        if float(value) != int(value):
+            raise ConfigError(f"config key '{path}' must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _coerce(default: Any, value: Any, path: str) -> Any:
+    """``value`` checked against the type of the key's default (numbers written either way accepted)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int | float):
+        return _number(value, path, int if isinstance(default, int) else float)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+        numeric = [d for d in default if isinstance(d, int | float) and not isinstance(d, bool)]
+        if numeric and len(numeric) == len(default):
+            kind = float if any(isinstance(d, float) for d in default) else int
+            return [_number(v, f"{path}[{i}]", kind) for i, v in enumerate(value)]
+        return list(value)
+    return value
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -177,8 +229,17 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("degradation.blur_kernel_size must be odd")
     if len(deg["kernel_list"]) != len(deg["kernel_prob"]) or not set(deg["kernel_list"]) <= {"iso", "aniso"}:
         raise ConfigError("degradation.kernel_list must hold 'iso'/'aniso' with one kernel_prob each")
+    if cfg["optim"]["schedule"] not in ("multistep", "cosine"):
+        raise ConfigError("optim.schedule must be 'multistep' or 'cosine'")
     if cfg["model"]["identity"]["arch"] not in ("arcface_resnet18", "mobilefacenet", "none"):
         raise ConfigError("model.identity.arch must be arcface_resnet18, mobilefacenet or none")
+    allowed = {f.name for f in dataclasses.fields(GeneratorConfig)}
+    typos = sorted(set(cfg["model"]["generator"]) - allowed)
+    if typos:
+        raise ConfigError(
+            f"unknown config key(s) model.generator.{', model.generator.'.join(typos)} "
+            f"(known here: {', '.join(sorted(allowed))})"
+        )
     unknown = set(cfg["loss"]["vgg_layers"]) - set(VGG19_LAYERS)
     if unknown:
         raise ConfigError(f"loss.vgg_layers has unknown VGG19 layers {sorted(unknown)}")

@@ -24,7 +24,7 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 import gfp  # noqa: F401  (torchvision shim before basicsr)
-from gfp.faces import FFHQ_TEMPLATE_512, build_detector, detect_faces
+from gfp.faces import FFHQ_TEMPLATE_512, build_detector, detect_faces, resize_aligned
 from gfp.imageio import ImageReadError, read_image
 from gfp.loading import load_state_dict, resolve_weights
 
@@ -330,6 +330,14 @@ def _to_tensor(img_bgr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img_bgr[:, :, ::-1].transpose(2, 0, 1))).float()
 
 
+def _to_hwc(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.numpy().transpose(1, 2, 0))
+
+
+def _from_hwc(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+
+
 # ---------------------------------------------------------------------------------------------- dataset
 class FaceDegradationDataset(Dataset):
     """HQ faces from a folder or lmdb, degraded on the fly; items are dicts of tensors in [-1, 1].
@@ -351,12 +359,28 @@ class FaceDegradationDataset(Dataset):
         if not self.indices:
             raise DataError(f"no training images left in {root} after holding out validation images")
         self.out_size = int(data_cfg["out_size"])
+        # Degrade at this size, then shrink LQ and GT to out_size the way inference shrinks an aligned face.
+        self.degrade_size = int(data_cfg.get("degrade_size") or self.out_size)
+        self.cache: dict[int, np.ndarray] | None = {} if data_cfg.get("cache_images") else None
         self.hflip = bool(data_cfg["use_hflip"]) and train
         self.deg = degradation_cfg
         comp = data_cfg["components"]
         self.eye_enlarge = float(comp["eye_enlarge_ratio"])
         self.components = load_component_file(comp["file"]) if comp["source"] == "file" else None
         self.template = template_components()
+
+    def _read(self, source_index: int) -> np.ndarray:
+        """HQ face at ``degrade_size`` (BGR float32), decoded once per worker when ``cache_images`` is set."""
+        if self.cache is not None and source_index in self.cache:
+            return self.cache[source_index]
+        img = self.source.read(source_index)
+        size = self.degrade_size
+        if img.shape[:2] != (size, size):
+            interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
+            img = cv2.resize(img, (size, size), interpolation=interp)
+        if self.cache is not None:
+            self.cache[source_index] = img
+        return img
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -374,10 +398,7 @@ class FaceDegradationDataset(Dataset):
         index, seed = (item, (0xFACE, item)) if isinstance(item, int) else item
         rng = np.random.default_rng(list(seed))
         source_index = self.indices[index]
-        img_gt = self.source.read(source_index)
-        if img_gt.shape[:2] != (self.out_size, self.out_size):
-            interp = cv2.INTER_AREA if img_gt.shape[0] > self.out_size else cv2.INTER_CUBIC
-            img_gt = cv2.resize(img_gt, (self.out_size, self.out_size), interpolation=interp)
+        img_gt = self._read(source_index)
         flipped = self.hflip and rng.uniform() < 0.5
         if flipped:
             img_gt = np.ascontiguousarray(img_gt[:, ::-1])
@@ -389,6 +410,9 @@ class FaceDegradationDataset(Dataset):
         for op, factor in params.pt_jitter:
             lq = _JITTER_OPS[op](lq, factor)
         lq = torch.clamp((lq * 255.0).round(), 0, 255) / 255.0
+        if self.degrade_size != self.out_size:  # as an 8-bit LQ file at degrade_size would be shrunk
+            lq = _from_hwc(resize_aligned(_to_hwc(lq * 255.0), self.out_size).round() / 255.0)
+            gt = _from_hwc(resize_aligned(_to_hwc(gt), self.out_size))
         out: dict[str, Any] = {"lq": lq * 2 - 1, "gt": gt * 2 - 1, "path": self.source.stem(source_index)}
         boxes = component_boxes(self._parts(source_index), self.out_size, flipped, self.eye_enlarge)
         out.update({f"loc_{k}": v for k, v in boxes.items()})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,28 @@ class ExportError(ValueError):
     """A checkpoint that cannot be exported (message says why)."""
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """``path`` itself, or the newest checkpoint of a run folder (``RUN/checkpoints/step_*.pt``)."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted((p / "checkpoints").glob("step_*.pt"))
+        if not found:
+            raise ExportError(f"no checkpoint in {p / 'checkpoints'} (is {p} a training run folder?)")
+        return found[-1]
+    if not p.is_file():
+        raise ExportError(f"checkpoint not found: {p}")
+    return p
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint written by ``train.train`` (loaded with ``weights_only=True``)."""
     p = Path(path)
     if not p.is_file():
         raise ExportError(f"checkpoint not found: {p}")
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ExportError(f"{p} is not a readable training checkpoint: {str(err).splitlines()[0]}") from err
     if not isinstance(state, dict) or "net_g_ema" not in state or "config" not in state:
         raise ExportError(f"{p} is not a train.train checkpoint (no net_g_ema/config)")
     return state
@@ -135,14 +152,19 @@ def export(
     use_ema: bool = True,
     card: str | None = None,
     official_pth: bool = False,
+    half: bool = False,
 ) -> Path:
-    """Write the generator of ``checkpoint`` to ``out_dir`` in the published format (+ official .pth)."""
+    """Write the generator of ``checkpoint`` (a file or a run folder's newest) to ``out_dir`` in the
+    published format (+ official .pth); ``half`` stores float16 weights (half the size, loads as float32)."""
+    checkpoint = find_checkpoint(checkpoint)
     state = read_checkpoint(checkpoint)
     config = GeneratorConfig.from_dict(state["config"]["model"]["generator"])
     net = build_generator(config)
     net.load_state_dict(state["net_g_ema" if use_ema else "net_g"], strict=True)
     if card is None:
         card = model_card(state["config"], state["step"], validation_metrics(checkpoint, state["step"]))
+    if half:
+        net = net.half()
     folder = save_pretrained(net, config, out_dir, card=card)
     (Path(folder) / "training_config.yml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
     if official_pth:  # the official layout, for tools that read GFPGAN .pth files
@@ -152,7 +174,10 @@ def export(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="training checkpoint (runs/NAME/checkpoints/step_*.pt)")
+    p.add_argument(
+        "checkpoint",
+        help="training checkpoint (runs/NAME/checkpoints/step_*.pt) or a run folder (its newest)",
+    )
     p.add_argument("out_dir", help="folder to write config.json + model.safetensors + README.md into")
     p.add_argument("--raw", action="store_true", help="export the raw generator instead of the EMA one")
     p.add_argument("--license", default="apache-2.0", help="license id for the model card")
@@ -160,21 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", default=None, help="Hub id of the model this was fine-tuned from")
     p.add_argument("--name", default=None, help="model name / repo id shown in the card")
     p.add_argument("--official-pth", action="store_true", help="also write generator_official.pth")
+    p.add_argument("--half", action="store_true", help="store float16 weights (half the file size)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        state = read_checkpoint(args.checkpoint)
-        metrics = validation_metrics(args.checkpoint, state["step"])
+        checkpoint = find_checkpoint(args.checkpoint)
+        state = read_checkpoint(checkpoint)
+        metrics = validation_metrics(checkpoint, state["step"])
         card = model_card(
             state["config"], state["step"], metrics, args.license, args.dataset, args.base_model, args.name
         )
         folder = export(
-            args.checkpoint, args.out_dir, use_ema=not args.raw, card=card, official_pth=args.official_pth
+            checkpoint,
+            args.out_dir,
+            use_ema=not args.raw,
+            card=card,
+            official_pth=args.official_pth,
+            half=args.half,
         )
-    except (ExportError, RuntimeError, OSError) as err:
+    except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported step {state['step']} to {folder}")

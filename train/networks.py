@@ -12,7 +12,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from gfp.archs import GeneratorConfig, build_generator
-from gfp.loading import load_state_dict, resolve_weights
+from gfp.loading import WeightsError, load_state_dict, resolve_weights
+from train.config import ConfigError
 from train.discriminators import FacialComponentDiscriminator, StyleGAN2Discriminator
 from train.identity import IdentityEmbedder
 from train.losses import VGGFeatures
@@ -94,8 +95,8 @@ def build_vgg(cfg: dict[str, Any], weights_dir: str | None = None) -> VGGFeature
         return VGGFeatures(list(loss["vgg_layers"]))
     try:
         state = load_weights(spec, weights_dir)
-    except Exception as err:
-        raise RuntimeError(
+    except WeightsError as err:
+        raise ConfigError(
             f"the perceptual loss needs ImageNet VGG19 weights ({spec!r}), which could not be loaded: {err}\n"
             "Download https://download.pytorch.org/models/vgg19-dcbb9e9d.pth and pass its path as "
             "model.vgg_weights=PATH (or put it in GFP_WEIGHTS_DIR), or switch the loss off with "

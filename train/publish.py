@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, load_generator
+from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, WeightsError, load_generator
 from train.export import ExportError, export, model_card, read_checkpoint, validation_metrics
 
 REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             license_id=args.license, datasets=args.dataset, base_model=args.base_model,
         )  # fmt: skip
         result = publish(folder, args.repo_id, private=args.private, dry_run=args.dry_run, token=args.token)
-    except (ExportError, PublishError, RuntimeError, OSError, ValueError) as err:
+    except (ExportError, PublishError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"published: {result}" if not args.dry_run else f"ready to publish: {result}")

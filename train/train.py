@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader
 from torchvision.ops import roi_align
 from tqdm import tqdm
 
-from gfp.loading import select_device
+from gfp.archs import UnknownArchitectureError
+from gfp.loading import WeightsError, select_device
 from train import losses as L
 from train.config import ConfigError, load_config
-from train.data import FaceDegradationDataset, ResumableSampler, list_images, split_indices
+from train.data import DataError, FaceDegradationDataset, ResumableSampler, list_images, split_indices
 from train.metrics import cosine_similarity, psnr, ssim
 from train.networks import build_discriminators, build_identity, build_training_generator, build_vgg
 
@@ -88,8 +89,7 @@ class Trainer:
                     self.nets_d[part].parameters(), lr=opt["lr_component"], betas=(0.9, 0.99)
                 )
         self.schedulers = {
-            k: torch.optim.lr_scheduler.MultiStepLR(o, milestones=opt["milestones"], gamma=opt["gamma"])
-            for k, o in self.optimizers.items()
+            k: torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for k, o in self.optimizers.items()
         }
 
         self.amp = bool(cfg["train"]["amp"]) and self.device.type == "cuda"
@@ -103,6 +103,25 @@ class Trainer:
 
         self._build_data()
         self.writer = None
+        self.timings: dict[str, float] = {}  # seconds per part of an iteration, since the last log line
+        self._clock = time.perf_counter()
+
+    def _lr_factor(self, step: int) -> float:
+        """Learning-rate factor at ``step``: linear warm-up, then step decay or cosine to ``min_lr_ratio``."""
+        opt = self.cfg["optim"]
+        warm = int(opt["warmup_iter"])
+        factor = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+        if opt["schedule"] == "cosine":
+            total = max(1, int(self.cfg["train"]["total_iter"]) - warm)
+            t = min(1.0, max(0, step - warm) / total)
+            low = float(opt["min_lr_ratio"])
+            return factor * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t)))
+        return factor * float(opt["gamma"]) ** sum(step >= m for m in opt["milestones"])
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether this step uses the GAN, component and identity losses (off during ``loss.gan_from``)."""
+        return self.step > int(self.cfg["loss"]["gan_from"])
 
     # ------------------------------------------------------------------------------------------- data
     def _build_data(self) -> None:
@@ -162,14 +181,28 @@ class Trainer:
             out.append(crops)
         return out
 
+    def _lap(self, name: str) -> None:
+        """Add the time since the previous lap to ``self.timings[name]`` (seconds, this process)."""
+        if self.device.type == "cuda" and self.cfg["train"]["profile"]:
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self._clock
+        self._clock = now
+
     def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One official GFPGAN iteration: G update, EMA, D update (+lazy R1), component D updates."""
+        """One official GFPGAN iteration: G update, EMA, D update (+lazy R1), component D updates.
+
+        During the reconstruction warm-up (``step <= loss.gan_from``) only the pixel and pyramid (and
+        perceptual) losses train the generator and the discriminators rest.
+        """
         self.step += 1
+        self._clock = time.perf_counter()
         lw = self.cfg["loss"]
         lq = batch["lq"].to(self.device, non_blocking=True)
         gt = batch["gt"].to(self.device, non_blocking=True)
+        adversarial = self.adversarial
         d_all = list(self.nets_d.values())
-        use_comp = all(p in self.nets_d for p in PARTS)
+        use_comp = adversarial and all(p in self.nets_d for p in PARTS)
         logs: dict[str, Tensor] = {}
 
         # ---- generator
@@ -193,9 +226,11 @@ class Trainer:
                 )
                 total = total + l_per + l_sty
                 logs["l_g_percep"], logs["l_g_style"] = l_per, l_sty
-            l_gan = L.gan_loss_g(self.nets_d["d"](output), lw["gan_weight"])
-            total = total + l_gan
-            logs["l_g_gan"] = l_gan
+            self._lap("g_forward")
+            if adversarial:
+                l_gan = L.gan_loss_g(self.nets_d["d"](output), lw["gan_weight"])
+                total = total + l_gan
+                logs["l_g_gan"] = l_gan
             if use_comp:
                 fake_rois, real_rois = self._rois(batch, [output, gt])
                 fake_feats, real_feats = [], []
@@ -210,17 +245,47 @@ class Trainer:
                     l_cs = L.component_style_loss(fake_feats, real_feats, lw["component_style_weight"])
                     total = total + l_cs
                     logs["l_g_comp_style"] = l_cs
-            if self.identity is not None and lw["identity_weight"] > 0:
+            self._lap("g_adversarial")
+            if adversarial and self.identity is not None and lw["identity_weight"] > 0:
                 l_id = L.identity_loss(self.identity(output), self.identity(gt), lw["identity_weight"])
                 total = total + l_id
                 logs["l_identity"] = l_id
+            self._lap("g_identity")
         logs["l_g_total"] = total
         self._backward(total)
         self.scaler.step(self.optimizers["g"])
+        self._lap("g_backward")
         self._update_ema()
+        self._lap("ema")
 
-        # ---- discriminator
-        _set_requires_grad(d_all, True)
+        if adversarial:
+            self._discriminator_step(
+                batch, output, gt, logs, fake_rois if use_comp else None, real_rois if use_comp else None
+            )
+        self.scaler.update()
+        for sched in self.schedulers.values():
+            sched.step()
+        reduced = self._reduce(logs)  # identical on every rank, so every rank stops together
+        if not all(map(math.isfinite, reduced.values())):
+            bad = sorted(k for k, v in reduced.items() if not math.isfinite(v))
+            raise TrainingDivergedError(
+                f"losses became non-finite at step {self.step} ({', '.join(bad)}): training diverged. Resume "
+                "from the last checkpoint (--resume auto) with a lower optim.lr_g / optim.lr_d."
+            )
+        return reduced
+
+    def _discriminator_step(
+        self,
+        batch: dict[str, Tensor],
+        output: Tensor,
+        gt: Tensor,
+        logs: dict[str, Tensor],
+        fake_rois: dict[str, Tensor] | None,
+        real_rois: dict[str, Tensor] | None,
+    ) -> None:
+        """Whole-face D update with lazy R1, then the component Ds (when their crops were taken)."""
+        lw = self.cfg["loss"]
+        _set_requires_grad(list(self.nets_d.values()), True)
         for key, opt in self.optimizers.items():
             if key != "g":
                 opt.zero_grad(set_to_none=True)
@@ -239,7 +304,8 @@ class Trainer:
             logs["l_d_r1"] = r1
             self._backward(l_r1)
         self.scaler.step(self.optimizers["d"])
-        if use_comp:
+        self._lap("d_step")
+        if fake_rois is not None and real_rois is not None:
             fake_rois = {p: v.detach() for p, v in fake_rois.items()}
             with self._autocast():
                 for part in PARTS:
@@ -250,21 +316,13 @@ class Trainer:
                     self._backward(l_dc)
             for part in PARTS:
                 self.scaler.step(self.optimizers[part])
-        self.scaler.update()
-        for sched in self.schedulers.values():
-            sched.step()
-        reduced = self._reduce(logs)  # identical on every rank, so every rank stops together
-        if not all(map(math.isfinite, reduced.values())):
-            bad = sorted(k for k, v in reduced.items() if not math.isfinite(v))
-            raise TrainingDivergedError(
-                f"losses became non-finite at step {self.step} ({', '.join(bad)}): training diverged. Resume "
-                "from the last checkpoint (--resume auto) with a lower optim.lr_g / optim.lr_d."
-            )
-        return reduced
+            self._lap("d_components")
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = float(self.cfg["train"]["ema_decay"])
+        if self.cfg["train"]["ema_warmup"]:  # a short average early on, so a short run's EMA is not its init
+            decay = min(decay, (1 + self.step) / (10 + self.step))
         src = dict(_unwrap(self.net_g).named_parameters())
         for name, p_ema in self.net_g_ema.named_parameters():
             if name not in self._frozen:
@@ -405,7 +463,9 @@ class Trainer:
             return last
         bar = tqdm(total=total_iter, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
         started, t0 = self.step, time.time()
+        waited = time.perf_counter()
         for batch in self._loader():
+            self.timings["data"] = self.timings.get("data", 0.0) + time.perf_counter() - waited
             logs = self.train_step(batch)
             bar.update(1)
             last = logs
@@ -413,14 +473,18 @@ class Trainer:
                 self._log(logs, started, t0)
                 if tcfg["image_every"] and self.step % tcfg["image_every"] == 0:
                     self._log_train_images(batch)
+                    self._lap("images")
             if tcfg["val_every"] and (self.step % tcfg["val_every"] == 0 or self.step == total_iter):
                 self._run_validation()
+                self._lap("validation")
             if tcfg["ckpt_every"] and (self.step % tcfg["ckpt_every"] == 0 or self.step == total_iter):
                 self.save_checkpoint()
                 if self.world > 1:
                     dist.barrier()
+                self._lap("checkpoint")
             if self.step >= total_iter:
                 break
+            waited = time.perf_counter()
         bar.close()
         if self.writer is not None:
             self.writer.close()
@@ -434,7 +498,17 @@ class Trainer:
             self.writer.add_scalar(f"loss/{k}", v, self.step)
         self.writer.add_scalar("lr/g", self.optimizers["g"].param_groups[0]["lr"], self.step)
         rate = (self.step - started) / max(time.time() - t0, 1e-9)
-        record = {"step": self.step, "time_s": round(time.time() - t0, 1), "it_per_s": round(rate, 4), **logs}
+        # Where the time went since the last log line, in seconds per iteration.
+        seconds = {f"s_{k}": round(v / every, 4) for k, v in sorted(self.timings.items())}
+        self.timings = {}
+        record = {
+            "step": self.step,
+            "time_s": round(time.time() - t0, 1),
+            "it_per_s": round(rate, 4),
+            "lr_g": self.optimizers["g"].param_groups[0]["lr"],
+            **seconds,
+            **logs,
+        }
         self._append_jsonl("train_log.jsonl", record)
         text = " ".join(
             f"{k}={v:.4g}" for k, v in logs.items() if k.startswith(("l_g_total", "l_g_pix", "l_d"))
@@ -507,7 +581,7 @@ def run(
         if path is None:
             log.info("no checkpoint in %s: starting from scratch", cfg["output_dir"])
         elif not path.is_file():
-            raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
+            raise ConfigError(f"checkpoint to resume from not found: {path}")
         else:
             trainer.resume(path)
             log.info("resumed from %s at step %d", path, trainer.step)
@@ -530,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         run(cfg, rank, world, args.resume, local_rank)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (ConfigError, DataError, WeightsError, UnknownArchitectureError, TrainingDivergedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

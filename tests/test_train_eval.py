@@ -1,0 +1,235 @@
+"""`python -m train evaluate`, the training data made the way inference sees faces, config value types,
+the learning-rate schedule, and export from a run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from gfp.faces import resize_aligned
+from train.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "train" / "configs" / "tiny_cpu.yml"
+
+
+# -------------------------------------------------------------------------------------------- config
+def test_numbers_written_either_way_are_numbers() -> None:
+    cfg = load_config(TINY, ["optim.lr_g=1e-3", "train.total_iter=1e2", "degradation.blur_sigma=[0.1, 3e0]"])
+    assert cfg["optim"]["lr_g"] == 0.001 and isinstance(cfg["optim"]["lr_g"], float)
+    assert cfg["train"]["total_iter"] == 100 and isinstance(cfg["train"]["total_iter"], int)
+    assert cfg["degradation"]["blur_sigma"] == [0.1, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr_g=fast", "'optim.lr_g' must be a number"),
+        ("train.total_iter=2.5", "'train.total_iter' must be a whole number"),
+        ("train.amp=1", "'train.amp' must be true or false"),
+        ("model.generator.chanel_multiplier=2", "model.generator.chanel_multiplier"),
+        ("optim.schedule=linear", "optim.schedule"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(TINY, [override])
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine(tmp_path: Path) -> None:
+    from train.train import Trainer
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(faces / f"{i}.png"), np.full((32, 32, 3), 40 * i + 60, np.uint8))
+    cfg = load_config(
+        TINY,
+        [
+            f"data.train={faces}",
+            f"output_dir={tmp_path / 'run'}",
+            "data.out_size=32",
+            "data.val_holdout=0",
+            "model.identity.arch=none",
+            "loss.perceptual_weight=0",
+            "loss.style_weight=0",
+            "optim.schedule=cosine",
+            "optim.warmup_iter=10",
+            "optim.min_lr_ratio=0.1",
+            "train.total_iter=110",
+        ],
+    )
+    trainer = Trainer(cfg)
+    assert trainer._lr_factor(0) == pytest.approx(0.1)  # first of ten warm-up steps
+    assert trainer._lr_factor(9) == pytest.approx(1.0)
+    assert trainer._lr_factor(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down the cosine
+    assert trainer._lr_factor(110) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_resize_aligned_averages_when_shrinking() -> None:
+    """A one-pixel checkerboard shrunk 4x is flat grey (bilinear would alias it into stripes)."""
+    board = (np.indices((512, 512)).sum(0) % 2 * 255).astype(np.uint8)
+    small = resize_aligned(np.dstack([board] * 3), 128)
+    assert small.shape == (128, 128, 3) and abs(float(small.mean()) - 127.5) < 1 and small.std() < 1
+    assert resize_aligned(small, 128) is small  # already the model's size: untouched
+
+
+def test_training_pairs_are_degraded_at_degrade_size_then_shrunk(tmp_path: Path) -> None:
+    """GT at out_size = the HQ face area-resized from degrade_size; LQ is 8-bit-valued like a read file."""
+    from train.data import FaceDegradationDataset
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (256, 256, 3)).astype(np.uint8), (0, 0), 2)
+    cv2.imwrite(str(tmp_path / "face.png"), img)
+    cfg = load_config(
+        TINY,
+        [f"data.train={tmp_path}", "data.out_size=32", "data.degrade_size=128", "data.cache_images=true"],
+    )
+    ds = FaceDegradationDataset(tmp_path, cfg["data"], cfg["degradation"], train=False)
+    item = ds[0]
+    assert item["lq"].shape == item["gt"].shape == (3, 32, 32)
+    hq128 = cv2.resize(img.astype(np.float32) / 255, (128, 128), interpolation=cv2.INTER_AREA)
+    want = cv2.resize(hq128, (32, 32), interpolation=cv2.INTER_AREA)[:, :, ::-1].transpose(2, 0, 1)
+    torch.testing.assert_close(item["gt"], torch.from_numpy(want.copy()) * 2 - 1, atol=1e-5, rtol=0)
+    lq255 = (item["lq"] + 1) * 127.5
+    assert torch.allclose(lq255, lq255.round(), atol=1e-3)
+    assert 0 in ds.cache and ds.cache[0].shape == (128, 128, 3)
+    torch.testing.assert_close(ds[0]["lq"], item["lq"])  # same seed, cached image: same pair
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+def _faces(folder: Path, n: int = 3, size: int = 64) -> list[np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(n):
+        img = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3)).astype(np.uint8), (0, 0), 1.5)
+        cv2.imwrite(str(folder / f"face{i}.png"), img)
+        out.append(img)
+    return out
+
+
+def test_evaluate_scores_restored_and_lq_against_hq(tmp_path: Path, capsys) -> None:
+    from basicsr.metrics import calculate_psnr
+
+    from train.evaluate import main
+
+    hq = _faces(tmp_path / "hq")
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    noise = np.random.default_rng(2)
+    for i, img in enumerate(hq):  # named as the CLI names faces: STEM_00.png
+        noisy = np.clip(img.astype(int) + noise.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(restored / f"face{i}_00.png"), noisy)
+    args = ["--hq", str(tmp_path / "hq"), "--lq", str(tmp_path / "lq"), "--degrade", "--seed", "3"]
+    args += ["--restored", str(restored), "--size", "64", "--json", str(tmp_path / "r.json"), "--verbose"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "restored − lq" in table and "face2 lq" in table
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 3 and set(report["mean"]) == {"restored", "lq"}
+    assert {"psnr_y", "ssim_y", "psnr", "ssim"} <= set(report["mean"]["restored"])
+    assert "niqe" in report["skipped"]  # 64 px is below NIQE's block size
+    assert sorted(p.name for p in (tmp_path / "lq").iterdir()) == ["face0.png", "face1.png", "face2.png"]
+    # the numbers are basicsr's, computed here independently
+    gt0 = cv2.imread(str(tmp_path / "hq" / "face0.png"))
+    out0 = cv2.imread(str(restored / "face0_00.png"))
+    row = next(r for r in report["images"] if r["name"] == "face0")
+    assert row["restored"]["psnr"] == pytest.approx(calculate_psnr(out0, gt0, 0))
+    assert row["restored"]["psnr_y"] == pytest.approx(calculate_psnr(out0, gt0, 0, test_y_channel=True))
+    assert report["mean"]["restored"]["psnr_y"] > report["mean"]["lq"]["psnr_y"]
+    # the same seed degrades the same way: LQ files compare between runs
+    first = cv2.imread(str(tmp_path / "lq" / "face1.png"))
+    assert main([*args[:5], "--seed", "3", "--restored", str(restored), "--size", "64"]) == 0
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "lq" / "face1.png")), first)
+
+
+def test_evaluate_restores_with_a_model(tmp_path: Path) -> None:
+    from gfp.archs import GeneratorConfig, build_generator
+    from gfp.loading import save_pretrained
+    from train.evaluate import main
+
+    _faces(tmp_path / "hq", n=2, size=192)
+    config = GeneratorConfig(
+        arch="clean", out_size=32, channel_multiplier=1, narrow=0.0625, num_style_feat=32
+    )
+    torch.manual_seed(0)
+    save_pretrained(build_generator(config), config, tmp_path / "model")
+    args = ["--hq", str(tmp_path / "hq"), "--lq", str(tmp_path / "lq"), "--degrade"]
+    args += ["--model", str(tmp_path / "model"), "--out", str(tmp_path / "out"), "--size", "192"]
+    args += ["--json", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 2 and all(math.isfinite(v) for v in report["mean"]["restored"].values())
+    assert "niqe" in report["mean"]["restored"] and "niqe" in report["mean"]["lq"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["face0.png", "face1.png"]
+    assert cv2.imread(str(tmp_path / "out" / "face0.png")).shape == (192, 192, 3)
+
+
+def test_evaluate_bad_folders_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    from train.evaluate import main
+
+    _faces(tmp_path / "hq", n=1)
+    (tmp_path / "other").mkdir()
+    cv2.imwrite(str(tmp_path / "other" / "unrelated.png"), np.zeros((8, 8, 3), np.uint8))
+    base = ["--hq", str(tmp_path / "hq")]
+    assert main([*base, "--lq", str(tmp_path / "nope"), "--restored", str(tmp_path / "other")]) == 2
+    assert "LQ folder not found" in capsys.readouterr().err
+    assert main([*base, "--lq", str(tmp_path / "other"), "--restored", str(tmp_path / "other")]) == 2
+    assert "no face of" in capsys.readouterr().err
+    assert main(["--hq", str(tmp_path / "missing"), "--lq", str(tmp_path), "--restored", str(tmp_path)]) == 2
+    assert "image folder not found" in capsys.readouterr().err
+
+
+def test_identity_metric_uses_mobilefacenet_when_arcface_is_missing(shared_data: Path, offline) -> None:
+    from train.evaluate import Identity
+
+    identity = Identity(None, shared_data)
+    assert identity.name == "mobilefacenet"
+    face = cv2.imread(str(sorted((shared_data / "faces" / "hq").iterdir())[0]))
+    face = cv2.resize(face, (512, 512), interpolation=cv2.INTER_AREA)
+    same = torch.nn.functional.cosine_similarity(identity.embed(face), identity.embed(face[:, ::-1]), dim=0)
+    other = cv2.resize(
+        cv2.imread(str(sorted((shared_data / "faces" / "hq").iterdir())[1])), (512, 512), cv2.INTER_AREA
+    )
+    assert float(same) > float(
+        torch.nn.functional.cosine_similarity(identity.embed(face), identity.embed(other), dim=0)
+    )
+
+
+# -------------------------------------------------------------------------------------------- export
+def test_export_takes_the_newest_checkpoint_of_a_run_folder_and_stores_half(tmp_path: Path) -> None:
+    from gfp.archs import GeneratorConfig, build_generator
+    from gfp.loading import load_generator
+    from train.export import export
+
+    config = GeneratorConfig(
+        arch="clean", out_size=32, channel_multiplier=1, narrow=0.0625, num_style_feat=32
+    )
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    nets = []
+    for step in (5, 10):
+        torch.manual_seed(step)
+        net = build_generator(config)
+        nets.append(net)
+        cfg = {"name": "t", "model": {"generator": config.to_dict(), "pretrained": None, "prior": None}}
+        torch.save(
+            {"step": step, "config": cfg, "net_g_ema": net.state_dict()}, ckpts / f"step_{step:08d}.pt"
+        )
+    folder = export(tmp_path / "run", tmp_path / "out", card="card", half=True)
+    from safetensors.torch import load_file
+
+    stored = load_file(folder / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    loaded, _ = load_generator(folder, device="cpu")
+    want = {k: v.half().float() for k, v in nets[1].state_dict().items()}  # the newest, rounded to fp16
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=0)
