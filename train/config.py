@@ -93,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
         "schedule": "multistep",  # or "cosine" (to min_lr_ratio × lr at train.total_iter)
         "min_lr_ratio": 0.0,
         "warmup_iter": 0,  # linear learning-rate warm-up
+        "clip_grad_norm": 0.0,  # clip the generator's gradient norm to this (0: off, as the official recipe)
     },
     "train": {
         "total_iter": 800000,

@@ -253,6 +253,11 @@ class Trainer:
             self._lap("g_identity")
         logs["l_g_total"] = total
         self._backward(total)
+        clip = float(self.cfg["optim"]["clip_grad_norm"])
+        if clip > 0:  # a bad batch cannot throw a from-scratch decoder off course
+            self.scaler.unscale_(self.optimizers["g"])
+            norm = torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), clip)
+            logs["grad_norm_g"] = norm
         self.scaler.step(self.optimizers["g"])
         self._lap("g_backward")
         self._update_ema()
