@@ -233,3 +233,26 @@ def test_export_takes_the_newest_checkpoint_of_a_run_folder_and_stores_half(tmp_
     want = {k: v.half().float() for k, v in nets[1].state_dict().items()}  # the newest, rounded to fp16
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+
+
+def test_augmentation_moves_face_and_component_boxes_together(tmp_path: Path) -> None:
+    """A bright dot at the template's left eye stays inside the left-eye box whatever warp is drawn."""
+    from train.data import FaceDegradationDataset, template_components
+
+    eye_x, eye_y, _ = template_components()["left_eye"]
+    img = np.zeros((128, 128, 3), np.uint8)
+    cv2.circle(img, (round(eye_x / 4), round(eye_y / 4)), 2, (255, 255, 255), -1)
+    cv2.imwrite(str(tmp_path / "face.png"), img)
+    aug = "data.augment={rotation: 20, scale: [0.7, 1.3], shift: 0.1, color: 0.0, gray_prob: 0.0}"
+    cfg = load_config(TINY, [f"data.train={tmp_path}", "data.out_size=128", "data.use_hflip=false", aug])
+    ds = FaceDegradationDataset(tmp_path, cfg["data"], cfg["degradation"], train=True)
+    centres = set()
+    for k in range(6):
+        item = ds[(0, (0, 0, 0, k))]
+        y, x = np.unravel_index(int(item["gt"].sum(0).argmax()), (128, 128))
+        x1, y1, x2, y2 = item["loc_left_eye"].tolist()
+        assert x1 <= x <= x2 and y1 <= y <= y2, (x, y, item["loc_left_eye"])
+        centres.add((int(x), int(y)))
+    assert len(centres) > 3  # the warp really moved the face
+    plain = FaceDegradationDataset(tmp_path, cfg["data"], cfg["degradation"], train=False)
+    assert plain.augment is None  # validation faces are never augmented

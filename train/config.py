@@ -29,6 +29,13 @@ DEFAULTS: dict[str, Any] = {
         "degrade_size": None,  # degrade here, then shrink to out_size as inference does (null: out_size)
         "cache_images": False,  # keep each decoded, resized HQ face in memory (small datasets)
         "use_hflip": True,
+        "augment": {  # off by default (the official recipe has flips only); for small datasets
+            "rotation": 0.0,  # degrees, ±
+            "scale": [1.0, 1.0],
+            "shift": 0.0,  # fraction of the face size, ±, per axis
+            "color": 0.0,  # ± relative change of saturation, contrast, brightness (half of it per channel)
+            "gray_prob": 0.0,  # a gray face (GT and LQ)
+        },
         "batch_size": 3,  # per process (official: 3 per GPU x 4 GPUs)
         "num_workers": 4,
         "components": {

@@ -330,6 +330,39 @@ def _to_tensor(img_bgr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img_bgr[:, :, ::-1].transpose(2, 0, 1))).float()
 
 
+def augment(
+    img: np.ndarray, parts: dict[str, np.ndarray], cfg: dict[str, Any], rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """New faces from few: a small random similarity warp (the component boxes follow it) and colour change
+    of the HQ face before it is degraded, so LQ and GT change together. Ranges come from ``data.augment``."""
+    size = img.shape[0]
+    angle = float(rng.uniform(-1, 1)) * cfg["rotation"]
+    scale = float(rng.uniform(*cfg["scale"]))
+    shift = rng.uniform(-1, 1, 2) * cfg["shift"] * size
+    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
+    matrix[:, 2] += shift
+    if angle or scale != 1 or shift.any():
+        img = cv2.warpAffine(
+            img, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+        )
+        to512 = size / 512.0
+        moved = {}
+        for name, (x, y, half) in parts.items():
+            cx, cy = matrix @ np.array([x * to512, y * to512, 1.0])
+            moved[name] = np.array([cx / to512, cy / to512, half * scale])
+        parts = moved
+    if cfg["gray_prob"] and rng.uniform() < cfg["gray_prob"]:
+        img = np.repeat(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None], 3, axis=2)
+    elif cfg["color"]:
+        c = cfg["color"]
+        gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
+        saturation, contrast, brightness = (1 + c * rng.uniform(-1, 1, 3)).tolist()
+        img = gray + (img - gray) * saturation  # saturation around each pixel's grey
+        img = (img - img.mean()) * contrast + img.mean() * brightness
+        img = img * (1 + 0.5 * c * rng.uniform(-1, 1, 3)).astype(np.float32)  # white balance
+    return np.clip(img, 0, 1).astype(np.float32), parts
+
+
 def _to_hwc(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.numpy().transpose(1, 2, 0))
 
@@ -363,6 +396,8 @@ class FaceDegradationDataset(Dataset):
         self.degrade_size = int(data_cfg.get("degrade_size") or self.out_size)
         self.cache: dict[int, np.ndarray] | None = {} if data_cfg.get("cache_images") else None
         self.hflip = bool(data_cfg["use_hflip"]) and train
+        aug = data_cfg.get("augment") or {}
+        self.augment = aug if train and any(aug.values()) else None
         self.deg = degradation_cfg
         comp = data_cfg["components"]
         self.eye_enlarge = float(comp["eye_enlarge_ratio"])
@@ -399,6 +434,9 @@ class FaceDegradationDataset(Dataset):
         rng = np.random.default_rng(list(seed))
         source_index = self.indices[index]
         img_gt = self._read(source_index)
+        parts = self._parts(source_index)
+        if self.augment is not None:
+            img_gt, parts = augment(img_gt, parts, self.augment, rng)
         flipped = self.hflip and rng.uniform() < 0.5
         if flipped:
             img_gt = np.ascontiguousarray(img_gt[:, ::-1])
@@ -414,7 +452,7 @@ class FaceDegradationDataset(Dataset):
             lq = _from_hwc(resize_aligned(_to_hwc(lq * 255.0), self.out_size).round() / 255.0)
             gt = _from_hwc(resize_aligned(_to_hwc(gt), self.out_size))
         out: dict[str, Any] = {"lq": lq * 2 - 1, "gt": gt * 2 - 1, "path": self.source.stem(source_index)}
-        boxes = component_boxes(self._parts(source_index), self.out_size, flipped, self.eye_enlarge)
+        boxes = component_boxes(parts, self.out_size, flipped, self.eye_enlarge)
         out.update({f"loc_{k}": v for k, v in boxes.items()})
         return out
 
