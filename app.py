@@ -8,7 +8,8 @@ function is the API endpoint ``/restore`` (gradio_client) and an MCP tool.
     python app.py --model owner/repo --device cuda # add a Hub model (or a file path) and make it the default
 
 Every flag has an environment variable (shown by ``--help``) so a Space can be configured without code.
-Networks are loaded lazily, once per model, into one shared :class:`gfp.pipeline.Restorer`.
+Networks are loaded lazily, once per weight file, into one shared :class:`gfp.pipeline.Restorer`. The
+models offered, their labels and defaults come from :mod:`gfp.registry`.
 """
 
 from __future__ import annotations
@@ -30,32 +31,15 @@ import gradio as gr
 import numpy as np
 
 import gfp  # noqa: F401  (installs the torchvision shim before anything imports basicsr)
-from gfp.background import BACKGROUND_CHOICES as BACKGROUND_FILES
+from gfp import registry
 from gfp.imageio import ImageReadError, read_image, write_image
-from gfp.loading import WeightsError, WeightsNotFoundError, resolve_weights, select_device
 from gfp.pipeline import RestoreOptions, Restorer
+from gfp.weights.errors import WeightsError
+from gfp.weights.resolve import resolve
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"
 
-MODEL_LABELS: dict[str, str] = {
-    "v1.4": "GFPGAN v1.4",
-    "v1.3": "GFPGAN v1.3",
-    "v1.2": "GFPGAN v1.2",
-    "v1": "GFPGAN v1 (paper)",
-}
-"""The official versions (gfp.loading.MODEL_ZOO names) and how the model dropdown shows them."""
-DETECTOR_CHOICES: list[tuple[str, str]] = [
-    ("RetinaFace ResNet-50", "retinaface_resnet50"),
-    ("RetinaFace MobileNet-0.25 (fast)", "retinaface_mobile0.25"),
-]
-BACKGROUND_CHOICES: list[tuple[str, str]] = [
-    ("Real-ESRGAN", "realesrgan"),
-    ("Real-ESRGAN general-x4v3", "realesr-general-x4v3"),
-    ("Real-ESRGAN animevideov3 (fast)", "realesr-animevideov3"),
-    ("none (Lanczos)", "none"),
-]
-"""Background upsamplers; "realesrgan" = x2plus up to 2x, general-x4v3 above (see gfp.background)."""
 FORMATS: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WebP": ".webp"}
 
 PREVIEW_MAX_SIDE = 2048
@@ -93,8 +77,8 @@ class AppSettings:
     port: int | None = None
     share: bool = False
     device: str = "auto"
-    detector: str = "retinaface_resnet50"
-    background: str = "realesrgan"
+    detector: str = registry.DEFAULTS["detector"]
+    background: str = registry.DEFAULTS["upsampler"]
     concurrency: int | None = None
     max_pixels: int | None = None
     mcp: bool = True
@@ -133,15 +117,15 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     )
     parser.add_argument(
         "--detector",
-        default=env("GFP_DETECTOR", "retinaface_resnet50"),
-        choices=[value for _, value in DETECTOR_CHOICES],
+        default=env("GFP_DETECTOR", registry.DEFAULTS["detector"]),
+        choices=registry.choice_names("detector"),
         help="default face detector (env GFP_DETECTOR)",
     )
     parser.add_argument(
         "--bg-upsampler",
         dest="background",
-        default=env("GFP_BG_UPSAMPLER", "realesrgan"),
-        choices=[value for _, value in BACKGROUND_CHOICES],
+        default=env("GFP_BG_UPSAMPLER", registry.DEFAULTS["upsampler"]),
+        choices=registry.choice_names("upsampler"),
         help="default background upsampler (env GFP_BG_UPSAMPLER)",
     )
     parser.add_argument(
@@ -189,46 +173,76 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
 def model_specs(extra: Sequence[str]) -> dict[str, str]:
     """Model dropdown values -> what the pipeline loads, in dropdown order (the first is the default).
 
-    Launch-time models come first, then the official versions. A local file or folder is offered under its
-    last path part only, so no server path shows in the UI or the API schema.
+    Launch-time models come first, then the registry's generators. A local file or folder is offered under
+    its last path part only, so no server path shows in the UI or the API schema.
     """
+    official = registry.choice_names("generator")
     specs: dict[str, str] = {}
     for spec in extra:
         path = Path(spec).expanduser()
-        local = spec not in MODEL_LABELS and (path.is_absolute() or path.exists())
+        local = spec not in official and (path.is_absolute() or path.exists())
         specs.setdefault(path.name if local else spec, spec)
-    for name in MODEL_LABELS:
+    for name in official:
         specs.setdefault(name, name)
     return specs
 
 
-def missing_weights(settings: AppSettings) -> list[str]:
-    """Try to get the default model, detector and upsampler weights; return the error message of each miss.
+def _background_fallback(settings: AppSettings, background: str) -> bool:
+    """Whether a request's background may fall back to Lanczos: it is the app's default and the registry's."""
+    return background == settings.background == registry.DEFAULTS["upsampler"]
 
-    On a Space this downloads them at startup (before the first request), offline it explains what to put
-    where: the messages come from :class:`gfp.loading.WeightsNotFoundError`.
+
+@dataclass(frozen=True)
+class WeightsCheck:
+    """The startup check: weights whose absence fails requests, and default models that will fall back."""
+
+    missing: tuple[str, ...] = ()
+    """Error messages (file, places looked, how to provide it) of weights requests need."""
+    fallbacks: tuple[str, ...] = ()
+    """Error messages of default optional models (background upsampler, face parser) that are replaced."""
+
+
+def check_weights(settings: AppSettings) -> WeightsCheck:
+    """Try to get the default model, detector, background upsampler and face parser weights.
+
+    On a Space this downloads them at startup (before the first request); offline it explains what to put
+    where: the messages come from :class:`gfp.weights.errors.WeightsNotFoundError`. Run by :func:`main`,
+    so building the UI (tests) stays cheap.
     """
     default_model = next(iter(model_specs(settings.models).values()))
-    wanted = [default_model, settings.detector, *BACKGROUND_FILES[settings.background]]
-    messages = []
-    for spec in wanted:
+    optional_bg = _background_fallback(settings, settings.background)
+    wanted = [(default_model, False), (settings.detector, False)]
+    wanted += [(name, optional_bg) for name in registry.members("upsampler", settings.background)]
+    wanted.append((registry.DEFAULTS["parser"], True))
+    missing, fallbacks = [], []
+    for spec, optional in wanted:
         try:
-            resolve_weights(spec, settings.weights_dir)
-        except WeightsNotFoundError as exc:
-            messages.append(str(exc))
-    return messages
+            resolve(spec, settings.weights_dir)
+        except WeightsError as exc:
+            (fallbacks if optional else missing).append(str(exc))
+    return WeightsCheck(tuple(missing), tuple(fallbacks))
 
 
-def _banner(messages: Sequence[str]) -> str:
-    if not messages:
-        return ""
-    details = "\n\n".join(f"```\n{m}\n```" for m in messages)
-    return (
-        "### ⚠️ Some weights are missing\n"
-        "The app runs, but requests that need these files will fail until you provide them: put the files "
-        "in the weights folder (`--weights-dir` / `GFP_WEIGHTS_DIR`), pass a path or Hub repo id with "
-        "`--model`, or give the machine internet access so they download.\n\n" + details
-    )
+def _banner(check: WeightsCheck) -> str:
+    """Markdown shown above the app when weights are missing (empty when nothing is)."""
+    parts = []
+    if check.missing:
+        parts.append(
+            "### ⚠️ Some weights are missing\n"
+            "The app runs, but requests that need these files will fail until you provide them: put the "
+            "files in the weights folder (`--weights-dir` / `GFP_WEIGHTS_DIR`), pass a path or Hub repo id "
+            "with `--model`, or give the machine internet access so they download.\n\n"
+            + "\n\n".join(f"```\n{m}\n```" for m in check.missing)
+        )
+    if check.fallbacks:
+        parts.append(
+            "### Running with fallbacks\n"
+            "These default models cannot be had, so the app uses a simpler replacement until you provide "
+            "them (same folders as above): the background is resized with Lanczos instead of Real-ESRGAN, "
+            "faces are blended with a soft square mask instead of the ParseNet face mask.\n\n"
+            + "\n\n".join(f"```\n{m}\n```" for m in check.fallbacks)
+        )
+    return "\n\n".join(parts)
 
 
 def _as_display(img: np.ndarray) -> np.ndarray:
@@ -344,27 +358,111 @@ class _OutputFolder:
         return folder / f"{stem}_restored{suffix}"
 
 
-def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blocks:
-    """Build the Blocks UI around one shared Restorer (created here unless given)."""
-    device = select_device(settings.device)
-    on_gpu = device.type != "cpu"
-    restorer = restorer or Restorer(weights_dir=settings.weights_dir, device=str(device))
-    specs = model_specs(settings.models)
-    models = [(MODEL_LABELS.get(name, name), name) for name in specs]
-    allowed = {
-        "model": set(specs),
-        "detector": {v for _, v in DETECTOR_CHOICES},
-        "background": {v for _, v in BACKGROUND_CHOICES},
-        "output_format": set(FORMATS),
-    }
-    # On CPU one face per generator step, so the progress bar moves per face (batches of 4 save ~15% CPU).
-    faces_per_step = 4 if on_gpu else 1
-    max_pixels = settings.max_pixels or (8_000_000 if on_gpu else 2_000_000)
-    outputs = _OutputFolder()
+@dataclass(frozen=True)
+class RequestContext:
+    """What every request needs, fixed at launch: settings, the shared Restorer, allowed values, budgets."""
+
+    settings: AppSettings
+    restorer: Restorer
+    specs: dict[str, str]
+    """Model dropdown values -> what the pipeline loads (see :func:`model_specs`)."""
+    allowed: dict[str, tuple[str, ...]]
+    faces_per_step: int
+    max_pixels: int
+    outputs: _OutputFolder
+
+    @classmethod
+    def create(cls, settings: AppSettings, restorer: Restorer) -> RequestContext:
+        """Choices from the registry and the settings; budgets from the Restorer's device."""
+        on_gpu = restorer.device.type != "cpu"
+        specs = model_specs(settings.models)
+        allowed = {
+            "model": tuple(specs),
+            "detector": tuple(registry.choice_names("detector")),
+            "background": tuple(registry.choice_names("upsampler")),
+            "output_format": tuple(FORMATS),
+        }
+        return cls(
+            settings=settings,
+            restorer=restorer,
+            specs=specs,
+            allowed=allowed,
+            # On CPU one face per generator step, so the progress bar moves per face (batches of 4 save ~15%).
+            faces_per_step=4 if on_gpu else 1,
+            max_pixels=settings.max_pixels or (8_000_000 if on_gpu else 2_000_000),
+            outputs=_OutputFolder(),
+        )
+
+
+def handle_request(
+    ctx: RequestContext,
+    image: dict[str, Any] | str | None,
+    model: str,
+    rescale: float,
+    background: str,
+    strength: float,
+    only_center_face: bool,
+    aligned: bool,
+    detector: str,
+    output_format: str,
+    progress: Callable[..., Any] | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, str]], str, str]:
+    """One /restore request: check the options, restore, write the file; gradio errors for bad input."""
+    for name, value in (
+        ("model", model),
+        ("detector", detector),
+        ("background", background),
+        ("output_format", output_format),
+    ):
+        if value not in ctx.allowed[name]:
+            raise gr.Error(f"Unknown {name} {value!r}; choose one of {sorted(ctx.allowed[name])}.")
+    rescale, strength = _number("Rescale", rescale, 1.0, 4.0), _number("Strength", strength, 0.0, 1.0)
+    img, stem = _read_upload(image)
+    img, notice = _fit_budget(img, ctx.max_pixels)
+    if notice:
+        gr.Info(notice)
+
+    def report(done: int, total: int, stage: str) -> None:
+        if progress is not None:
+            progress((done, total) if total else None, desc=stage)
+
+    try:
+        options = RestoreOptions(
+            version=ctx.specs[model],
+            upscale=rescale,
+            # The app's default background may fall back to Lanczos (noted); one picked by name may not.
+            bg_upsampler=None if _background_fallback(ctx.settings, background) else background,
+            only_center_face=bool(only_center_face),
+            aligned=bool(aligned),
+            strength=strength,
+            detector=detector,
+            batch_size=ctx.faces_per_step,
+        )
+        result = ctx.restorer.restore(img, options, progress=report)
+    except (WeightsError, ValueError) as exc:  # missing/bad weights, or options the pipeline refuses
+        raise gr.Error(str(exc)) from None
+
+    out = result.image
+    path = ctx.outputs.new_file(stem, FORMATS[output_format])
+    write_image(path, out)
+    before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
+    notices = [notice] if notice else []
+    if not result.restored_faces:
+        notices.append("No face found: the photo was only upscaled.")
+        gr.Warning(notices[-1])
+    status = _status(result, registry.label(model), output_format, notices)
+    pairs = _face_pairs(result.cropped_faces, result.restored_faces)
+    return (_as_display(before), _as_display(out)), pairs, str(path), status
+
+
+def build_handler(ctx: RequestContext) -> Callable[..., Any]:
+    """The /restore endpoint (and MCP tool): :func:`handle_request` with the launch defaults as its
+    parameter defaults, which gradio shows in the UI, the API schema and the MCP tool description."""
+    settings = ctx.settings
 
     def restore(
         image: dict[str, Any] | str | None,
-        model: str = models[0][1],
+        model: str = next(iter(ctx.specs)),
         rescale: float = 2,
         background: str = settings.background,
         strength: float = 1.0,
@@ -380,8 +478,8 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
             image: the photo (any format OpenCV or Pillow reads; alpha and 16-bit are kept in PNG output).
             model: GFPGAN version ("v1.4", "v1.3", "v1.2", "v1") or a model the app was launched with.
             rescale: final upscaling factor of the whole photo, 1 to 4.
-            background: background upsampler: "realesrgan", "realesr-general-x4v3", "realesr-animevideov3"
-                or "none" (plain Lanczos resize).
+            background: background upsampler: "realesrgan", "RealESRGAN_x2plus", "realesr-general-x4v3",
+                "realesr-animevideov3" or "none" (plain Lanczos resize).
             strength: 0 keeps the original faces, 1 uses the restored faces fully.
             only_center_face: restore only the face nearest the centre.
             aligned: the input is already an aligned 512x512 face crop (no detection).
@@ -391,49 +489,10 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
         Returns:
             the before/after pair, the faces before and after, the full-resolution file, a status line.
         """
-        for name, value in (
-            ("model", model),
-            ("detector", detector),
-            ("background", background),
-            ("output_format", output_format),
-        ):
-            if value not in allowed[name]:
-                raise gr.Error(f"Unknown {name} {value!r}; choose one of {sorted(allowed[name])}.")
-        rescale, strength = _number("Rescale", rescale, 1.0, 4.0), _number("Strength", strength, 0.0, 1.0)
-        img, stem = _read_upload(image)
-        img, notice = _fit_budget(img, max_pixels)
-        if notice:
-            gr.Info(notice)
-
-        def report(done: int, total: int, stage: str) -> None:
-            progress((done, total) if total else None, desc=stage)
-
-        try:
-            options = RestoreOptions(
-                version=specs[model],
-                upscale=rescale,
-                bg_upsampler=background,
-                only_center_face=bool(only_center_face),
-                aligned=bool(aligned),
-                strength=strength,
-                detector=detector,
-                batch_size=faces_per_step,
-            )
-            result = restorer.restore(img, options, progress=report)
-        except (WeightsError, ValueError) as exc:  # missing/bad weights, or options the pipeline refuses
-            raise gr.Error(str(exc)) from None
-
-        out = result.image
-        path = outputs.new_file(stem, FORMATS[output_format])
-        write_image(path, out)
-        before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
-        notices = [notice] if notice else []
-        if not result.restored_faces:
-            notices.append("No face found: the photo was only upscaled.")
-            gr.Warning(notices[-1])
-        status = _status(result, MODEL_LABELS.get(model, model), output_format, notices)
-        pairs = _face_pairs(result.cropped_faces, result.restored_faces)
-        return (_as_display(before), _as_display(out)), pairs, str(path), status
+        return handle_request(
+            ctx, image, model, rescale, background, strength, only_center_face, aligned, detector,
+            output_format, progress,
+        )  # fmt: skip
 
     handler: Callable[..., Any] = restore
     try:  # ZeroGPU Spaces: borrow a GPU per request; elsewhere `spaces` is not installed.
@@ -442,8 +501,22 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
         handler = spaces.GPU(restore)
     except ImportError:
         pass
+    return handler
 
-    banner = _banner(missing_weights(settings))
+
+def build_app(
+    settings: AppSettings, restorer: Restorer | None = None, weights: WeightsCheck | None = None
+) -> gr.Blocks:
+    """Build the Blocks UI around one shared Restorer (created here unless given).
+
+    ``weights`` is the startup check (:func:`check_weights`, run by :func:`main`); its findings show as a
+    banner. Building downloads nothing.
+    """
+    restorer = restorer or Restorer(weights_dir=settings.weights_dir, device=settings.device)
+    ctx = RequestContext.create(settings, restorer)
+    handler = build_handler(ctx)
+    models = [(registry.label(name), name) for name in ctx.specs]
+    banner = _banner(weights or WeightsCheck())
     with gr.Blocks(title="gfp: GFPGAN face restoration", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# GFPGAN face restoration\n"
@@ -463,13 +536,15 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
                 model = gr.Dropdown(models, value=models[0][1], label="Model")
                 rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
                 background = gr.Radio(
-                    BACKGROUND_CHOICES, value=settings.background, label="Background upsampler"
+                    registry.choices("upsampler"), value=settings.background, label="Background upsampler"
                 )
                 strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
                 with gr.Accordion("Advanced", open=False):
                     only_center_face = gr.Checkbox(False, label="Only the centre face")
                     aligned = gr.Checkbox(False, label="Input is an aligned 512x512 face")
-                    detector = gr.Dropdown(DETECTOR_CHOICES, value=settings.detector, label="Face detector")
+                    detector = gr.Dropdown(
+                        registry.choices("detector"), value=settings.detector, label="Face detector"
+                    )
                     output_format = gr.Radio(list(FORMATS), value="PNG", label="Download format")
                 run = gr.Button("Restore", variant="primary", elem_id="restore-button")
                 examples = [str(EXAMPLES_DIR / name) for name in EXAMPLES if (EXAMPLES_DIR / name).is_file()]
@@ -503,6 +578,7 @@ def build_app(settings: AppSettings, restorer: Restorer | None = None) -> gr.Blo
             api_name="restore",
             preprocess=False,  # we read the uploaded file ourselves: see _read_upload
         )
+    on_gpu = restorer.device.type != "cpu"
     demo.queue(default_concurrency_limit=settings.concurrency or (2 if on_gpu else 1), max_size=64)
     return demo
 
@@ -527,13 +603,16 @@ def launch(demo: gr.Blocks, settings: AppSettings, **kwargs: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: parse flags, build the UI, serve."""
+    """Command-line entry point: parse flags, check (and on a Space download) the weights, build, serve."""
     settings = parse_args(argv)
     try:
-        demo = build_app(settings)
+        restorer = Restorer(weights_dir=settings.weights_dir, device=settings.device)
     except ValueError as exc:  # e.g. --device cuda on a machine without CUDA
         raise SystemExit(f"app.py: error: {exc}") from None
-    launch(demo, settings)
+    weights = check_weights(settings)
+    for message in weights.missing + weights.fallbacks:
+        print(f"app.py: {message.splitlines()[0]}")
+    launch(build_app(settings, restorer, weights), settings)
 
 
 if __name__ == "__main__":

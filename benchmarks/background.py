@@ -45,9 +45,9 @@ def _network(model: str, state_file: Path):
     """The zoo network with real weights when available offline, else seeded random ones (saved once)."""
     import torch
 
-    from gfp.background import BACKGROUND_MODELS
+    from gfp import registry
 
-    net = BACKGROUND_MODELS[model].build()
+    net = registry.build(registry.MODEL_ZOO[model])
     real = _data_dir() / "weights" / f"{model}.pth"
     if real.is_file():
         state = torch.load(real, map_location="cpu", weights_only=True)
@@ -109,9 +109,10 @@ class _RssPeak:
 
 def _runner(impl: str, args: argparse.Namespace, device) -> Callable[[], np.ndarray]:
     """A zero-argument function upscaling the benchmark image with one implementation."""
-    from gfp.background import BACKGROUND_MODELS, BackgroundUpsampler
+    from gfp import registry
+    from gfp.background import BackgroundUpsampler
 
-    scale = BACKGROUND_MODELS[args.model].scale
+    scale = registry.MODEL_ZOO[args.model].supports.scale
     net = _network(args.model, Path(args.state_file))
     img = _image(args.size, args.alpha)
     if impl == "ours":
@@ -203,10 +204,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import gfp  # noqa: F401  (torchvision shim before realesrgan/basicsr)
-    from gfp.background import BACKGROUND_MODELS
+    from gfp import registry
 
     if args.outscale is None:
-        args.outscale = float(BACKGROUND_MODELS[args.model].scale)
+        args.outscale = float(registry.MODEL_ZOO[args.model].supports.scale)
     if args.worker:
         worker(args)
         return

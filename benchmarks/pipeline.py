@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -30,10 +29,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 DEFAULT_PHOTOS = ("codeformer_04.jpg", "codeformer_05.jpg", "codeformer_01.jpg")
 STAGES = ("load", "detect", "align", "restore", "background", "paste", "total")
-
-
-def _data_dir() -> Path:
-    return Path(os.environ.get("GFP_TEST_DATA") or ROOT.parent / "shared" / "data")
 
 
 def _peak_rss_mb() -> float:
@@ -141,8 +136,9 @@ def main() -> None:
 
     import cv2
     from _official_pipeline import make_weights, psnr
+    from _zoo_helpers import shared_data_dir
 
-    data = _data_dir()
+    data = shared_data_dir()
     names = sorted(x.name for x in (data / "photos").iterdir()) if args.all else args.photos
     work = Path(tempfile.mkdtemp(prefix="gfp-bench-"))
     folder = make_weights(work / "weights", data)

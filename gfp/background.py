@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from basicsr.archs.rrdbnet_arch import RRDBNet
-from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from torch import nn
 from torch.nn import functional as F
 
-from gfp.loading import load_network, prepare_for_inference, select_device
+from gfp import registry
+from gfp.devices import decide_precision, prepare_for_inference, select_device
+from gfp.loading import load_model
 
 MIN_OUTSCALE = 1.0
 MAX_OUTSCALE = 8.0
@@ -44,48 +44,12 @@ _UNSHUFFLE = {2: 2, 1: 4}  # RRDBNet pixel-unshuffles x2 input by 2 and x1 input
 Progress = Callable[[int, int, str], None]
 
 
-@dataclass(frozen=True)
-class BackgroundModel:
-    """A Real-ESRGAN network of the model zoo: its native scale and its architecture."""
+def background_choices() -> dict[str, tuple[str, ...]]:
+    """Names a user may pick → the registry upsamplers each may load (see :func:`gfp.registry.members`).
 
-    name: str
-    scale: int
-    build: Callable[[], nn.Module]
-
-
-BACKGROUND_MODELS: dict[str, BackgroundModel] = {
-    m.name: m
-    for m in (
-        # Official GFPGAN CLI default.
-        BackgroundModel(
-            "RealESRGAN_x2plus",
-            2,
-            lambda: RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=2),
-        ),
-        # Official GFPGAN Space default.
-        BackgroundModel(
-            "realesr-general-x4v3",
-            4,
-            lambda: SRVGGNetCompact(
-                num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=32, upscale=4, act_type="prelu"
-            ),
-        ),
-        BackgroundModel(
-            "realesr-animevideov3",
-            4,
-            lambda: SRVGGNetCompact(
-                num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu"
-            ),
-        ),
-    )
-}
-
-BACKGROUND_CHOICES: dict[str, tuple[str, ...]] = {
-    "realesrgan": ("RealESRGAN_x2plus", "realesr-general-x4v3"),
-    **{name: (name,) for name in BACKGROUND_MODELS},
-    "none": (),
-}
-"""Names a user may pick. "realesrgan" uses the x2 model up to outscale 2 and the x4 model above."""
+    "realesrgan" uses the x2 model up to outscale 2 and the x4 model above; "none" loads nothing.
+    """
+    return {name: registry.members("upsampler", name) for name in registry.choice_names("upsampler")}
 
 
 def scaled_size(height: int, width: int, outscale: float) -> tuple[int, int]:
@@ -110,11 +74,12 @@ def upsample_background(
     outscale: float,
     upsampler: BackgroundUpsampler | None,
     progress: Progress | None = None,
+    tile: int | None = None,
 ) -> np.ndarray:
-    """Upscale the whole image with ``upsampler``, or with Lanczos when it is None ("none")."""
+    """Upscale the whole image with ``upsampler`` (tiles of ``tile`` px), or with Lanczos when it is None."""
     if upsampler is None:
         return lanczos_upsample(img, outscale)
-    return upsampler.upsample(img, outscale, progress=progress)
+    return upsampler.upsample(img, outscale, progress=progress, tile=tile)
 
 
 class BackgroundUpsampler:
@@ -124,7 +89,8 @@ class BackgroundUpsampler:
     one (loaded on first use, once, under a lock). ``tile=0`` runs the whole image at once; otherwise
     the image is cut into ``tile``-pixel tiles, each run with ``tile_pad`` pixels of context.
     ``pre_pad`` reflect-pads the bottom/right edge before the network, as RealESRGANer does.
-    ``half`` runs float16 on CUDA/MPS; it is ignored on CPU, where float16 convolutions are slow.
+    ``tile`` is the default of :meth:`upsample`, whose ``tile`` argument overrides it per call.
+    ``dtype`` is the precision the networks run in (see :func:`gfp.devices.decide_precision`).
     Tiles of equal size are batched so that one network call sees up to ``batch_pixels`` input
     pixels (tiles larger than that run one by one), which bounds memory like a single big tile.
     Networks given as modules are moved to the device in place.
@@ -137,7 +103,7 @@ class BackgroundUpsampler:
         tile: int = 400,
         tile_pad: int = 10,
         pre_pad: int = 0,
-        half: bool = False,
+        dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         batch_pixels: int = 512 * 512,
     ) -> None:
@@ -145,15 +111,16 @@ class BackgroundUpsampler:
             raise ValueError("BackgroundUpsampler needs at least one network")
         if any(s not in (1, 2, 4) for s in networks):
             raise ValueError(f"native scales must be 1, 2 or 4, got {sorted(networks)}")
-        if tile < 0 or tile_pad < 0 or pre_pad < 0:
-            raise ValueError(f"tile, tile_pad and pre_pad must be >= 0, got {tile}, {tile_pad}, {pre_pad}")
+        _check_tile(tile)
+        if tile_pad < 0 or pre_pad < 0:
+            raise ValueError(f"tile_pad and pre_pad must be >= 0, got {tile_pad}, {pre_pad}")
         if batch_pixels < 1:
             raise ValueError(f"batch_pixels must be >= 1, got {batch_pixels}")
         self.tile = int(tile)
         self.tile_pad = int(tile_pad)
         self.pre_pad = int(pre_pad)
         self.device = torch.device(device)
-        self.dtype = torch.float16 if half and self.device.type != "cpu" else torch.float32
+        self.dtype = dtype
         self.batch_pixels = int(batch_pixels)
         # NHWC convolutions: ~1.5x faster on CPU (oneDNN) and the tensor-core layout on CUDA.
         cl = self.device.type in ("cpu", "cuda")
@@ -184,20 +151,24 @@ class BackgroundUpsampler:
             if net is None:
                 source = self._sources[scale]
                 net = source if isinstance(source, nn.Module) else source()
-                net = prepare_for_inference(net, self.device, half=self.dtype == torch.float16)
+                net = prepare_for_inference(net, self.device, dtype=self.dtype)
                 net = net.to(memory_format=self._memory_format)
                 self._loaded[scale] = net
             return net
 
-    def upsample(self, img: np.ndarray, outscale: float, progress: Progress | None = None) -> np.ndarray:
+    def upsample(
+        self, img: np.ndarray, outscale: float, progress: Progress | None = None, tile: int | None = None
+    ) -> np.ndarray:
         """Upscale ``img`` (HxW, HxWx3 BGR or HxWx4 BGRA; uint8, uint16, or float in [0, 1]).
 
         Returns the same layout and dtype at :func:`scaled_size`. Gray is run as RGB and converted
         back; alpha is upscaled by the network too (as a gray image), as RealESRGANer does.
-        ``progress(done, total, "background")`` is called after every network call.
+        ``progress(done, total, "background")`` is called after every network call. ``tile`` (None: the
+        upsampler's default; 0: the whole image at once) bounds memory and does not change the networks.
         """
         scale = self.scale_for(outscale)
         _check_image(img)
+        tile = self.tile if tile is None else _check_tile(tile)
         net = self.network(scale)
         h, w = img.shape[:2]
         max_range = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
@@ -215,7 +186,7 @@ class BackgroundUpsampler:
                 alpha = np.ascontiguousarray(x[:, :, 3])
                 passes.append((cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB), True, slice(3, 4)))
 
-        batches = self._batches(self._tiles(h, w, scale))
+        batches = self._batches(self._tiles(h, w, scale, tile))
         total, done = len(batches) * len(passes), 0
         with torch.inference_mode():
             for rgb, to_gray, channels in passes:
@@ -238,7 +209,7 @@ class BackgroundUpsampler:
         mod = _UNSHUFFLE.get(scale, 1)
         return _pad_bottom_right(x, -x.shape[3] % mod, -x.shape[2] % mod)
 
-    def _tiles(self, h: int, w: int, scale: int) -> list[_Tile]:
+    def _tiles(self, h: int, w: int, scale: int, tile: int) -> list[_Tile]:
         """RealESRGANer's tile grid over the padded input, minus tiles lying wholly in the padding.
 
         Tile size and context are rounded up to the pixel-unshuffle factor, so that every tile of a
@@ -247,9 +218,9 @@ class BackgroundUpsampler:
         mod = _UNSHUFFLE.get(scale, 1)
         ph, pw = h + self.pre_pad, w + self.pre_pad
         ph, pw = ph + (-ph % mod), pw + (-pw % mod)
-        if self.tile == 0:
+        if tile == 0:
             return [_Tile((0, ph, 0, pw), (0, ph, 0, pw))]
-        size, pad = self.tile + (-self.tile % mod), self.tile_pad + (-self.tile_pad % mod)
+        size, pad = tile + (-tile % mod), self.tile_pad + (-self.tile_pad % mod)
         tiles = []
         for y0 in range(0, h, size):
             for x0 in range(0, w, size):
@@ -324,36 +295,41 @@ def build_background_upsampler(
     *,
     tile_pad: int = 10,
     pre_pad: int = 0,
+    dtype: torch.dtype | None = None,
+    load: Callable[[str], nn.Module] | None = None,
 ) -> BackgroundUpsampler | None:
-    """Upsampler for a name of :data:`BACKGROUND_CHOICES`; None for "none" (use Lanczos).
+    """Upsampler for a name of :func:`background_choices`; None for "none" (use Lanczos).
 
-    ``device`` goes through ``gfp.loading.select_device`` (None/"auto": cuda, mps, cpu). Weights are
-    resolved (and downloaded if needed) through ``gfp.loading`` when a network is first used, so
-    "realesrgan" fetches the x4 model only once an outscale above 2 is asked for.
+    ``device`` goes through :func:`gfp.devices.select_device` (None/"auto": cuda, mps, cpu); ``dtype``
+    (default: :func:`gfp.devices.decide_precision` of ``half``) is the precision. ``load(name)`` returns the
+    network of a registry upsampler (default :func:`load_background_network`); it is called when a network
+    is first used, so "realesrgan" fetches the x4 model only once an outscale above 2 is asked for.
     """
-    if name not in BACKGROUND_CHOICES:
-        raise ValueError(f"unknown background upsampler '{name}'; choose one of {sorted(BACKGROUND_CHOICES)}")
-    models = [BACKGROUND_MODELS[m] for m in BACKGROUND_CHOICES[name]]
-    if not models:
+    try:
+        names = registry.members("upsampler", name)
+    except ValueError as err:
+        raise ValueError(f"unknown background upsampler {name!r}; {str(err).split('; ')[-1]}") from None
+    if not names:
         return None
     dev = select_device(device)
+    fetch = load or (lambda model: load_background_network(model, weights_dir))
 
-    def loader(model: BackgroundModel) -> Callable[[], nn.Module]:
-        return lambda: load_background_network(model.name, weights_dir)
+    def loader(model: str) -> Callable[[], nn.Module]:
+        return lambda: fetch(model)
 
     return BackgroundUpsampler(
-        {m.scale: loader(m) for m in models},
+        {registry.MODEL_ZOO[m].supports.scale: loader(m) for m in names},
         tile=tile,
         tile_pad=tile_pad,
         pre_pad=pre_pad,
-        half=half,
+        dtype=decide_precision(dev, half) if dtype is None else dtype,
         device=dev,
     )
 
 
 def load_background_network(name: str, weights_dir: str | os.PathLike[str] | None = None) -> nn.Module:
-    """Build the zoo network ``name`` and load its weights (strict) via gfp.loading."""
-    return load_network(BACKGROUND_MODELS[name].build(), name, weights_dir, device="cpu")
+    """The registry upsampler ``name`` with its weights (strict), on the CPU."""
+    return load_model(name, weights_dir, device="cpu")
 
 
 def _pad_bottom_right(x: torch.Tensor, right: int, bottom: int) -> torch.Tensor:
@@ -380,6 +356,12 @@ def _check_outscale(outscale: float) -> None:
         raise ValueError(
             f"outscale must be a number in [{MIN_OUTSCALE:g}, {MAX_OUTSCALE:g}], got {outscale!r}"
         )
+
+
+def _check_tile(tile: int) -> int:
+    if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < 0:
+        raise ValueError(f"tile must be an integer >= 0 (0 = no tiling), got {tile!r}")
+    return int(tile)
 
 
 def _check_image(img: np.ndarray) -> None:

@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gfp.background import BACKGROUND_CHOICES
-from gfp.faces import DETECTORS
+from gfp import registry
 from gfp.imageio import read_image, write_image
-from gfp.loading import WeightsError
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
+from gfp.weights.errors import WeightsError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (official inference_gfpgan.py flags, plus ours)."""
+    """The argument parser (official inference_gfpgan.py flags, plus ours); choices from gfp.registry."""
     p = argparse.ArgumentParser(
         prog="gfp",
         description="Restore faces in photos with GFPGAN (blind face restoration, generative facial prior).",
@@ -40,20 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-i", "--input", default="inputs/whole_imgs", help="input image or folder (default: %(default)s)"
     )
     p.add_argument("-o", "--output", default="results", help="output folder (default: %(default)s)")
+    versions = ", ".join(v.removeprefix("v") for v in registry.choice_names("generator"))
     p.add_argument(
         "-v",
         "--version",
-        default="1.4",
-        help="GFPGAN model: 1, 1.2, 1.3, 1.4, a weights file or a Hub repo id (default: %(default)s)",
+        default=registry.DEFAULTS["generator"].removeprefix("v"),
+        help=f"GFPGAN model: {versions}, a weights file or a Hub repo id (default: %(default)s)",
     )
     p.add_argument(
         "-s", "--upscale", type=float, default=2, help="final upscale, 1 to 8 (default: %(default)s)"
     )
     p.add_argument(
         "--bg_upsampler",
-        default="realesrgan",
-        choices=list(BACKGROUND_CHOICES),
-        help="background upsampler; 'none' = Lanczos resize (default: %(default)s)",
+        default=None,
+        choices=registry.choice_names("upsampler"),
+        help=f"background upsampler; 'none' = Lanczos resize (default: {registry.DEFAULTS['upsampler']}, "
+        "or Lanczos with a note when its weights cannot be had; a name given here must be had)",
     )
     p.add_argument(
         "--bg_tile", type=int, default=400, help="background tile size, 0 = no tiling (default: %(default)s)"
@@ -82,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--detector",
-        default="retinaface_resnet50",
-        choices=list(DETECTORS),
+        default=registry.DEFAULTS["detector"],
+        choices=registry.choice_names("detector"),
         help="face detector (default: %(default)s)",
     )
     p.add_argument(

@@ -6,7 +6,8 @@ no per-image state lives on any object, so one detector can serve many threads. 
 thresholds and the warp settings are the official ones, so that given the same weights our crops equal
 the official crops.
 
-Weights are not loaded here (see :mod:`gfp.loading`); :func:`build_detector` only builds the network.
+Weights are not loaded here (see :mod:`gfp.loading`); :func:`build_detector` only builds the network of a
+detector of :mod:`gfp.registry` (family "retinaface").
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
-DETECTORS: dict[str, str] = {"retinaface_resnet50": "resnet50", "retinaface_mobile0.25": "mobile0.25"}
-"""Detector model names (as in :data:`gfp.loading.MODEL_ZOO`) → facexlib RetinaFace backbone names."""
+from gfp import registry
 
 FFHQ_TEMPLATE_512 = np.array(
     [
@@ -62,14 +62,21 @@ class Detections:
 
 
 def build_detector(name: str = "retinaface_resnet50") -> nn.Module:
-    """Build facexlib's RetinaFace network for ``name`` (random weights, CPU, eval mode)."""
-    if name not in DETECTORS:
-        raise ValueError(f"unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}")
+    """Build the registry detector ``name`` (random weights, CPU, eval mode)."""
+    entry = registry.MODEL_ZOO.get(name)
+    if entry is None or entry.kind != "detector":
+        choices = ", ".join(registry.choice_names("detector"))
+        raise ValueError(f"unknown face detector {name!r}; choose one of: {choices}")
+    return registry.build(entry)
+
+
+def build_retinaface(backbone: str) -> nn.Module:
+    """facexlib's RetinaFace network with ``backbone`` "resnet50" or "mobile0.25" (random, CPU, eval)."""
     from facexlib.detection.retinaface import RetinaFace
 
     with warnings.catch_warnings():  # facexlib passes torchvision's deprecated `pretrained=False`
         warnings.simplefilter("ignore", UserWarning)
-        net = RetinaFace(network_name=DETECTORS[name], half=False, device=torch.device("cpu"))
+        net = RetinaFace(network_name=backbone, half=False, device=torch.device("cpu"))
     return net.eval()
 
 

@@ -17,28 +17,29 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from gfp.background import (
-    BACKGROUND_CHOICES,
-    BackgroundUpsampler,
-    build_background_upsampler,
-    scaled_size,
-    upsample_background,
-)
-from gfp.faces import DETECTORS, align_faces, build_detector, detect_faces, resize_aligned
-from gfp.loading import WeightsError, load_generator, load_network, select_device
-from gfp.paste import build_parser, parse_masks, paste_faces
+from gfp import registry
+from gfp.archs import GeneratorConfig
+from gfp.background import BackgroundUpsampler, build_background_upsampler, lanczos_upsample, scaled_size
+from gfp.devices import decide_precision, select_device
+from gfp.faces import align_faces, detect_faces, resize_aligned
+from gfp.loading import load_generator, load_model
+from gfp.paste import parse_masks, paste_faces
+from gfp.registry import ModelEntry
+from gfp.weights.errors import WeightsError
+from gfp.weights.resolve import Resolved, resolve
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, stage)``: called as work advances, for progress bars in UIs."""
 
 MIN_UPSCALE, MAX_UPSCALE = 1.0, 8.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ class RestoreOptions:
     """GFPGAN version (1, 1.2, 1.3, 1.4), a weights file, a published folder, or a Hugging Face repo id."""
     upscale: float = 2
     """Output size / input size, in [1, 8]."""
-    bg_upsampler: str = "realesrgan"
-    """A name of :data:`gfp.background.BACKGROUND_CHOICES` ("realesrgan", "realesr-general-x4v3", "none")."""
+    bg_upsampler: str | None = None
+    """A background choice of :func:`gfp.background.background_choices` ("realesrgan", "none", ...): its
+    weights must be had. None: the default ("realesrgan"), which falls back to a Lanczos resize (with a note
+    in the result) when its weights cannot be had."""
     bg_tile: int = 400
     """Tile size of the background upsampler (0: whole image at once)."""
     only_center_face: bool = False
@@ -63,8 +66,9 @@ class RestoreOptions:
     """Faces run through the generator (and parser) together."""
     weight: float = 0.5
     """The official ``-w``: accepted for CLI parity, has no effect on GFPGAN v1-v1.4 (use ``strength``)."""
-    use_parse: bool = True
-    """Blend faces with the ParseNet face mask when its weights can be had, else a soft square."""
+    use_parse: bool | None = None
+    """Blend faces with the ParseNet face mask. None: when its weights can be had, else a soft square (with
+    a note); True: the parser's weights must be had; False: always the soft square."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str | os.PathLike) or not os.fspath(self.version).strip():
@@ -75,19 +79,23 @@ class RestoreOptions:
             raise ValueError(f"upscale must be a number in [1, 8], got {self.upscale!r}")
         if not (MIN_UPSCALE <= self.upscale <= MAX_UPSCALE):
             raise ValueError(f"upscale must be in [{MIN_UPSCALE:g}, {MAX_UPSCALE:g}], got {self.upscale}")
-        if self.bg_upsampler not in BACKGROUND_CHOICES:
-            choices = ", ".join(BACKGROUND_CHOICES)
-            raise ValueError(f"unknown background upsampler {self.bg_upsampler!r}; choose one of: {choices}")
+        if self.background not in registry.choice_names("upsampler"):
+            choices = ", ".join(registry.choice_names("upsampler"))
+            raise ValueError(f"unknown background upsampler {self.background!r}; choose one of: {choices}")
         if not isinstance(self.bg_tile, int) or self.bg_tile < 0:
             raise ValueError(f"bg_tile must be an integer >= 0 (0 = no tiling), got {self.bg_tile!r}")
         if not (0.0 <= float(self.strength) <= 1.0):
             raise ValueError(f"strength must be in [0, 1], got {self.strength}")
-        if self.detector not in DETECTORS:
-            raise ValueError(
-                f"unknown face detector {self.detector!r}; choose one of: {', '.join(DETECTORS)}"
-            )
+        if self.detector not in registry.choice_names("detector"):
+            choices = ", ".join(registry.choice_names("detector"))
+            raise ValueError(f"unknown face detector {self.detector!r}; choose one of: {choices}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+
+    @property
+    def background(self) -> str:
+        """The background choice in effect (``bg_upsampler``, or the registry default when None)."""
+        return self.bg_upsampler if self.bg_upsampler is not None else registry.DEFAULTS["upsampler"]
 
 
 @dataclass
@@ -110,15 +118,55 @@ class RestoreResult:
     face_mask: str = "parsenet"
     """How faces were blended in: "parsenet", "square" (no parser weights or use_parse=False) or "none"."""
     notes: list[str] = field(default_factory=list)
-    """Things the caller should know (e.g. why the parser mask was not used)."""
+    """Things the caller should know (e.g. that a default model was unavailable and what replaced it)."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """An optional model whose weights cannot be had: its name and the error that says where we looked."""
+
+    name: str
+    error: WeightsError
+
+    @property
+    def reason(self) -> str:
+        """The first line of the error (without the list of places looked)."""
+        return str(self.error).splitlines()[0].removesuffix("Looked in:").strip().rstrip(".")
+
+    def note(self, what: str, instead: str) -> str:
+        """A one-line note for the result: what was unavailable, why, and what was done instead."""
+        return f"{what} unavailable ({self.reason}); {instead}"
+
+
+class _Run:
+    """Per-call bookkeeping of :meth:`Restorer.restore`: timings per stage, notes, progress reports."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.notes: list[str] = []
+        self.start = self.clock = time.perf_counter()
+
+    def report(self, done: int, total: int, stage: str) -> None:
+        if self.progress is not None:
+            self.progress(done, total, stage)
+
+    def lap(self, stage: str) -> None:
+        """Add the time since the previous lap to ``stage``."""
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.clock
+        self.clock = now
 
 
 class Restorer:
-    """Loads networks lazily (once per model, lock-protected) and restores images; thread-safe.
+    """Loads networks lazily (once per weight file, lock-protected) and restores images; thread-safe.
 
-    ``weights_dir`` is where weights are looked up first (see :func:`gfp.loading.resolve_weights`);
-    ``device`` is "auto" (cuda, mps, cpu) or a torch device name; ``half`` runs the generator in float16
-    on a GPU (ignored on CPU, where float16 is slow and inaccurate).
+    ``weights_dir`` is where weights are looked up first (see :mod:`gfp.weights.resolve`); ``device`` is
+    "auto" (cuda, mps, cpu) or a torch device name; ``half`` runs the networks that do well in float16
+    (generator, background upsamplers) in float16 on a GPU. Device and precision are decided here, once,
+    and passed to every network. Networks are cached by the file they were loaded from, so "1.4", "v1.4"
+    and "GFPGANv1.4.pth" share one copy. An optional model that cannot be had is remembered (an offline
+    machine does not retry the download on every request).
     """
 
     def __init__(
@@ -126,66 +174,98 @@ class Restorer:
     ) -> None:
         self.weights_dir = weights_dir
         self.device = select_device(device)
-        self.half = bool(half) and self.device.type != "cpu"
+        self.dtype = decide_precision(self.device, half)
         self._lock = threading.Lock()
-        self._models: dict[tuple[str, ...], Any] = {}
-        self._model_locks: dict[tuple[str, ...], threading.Lock] = {}
+        self._models: dict[tuple[str, str], Any] = {}
+        self._model_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    @property
+    def half(self) -> bool:
+        """Whether the networks that do well in float16 run in it."""
+        return self.dtype == torch.float16
 
     # ------------------------------------------------------------------ models (lazy, shared)
-    def _get(self, key: tuple[str, ...], load: Callable[[], Any]) -> tuple[Any, float]:
-        """The cached model for ``key``, loading it once (other keys keep loading in parallel).
-
-        Returns (model, seconds this call spent waiting/loading).
-        """
-        start = time.perf_counter()
+    def _get(self, key: tuple[str, str], load: Callable[[], T]) -> T:
+        """The cached value for ``key``, made once by ``load`` (other keys keep loading in parallel)."""
         with self._lock:
             if key in self._models:
-                return self._models[key], 0.0
+                return self._models[key]
             key_lock = self._model_locks.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
                 if key in self._models:
-                    return self._models[key], time.perf_counter() - start
-            model = load()
+                    return self._models[key]
+            value = load()
             with self._lock:
-                self._models[key] = model
-        return model, time.perf_counter() - start
+                self._models[key] = value
+        return value
 
-    def generator(self, version: str) -> tuple[nn.Module, Any]:
+    def _resolve(self, spec: str | os.PathLike[str]) -> Resolved:
+        """Where the weights of ``spec`` are (found once per spelling; downloads happen once)."""
+        spec = os.fspath(spec)
+        return self._get(("resolve", spec), lambda: resolve(spec, self.weights_dir))
+
+    def _dtype(self, entry: ModelEntry | None, kind: str) -> torch.dtype:
+        """This Restorer's precision where the model runs well in it, else float32."""
+        entry = entry or registry.MODEL_ZOO[registry.DEFAULTS[kind]]
+        return self.dtype if self.dtype in entry.supports.precisions else torch.float32
+
+    def generator(self, spec: str | os.PathLike[str]) -> tuple[nn.Module, GeneratorConfig]:
         """(network, GeneratorConfig) for a version / file / folder / repo id."""
+        found = self._resolve(spec)
+        dtype = self._dtype(found.entry, "generator")
 
-        def load() -> tuple[nn.Module, Any]:
-            return load_generator(version, self.weights_dir, self.device, half=self.half)
+        def load() -> tuple[nn.Module, GeneratorConfig]:
+            return load_generator(found, device=self.device, dtype=dtype)
 
-        return self._get(("generator", os.fspath(version)), load)[0]
+        return self._get(("generator", str(found.path)), load)
 
-    def detector(self, name: str) -> nn.Module:
-        """The RetinaFace detector ``name`` with its weights, on the device."""
+    def network(self, name: str) -> nn.Module:
+        """The registry model ``name`` (detector, parser, upsampler) with its weights, on the device."""
+        found = self._resolve(name)
+        dtype = self._dtype(found.entry, found.entry.kind if found.entry else "detector")
 
         def load() -> nn.Module:
-            return load_network(build_detector(name), name, self.weights_dir, self.device)
+            return load_model(found, device=self.device, dtype=dtype)
 
-        return self._get(("detector", name), load)[0]
+        return self._get(("network", str(found.path)), load)
 
-    def parser(self) -> nn.Module | str:
-        """ParseNet with its weights, or the reason it is unavailable (remembered; no retry per call)."""
+    def optional(self, name: str) -> nn.Module | Unavailable:
+        """:meth:`network`, or :class:`Unavailable` when its weights cannot be had (remembered)."""
 
-        def load() -> nn.Module | str:
+        def load() -> nn.Module | Unavailable:
             try:
-                return load_network(build_parser(), "parsenet", self.weights_dir, self.device)
+                return self.network(name)
             except WeightsError as err:
-                reason = str(err).splitlines()[0].removesuffix("Looked in:").strip().rstrip(".")
-                return f"face parser unavailable ({reason}); faces blended with the soft square mask instead"
+                return Unavailable(name, err)
 
-        return self._get(("parser",), load)[0]
+        return self._get(("optional", name), load)
 
-    def background(self, name: str, tile: int) -> BackgroundUpsampler | None:
-        """The background upsampler for ``name`` (None for "none"); its networks load on first use."""
+    def _required(self, name: str) -> nn.Module:
+        got = self.optional(name)
+        if isinstance(got, Unavailable):
+            raise got.error
+        return got
 
-        def load() -> BackgroundUpsampler | None:
-            return build_background_upsampler(name, self.weights_dir, self.device, tile=tile, half=self.half)
+    def detector(self, name: str) -> nn.Module:
+        """The face detector ``name`` with its weights, on the device."""
+        return self.network(name)
 
-        return self._get(("background", name, str(tile)), load)[0]
+    def parser(self, required: bool = False) -> nn.Module | Unavailable:
+        """ParseNet with its weights, or :class:`Unavailable` (raised instead when ``required``)."""
+        name = registry.DEFAULTS["parser"]
+        return self._required(name) if required else self.optional(name)
+
+    def background(self, name: str) -> BackgroundUpsampler | None:
+        """The background upsampler for choice ``name`` (None for "none"); its networks load on first use
+        (a network whose weights cannot be had raises then) and are shared with every other choice."""
+
+        def build() -> BackgroundUpsampler | None:
+            members = registry.members("upsampler", name)
+            dtype = self._dtype(registry.MODEL_ZOO[members[0]], "upsampler") if members else self.dtype
+            return build_background_upsampler(name, device=self.device, dtype=dtype, load=self._required)
+
+        return self._get(("background", name), build)
 
     # ------------------------------------------------------------------ restore
     def restore(
@@ -194,92 +274,115 @@ class Restorer:
         """Restore every face of ``img`` (HxW gray, HxWx3 BGR or HxWx4 BGRA; uint8 or uint16)."""
         options = options or RestoreOptions()
         _check_input(img)
-        report = progress or (lambda done, total, stage: None)
-        timings: dict[str, float] = {}
-        notes: list[str] = []
-        start = time.perf_counter()
-        clock = start
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] = timings.get(stage, 0.0) + now - clock
-            clock = now
-
+        run = _Run(progress)
         net, config = self.generator(options.version)
-        face_size = config.out_size
-        max_value = 65535.0 if img.dtype == np.uint16 else 255.0
-        color = _color_part(img)
-        # Faces are found and cut on 8-bit values (the official helper scales 16-bit input to [0, 255]).
-        work = color if img.dtype == np.uint8 else color.astype(np.float32) * np.float32(255.0 / max_value)
-        detector = None if options.aligned else self.detector(options.detector)
-        lap("load")
+        restore = self._restore_aligned if options.aligned else self._restore_photo
+        result = restore(img, net, config.out_size, options, run)
+        result.timings["total"] = time.perf_counter() - run.start
+        return result
 
-        if options.aligned:
-            crops = [resize_aligned(work, face_size)]
-            boxes, landmarks, matrices = np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32), []
-        else:
-            report(0, 1, "detect")
-            found = detect_faces(detector, work, only_center_face=options.only_center_face)
-            boxes, landmarks = found.boxes, found.landmarks
-            report(1, 1, "detect")
-            lap("detect")
-            crops, matrices = align_faces(work, landmarks, face_size)
-            lap("align")
-
-        restored = self._restore_faces(net, crops, options, report)
-        lap("restore")
-        cropped = [_to_uint8(c) for c in crops]
-
-        if options.aligned:
-            out_h, out_w = scaled_size(img.shape[0], img.shape[1], options.upscale)
-            image = _aligned_output(img, restored[0], out_h, out_w, max_value)
-            face_mask = "none"
-        else:
-            masks, face_mask = None, "square"
-            if options.use_parse and restored:
-                parser = self.parser()
-                lap("load")
-                if isinstance(parser, str):
-                    notes.append(parser)
-                else:
-                    report(0, len(restored), "parse")
-                    masks, face_mask = parse_masks(parser, restored, options.batch_size), "parsenet"
-                    report(len(restored), len(restored), "parse")
-                    lap("parse")
-            upsampler = self.background(options.bg_upsampler, options.bg_tile)
-            lap("load")
-            background = upsample_background(img, options.upscale, upsampler, progress=progress)
-            lap("background")
-            report(0, len(restored), "paste")
-            canvas, alpha = _float_canvas(background)
-            paste_faces(canvas, restored, matrices, options.upscale, masks, face_scale=max_value / 255.0)
-            image = _compose(canvas, alpha, img.ndim == 2, img.dtype, max_value)
-            report(len(restored), len(restored), "paste")
-            lap("paste")
-
-        timings["total"] = time.perf_counter() - start
+    def _restore_aligned(
+        self, img: np.ndarray, net: nn.Module, face_size: int, options: RestoreOptions, run: _Run
+    ) -> RestoreResult:
+        """An FFHQ-aligned face: restore it whole; the output is the face at input size × upscale."""
+        work = _work_image(img)
+        run.lap("load")
+        crops = [resize_aligned(work, face_size)]
+        restored = self._restore_faces(net, crops, options, run)
+        run.lap("restore")
+        out_h, out_w = scaled_size(img.shape[0], img.shape[1], options.upscale)
+        image = _aligned_output(img, restored[0], out_h, out_w, _max_value(img))
         return RestoreResult(
             image=image,
-            cropped_faces=cropped,
+            cropped_faces=[_to_uint8(c) for c in crops],
             restored_faces=restored,
-            boxes=boxes,
-            landmarks=landmarks,
-            timings=timings,
+            boxes=np.zeros((0, 5), np.float32),
+            landmarks=np.zeros((0, 5, 2), np.float32),
+            timings=run.timings,
+            device=str(self.device),
+            face_mask="none",
+            notes=run.notes,
+        )
+
+    def _restore_photo(
+        self, img: np.ndarray, net: nn.Module, face_size: int, options: RestoreOptions, run: _Run
+    ) -> RestoreResult:
+        """A photo: detect and align faces, restore them, upsample the background, paste the faces back."""
+        work = _work_image(img)
+        detector = self.detector(options.detector)
+        run.lap("load")
+        run.report(0, 1, "detect")
+        found = detect_faces(detector, work, only_center_face=options.only_center_face)
+        run.report(1, 1, "detect")
+        run.lap("detect")
+        crops, matrices = align_faces(work, found.landmarks, face_size)
+        run.lap("align")
+        restored = self._restore_faces(net, crops, options, run)
+        run.lap("restore")
+        masks, face_mask = self._face_masks(restored, options, run)
+        background = self._background_image(img, options, run)
+        run.lap("background")
+        run.report(0, len(restored), "paste")
+        max_value = _max_value(img)
+        canvas, alpha = _float_canvas(background)
+        paste_faces(canvas, restored, matrices, options.upscale, masks, face_scale=max_value / 255.0)
+        image = _compose(canvas, alpha, img.ndim == 2, img.dtype, max_value)
+        run.report(len(restored), len(restored), "paste")
+        run.lap("paste")
+        return RestoreResult(
+            image=image,
+            cropped_faces=[_to_uint8(c) for c in crops],
+            restored_faces=restored,
+            boxes=found.boxes,
+            landmarks=found.landmarks,
+            timings=run.timings,
             device=str(self.device),
             face_mask=face_mask,
-            notes=notes,
+            notes=run.notes,
         )
+
+    def _face_masks(
+        self, restored: list[np.ndarray], options: RestoreOptions, run: _Run
+    ) -> tuple[list[np.ndarray] | None, str]:
+        """(ParseNet masks, "parsenet"), or (None, "square") without a parser (noted when it was wanted)."""
+        if options.use_parse is False or not restored:
+            return None, "square"
+        parser = self.parser(required=options.use_parse is True)
+        run.lap("load")
+        if isinstance(parser, Unavailable):
+            run.notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
+            return None, "square"
+        run.report(0, len(restored), "parse")
+        masks = parse_masks(parser, restored, options.batch_size)
+        run.report(len(restored), len(restored), "parse")
+        run.lap("parse")
+        return masks, "parsenet"
+
+    def _background_image(self, img: np.ndarray, options: RestoreOptions, run: _Run) -> np.ndarray:
+        """The whole image upscaled; the default upsampler falls back to Lanczos (noted) without weights."""
+        choice = options.background
+        upsampler = self.background(choice)
+        run.lap("load")
+        if upsampler is None:
+            return lanczos_upsample(img, options.upscale)
+        try:
+            return upsampler.upsample(img, options.upscale, progress=run.progress, tile=options.bg_tile)
+        except WeightsError as err:
+            if options.bg_upsampler is not None:  # asked for by name: say what is missing and where we looked
+                raise
+            instead = "the background was resized with Lanczos instead"
+            run.notes.append(Unavailable(choice, err).note(f"background upsampler {choice}", instead))
+            return lanczos_upsample(img, options.upscale)
 
     @torch.inference_mode()
     def _restore_faces(
-        self, net: nn.Module, crops: list[np.ndarray], options: RestoreOptions, report: Progress
+        self, net: nn.Module, crops: list[np.ndarray], options: RestoreOptions, run: _Run
     ) -> list[np.ndarray]:
         """Run the generator over aligned crops in batches; blend by strength; return uint8 BGR faces."""
         restored: list[np.ndarray] = []
-        dtype = next(net.parameters()).dtype  # decided once, by gfp.loading.prepare_for_inference
+        dtype = next(net.parameters()).dtype  # decided once, by the Restorer
         strength = float(options.strength)
-        report(0, len(crops), "restore")
+        run.report(0, len(crops), "restore")
         for start in range(0, len(crops), options.batch_size):
             chunk = np.stack(crops[start : start + options.batch_size])
             x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2).flip(1).float() / 255.0
@@ -289,8 +392,18 @@ class Restorer:
                 out = strength * out + (1.0 - strength) * x
             out = ((out + 1) / 2 * 255.0).round().flip(1).permute(0, 2, 3, 1)
             restored.extend(np.ascontiguousarray(face) for face in out.to(torch.uint8).cpu().numpy())
-            report(len(restored), len(crops), "restore")
+            run.report(len(restored), len(crops), "restore")
         return restored
+
+
+def _max_value(img: np.ndarray) -> float:
+    return 65535.0 if img.dtype == np.uint16 else 255.0
+
+
+def _work_image(img: np.ndarray) -> np.ndarray:
+    """The BGR image faces are found and cut on: 8-bit values (as the official helper scales 16-bit)."""
+    color = _color_part(img)
+    return color if img.dtype == np.uint8 else color.astype(np.float32) * np.float32(255.0 / _max_value(img))
 
 
 def _check_input(img: Any) -> None:

@@ -1,8 +1,10 @@
-"""Test helpers for weights: a local server standing in for GitHub releases and the HF Hub; tiny models."""
+"""Test helpers: where the shared data is, tiny models, and a local server standing in for GitHub releases
+and the HF Hub. (Fixtures built on them live in conftest.py.)"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,8 +15,15 @@ from pathlib import Path
 import torch
 
 from gfp.archs import GeneratorConfig, build_generator
+from gfp.loading import save_pretrained
 
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def shared_data_dir() -> Path:
+    """The offline data: ``$GFP_TEST_DATA``, else ``../shared/data`` beside the project (may be absent)."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(os.environ.get("GFP_TEST_DATA") or default)
 
 
 def tiny_config(arch: str = "clean", channel_multiplier: int = 1, out_size: int = 64) -> GeneratorConfig:
@@ -33,6 +42,12 @@ def tiny_generator(config: GeneratorConfig, seed: int = 0) -> torch.nn.Module:
     """A seeded, randomly initialised generator for ``config``."""
     torch.manual_seed(seed)
     return build_generator(config)
+
+
+def save_tiny_generator(folder: Path, config: GeneratorConfig | None = None, seed: int = 0) -> Path:
+    """The seeded tiny generator in our published format at ``folder`` (what ``-v``/``--model`` take)."""
+    config = config or tiny_config()
+    return save_pretrained(tiny_generator(config, seed), config, folder)
 
 
 @dataclass

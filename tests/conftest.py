@@ -1,13 +1,16 @@
-"""Shared fixtures: where the offline data lives, and seeded RNG."""
+"""Shared fixtures: the offline data, no network, and the official fused activation on CPU."""
 
 from __future__ import annotations
 
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from _zoo_helpers import shared_data_dir
+from torch import Tensor
+from torch.nn import functional as F
 
 import gfp  # noqa: F401  (installs the torchvision shim before any test imports basicsr)
 
@@ -15,8 +18,7 @@ import gfp  # noqa: F401  (installs the torchvision shim before any test imports
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Real offline data (../shared/data); tests that need it skip on a fresh clone without it."""
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    path = Path(os.environ.get("GFP_TEST_DATA") or default)
+    path = shared_data_dir()
     if not (path / "README.md").is_file():
         pytest.skip("offline test data not present (set GFP_TEST_DATA or provide ../shared/data)")
     return path
@@ -32,3 +34,24 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         raise urllib.error.URLError("offline test")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+def _reference_fused_leaky_relu(
+    x: Tensor, bias: Tensor | None, negative_slope: float = 0.2, scale: float = 2**0.5
+) -> Tensor:
+    """StyleGAN2's fused op by definition: leaky_relu(x + bias) * sqrt(2)."""
+    if bias is not None:
+        x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
+    return F.leaky_relu(x, negative_slope) * scale
+
+
+@pytest.fixture
+def official_fused_act_on_cpu(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """basicsr's fused bias + leaky ReLU needs a compiled CUDA extension; inside a test, use its formula so
+    the official StyleGAN2 layers run on CPU as oracles. Returns ``basicsr.archs.stylegan2_arch``."""
+    import basicsr.archs.stylegan2_arch as sg2
+    import basicsr.ops.fused_act.fused_act as fused
+
+    monkeypatch.setattr(fused, "fused_leaky_relu", _reference_fused_leaky_relu)
+    monkeypatch.setattr(sg2, "fused_leaky_relu", _reference_fused_leaky_relu)
+    return sg2

@@ -8,6 +8,7 @@ file name (then face counts are arbitrary, so tests assert sizes, formats and be
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import socket
 import threading
@@ -17,11 +18,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _zoo_helpers import save_tiny_generator, shared_data_dir
 
 import app
-from gfp.archs import GeneratorConfig, build_generator
+from gfp import registry
 from gfp.faces import build_detector
-from gfp.loading import MODEL_ZOO, save_pretrained
+from gfp.registry import MODEL_ZOO
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -41,9 +43,7 @@ def free_port() -> int:
 
 def make_weights(folder: Path, real_detector: Path | None) -> Path:
     """A weights folder with a tiny random generator ("tiny/", published format) and a detector file."""
-    torch.manual_seed(0)
-    config = GeneratorConfig(arch="clean", out_size=64, channel_multiplier=1, narrow=0.25, num_style_feat=64)
-    save_pretrained(build_generator(config), config, folder / "tiny")
+    save_tiny_generator(folder / "tiny")
     target = folder / MODEL_ZOO[DETECTOR].file_name
     if real_detector is not None:
         target.symlink_to(real_detector)
@@ -53,13 +53,9 @@ def make_weights(folder: Path, real_detector: Path | None) -> Path:
     return folder
 
 
-def real_detector_file(request: pytest.FixtureRequest) -> Path | None:
+def real_detector_file() -> Path | None:
     """The real MobileNet-0.25 weights from the shared data, or None on a fresh clone."""
-    try:
-        shared = request.getfixturevalue("shared_data")
-    except pytest.skip.Exception:
-        return None
-    path = shared / "weights" / MODEL_ZOO[DETECTOR].file_name
+    path = shared_data_dir() / "weights" / MODEL_ZOO[DETECTOR].file_name
     return path if path.is_file() else None
 
 
@@ -95,16 +91,16 @@ class Server:
         self.demo.close()
 
 
-def start_server(request: pytest.FixtureRequest, tmp: Path, **overrides: object) -> Server:
+def start_server(tmp: Path, **overrides: object) -> Server:
     """Build the weights folder and serve the app; the caller closes it."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    real = real_detector_file(request)
+    real = real_detector_file()
     return Server(make_weights(tmp, real), real is not None, **overrides)
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    srv = start_server(request, tmp_path_factory.mktemp("app-weights"), concurrency=4)
+def server(tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(tmp_path_factory.mktemp("app-weights"), concurrency=4)
     yield srv
     srv.close()
 
@@ -160,16 +156,21 @@ def test_model_specs_put_launch_models_first(tmp_path: Path) -> None:
     specs = app.model_specs(["owner/repo", "v1.3", str(tmp_path / "mine.pth")])
     assert list(specs)[:3] == ["owner/repo", "v1.3", "mine.pth"]  # a local path is offered by its name only
     assert specs["mine.pth"] == str(tmp_path / "mine.pth") and specs["owner/repo"] == "owner/repo"
-    assert set(app.MODEL_LABELS) <= set(specs) and len(specs) == 6
+    assert set(registry.choice_names("generator")) <= set(specs) and len(specs) == 6
 
 
-def test_app_choices_are_what_the_pipeline_accepts() -> None:
-    from gfp.background import BACKGROUND_CHOICES
-    from gfp.faces import DETECTORS
+@pytest.mark.usefixtures("offline")
+def test_building_the_ui_is_cheap_and_takes_the_registry_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_lookup(*args: object, **kwargs: object) -> None:
+        raise AssertionError("building the UI must not look for weights")
 
-    assert {value for _, value in app.BACKGROUND_CHOICES} <= set(BACKGROUND_CHOICES)
-    assert {value for _, value in app.DETECTOR_CHOICES} <= set(DETECTORS)
-    assert set(app.MODEL_LABELS) <= set(MODEL_ZOO)
+    monkeypatch.setattr(app, "resolve", no_lookup)
+    demo = app.build_app(app.AppSettings(device="cpu"))
+    widgets = {b.label: b for b in demo.blocks.values() if getattr(b, "label", None)}
+    assert widgets["Model"].choices == [(label, value) for label, value in registry.choices("generator")]
+    assert widgets["Background upsampler"].choices == [tuple(c) for c in registry.choices("upsampler")]
+    assert widgets["Face detector"].choices == [tuple(c) for c in registry.choices("detector")]
+    assert widgets["Background upsampler"].value == registry.DEFAULTS["upsampler"]
 
 
 def test_examples_exist_and_are_small() -> None:
@@ -204,17 +205,23 @@ def test_old_result_files_are_pruned() -> None:
     assert fresh.name == "fresh_restored.png"
 
 
-def test_missing_weights_banner_names_the_files(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("offline")
+def test_missing_weights_banner_names_the_files_and_the_fallbacks(tmp_path: Path) -> None:
     settings = app.AppSettings(
-        models=(str(tmp_path / "nope.pth"),), weights_dir=str(tmp_path), detector=DETECTOR, background="none"
+        models=(str(tmp_path / "nope.pth"),), weights_dir=str(tmp_path), detector=DETECTOR, device="cpu"
     )
     torch.save({}, tmp_path / MODEL_ZOO[DETECTOR].file_name)
-    messages = app.missing_weights(settings)
-    assert len(messages) == 1 and "nope.pth" in messages[0]
-    banner = app._banner(messages)
+    check = app.check_weights(settings)
+    assert len(check.missing) == 1 and "nope.pth" in check.missing[0]
+    wanted = ["RealESRGAN_x2plus.pth", "realesr-general-x4v3.pth", "parsing_parsenet.pth"]
+    assert [name for name in wanted for m in check.fallbacks if f"(file {name})" in m] == wanted
+    banner = app._banner(check)
     assert "nope.pth" in banner and "--weights-dir" in banner
-    assert app._banner([]) == ""
-    demo = app.build_app(settings)  # still starts, with the banner on top
+    assert "Running with fallbacks" in banner and "Lanczos" in banner and "RealESRGAN_x2plus.pth" in banner
+    assert app._banner(app.WeightsCheck()) == ""
+    explicit = app.check_weights(dataclasses.replace(settings, background="realesr-general-x4v3"))
+    assert any("realesr-general-x4v3.pth" in m for m in explicit.missing)  # asked for at launch: required
+    demo = app.build_app(settings, weights=check)  # still starts, with the banner on top
     shown = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "weights-banner"]
     assert len(shown) == 1 and shown[0].visible and "nope.pth" in shown[0].value
 
@@ -372,3 +379,20 @@ def test_mcp_serves_the_restore_tool(server: Server) -> None:
     schemas, text = anyio.run(session_calls)
     assert {"image", "model", "rescale", "strength", "output_format"} <= set(schemas["restore"]["properties"])
     assert "output 320x320 PNG" in text  # the status line of a real run (default rescale 2)
+
+
+@pytest.mark.usefixtures("offline")
+def test_offline_default_background_restores_with_a_note(tmp_path: Path) -> None:
+    """The README's call with only the image and the detector, without the Real-ESRGAN files."""
+    srv = start_server(tmp_path, background=registry.DEFAULTS["upsampler"])
+    try:
+        client = srv.client()
+        image = gradio_client.handle_file(str(EXAMPLES / "astronaut_lowres.png"))
+        _, _, file, status = client.predict(image=image, detector=DETECTOR, api_name="/restore")
+        assert read(file).shape == (320, 320, 3)
+        assert "background upsampler realesrgan unavailable" in status and "RealESRGAN_x2plus.pth" in status
+        assert "resized with Lanczos instead" in status
+        with pytest.raises(gradio_client.exceptions.AppError, match="realesr-general-x4v3.pth"):
+            call(client, srv, EXAMPLES / "astronaut_lowres.png", background="realesr-general-x4v3")
+    finally:
+        srv.close()

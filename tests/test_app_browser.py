@@ -32,10 +32,10 @@ TIMEOUT_MS = 180_000
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory):
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set GFP_CHROMIUM)")
-    srv = start_server(request, tmp_path_factory.mktemp("browser-weights"), max_pixels=1_000_000)
+    srv = start_server(tmp_path_factory.mktemp("browser-weights"), max_pixels=1_000_000)
     yield srv
     srv.close()
 

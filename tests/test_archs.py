@@ -80,10 +80,17 @@ def test_config_validation(kwargs):
         GeneratorConfig(**kwargs)
 
 
-def test_config_dict_round_trip_ignores_format_markers():
+def test_config_dict_round_trip() -> None:
     config = GeneratorConfig(arch="v1", out_size=128, channel_multiplier=1, narrow=0.5)
-    data = config.to_dict() | {"format": "gfp-generator", "format_version": 1}
-    assert GeneratorConfig.from_dict(data) == config
+    assert GeneratorConfig.from_dict(config.to_dict()) == config
+    assert GeneratorConfig.from_dict({"arch": "v1"}) == GeneratorConfig(arch="v1")  # the rest: defaults
+
+
+def test_config_from_dict_rejects_unknown_keys_naming_them_and_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match="unknown generator config key 'chanel_multiplier'; allowed: arch, "):
+        GeneratorConfig.from_dict({"arch": "clean", "chanel_multiplier": 2})
+    with pytest.raises(ValueError, match="keys 'format', 'format_version'.*channel_multiplier"):
+        GeneratorConfig.from_dict({"format": "gfp-generator", "format_version": 1})
 
 
 def test_default_forward_is_deterministic_and_random_noise_is_opt_in():

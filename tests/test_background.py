@@ -15,9 +15,10 @@ from basicsr.archs.rrdbnet_arch import RRDBNet
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from realesrgan import RealESRGANer
 
+from gfp import registry
 from gfp.background import (
-    BACKGROUND_MODELS,
     BackgroundUpsampler,
+    background_choices,
     build_background_upsampler,
     lanczos_upsample,
     scaled_size,
@@ -239,8 +240,10 @@ def test_networks_load_lazily_once() -> None:
 
 
 def test_half_is_ignored_on_cpu() -> None:
-    up = BackgroundUpsampler({4: _tiny_x4()}, half=True, tile=0)
-    assert next(up.network(4).parameters()).dtype == torch.float32
+    up = build_background_upsampler(
+        "realesr-animevideov3", device="cpu", half=True, load=lambda n: _tiny_x4()
+    )
+    assert up.dtype == torch.float32 and next(up.network(4).parameters()).dtype == torch.float32
 
 
 @pytest.mark.parametrize("outscale", [0.5, 0, 8.5, float("nan"), "2", True])
@@ -264,6 +267,27 @@ def test_bad_images() -> None:
         BackgroundUpsampler({4: _tiny_x4()}, tile=-1)
 
 
+def test_tile_is_an_argument_of_the_call_not_of_the_upsampler() -> None:
+    net = _tiny_x4(seed=5)
+    img = _image(30, 42)
+    shared = BackgroundUpsampler({4: net}, tile=0)
+    for tile in (8, 16, 0):
+        own = BackgroundUpsampler({4: net}, tile=tile, tile_pad=10).upsample(img, 4)
+        np.testing.assert_array_equal(shared.upsample(img, 4, tile=tile), own)
+    with pytest.raises(ValueError, match="tile"):
+        shared.upsample(img, 4, tile=-1)
+
+
+def test_choices_come_from_the_registry() -> None:
+    assert background_choices() == {
+        "realesrgan": ("RealESRGAN_x2plus", "realesr-general-x4v3"),
+        "RealESRGAN_x2plus": ("RealESRGAN_x2plus",),
+        "realesr-general-x4v3": ("realesr-general-x4v3",),
+        "realesr-animevideov3": ("realesr-animevideov3",),
+        "none": (),
+    }
+
+
 def test_build_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     import gfp.background as background
 
@@ -271,7 +295,7 @@ def test_build_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def fake_load(name: str, weights_dir=None):
         loaded.append((name, weights_dir))
-        return _tiny_x2() if BACKGROUND_MODELS[name].scale == 2 else _tiny_x4()
+        return _tiny_x2() if registry.MODEL_ZOO[name].supports.scale == 2 else _tiny_x4()
 
     monkeypatch.setattr(background, "load_background_network", fake_load)
     cpu = "cpu"
@@ -293,6 +317,6 @@ def test_build_loads_real_weights_through_gfp_loading(shared_data: Path) -> None
     net.load_state_dict(state, strict=True)
     img = _image(24, 30)
     np.testing.assert_array_equal(up.upsample(img, 4), BackgroundUpsampler({4: net}, tile=0).upsample(img, 4))
-    general = BACKGROUND_MODELS["realesr-general-x4v3"].build()
+    general = registry.build(registry.MODEL_ZOO["realesr-general-x4v3"])
     with pytest.raises(RuntimeError):  # the x4v3 body is twice as deep: the anime file must not fit it
         general.load_state_dict(state, strict=True)

@@ -9,16 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-from _zoo_helpers import save_blind_detector
+from _zoo_helpers import save_blind_detector, save_tiny_generator
 
-from gfp.archs import GeneratorConfig, build_generator
 from gfp.cli import list_inputs, main
-from gfp.loading import save_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 MOBILE = "detection_mobilenet0.25_Final.pth"
-TINY = GeneratorConfig(arch="clean", out_size=64, channel_multiplier=1, narrow=0.125, num_style_feat=32)
 
 
 pytestmark = pytest.mark.usefixtures("offline")
@@ -27,8 +23,7 @@ pytestmark = pytest.mark.usefixtures("offline")
 def _weights(folder: Path, detector: Path | None) -> Path:
     """Tiny generator; the real detector when given, else one that never finds a face."""
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    save_pretrained(build_generator(TINY), TINY, folder / "tiny")
+    save_tiny_generator(folder / "tiny")
     if detector is not None:
         (folder / MOBILE).symlink_to(detector)
     else:
@@ -36,9 +31,11 @@ def _weights(folder: Path, detector: Path | None) -> Path:
     return folder
 
 
-def _args(weights: Path, *extra: str) -> list[str]:
+def _args(weights: Path, *extra: str, background: str | None = "none") -> list[str]:
+    """Flags for the tiny weights; ``background`` None leaves --bg_upsampler at its default."""
+    chosen = [] if background is None else ["--bg_upsampler", background]
     return ["-v", str(weights / "tiny"), "--weights-dir", str(weights), "--detector", "retinaface_mobile0.25",
-            "--bg_upsampler", "none", "--device", "cpu", *extra]  # fmt: skip
+            "--device", "cpu", *chosen, *extra]  # fmt: skip
 
 
 def _gradient(h: int = 40, w: int = 56) -> np.ndarray:
@@ -94,6 +91,35 @@ def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert code == 2
     assert "could not find weights 'v1.4'" in err and "GFPGANv1.4.pth" in err and "Traceback" not in err
+
+
+def test_default_background_offline_falls_back_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = _weights(tmp_path / "w", None)
+    cv2.imwrite(str(tmp_path / "a.png"), _gradient())
+    cv2.imwrite(str(tmp_path / "b.png"), _gradient(30, 20))
+    assert main(["-i", str(tmp_path), "-o", str(tmp_path / "out"), *_args(weights, background=None)]) == 0
+    err = capsys.readouterr().err
+    notes = [
+        line for line in err.splitlines() if "gfp: note: background upsampler realesrgan unavailable" in line
+    ]
+    assert len(notes) == 1 and "RealESRGAN_x2plus.pth" in notes[0] and "Lanczos" in notes[0]
+    assert cv2.imread(str(tmp_path / "out" / "restored_imgs" / "a.png")).shape == (80, 112, 3)
+
+
+def test_background_asked_for_by_name_offline_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = _weights(tmp_path / "w", None)
+    cv2.imwrite(str(tmp_path / "a.png"), _gradient())
+    args = _args(weights, background="realesrgan")
+    assert main(["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "could not find weights 'RealESRGAN_x2plus'" in err and str(weights / "RealESRGAN_x2plus.pth") in err
+    )
+    assert "Traceback" not in err
 
 
 def test_folder_with_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

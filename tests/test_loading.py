@@ -16,7 +16,7 @@ import pytest
 import torch
 from _zoo_helpers import FileServer, serve, tiny_config, tiny_generator
 
-from gfp import loading
+from gfp import loading, registry
 from gfp.archs import UnknownArchitectureError, detect_config
 from gfp.loading import (
     MODEL_ZOO,
@@ -43,8 +43,12 @@ OFFICIAL = {  # zoo name -> release URL, as published by TencentARC / xinntao
     "RealESRGAN_x2plus": "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.1/RealESRGAN_x2plus.pth",
     "realesr-general-x4v3": "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.5.0/realesr-general-x4v3.pth",
     "realesr-animevideov3": "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.5.0/realesr-animevideov3.pth",
-    "arcface_resnet18": "https://github.com/TencentARC/GFPGAN/releases/download/v0.1.0/arcface_resnet18.pth",
-    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+}
+PINNED = {  # issue 8: sha256 and size pinned independently by several public projects
+    "v1.2": ("29e25ee90c170f4231163f4c83df6b59c968b73f3ce00cb884015ae005db083c", None),
+    "v1.3": ("c953a88f2727c85c3d9ae72e2bd4846bbaf59fe6972ad94130e23e7017524a70", 348_632_874),
+    "v1.4": ("e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad", 348_632_874),
+    "realesr-general-x4v3": ("8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292", 4_885_111),
 }
 
 
@@ -85,7 +89,8 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_zoo_lists_official_releases_and_generator_configs() -> None:
-    assert set(MODEL_ZOO) == set(OFFICIAL)
+    gfp_kinds = ("generator", "detector", "parser", "upsampler")  # train/ registers the other kinds
+    assert {e.name for kind in gfp_kinds for e in registry.entries(kind)} == set(OFFICIAL)
     for name, url in OFFICIAL.items():
         entry = MODEL_ZOO[name]
         assert entry.url == url and url.endswith("/" + entry.file_name)
@@ -97,7 +102,12 @@ def test_zoo_lists_official_releases_and_generator_configs() -> None:
         config = MODEL_ZOO[name].config
         assert (config.arch, config.channel_multiplier, config.out_size) == ("clean", 2, 512)
         assert config.different_w and config.sft_half and config.input_is_latent
-    assert all(e.config is None for e in MODEL_ZOO.values() if e.kind != "generator")
+
+
+def test_pinned_checksums_and_the_one_unverified_generator() -> None:
+    for name, (sha256, size) in PINNED.items():
+        assert (MODEL_ZOO[name].sha256, MODEL_ZOO[name].size) == (sha256, size), name
+    assert MODEL_ZOO["v1"].sha256 is None and "not verified" in MODEL_ZOO["v1"].note
 
 
 @pytest.mark.parametrize("name", ["v1", "v1.2", "v1.3", "v1.4"])
@@ -166,7 +176,7 @@ def test_checksum_mismatch_deletes_the_download(monkeypatch: pytest.MonkeyPatch,
 def test_size_is_checked_when_only_the_size_is_known(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
     body = b"x" * 1000
     with serve(FileServer(files={"/f.pth": body})) as server:
-        _point_at(monkeypatch, "realesr-general-x4v3", server.url("/f.pth"), None, size=999)
+        _point_at(monkeypatch, "realesr-general-x4v3", server.url("/f.pth"), None, sha256=None, size=999)
         with pytest.raises(ChecksumMismatchError, match="1000 bytes, expected 999"):
             resolve_weights("realesr-general-x4v3", progress=False)
     assert _leftovers(isolated) == []

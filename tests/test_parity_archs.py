@@ -3,7 +3,8 @@
 The official module is built with a fixed seed, its state dict saved and loaded into ours with
 ``strict=True``, and both run on the same inputs with the checkpoint's fixed noise. The paper model's
 official layers need a compiled CUDA op for their fused activation; inside this test only, that op is
-replaced by its defining formula so the oracle runs on CPU.
+replaced by its defining formula so the oracle runs on CPU (the ``official_fused_act_on_cpu`` fixture
+of conftest.py).
 """
 
 from __future__ import annotations
@@ -12,28 +13,11 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 import gfp  # noqa: F401  (torchvision shim before basicsr)
 from gfp.archs import GeneratorConfig, build_generator, detect_config
 
 TOLERANCE = 1e-5
-
-
-def _reference_fused_leaky_relu(x, bias, negative_slope=0.2, scale=2**0.5):
-    """StyleGAN2's fused op by definition: leaky_relu(x + bias) * sqrt(2)."""
-    if bias is not None:
-        x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
-    return F.leaky_relu(x, negative_slope) * scale
-
-
-@pytest.fixture
-def official_fused_act_on_cpu(monkeypatch):
-    import basicsr.archs.stylegan2_arch as sg2
-    import basicsr.ops.fused_act.fused_act as fused
-
-    monkeypatch.setattr(fused, "fused_leaky_relu", _reference_fused_leaky_relu)
-    monkeypatch.setattr(sg2, "fused_leaky_relu", _reference_fused_leaky_relu)
 
 
 def _official(config: GeneratorConfig) -> torch.nn.Module:

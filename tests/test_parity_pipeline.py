@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import pytest
 from _official_pipeline import make_weights, official_restorer, our_options, psnr
+from _zoo_helpers import shared_data_dir
 
 from gfp.pipeline import Restorer
 
@@ -28,7 +29,7 @@ CI_CASES = [("codeformer_04.jpg", False), ("deepface_img62.jpg", True)]
 def _cases() -> list[tuple[str, bool]]:
     if not os.environ.get("GFP_PARITY_ALL"):
         return CI_CASES
-    root = Path(os.environ.get("GFP_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    root = shared_data_dir()
     photos = sorted(p.name for p in (root / "photos").iterdir()) if (root / "photos").is_dir() else []
     return CI_CASES + [(name, False) for name in photos if (name, False) not in CI_CASES]
 

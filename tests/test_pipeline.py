@@ -7,32 +7,31 @@ finds the faces of real photos.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from _zoo_helpers import save_blind_detector
+from _zoo_helpers import save_blind_detector, save_tiny_generator, tiny_config, tiny_generator
 
-from gfp.archs import GeneratorConfig, build_generator
+from gfp import registry
 from gfp.background import lanczos_upsample, scaled_size, upsample_background
-from gfp.loading import WeightsNotFoundError, save_pretrained
-from gfp.pipeline import RestoreOptions, Restorer
+from gfp.loading import WeightsNotFoundError
+from gfp.pipeline import RestoreOptions, Restorer, Unavailable
 
 MOBILE = "detection_mobilenet0.25_Final.pth"
-TINY = GeneratorConfig(
-    arch="clean", out_size=64, channel_multiplier=1, narrow=0.125, num_style_feat=32, num_mlp=2
-)
 
 
 pytestmark = pytest.mark.usefixtures("offline")
 
 
 def _tiny_generator(folder: Path) -> None:
-    torch.manual_seed(0)
-    save_pretrained(build_generator(TINY), TINY, folder / "tiny")
+    save_tiny_generator(folder / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +139,72 @@ def test_missing_generator_raises_weights_not_found(blind_weights: Path) -> None
         Restorer(blind_weights, device="cpu").restore(_gradient(), RestoreOptions(bg_upsampler="none"))
 
 
+def test_spellings_and_paths_share_one_loaded_generator(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tiny_config()
+    torch.save({"params_ema": tiny_generator(config).state_dict()}, tmp_path / "GFPGANv1.4.pth")
+    monkeypatch.setitem(
+        registry.MODEL_ZOO, "v1.4", dataclasses.replace(registry.MODEL_ZOO["v1.4"], config=config)
+    )
+    restorer = Restorer(tmp_path, device="cpu")
+    net, found = restorer.generator("1.4")
+    assert found == config
+    for spec in ("v1.4", "GFPGANv1.4.pth", str(tmp_path / "GFPGANv1.4.pth")):
+        assert restorer.generator(spec)[0] is net, spec
+    assert Restorer(tmp_path, device="cpu").generator("1.4")[0] is not net  # one cache per Restorer
+
+
+def test_background_networks_are_shared_and_tile_is_per_call(tmp_path: Path) -> None:
+    entry = registry.MODEL_ZOO["realesr-animevideov3"]
+    torch.manual_seed(0)
+    torch.save({"params": registry.build(entry).state_dict()}, tmp_path / entry.file_name)
+    restorer = Restorer(tmp_path, device="cpu")
+    upsampler = restorer.background(entry.name)
+    assert restorer.background(entry.name) is upsampler  # the tile is not part of its identity
+    assert upsampler.network(4) is restorer.network(entry.name)
+    img = _gradient(24, 32)
+    whole = upsampler.upsample(img, 2, tile=0)
+    assert np.abs(upsampler.upsample(img, 2, tile=16).astype(int) - whole).max() <= 1
+
+
+def test_default_background_falls_back_to_lanczos_with_a_note(
+    blind_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tried: list[str] = []
+
+    def no_network(request: urllib.request.Request, *args: object, **kwargs: object) -> None:
+        tried.append(request.full_url)
+        raise urllib.error.URLError("offline test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    restorer = Restorer(blind_weights, device="cpu")
+    img = _gradient()
+    for _ in range(2):
+        result = restorer.restore(img, _options(blind_weights, bg_upsampler=None, upscale=2))
+        np.testing.assert_array_equal(result.image, lanczos_upsample(img, 2))
+        assert len(result.notes) == 1
+        note = result.notes[0]
+        assert note.startswith("background upsampler realesrgan unavailable (could not find weights")
+        assert "RealESRGAN_x2plus.pth" in note and note.endswith("resized with Lanczos instead")
+    assert tried == [registry.MODEL_ZOO["RealESRGAN_x2plus"].url]  # remembered: not retried per request
+    assert isinstance(restorer.optional("RealESRGAN_x2plus"), Unavailable)
+
+
+@pytest.mark.parametrize(
+    ("name", "file_name"),
+    [("realesrgan", "RealESRGAN_x2plus.pth"), ("realesr-general-x4v3", "realesr-general-x4v3.pth")],
+)
+def test_a_background_asked_for_by_name_must_be_had(blind_weights: Path, name: str, file_name: str) -> None:
+    with pytest.raises(WeightsNotFoundError) as err:
+        Restorer(blind_weights, device="cpu").restore(_gradient(), _options(blind_weights, bg_upsampler=name))
+    assert file_name in str(err.value) and str(blind_weights / file_name) in str(err.value)
+
+
 @pytest.mark.shared
 def test_background_model_is_used(real_weights: Path) -> None:
     img = _gradient(24, 32)  # no face: the output is the background upsampler's output
-    upsampler = Restorer(real_weights, device="cpu").background("realesr-animevideov3", 400)
+    upsampler = Restorer(real_weights, device="cpu").background("realesr-animevideov3")
     result = Restorer(real_weights, device="cpu").restore(
         img, _options(real_weights, bg_upsampler="realesr-animevideov3", upscale=3)
     )
@@ -178,6 +239,15 @@ def test_real_photo_all_faces_in_detection_order(real_weights: Path, group: np.n
     for x1, y1, x2, y2, _ in result.boxes.astype(int):
         box = (slice(2 * y1, 2 * y2), slice(2 * x1, 2 * x2))
         assert np.abs(result.image[box].astype(int) - plain[box]).mean() > 5
+
+
+@pytest.mark.shared
+def test_a_parser_asked_for_must_be_had(real_weights: Path, group: np.ndarray) -> None:
+    restorer = Restorer(real_weights, device="cpu")
+    with pytest.raises(WeightsNotFoundError, match="parsing_parsenet.pth"):
+        restorer.restore(group, _options(real_weights, use_parse=True))
+    unparsed = restorer.restore(group, _options(real_weights, use_parse=False))
+    assert unparsed.face_mask == "square" and unparsed.notes == []
 
 
 @pytest.mark.shared

@@ -255,3 +255,51 @@ def test_fine_tune_start_and_frozen_prior_load_from_official_layout_files(faces,
     assert not torch.equal(
         prior.net_g.conv_body_first.weight, donor.conv_body_first.weight
     )  # U-Net stays fresh
+
+
+def _donor(tmp_path: Path) -> tuple[Path, dict]:
+    """A tiny clean generator saved in the official layout, and its config."""
+    from _zoo_helpers import tiny_config, tiny_generator
+
+    config = tiny_config(out_size=64)
+    torch.save({"params_ema": tiny_generator(config, seed=4).state_dict()}, tmp_path / "donor.pth")
+    return tmp_path / "donor.pth", config.to_dict()
+
+
+def test_pretrained_layout_is_recognised_without_restating_it(tmp_path):
+    from train.networks import build_training_generator
+
+    path, donor = _donor(tmp_path)
+    cfg = load_config(None, ["data.out_size=64", f"model.pretrained={path}"])
+    assert cfg["model"]["generator"]["arch"] == "v1"  # the default recipe's layout, not the donor's
+    net = build_training_generator(cfg)
+    assert cfg["model"]["generator"] == donor  # written back: checkpoints and export see the real layout
+    saved = torch.load(path, weights_only=True)["params_ema"]
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in saved.items())
+
+
+@pytest.mark.parametrize(
+    ("override", "asked", "found"),
+    [
+        ("model.generator.channel_multiplier=2", "channel_multiplier=2", "channel_multiplier=1"),
+        ("data.out_size=128", "out_size=128", "out_size=64"),
+    ],
+)
+def test_pretrained_that_contradicts_the_config_is_a_clear_error(tmp_path, override, asked, found):
+    from train.config import ConfigError
+    from train.networks import build_training_generator
+
+    path, _ = _donor(tmp_path)
+    cfg = load_config(None, ["data.out_size=64", f"model.pretrained={path}", override])
+    with pytest.raises(ConfigError, match=f"is a generator with {found}, but the config asks for {asked}"):
+        build_training_generator(cfg)
+
+
+def test_generator_config_typo_is_an_error_naming_the_key(tmp_path):
+    from train.config import ConfigError
+    from train.networks import build_training_generator
+
+    cfg = load_config(None, ["data.out_size=32"])
+    cfg["model"]["generator"]["chanel_multiplier"] = 2
+    with pytest.raises(ConfigError, match="unknown generator config key 'chanel_multiplier'; allowed: arch"):
+        build_training_generator(cfg)

@@ -12,25 +12,10 @@ from train.discriminators import FacialComponentDiscriminator, StyleGAN2Discrimi
 from train.identity import IdentityEmbedder, MobileFaceNet, ResNetArcFace
 
 
-def _fused_formula(x, bias, negative_slope=0.2, scale=2**0.5):
-    return F.leaky_relu(x + bias.view((1, -1) + (1,) * (x.ndim - 2)), negative_slope) * scale
-
-
-@pytest.fixture()
-def official_fused_op_as_formula(monkeypatch):
-    """basicsr's fused bias+leaky-ReLU needs a compiled CUDA extension; use its formula on CPU."""
-    import basicsr.archs.stylegan2_arch as arch
-    import basicsr.ops.fused_act.fused_act as fused
-
-    monkeypatch.setattr(fused, "fused_leaky_relu", _fused_formula)
-    monkeypatch.setattr(arch, "fused_leaky_relu", _fused_formula)
-    return arch
-
-
 @pytest.mark.parametrize(("size", "multiplier", "narrow"), [(64, 1, 0.25), (128, 2, 0.125)])
-def test_stylegan2_discriminator_matches_official(official_fused_op_as_formula, size, multiplier, narrow):
+def test_stylegan2_discriminator_matches_official(official_fused_act_on_cpu, size, multiplier, narrow):
     torch.manual_seed(0)
-    official = official_fused_op_as_formula.StyleGAN2Discriminator(
+    official = official_fused_act_on_cpu.StyleGAN2Discriminator(
         size, channel_multiplier=multiplier, narrow=narrow
     )
     ours = StyleGAN2Discriminator(size, channel_multiplier=multiplier, narrow=narrow)
@@ -39,16 +24,16 @@ def test_stylegan2_discriminator_matches_official(official_fused_op_as_formula, 
     torch.testing.assert_close(ours(x), official(x), rtol=1e-5, atol=1e-5)
 
 
-def test_stylegan2_discriminator_full_size_keys_match_official(official_fused_op_as_formula):
+def test_stylegan2_discriminator_full_size_keys_match_official(official_fused_act_on_cpu):
     with torch.device("meta"):
-        official = official_fused_op_as_formula.StyleGAN2Discriminator(512, channel_multiplier=1)
+        official = official_fused_act_on_cpu.StyleGAN2Discriminator(512, channel_multiplier=1)
         ours = StyleGAN2Discriminator(512, channel_multiplier=1)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {
         k: v.shape for k, v in official.state_dict().items()
     }
 
 
-def test_component_discriminator_matches_official(official_fused_op_as_formula):
+def test_component_discriminator_matches_official(official_fused_act_on_cpu):
     from gfpgan.archs.gfpganv1_arch import FacialComponentDiscriminator as Official
 
     torch.manual_seed(1)
@@ -101,3 +86,24 @@ def test_mobilefacenet_identity_separates_people(shared_data):
     cross = sharp @ sharp.T - torch.eye(len(files)) * 2
     assert same.min() > 0.8  # the same person, blurred
     assert cross.max() < 0.5  # different people
+
+
+def test_training_networks_are_registered_by_train() -> None:
+    from gfp import registry
+
+    assert registry.choice_names("identity") == ["arcface_resnet18", "mobilefacenet"]
+    assert registry.choice_names("perceptual") == ["vgg19"]
+    assert registry.MODEL_ZOO["arcface_resnet18"].url.endswith("/v0.1.0/arcface_resnet18.pth")
+    assert registry.MODEL_ZOO["mobilefacenet"].url is None  # no public download: the file must be given
+    assert registry.MODEL_ZOO["vgg19"].file_name == "vgg19-dcbb9e9d.pth"
+    assert isinstance(IdentityEmbedder("mobilefacenet").net, MobileFaceNet)
+    with pytest.raises(
+        ValueError, match="unknown identity network 'vgg19' \\(arcface_resnet18 or mobilefacenet\\)"
+    ):
+        IdentityEmbedder("vgg19")
+    from torchvision.models import vgg19
+
+    with torch.device("meta"):
+        nets = {"arcface": ResNetArcFace(), "mobilefacenet": MobileFaceNet(), "vgg19": vgg19()}
+    for family, net in nets.items():
+        assert registry.recognise(net.state_dict())[0].name == family

@@ -14,6 +14,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from gfp import registry
+
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -139,16 +141,20 @@ def to_gray(x: Tensor) -> Tensor:
 
 
 class IdentityEmbedder(nn.Module):
-    """Frozen identity network with its input preparation; input: aligned faces, RGB in [-1, 1]."""
+    """Frozen identity network with its input preparation; input: aligned faces, RGB in [-1, 1].
+
+    ``arch`` is an identity model of gfp's registry (registered by :mod:`train.models`); ``net`` defaults to
+    its network with random weights.
+    """
 
     def __init__(self, arch: str, net: nn.Module | None = None) -> None:
         super().__init__()
-        if arch not in ("arcface_resnet18", "mobilefacenet"):
-            raise ValueError(f"unknown identity network {arch!r} (arcface_resnet18 or mobilefacenet)")
+        entry = registry.MODEL_ZOO.get(arch)
+        if entry is None or entry.kind != "identity":
+            names = " or ".join(registry.choice_names("identity"))
+            raise ValueError(f"unknown identity network {arch!r} ({names})")
         self.arch = arch
-        self.net = (
-            net if net is not None else (ResNetArcFace() if arch == "arcface_resnet18" else MobileFaceNet())
-        )
+        self.net = net if net is not None else registry.build(entry)
         self.net.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> IdentityEmbedder:  # BN statistics stay frozen

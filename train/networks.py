@@ -1,19 +1,21 @@
 """Build every network a GFPGAN training run needs from the config, loading weights where asked.
 
 Weight files are found through ``gfp.loading`` (explicit path, weights folder, cache, Hub, official URL);
-the identity network and VGG19 downloads are entries of its model zoo.
+the identity network and VGG19 downloads are entries of gfp's model registry (see :mod:`train.models`).
+A ``model.pretrained`` generator goes through the same recognition as ``python -m gfp -v``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 from torch import Tensor, nn
 
 from gfp.archs import GeneratorConfig, build_generator
-from gfp.loading import WeightsError, load_state_dict, resolve_weights
-from train.config import ConfigError
+from gfp.loading import WeightsError, load_state_dict, read_generator, resolve_weights
+from train.config import DEFAULTS, ConfigError
 from train.discriminators import FacialComponentDiscriminator, StyleGAN2Discriminator
 from train.identity import IdentityEmbedder
 from train.losses import VGGFeatures
@@ -26,19 +28,62 @@ def load_weights(spec: str, weights_dir: str | None = None) -> dict[str, Tensor]
     return load_state_dict(resolve_weights(spec, weights_dir))
 
 
-def generator_config(cfg: dict[str, Any]) -> GeneratorConfig:
-    return GeneratorConfig.from_dict(cfg["model"]["generator"])
+def _asked_config(cfg: dict[str, Any]) -> GeneratorConfig:
+    try:
+        return GeneratorConfig.from_dict(cfg["model"]["generator"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.generator: {err}") from err
+
+
+def generator_config(cfg: dict[str, Any], pretrained: GeneratorConfig | None = None) -> GeneratorConfig:
+    """The generator to train: ``model.generator``, or with a pretrained generator its recognised layout.
+
+    Fields of ``model.generator`` left at their defaults take the pretrained layout (so ``pretrained: v1.4``
+    fine-tunes v1.4 without restating its architecture); fields set to something else, and ``out_size``
+    (which follows ``data.out_size``), must match it: a mismatch is a :class:`ConfigError` naming both.
+    """
+    asked = _asked_config(cfg)
+    if pretrained is None:
+        return asked
+    default = GeneratorConfig.from_dict(
+        {**(DEFAULTS["model"].get("generator") or {}), "out_size": asked.out_size}
+    )
+    conflicts = [
+        f.name
+        for f in dataclasses.fields(GeneratorConfig)
+        if (f.name == "out_size" or getattr(asked, f.name) != getattr(default, f.name))
+        and getattr(asked, f.name) != getattr(pretrained, f.name)
+    ]
+    if conflicts:
+        wanted = ", ".join(f"{k}={getattr(asked, k)!r}" for k in conflicts)
+        found = ", ".join(f"{k}={getattr(pretrained, k)!r}" for k in conflicts)
+        raise ConfigError(
+            f"model.pretrained {cfg['model']['pretrained']!r} is a generator with {found}, but the config "
+            f"asks for {wanted} (model.generator / data.out_size): remove those model.generator keys to take "
+            "the pretrained layout, or pretrain from a matching checkpoint"
+        )
+    return pretrained
 
 
 def build_training_generator(cfg: dict[str, Any], weights_dir: str | None = None) -> nn.Module:
-    """Generator (random, fine-tuning start, and/or StyleGAN2 prior in the decoder; decoder maybe frozen)."""
+    """Generator (random, fine-tuning start, and/or StyleGAN2 prior in the decoder; decoder maybe frozen).
+
+    With ``model.pretrained`` the generator's layout is recognised from its weights (see
+    :func:`generator_config`) and written back into ``cfg["model"]["generator"]``, so the config saved with
+    checkpoints (and used by export) describes the network that is trained.
+    """
     model = cfg["model"]
-    net_g = build_generator(generator_config(cfg))
     loaded_decoder = False
     if model["pretrained"]:
-        net_g.load_state_dict(load_weights(model["pretrained"], weights_dir), strict=True)
+        state_dict, detected, found = read_generator(model["pretrained"], weights_dir)
+        config = generator_config(cfg, detected)
+        model["generator"] = config.to_dict()
+        net_g = build_generator(config)
+        net_g.load_state_dict(state_dict, strict=True)
         loaded_decoder = True
-        log.info("generator initialised from %s", model["pretrained"])
+        log.info("generator initialised from %s (%s)", model["pretrained"], found.path)
+    else:
+        net_g = build_generator(generator_config(cfg))
     if model["prior"]:
         net_g.stylegan_decoder.load_state_dict(load_weights(model["prior"], weights_dir), strict=True)
         loaded_decoder = True

@@ -51,9 +51,16 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
-        """Build from a dict, ignoring keys that are not config fields (e.g. format markers)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """Build from a dict of config fields; an unknown key (a typo such as ``chanel_multiplier``) is a
+        ``ValueError`` naming it and the allowed keys, so it cannot silently build another model."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names), key=str)
+        if unknown:
+            raise ValueError(
+                f"unknown generator config key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}; allowed: {', '.join(names)}"
+            )
+        return cls(**data)
 
 
 def build_generator(config: GeneratorConfig) -> nn.Module:

@@ -1,0 +1,52 @@
+"""Where networks run and in which precision: decided once (per :class:`gfp.pipeline.Restorer`) here."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def select_device(name: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto" picks cuda, then mps, then cpu; an explicit device is checked to exist."""
+    if name is None or name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(f"device {name!r} requested but {count} CUDA device(s) are available")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} requested but MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def decide_precision(device: torch.device, requested: bool | torch.dtype = False) -> torch.dtype:
+    """The dtype networks run in on ``device``: float16 when half precision is requested (``True`` or
+    ``torch.float16``) and the device is not the CPU, where float16 is slow and inaccurate; else float32."""
+    if requested not in (True, False, torch.float16, torch.float32):
+        raise ValueError(f"unsupported precision {requested!r}: use float32 or float16 (half)")
+    half = requested is True or requested == torch.float16
+    return torch.float16 if half and device.type != "cpu" else torch.float32
+
+
+def prepare_for_inference(
+    net: nn.Module,
+    device: str | torch.device | None = None,
+    half: bool = False,
+    *,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Eval mode, no gradients, on ``device`` (see :func:`select_device`), in ``dtype`` (default: what
+    :func:`decide_precision` gives for ``half``)."""
+    target = select_device(device)
+    dtype = decide_precision(target, half) if dtype is None else dtype
+    return net.eval().requires_grad_(False).to(device=target, dtype=dtype)

@@ -1,0 +1,103 @@
+"""Downloading a registry entry: progress bar, atomic write, sha256 (or size) verification."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from tqdm import tqdm
+
+from gfp.registry import ModelEntry
+from gfp.weights.errors import ChecksumMismatchError, DownloadError
+
+_CHUNK = 1 << 20
+_TIMEOUT_S = 30.0
+
+
+@contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``dest``; it is renamed to ``dest`` only if the block succeeds, else deleted.
+
+    Readers therefore never see a half-written file under the final name, even if the process dies.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def describe(err: BaseException) -> str:
+    """A short reason for a failed request (HTTP status, no connection, or the exception)."""
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError):
+        return f"no connection: {err.reason}"
+    return f"{type(err).__name__}: {err}"
+
+
+def download(entry: ModelEntry, dest: Path, progress: bool = True) -> Path:
+    """Download ``entry`` to ``dest`` atomically with a progress bar, verifying its sha256 when known.
+
+    Network failures before any byte arrives propagate as ``urllib.error.URLError``/``OSError`` (the caller
+    reports them with the other places looked); a download cut midway raises :class:`DownloadError`.
+    """
+    if entry.url is None:
+        raise urllib.error.URLError(f"{entry.name} has no public download")
+    request = urllib.request.Request(entry.url, headers={"User-Agent": "gfp"})
+    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, atomic_path(dest) as tmp:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        try:
+            sha256, size = _copy_with_progress(response, tmp, total, entry.file_name, progress)
+            if total is not None and size != total:
+                raise DownloadError(f"connection closed after {size} of {total} bytes")
+        except (OSError, http.client.HTTPException, DownloadError) as err:
+            reason = err if isinstance(err, DownloadError) else describe(err)
+            raise DownloadError(
+                f"download of {entry.file_name} from {entry.url} was interrupted ({reason}); nothing was "
+                f"saved as {dest}. Try again, or download it yourself and pass its path."
+            ) from err
+        verify(entry, sha256, size, dest)
+    return dest
+
+
+def _copy_with_progress(
+    response: IO[bytes], dest: Path, total: int | None, label: str, progress: bool
+) -> tuple[str, int]:
+    """Stream ``response`` into ``dest`` under a tqdm bar; return the sha256 and byte count written."""
+    digest = hashlib.sha256()
+    size = 0
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress)
+    with open(dest, "wb") as fh, bar:
+        while chunk := response.read(_CHUNK):
+            fh.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest(), size
+
+
+def verify(entry: ModelEntry, sha256: str, size: int, dest: Path) -> None:
+    """Raise (so the temp file is discarded) when a download does not match the published file."""
+    if entry.sha256 is not None and sha256 != entry.sha256:
+        problem = f"sha256 {sha256}, expected {entry.sha256}"
+    elif entry.size is not None and size != entry.size:
+        problem = f"{size} bytes, expected {entry.size}"
+    else:
+        return
+    raise ChecksumMismatchError(
+        f"downloaded {entry.file_name} from {entry.url} has {problem}; the file was deleted and not used "
+        f"(nothing saved as {dest}). The download may be corrupt or the release changed."
+    )

@@ -1,0 +1,135 @@
+"""Reading checkpoints without running pickled code, and our published format.
+
+``.pth`` files go through ``torch.load(weights_only=True)``; our own format is a folder with
+``config.json`` (a :class:`~gfp.archs.GeneratorConfig` plus format markers) and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from gfp.archs import GeneratorConfig
+from gfp.weights.download import atomic_path
+from gfp.weights.errors import CheckpointError, UnsafeCheckpointError, WeightsNotFoundError
+
+FORMAT_NAME = "gfp-generator"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+_FORMAT_KEYS = ("format", "format_version")
+
+# Wrapper keys under which checkpoints keep their state dict, most preferred first: basicsr's EMA and
+# plain weights, then the MobileFaceNet identity checkpoint's and the common ``state_dict``.
+_STATE_DICT_KEYS = ("params_ema", "params", "net_state_dict", "state_dict")
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Load a state dict without running pickled code.
+
+    A folder means its ``model.safetensors``. Unwraps ``params_ema`` (preferred), ``params``,
+    ``net_state_dict`` or ``state_dict`` and drops a ``module.`` prefix that every key carries.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    checkpoint = _torch_load(path)
+    if isinstance(checkpoint, dict):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise CheckpointError(f"{path} holds no state dict (found {type(checkpoint).__name__})")
+    bad = [k for k, v in checkpoint.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
+    if bad:
+        raise CheckpointError(
+            f"{path} is not a state dict of tensors: {len(bad)} entries are not (e.g. {bad[0]!r}); "
+            f"top-level keys: {', '.join(map(str, list(checkpoint)[:8]))}"
+        )
+    # Checkpoints saved from nn.DataParallel (some facexlib detectors) prefix every key with "module.".
+    if all(k.startswith("module.") for k in checkpoint):
+        checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    return checkpoint
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (refused by the safe loader, nothing in it was "
+                f"run): {_unpickler_reason(err)}"
+            ) from err
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it holds pickled Python objects other than tensors (it asks for "
+            f"{found.group(1)}), which could run code. Nothing in it was executed. Load only checkpoints "
+            "from sources you trust, saved as plain state dicts or safetensors."
+        ) from err
+    except Exception as err:  # arbitrary bytes make the unpickler fail in arbitrary ways (IndexError, ...)
+        reason = f"{type(err).__name__}: {err}"
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {reason}") from err
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The informative part of torch's long weights-only error (or its first line)."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    return (found.group(1) if found else text.splitlines()[0]).strip()
+
+
+def read_config(folder: str | os.PathLike[str]) -> GeneratorConfig:
+    """The GeneratorConfig of a published-format folder, after checking its format markers."""
+    config_path = Path(folder) / CONFIG_FILE
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {config_path}: {err}") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise CheckpointError(f'{config_path} is not a {FORMAT_NAME} config (no "format": "{FORMAT_NAME}")')
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{config_path} has format_version {version!r}; this gfp reads versions 1 to {FORMAT_VERSION} "
+            "(a newer format needs a newer gfp)"
+        )
+    try:
+        return GeneratorConfig.from_dict({k: v for k, v in data.items() if k not in _FORMAT_KEYS})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{config_path} holds an invalid generator config: {err}") from err
+
+
+def save_pretrained(
+    generator: nn.Module, config: GeneratorConfig, folder: str | os.PathLike[str], card: str | None = None
+) -> Path:
+    """Write our published format (config.json + model.safetensors [+ README.md card]) into ``folder``."""
+    folder = Path(folder)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt", "gfp_format": FORMAT_NAME})
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config.to_dict()}
+    with atomic_path(folder / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if card is not None:
+        with atomic_path(folder / CARD_FILE) as tmp:
+            tmp.write_text(card, encoding="utf-8")
+    return folder

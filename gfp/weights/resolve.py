@@ -1,0 +1,167 @@
+"""Where a model's weights are found. The first hit wins:
+
+1. an explicit path to a file (``.pth`` / ``.safetensors``) or to a folder in our published format
+   (``config.json`` + ``model.safetensors``);
+2. a weights folder (the ``weights_dir`` argument, else env ``GFP_WEIGHTS_DIR``), where registry models are
+   looked up by their official file name (``GFPGANv1.4.pth``) and Hugging Face repos by ``owner/name``;
+3. our cache (env ``GFP_CACHE_DIR``, default ``~/.cache/gfp``), official file names again;
+4. for an ``owner/name`` repo id: the Hugging Face Hub (its own cache, ``HF_ENDPOINT`` honoured);
+5. for a registry model: its official release URL, downloaded into the cache (see
+   :mod:`gfp.weights.download`).
+
+When nothing works, :class:`WeightsNotFoundError` names the file, every place looked and how to provide it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from gfp.registry import MODEL_ZOO, ModelEntry, zoo_entry
+from gfp.weights.download import describe, download
+from gfp.weights.errors import WeightsNotFoundError
+from gfp.weights.files import CONFIG_FILE, WEIGHTS_FILE
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_PATH_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What resolution found: the local ``path``, the registry ``entry`` the spec named (None for a file,
+    folder or repo given by the user) and its ``format``: "checkpoint" (one weights file) or "published"
+    (a folder with config.json + model.safetensors)."""
+
+    path: Path
+    entry: ModelEntry | None
+    format: str
+
+
+def _found(path: Path, entry: ModelEntry | None = None) -> Resolved:
+    return Resolved(path, entry, "published" if path.is_dir() else "checkpoint")
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: env ``GFP_CACHE_DIR``, else ``~/.cache/gfp``."""
+    return Path(os.environ.get("GFP_CACHE_DIR") or Path.home() / ".cache" / "gfp").expanduser()
+
+
+def _weights_dir(weights_dir: str | os.PathLike[str] | None) -> tuple[Path | None, str]:
+    """The weights folder to search and where that choice came from (for error messages)."""
+    if weights_dir is not None:
+        return Path(weights_dir).expanduser(), "weights_dir argument"
+    env = os.environ.get("GFP_WEIGHTS_DIR")
+    return (Path(env).expanduser(), "GFP_WEIGHTS_DIR") if env else (None, "")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith(_PATH_SUFFIXES) or spec.startswith(("/", "./", "../", "~", "."))
+
+
+def resolve(
+    name_or_path: str | os.PathLike[str],
+    weights_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> Resolved:
+    """Find (downloading if needed) a model's weights; see the module docstring for the order."""
+    spec = os.fspath(name_or_path)
+    explicit = Path(spec).expanduser()
+    if explicit.exists():
+        return _found(explicit)
+    entry = zoo_entry(spec)
+    if entry is not None:
+        return _found(_resolve_zoo(entry, weights_dir, progress), entry)
+    if isinstance(name_or_path, os.PathLike) or _looks_like_path(spec):
+        raise WeightsNotFoundError(f"weights file {explicit} does not exist")
+    if _REPO_ID.match(spec):
+        return _found(_resolve_hub(spec, weights_dir, progress))
+    raise WeightsNotFoundError(
+        f"unknown model {spec!r}: give a file path, a Hugging Face repo id (owner/name) or one of "
+        f"{', '.join(MODEL_ZOO)} (GFPGAN versions may also be written 1.4, v1.4, ...)"
+    )
+
+
+def resolve_weights(
+    name_or_path: str | os.PathLike[str],
+    weights_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """The local file or published-format folder of :func:`resolve`."""
+    return resolve(name_or_path, weights_dir, progress).path
+
+
+def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, progress: bool) -> Path:
+    looked: list[str] = []
+    folder, origin = _weights_dir(weights_dir)
+    if folder is None:
+        looked.append("weights folder: none given (weights_dir argument / GFP_WEIGHTS_DIR not set)")
+    else:
+        candidate = folder / entry.file_name
+        if candidate.is_file():
+            return candidate
+        looked.append(f"weights folder ({origin}): {candidate} does not exist")
+    cached = cache_dir() / entry.file_name
+    if cached.is_file():
+        return cached
+    looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cached} does not exist")
+    if entry.url is None:
+        looked.append("download: none (no public download of this file)")
+    else:
+        try:
+            return download(entry, cached, progress=progress)
+        except (urllib.error.URLError, OSError) as err:
+            looked.append(f"download {entry.url}: failed ({describe(err)})")
+    source = f"download {entry.file_name} from {entry.url}" if entry.url else f"get {entry.file_name}"
+    raise WeightsNotFoundError(
+        f"could not find weights {entry.name!r} (file {entry.file_name}). Looked in:\n  - "
+        + "\n  - ".join(looked)
+        + f"\nTo provide it: {source} on a machine with internet, put it "
+        f"in a folder and pass that folder as weights_dir (or set GFP_WEIGHTS_DIR to it), or copy it to "
+        f"{cache_dir()}, or pass the file's path instead of the model name."
+    )
+
+
+def _resolve_hub(repo_id: str, weights_dir: str | os.PathLike[str] | None, progress: bool) -> Path:
+    """A published-format folder: ``weights_dir/owner/name`` if present, else from the Hugging Face Hub."""
+    folder, origin = _weights_dir(weights_dir)
+    looked = [f"local path {Path(repo_id).resolve()}: does not exist"]
+    if folder is not None:
+        local = folder / repo_id
+        if (local / CONFIG_FILE).is_file():
+            return local
+        looked.append(f"weights folder ({origin}): {local}/{CONFIG_FILE} does not exist")
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: the library reads it only at import
+    quiet = None if progress else _QuietTqdm
+    try:
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            path = hf_hub_download(repo_id, name, endpoint=endpoint, tqdm_class=quiet)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+        looked.append(f"Hugging Face cache {constants.HF_HUB_CACHE}: not there")
+        reason = (str(err).splitlines() or [""])[0][:200]
+        looked.append(
+            f"Hugging Face Hub {endpoint or constants.ENDPOINT}/{repo_id}: {type(err).__name__} {reason}"
+        )
+        raise WeightsNotFoundError(
+            f"could not get {CONFIG_FILE} + {WEIGHTS_FILE} of Hugging Face repo {repo_id!r}. Looked in:\n  - "
+            + "\n  - ".join(looked)
+            + f"\nTo provide it: download the repo (e.g. `hf download {repo_id} --local-dir DIR`) and pass "
+            f"DIR, or put it at <weights folder>/{repo_id} and pass weights_dir (or set GFP_WEIGHTS_DIR)."
+        ) from err
+    return Path(path).parent
+
+
+class _QuietTqdm(tqdm):
+    """A tqdm that never draws, for ``progress=False`` Hub downloads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
