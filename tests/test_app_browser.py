@@ -28,6 +28,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PHOTO = EXAMPLES / "group_photo.jpg"
+TRAINED_MODEL = ROOT / "examples" / "model-cpu-128"
 TIMEOUT_MS = 180_000
 
 
@@ -35,7 +36,9 @@ TIMEOUT_MS = 180_000
 def server(tmp_path_factory: pytest.TempPathFactory):
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set GFP_CHROMIUM)")
-    srv = start_server(tmp_path_factory.mktemp("browser-weights"), max_pixels=1_000_000)
+    # The model trained by train/configs/cpu.yml, so the screenshot shows real restorations.
+    models = (str(TRAINED_MODEL),)
+    srv = start_server(tmp_path_factory.mktemp("browser-weights"), max_pixels=1_000_000, models=models)
     yield srv
     srv.close()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from gfp import registry
 from gfp.archs import GeneratorConfig
 
 # Official options/train_gfpgan_v1.yml, regrouped. Sizes are in pixels at ``data.out_size``.
@@ -239,8 +240,9 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("degradation.kernel_list must hold 'iso'/'aniso' with one kernel_prob each")
     if cfg["optim"]["schedule"] not in ("multistep", "cosine"):
         raise ConfigError("optim.schedule must be 'multistep' or 'cosine'")
-    if cfg["model"]["identity"]["arch"] not in ("arcface_resnet18", "mobilefacenet", "none"):
-        raise ConfigError("model.identity.arch must be arcface_resnet18, mobilefacenet or none")
+    identities = [*registry.choice_names("identity"), "none"]  # registered by train.models
+    if cfg["model"]["identity"]["arch"] not in identities:
+        raise ConfigError(f"model.identity.arch must be one of {', '.join(identities)}")
     allowed = {f.name for f in dataclasses.fields(GeneratorConfig)}
     typos = sorted(set(cfg["model"]["generator"]) - allowed)
     if typos:
