@@ -3,7 +3,7 @@
 The graph maps ``input`` (float32, N×3×S×S, RGB in [-1, 1], S = the model's out_size, 512 for the
 released models) to ``output`` (same shape and range): the restored faces, with the checkpoint's stored
 noise (deterministic, like our PyTorch default). The batch is fixed (``--batch-size``, default 1) or
-dynamic (``--dynamic-batch``). Opset :data:`OPSET` (18: ONNX Runtime 1.14+, TensorRT 8.6+). The
+dynamic (``--dynamic-batch``). Opset :data:`OPSET` (18: ONNX Runtime 1.14+, TensorRT 8.6+) or above. The
 modulated convolutions are exported in their shared-weight form (:func:`gfp.archs.set_modulation_mode`
 "shared"): plain convolutions whose weights do not depend on the input, which a dynamic batch needs and
 inference engines fold best. Export uses PyTorch's exporter (``torch.onnx.export(dynamo=True)``), which
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from gfp.archs import set_modulation_mode
+from gfp.loading import WeightsError, load_generator
 
 OPSET = 18
 EXPORT_PACKAGES = ("onnx", "onnxscript")
@@ -90,6 +91,11 @@ def export_onnx(
     return path
 
 
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def build_parser(prog: str = "python -m gfp.onnx") -> argparse.ArgumentParser:
     """Arguments of the export command."""
     p = argparse.ArgumentParser(
@@ -101,7 +107,9 @@ def build_parser(prog: str = "python -m gfp.onnx") -> argparse.ArgumentParser:
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch-size", type=int, default=1, help="fixed batch size (default: %(default)s)")
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
-    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (default: %(default)s)")
+    p.add_argument(
+        "--opset", type=int, default=OPSET, help="ONNX opset, %(default)s or above (default: %(default)s)"
+    )
     p.add_argument(
         "--weights-dir", default=None, help="folder searched first for weight files (else $GFP_WEIGHTS_DIR)"
     )
@@ -109,13 +117,14 @@ def build_parser(prog: str = "python -m gfp.onnx") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") -> int:
-    """Run the export command; returns the exit status (2 for usage errors and missing weights)."""
-    from gfp.loading import WeightsError, load_generator
-
+    """Run the export command; returns the exit status (2 for bad input and missing weights, 1 when the
+    exporter fails)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.opset < OPSET:
+        parser.error(f"--opset must be {OPSET} or above (PyTorch's exporter), got {args.opset}")
     missing = missing_export_packages()
     if missing:
         print(
@@ -126,12 +135,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") ->
     try:
         generator, config = load_generator(args.model, weights_dir=args.weights_dir, device="cpu")
     except (WeightsError, ValueError) as err:
-        first = str(err).strip().splitlines()
-        print(f"{prog}: error: {first[0] if first else type(err).__name__}", file=sys.stderr)
+        print(f"{prog}: error: {_first_line(err)}", file=sys.stderr)
         return 2
-    path = export_onnx(
-        generator, args.output, config.out_size, args.batch_size, args.dynamic_batch, args.opset
-    )
+    try:
+        path = export_onnx(
+            generator, args.output, config.out_size, args.batch_size, args.dynamic_batch, args.opset
+        )
+    except OSError as err:
+        print(f"{prog}: error: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the exporter's own failures: one line, not its traceback
+        print(f"{prog}: error: export failed: {_first_line(err)}", file=sys.stderr)
+        return 1
     batch = "dynamic" if args.dynamic_batch else str(args.batch_size)
     size = config.out_size
     print(f"wrote {path} (opset {args.opset}, input N×3×{size}×{size} with N = {batch}, {config.arch} arch)")

@@ -94,7 +94,8 @@ def test_export_errors_are_one_line(tmp_path, capsys, offline):
     torch.save({"conv.weight": torch.zeros(1, 1, 1, 1)}, not_a_generator)
     assert gfp_main(["export-onnx", str(not_a_generator), str(tmp_path / "x.onnx")]) == 2
     assert "not a GFPGAN" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        gfp_main(["export-onnx", str(not_a_generator), str(tmp_path / "x.onnx"), "--batch-size", "0"])
-    assert exc.value.code == 2
+    for bad in (["--batch-size", "0"], ["--opset", "11"]):
+        with pytest.raises(SystemExit) as exc:
+            gfp_main(["export-onnx", str(not_a_generator), str(tmp_path / "x.onnx"), *bad])
+        assert exc.value.code == 2
     assert not (tmp_path / "x.onnx").exists()
