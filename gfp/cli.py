@@ -1,5 +1,7 @@
 """Command line: ``python -m gfp`` / ``gfp``, with the official ``inference_gfpgan.py`` flags and layout.
 
+``gfp export-onnx MODEL OUT.onnx`` exports a generator instead (:mod:`gfp.onnx`).
+
 Outputs (as the official script writes them) under ``--output``::
 
     cropped_faces/{name}_{idx:02d}.png            aligned input faces
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gfp",
         description="Restore faces in photos with GFPGAN (blind face restoration, generative facial prior).",
+        epilog="Export a generator to ONNX: gfp export-onnx MODEL OUT.onnx (see gfp export-onnx --help).",
     )
     p.add_argument(
         "-i", "--input", default="inputs/whole_imgs", help="input image or folder (default: %(default)s)"
@@ -138,9 +141,14 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status. ``export-onnx`` as first argument runs :mod:`gfp.onnx`."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["export-onnx"]:  # the restore parser takes no positional arguments: no clash
+        from gfp.onnx import main as export_main
+
+        return export_main(args_list[1:], prog="gfp export-onnx")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     try:
         options = RestoreOptions(
             version=args.version,

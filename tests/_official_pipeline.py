@@ -5,7 +5,9 @@ ParseNet, the official ``GFPGANv1Clean`` network, optionally realesrgan ``RealES
 its constructor's downloads: the helper's detector and parser loaders are pointed at local files while it
 is built, and the network runs with its stored noise (``randomize_noise=False``) so both sides are
 deterministic. No GFPGAN checkpoint exists offline, so the generator and ParseNet are seeded random
-networks; the detector and the background network are the real files of the shared data.
+networks; the detector and realesr-animevideov3 are the real files of the shared data. The background
+may also be realesr-general-x4v3 (the official Space's CPU choice; seeded random weights, for benchmarks:
+speed does not depend on the values). Everything runs on the CPU unless a ``device`` is given.
 
 Used by tests/test_parity_pipeline.py and benchmarks/pipeline.py (which puts this folder on sys.path).
 """
@@ -28,6 +30,9 @@ DETECTOR = "retinaface_mobile0.25"
 DETECTOR_FILE = "detection_mobilenet0.25_Final.pth"
 PARSER_FILE = "parsing_parsenet.pth"
 BACKGROUND_FILE = "realesr-animevideov3.pth"
+# Background networks the official side can run: zoo name -> SRVGGNetCompact depth (both x4, 64 features).
+BACKGROUND_CONVS = {"realesr-animevideov3": 16, "realesr-general-x4v3": 32}
+RANDOM_BACKGROUND = "realesr-general-x4v3"
 
 
 def make_weights(folder: Path, shared_data: Path, seed: int = 0) -> Path:
@@ -55,11 +60,26 @@ def make_weights(folder: Path, shared_data: Path, seed: int = 0) -> Path:
     if not (folder / PARSER_FILE).is_file():
         torch.manual_seed(seed + 1)
         torch.save(ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict(), folder / PARSER_FILE)
+    if not (folder / f"{RANDOM_BACKGROUND}.pth").is_file():
+        from basicsr.archs.srvgg_arch import SRVGGNetCompact
+
+        torch.manual_seed(seed + 2)
+        net = SRVGGNetCompact(3, 3, 64, BACKGROUND_CONVS[RANDOM_BACKGROUND], upscale=4, act_type="prelu")
+        torch.save({"params": net.state_dict()}, folder / f"{RANDOM_BACKGROUND}.pth")
     for name in (DETECTOR_FILE, BACKGROUND_FILE):
         link = folder / name
         if not link.exists():
             os.symlink(shared_data / "weights" / name, link)
     return folder
+
+
+def _background_name(background: bool | str) -> str | None:
+    """``True`` = realesr-animevideov3 (the real file), ``False`` = none, or a name of BACKGROUND_CONVS."""
+    if isinstance(background, str):
+        if background not in BACKGROUND_CONVS:
+            raise ValueError(f"background must be one of {list(BACKGROUND_CONVS)}, got {background!r}")
+        return background
+    return "realesr-animevideov3" if background else None
 
 
 class _FixedNoise(nn.Module):
@@ -73,22 +93,28 @@ class _FixedNoise(nn.Module):
         return self.net(x, return_rgb=return_rgb, randomize_noise=False)
 
 
-def official_restorer(folder: Path, upscale: float = 2, background: bool = False, use_parse: bool = True):
-    """A ``GFPGANer`` on the files of :func:`make_weights` (CPU), built without any download."""
+def official_restorer(
+    folder: Path,
+    upscale: float = 2,
+    background: bool | str = False,
+    use_parse: bool = True,
+    device: str | torch.device = "cpu",
+):
+    """A ``GFPGANer`` on the files of :func:`make_weights`, built without any download."""
     import facexlib.detection
     import facexlib.parsing
     from facexlib.utils.face_restoration_helper import FaceRestoreHelper
     from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
     from gfpgan.utils import GFPGANer
 
-    cpu = torch.device("cpu")
+    dev = torch.device(device)
     with (
         mock.patch.object(facexlib.detection, "load_file_from_url", lambda **kw: str(folder / DETECTOR_FILE)),
         mock.patch.object(facexlib.parsing, "load_file_from_url", lambda **kw: str(folder / PARSER_FILE)),
     ):
         helper = FaceRestoreHelper(
             upscale, face_size=512, crop_ratio=(1, 1), det_model=DETECTOR, save_ext="png",
-            use_parse=use_parse, device=cpu,
+            use_parse=use_parse, device=dev,
         )  # fmt: skip
     net = GFPGANv1Clean(
         out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
@@ -97,33 +123,36 @@ def official_restorer(folder: Path, upscale: float = 2, background: bool = False
     net.load_state_dict(torch.load(folder / GENERATOR_FILE, weights_only=True)["params_ema"], strict=True)
     restorer = GFPGANer.__new__(GFPGANer)  # its __init__ would download the detector/parser/generator
     restorer.upscale = upscale
-    restorer.device = cpu
+    restorer.device = dev
     restorer.face_helper = helper
-    restorer.gfpgan = _FixedNoise(net.eval())
-    restorer.bg_upsampler = official_background(folder) if background else None
+    restorer.gfpgan = _FixedNoise(net.eval().to(dev))
+    name = _background_name(background)
+    restorer.bg_upsampler = official_background(folder, name, dev) if name else None
     return restorer
 
 
-def official_background(folder: Path):
-    """RealESRGANer, real realesr-animevideov3, official CLI settings (tile 400, pad 10, no pre-pad)."""
+def official_background(folder: Path, name: str = "realesr-animevideov3", device: str | torch.device = "cpu"):
+    """RealESRGANer with ``name``'s file of :func:`make_weights`, official CLI settings (tile 400, pad 10)."""
     from basicsr.archs.srvgg_arch import SRVGGNetCompact
     from realesrgan import RealESRGANer
 
-    model = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, act_type="prelu")
+    model = SRVGGNetCompact(
+        num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=BACKGROUND_CONVS[name], upscale=4, act_type="prelu"
+    )
     return RealESRGANer(
-        scale=4, model_path=str(folder / BACKGROUND_FILE), model=model, tile=400, tile_pad=10, pre_pad=0,
-        half=False, device=torch.device("cpu"),
+        scale=4, model_path=str(folder / f"{name}.pth"), model=model, tile=400, tile_pad=10, pre_pad=0,
+        half=False, device=torch.device(device),
     )  # fmt: skip
 
 
-def our_options(folder: Path, upscale: float = 2, background: bool = False, use_parse: bool = True):
+def our_options(folder: Path, upscale: float = 2, background: bool | str = False, use_parse: bool = True):
     """RestoreOptions that match :func:`official_restorer` with the same arguments."""
     from gfp.pipeline import RestoreOptions
 
     return RestoreOptions(
         version=str(folder / GENERATOR_FILE),
         upscale=upscale,
-        bg_upsampler="realesr-animevideov3" if background else "none",
+        bg_upsampler=_background_name(background) or "none",
         detector=DETECTOR,
         use_parse=use_parse,
     )

@@ -10,10 +10,11 @@
 
 from gfp.archs.config import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
 from gfp.archs.gfpgan import GFPGANClean, GFPGANv1
-from gfp.archs.stylegan2_clean import StyleGAN2Generator
+from gfp.archs.stylegan2_clean import MODULATION_MODES, StyleGAN2Generator, set_modulation_mode
 from gfp.archs.stylegan2_v1 import StyleGAN2GeneratorV1
 
 __all__ = [
+    "MODULATION_MODES",
     "GFPGANClean",
     "GFPGANv1",
     "GeneratorConfig",
@@ -22,4 +23,5 @@ __all__ = [
     "UnknownArchitectureError",
     "build_generator",
     "detect_config",
+    "set_modulation_mode",
 ]

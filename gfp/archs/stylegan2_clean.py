@@ -35,7 +35,54 @@ class NormStyleCode(nn.Module):
         return x * torch.rsqrt(torch.mean(x**2, dim=1, keepdim=True) + 1e-8)
 
 
-class ModulatedConv2d(nn.Module):
+MODULATION_MODES = ("auto", "per_sample", "shared")
+
+
+def set_modulation_mode(net: nn.Module, mode: str) -> None:
+    """Choose how every modulated conv inside ``net`` handles a batch (see :class:`ModulatedConvBase`).
+
+    "auto" (the default): per-sample weights for a batch of one, shared weights above; "per_sample": always
+    the official formulation; "shared": always shared weights (what ONNX export with a dynamic batch needs).
+    """
+    if mode not in MODULATION_MODES:
+        raise ValueError(f"modulation mode must be one of {MODULATION_MODES}, got {mode!r}")
+    for module in net.modules():
+        if isinstance(module, ModulatedConvBase):
+            module.modulation_mode = mode
+
+
+def demodulation(weight: Tensor, style_scale: Tensor, eps: float) -> Tensor:
+    """Per sample and output channel, 1 / ||weight * style_scale||: shape (B, out_channels).
+
+    ``weight`` is (out, in, k, k), ``style_scale`` (B, in). The norm of the modulated weight is
+    sum_i s_i^2 * sum_k w_oik^2, so it needs the (out, in) energies of the shared weight only. Written
+    with elementwise ops rather than a matmul so it stays in float32 under autocast.
+    """
+    energy = weight.pow(2).sum([2, 3])
+    return torch.rsqrt((style_scale.pow(2).unsqueeze(1) * energy).sum(2) + eps)
+
+
+class ModulatedConvBase(nn.Module):
+    """What both modulated convolutions share: how a batch is computed.
+
+    The official formulation builds each sample's own modulated (and demodulated) weight tensor and runs
+    one grouped convolution, so a batch of B costs B weight tensors and a grouped conv, which backends run
+    slower than a plain one. The same function can be had with the weights shared by the whole batch:
+    scale the input channels by the style, convolve with the shared weight, and scale the output channels
+    by the demodulation factor. Both are equal up to float rounding; batches of one keep the official
+    formulation, so a single face gets exactly the official network's arithmetic.
+    """
+
+    modulation_mode: str = "auto"
+
+    def shares_weights(self, batch: int) -> bool:
+        """Whether this forward uses the shared-weight formulation for a batch of ``batch``."""
+        if self.modulation_mode == "auto":
+            return batch > 1
+        return self.modulation_mode == "shared"
+
+
+class ModulatedConv2d(ModulatedConvBase):
     """Style-modulated, optionally demodulated convolution; bilinear x2 resampling when asked."""
 
     def __init__(
@@ -66,7 +113,10 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
         b, c = x.shape[:2]
-        weight = self.weight * self.modulation(style).view(b, 1, c, 1, 1)
+        style_scale = self.modulation(style)
+        if self.shares_weights(b):
+            return self._forward_shared(x, style_scale)
+        weight = self.weight * style_scale.view(b, 1, c, 1, 1)
         if self.demodulate:
             demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + self.eps)
             weight = weight * demod.view(b, self.out_channels, 1, 1, 1)
@@ -79,6 +129,20 @@ class ModulatedConv2d(nn.Module):
         # One grouped conv applies each sample's own weights to that sample.
         out = F.conv2d(x.reshape(1, b * c, h, w), weight, padding=self.padding, groups=b)
         return out.view(b, self.out_channels, *out.shape[2:])
+
+    def _forward_shared(self, x: Tensor, style_scale: Tensor) -> Tensor:
+        """Modulate the input channels, convolve with the shared weight, demodulate the output channels."""
+        weight = self.weight[0]
+        # Bilinear resampling acts on each channel alone, so modulating before it is the same function.
+        x = x * style_scale[:, :, None, None]
+        if self.sample_mode == "upsample":
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        elif self.sample_mode == "downsample":
+            x = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+        out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            out = out * demodulation(weight, style_scale, self.eps)[:, :, None, None]
+        return out
 
 
 class StyleConv(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from gfp.archs.stylegan2_clean import NormStyleCode, StyleGAN2Generator
+from gfp.archs.stylegan2_clean import ModulatedConvBase, NormStyleCode, StyleGAN2Generator, demodulation
 
 DEFAULT_KERNEL = (1, 3, 3, 1)
 
@@ -214,7 +214,7 @@ class ResBlock(nn.Module):
         return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
 
 
-class ModulatedConv2d(nn.Module):
+class ModulatedConv2d(ModulatedConvBase):
     """Original modulated conv: transposed-conv upsampling + blur, or blur + strided conv downsampling."""
 
     def __init__(
@@ -249,7 +249,10 @@ class ModulatedConv2d(nn.Module):
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
         b, c, h, w = x.shape
         k = self.kernel_size
-        weight = self.scale * self.weight * self.modulation(style).view(b, 1, c, 1, 1)
+        style_scale = self.modulation(style)
+        if self.shares_weights(b):
+            return self._forward_shared(x, style_scale)
+        weight = self.scale * self.weight * style_scale.view(b, 1, c, 1, 1)
         if self.demodulate:
             demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + self.eps)
             weight = weight * demod.view(b, self.out_channels, 1, 1, 1)
@@ -264,6 +267,24 @@ class ModulatedConv2d(nn.Module):
         else:
             out = F.conv2d(x.reshape(1, b * c, h, w), weight, padding=self.padding, groups=b)
         return out.view(b, self.out_channels, *out.shape[2:])
+
+    def _forward_shared(self, x: Tensor, style_scale: Tensor) -> Tensor:
+        """Shared weights for the batch: modulate the input channels, demodulate the output channels.
+
+        The blur after the transposed conv (and before the strided one) filters each channel alone, so
+        per-channel scales commute with it.
+        """
+        weight = self.scale * self.weight[0]
+        x = x * style_scale[:, :, None, None]
+        if self.sample_mode == "upsample":
+            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        elif self.sample_mode == "downsample":
+            out = F.conv2d(self.smooth(x), weight, stride=2)
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            out = out * demodulation(weight, style_scale, self.eps)[:, :, None, None]
+        return self.smooth(out) if self.sample_mode == "upsample" else out
 
 
 class StyleConv(nn.Module):

@@ -1,0 +1,276 @@
+"""GPU benchmark, one script for a lent GPU machine; it also runs on a CPU, skipping the CUDA-only parts.
+
+1. Generator: faces/s of ours at each batch size in fp32, bf16 (autocast) and fp16 (half weights, what
+   ``--half`` runs; timed only when its output holds: finite and within --min-db of float32), and of the
+   official ``GFPGANv1Clean`` at fp32 in the same run. Each precision's cost is printed in dB against
+   strict float32 (TF32 off), on the aligned faces of the shared data (faces/lq) when present, clamped to
+   [-1, 1] as the pipeline does. Peak CUDA memory per row. Full-size v1.4 layout, seeded random weights
+   (speed does not depend on the values), identical on both sides.
+2. Whole photos: photos/s of our ``Restorer`` (fp32, and fp16 on CUDA) and of the official
+   ``GFPGANer.enhance`` on the same photos, weights and background network (tests/_official_pipeline.py),
+   with the PSNR of each of ours against the official image.
+
+    python benchmarks/gpu.py                                   # cuda if available, else cpu
+    python benchmarks/gpu.py --batches 1 8 64 --repeat 5 --json gpu.json
+    python benchmarks/gpu.py --device cpu --batches 1 --photos codeformer_04.jpg --background none
+
+Times are medians of --repeat runs after one warm-up. On a shared machine they are not results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import torch  # noqa: E402
+
+import gfp  # noqa: E402, F401  (torchvision shim before basicsr/gfpgan imports)
+
+DEFAULT_PHOTOS = ("codeformer_04.jpg", "codeformer_05.jpg", "gfpgan_10045.png")
+GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+CPU_BATCHES = (1, 2)
+OFFICIAL_CONFIG = dict(
+    out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
+    num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True,
+)  # fmt: skip
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("GFP_TEST_DATA") or ROOT.parent / "shared" / "data")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` over ``repeat`` runs after one warm-up run."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _psnr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR over [-1, 1] (peak-to-peak 2) of the clamped images; -inf when ``out`` is not finite."""
+    if not torch.isfinite(out).all():
+        return -math.inf
+    a, b = out.double().clamp(-1, 1), ref.double().clamp(-1, 1)
+    mse = torch.mean((a - b) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def _faces(count: int) -> torch.Tensor:
+    """``count`` aligned 512-px faces as RGB in [-1, 1]: the shared data's faces/lq, else seeded noise."""
+    import cv2
+
+    files = sorted((_data_dir() / "faces" / "lq").glob("*.png"))[:count]
+    if not files:
+        print("no faces/lq in the shared data: using seeded random inputs")
+        return torch.rand(count, 3, 512, 512, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    faces = []
+    for f in files:
+        bgr = cv2.resize(cv2.imread(str(f), cv2.IMREAD_COLOR), (512, 512), interpolation=cv2.INTER_LINEAR)
+        faces.append(torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 127.5 - 1)
+    return torch.stack(faces)
+
+
+def _generators(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(ours, official) with the same seeded random weights, eval, on ``device``."""
+    from gfpgan.archs.gfpganv1_clean_arch import GFPGANv1Clean
+
+    from gfp.archs import GeneratorConfig, build_generator
+
+    torch.manual_seed(0)
+    official = GFPGANv1Clean(**OFFICIAL_CONFIG).eval().requires_grad_(False)
+    ours = build_generator(GeneratorConfig()).eval().requires_grad_(False)
+    ours.load_state_dict(official.state_dict(), strict=True)
+    return ours.to(device), official.to(device)
+
+
+def _strict_fp32(enabled: bool) -> None:
+    """TF32 off (strict float32) or back to PyTorch's defaults for convs and matmuls on CUDA."""
+    torch.backends.cudnn.allow_tf32 = not enabled
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def bench_generator(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Precision cost and faces/s of ours (fp32/bf16/fp16) and the official network (fp32)."""
+    from gfp.precision import cpu_has_native_bf16, generator_forward
+
+    cuda = device.type == "cuda"
+    ours, official = _generators(device)
+    half = None
+    if cuda:
+        import copy
+
+        half = copy.deepcopy(ours).half()
+    else:
+        print("fp16: skipped (CUDA only: float16 convolutions are not a CPU path)")
+        print(f"bf16 on this CPU: {'native' if cpu_has_native_bf16() else 'emulated (slower than fp32)'}")
+
+    runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "ours fp32": lambda x: generator_forward(ours, x),
+        "ours bf16": lambda x: generator_forward(ours, x, bf16=True),
+        "official fp32": lambda x: official(x, return_rgb=False, randomize_noise=False)[0],
+    }
+    if half is not None:
+        runners["ours fp16"] = lambda x: generator_forward(half, x.half())
+    faces = _faces(args.precision_faces).to(device)
+    with torch.inference_mode():
+        _strict_fp32(True)
+        ref = torch.cat([generator_forward(ours, faces[i : i + 1]) for i in range(len(faces))])
+        _strict_fp32(False)
+        print(f"\nprecision cost vs strict fp32 on {len(faces)} face(s), batch 1 (PSNR, [-1, 1] clamped)")
+        costs = {}
+        for name, run in runners.items():
+            out = torch.cat([run(faces[i : i + 1]).float() for i in range(len(faces))])
+            costs[name] = _psnr_db(out, ref)
+            print(f"  {name:15} {costs[name]:7.2f} dB")
+    if half is not None and costs["ours fp16"] < args.min_db:
+        print(f"  ours fp16 does not hold (< {args.min_db:g} dB or not finite): not timed")
+        del runners["ours fp16"]
+
+    print(f"\n{'generator':15} {'batch':>5} {'s/batch':>9} {'faces/s':>9} {'peak MiB':>9}")
+    rows = []
+    for name, run in runners.items():
+        for batch in args.batches:
+            x = faces[torch.arange(batch) % len(faces)]
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                with torch.inference_mode():
+                    seconds = _median_time(lambda x=x, run=run: run(x), args.repeat, device)
+            except torch.cuda.OutOfMemoryError:
+                print(f"{name:15} {batch:>5} out of memory: larger batches skipped")
+                break
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")
+            row = {"net": name, "batch": batch, "seconds": seconds, "faces_per_s": batch / seconds}
+            rows.append(row | {"peak_mib": peak, "db_vs_fp32": costs[name]})
+            print(f"{name:15} {batch:>5} {seconds:9.4f} {batch / seconds:9.2f} {peak:9.0f}")
+            sys.stdout.flush()
+    return rows
+
+
+def bench_photos(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Whole photos/s: ours (fp32, fp16 on CUDA) and the official GFPGANer on the same photos and weights."""
+    import cv2
+    from _official_pipeline import make_weights, official_restorer, our_options, psnr
+
+    from gfp.pipeline import Restorer
+
+    data = _data_dir()
+    photos = [data / "photos" / name for name in args.photos]
+    missing = [p.name for p in photos if not p.is_file()]
+    if missing or not (data / "weights").is_dir():
+        print(f"\nwhole photos: skipped (shared data missing: {', '.join(missing) or 'weights'})")
+        return []
+    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in photos]
+    background = False if args.background == "none" else args.background
+    folder = make_weights(Path(tempfile.mkdtemp(prefix="gfp-gpu-bench-")) / "weights", data)
+    options = our_options(folder, args.upscale, background)
+    sides: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    ours = Restorer(weights_dir=folder, device=str(device))
+    sides["ours fp32"] = lambda img: ours.restore(img, options).image
+    if device.type == "cuda":
+        ours_half = Restorer(weights_dir=folder, device=str(device), half=True)
+        sides["ours fp16"] = lambda img: ours_half.restore(img, options).image
+    else:
+        print("\nours fp16 (--half): skipped (CUDA only)")
+    official = official_restorer(folder, args.upscale, background, device=device)
+
+    def run_official(img: np.ndarray) -> np.ndarray:
+        with contextlib.redirect_stdout(io.StringIO()):  # RealESRGANer prints a line per tile
+            return official.enhance(img, paste_back=True)[2]
+
+    sides["official fp32"] = run_official
+
+    outputs: dict[str, list[np.ndarray]] = {}
+    for name, run in sides.items():
+        run(images[0])  # warm-up: loads, kernels chosen per shape
+        outputs[name] = []
+    seconds = dict.fromkeys(sides, 0.0)
+    for img in images:  # alternate the sides photo by photo so they share the machine's load
+        for name, run in sides.items():
+            start = time.perf_counter()
+            outputs[name].append(run(img))
+            _sync(device)
+            seconds[name] += time.perf_counter() - start
+    print(
+        f"\nwhole photos: {len(images)} ({', '.join(args.photos)}), x{args.upscale:g}, "
+        f"background {args.background}, detector retinaface_mobile0.25, seeded random GFPGAN/ParseNet"
+    )
+    print(f"{'pipeline':15} {'s total':>9} {'photos/s':>9} {'min PSNR vs official':>21}")
+    rows = []
+    for name in sides:
+        worst = None
+        if name != "official fp32":
+            worst = min(psnr(a, b) for a, b in zip(outputs[name], outputs["official fp32"], strict=True))
+        rows.append({"pipeline": name, "seconds": seconds[name], "photos_per_s": len(images) / seconds[name]})
+        rows[-1]["min_psnr_vs_official"] = worst
+        shown = "-" if worst is None else f"{worst:.2f}"
+        print(f"{name:15} {seconds[name]:9.2f} {len(images) / seconds[name]:9.3f} {shown:>21}")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="generator batch sizes")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (default: %(default)s)")
+    p.add_argument("--precision-faces", type=int, default=4, help="faces for the dB figures")
+    p.add_argument("--min-db", type=float, default=40.0, help="fp16 holds above this (default: %(default)s)")
+    p.add_argument("--photos", nargs="+", default=list(DEFAULT_PHOTOS), help="photo names in shared data")
+    p.add_argument(
+        "--background",
+        default="realesr-general-x4v3",
+        choices=["none", "realesr-animevideov3", "realesr-general-x4v3"],
+        help="background network on both sides (default: %(default)s, the official Space's)",
+    )
+    p.add_argument("--upscale", type=float, default=2)
+    p.add_argument("--skip", choices=["generator", "photos"], nargs="*", default=[], help="parts to skip")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    args = p.parse_args()
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu.py: error: CUDA is not available here; use --device cpu")
+    if device.type != "cuda":
+        print("no CUDA device: running the CPU parts only (fp16 and CUDA memory figures skipped)")
+    args.batches = args.batches or list(GPU_BATCHES if device.type == "cuda" else CPU_BATCHES)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"device {device} = {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    results: dict[str, object] = {"device": name, "torch": torch.__version__}
+    if "generator" not in args.skip:
+        results["generator"] = bench_generator(args, device)
+    if "photos" not in args.skip:
+        results["photos"] = bench_photos(args, device)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
