@@ -41,7 +41,9 @@ class EvaluationError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- images
 def _bgr8(path: Path, size: int) -> np.ndarray:
-    """An image as 8-bit BGR at ``size``², shrunk or enlarged the way the pipeline treats aligned faces."""
+    """An image as 8-bit BGR at ``size``², resized the way the pipeline resizes aligned faces: shrunk by
+    area averaging (as a face is brought to a smaller model), enlarged with Lanczos (as a restored face is
+    brought to the output size), so the faces a smaller model writes are scored as its output image."""
     try:
         img = read_image(path, max_pixels=None)
     except ImageReadError as err:
@@ -53,6 +55,8 @@ def _bgr8(path: Path, size: int) -> np.ndarray:
     img = img[:, :, :3]
     if img.shape[0] != img.shape[1]:
         raise EvaluationError(f"{path} is {img.shape[1]}x{img.shape[0]}: aligned faces are square")
+    if img.shape[0] < size:
+        return cv2.resize(img, (size, size), interpolation=cv2.INTER_LANCZOS4)
     return resize_aligned(img, size)
 
 

@@ -111,6 +111,14 @@ def model_card(
         ]
     rows = "\n".join(f"| {METRIC_NAMES[k]} | {v:.4f} |" for k, v in metrics.items()) or "| (none logged) | |"
     loss = cfg["loss"]
+    if int(loss.get("gan_from", 0)) >= step:
+        adversarial = "no adversarial, component or identity loss (reconstruction only up to this step)"
+    else:
+        adversarial = (
+            f"from step {loss.get('gan_from', 0)}: GAN {loss['gan_weight']}, component GAN "
+            f"{loss['component_gan_weight']} (style {loss['component_style_weight']}), identity "
+            f"{loss['identity_weight']}, R1 {loss['r1_weight']}"
+        )
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---
@@ -133,9 +141,7 @@ python app.py --model {repo_name or "<this repo id or folder>"}
 - data: `{cfg["data"]["train"]}`, degraded on the fly as in the official GFPGAN recipe
   (full settings in `training_config.yml`)
 - loss weights: pixel {loss["pixel_weight"]}, pyramid {loss["pyramid_weight"]},
-  perceptual {loss["perceptual_weight"]} (style {loss["style_weight"]}), GAN {loss["gan_weight"]},
-  component GAN {loss["component_gan_weight"]} (style {loss["component_style_weight"]}),
-  identity {loss["identity_weight"]}, R1 {loss["r1_weight"]}
+  perceptual {loss["perceptual_weight"]} (style {loss["style_weight"]}); {adversarial}
 - initialisation: {cfg["model"]["pretrained"] or "random"}; StyleGAN2 prior: {cfg["model"]["prior"] or "none"}
 
 ## Validation (EMA generator, step {step})
