@@ -125,7 +125,7 @@ def bench_memory(work: Path, short: int, long: int) -> list[dict]:
     rows = []
     for n in (short, long):
         source = work / f"mem_{n}.mp4"
-        frames = make_frames(1, (360, 640))[0]
+        frames = make_frames(1)[0]
         # 25 noisy frames repeated: the clip is long, the script that writes it stays small.
         rng = np.random.default_rng(n)
         clip = [np.clip(frames + rng.normal(0, 2, frames.shape), 0, 255).astype(np.uint8) for _ in range(25)]
@@ -157,8 +157,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=["speed", "memory", "jitter"])
     p.add_argument("--speed-frames", type=int, default=8)
-    p.add_argument("--short", type=int, default=50, help="frames of the short clip (25 fps)")
-    p.add_argument("--long", type=int, default=750, help="frames of the long clip (25 fps)")
+    p.add_argument("--short", type=int, default=25, help="frames of the short clip (25 fps)")
+    p.add_argument("--long", type=int, default=250, help="frames of the long clip (25 fps)")
     p.add_argument("--jitter-frames", type=int, default=75)
     p.add_argument("--memory-run", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
