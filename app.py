@@ -2,7 +2,8 @@
 
 Drop a photo, compare before and after on a slider, look at every face before and after, and download
 the full-resolution result as the exact file (PNG by default, so alpha and 16-bit survive). The same
-function is the API endpoint ``/restore`` (gradio_client) and an MCP tool.
+function is the API endpoint ``/restore`` (gradio_client) and an MCP tool. The Video tab restores the faces
+of a clip and keeps its sound (endpoint and MCP tool ``/restore_video``).
 
     python app.py                                  # http://127.0.0.1:7860, GFPGAN v1.4
     python app.py --model owner/repo --device cuda # add a Hub model (or a file path) and make it the default
@@ -34,6 +35,8 @@ import gfp  # noqa: F401  (installs the torchvision shim before anything imports
 from gfp import registry
 from gfp.imageio import ImageReadError, read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer
+from gfp.video import VideoError, VideoOptions
+from gfp.video import restore_video as restore_video_file
 from gfp.weights.errors import WeightsError
 from gfp.weights.resolve import resolve
 
@@ -82,6 +85,8 @@ class AppSettings:
     concurrency: int | None = None
     max_pixels: int | None = None
     mcp: bool = True
+    max_video_seconds: float | None = None
+    max_video_pixels: int | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
@@ -142,6 +147,20 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
         "(env GFP_MAX_PIXELS)",
     )
     parser.add_argument(
+        "--max-video-seconds",
+        type=float,
+        default=float(env("GFP_MAX_VIDEO_SECONDS") or 0) or None,
+        help="longest clip (seconds) the Video tab accepts; default 30 on CPU, 600 on GPU "
+        "(env GFP_MAX_VIDEO_SECONDS)",
+    )
+    parser.add_argument(
+        "--max-video-pixels",
+        type=int,
+        default=_env_int("GFP_MAX_VIDEO_PIXELS", None),
+        help="largest video frame the Video tab accepts; default 1280x720 on CPU, 1920x1080 on GPU "
+        "(env GFP_MAX_VIDEO_PIXELS)",
+    )
+    parser.add_argument(
         "--no-mcp",
         dest="mcp",
         action="store_false",
@@ -152,7 +171,12 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     models = (
         args.model if args.model is not None else [m for m in env("GFP_MODEL", "").split(",") if m.strip()]
     )
-    for name, value in (("--concurrency", args.concurrency), ("--max-pixels", args.max_pixels)):
+    for name, value in (
+        ("--concurrency", args.concurrency),
+        ("--max-pixels", args.max_pixels),
+        ("--max-video-seconds", args.max_video_seconds),
+        ("--max-video-pixels", args.max_video_pixels),
+    ):
         if value is not None and value < 1:
             parser.error(f"{name} must be at least 1, got {value}")
     return AppSettings(
@@ -167,6 +191,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
         concurrency=args.concurrency,
         max_pixels=args.max_pixels,
         mcp=args.mcp,
+        max_video_seconds=args.max_video_seconds,
+        max_video_pixels=args.max_video_pixels,
     )
 
 
@@ -494,14 +520,16 @@ def build_handler(ctx: RequestContext) -> Callable[..., Any]:
             output_format, progress,
         )  # fmt: skip
 
-    handler: Callable[..., Any] = restore
-    try:  # ZeroGPU Spaces: borrow a GPU per request; elsewhere `spaces` is not installed.
-        import spaces
+    return _on_zero_gpu(restore)
 
-        handler = spaces.GPU(restore)
+
+def _on_zero_gpu(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """On ZeroGPU Spaces a request borrows a GPU (``spaces.GPU``); elsewhere `spaces` is not installed."""
+    try:
+        import spaces
     except ImportError:
-        pass
-    return handler
+        return handler
+    return spaces.GPU(handler)
 
 
 def build_app(
@@ -515,72 +543,214 @@ def build_app(
     restorer = restorer or Restorer(weights_dir=settings.weights_dir, device=settings.device)
     ctx = RequestContext.create(settings, restorer)
     handler = build_handler(ctx)
+    video_handler = _on_zero_gpu(_video_handler(ctx))
     models = [(registry.label(name), name) for name in ctx.specs]
     banner = _banner(weights or WeightsCheck())
     with gr.Blocks(title="gfp: GFPGAN face restoration", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# GFPGAN face restoration\n"
             "Blind face restoration with a generative facial prior (GFPGAN, CVPR 2021), open implementation. "
-            "Upload a photo, press **Restore**, compare with the slider, download the full-resolution file."
+            "Upload a photo, press **Restore**, compare with the slider, download the full-resolution file; "
+            "or restore the faces of a clip, with its sound, in the **Video** tab."
         )
         gr.Markdown(banner, visible=bool(banner), elem_id="weights-banner")
-        with gr.Row():
-            with gr.Column(scale=1):
-                image = gr.Image(
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "clipboard", "webcam"],
-                    label="Photo",
-                    elem_id="input-image",
-                )
-                model = gr.Dropdown(models, value=models[0][1], label="Model")
-                rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
-                background = gr.Radio(
-                    registry.choices("upsampler"), value=settings.background, label="Background upsampler"
-                )
-                strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
-                with gr.Accordion("Advanced", open=False):
-                    only_center_face = gr.Checkbox(False, label="Only the centre face")
-                    aligned = gr.Checkbox(False, label="Input is an aligned 512x512 face")
-                    detector = gr.Dropdown(
-                        registry.choices("detector"), value=settings.detector, label="Face detector"
+        with gr.Tab("Photo"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    image = gr.Image(
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard", "webcam"],
+                        label="Photo",
+                        elem_id="input-image",
                     )
-                    output_format = gr.Radio(list(FORMATS), value="PNG", label="Download format")
-                run = gr.Button("Restore", variant="primary", elem_id="restore-button")
-                examples = [str(EXAMPLES_DIR / name) for name in EXAMPLES if (EXAMPLES_DIR / name).is_file()]
-                if examples:
-                    gr.Examples([[path] for path in examples], inputs=[image], label="Examples (click one)")
-            with gr.Column(scale=2):
-                slider = gr.ImageSlider(label="Before / after", type="numpy", format="webp", elem_id="slider")
-                faces = gr.Gallery(
-                    label="Faces: before | after",
-                    columns=3,
-                    height=300,
-                    object_fit="contain",
-                    elem_id="faces",
-                )
-                download = gr.File(label="Full-resolution result", elem_id="download")
-                status = gr.Markdown(label="Status", elem_id="status")
-        run.click(
-            handler,
-            inputs=[
-                image,
-                model,
-                rescale,
-                background,
-                strength,
-                only_center_face,
-                aligned,
-                detector,
-                output_format,
-            ],
-            outputs=[slider, faces, download, status],
-            api_name="restore",
-            preprocess=False,  # we read the uploaded file ourselves: see _read_upload
-        )
+                    model = gr.Dropdown(models, value=models[0][1], label="Model")
+                    rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
+                    background = gr.Radio(
+                        registry.choices("upsampler"), value=settings.background, label="Background upsampler"
+                    )
+                    strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
+                    with gr.Accordion("Advanced", open=False):
+                        only_center_face = gr.Checkbox(False, label="Only the centre face")
+                        aligned = gr.Checkbox(False, label="Input is an aligned 512x512 face")
+                        detector = gr.Dropdown(
+                            registry.choices("detector"), value=settings.detector, label="Face detector"
+                        )
+                        output_format = gr.Radio(list(FORMATS), value="PNG", label="Download format")
+                    run = gr.Button("Restore", variant="primary", elem_id="restore-button")
+                    examples = [
+                        str(EXAMPLES_DIR / name) for name in EXAMPLES if (EXAMPLES_DIR / name).is_file()
+                    ]
+                    if examples:
+                        gr.Examples(
+                            [[path] for path in examples], inputs=[image], label="Examples (click one)"
+                        )
+                with gr.Column(scale=2):
+                    slider = gr.ImageSlider(
+                        label="Before / after", type="numpy", format="webp", elem_id="slider"
+                    )
+                    faces = gr.Gallery(
+                        label="Faces: before | after",
+                        columns=3,
+                        height=300,
+                        object_fit="contain",
+                        elem_id="faces",
+                    )
+                    download = gr.File(label="Full-resolution result", elem_id="download")
+                    status = gr.Markdown(label="Status", elem_id="status")
+            run.click(
+                handler,
+                inputs=[
+                    image,
+                    model,
+                    rescale,
+                    background,
+                    strength,
+                    only_center_face,
+                    aligned,
+                    detector,
+                    output_format,
+                ],
+                outputs=[slider, faces, download, status],
+                api_name="restore",
+                preprocess=False,  # we read the uploaded file ourselves: see _read_upload
+            )
+        with gr.Tab("Video"):
+            _video_tab(video_handler, models, settings)
     on_gpu = restorer.device.type != "cpu"
     demo.queue(default_concurrency_limit=settings.concurrency or (2 if on_gpu else 1), max_size=64)
     return demo
+
+
+def _video_limits(settings: AppSettings, on_gpu: bool) -> VideoOptions:
+    """The Video tab's limits: the settings', else 30 s and 1280x720 on CPU, 600 s and 1920x1080 on GPU."""
+    seconds = settings.max_video_seconds or (600.0 if on_gpu else 30.0)
+    pixels = settings.max_video_pixels or (1920 * 1080 if on_gpu else 1280 * 720)
+    return VideoOptions(max_seconds=seconds, max_pixels=pixels)
+
+
+def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
+    """The Video tab's function (endpoint and MCP tool ``restore_video``), over the app's shared Restorer."""
+    settings, restorer, specs, allowed, outputs = (
+        ctx.settings,
+        ctx.restorer,
+        ctx.specs,
+        ctx.allowed,
+        ctx.outputs,
+    )
+    on_gpu = restorer.device.type != "cpu"
+    limits = _video_limits(settings, on_gpu)
+
+    def restore_video(
+        video: dict[str, Any] | str | None,
+        model: str = next(iter(specs)),
+        rescale: float = 2,
+        background: str = settings.background,
+        strength: float = 1.0,
+        only_center_face: bool = False,
+        detector: str = settings.detector,
+        smooth: bool = True,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008  (gradio injects the tracker through the default)
+    ) -> tuple[str, str, str, str]:
+        """Restore the faces in a video clip with GFPGAN, upscale the rest and keep the sound.
+
+        Args:
+            video: the clip (mp4, mov, mkv, webm, avi, ...: what FFmpeg decodes).
+            model: GFPGAN version ("v1.4", "v1.3", "v1.2", "v1") or a model the app was launched with.
+            rescale: final upscaling factor of the frames, 1 to 4.
+            background: background upsampler: "realesrgan", "realesr-general-x4v3", "realesr-animevideov3"
+                or "none" (plain Lanczos resize).
+            strength: 0 keeps the original faces, 1 uses the restored faces fully.
+            only_center_face: restore only the face nearest the centre of each frame.
+            detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
+            smooth: smooth the face landmarks from frame to frame so restored faces do not jitter.
+
+        Returns:
+            the input clip, the restored clip (MP4, H.264, same frame rate, duration and sound), the
+            restored file for download, a status line.
+        """
+        for name, value in (("model", model), ("detector", detector), ("background", background)):
+            if value not in allowed[name]:
+                raise gr.Error(f"Unknown {name} {value!r}; choose one of {sorted(allowed[name])}.")
+        rescale, strength = _number("Rescale", rescale, 1.0, 4.0), _number("Strength", strength, 0.0, 1.0)
+        if isinstance(video, dict) and isinstance(video.get("video"), dict):  # older gradio: VideoData
+            video = video["video"]
+        if isinstance(video, dict):
+            path, name = video.get("path"), video.get("orig_name") or video.get("path")
+        else:
+            path, name = video, video
+        if not path:
+            raise gr.Error("Please upload a video first.")
+        shown = Path(str(name)).name
+        target = outputs.new_file(Path(shown).stem[:60] or "video", ".mp4")
+
+        def report(done: int, total: int, stage: str) -> None:
+            progress((done, total) if total else None, desc=f"{stage}: {done}")
+
+        try:
+            options = RestoreOptions(
+                version=specs[model],
+                upscale=rescale,
+                bg_upsampler=None if _background_fallback(settings, background) else background,
+                only_center_face=bool(only_center_face),
+                strength=strength,
+                detector=detector,
+                batch_size=8 if on_gpu else 4,
+            )
+            video_options = VideoOptions(
+                smooth=bool(smooth), max_seconds=limits.max_seconds, max_pixels=limits.max_pixels
+            )
+            result = restore_video_file(path, target, options, video_options, restorer, progress=report)
+        except VideoError as exc:  # no server paths in user messages
+            raise gr.Error(f"Could not use this file: {str(exc).replace(str(path), shown)}") from None
+        except (WeightsError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+        lines = [
+            f"**{result.frames} frames, {result.faces} faces restored** · "
+            f"output {result.width}x{result.height} H.264 · {result.fps:.3g} fps · {result.duration:.2f} s · "
+            f"audio {result.audio} · "
+            f"device {result.device} · model {registry.label(model)}",
+            "Time: " + " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()),
+        ]
+        if not result.faces:
+            lines.insert(0, "**Note:** No face found: the video was only upscaled.")
+        lines += [f"Note: {note}" for note in result.notes]
+        return str(path), str(result.path), str(result.path), "  \n".join(lines)
+
+    return restore_video
+
+
+def _video_tab(handler: Callable[..., Any], models: list[tuple[str, str]], settings: AppSettings) -> None:
+    """The Video tab's components and its event (API name ``restore_video``), in the current Blocks."""
+    with gr.Row():
+        with gr.Column(scale=1):
+            video = gr.Video(sources=["upload"], label="Video", elem_id="input-video")
+            model = gr.Dropdown(models, value=models[0][1], label="Model")
+            rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
+            background = gr.Radio(
+                registry.choices("upsampler"), value=settings.background, label="Background upsampler"
+            )
+            strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
+            with gr.Accordion("Advanced", open=False):
+                only_center_face = gr.Checkbox(False, label="Only the centre face")
+                detector = gr.Dropdown(
+                    registry.choices("detector"), value=settings.detector, label="Face detector"
+                )
+                smooth = gr.Checkbox(True, label="Smooth faces across frames (no jitter)")
+            run = gr.Button("Restore video", variant="primary", elem_id="restore-video-button")
+        with gr.Column(scale=2):
+            with gr.Row():
+                before = gr.Video(label="Before", interactive=False, elem_id="video-before")
+                after = gr.Video(label="After", interactive=False, elem_id="video-after")
+            download = gr.File(label="Restored video (MP4)", elem_id="video-download")
+            status = gr.Markdown(elem_id="video-status")
+    run.click(
+        handler,
+        inputs=[video, model, rescale, background, strength, only_center_face, detector, smooth],
+        outputs=[before, after, download, status],
+        api_name="restore_video",
+        preprocess=False,  # the clip is read from the uploaded file itself (gfp.video)
+    )
 
 
 def launch(demo: gr.Blocks, settings: AppSettings, **kwargs: Any) -> Any:

@@ -8,6 +8,7 @@ Outputs (as the official script writes them) under ``--output``::
     restored_faces/{name}_{idx:02d}[_{suffix}].png restored faces
     cmp/{name}_{idx:02d}.png                      input | restored, side by side
     restored_imgs/{name}[_{suffix}].{ext}         the whole restored image (not with --aligned)
+    restored_videos/{name}[_{suffix}].mp4         a restored video clip (see gfp.video)
 
 A file that cannot be read or restored is reported in one line and skipped; the exit status is 1 if any
 file failed, 2 for usage errors and missing weights, 0 otherwise.
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from gfp import registry
 from gfp.imageio import read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
+from gfp.video import VIDEO_CODECS, VideoOptions, VideoResult, is_video, restore_video
 from gfp.weights.errors import WeightsError
 
 
@@ -98,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, default=4, help="faces per generator batch (default: %(default)s)"
     )
+    video = p.add_argument_group("video (mp4, mov, mkv, webm, avi ... → OUTPUT/restored_videos/NAME.mp4)")
+    video.add_argument(
+        "--video-codec",
+        default="h264",
+        choices=list(VIDEO_CODECS),
+        help="codec of restored videos (default: %(default)s)",
+    )
+    video.add_argument(
+        "--crf",
+        type=int,
+        default=18,
+        help="video quality, lower = better: 0-51 for h264/h265, 0-63 for vp9/av1 (default: %(default)s)",
+    )
+    video.add_argument(
+        "--no-smooth",
+        dest="smooth",
+        action="store_false",
+        help="do not smooth face landmarks across frames (faces may jitter)",
+    )
     return p
 
 
@@ -135,6 +156,21 @@ def save_outputs(
     write_image(output / "restored_imgs" / f"{name}.{extension}", result.image)
 
 
+def restore_video_file(
+    path: Path, target: Path, options: RestoreOptions, video: VideoOptions, restorer: Restorer
+) -> VideoResult:
+    """Restore one clip with a progress bar in frames (with ETA when the container gives a frame count)."""
+    with tqdm(desc=path.name, unit="frame", leave=False, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, stage: str) -> None:
+            if total and bar.total != total:
+                bar.total = total
+                bar.refresh()
+            bar.update(done - bar.n)
+
+        return restore_video(path, target, options, video, restorer, progress=progress)
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -162,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             weight=args.weight,
         )
+        video_options = VideoOptions(codec=args.video_codec, crf=args.crf, smooth=args.smooth)
         inputs = list_inputs(args.input)
         restorer = Restorer(weights_dir=args.weights_dir, device=args.device, half=args.half)
     except (ValueError, FileNotFoundError) as err:
@@ -175,9 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr):
         basename, in_ext = os.path.splitext(path.name)
         try:
-            img = read_image(path)
-            result = restorer.restore(img, options)
-            save_outputs(result, basename, in_ext, output, args.suffix, args.ext, args.aligned)
+            if is_video(path):
+                name = f"{basename}_{args.suffix}" if args.suffix is not None else basename
+                result = restore_video_file(
+                    path, output / "restored_videos" / f"{name}.mp4", options, video_options, restorer
+                )
+            else:
+                img = read_image(path)
+                result = restorer.restore(img, options)
+                save_outputs(result, basename, in_ext, output, args.suffix, args.ext, args.aligned)
         except WeightsError as err:
             tqdm.write(f"gfp: error: {err}", file=sys.stderr)
             return 2
@@ -192,10 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if note not in noted:  # e.g. the missing parser: say it once, not for every file
                 noted.add(note)
                 tqdm.write(f"gfp: note: {note}", file=sys.stderr)
-        if not result.restored_faces and not args.aligned:
+        if isinstance(result, VideoResult):
+            if not result.faces:
+                tqdm.write(f"gfp: {path.name}: no face found, video only upscaled", file=sys.stderr)
+        elif not result.restored_faces and not args.aligned:
             tqdm.write(f"gfp: {path.name}: no face found, image only upscaled", file=sys.stderr)
     done = len(inputs) - len(failed)
-    print(f"Restored {done} of {len(inputs)} image(s); results are in the [{output}] folder.")
+    print(f"Restored {done} of {len(inputs)} file(s); results are in the [{output}] folder.")
     if failed:
         print(f"{len(failed)} file(s) failed: {', '.join(p.name for p in failed)}", file=sys.stderr)
         return 1

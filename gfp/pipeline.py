@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -373,6 +373,29 @@ class Restorer:
             instead = "the background was resized with Lanczos instead"
             run.notes.append(Unavailable(choice, err).note(f"background upsampler {choice}", instead))
             return lanczos_upsample(img, options.upscale)
+
+    def restore_faces(
+        self,
+        crops: Sequence[np.ndarray],
+        options: RestoreOptions | None = None,
+        progress: Progress | None = None,
+    ) -> list[np.ndarray]:
+        """Run the generator of ``options.version`` over aligned faces; returns restored uint8 BGR faces.
+
+        ``crops`` are uint8 BGR squares of the generator's ``out_size`` (as :func:`gfp.faces.align_faces`
+        cuts them), restored in batches of ``options.batch_size`` and blended by ``options.strength``,
+        exactly as :meth:`restore` does; for callers that align faces themselves, e.g. video, which
+        batches the faces of several frames together.
+        """
+        options = options or RestoreOptions()
+        net, config = self.generator(options.version)
+        for crop in crops:
+            if crop.dtype != np.uint8 or crop.shape != (config.out_size, config.out_size, 3):
+                raise ValueError(
+                    f"restore_faces expects uint8 {config.out_size}x{config.out_size}x3 BGR crops, "
+                    f"got {crop.dtype} {crop.shape}"
+                )
+        return self._restore_faces(net, list(crops), options, _Run(progress))
 
     @torch.inference_mode()
     def _restore_faces(

@@ -1,0 +1,168 @@
+"""Face tracks across video frames and landmark smoothing, so pasted faces do not jitter.
+
+A detector finds each frame's faces independently; its 5 landmarks wobble by a pixel or two from frame to
+frame even on a still face, and the alignment transform (and so the pasted face) wobbles with them. This
+module links detections into tracks (box overlap, else landmark distance relative to the face size) and
+runs a One-Euro filter (Casiez et al., CHI 2012) over each track's landmarks: strong smoothing while a
+face is still, little lag when it moves. The filter works on timestamps, so variable-rate clips are
+smoothed by elapsed time, not by frame count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SmoothingOptions:
+    """One-Euro parameters; speeds are measured in face sizes (eye-to-mouth distance) per second."""
+
+    min_cutoff: float = 0.5
+    """Cutoff frequency (Hz) of a still face: lower = smoother and laggier."""
+    beta: float = 2.0
+    """How fast the cutoff rises with speed (per face size per second): higher = less lag on motion."""
+    d_cutoff: float = 1.0
+    """Cutoff frequency (Hz) of the speed estimate itself."""
+    match_iou: float = 0.3
+    """A detection continues a track when their boxes overlap at least this much (IoU) ..."""
+    match_distance: float = 0.5
+    """... or when their landmarks are within this many face sizes of each other (fast motion)."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_cutoff", "d_cutoff"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not float(self.beta) >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
+        if not 0 < float(self.match_iou) <= 1:
+            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou!r}")
+
+
+def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
+    """Smoothing factor of a first-order low-pass filter with this cutoff over a step of ``dt`` seconds."""
+    tau = 1.0 / (2.0 * math.pi * cutoff)
+    return 1.0 / (1.0 + tau / dt)
+
+
+def face_size(landmarks: np.ndarray) -> float:
+    """Eye-centre to mouth-centre distance of 5 landmarks (pixels): the scale the filter works in."""
+    eyes = (landmarks[0] + landmarks[1]) / 2
+    mouth = (landmarks[3] + landmarks[4]) / 2
+    return max(float(np.linalg.norm(mouth - eyes)), 1.0)
+
+
+@dataclass
+class OneEuroFilter:
+    """One-Euro filter over one face's (5, 2) landmarks; one adaptive cutoff for the whole face.
+
+    A single cutoff per face (from the mean landmark speed) moves all points together, so the face's
+    shape is not distorted by points being smoothed differently.
+    """
+
+    options: SmoothingOptions = field(default_factory=SmoothingOptions)
+    _value: np.ndarray | None = None
+    _speed: float = 0.0
+    _time: float | None = None
+
+    def __call__(self, points: np.ndarray, time: float) -> np.ndarray:
+        """Filter ``points`` observed at ``time`` (seconds); returns the smoothed points (float64)."""
+        points = np.asarray(points, dtype=np.float64)
+        if self._value is None or self._time is None or time <= self._time:
+            self._value, self._speed, self._time = points.copy(), 0.0, time
+            return points.copy()
+        dt = time - self._time
+        scale = face_size(points)
+        raw_speed = float(np.linalg.norm(points - self._value, axis=-1).mean()) / scale / dt
+        self._speed += _alpha(self.options.d_cutoff, dt) * (raw_speed - self._speed)
+        cutoff = self.options.min_cutoff + self.options.beta * abs(self._speed)
+        self._value = self._value + _alpha(cutoff, dt) * (points - self._value)
+        self._time = time
+        return self._value.copy()
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes ``a`` (N, >=4) and ``b`` (M, >=4) given as x1, y1, x2, y2."""
+    a, b = np.asarray(a, np.float64)[:, None, :4], np.asarray(b, np.float64)[None, :, :4]
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)
+
+
+@dataclass
+class _Track:
+    id: int
+    box: np.ndarray
+    landmarks: np.ndarray
+    filter: OneEuroFilter
+
+
+class FaceTracker:
+    """Links each frame's detections to the previous frame's faces and smooths their landmarks.
+
+    Feed frames in presentation order through :meth:`update`. A face not detected in a frame ends its
+    track (a later detection starts a new one, unsmoothed at first), so a smoothed face never lags
+    behind a cut. ``smooth=False`` keeps the tracking (ids) but returns the detector's landmarks as is.
+    """
+
+    def __init__(self, options: SmoothingOptions | None = None, smooth: bool = True) -> None:
+        self.options = options or SmoothingOptions()
+        self.smooth = smooth
+        self._tracks: list[_Track] = []
+        self._next_id = 0
+
+    def _match(self, boxes: np.ndarray, landmarks: np.ndarray) -> list[int | None]:
+        """For each detection, the index of the track it continues (greedy, best match first), or None."""
+        if not self._tracks or not len(boxes):
+            return [None] * len(boxes)
+        iou = box_iou(boxes, np.stack([t.box for t in self._tracks]))
+        distance = np.array(
+            [
+                [
+                    np.linalg.norm(pts - t.landmarks, axis=-1).mean() / face_size(t.landmarks)
+                    for t in self._tracks
+                ]
+                for pts in landmarks
+            ]
+        )
+        ok = (iou >= self.options.match_iou) | (distance <= self.options.match_distance)
+        score = np.where(ok, iou - distance, -np.inf)  # prefer overlap, then closeness
+        matched: list[int | None] = [None] * len(boxes)
+        while np.isfinite(score).any():
+            det, track = np.unravel_index(int(np.argmax(score)), score.shape)
+            matched[det] = int(track)
+            score[det, :] = -np.inf
+            score[:, track] = -np.inf
+        return matched
+
+    def update(self, boxes: np.ndarray, landmarks: np.ndarray, time: float) -> tuple[np.ndarray, list[int]]:
+        """Track one frame's detections (boxes (N, >=4), landmarks (N, 5, 2)) seen at ``time`` seconds.
+
+        Returns (landmarks to align with, float32 (N, 5, 2), in detection order; the track id of each).
+        """
+        landmarks = np.asarray(landmarks, np.float32).reshape(-1, 5, 2)
+        boxes = (
+            np.asarray(boxes, np.float32).reshape(len(landmarks), -1) if len(landmarks) else np.zeros((0, 5))
+        )
+        matched = self._match(boxes, landmarks)
+        tracks: list[_Track] = []
+        out = np.empty_like(landmarks)
+        ids: list[int] = []
+        for i, index in enumerate(matched):
+            if index is None:
+                track = _Track(self._next_id, boxes[i], landmarks[i], OneEuroFilter(self.options))
+                self._next_id += 1
+            else:
+                track = self._tracks[index]
+                track.box, track.landmarks = boxes[i], landmarks[i]
+            smoothed = track.filter(landmarks[i], time)
+            out[i] = smoothed if self.smooth else landmarks[i]
+            tracks.append(track)
+            ids.append(track.id)
+        self._tracks = tracks
+        return out, ids

@@ -1,0 +1,574 @@
+"""Restore the faces of a video clip: decode → detect, track, smooth → restore (batched) → paste → encode.
+
+Everything streams: frames are decoded one at a time, at most ``VideoOptions.buffer_frames`` wait for a
+generator batch, and each restored frame is encoded as soon as it is pasted, so memory stays bounded
+whatever the clip's length. The faces of several frames go through the generator (and the face parser)
+together. Faces are tracked from frame to frame and their landmarks smoothed before alignment
+(:mod:`gfp.tracking`), so the pasted face does not jitter; the checkpoint's fixed noise keeps its texture
+stable.
+
+The output is an MP4 (H.264 by default) with the input's timestamps (variable frame rates survive), frame
+count and duration; rotation metadata is applied to the pixels (the output is upright, without rotation
+metadata). The audio is copied when MP4 can hold its codec, else re-encoded to AAC. The file is written
+under a temporary name next to the output and moved into place only when complete, so the output path
+never holds a half-written video. Decoding and encoding use PyAV, whose wheels carry the FFmpeg libraries.
+
+Odd output sizes are padded by one edge pixel to even ones (4:2:0 video needs even sizes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from gfp.background import scaled_size, upsample_background
+from gfp.faces import align_faces, detect_faces
+from gfp.imageio import DEFAULT_MAX_PIXELS
+from gfp.paste import parse_masks, paste_faces
+from gfp.pipeline import Progress, RestoreOptions, Restorer, Unavailable
+from gfp.tracking import FaceTracker, SmoothingOptions
+from gfp.weights.errors import WeightsError
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv"}
+)
+"""Files the CLI treats as videos (anything else in a folder is read as a photo)."""
+VIDEO_CODECS: dict[str, tuple[str, int]] = {
+    "h264": ("libx264", 51),
+    "h265": ("libx265", 51),
+    "vp9": ("libvpx-vp9", 63),
+    "av1": ("libsvtav1", 63),
+}
+"""Output codec name → (FFmpeg encoder, highest CRF it takes)."""
+COPY_AUDIO_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "alac"})
+"""Audio codecs copied into the MP4 as they are; any other audio is re-encoded to AAC."""
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+_MISSING_FRAMES_TOLERANCE = 0.01
+"""Fewer decoded frames than the header announces, beyond this fraction (and 2 frames), = truncated."""
+
+
+class VideoError(ValueError):
+    """A video that cannot be read or written; the message names the file and says what is wrong."""
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How to encode the output and smooth the faces; validated on construction (``ValueError``)."""
+
+    codec: str = "h264"
+    """Output video codec: "h264" (default, plays everywhere), "h265", "vp9" or "av1"."""
+    crf: int = 18
+    """Constant rate factor: lower = better quality and bigger files (0-51 for h264/h265, 0-63 else)."""
+    smooth: bool = True
+    """Smooth each face track's landmarks before alignment (no jitter); False = per-frame detections."""
+    smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
+    buffer_frames: int = 16
+    """At most this many decoded frames wait for a generator batch (bounds memory)."""
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    """Refuse frames with more pixels than this (None = no limit), before decoding anything."""
+    max_seconds: float | None = None
+    """Refuse clips longer than this many seconds (None = no limit)."""
+
+    def __post_init__(self) -> None:
+        if self.codec not in VIDEO_CODECS:
+            raise ValueError(f"unknown video codec {self.codec!r}; choose one of: {', '.join(VIDEO_CODECS)}")
+        top = VIDEO_CODECS[self.codec][1]
+        if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not 0 <= self.crf <= top:
+            raise ValueError(f"crf must be an integer in [0, {top}] for {self.codec}, got {self.crf!r}")
+        if not isinstance(self.buffer_frames, int) or self.buffer_frames < 1:
+            raise ValueError(f"buffer_frames must be an integer >= 1, got {self.buffer_frames!r}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive or None, got {self.max_pixels!r}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive or None, got {self.max_seconds!r}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a clip (before decoding it)."""
+
+    width: int
+    """Frame width as displayed (after rotation)."""
+    height: int
+    fps: float
+    """Average frame rate (0 when unknown)."""
+    frames: int
+    """Frame count from the header (0 when the container does not say)."""
+    duration: float
+    """Seconds (0 when unknown)."""
+    rotation: int
+    """Display rotation in degrees counter-clockwise (0, 90, 180, 270)."""
+    codec: str
+    audio: str | None
+    """Codec of the first audio stream, None without audio."""
+
+
+@dataclass
+class RestoredFrame:
+    """One output frame of :func:`restore_frames` and what was done to it."""
+
+    image: np.ndarray
+    """The restored frame, uint8 BGR, size × upscale."""
+    time: float
+    """Presentation time (seconds)."""
+    boxes: np.ndarray
+    """(N, 5) detections x1, y1, x2, y2, score."""
+    landmarks: np.ndarray
+    """(N, 5, 2) landmarks the faces were aligned with (smoothed unless smoothing is off)."""
+    matrices: list[np.ndarray]
+    """Image → crop alignment transforms, one per face."""
+    track_ids: list[int]
+    """Face track of each face (the same person keeps its id from frame to frame)."""
+    restored_faces: list[np.ndarray]
+
+
+@dataclass
+class VideoResult:
+    """What :func:`restore_video` wrote."""
+
+    path: Path
+    frames: int
+    faces: int
+    """Faces restored, summed over frames."""
+    width: int
+    height: int
+    fps: float
+    duration: float
+    """Seconds, from the first frame's start to the last frame's end."""
+    audio: str
+    """"copied", "re-encoded (<codec> → aac)" or "none"."""
+    timings: dict[str, float]
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+
+def is_video(path: str | os.PathLike[str]) -> bool:
+    """Whether the CLI treats ``path`` as a video (by its extension)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file")
+    try:
+        return av.open(str(path), metadata_errors="replace")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise VideoError(f"{path}: not a video or corrupt ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _first_frame_rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """The display rotation of the first decoded frame (FFmpeg attaches the stream's matrix to frames)."""
+    for frame in container.decode(stream):
+        return round(frame.rotation / 90) * 90 % 360
+    return 0
+
+
+def probe_video(path: str | os.PathLike[str], options: VideoOptions | None = None) -> VideoInfo:
+    """Read a clip's header (and its first frame, for the rotation); ``VideoError`` if unusable."""
+    options = options or VideoOptions()
+    path = Path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        rotation = 0
+        with contextlib.suppress(av.FFmpegError):
+            rotation = _first_frame_rotation(container, stream)
+        info = _info(container, stream, rotation)
+    _check_limits(path, info, options)
+    return info
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise VideoError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise VideoError(f"{path}: unsupported video codec (no decoder for it in this FFmpeg)")
+    if not stream.codec_context.width or not stream.codec_context.height:
+        raise VideoError(f"{path}: the video stream has no frame size (corrupt header?)")
+    return stream
+
+
+def _info(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, rotation: int
+) -> VideoInfo:
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if rotation in (90, 270):
+        width, height = height, width
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / av.time_base
+    else:
+        duration = 0.0
+    audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+    return VideoInfo(
+        width=width,
+        height=height,
+        fps=float(rate) if rate else 0.0,
+        frames=int(stream.frames or 0),
+        duration=duration,
+        rotation=rotation,
+        codec=stream.codec_context.name,
+        audio=audio,
+    )
+
+
+def _check_limits(path: Path, info: VideoInfo, options: VideoOptions) -> None:
+    pixels = info.width * info.height
+    if options.max_pixels is not None and pixels > options.max_pixels:
+        raise VideoError(
+            f"{path}: frames of {info.width}x{info.height} ({pixels / 1e6:.1f} MP) are above the limit of "
+            f"{options.max_pixels / 1e6:.2g} MP; downscale the clip first"
+        )
+    if options.max_seconds is not None and info.duration > options.max_seconds:
+        raise VideoError(
+            f"{path}: the clip lasts {info.duration:.1f} s, above the limit of {options.max_seconds:g} s; "
+            "trim it first"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- restoring
+@dataclass
+class _Pending:
+    image: np.ndarray
+    time: float
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    crops: list[np.ndarray]
+    matrices: list[np.ndarray]
+    track_ids: list[int]
+
+
+def restore_frames(
+    restorer: Restorer,
+    frames: Iterable[tuple[np.ndarray, float]],
+    options: RestoreOptions | None = None,
+    video: VideoOptions | None = None,
+    notes: list[str] | None = None,
+) -> Iterator[RestoredFrame]:
+    """Restore a stream of (uint8 BGR frame, time in seconds) pairs, in order; yields each restored frame.
+
+    The streaming core of :func:`restore_video`, without any file: frames are detected and tracked one by
+    one, their faces restored in generator batches spanning frames, each frame pasted and yielded in
+    order. With ``video.smooth=False`` every frame equals ``restorer.restore(frame, options).image``.
+    Notes for the caller (e.g. why the face parser was not used) are appended to ``notes``.
+    """
+    options = options or RestoreOptions()
+    video = video or VideoOptions()
+    if options.aligned:
+        raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
+    face_size = restorer.generator(options.version)[1].out_size
+    detector = restorer.detector(options.detector)
+    upsampler = restorer.background(options.background)
+    parser = None
+    if options.use_parse is not False:  # None: ParseNet when it can be had; True: it must be had
+        parser = restorer.parser(required=options.use_parse is True)
+        if isinstance(parser, Unavailable):
+            if notes is not None:
+                notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
+            parser = None
+    tracker = FaceTracker(video.smoothing, smooth=video.smooth)
+    pending: list[_Pending] = []
+    waiting_faces = 0
+
+    def upscale(image: np.ndarray) -> np.ndarray:
+        """The upscaled frame; the default upsampler falls back to Lanczos (noted once) when missing."""
+        nonlocal upsampler
+        try:
+            return upsample_background(image, options.upscale, upsampler, tile=options.bg_tile)
+        except WeightsError as err:
+            if options.bg_upsampler is not None:  # asked for by name: it must be had
+                raise
+            instead = "the background was resized with Lanczos instead"
+            if notes is not None:
+                notes.append(
+                    Unavailable(options.background, err).note(
+                        f"background upsampler {options.background}", instead
+                    )
+                )
+            upsampler = None
+            return upsample_background(image, options.upscale, None)
+
+    def flush() -> Iterator[RestoredFrame]:
+        nonlocal waiting_faces
+        crops = [crop for item in pending for crop in item.crops]
+        restored = restorer.restore_faces(crops, options) if crops else []
+        masks = parse_masks(parser, restored, options.batch_size) if parser is not None and restored else None
+        start = 0
+        for item in pending:
+            stop = start + len(item.crops)
+            faces = restored[start:stop]
+            background = upscale(item.image)
+            canvas = background.astype(np.float32)
+            paste_faces(
+                canvas, faces, item.matrices, options.upscale, None if masks is None else masks[start:stop]
+            )
+            image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+            yield RestoredFrame(
+                image, item.time, item.boxes, item.landmarks, item.matrices, item.track_ids, faces
+            )
+            start = stop
+        pending.clear()
+        waiting_faces = 0
+
+    for image, seconds in frames:
+        found = detect_faces(detector, image, only_center_face=options.only_center_face)
+        landmarks, ids = tracker.update(found.boxes, found.landmarks, seconds)
+        crops, matrices = align_faces(image, landmarks, face_size)
+        pending.append(_Pending(image, seconds, found.boxes, landmarks, crops, matrices, ids))
+        waiting_faces += len(crops)
+        if waiting_faces >= options.batch_size or len(pending) >= video.buffer_frames:
+            yield from flush()
+    yield from flush()
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as uint8 BGR, turned as its display matrix says (so faces are upright)."""
+    img = frame.to_ndarray(format="bgr24")
+    turns = round(frame.rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
+
+
+def _even(img: np.ndarray) -> np.ndarray:
+    """Pad odd heights/widths by one edge pixel: 4:2:0 video needs even sizes."""
+    pad_h, pad_w = img.shape[0] % 2, img.shape[1] % 2
+    return np.pad(img, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else img
+
+
+def _partial_path(output: Path) -> Path:
+    """A temporary name next to ``output`` (same file system, so the final move is atomic)."""
+    return output.with_name(f".{output.stem}.{os.getpid()}.{time.monotonic_ns()}.partial.mp4")
+
+
+class _Audio:
+    """Carries the first audio stream of the input over: packets copied, or decoded and re-encoded."""
+
+    def __init__(self, source: av.audio.stream.AudioStream, output: av.container.OutputContainer) -> None:
+        self.source = source
+        self.output = output
+        self.end = 0.0
+        """End time (s) of the last audio packet read: with the video's, it tells a truncated file."""
+        name = source.codec_context.name
+        self.copy = name in COPY_AUDIO_CODECS
+        if self.copy:
+            self.stream = output.add_stream_from_template(source)
+            self.how = "copied"
+        else:
+            rate = source.codec_context.sample_rate or 48000
+            self.stream = output.add_stream("aac", rate=rate if rate in AAC_RATES else 48000)
+            self.stream.layout = "stereo" if source.codec_context.layout.nb_channels > 1 else "mono"
+            self.how = f"re-encoded ({name} → aac)"
+
+    def packet(self, packet: av.Packet) -> None:
+        """Copy or re-encode one demuxed packet (the muxer interleaves it with the video)."""
+        if packet.pts is not None and packet.time_base:
+            self.end = max(self.end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+        if not self.copy:
+            for frame in packet.decode():
+                self.output.mux(self.stream.encode(frame))
+        elif packet.dts is not None:  # a packet without dts is the demuxer's end-of-stream marker
+            packet.stream = self.stream
+            self.output.mux(packet)
+
+    def close(self) -> None:
+        if not self.copy:
+            self.output.mux(self.stream.encode(None))
+
+
+@dataclass
+class _Decoded:
+    """Running facts about the decoded video: how many frames, where the stream ended."""
+
+    frames: int = 0
+    start: float | None = None
+    end: float = 0.0
+    seconds: float = 0.0
+    """Wall time spent decoding."""
+
+
+def _decode(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    audio: _Audio | None,
+    facts: _Decoded,
+) -> Iterator[tuple[np.ndarray, float, int]]:
+    """Yield (upright BGR frame, seconds, pts) in presentation order; audio packets go to ``audio``.
+
+    Frames without a timestamp, or out of order, get the previous one plus one frame period.
+    """
+    streams = [stream] + ([audio.source] if audio is not None else [])
+    time_base = stream.time_base or Fraction(1, 1000)
+    period = max(1, round(1 / (stream.average_rate or stream.guessed_rate or 25) / time_base))
+    last_pts: int | None = None
+    clock = time.perf_counter()
+    for packet in container.demux(streams):
+        if audio is not None and packet.stream is audio.source:
+            audio.packet(packet)
+            continue
+        for frame in packet.decode():
+            pts = frame.pts
+            if pts is None or (last_pts is not None and pts <= last_pts):
+                pts = 0 if last_pts is None else last_pts + period
+            last_pts = pts
+            img = _upright(frame)
+            seconds = float(pts * time_base)
+            facts.frames += 1
+            facts.start = seconds if facts.start is None else facts.start
+            facts.end = float((pts + (frame.duration or period)) * time_base)
+            facts.seconds += time.perf_counter() - clock
+            yield img, seconds, pts
+            clock = time.perf_counter()
+
+
+def _check_complete(
+    source: Path, info: VideoInfo, facts: _Decoded, audio: _Audio | None, container_seconds: float
+) -> None:
+    """Refuse a clip that ended before its header said: fewer frames, or every stream ending early."""
+    if facts.frames == 0:
+        raise VideoError(f"{source}: the video stream holds no frames")
+    expected = info.frames
+    if expected and facts.frames < expected - max(2, _MISSING_FRAMES_TOLERANCE * expected):
+        raise VideoError(f"{source}: truncated or corrupt (decoded {facts.frames} of {expected} frames)")
+    end = max(facts.end, audio.end if audio is not None else 0.0) - (facts.start or 0.0)
+    if container_seconds and end < container_seconds * (1 - _MISSING_FRAMES_TOLERANCE) - 0.1:
+        raise VideoError(
+            f"{source}: truncated or corrupt (the streams end at {end:.2f} s of {container_seconds:.2f} s)"
+        )
+
+
+def _video_encoder(
+    sink: av.container.OutputContainer, video: VideoOptions, rate: Fraction, time_base: Fraction, size: tuple
+) -> av.video.stream.VideoStream:
+    """The output video stream: the chosen codec and CRF, 4:2:0, the input's time base (timestamps kept)."""
+    encoder, _ = VIDEO_CODECS[video.codec]
+    out = sink.add_stream(encoder, rate=rate)
+    out.width, out.height = size
+    out.pix_fmt = "yuv420p"
+    out.codec_context.time_base = time_base
+    out.options = {"crf": str(video.crf)} | ({"b": "0"} if video.codec == "vp9" else {})
+    if video.codec == "h265":
+        out.codec_tag = "hvc1"  # what Apple players expect for HEVC in MP4
+    return out
+
+
+def _output_duration(path: Path) -> float:
+    """Seconds the written video stream lasts, as a player will read it."""
+    with av.open(str(path)) as written:
+        stream = written.streams.video[0]
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        return (written.duration or 0) / av.time_base
+
+
+def restore_video(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    options: RestoreOptions | None = None,
+    video: VideoOptions | None = None,
+    restorer: Restorer | None = None,
+    progress: Progress | None = None,
+) -> VideoResult:
+    """Restore every face of the clip ``input`` and write an MP4 to ``output``; returns what was written.
+
+    ``options`` are the photo options (model, upscale, background upsampler, strength, detector, batch
+    size ...); ``video`` the codec, quality, smoothing and limits; ``restorer`` a shared
+    :class:`~gfp.pipeline.Restorer` (one is made when None). ``progress(done, total, "frames")`` is
+    called after each frame (total 0 when the container does not say). Raises :class:`VideoError`
+    (naming the file) for unreadable, truncated, empty or too large clips; nothing is left at ``output``
+    then, and an earlier file there is kept.
+    """
+    options = options or RestoreOptions()
+    video = video or VideoOptions()
+    restorer = restorer or Restorer()
+    source, target = Path(input), Path(output)
+    if options.aligned:
+        raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
+    info = probe_video(source, video)
+    report: Progress = progress or (lambda done, total, stage: None)
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    restorer.generator(options.version)  # missing weights fail here, before any file is made
+    restorer.detector(options.detector)
+    timings["load"] = time.perf_counter() - start
+
+    out_h, out_w = scaled_size(info.height, info.width, options.upscale)
+    size = (out_w + out_w % 2, out_h + out_h % 2)
+    if size != (out_w, out_h):
+        notes.append(f"{out_w}x{out_h} padded to {size[0]}x{size[1]} (4:2:0 video needs even sizes)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial_path(target)
+    facts = _Decoded()
+    faces = 0
+    try:
+        with _open(source) as container, av.open(str(partial), "w", format="mp4") as sink:
+            stream = _video_stream(container, source)
+            stream.thread_type = "AUTO"
+            time_base = stream.time_base or Fraction(1, 1000)
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            out = _video_encoder(sink, video, rate, time_base, size)
+            audio = _Audio(container.streams.audio[0], sink) if container.streams.audio else None
+            if len(container.streams) > 1 + (audio is not None):
+                notes.append("only the first video and audio streams are kept (subtitles and others dropped)")
+            pts_of: dict[float, int] = {}
+
+            def timed_frames() -> Iterator[tuple[np.ndarray, float]]:
+                for img, seconds, pts in _decode(container, stream, audio, facts):
+                    pts_of[seconds] = pts
+                    yield img, seconds
+
+            clock = time.perf_counter()
+            for done, restored in enumerate(
+                restore_frames(restorer, timed_frames(), options, video, notes), 1
+            ):
+                timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - clock
+                clock = time.perf_counter()
+                frame = av.VideoFrame.from_ndarray(_even(restored.image), format="bgr24")
+                frame.pts, frame.time_base = pts_of.pop(restored.time), time_base
+                sink.mux(out.encode(frame))
+                faces += len(restored.restored_faces)
+                timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - clock
+                report(done, info.frames, "frames")
+                clock = time.perf_counter()
+            _check_complete(source, info, facts, audio, (container.duration or 0) / av.time_base)
+            sink.mux(out.encode(None))
+            if audio is not None:
+                audio.close()
+        # Frames are decoded lazily inside the restore loop: report decoding on its own.
+        timings["decode"] = facts.seconds
+        timings["restore"] = timings.get("restore", 0.0) - facts.seconds
+        duration = _output_duration(partial)
+        os.replace(partial, target)
+    except av.FFmpegError as exc:
+        raise VideoError(f"{source}: cannot decode or encode this clip ({_reason(exc)})") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    timings["total"] = time.perf_counter() - start
+    return VideoResult(
+        path=target,
+        frames=facts.frames,
+        faces=faces,
+        width=size[0],
+        height=size[1],
+        fps=info.fps,
+        duration=duration,
+        audio="none" if audio is None else audio.how,
+        timings=timings,
+        device=str(restorer.device),
+        notes=notes,
+    )

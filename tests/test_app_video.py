@@ -1,0 +1,93 @@
+"""The app's Video tab end to end: /restore_video through gradio_client and MCP, limits, bad files.
+
+Same tiny weights as tests/test_app.py (a random generator; the real MobileNet-0.25 when the shared data is
+there); clips of a second or two at 64x48 made here, with a sine tone on the audio track.
+"""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+from _video_helpers import read_clip, write_clip
+from test_app import DETECTOR, Server, start_server
+
+import app
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+def _frames(n: int) -> list[np.ndarray]:
+    yy, xx = np.mgrid[0:48, 0:64]
+    return [np.dstack([xx * 4, yy * 5, np.full_like(xx, 7 * i)]).astype(np.uint8) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(request, tmp_path_factory.mktemp("video-weights"), max_video_seconds=1.5)
+    yield srv
+    srv.close()
+
+
+def call(server: Server, clip, **kwargs: object):
+    args = {
+        "model": server.model,
+        "rescale": 2,
+        "background": "none",
+        "strength": 1.0,
+        "only_center_face": False,
+        "detector": DETECTOR,
+        "smooth": True,
+    } | kwargs
+    video = gradio_client.handle_file(str(clip))
+    return server.client().predict(video, *args.values(), api_name="/restore_video")
+
+
+def test_video_limits_from_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GFP_MAX_VIDEO_SECONDS", "12.5")
+    settings = app.parse_args(["--max-video-pixels", "640000"])
+    assert (settings.max_video_seconds, settings.max_video_pixels) == (12.5, 640_000)
+    limits = app._video_limits(app.AppSettings(), on_gpu=False)
+    assert (limits.max_seconds, limits.max_pixels) == (30.0, 1280 * 720)
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-video-seconds", "-1"])
+
+
+def test_restore_video_keeps_frames_and_sound(server: Server, tmp_path) -> None:
+    clip = write_clip(tmp_path / "party.mp4", _frames(25))  # 1 s at 25 fps with a tone
+    before, after, file, status = call(server, clip)
+    restored = read_clip(file)
+    assert len(restored.frames) == 25 and restored.frames[0].shape == (96, 128, 3)
+    assert restored.fps == 25 and restored.audio is not None and restored.audio_codec == "aac"
+    assert file.endswith("party_restored.mp4") and read_clip(after).frames[0].shape == (96, 128, 3)
+    assert len(read_clip(before).frames) == 25
+    assert "25 frames" in status and "output 128x96 H.264" in status and "audio copied" in status
+
+
+def test_restore_video_refuses_long_clips_and_bad_files(server: Server, tmp_path) -> None:
+    long_clip = write_clip(tmp_path / "long.mp4", _frames(50))  # 2 s, above the test app's 1.5 s
+    with pytest.raises(gradio_client.exceptions.AppError, match="long.mp4: the clip lasts 2.0 s, above"):
+        call(server, long_clip)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(gradio_client.exceptions.AppError, match="Could not use this file: broken.mp4: not a"):
+        call(server, broken)
+    with pytest.raises(gradio_client.exceptions.AppError, match="Unknown detector"):
+        call(server, broken, detector="yolo")
+
+
+def test_mcp_lists_the_restore_video_tool(server: Server) -> None:
+    pytest.importorskip("mcp")
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    async def tools() -> dict:
+        url = server.url + "gradio_api/mcp/"
+        async with streamablehttp_client(url) as (rd, wr, _), ClientSession(rd, wr) as session:
+            await session.initialize()
+            return {tool.name: tool for tool in (await session.list_tools()).tools}
+
+    listed = anyio.run(tools)
+    assert {"restore", "restore_video"} <= set(listed)
+    assert {"video", "model", "rescale", "smooth"} <= set(listed["restore_video"].inputSchema["properties"])
+    assert "keep the sound" in listed["restore_video"].description

@@ -1,0 +1,440 @@
+"""gfp.video and gfp.tracking: clips keep frames, timing, rotation and sound; broken files; no jitter.
+
+CPU-fast: a tiny random generator (64 px faces), clips of at most a few seconds at small sizes made here
+with PyAV (a sine tone on the audio track). Without the shared data a "blind" detector finds no face, so
+those tests check the container side (frames, timestamps, audio, errors); with it, the real
+MobileNet-0.25 finds the face of a shared photo placed on a synthetic background.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from _video_helpers import read_clip, write_clip
+from _zoo_helpers import save_blind_detector, tiny_config, tiny_generator
+
+from gfp.cli import main
+from gfp.faces import FFHQ_TEMPLATE_512
+from gfp.loading import save_pretrained
+from gfp.pipeline import RestoreOptions, Restorer
+from gfp.tracking import FaceTracker, OneEuroFilter, SmoothingOptions, box_iou, face_size
+from gfp.video import (
+    VideoError,
+    VideoOptions,
+    is_video,
+    probe_video,
+    restore_frames,
+    restore_video,
+)
+
+MOBILE = "detection_mobilenet0.25_Final.pth"
+PHOTO = "codeformer_04.jpg"  # 225x225, one face
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+def _weights(folder: Path, detector: Path | None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = tiny_config()
+    save_pretrained(tiny_generator(config), config, folder / "tiny")
+    if detector is None:
+        save_blind_detector(folder / MOBILE)
+    else:
+        (folder / MOBILE).symlink_to(detector)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def blind(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _weights(tmp_path_factory.mktemp("blind"), None)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    return _weights(tmp_path_factory.mktemp("real"), shared_data / "weights" / MOBILE)
+
+
+@functools.cache
+def _restorer(folder: Path) -> Restorer:
+    """One Restorer per weights folder, shared by the tests (networks load once)."""
+    return Restorer(weights_dir=folder, device="cpu")
+
+
+def _options(folder: Path, **kw: object) -> RestoreOptions:
+    base = {"version": str(folder / "tiny"), "bg_upsampler": "none", "detector": "retinaface_mobile0.25"}
+    return RestoreOptions(**(base | kw))
+
+
+def _scene(h: int = 48, w: int = 64, i: int = 0) -> np.ndarray:
+    """A smooth synthetic frame whose colours change with ``i`` (no face in it)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.dstack([xx * 255 // w, yy * 255 // h, np.full_like(xx, (40 + 9 * i) % 256)]).astype(np.uint8)
+    img[: h // 4, : w // 4] = (0, 0, 255)  # a red corner: tells rotations apart
+    return img
+
+
+def _face_frames(shared_data: Path, n: int, noise: float = 3.0, seed: int = 0) -> tuple[list, tuple]:
+    """``n`` frames of the shared photo on a 400x240 gradient with fresh pixel noise each; the photo's box."""
+    photo = cv2.imread(str(shared_data / "photos" / PHOTO))
+    canvas = _scene(240, 400)
+    canvas[8:233, 8:233] = photo
+    rng = np.random.default_rng(seed)
+    frames = [np.clip(canvas + rng.normal(0, noise, canvas.shape), 0, 255).astype(np.uint8) for _ in range(n)]
+    return frames, (8, 8, 233, 233)
+
+
+# --- tracking and smoothing, no video ----------------------------------------------------------------
+
+
+def _still_face(center: tuple[float, float] = (200, 200), size: float = 100) -> np.ndarray:
+    return FFHQ_TEMPLATE_512 / 512 * size + np.array(center) - size / 2
+
+
+def test_one_euro_smooths_a_still_face_and_follows_a_moving_one() -> None:
+    truth = _still_face()
+    rng = np.random.default_rng(0)
+    noisy = truth + rng.normal(0, 0.5, (200, 5, 2))
+    smooth = OneEuroFilter()
+    out = np.array([smooth(points, i / 25) for i, points in enumerate(noisy)])[25:]
+    raw_error = np.abs(noisy[25:] - truth).mean()
+    assert np.abs(out - truth).mean() < 0.6 * raw_error
+    assert out.std(axis=0).mean() < 0.6 * noisy[25:].std(axis=0).mean()
+
+    follow = OneEuroFilter()
+    scale = face_size(truth)
+    for i in range(50):  # one face size per second, to the right
+        moved = truth + [scale * i / 25, 0]
+        lag = np.abs(follow(moved, i / 25) - moved).mean()
+    assert lag < 0.05 * scale
+
+
+def test_tracker_keeps_identities_and_smooth_false_gives_detections() -> None:
+    a, b = _still_face((100, 100), 80), _still_face((300, 120), 80)
+    boxes = np.array([[60, 60, 140, 140, 1], [260, 80, 340, 160, 1]], np.float32)
+    tracker = FaceTracker()
+    _, first = tracker.update(boxes, np.stack([a, b]), 0.0)
+    _, swapped = tracker.update(boxes[::-1] + 2, np.stack([b, a]) + 2, 0.04)
+    assert swapped == first[::-1]  # each face keeps its track when the detector reorders them
+    _, later = tracker.update(boxes[:1] + 600, a[None] + 600, 0.08)
+    assert later[0] not in first  # a face far from every track starts a new one
+    raw = FaceTracker(smooth=False)
+    raw.update(boxes, np.stack([a, b]), 0.0)
+    out, _ = raw.update(boxes, np.stack([a, b]) + 1.5, 0.04)
+    np.testing.assert_allclose(out, np.stack([a, b]) + 1.5, rtol=0, atol=1e-4)
+    assert box_iou(boxes, boxes).diagonal().tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"codec": "mjpeg"}, "unknown video codec"),
+        ({"crf": 52}, "crf must be an integer in \\[0, 51\\]"),
+        ({"codec": "vp9", "crf": 64}, "\\[0, 63\\]"),
+        ({"buffer_frames": 0}, "buffer_frames"),
+        ({"max_seconds": 0}, "max_seconds"),
+    ],
+)
+def test_bad_video_options(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VideoOptions(**kwargs)
+
+
+def test_bad_smoothing_options() -> None:
+    with pytest.raises(ValueError, match="min_cutoff"):
+        SmoothingOptions(min_cutoff=0)
+    with pytest.raises(ValueError, match="match_iou"):
+        SmoothingOptions(match_iou=1.5)
+
+
+def test_is_video() -> None:
+    assert is_video("a/clip.MP4") and is_video("x.webm") and is_video("y.mkv")
+    assert not is_video("photo.jpg") and not is_video("anim.gif")
+
+
+# --- clips, without faces (blind detector) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("container", "suffix", "audio", "how"),
+    [
+        (None, ".mp4", "aac", "copied"),
+        ("matroska", ".mkv", "pcm_s16le", "re-encoded (pcm_s16le → aac)"),
+        ("mov", ".mov", None, "none"),
+    ],
+)
+def test_clip_keeps_frames_rate_duration_and_sound(
+    blind: Path, tmp_path: Path, container: str | None, suffix: str, audio: str | None, how: str
+) -> None:
+    frames = [_scene(i=i) for i in range(60)]  # 2.4 s at 25 fps
+    source = write_clip(tmp_path / f"clip{suffix}", frames, fps=25, audio=audio, container=container)
+    seen: list[tuple[int, int, str]] = []
+    result = restore_video(
+        source,
+        tmp_path / "out" / "clip.mp4",
+        _options(blind, upscale=2),
+        restorer=_restorer(blind),
+        progress=lambda done, total, stage: seen.append((done, total, stage)),
+    )
+    original, restored = read_clip(source), read_clip(result.path)
+    assert len(restored.frames) == result.frames == 60
+    assert restored.fps == 25 and restored.video_codec == "h264"
+    assert restored.duration == pytest.approx(original.duration, abs=1e-3) == pytest.approx(2.4)
+    np.testing.assert_allclose(restored.times, original.times, atol=1e-3)
+    assert restored.frames[0].shape == (96, 128, 3) and (result.width, result.height) == (128, 96)
+    assert result.audio == how
+    if audio is None:
+        assert restored.audio is None
+    else:
+        assert restored.audio_codec == "aac"
+        # AAC pads to whole 1024-sample frames (and the encoder adds its priming): at most 2 frames longer.
+        assert 0 <= restored.audio.shape[1] - original.audio.shape[1] <= 2048
+        spectrum = np.abs(np.fft.rfft(restored.audio[0, 4800:52800]))
+        assert np.argmax(spectrum) / 1.0 == pytest.approx(440, abs=2)  # the tone, 1 s of it → 1 Hz bins
+    # Without faces the frames are the Lanczos-upscaled input, up to the codecs' losses.
+    upscaled = cv2.resize(original.frames[30], (128, 96), interpolation=cv2.INTER_LANCZOS4)
+    assert np.abs(restored.frames[30].astype(int) - upscaled).mean() < 3
+    assert seen[-1] == (60, 60 if container != "matroska" else 0, "frames")
+    assert [done for done, _, _ in seen] == list(range(1, 61))
+
+
+def test_variable_frame_rate_keeps_timestamps(blind: Path, tmp_path: Path) -> None:
+    times = np.cumsum([0.0, *np.random.default_rng(1).uniform(0.02, 0.12, 29)])
+    frames = [_scene(i=i) for i in range(30)]
+    source = write_clip(tmp_path / "vfr.mkv", frames, times=list(times), container="matroska")
+    result = restore_video(
+        source, tmp_path / "vfr.mp4", _options(blind, upscale=1), restorer=_restorer(blind)
+    )
+    restored = read_clip(result.path)
+    np.testing.assert_allclose(restored.times, times, atol=1e-3)
+    assert result.duration == pytest.approx(read_clip(source).duration, abs=1e-3)
+
+
+def test_rotation_is_applied_to_the_pixels(blind: Path, tmp_path: Path) -> None:
+    frames = [_scene(i=i) for i in range(10)]
+    source = write_clip(tmp_path / "phone.mp4", frames, rotation=90)  # shown turned 90° counter-clockwise
+    info = probe_video(source)
+    assert (info.width, info.height, info.rotation) == (48, 64, 90)
+    result = restore_video(
+        source, tmp_path / "upright.mp4", _options(blind, upscale=1), restorer=_restorer(blind)
+    )
+    restored = read_clip(result.path)
+    assert restored.frames[0].shape == (64, 48, 3) and restored.rotation == 0
+    error = {k: np.abs(restored.frames[5].astype(int) - np.rot90(frames[5], k)).mean() for k in (1, 3)}
+    assert error[1] < 5 and error[3] > 4 * error[1]
+
+
+def test_odd_output_size_is_padded_and_noted(blind: Path, tmp_path: Path) -> None:
+    source = write_clip(tmp_path / "odd.mp4", [_scene(50, 66, i) for i in range(5)], audio=None)
+    result = restore_video(
+        source, tmp_path / "odd_out.mp4", _options(blind, upscale=1.5), restorer=_restorer(blind)
+    )
+    assert (result.width, result.height) == (100, 76)  # 99x75 padded
+    assert any("99x75 padded to 100x76" in note for note in result.notes)
+    assert read_clip(result.path).frames[0].shape == (76, 100, 3)
+
+
+def _broken(kind: str, folder: Path) -> Path:
+    """Files a user may hand over by mistake, or that were cut short."""
+    frames = [_scene(i=i) for i in range(20)]
+    if kind == "not a video":
+        (folder / "notes.mp4").write_bytes(b"this is text, not a video " * 40)
+        return folder / "notes.mp4"
+    if kind == "empty":
+        (folder / "empty.mov").write_bytes(b"")
+        return folder / "empty.mov"
+    if kind == "truncated mp4":
+        data = write_clip(folder / "whole.mp4", frames).read_bytes()
+        (folder / "cut.mp4").write_bytes(data[: len(data) // 2])  # the index (moov) at the end is gone
+        return folder / "cut.mp4"
+    if kind == "truncated mkv":
+        data = write_clip(folder / "whole.mkv", frames, container="matroska").read_bytes()
+        (folder / "cut.mkv").write_bytes(data[: len(data) * 6 // 10])
+        return folder / "cut.mkv"
+    if kind == "no video stream":
+        with av.open(str(folder / "sound.m4a"), "w", format="mp4") as out:
+            sound = out.add_stream("aac", rate=48000)
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((2, 1024), np.float32), format="fltp", layout="stereo"
+            )
+            frame.sample_rate, frame.pts = 48000, 0
+            out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+        return folder / "sound.m4a"
+    if kind == "zero frames":  # a video stream is declared, only sound follows
+        with av.open(str(folder / "blank.mkv"), "w", format="matroska") as out:
+            video = out.add_stream("libx264", rate=25)
+            video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+            sound = out.add_stream("aac", rate=48000)
+            for i in range(10):
+                frame = av.AudioFrame.from_ndarray(
+                    np.zeros((2, 1024), np.float32), format="fltp", layout="stereo"
+                )
+                frame.sample_rate, frame.pts = 48000, 1024 * i
+                out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+        return folder / "blank.mkv"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("not a video", "not a video or corrupt"),
+        ("empty", "not a video or corrupt"),
+        ("truncated mp4", "not a video or corrupt"),
+        ("truncated mkv", "truncated or corrupt"),
+        ("no video stream", "no video stream"),
+        ("zero frames", "holds no frames"),
+    ],
+)
+def test_broken_files_are_one_line_errors_and_leave_nothing(
+    blind: Path, tmp_path: Path, kind: str, message: str
+) -> None:
+    source = _broken(kind, tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(VideoError, match=message) as err:
+        restore_video(source, out / "x.mp4", _options(blind), restorer=_restorer(blind))
+    assert str(source) in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_limits_refuse_before_decoding(blind: Path, tmp_path: Path) -> None:
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(50)], audio=None)
+    with pytest.raises(VideoError, match="64x48 .* above the limit of 0.003 MP"):
+        restore_video(
+            source, tmp_path / "a.mp4", _options(blind), VideoOptions(max_pixels=3000), _restorer(blind)
+        )
+    with pytest.raises(VideoError, match="lasts 2.0 s, above the limit of 1 s"):
+        restore_video(
+            source, tmp_path / "b.mp4", _options(blind), VideoOptions(max_seconds=1), _restorer(blind)
+        )
+    with pytest.raises(ValueError, match="aligned"):
+        restore_video(source, tmp_path / "c.mp4", _options(blind, aligned=True), restorer=_restorer(blind))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_failure_midway_keeps_the_earlier_output(blind: Path, tmp_path: Path) -> None:
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(30)], audio=None)
+    target = tmp_path / "out" / "clip.mp4"
+    target.parent.mkdir()
+    target.write_bytes(b"an earlier result")
+
+    def interrupt(done: int, total: int, stage: str) -> None:
+        if done == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        restore_video(source, target, _options(blind), restorer=_restorer(blind), progress=interrupt)
+    assert [p.name for p in target.parent.iterdir()] == ["clip.mp4"]  # no partial file left behind
+    assert target.read_bytes() == b"an earlier result"
+
+
+def test_cli_folder_with_photos_videos_and_a_broken_clip(
+    blind: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_clip(inputs / "a.mp4", [_scene(i=i) for i in range(12)])
+    cv2.imwrite(str(inputs / "b.png"), _scene())
+    (inputs / "c.webm").write_bytes(b"\x1a\x45\xdf\xa3 not really")
+    out = tmp_path / "out"
+    args = ["-v", str(blind / "tiny"), "--weights-dir", str(blind), "--detector", "retinaface_mobile0.25",
+            "--bg_upsampler", "none", "--device", "cpu", "-s", "1", "--crf", "23", "--no-smooth"]  # fmt: skip
+    code = main(["-i", str(inputs), "-o", str(out), *args])
+    captured = capsys.readouterr()
+    assert code == 1
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "c.webm" in errors[0] and "Traceback" not in captured.err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "restored_imgs",
+        "restored_imgs/b.png",
+        "restored_videos",
+        "restored_videos/a.mp4",
+    ]
+    assert len(read_clip(out / "restored_videos" / "a.mp4").frames) == 12
+    assert "Restored 2 of 3" in captured.out
+    with pytest.raises(SystemExit):
+        main(["-i", str(inputs / "a.mp4"), "-o", str(out), *args[:-3], "--crf", "60"])
+    assert "crf must be an integer in [0, 51]" in capsys.readouterr().err
+
+
+# --- clips with a real face (shared data) ------------------------------------------------------------
+
+
+@pytest.mark.shared
+def test_face_restored_far_background_untouched(real: Path, tmp_path: Path, shared_data: Path) -> None:
+    frames, (x0, y0, x1, y1) = _face_frames(shared_data, 25)
+    source = write_clip(tmp_path / "face.mp4", frames)
+    result = restore_video(
+        source, tmp_path / "out.mp4", _options(real, upscale=1), VideoOptions(crf=0), _restorer(real)
+    )
+    assert result.faces == 25
+    original, restored = read_clip(source), read_clip(result.path)
+    diff = np.abs(np.stack(restored.frames).astype(int) - np.stack(original.frames)).mean(axis=(0, 3))
+    assert diff[y0:y1, x0:x1].mean() > 10  # a random tiny generator paints something else there
+    assert diff[:, 300:].mean() < 3  # the far background is the input, up to re-encoding (4:2:0 chroma)
+    # Before encoding, the far background is exactly the input frame.
+    decoded = [(frame, i / 25) for i, frame in enumerate(original.frames[:5])]
+    for (frame, _), out in zip(
+        decoded, restore_frames(_restorer(real), decoded, _options(real, upscale=1)), strict=True
+    ):
+        np.testing.assert_array_equal(out.image[:, 240:], frame[:, 240:])
+        assert np.abs(out.image[y0:y1, x0:x1].astype(int) - frame[y0:y1, x0:x1]).mean() > 10
+
+
+@pytest.mark.shared
+def test_batched_frames_equal_restore_frame_by_frame(real: Path, shared_data: Path) -> None:
+    frames, _ = _face_frames(shared_data, 6)
+    restorer = _restorer(real)
+    options = _options(real, upscale=2, batch_size=4)
+    clip = [(frame, i / 25) for i, frame in enumerate(frames)]
+    batched = list(restore_frames(restorer, clip, options, VideoOptions(smooth=False, buffer_frames=3)))
+    assert [len(f.restored_faces) for f in batched] == [1] * 6
+    for frame, out in zip(frames, batched, strict=True):
+        alone = restorer.restore(frame, options)
+        np.testing.assert_allclose(out.landmarks, alone.landmarks, rtol=0, atol=1e-4)
+        assert np.abs(out.image.astype(int) - alone.image).max() <= 1
+
+
+def _translation_jitter(frames: list[tuple[np.ndarray, float]], real: Path, smooth: bool) -> float:
+    """Std (pixels) over frames of the alignment's translation, i.e. how much the pasted face moves."""
+    restorer = _restorer(real)
+    out = list(restore_frames(restorer, frames, _options(real, upscale=1), VideoOptions(smooth=smooth)))
+    assert all(len(f.matrices) == 1 for f in out) and len({f.track_ids[0] for f in out}) == 1
+    shifts = np.array([cv2.invertAffineTransform(f.matrices[0])[:, 2] for f in out])[10:]  # filter settled
+    return float(shifts.std(axis=0).mean())
+
+
+@pytest.mark.shared
+def test_smoothing_lowers_jitter_of_a_still_face(real: Path, shared_data: Path) -> None:
+    frames, _ = _face_frames(shared_data, 50, noise=6.0)
+    clip = [(frame, i / 25) for i, frame in enumerate(frames)]
+    raw, smooth = _translation_jitter(clip, real, False), _translation_jitter(clip, real, True)
+    assert raw > 0.05  # the detector really wobbles on the noisy frames
+    assert smooth < 0.6 * raw
+
+
+@pytest.mark.shared
+def test_cli_restores_a_clip_with_sound(real: Path, tmp_path: Path, shared_data: Path) -> None:
+    frames, _ = _face_frames(shared_data, 20)
+    source = write_clip(tmp_path / "talk.mov", frames, container="mov")
+    out = tmp_path / "out"
+    args = ["-v", str(real / "tiny"), "--weights-dir", str(real), "--detector", "retinaface_mobile0.25",
+            "--bg_upsampler", "none", "--device", "cpu", "-s", "2", "--suffix", "x"]  # fmt: skip
+    assert main(["-i", str(source), "-o", str(out), *args]) == 0
+    restored = read_clip(out / "restored_videos" / "talk_x.mp4")
+    assert len(restored.frames) == 20 and restored.frames[0].shape == (480, 800, 3)
+    assert restored.audio is not None and restored.audio_codec == "aac"
+    shutil.rmtree(out)
+
+
+def test_restore_faces_refuses_crops_of_the_wrong_size(blind: Path) -> None:
+    with pytest.raises(ValueError, match="uint8 64x64x3 BGR crops"):
+        _restorer(blind).restore_faces([np.zeros((32, 32, 3), np.uint8)], _options(blind))
+    assert _restorer(blind).restore_faces([], _options(blind)) == []
