@@ -23,8 +23,8 @@ def _frames(n: int) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    srv = start_server(request, tmp_path_factory.mktemp("video-weights"), max_video_seconds=1.5)
+def server(tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(tmp_path_factory.mktemp("video-weights"), max_video_seconds=1.5)
     yield srv
     srv.close()
 
