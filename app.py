@@ -564,12 +564,7 @@ def build_app(
                         label="Photo",
                         elem_id="input-image",
                     )
-                    model = gr.Dropdown(models, value=models[0][1], label="Model")
-                    rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
-                    background = gr.Radio(
-                        registry.choices("upsampler"), value=settings.background, label="Background upsampler"
-                    )
-                    strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
+                    model, rescale, background, strength = _restore_controls(models, settings)
                     with gr.Accordion("Advanced", open=False):
                         only_center_face = gr.Checkbox(False, label="Only the centre face")
                         aligned = gr.Checkbox(False, label="Input is an aligned 512x512 face")
@@ -720,17 +715,25 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
     return restore_video
 
 
+def _restore_controls(
+    models: list[tuple[str, str]], settings: AppSettings
+) -> tuple[gr.Dropdown, gr.Slider, gr.Radio, gr.Slider]:
+    """The controls the Photo and Video tabs share: model, rescale factor, background upsampler, strength."""
+    model = gr.Dropdown(models, value=models[0][1], label="Model")
+    rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
+    background = gr.Radio(
+        registry.choices("upsampler"), value=settings.background, label="Background upsampler"
+    )
+    strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
+    return model, rescale, background, strength
+
+
 def _video_tab(handler: Callable[..., Any], models: list[tuple[str, str]], settings: AppSettings) -> None:
     """The Video tab's components and its event (API name ``restore_video``), in the current Blocks."""
     with gr.Row():
         with gr.Column(scale=1):
             video = gr.Video(sources=["upload"], label="Video", elem_id="input-video")
-            model = gr.Dropdown(models, value=models[0][1], label="Model")
-            rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
-            background = gr.Radio(
-                registry.choices("upsampler"), value=settings.background, label="Background upsampler"
-            )
-            strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
+            model, rescale, background, strength = _restore_controls(models, settings)
             with gr.Accordion("Advanced", open=False):
                 only_center_face = gr.Checkbox(False, label="Only the centre face")
                 detector = gr.Dropdown(
