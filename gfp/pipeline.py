@@ -138,8 +138,9 @@ class Unavailable:
         return f"{what} unavailable ({self.reason}); {instead}"
 
 
-class _Run:
-    """Per-call bookkeeping of :meth:`Restorer.restore`: timings per stage, notes, progress reports."""
+class RunLog:
+    """Per-call bookkeeping of :meth:`Restorer.restore` (or of one clip in :mod:`gfp.video`): timings per
+    stage, notes for the caller, progress reports."""
 
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
@@ -274,7 +275,7 @@ class Restorer:
         """Restore every face of ``img`` (HxW gray, HxWx3 BGR or HxWx4 BGRA; uint8 or uint16)."""
         options = options or RestoreOptions()
         _check_input(img)
-        run = _Run(progress)
+        run = RunLog(progress)
         net, config = self.generator(options.version)
         restore = self._restore_aligned if options.aligned else self._restore_photo
         result = restore(img, net, config.out_size, options, run)
@@ -282,7 +283,7 @@ class Restorer:
         return result
 
     def _restore_aligned(
-        self, img: np.ndarray, net: nn.Module, face_size: int, options: RestoreOptions, run: _Run
+        self, img: np.ndarray, net: nn.Module, face_size: int, options: RestoreOptions, run: RunLog
     ) -> RestoreResult:
         """An FFHQ-aligned face: restore it whole; the output is the face at input size × upscale."""
         work = _work_image(img)
@@ -305,7 +306,7 @@ class Restorer:
         )
 
     def _restore_photo(
-        self, img: np.ndarray, net: nn.Module, face_size: int, options: RestoreOptions, run: _Run
+        self, img: np.ndarray, net: nn.Module, face_size: int, options: RestoreOptions, run: RunLog
     ) -> RestoreResult:
         """A photo: detect and align faces, restore them, upsample the background, paste the faces back."""
         work = _work_image(img)
@@ -319,8 +320,8 @@ class Restorer:
         run.lap("align")
         restored = self._restore_faces(net, crops, options, run)
         run.lap("restore")
-        masks, face_mask = self._face_masks(restored, options, run)
-        background = self._background_image(img, options, run)
+        masks, face_mask = self.face_masks(restored, options, run)
+        background = self.background_image(img, options, run)
         run.lap("background")
         run.report(0, len(restored), "paste")
         max_value = _max_value(img)
@@ -341,8 +342,8 @@ class Restorer:
             notes=run.notes,
         )
 
-    def _face_masks(
-        self, restored: list[np.ndarray], options: RestoreOptions, run: _Run
+    def face_masks(
+        self, restored: list[np.ndarray], options: RestoreOptions, run: RunLog
     ) -> tuple[list[np.ndarray] | None, str]:
         """(ParseNet masks, "parsenet"), or (None, "square") without a parser (noted when it was wanted)."""
         if options.use_parse is False or not restored:
@@ -358,7 +359,7 @@ class Restorer:
         run.lap("parse")
         return masks, "parsenet"
 
-    def _background_image(self, img: np.ndarray, options: RestoreOptions, run: _Run) -> np.ndarray:
+    def background_image(self, img: np.ndarray, options: RestoreOptions, run: RunLog) -> np.ndarray:
         """The whole image upscaled; the default upsampler falls back to Lanczos (noted) without weights."""
         choice = options.background
         upsampler = self.background(choice)
@@ -395,11 +396,11 @@ class Restorer:
                     f"restore_faces expects uint8 {config.out_size}x{config.out_size}x3 BGR crops, "
                     f"got {crop.dtype} {crop.shape}"
                 )
-        return self._restore_faces(net, list(crops), options, _Run(progress))
+        return self._restore_faces(net, list(crops), options, RunLog(progress))
 
     @torch.inference_mode()
     def _restore_faces(
-        self, net: nn.Module, crops: list[np.ndarray], options: RestoreOptions, run: _Run
+        self, net: nn.Module, crops: list[np.ndarray], options: RestoreOptions, run: RunLog
     ) -> list[np.ndarray]:
         """Run the generator over aligned crops in batches; blend by strength; return uint8 BGR faces."""
         restored: list[np.ndarray] = []

@@ -29,13 +29,12 @@ from pathlib import Path
 import av
 import numpy as np
 
-from gfp.background import scaled_size, upsample_background
+from gfp.background import scaled_size
 from gfp.faces import align_faces, detect_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS
-from gfp.paste import parse_masks, paste_faces
-from gfp.pipeline import Progress, RestoreOptions, Restorer, Unavailable
+from gfp.paste import paste_faces
+from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog
 from gfp.tracking import FaceTracker, SmoothingOptions
-from gfp.weights.errors import WeightsError
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv"}
@@ -273,46 +272,21 @@ def restore_frames(
         raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
     face_size = restorer.generator(options.version)[1].out_size
     detector = restorer.detector(options.detector)
-    upsampler = restorer.background(options.background)
-    parser = None
-    if options.use_parse is not False:  # None: ParseNet when it can be had; True: it must be had
-        parser = restorer.parser(required=options.use_parse is True)
-        if isinstance(parser, Unavailable):
-            if notes is not None:
-                notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
-            parser = None
+    log = RunLog(None)  # the default parser/background fall back here, noted, as for photos
     tracker = FaceTracker(video.smoothing, smooth=video.smooth)
     pending: list[_Pending] = []
     waiting_faces = 0
-
-    def upscale(image: np.ndarray) -> np.ndarray:
-        """The upscaled frame; the default upsampler falls back to Lanczos (noted once) when missing."""
-        nonlocal upsampler
-        try:
-            return upsample_background(image, options.upscale, upsampler, tile=options.bg_tile)
-        except WeightsError as err:
-            if options.bg_upsampler is not None:  # asked for by name: it must be had
-                raise
-            instead = "the background was resized with Lanczos instead"
-            if notes is not None:
-                notes.append(
-                    Unavailable(options.background, err).note(
-                        f"background upsampler {options.background}", instead
-                    )
-                )
-            upsampler = None
-            return upsample_background(image, options.upscale, None)
 
     def flush() -> Iterator[RestoredFrame]:
         nonlocal waiting_faces
         crops = [crop for item in pending for crop in item.crops]
         restored = restorer.restore_faces(crops, options) if crops else []
-        masks = parse_masks(parser, restored, options.batch_size) if parser is not None and restored else None
+        masks = restorer.face_masks(restored, options, log)[0]
         start = 0
         for item in pending:
             stop = start + len(item.crops)
             faces = restored[start:stop]
-            background = upscale(item.image)
+            background = restorer.background_image(item.image, options, log)
             canvas = background.astype(np.float32)
             paste_faces(
                 canvas, faces, item.matrices, options.upscale, None if masks is None else masks[start:stop]
@@ -324,6 +298,9 @@ def restore_frames(
             start = stop
         pending.clear()
         waiting_faces = 0
+        if notes is not None:  # each frame notes the same fallback: say it once per clip
+            notes.extend(note for note in dict.fromkeys(log.notes) if note not in notes)
+        log.notes.clear()
 
     for image, seconds in frames:
         found = detect_faces(detector, image, only_center_face=options.only_center_face)

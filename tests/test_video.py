@@ -32,6 +32,7 @@ from gfp.video import (
     restore_frames,
     restore_video,
 )
+from gfp.weights.errors import WeightsError
 
 MOBILE = "detection_mobilenet0.25_Final.pth"
 PHOTO = "codeformer_04.jpg"  # 225x225, one face
@@ -438,3 +439,22 @@ def test_restore_faces_refuses_crops_of_the_wrong_size(blind: Path) -> None:
     with pytest.raises(ValueError, match="uint8 64x64x3 BGR crops"):
         _restorer(blind).restore_faces([np.zeros((32, 32, 3), np.uint8)], _options(blind))
     assert _restorer(blind).restore_faces([], _options(blind)) == []
+
+
+def test_missing_default_background_falls_back_once_per_clip(blind: Path, tmp_path: Path) -> None:
+    """Offline, the default upsampler gives way to Lanczos on every frame, as for photos, noted once."""
+    source = write_clip(tmp_path / "bg.mp4", [_scene(48, 64, i) for i in range(5)], audio=None)
+    result = restore_video(
+        source, tmp_path / "bg_out.mp4", _options(blind, bg_upsampler=None), restorer=_restorer(blind)
+    )
+    fallbacks = [note for note in result.notes if note.startswith("background upsampler")]
+    assert len(fallbacks) == 1 and "Lanczos" in fallbacks[0]
+    assert read_clip(result.path).frames[0].shape == (96, 128, 3) and result.frames == 5
+    with pytest.raises(WeightsError):  # asked for by name: it must be had
+        restore_video(
+            source,
+            tmp_path / "named.mp4",
+            _options(blind, bg_upsampler="realesr-general-x4v3"),
+            restorer=_restorer(blind),
+        )
+    assert not (tmp_path / "named.mp4").exists()
