@@ -60,12 +60,12 @@ def _bgr8(path: Path, size: int) -> np.ndarray:
     return resize_aligned(img, size)
 
 
-def match(stem: str, folder: Path) -> Path | None:
-    """The file of ``folder`` for ``stem``: ``STEM.*`` first, else ``STEM_*`` (as the CLI names faces)."""
-    exact = [p for p in list_images(folder) if p.stem == stem]
+def match(stem: str, files: list[Path]) -> Path | None:
+    """The file of ``files`` for ``stem``: ``STEM.*`` first, else ``STEM_*`` (as the CLI names faces)."""
+    exact = [p for p in files if p.stem == stem]
     if exact:
         return exact[0]
-    prefixed = [p for p in list_images(folder) if p.stem.startswith(stem + "_")]
+    prefixed = [p for p in files if p.stem.startswith(stem + "_")]
     return prefixed[0] if prefixed else None
 
 
@@ -150,10 +150,10 @@ def evaluate(
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Score every HQ face that has both an LQ and a restored file; the report ``--json`` writes."""
-    hq_files = list_images(hq)
+    hq_files, lq_files, out_files = list_images(hq), list_images(lq), list_images(restored)
     pairs = []
     for path in hq_files:
-        lq_path, out_path = match(path.stem, lq), match(path.stem, restored)
+        lq_path, out_path = match(path.stem, lq_files), match(path.stem, out_files)
         if lq_path is not None and out_path is not None:
             pairs.append((path, lq_path, out_path))
     if not pairs:
