@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from gfp.background import scaled_size
@@ -35,6 +34,11 @@ from gfp.imageio import DEFAULT_MAX_PIXELS
 from gfp.paste import paste_faces
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog
 from gfp.tracking import FaceTracker, SmoothingOptions
+
+try:
+    import av
+except ImportError:  # photos need no PyAV: only opening a video says what to install
+    av = None
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv"}
@@ -155,6 +159,8 @@ def is_video(path: str | os.PathLike[str]) -> bool:
 
 
 def _open(path: Path) -> av.container.InputContainer:
+    if av is None:
+        raise VideoError(f"{path}: videos need PyAV, which is not installed (pip install av)")
     if not path.is_file():
         raise VideoError(f"{path}: no such file")
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -19,6 +21,7 @@ import pytest
 from _video_helpers import read_clip, write_clip
 from _zoo_helpers import save_blind_detector, tiny_config, tiny_generator
 
+import gfp.video
 from gfp.cli import main
 from gfp.faces import FFHQ_TEMPLATE_512
 from gfp.loading import save_pretrained
@@ -458,3 +461,13 @@ def test_missing_default_background_falls_back_once_per_clip(blind: Path, tmp_pa
             restorer=_restorer(blind),
         )
     assert not (tmp_path / "named.mp4").exists()
+
+
+def test_without_pyav_photos_still_run_and_videos_say_what_to_install(tmp_path, monkeypatch) -> None:
+    code = "import sys; sys.modules['av'] = None; import gfp.cli, gfp.video; assert gfp.video.av is None"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    clip = write_clip(tmp_path / "clip.mp4", [_scene(i=0)], audio=None)
+    monkeypatch.setattr(gfp.video, "av", None)
+    with pytest.raises(VideoError, match=r"videos need PyAV.*pip install av"):
+        probe_video(clip)
