@@ -117,3 +117,18 @@ def test_cs_sft_leaves_half_the_channels_untouched():
     assert torch.allclose(out[:, 4:], feat[:, 4:] * 2 + 1)
     full = channel_split_sft(feat, torch.full_like(feat, 2.0), torch.ones_like(feat), half=False)
     assert torch.allclose(full, feat * 2 + 1)
+
+
+def test_input_residual_adds_the_input_and_is_recognised_from_its_state_dict():
+    config = GeneratorConfig(out_size=64, channel_multiplier=1, narrow=0.125, num_style_feat=32, num_mlp=1)
+    with_residual = GeneratorConfig(**{**config.to_dict(), "input_residual": True})
+    torch.manual_seed(0)
+    plain = build_generator(config).eval()
+    residual = build_generator(with_residual).eval()
+    residual.load_state_dict({**plain.state_dict(), "input_residual": torch.ones(())})  # same weights
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(residual(x)[0], plain(x)[0] + x)
+    assert detect_config(residual.state_dict()) == with_residual
+    assert detect_config(plain.state_dict()) == config
+    assert "input_residual" not in _official_state("clean", 2)  # official layouts are untouched

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import yaml
 
 from gfp.loading import load_generator
-from train.config import load_config
+from train.config import ConfigError, load_config
 from train.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,3 +303,19 @@ def test_generator_config_typo_is_an_error_naming_the_key(tmp_path):
     cfg["model"]["generator"]["chanel_multiplier"] = 2
     with pytest.raises(ConfigError, match="unknown generator config key 'chanel_multiplier'; allowed: arch"):
         build_training_generator(cfg)
+
+
+def test_identity_loss_can_start_before_the_adversarial_phase(faces, tmp_path):
+    extra = ("model.identity.arch=mobilefacenet", "loss.gan_from=100", "loss.identity_from=1")
+    trainer = Trainer(_config(faces, tmp_path / "run", *extra))
+    first = trainer.fit(1)
+    second = trainer.fit(2)
+    assert "l_identity" not in first and second["l_identity"] > 0
+    assert "l_g_gan" not in second  # still the reconstruction phase: only identity joined it
+    plain = Trainer(_config(faces, tmp_path / "plain", *extra[:2]))
+    assert "l_identity" not in plain.fit(2)  # by default identity waits for gan_from
+
+
+def test_identity_from_must_be_a_step(faces, tmp_path):
+    with pytest.raises(ConfigError, match="loss.identity_from"):
+        _config(faces, tmp_path / "run", "loss.identity_from=2.5")

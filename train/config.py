@@ -91,6 +91,7 @@ DEFAULTS: dict[str, Any] = {
         "r1_weight": 10.0,
         "d_reg_every": 16,
         "gan_from": 0,  # reconstruction first: GAN, component and identity losses only after this step
+        "identity_from": None,  # identity loss after this step instead (null: with the GAN losses)
     },
     "optim": {
         "lr_g": 2e-3,
@@ -238,6 +239,8 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("degradation.blur_kernel_size must be odd")
     if len(deg["kernel_list"]) != len(deg["kernel_prob"]) or not set(deg["kernel_list"]) <= {"iso", "aniso"}:
         raise ConfigError("degradation.kernel_list must hold 'iso'/'aniso' with one kernel_prob each")
+    if cfg["loss"]["identity_from"] is not None:
+        cfg["loss"]["identity_from"] = _number(cfg["loss"]["identity_from"], "loss.identity_from", int)
     if cfg["optim"]["schedule"] not in ("multistep", "cosine"):
         raise ConfigError("optim.schedule must be 'multistep' or 'cosine'")
     identities = [*registry.choice_names("identity"), "none"]  # registered by train.models

@@ -111,8 +111,13 @@ def model_card(
         ]
     rows = "\n".join(f"| {METRIC_NAMES[k]} | {v:.4f} |" for k, v in metrics.items()) or "| (none logged) | |"
     loss = cfg["loss"]
+    identity_from = loss.get("identity_from")
     if int(loss.get("gan_from", 0)) >= step:
-        adversarial = "no adversarial, component or identity loss (reconstruction only up to this step)"
+        adversarial = "no adversarial or component loss (reconstruction only up to this step); " + (
+            f"identity {loss['identity_weight']} from step {identity_from}"
+            if identity_from is not None and int(identity_from) < step
+            else "no identity loss"
+        )
     else:
         adversarial = (
             f"from step {loss.get('gan_from', 0)}: GAN {loss['gan_weight']}, component GAN "

@@ -123,6 +123,13 @@ class Trainer:
         """Whether this step uses the GAN, component and identity losses (off during ``loss.gan_from``)."""
         return self.step > int(self.cfg["loss"]["gan_from"])
 
+    @property
+    def _identity_on(self) -> bool:
+        """Whether this step uses the identity loss (``loss.identity_from``, else with the GAN losses)."""
+        start = self.cfg["loss"]["identity_from"]
+        on = self.adversarial if start is None else self.step > int(start)
+        return on and self.identity is not None
+
     # ------------------------------------------------------------------------------------------- data
     def _build_data(self) -> None:
         data = self.cfg["data"]
@@ -246,7 +253,7 @@ class Trainer:
                     total = total + l_cs
                     logs["l_g_comp_style"] = l_cs
             self._lap("g_adversarial")
-            if adversarial and self.identity is not None and lw["identity_weight"] > 0:
+            if self._identity_on and lw["identity_weight"] > 0:
                 l_id = L.identity_loss(self.identity(output), self.identity(gt), lw["identity_weight"])
                 total = total + l_id
                 logs["l_identity"] = l_id

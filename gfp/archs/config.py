@@ -37,6 +37,10 @@ class GeneratorConfig:
     sft_half: bool = True
     different_w: bool = True
     input_is_latent: bool = True
+    # Add the input face to the decoder's output, so that a small model trained from scratch starts at its
+    # input and learns only the correction (the CPU training recipe). No official model has it; a state
+    # dict that does carries an ``input_residual`` entry, which is how it is recognised.
+    input_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -75,6 +79,7 @@ def build_generator(config: GeneratorConfig) -> nn.Module:
         different_w=config.different_w,
         narrow=config.narrow,
         sft_half=config.sft_half,
+        input_residual=config.input_residual,
     )
 
 
@@ -122,6 +127,7 @@ def detect_config(state_dict: Mapping[str, Tensor]) -> GeneratorConfig:
             num_mlp=num_mlp,
             sft_half=sft_half,
             different_w=different_w,
+            input_residual="input_residual" in state_dict,
         )
     except ValueError as err:
         raise UnknownArchitectureError(f"unsupported GFPGAN layout: {err}") from err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -40,8 +41,12 @@ class _GFPGAN(nn.Module):
         narrow: float,
         different_w: bool,
         input_is_latent: bool,
+        input_residual: bool = False,
     ) -> None:
         super().__init__()
+        self.residual = input_residual
+        if input_residual:  # a state-dict entry, so that such a checkpoint is recognised (and strict-loads)
+            self.register_buffer("input_residual", torch.ones(()))
         self.out_size = out_size
         self.log_size = int(math.log2(out_size))
         self.num_style_feat = num_style_feat
@@ -95,6 +100,8 @@ class _GFPGAN(nn.Module):
         image, _ = self.stylegan_decoder(
             style_code, conditions, input_is_latent=self.input_is_latent, randomize_noise=randomize_noise
         )
+        if self.residual:
+            image = image + x
         return image, out_rgbs
 
 
@@ -111,8 +118,11 @@ class GFPGANClean(_GFPGAN):
         different_w: bool = True,
         narrow: float = 1.0,
         sft_half: bool = True,
+        input_residual: bool = False,
     ) -> None:
-        super().__init__(out_size, num_style_feat, channel_multiplier, narrow, different_w, input_is_latent)
+        super().__init__(
+            out_size, num_style_feat, channel_multiplier, narrow, different_w, input_is_latent, input_residual
+        )
         ch = self.unet_channels
         self.conv_body_first = nn.Conv2d(3, ch[out_size], 1)
         self.conv_body_down = nn.ModuleList(
@@ -159,8 +169,11 @@ class GFPGANv1(_GFPGAN):
         sft_half: bool = True,
         resample_kernel: tuple[int, ...] = (1, 3, 3, 1),
         lr_mlp: float = 0.01,
+        input_residual: bool = False,
     ) -> None:
-        super().__init__(out_size, num_style_feat, channel_multiplier, narrow, different_w, input_is_latent)
+        super().__init__(
+            out_size, num_style_feat, channel_multiplier, narrow, different_w, input_is_latent, input_residual
+        )
         ch = self.unet_channels
         self.conv_body_first = ConvLayer(3, ch[out_size], 1)
         self.conv_body_down = nn.ModuleList(
