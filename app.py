@@ -33,6 +33,7 @@ import numpy as np
 
 import gfp  # noqa: F401  (installs the torchvision shim before anything imports basicsr)
 from gfp import registry
+from gfp.devices import select_device
 from gfp.imageio import ImageReadError, read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer
 from gfp.video import VideoError, VideoOptions
@@ -81,7 +82,7 @@ class AppSettings:
     share: bool = False
     device: str = "auto"
     detector: str = registry.DEFAULTS["detector"]
-    background: str = registry.DEFAULTS["upsampler"]
+    background: str | None = None  # None: the device's default (registry.default_for)
     concurrency: int | None = None
     max_pixels: int | None = None
     mcp: bool = True
@@ -129,9 +130,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     parser.add_argument(
         "--bg-upsampler",
         dest="background",
-        default=env("GFP_BG_UPSAMPLER", registry.DEFAULTS["upsampler"]),
+        default=env("GFP_BG_UPSAMPLER"),
         choices=registry.choice_names("upsampler"),
-        help="default background upsampler (env GFP_BG_UPSAMPLER)",
+        help="default background upsampler (env GFP_BG_UPSAMPLER; default "
+        f"{registry.default_for('upsampler', 'cpu')} on a CPU, {registry.DEFAULTS['upsampler']} on a GPU)",
     )
     parser.add_argument(
         "--concurrency",
@@ -213,9 +215,20 @@ def model_specs(extra: Sequence[str]) -> dict[str, str]:
     return specs
 
 
+def _device_background(settings: AppSettings) -> str:
+    """The registry's default background for the device the app runs on."""
+    return registry.default_for("upsampler", select_device(settings.device))
+
+
+def _default_background(settings: AppSettings) -> str:
+    """The background requests get when they name none: the launch flag, else the device's default."""
+    return settings.background or _device_background(settings)
+
+
 def _background_fallback(settings: AppSettings, background: str) -> bool:
-    """Whether a request's background may fall back to Lanczos: it is the app's default and the registry's."""
-    return background == settings.background == registry.DEFAULTS["upsampler"]
+    """Whether a request's background may fall back to Lanczos: none was named at launch and the request
+    asks for the device's default (a background named at launch or in the request must be had)."""
+    return settings.background is None and background == _device_background(settings)
 
 
 @dataclass(frozen=True)
@@ -236,9 +249,10 @@ def check_weights(settings: AppSettings) -> WeightsCheck:
     so building the UI (tests) stays cheap.
     """
     default_model = next(iter(model_specs(settings.models).values()))
-    optional_bg = _background_fallback(settings, settings.background)
+    background = _default_background(settings)
+    optional_bg = _background_fallback(settings, background)
     wanted = [(default_model, False), (settings.detector, False)]
-    wanted += [(name, optional_bg) for name in registry.members("upsampler", settings.background)]
+    wanted += [(name, optional_bg) for name in registry.members("upsampler", background)]
     wanted.append((registry.DEFAULTS["parser"], True))
     missing, fallbacks = [], []
     for spec, optional in wanted:
@@ -490,7 +504,7 @@ def build_handler(ctx: RequestContext) -> Callable[..., Any]:
         image: dict[str, Any] | str | None,
         model: str = next(iter(ctx.specs)),
         rescale: float = 2,
-        background: str = settings.background,
+        background: str = _default_background(settings),
         strength: float = 1.0,
         only_center_face: bool = False,
         aligned: bool = False,
@@ -640,7 +654,7 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
         video: dict[str, Any] | str | None,
         model: str = next(iter(specs)),
         rescale: float = 2,
-        background: str = settings.background,
+        background: str = _default_background(settings),
         strength: float = 1.0,
         only_center_face: bool = False,
         detector: str = settings.detector,
@@ -722,7 +736,7 @@ def _restore_controls(
     model = gr.Dropdown(models, value=models[0][1], label="Model")
     rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
     background = gr.Radio(
-        registry.choices("upsampler"), value=settings.background, label="Background upsampler"
+        registry.choices("upsampler"), value=_default_background(settings), label="Background upsampler"
     )
     strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
     return model, rescale, background, strength

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--bg_upsampler",
         default=None,
         choices=registry.choice_names("upsampler"),
-        help=f"background upsampler; 'none' = Lanczos resize (default: {registry.DEFAULTS['upsampler']}, "
+        help="background upsampler; 'none' = Lanczos resize (default: "
+        f"{registry.default_for('upsampler', 'cpu')} on a CPU, {registry.DEFAULTS['upsampler']} on a GPU, "
         "or Lanczos with a note when its weights cannot be had; a name given here must be had)",
     )
     p.add_argument(

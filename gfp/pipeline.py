@@ -52,8 +52,9 @@ class RestoreOptions:
     """Output size / input size, in [1, 8]."""
     bg_upsampler: str | None = None
     """A background choice of :func:`gfp.background.background_choices` ("realesrgan", "none", ...): its
-    weights must be had. None: the default ("realesrgan"), which falls back to a Lanczos resize (with a note
-    in the result) when its weights cannot be had."""
+    weights must be had. None: the device's default (:func:`gfp.registry.default_for`: realesr-general-x4v3
+    on a CPU, realesrgan on a GPU), which falls back to a Lanczos resize (with a note in the result) when
+    its weights cannot be had."""
     bg_tile: int = 400
     """Tile size of the background upsampler (0: whole image at once)."""
     only_center_face: bool = False
@@ -79,9 +80,9 @@ class RestoreOptions:
             raise ValueError(f"upscale must be a number in [1, 8], got {self.upscale!r}")
         if not (MIN_UPSCALE <= self.upscale <= MAX_UPSCALE):
             raise ValueError(f"upscale must be in [{MIN_UPSCALE:g}, {MAX_UPSCALE:g}], got {self.upscale}")
-        if self.background not in registry.choice_names("upsampler"):
+        if self.bg_upsampler is not None and self.bg_upsampler not in registry.choice_names("upsampler"):
             choices = ", ".join(registry.choice_names("upsampler"))
-            raise ValueError(f"unknown background upsampler {self.background!r}; choose one of: {choices}")
+            raise ValueError(f"unknown background upsampler {self.bg_upsampler!r}; choose one of: {choices}")
         if not isinstance(self.bg_tile, int) or self.bg_tile < 0:
             raise ValueError(f"bg_tile must be an integer >= 0 (0 = no tiling), got {self.bg_tile!r}")
         if not (0.0 <= float(self.strength) <= 1.0):
@@ -92,10 +93,11 @@ class RestoreOptions:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
 
-    @property
-    def background(self) -> str:
-        """The background choice in effect (``bg_upsampler``, or the registry default when None)."""
-        return self.bg_upsampler if self.bg_upsampler is not None else registry.DEFAULTS["upsampler"]
+    def background_on(self, device: torch.device | str) -> str:
+        """The background choice in effect on ``device``: ``bg_upsampler``, or that device's default."""
+        if self.bg_upsampler is not None:
+            return self.bg_upsampler
+        return registry.default_for("upsampler", device)
 
 
 @dataclass
@@ -361,7 +363,7 @@ class Restorer:
 
     def background_image(self, img: np.ndarray, options: RestoreOptions, run: RunLog) -> np.ndarray:
         """The whole image upscaled; the default upsampler falls back to Lanczos (noted) without weights."""
-        choice = options.background
+        choice = options.background_on(self.device)
         upsampler = self.background(choice)
         run.lap("load")
         if upsampler is None:

@@ -33,7 +33,19 @@ DEFAULTS: dict[str, str] = {
     "parser": "parsenet",
     "upsampler": "realesrgan",
 }
-"""The choice used for each kind of model when the user names none."""
+"""The choice used for each kind of model when the user names none (on a GPU; see :func:`default_for`)."""
+
+CPU_DEFAULTS: dict[str, str] = {"upsampler": "realesr-general-x4v3"}
+"""Where the choice on a CPU differs, by measured cost: on a 2-core CPU, a 0.9 MP photo with 3 faces at x2
+took 65.5 s with RealESRGAN_x2plus as the background (46 s of it the background) and 35.3 s with
+realesr-general-x4v3, the official Space's CPU choice (benchmarks/background.py; README, "Speed")."""
+
+
+def default_for(kind: str, device: torch.device | str) -> str:
+    """The choice for ``kind`` when the user names none, on ``device`` (a torch device or its name)."""
+    if torch.device(device).type == "cpu":
+        return CPU_DEFAULTS.get(kind, DEFAULTS[kind])
+    return DEFAULTS[kind]
 
 
 @dataclass(frozen=True)

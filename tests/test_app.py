@@ -170,7 +170,9 @@ def test_building_the_ui_is_cheap_and_takes_the_registry_choices(monkeypatch: py
     assert widgets["Model"].choices == [(label, value) for label, value in registry.choices("generator")]
     assert widgets["Background upsampler"].choices == [tuple(c) for c in registry.choices("upsampler")]
     assert widgets["Face detector"].choices == [tuple(c) for c in registry.choices("detector")]
-    assert widgets["Background upsampler"].value == registry.DEFAULTS["upsampler"]
+    assert widgets["Background upsampler"].value == registry.default_for("upsampler", "cpu")
+    assert registry.default_for("upsampler", "cpu") == "realesr-general-x4v3"  # the measured CPU choice
+    assert registry.default_for("upsampler", "cuda") == registry.DEFAULTS["upsampler"] == "realesrgan"
 
 
 def test_examples_exist_and_are_small() -> None:
@@ -213,11 +215,11 @@ def test_missing_weights_banner_names_the_files_and_the_fallbacks(tmp_path: Path
     torch.save({}, tmp_path / MODEL_ZOO[DETECTOR].file_name)
     check = app.check_weights(settings)
     assert len(check.missing) == 1 and "nope.pth" in check.missing[0]
-    wanted = ["RealESRGAN_x2plus.pth", "realesr-general-x4v3.pth", "parsing_parsenet.pth"]
+    wanted = ["realesr-general-x4v3.pth", "parsing_parsenet.pth"]  # the CPU's default background
     assert [name for name in wanted for m in check.fallbacks if f"(file {name})" in m] == wanted
     banner = app._banner(check)
     assert "nope.pth" in banner and "--weights-dir" in banner
-    assert "Running with fallbacks" in banner and "Lanczos" in banner and "RealESRGAN_x2plus.pth" in banner
+    assert "Running with fallbacks" in banner and "Lanczos" in banner and "realesr-general-x4v3.pth" in banner
     assert app._banner(app.WeightsCheck()) == ""
     explicit = app.check_weights(dataclasses.replace(settings, background="realesr-general-x4v3"))
     assert any("realesr-general-x4v3.pth" in m for m in explicit.missing)  # asked for at launch: required
@@ -384,15 +386,15 @@ def test_mcp_serves_the_restore_tool(server: Server) -> None:
 @pytest.mark.usefixtures("offline")
 def test_offline_default_background_restores_with_a_note(tmp_path: Path) -> None:
     """The README's call with only the image and the detector, without the Real-ESRGAN files."""
-    srv = start_server(tmp_path, background=registry.DEFAULTS["upsampler"])
+    srv = start_server(tmp_path, background=None)  # the CPU's default: realesr-general-x4v3
     try:
         client = srv.client()
         image = gradio_client.handle_file(str(EXAMPLES / "astronaut_lowres.png"))
         _, _, file, status = client.predict(image=image, detector=DETECTOR, api_name="/restore")
         assert read(file).shape == (320, 320, 3)
-        assert "background upsampler realesrgan unavailable" in status and "RealESRGAN_x2plus.pth" in status
-        assert "resized with Lanczos instead" in status
-        with pytest.raises(gradio_client.exceptions.AppError, match="realesr-general-x4v3.pth"):
-            call(client, srv, EXAMPLES / "astronaut_lowres.png", background="realesr-general-x4v3")
+        assert "background upsampler realesr-general-x4v3 unavailable" in status
+        assert "realesr-general-x4v3.pth" in status and "resized with Lanczos instead" in status
+        with pytest.raises(gradio_client.exceptions.AppError, match="RealESRGAN_x2plus.pth"):
+            call(client, srv, EXAMPLES / "astronaut_lowres.png", background="realesrgan")
     finally:
         srv.close()

@@ -185,10 +185,11 @@ def test_default_background_falls_back_to_lanczos_with_a_note(
         np.testing.assert_array_equal(result.image, lanczos_upsample(img, 2))
         assert len(result.notes) == 1
         note = result.notes[0]
-        assert note.startswith("background upsampler realesrgan unavailable (could not find weights")
-        assert "RealESRGAN_x2plus.pth" in note and note.endswith("resized with Lanczos instead")
-    assert tried == [registry.MODEL_ZOO["RealESRGAN_x2plus"].url]  # remembered: not retried per request
-    assert isinstance(restorer.optional("RealESRGAN_x2plus"), Unavailable)
+        # the CPU's default background
+        assert note.startswith("background upsampler realesr-general-x4v3 unavailable (could not find")
+        assert "realesr-general-x4v3.pth" in note and note.endswith("resized with Lanczos instead")
+    assert tried == [registry.MODEL_ZOO["realesr-general-x4v3"].url]  # remembered: not retried per request
+    assert isinstance(restorer.optional("realesr-general-x4v3"), Unavailable)
 
 
 @pytest.mark.parametrize(

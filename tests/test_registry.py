@@ -117,7 +117,7 @@ def test_a_new_family_is_offered_by_the_cli_and_the_app(toy: ModelFamily) -> Non
     demo = app.build_app(settings)
     radios = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Background upsampler"]
     assert ("Toy upscaler x4", "toy-x4") in radios[0].choices and radios[0].value == "toy-x4"
-    assert RestoreOptions(bg_upsampler="toy-x4").background == "toy-x4"
+    assert RestoreOptions(bg_upsampler="toy-x4").background_on("cpu") == "toy-x4"
     registry.unregister("toy")
     try:
         with pytest.raises(ValueError, match="unknown background upsampler 'toy-x4'"):
@@ -141,3 +141,12 @@ def test_a_new_family_restores_through_the_pipeline(toy: ModelFamily, tmp_path: 
     result = Restorer(tmp_path, device="cpu").restore(img, options)
     expected = BackgroundUpsampler({4: net}, tile=options.bg_tile).upsample(img, 2)
     np.testing.assert_array_equal(result.image, expected)
+
+
+def test_the_default_background_is_chosen_per_device() -> None:
+    options = RestoreOptions()
+    assert options.background_on("cpu") == "realesr-general-x4v3"  # measured cheaper on a 2-core CPU
+    assert options.background_on(torch.device("cuda")) == "realesrgan"  # the official choice on a GPU
+    assert RestoreOptions(bg_upsampler="none").background_on("cuda") == "none"
+    with pytest.raises(ValueError, match="unknown background upsampler 'nope'"):
+        RestoreOptions(bg_upsampler="nope")
