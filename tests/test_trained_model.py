@@ -50,7 +50,7 @@ def test_trained_model_beats_the_degraded_input_on_held_out_faces(shared_data: P
                 )
             )
     restored, lq = np.mean(scores["restored"], axis=0), np.mean(scores["lq"], axis=0)
-    assert restored[0] > lq[0] + 0.2, f"PSNR-Y {restored[0]:.2f} vs input {lq[0]:.2f}"  # measured +0.40
+    assert restored[0] > lq[0] + 0.2, f"PSNR-Y {restored[0]:.2f} vs input {lq[0]:.2f}"  # measured +0.51
     assert restored[1] > lq[1], f"SSIM-Y {restored[1]:.4f} vs input {lq[1]:.4f}"
 
 

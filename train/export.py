@@ -124,6 +124,7 @@ def model_card(
             f"{loss['component_gan_weight']} (style {loss['component_style_weight']}), identity "
             f"{loss['identity_weight']}, R1 {loss['r1_weight']}"
         )
+    residual = ", its input added to its output" if gen.get("input_residual") else ""
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---
@@ -132,7 +133,8 @@ def model_card(
 
 A GFPGAN blind face restoration generator trained with the `train/` package of `gfp`
 (architecture `{gen["arch"]}`, {cfg["data"]["out_size"]} px, channel multiplier
-{gen.get("channel_multiplier")}, narrow {gen.get("narrow")}); exported from step {step} as the EMA generator.
+{gen.get("channel_multiplier")}, narrow {gen.get("narrow")}{residual}); exported from step {step} as the EMA
+generator.
 
 ## Use
 
