@@ -12,6 +12,7 @@ put back, and 16-bit images stay 16-bit with the 8-bit restored faces rescaled t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from gfp.devices import decide_precision, select_device
 from gfp.faces import align_faces, detect_faces, resize_aligned
 from gfp.loading import load_generator, load_model
 from gfp.paste import parse_masks, paste_faces
+from gfp.precision import cpu_has_native_bf16, runs_well_in_bf16
 from gfp.registry import ModelEntry
 from gfp.weights.errors import WeightsError
 from gfp.weights.resolve import Resolved, resolve
@@ -166,18 +168,26 @@ class Restorer:
 
     ``weights_dir`` is where weights are looked up first (see :mod:`gfp.weights.resolve`); ``device`` is
     "auto" (cuda, mps, cpu) or a torch device name; ``half`` runs the networks that do well in float16
-    (generator, background upsamplers) in float16 on a GPU. Device and precision are decided here, once,
-    and passed to every network. Networks are cached by the file they were loaded from, so "1.4", "v1.4"
-    and "GFPGANv1.4.pth" share one copy. An optional model that cannot be had is remembered (an offline
-    machine does not retry the download on every request).
+    (generator, background upsamplers) in float16 on a GPU. ``bf16`` on a CPU runs the face parser and
+    clean-architecture generators in bfloat16 autocast (None: where the CPU computes bf16 natively, see
+    :func:`gfp.precision.cpu_has_native_bf16`; False: float32 throughout). Device and precision are decided
+    here, once, and passed to every network. Networks are cached by the file they were loaded from, so
+    "1.4", "v1.4" and "GFPGANv1.4.pth" share one copy. An optional model that cannot be had is remembered
+    (an offline machine does not retry the download on every request).
     """
 
     def __init__(
-        self, weights_dir: str | os.PathLike[str] | None = None, device: str = "auto", half: bool = False
+        self,
+        weights_dir: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        half: bool = False,
+        bf16: bool | None = None,
     ) -> None:
         self.weights_dir = weights_dir
         self.device = select_device(device)
         self.dtype = decide_precision(self.device, half)
+        on_cpu = self.device.type == "cpu"
+        self.bf16 = on_cpu and (cpu_has_native_bf16() if bf16 is None else bool(bf16))
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], Any] = {}
         self._model_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -280,18 +290,18 @@ class Restorer:
         run = RunLog(progress)
         net, config = self.generator(options.version)
         restore = self._restore_aligned if options.aligned else self._restore_photo
-        result = restore(img, net, config.out_size, options, run)
+        result = restore(img, net, config, options, run)
         result.timings["total"] = time.perf_counter() - run.start
         return result
 
     def _restore_aligned(
-        self, img: np.ndarray, net: nn.Module, face_size: int, options: RestoreOptions, run: RunLog
+        self, img: np.ndarray, net: nn.Module, config: GeneratorConfig, options: RestoreOptions, run: RunLog
     ) -> RestoreResult:
         """An FFHQ-aligned face: restore it whole; the output is the face at input size × upscale."""
         work = _work_image(img)
         run.lap("load")
-        crops = [resize_aligned(work, face_size)]
-        restored = self._restore_faces(net, crops, options, run)
+        crops = [resize_aligned(work, config.out_size)]
+        restored = self._restore_faces(net, config, crops, options, run)
         run.lap("restore")
         out_h, out_w = scaled_size(img.shape[0], img.shape[1], options.upscale)
         image = _aligned_output(img, restored[0], out_h, out_w, _max_value(img))
@@ -308,7 +318,7 @@ class Restorer:
         )
 
     def _restore_photo(
-        self, img: np.ndarray, net: nn.Module, face_size: int, options: RestoreOptions, run: RunLog
+        self, img: np.ndarray, net: nn.Module, config: GeneratorConfig, options: RestoreOptions, run: RunLog
     ) -> RestoreResult:
         """A photo: detect and align faces, restore them, upsample the background, paste the faces back."""
         work = _work_image(img)
@@ -318,9 +328,9 @@ class Restorer:
         found = detect_faces(detector, work, only_center_face=options.only_center_face)
         run.report(1, 1, "detect")
         run.lap("detect")
-        crops, matrices = align_faces(work, found.landmarks, face_size)
+        crops, matrices = align_faces(work, found.landmarks, config.out_size)
         run.lap("align")
-        restored = self._restore_faces(net, crops, options, run)
+        restored = self._restore_faces(net, config, crops, options, run)
         run.lap("restore")
         masks, face_mask = self.face_masks(restored, options, run)
         background = self.background_image(img, options, run)
@@ -356,7 +366,8 @@ class Restorer:
             run.notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
             return None, "square"
         run.report(0, len(restored), "parse")
-        masks = parse_masks(parser, restored, options.batch_size)
+        with _cpu_bf16(self.bf16):
+            masks = parse_masks(parser, restored, options.batch_size)
         run.report(len(restored), len(restored), "parse")
         run.lap("parse")
         return masks, "parsenet"
@@ -398,28 +409,40 @@ class Restorer:
                     f"restore_faces expects uint8 {config.out_size}x{config.out_size}x3 BGR crops, "
                     f"got {crop.dtype} {crop.shape}"
                 )
-        return self._restore_faces(net, list(crops), options, RunLog(progress))
+        return self._restore_faces(net, config, list(crops), options, RunLog(progress))
 
     @torch.inference_mode()
     def _restore_faces(
-        self, net: nn.Module, crops: list[np.ndarray], options: RestoreOptions, run: RunLog
+        self,
+        net: nn.Module,
+        config: GeneratorConfig,
+        crops: list[np.ndarray],
+        options: RestoreOptions,
+        run: RunLog,
     ) -> list[np.ndarray]:
         """Run the generator over aligned crops in batches; blend by strength; return uint8 BGR faces."""
         restored: list[np.ndarray] = []
         dtype = next(net.parameters()).dtype  # decided once, by the Restorer
+        bf16 = self.bf16 and runs_well_in_bf16(config)
         strength = float(options.strength)
         run.report(0, len(crops), "restore")
         for start in range(0, len(crops), options.batch_size):
             chunk = np.stack(crops[start : start + options.batch_size])
             x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2).flip(1).float() / 255.0
             x = (x - 0.5) / 0.5
-            out = net(x.to(dtype), return_rgb=False)[0].float().clamp_(-1, 1)
+            with _cpu_bf16(bf16):
+                out = net(x.to(dtype), return_rgb=False)[0].float().clamp_(-1, 1)
             if strength < 1.0:
                 out = strength * out + (1.0 - strength) * x
             out = ((out + 1) / 2 * 255.0).round().flip(1).permute(0, 2, 3, 1)
             restored.extend(np.ascontiguousarray(face) for face in out.to(torch.uint8).cpu().numpy())
             run.report(len(restored), len(crops), "restore")
         return restored
+
+
+def _cpu_bf16(enabled: bool) -> contextlib.AbstractContextManager[object]:
+    """bfloat16 autocast on the CPU when ``enabled``, else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def _max_value(img: np.ndarray) -> float:

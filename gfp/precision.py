@@ -5,7 +5,8 @@ rate (issue 9 measured 362 vs 175 GFLOP/s on a 2-core AVX512-BF16 machine), and 
 stays close to float32 (tests/test_precision.py states the margin). Elsewhere bf16 is emulated through
 float32 conversions: slower than float32 and less precise, so float32 is the right choice there.
 
-This module only answers and computes; which precision a network runs in is decided by the caller.
+This module only answers and computes; which precision a network runs in is decided by the caller
+(:class:`gfp.pipeline.Restorer`, once).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from gfp.archs import GeneratorConfig
 
 CPUINFO = Path("/proc/cpuinfo")
 # x86 flags (as Linux names them) of instructions that compute in bfloat16.
@@ -46,6 +49,12 @@ def cpu_has_native_bf16() -> bool:
     if not NATIVE_BF16_FLAGS & cpu_flags():
         return False
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def runs_well_in_bf16(config: GeneratorConfig) -> bool:
+    """Whether a generator of this layout stays close to float32 in bf16 autocast: the clean layout (v1.2
+    to v1.4 and our trained models: 52-56 dB) does; the paper's v1 layout (41 dB) does not."""
+    return config.arch == "clean"
 
 
 def generator_forward(generator: nn.Module, x: Tensor, bf16: bool = False) -> Tensor:

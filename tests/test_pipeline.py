@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _official_pipeline import psnr
 from _zoo_helpers import save_blind_detector, save_tiny_generator, tiny_config, tiny_generator
 
 from gfp import registry
@@ -276,17 +277,21 @@ def test_strength_blends_restored_and_input_faces(real_weights: Path, group: np.
 
 
 @pytest.mark.shared
-def test_batch_size_does_not_change_results(real_weights: Path, group: np.ndarray) -> None:
-    restorer = Restorer(real_weights, device="cpu")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_batch_size_does_not_change_results(real_weights: Path, group: np.ndarray, bf16: bool) -> None:
+    restorer = Restorer(real_weights, device="cpu", bf16=bf16)
     one = restorer.restore(group, _options(real_weights, batch_size=1))
     three = restorer.restore(group, _options(real_weights, batch_size=3))
     for a, b in zip(one.restored_faces, three.restored_faces, strict=True):
-        assert np.abs(a.astype(int) - b).max() <= 1
+        if bf16:  # bf16 sums depend on how a batch is blocked: close, not equal
+            assert psnr(a, b) >= 45.0  # measured 49.7-51.1 dB
+        else:
+            assert np.abs(a.astype(int) - b).max() <= 1
 
 
 @pytest.mark.shared
 def test_layouts_keep_gray_alpha_and_16bit(real_weights: Path, group: np.ndarray) -> None:
-    restorer = Restorer(real_weights, device="cpu")
+    restorer = Restorer(real_weights, device="cpu", bf16=False)  # float32: 16-bit input must match 8-bit
     layouts = _layouts(group)
     out8 = restorer.restore(layouts["bgr"], _options(real_weights)).image
 
