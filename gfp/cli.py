@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--half", action="store_true", help="float16 generator on GPU (ignored on CPU)")
     p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="float32 throughout on a CPU (default: bfloat16 autocast for the face parser and clean "
+        "generators where the CPU computes bf16 natively, AVX512-BF16 or AMX)",
+    )
+    p.add_argument(
         "--batch-size", type=int, default=4, help="faces per generator batch (default: %(default)s)"
     )
     video = p.add_argument_group("video (mp4, mov, mkv, webm, avi ... → OUTPUT/restored_videos/NAME.mp4)")
@@ -201,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         video_options = VideoOptions(codec=args.video_codec, crf=args.crf, smooth=args.smooth)
         inputs = list_inputs(args.input)
-        restorer = Restorer(weights_dir=args.weights_dir, device=args.device, half=args.half)
+        bf16 = False if args.fp32 else None
+        restorer = Restorer(weights_dir=args.weights_dir, device=args.device, half=args.half, bf16=bf16)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     if not inputs:

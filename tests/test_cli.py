@@ -198,3 +198,34 @@ def test_aligned_inputs_write_faces_only(tmp_path: Path) -> None:
     assert main(["-i", str(tmp_path / "face.png"), "-o", str(out), "--aligned", *_args(weights)]) == 0
     names = {p.relative_to(out).as_posix() for p in out.rglob("*.*")}
     assert names == {"cropped_faces/face_00.png", "restored_faces/face_00.png", "cmp/face_00.png"}
+
+
+def test_fp32_flag_turns_cpu_bf16_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gfp.cli
+
+    made: list[bool] = []
+    real_init = gfp.cli.Restorer.__init__
+
+    def spy(self, *args, **kwargs) -> None:  # noqa: ANN001
+        real_init(self, *args, **kwargs)
+        made.append(self.bf16)
+
+    monkeypatch.setattr(gfp.cli.Restorer, "__init__", spy)
+    monkeypatch.setattr("gfp.pipeline.cpu_has_native_bf16", lambda: True)  # any CPU: the flag decides
+    weights = _weights(tmp_path / "w", None)
+    cv2.imwrite(str(tmp_path / "face.png"), _gradient(96, 96))
+    for extra in ([], ["--fp32"]):
+        assert (
+            main(
+                [
+                    "-i",
+                    str(tmp_path / "face.png"),
+                    "-o",
+                    str(tmp_path / "o"),
+                    "--aligned",
+                    *_args(weights, *extra),
+                ]
+            )
+            == 0
+        )
+    assert made == [True, False]
