@@ -223,6 +223,12 @@ class Restorer:
         entry = entry or registry.MODEL_ZOO[registry.DEFAULTS[kind]]
         return self.dtype if self.dtype in entry.supports.precisions else torch.float32
 
+    def _bf16_ok(self, kind: str, choice: str) -> bool:
+        """Whether this choice runs in bf16 autocast: on a bf16 CPU, when every network it uses is measured
+        good in bf16 (registry ``supports.precisions``)."""
+        names = registry.members(kind, choice)
+        return self.bf16 and all(torch.bfloat16 in registry.MODEL_ZOO[n].supports.precisions for n in names)
+
     def generator(self, spec: str | os.PathLike[str]) -> tuple[nn.Module, GeneratorConfig]:
         """(network, GeneratorConfig) for a version / file / folder / repo id."""
         found = self._resolve(spec)
@@ -366,7 +372,7 @@ class Restorer:
             run.notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
             return None, "square"
         run.report(0, len(restored), "parse")
-        with _cpu_bf16(self.bf16):
+        with _cpu_bf16(self._bf16_ok("parser", registry.DEFAULTS["parser"])):
             masks = parse_masks(parser, restored, options.batch_size)
         run.report(len(restored), len(restored), "parse")
         run.lap("parse")
@@ -380,7 +386,8 @@ class Restorer:
         if upsampler is None:
             return lanczos_upsample(img, options.upscale)
         try:
-            return upsampler.upsample(img, options.upscale, progress=run.progress, tile=options.bg_tile)
+            with _cpu_bf16(self._bf16_ok("upsampler", choice)):
+                return upsampler.upsample(img, options.upscale, progress=run.progress, tile=options.bg_tile)
         except WeightsError as err:
             if options.bg_upsampler is not None:  # asked for by name: say what is missing and where we looked
                 raise

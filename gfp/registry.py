@@ -58,6 +58,7 @@ class Supports:
 
 
 HALF_OK = (torch.float32, torch.float16)
+BF16_OK = (*HALF_OK, torch.bfloat16)  # measured within parity in bf16 autocast on a CPU (README, "Speed")
 """Networks that run well in float16 on a GPU (the generator and the background upsamplers)."""
 
 
@@ -388,7 +389,7 @@ PARSENET = ModelFamily(
             size=85331193,
             license=_MIT_FACEXLIB,
             label="ParseNet face parsing",
-            supports=Supports(input_size=512),
+            supports=Supports(input_size=512, precisions=(torch.float32, torch.bfloat16)),
         ),
     ),
 )
@@ -455,7 +456,7 @@ def _realesrgan(name: str, tag: str, config: RealESRGANConfig, label: str, **kw:
         config=config,
         license=_BSD_REALESRGAN,
         label=label,
-        supports=Supports(scale=config.scale, precisions=HALF_OK),
+        supports=Supports(scale=config.scale, precisions=BF16_OK if config.arch == "srvgg" else HALF_OK),
         **kw,
     )
 

@@ -8,6 +8,7 @@ finds the faces of real photos.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import urllib.error
 import urllib.request
@@ -207,7 +208,7 @@ def test_a_background_asked_for_by_name_must_be_had(blind_weights: Path, name: s
 def test_background_model_is_used(real_weights: Path) -> None:
     img = _gradient(24, 32)  # no face: the output is the background upsampler's output
     upsampler = Restorer(real_weights, device="cpu").background("realesr-animevideov3")
-    result = Restorer(real_weights, device="cpu").restore(
+    result = Restorer(real_weights, device="cpu", bf16=False).restore(  # float32, as the direct call
         img, _options(real_weights, bg_upsampler="realesr-animevideov3", upscale=3)
     )
     np.testing.assert_array_equal(result.image, upsample_background(img, 3, upsampler))
@@ -327,3 +328,27 @@ def test_one_restorer_serves_threads(real_weights: Path, group: np.ndarray) -> N
         t.join()
     for i in range(4):
         np.testing.assert_array_equal(results[i], expected[i % 2])
+
+
+@pytest.mark.shared
+def test_cpu_bf16_background_runs_and_stays_close(real_weights: Path, group: np.ndarray) -> None:
+    from gfp.pipeline import RunLog
+
+    options = _options(real_weights, bg_upsampler="realesr-animevideov3")
+    images = [
+        Restorer(real_weights, device="cpu", bf16=bf16).background_image(group, options, RunLog(None))
+        for bf16 in (False, True)
+    ]
+    assert 45.0 <= psnr(images[0], images[1]) < math.inf  # bf16 really ran; measured 52.9 dB on a photo
+
+
+def test_bf16_is_declared_only_where_it_was_measured() -> None:
+    bf16 = torch.bfloat16
+    assert bf16 in registry.MODEL_ZOO["parsenet"].supports.precisions
+    assert bf16 in registry.MODEL_ZOO["realesr-general-x4v3"].supports.precisions
+    assert bf16 in registry.MODEL_ZOO["realesr-animevideov3"].supports.precisions
+    assert bf16 not in registry.MODEL_ZOO["RealESRGAN_x2plus"].supports.precisions  # RRDB: not measured
+    restorer = Restorer(device="cpu", bf16=True)
+    assert restorer._bf16_ok("upsampler", "realesr-general-x4v3")
+    assert not restorer._bf16_ok("upsampler", "realesrgan")  # its x2plus member would run in bf16
+    assert not Restorer(device="cpu", bf16=False)._bf16_ok("parser", "parsenet")
