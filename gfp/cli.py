@@ -105,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         "generators where the CPU computes bf16 natively, AVX512-BF16 or AMX)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=4, help="faces per generator batch (default: %(default)s)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="faces per generator batch (default: 1 on a CPU, 4 on a GPU)",
     )
     video = p.add_argument_group("video (mp4, mov, mkv, webm, avi ... → OUTPUT/restored_videos/NAME.mp4)")
     video.add_argument(

@@ -65,8 +65,9 @@ class RestoreOptions:
     strength: float = 1.0
     """1 = the restored face as GFPGAN makes it; 0 = the input face; in between, a linear blend."""
     detector: str = "retinaface_resnet50"
-    batch_size: int = 4
-    """Faces run through the generator (and parser) together."""
+    batch_size: int | None = None
+    """Faces run through the generator (and parser) together. None: 1 on a CPU (one at a time measured
+    faster there: 7.4 vs 9.0 s for 4 faces), 4 on a GPU."""
     weight: float = 0.5
     """The official ``-w``: accepted for CLI parity, has no effect on GFPGAN v1-v1.4 (use ``strength``)."""
     use_parse: bool | None = None
@@ -92,7 +93,7 @@ class RestoreOptions:
         if self.detector not in registry.choice_names("detector"):
             choices = ", ".join(registry.choice_names("detector"))
             raise ValueError(f"unknown face detector {self.detector!r}; choose one of: {choices}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
 
     def background_on(self, device: torch.device | str) -> str:
@@ -222,6 +223,12 @@ class Restorer:
         """This Restorer's precision where the model runs well in it, else float32."""
         entry = entry or registry.MODEL_ZOO[registry.DEFAULTS[kind]]
         return self.dtype if self.dtype in entry.supports.precisions else torch.float32
+
+    def batch_size(self, options: RestoreOptions) -> int:
+        """Faces per generator and parser call: ``options.batch_size``, else 1 on a CPU and 4 on a GPU."""
+        if options.batch_size is not None:
+            return options.batch_size
+        return 1 if self.device.type == "cpu" else 4
 
     def _bf16_ok(self, kind: str, choice: str) -> bool:
         """Whether this choice runs in bf16 autocast: on a bf16 CPU, when every network it uses is measured
@@ -373,7 +380,7 @@ class Restorer:
             return None, "square"
         run.report(0, len(restored), "parse")
         with _cpu_bf16(self._bf16_ok("parser", registry.DEFAULTS["parser"])):
-            masks = parse_masks(parser, restored, options.batch_size)
+            masks = parse_masks(parser, restored, self.batch_size(options))
         run.report(len(restored), len(restored), "parse")
         run.lap("parse")
         return masks, "parsenet"
@@ -404,7 +411,7 @@ class Restorer:
         """Run the generator of ``options.version`` over aligned faces; returns restored uint8 BGR faces.
 
         ``crops`` are uint8 BGR squares of the generator's ``out_size`` (as :func:`gfp.faces.align_faces`
-        cuts them), restored in batches of ``options.batch_size`` and blended by ``options.strength``,
+        cuts them), restored in batches (:meth:`batch_size`) and blended by ``options.strength``,
         exactly as :meth:`restore` does; for callers that align faces themselves, e.g. video, which
         batches the faces of several frames together.
         """
@@ -433,8 +440,9 @@ class Restorer:
         bf16 = self.bf16 and runs_well_in_bf16(config)
         strength = float(options.strength)
         run.report(0, len(crops), "restore")
-        for start in range(0, len(crops), options.batch_size):
-            chunk = np.stack(crops[start : start + options.batch_size])
+        batch = self.batch_size(options)
+        for start in range(0, len(crops), batch):
+            chunk = np.stack(crops[start : start + batch])
             x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2).flip(1).float() / 255.0
             x = (x - 0.5) / 0.5
             with _cpu_bf16(bf16):

@@ -314,7 +314,7 @@ def restore_frames(
         crops, matrices = align_faces(image, landmarks, face_size)
         pending.append(_Pending(image, seconds, found.boxes, landmarks, crops, matrices, ids))
         waiting_faces += len(crops)
-        if waiting_faces >= options.batch_size or len(pending) >= video.buffer_frames:
+        if waiting_faces >= restorer.batch_size(options) or len(pending) >= video.buffer_frames:
             yield from flush()
     yield from flush()
 

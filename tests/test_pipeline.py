@@ -352,3 +352,12 @@ def test_bf16_is_declared_only_where_it_was_measured() -> None:
     assert restorer._bf16_ok("upsampler", "realesr-general-x4v3")
     assert not restorer._bf16_ok("upsampler", "realesrgan")  # its x2plus member would run in bf16
     assert not Restorer(device="cpu", bf16=False)._bf16_ok("parser", "parsenet")
+
+
+def test_default_batch_is_one_face_on_a_cpu() -> None:
+    restorer = Restorer(device="cpu")
+    assert RestoreOptions().batch_size is None
+    assert restorer.batch_size(RestoreOptions()) == 1  # measured faster per face on a 2-core CPU
+    assert restorer.batch_size(RestoreOptions(batch_size=3)) == 3
+    with pytest.raises(ValueError, match="batch_size"):
+        RestoreOptions(batch_size=0)
