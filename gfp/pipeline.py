@@ -12,7 +12,6 @@ put back, and 16-bit images stay 16-bit with the 8-bit restored faces rescaled t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -32,7 +31,7 @@ from gfp.devices import decide_precision, select_device
 from gfp.faces import align_faces, detect_faces, resize_aligned
 from gfp.loading import load_generator, load_model
 from gfp.paste import parse_masks, paste_faces
-from gfp.precision import cpu_has_native_bf16, runs_well_in_bf16
+from gfp.precision import bf16_autocast, cpu_has_native_bf16, runs_well_in_bf16
 from gfp.registry import ModelEntry
 from gfp.weights.errors import WeightsError
 from gfp.weights.resolve import Resolved, resolve
@@ -169,12 +168,13 @@ class Restorer:
 
     ``weights_dir`` is where weights are looked up first (see :mod:`gfp.weights.resolve`); ``device`` is
     "auto" (cuda, mps, cpu) or a torch device name; ``half`` runs the networks that do well in float16
-    (generator, background upsamplers) in float16 on a GPU. ``bf16`` on a CPU runs the face parser and
-    clean-architecture generators in bfloat16 autocast (None: where the CPU computes bf16 natively, see
-    :func:`gfp.precision.cpu_has_native_bf16`; False: float32 throughout). Device and precision are decided
-    here, once, and passed to every network. Networks are cached by the file they were loaded from, so
-    "1.4", "v1.4" and "GFPGANv1.4.pth" share one copy. An optional model that cannot be had is remembered
-    (an offline machine does not retry the download on every request).
+    (generator, background upsamplers) in float16 on a GPU. ``bf16`` on a CPU runs in bfloat16 autocast the
+    networks measured good in it: clean-architecture generators (:func:`gfp.precision.runs_well_in_bf16`),
+    and the parser and background networks whose registry ``supports.precisions`` lists bf16 (None: where
+    the CPU computes bf16 natively, see :func:`gfp.precision.cpu_has_native_bf16`; False: float32).
+    Device and precision are decided here, once, and passed to every network. Networks are cached by the
+    file they were loaded from, so "1.4", "v1.4" and "GFPGANv1.4.pth" share one copy. An optional model
+    that cannot be had is remembered (an offline machine does not retry the download on every request).
     """
 
     def __init__(
@@ -379,7 +379,7 @@ class Restorer:
             run.notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
             return None, "square"
         run.report(0, len(restored), "parse")
-        with _cpu_bf16(self._bf16_ok("parser", registry.DEFAULTS["parser"])):
+        with bf16_autocast(self._bf16_ok("parser", registry.DEFAULTS["parser"])):
             masks = parse_masks(parser, restored, self.batch_size(options))
         run.report(len(restored), len(restored), "parse")
         run.lap("parse")
@@ -393,7 +393,7 @@ class Restorer:
         if upsampler is None:
             return lanczos_upsample(img, options.upscale)
         try:
-            with _cpu_bf16(self._bf16_ok("upsampler", choice)):
+            with bf16_autocast(self._bf16_ok("upsampler", choice)):
                 return upsampler.upsample(img, options.upscale, progress=run.progress, tile=options.bg_tile)
         except WeightsError as err:
             if options.bg_upsampler is not None:  # asked for by name: say what is missing and where we looked
@@ -445,7 +445,7 @@ class Restorer:
             chunk = np.stack(crops[start : start + batch])
             x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2).flip(1).float() / 255.0
             x = (x - 0.5) / 0.5
-            with _cpu_bf16(bf16):
+            with bf16_autocast(bf16):
                 out = net(x.to(dtype), return_rgb=False)[0].float().clamp_(-1, 1)
             if strength < 1.0:
                 out = strength * out + (1.0 - strength) * x
@@ -453,11 +453,6 @@ class Restorer:
             restored.extend(np.ascontiguousarray(face) for face in out.to(torch.uint8).cpu().numpy())
             run.report(len(restored), len(crops), "restore")
         return restored
-
-
-def _cpu_bf16(enabled: bool) -> contextlib.AbstractContextManager[object]:
-    """bfloat16 autocast on the CPU when ``enabled``, else nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def _max_value(img: np.ndarray) -> float:

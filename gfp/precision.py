@@ -1,4 +1,4 @@
-"""bfloat16 on the CPU: whether this CPU runs it natively, and a generator forward in bf16 autocast.
+"""bfloat16 on the CPU: whether this CPU runs it natively, the autocast context, a generator forward in it.
 
 On CPUs with AVX512-BF16 or AMX, oneDNN runs bf16 convolutions and matmuls at about twice the float32
 rate (issue 9 measured 362 vs 175 GFLOP/s on a 2-core AVX512-BF16 machine), and the generator's output
@@ -11,6 +11,7 @@ This module only answers and computes; which precision a network runs in is deci
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def runs_well_in_bf16(config: GeneratorConfig) -> bool:
     return config.arch == "clean"
 
 
+def bf16_autocast(enabled: bool = True, device_type: str = "cpu") -> contextlib.AbstractContextManager[None]:
+    """bfloat16 autocast on ``device_type`` when ``enabled``, else a context that does nothing."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
 def generator_forward(generator: nn.Module, x: Tensor, bf16: bool = False) -> Tensor:
     """Restored faces for ``x`` (B, 3, S, S, RGB in [-1, 1]) as float32, in bf16 autocast when ``bf16``.
 
@@ -65,6 +71,6 @@ def generator_forward(generator: nn.Module, x: Tensor, bf16: bool = False) -> Te
     is float32, and nothing overflows (bf16 has float32's range). The output is cast back to float32.
     The generator stays the float32 network: autocast converts the weights per call.
     """
-    with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), bf16_autocast(bf16, x.device.type):
         image, _ = generator(x, return_rgb=False)
     return image.float()
