@@ -30,6 +30,7 @@ from typing import Any
 import cv2
 import gradio as gr
 import numpy as np
+import torch
 
 import gfp  # noqa: F401  (installs the torchvision shim before anything imports basicsr)
 from gfp import registry
@@ -215,20 +216,15 @@ def model_specs(extra: Sequence[str]) -> dict[str, str]:
     return specs
 
 
-def _device_background(settings: AppSettings) -> str:
-    """The registry's default background for the device the app runs on."""
-    return registry.default_for("upsampler", select_device(settings.device))
+def _background_defaults(settings: AppSettings, device: torch.device) -> tuple[str, str | None]:
+    """(the background requests get when they name none, the one of them that may fall back to Lanczos).
 
-
-def _default_background(settings: AppSettings) -> str:
-    """The background requests get when they name none: the launch flag, else the device's default."""
-    return settings.background or _device_background(settings)
-
-
-def _background_fallback(settings: AppSettings, background: str) -> bool:
-    """Whether a request's background may fall back to Lanczos: none was named at launch and the request
-    asks for the device's default (a background named at launch or in the request must be had)."""
-    return settings.background is None and background == _device_background(settings)
+    The first is the launch flag, else the device's default (:func:`gfp.registry.default_for`). Only the
+    device's default may fall back, and only when no flag named one: a background named at launch or in a
+    request must be had.
+    """
+    device_default = registry.default_for("upsampler", device)
+    return settings.background or device_default, None if settings.background else device_default
 
 
 @dataclass(frozen=True)
@@ -249,8 +245,8 @@ def check_weights(settings: AppSettings) -> WeightsCheck:
     so building the UI (tests) stays cheap.
     """
     default_model = next(iter(model_specs(settings.models).values()))
-    background = _default_background(settings)
-    optional_bg = _background_fallback(settings, background)
+    background, may_fall_back = _background_defaults(settings, select_device(settings.device))
+    optional_bg = background == may_fall_back
     wanted = [(default_model, False), (settings.detector, False)]
     wanted += [(name, optional_bg) for name in registry.members("upsampler", background)]
     wanted.append((registry.DEFAULTS["parser"], True))
@@ -407,7 +403,10 @@ class RequestContext:
     specs: dict[str, str]
     """Model dropdown values -> what the pipeline loads (see :func:`model_specs`)."""
     allowed: dict[str, tuple[str, ...]]
-    faces_per_step: int
+    background: str
+    """The background requests get when they name none (see :func:`_background_defaults`)."""
+    may_fall_back: str | None
+    """The background that falls back to Lanczos without its weights (None: none does)."""
     max_pixels: int
     outputs: _OutputFolder
 
@@ -422,16 +421,22 @@ class RequestContext:
             "background": tuple(registry.choice_names("upsampler")),
             "output_format": tuple(FORMATS),
         }
+        background, may_fall_back = _background_defaults(settings, restorer.device)
         return cls(
             settings=settings,
             restorer=restorer,
             specs=specs,
             allowed=allowed,
-            # On CPU one face per generator step, so the progress bar moves per face (batches of 4 save ~15%).
-            faces_per_step=4 if on_gpu else 1,
+            background=background,
+            may_fall_back=may_fall_back,
             max_pixels=settings.max_pixels or (8_000_000 if on_gpu else 2_000_000),
             outputs=_OutputFolder(),
         )
+
+    def bg_upsampler(self, background: str) -> str | None:
+        """``RestoreOptions.bg_upsampler`` for a request's background: None (the pipeline's own default,
+        which falls back, noted) for the one that may fall back, else the name, which must be had."""
+        return None if background == self.may_fall_back else background
 
 
 def handle_request(
@@ -470,13 +475,11 @@ def handle_request(
         options = RestoreOptions(
             version=ctx.specs[model],
             upscale=rescale,
-            # The app's default background may fall back to Lanczos (noted); one picked by name may not.
-            bg_upsampler=None if _background_fallback(ctx.settings, background) else background,
+            bg_upsampler=ctx.bg_upsampler(background),
             only_center_face=bool(only_center_face),
             aligned=bool(aligned),
             strength=strength,
             detector=detector,
-            batch_size=ctx.faces_per_step,
         )
         result = ctx.restorer.restore(img, options, progress=report)
     except (WeightsError, ValueError) as exc:  # missing/bad weights, or options the pipeline refuses
@@ -504,7 +507,7 @@ def build_handler(ctx: RequestContext) -> Callable[..., Any]:
         image: dict[str, Any] | str | None,
         model: str = next(iter(ctx.specs)),
         rescale: float = 2,
-        background: str = _default_background(settings),
+        background: str = ctx.background,
         strength: float = 1.0,
         only_center_face: bool = False,
         aligned: bool = False,
@@ -578,7 +581,7 @@ def build_app(
                         label="Photo",
                         elem_id="input-image",
                     )
-                    model, rescale, background, strength = _restore_controls(models, settings)
+                    model, rescale, background, strength = _restore_controls(models, ctx.background)
                     with gr.Accordion("Advanced", open=False):
                         only_center_face = gr.Checkbox(False, label="Only the centre face")
                         aligned = gr.Checkbox(False, label="Input is an aligned 512x512 face")
@@ -625,7 +628,7 @@ def build_app(
                 preprocess=False,  # we read the uploaded file ourselves: see _read_upload
             )
         with gr.Tab("Video"):
-            _video_tab(video_handler, models, settings)
+            _video_tab(video_handler, models, ctx)
     on_gpu = restorer.device.type != "cpu"
     demo.queue(default_concurrency_limit=settings.concurrency or (2 if on_gpu else 1), max_size=64)
     return demo
@@ -654,7 +657,7 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
         video: dict[str, Any] | str | None,
         model: str = next(iter(specs)),
         rescale: float = 2,
-        background: str = _default_background(settings),
+        background: str = ctx.background,
         strength: float = 1.0,
         only_center_face: bool = False,
         detector: str = settings.detector,
@@ -700,7 +703,7 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
             options = RestoreOptions(
                 version=specs[model],
                 upscale=rescale,
-                bg_upsampler=None if _background_fallback(settings, background) else background,
+                bg_upsampler=ctx.bg_upsampler(background),
                 only_center_face=bool(only_center_face),
                 strength=strength,
                 detector=detector,
@@ -730,28 +733,27 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
 
 
 def _restore_controls(
-    models: list[tuple[str, str]], settings: AppSettings
+    models: list[tuple[str, str]], background: str
 ) -> tuple[gr.Dropdown, gr.Slider, gr.Radio, gr.Slider]:
-    """The controls the Photo and Video tabs share: model, rescale factor, background upsampler, strength."""
+    """The controls the Photo and Video tabs share: model, rescale factor, background upsampler (with
+    ``background`` selected), strength."""
     model = gr.Dropdown(models, value=models[0][1], label="Model")
     rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
-    background = gr.Radio(
-        registry.choices("upsampler"), value=_default_background(settings), label="Background upsampler"
-    )
+    background = gr.Radio(registry.choices("upsampler"), value=background, label="Background upsampler")
     strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
     return model, rescale, background, strength
 
 
-def _video_tab(handler: Callable[..., Any], models: list[tuple[str, str]], settings: AppSettings) -> None:
+def _video_tab(handler: Callable[..., Any], models: list[tuple[str, str]], ctx: RequestContext) -> None:
     """The Video tab's components and its event (API name ``restore_video``), in the current Blocks."""
     with gr.Row():
         with gr.Column(scale=1):
             video = gr.Video(sources=["upload"], label="Video", elem_id="input-video")
-            model, rescale, background, strength = _restore_controls(models, settings)
+            model, rescale, background, strength = _restore_controls(models, ctx.background)
             with gr.Accordion("Advanced", open=False):
                 only_center_face = gr.Checkbox(False, label="Only the centre face")
                 detector = gr.Dropdown(
-                    registry.choices("detector"), value=settings.detector, label="Face detector"
+                    registry.choices("detector"), value=ctx.settings.detector, label="Face detector"
                 )
                 smooth = gr.Checkbox(True, label="Smooth faces across frames (no jitter)")
             run = gr.Button("Restore video", variant="primary", elem_id="restore-video-button")
