@@ -278,6 +278,7 @@ def restore_frames(
         raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
     face_size = restorer.generator(options.version)[1].out_size
     detector = restorer.detector(options.detector)
+    batch = restorer.batch_size(options)
     log = RunLog(None)  # the default parser/background fall back here, noted, as for photos
     tracker = FaceTracker(video.smoothing, smooth=video.smooth)
     pending: list[_Pending] = []
@@ -314,7 +315,7 @@ def restore_frames(
         crops, matrices = align_faces(image, landmarks, face_size)
         pending.append(_Pending(image, seconds, found.boxes, landmarks, crops, matrices, ids))
         waiting_faces += len(crops)
-        if waiting_faces >= restorer.batch_size(options) or len(pending) >= video.buffer_frames:
+        if waiting_faces >= batch or len(pending) >= video.buffer_frames:
             yield from flush()
     yield from flush()
 
