@@ -119,6 +119,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Keys whose default is null but whose value, when one is given, is a number of this type.
+NULLABLE_NUMBERS: dict[str, type] = {"loss.identity_from": int}
+
+
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used (message says which key and why)."""
 
@@ -159,8 +163,10 @@ def _number(value: Any, path: str, want: type) -> int | float:
 
 def _coerce(default: Any, value: Any, path: str) -> Any:
     """``value`` checked against the type of the key's default (numbers written either way accepted)."""
-    if default is None or value is None:
+    if value is None:
         return value
+    if default is None:
+        return _number(value, path, NULLABLE_NUMBERS[path]) if path in NULLABLE_NUMBERS else value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
@@ -239,8 +245,6 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("degradation.blur_kernel_size must be odd")
     if len(deg["kernel_list"]) != len(deg["kernel_prob"]) or not set(deg["kernel_list"]) <= {"iso", "aniso"}:
         raise ConfigError("degradation.kernel_list must hold 'iso'/'aniso' with one kernel_prob each")
-    if cfg["loss"]["identity_from"] is not None:
-        cfg["loss"]["identity_from"] = _number(cfg["loss"]["identity_from"], "loss.identity_from", int)
     if cfg["optim"]["schedule"] not in ("multistep", "cosine"):
         raise ConfigError("optim.schedule must be 'multistep' or 'cosine'")
     identities = [*registry.choice_names("identity"), "none"]  # registered by train.models
