@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fp32",
         action="store_true",
-        help="float32 throughout on a CPU (default: bfloat16 autocast for the face parser and clean "
-        "generators where the CPU computes bf16 natively, AVX512-BF16 or AMX)",
+        help="float32 throughout on a CPU (default: bfloat16 autocast for the face parser, clean "
+        "generators and SRVGG backgrounds where the CPU computes bf16 natively, AVX512-BF16 or AMX)",
     )
     p.add_argument(
         "--batch-size",

@@ -38,7 +38,8 @@ DEFAULTS: dict[str, str] = {
 CPU_DEFAULTS: dict[str, str] = {"upsampler": "realesr-general-x4v3"}
 """Where the choice on a CPU differs, by measured cost: on a 2-core CPU, a 0.9 MP photo with 3 faces at x2
 took 65.5 s with RealESRGAN_x2plus as the background (46 s of it the background) and 35.3 s with
-realesr-general-x4v3, the official Space's CPU choice (benchmarks/background.py; README, "Speed")."""
+realesr-general-x4v3, the official Space's CPU choice (issue 9's measurements; README, "Speed", has the
+project's own benchmark with this default)."""
 
 
 def default_for(kind: str, device: torch.device | str) -> str:
@@ -58,8 +59,9 @@ class Supports:
 
 
 HALF_OK = (torch.float32, torch.float16)
-BF16_OK = (*HALF_OK, torch.bfloat16)  # measured within parity in bf16 autocast on a CPU (README, "Speed")
 """Networks that run well in float16 on a GPU (the generator and the background upsamplers)."""
+BF16_OK = (*HALF_OK, torch.bfloat16)
+"""...and also in bfloat16 autocast on a CPU, measured within parity (README, "Speed")."""
 
 
 @dataclass(frozen=True)
