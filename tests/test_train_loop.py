@@ -319,3 +319,35 @@ def test_identity_loss_can_start_before_the_adversarial_phase(faces, tmp_path):
 def test_identity_from_must_be_a_step(faces, tmp_path):
     with pytest.raises(ConfigError, match="loss.identity_from"):
         _config(faces, tmp_path / "run", "loss.identity_from=2.5")
+
+
+def test_generator_betas_pixel_loss_and_threads_reach_the_trainer(faces, tmp_path, monkeypatch):
+    from train import losses
+    from train.train import run
+
+    kinds = []
+    pixel_loss = losses.pixel_loss
+    monkeypatch.setattr(losses, "pixel_loss", lambda *a: kinds.append(a[3]) or pixel_loss(*a))
+    threads = torch.get_num_threads()
+    extra = ("optim.betas_g=[0.9, 0.99]", "loss.pixel_type=l2", "train.threads=1", "train.total_iter=1")
+    try:
+        trainer = run(_config(faces, tmp_path / "run", *extra), rank=0, world_size=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert trainer.optimizers["g"].param_groups[0]["betas"] == (0.9, 0.99)
+    assert kinds == ["l2"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.betas_g=[0.9]", "optim.betas_g must be two numbers"),
+        ("optim.betas_g=[1.0, 0.99]", "optim.betas_g must be two numbers"),
+        ("loss.pixel_type=l3", "loss.pixel_type must be 'l1' or 'l2'"),
+        ("train.threads=-1", "train.threads must be 0"),
+    ],
+)
+def test_bad_optimiser_loss_and_thread_settings_are_named(faces, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(faces, tmp_path / "run", override)

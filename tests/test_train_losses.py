@@ -17,6 +17,8 @@ def test_pixel_loss_is_weighted_mean_absolute_error():
     gt = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     # |0-1|+|0-2|+|0-3|+|0-4| = 10 over 4 pixels = 2.5, times 0.1
     assert L.pixel_loss(out, gt, 0.1).item() == pytest.approx(0.25)
+    # squared: (1+4+9+16)/4 = 7.5, times 0.1
+    assert L.pixel_loss(out, gt, 0.1, "l2").item() == pytest.approx(0.75)
 
 
 def test_pyramid_loss_sums_levels_against_bilinear_halvings():

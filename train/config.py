@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "loss": {
         "pixel_weight": 0.1,
+        "pixel_type": "l1",  # or "l2": the mean squared error, which is what PSNR scores
         "pyramid_weight": 1.0,
         "pyramid_until": 50000,
         "perceptual_weight": 1.0,
@@ -103,6 +104,7 @@ DEFAULTS: dict[str, Any] = {
         "min_lr_ratio": 0.0,
         "warmup_iter": 0,  # linear learning-rate warm-up
         "clip_grad_norm": 0.0,  # clip the generator's gradient norm to this (0: off, as the official recipe)
+        "betas_g": [0.0, 0.99],  # Adam betas of the generator (official: no momentum, for the GAN's sake)
     },
     "train": {
         "total_iter": 800000,
@@ -114,6 +116,7 @@ DEFAULTS: dict[str, Any] = {
         "val_every": 5000,
         "ckpt_every": 5000,
         "keep_checkpoints": 3,
+        "threads": 0,  # torch threads of the training process (0: torch's default, one per core)
         "profile": False,  # synchronise CUDA around each part of a step so the logged s_* times are exact
     },
 }
@@ -245,6 +248,13 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("degradation.blur_kernel_size must be odd")
     if len(deg["kernel_list"]) != len(deg["kernel_prob"]) or not set(deg["kernel_list"]) <= {"iso", "aniso"}:
         raise ConfigError("degradation.kernel_list must hold 'iso'/'aniso' with one kernel_prob each")
+    if cfg["train"]["threads"] < 0:
+        raise ConfigError("train.threads must be 0 (torch's default) or a number of threads")
+    if cfg["loss"]["pixel_type"] not in ("l1", "l2"):
+        raise ConfigError("loss.pixel_type must be 'l1' or 'l2'")
+    betas = cfg["optim"]["betas_g"]
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optim.betas_g must be two numbers in [0, 1), got {betas!r}")
     if cfg["optim"]["schedule"] not in ("multistep", "cosine"):
         raise ConfigError("optim.schedule must be 'multistep' or 'cosine'")
     identities = [*registry.choice_names("identity"), "none"]  # registered by train.models

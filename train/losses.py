@@ -13,9 +13,9 @@ from torch.nn import functional as F
 from train.config import VGG19_LAYERS
 
 
-def pixel_loss(output: Tensor, target: Tensor, weight: float = 0.1) -> Tensor:
-    """Weighted mean absolute error."""
-    return weight * F.l1_loss(output, target)
+def pixel_loss(output: Tensor, target: Tensor, weight: float = 0.1, kind: str = "l1") -> Tensor:
+    """Weighted mean absolute (``kind="l1"``, official) or squared (``"l2"``) error."""
+    return weight * (F.mse_loss(output, target) if kind == "l2" else F.l1_loss(output, target))
 
 
 def image_pyramid(gt: Tensor, levels: int) -> list[Tensor]:

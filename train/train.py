@@ -79,7 +79,7 @@ class Trainer:
         opt = cfg["optim"]
         reg_ratio = cfg["loss"]["d_reg_every"] / (cfg["loss"]["d_reg_every"] + 1)  # lazy R1 correction
         g_params = [p for p in self.net_g.parameters() if p.requires_grad]
-        self.optimizers = {"g": torch.optim.Adam(g_params, lr=opt["lr_g"], betas=(0.0, 0.99))}
+        self.optimizers = {"g": torch.optim.Adam(g_params, lr=opt["lr_g"], betas=tuple(opt["betas_g"]))}
         self.optimizers["d"] = torch.optim.Adam(
             self.nets_d["d"].parameters(), lr=opt["lr_d"] * reg_ratio, betas=(0.0, 0.99**reg_ratio)
         )
@@ -217,7 +217,7 @@ class Trainer:
         self.optimizers["g"].zero_grad(set_to_none=True)
         with self._autocast():
             output, out_rgbs = self.net_g(lq, return_rgb=True, randomize_noise=True)
-            total = L.pixel_loss(output, gt, lw["pixel_weight"])
+            total = L.pixel_loss(output, gt, lw["pixel_weight"], lw["pixel_type"])
             logs["l_g_pix"] = total
             pyr_w = lw["pyramid_weight"] if self.step <= lw["pyramid_until"] else 0.0
             l_pyr = L.pyramid_loss(out_rgbs, gt, pyr_w)  # weight 0 keeps DDP's graph complete
@@ -578,6 +578,8 @@ def run(
 ) -> Trainer:
     """Build a trainer for this process (initialising the process group when world_size > 1) and train."""
     device = select_device(cfg["device"])
+    if cfg["train"]["threads"] > 0:
+        torch.set_num_threads(cfg["train"]["threads"])
     if world_size > 1:
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
