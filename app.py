@@ -63,9 +63,17 @@ EXAMPLES = [
 """Degraded public-domain photos made by examples/make_examples.py (see examples/README.md)."""
 
 
-def _env_int(name: str, default: int | None) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+def _env_number(name: str, kind: type[int] | type[float] = int) -> int | float | None:
+    """The number in environment variable ``name`` (None when unset or empty); a clear exit when it is not."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        message = f"app.py: error: environment variable {name} must be {noun}, got {value!r}"
+        raise SystemExit(message) from None
 
 
 def _env_flag(name: str) -> bool:
@@ -113,7 +121,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     parser.add_argument(
         "--port",
         type=int,
-        default=_env_int("GRADIO_SERVER_PORT", None),
+        default=_env_number("GRADIO_SERVER_PORT"),
         help="port; default the first free one from 7860 (env GRADIO_SERVER_PORT)",
     )
     parser.add_argument(
@@ -139,27 +147,27 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=_env_int("GFP_CONCURRENCY", None),
+        default=_env_number("GFP_CONCURRENCY"),
         help="requests processed at once; default 1 on CPU, 2 on GPU (env GFP_CONCURRENCY)",
     )
     parser.add_argument(
         "--max-pixels",
         type=int,
-        default=_env_int("GFP_MAX_PIXELS", None),
+        default=_env_number("GFP_MAX_PIXELS"),
         help="inputs above this many pixels are downscaled first; default 2 MP on CPU, 8 MP on GPU "
         "(env GFP_MAX_PIXELS)",
     )
     parser.add_argument(
         "--max-video-seconds",
         type=float,
-        default=float(env("GFP_MAX_VIDEO_SECONDS") or 0) or None,
+        default=_env_number("GFP_MAX_VIDEO_SECONDS", float),
         help="longest clip (seconds) the Video tab accepts; default 30 on CPU, 600 on GPU "
         "(env GFP_MAX_VIDEO_SECONDS)",
     )
     parser.add_argument(
         "--max-video-pixels",
         type=int,
-        default=_env_int("GFP_MAX_VIDEO_PIXELS", None),
+        default=_env_number("GFP_MAX_VIDEO_PIXELS"),
         help="largest video frame the Video tab accepts; default 1280x720 on CPU, 1920x1080 on GPU "
         "(env GFP_MAX_VIDEO_PIXELS)",
     )

@@ -51,6 +51,13 @@ def test_video_limits_from_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (limits.max_seconds, limits.max_pixels) == (30.0, 1280 * 720)
     with pytest.raises(SystemExit):
         app.parse_args(["--max-video-seconds", "-1"])
+    monkeypatch.setenv("GFP_MAX_VIDEO_SECONDS", "half a minute")
+    with pytest.raises(SystemExit, match="GFP_MAX_VIDEO_SECONDS must be a number, got 'half a minute'"):
+        app.parse_args([])
+    monkeypatch.setenv("GFP_MAX_VIDEO_SECONDS", "")
+    monkeypatch.setenv("GFP_MAX_PIXELS", "2.5e6")
+    with pytest.raises(SystemExit, match="GFP_MAX_PIXELS must be a whole number"):
+        app.parse_args([])
 
 
 def test_restore_video_keeps_frames_and_sound(server: Server, tmp_path) -> None:
