@@ -321,6 +321,12 @@ def test_identity_from_must_be_a_step(faces, tmp_path):
         _config(faces, tmp_path / "run", "loss.identity_from=2.5")
 
 
+def test_degrade_size_is_typed_like_every_other_number(faces, tmp_path):
+    assert _config(faces, tmp_path / "run", "data.degrade_size='64'")["data"]["degrade_size"] == 64
+    with pytest.raises(ConfigError, match="'data.degrade_size' must be a number, got 'big'"):
+        _config(faces, tmp_path / "run", "data.degrade_size=big")
+
+
 def test_generator_betas_pixel_loss_and_threads_reach_the_trainer(faces, tmp_path, monkeypatch):
     from train import losses
     from train.train import run

@@ -123,7 +123,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 # Keys whose default is null but whose value, when one is given, is a number of this type.
-NULLABLE_NUMBERS: dict[str, type] = {"loss.identity_from": int}
+NULLABLE_NUMBERS: dict[str, type] = {"loss.identity_from": int, "data.degrade_size": int}
 
 
 class ConfigError(ValueError):
