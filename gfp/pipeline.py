@@ -31,7 +31,7 @@ from gfp.devices import decide_precision, select_device
 from gfp.faces import align_faces, detect_faces, resize_aligned
 from gfp.loading import load_generator, load_model
 from gfp.paste import parse_masks, paste_faces
-from gfp.precision import bf16_autocast, cpu_has_native_bf16, runs_well_in_bf16
+from gfp.precision import bf16_autocast, cpu_has_native_bf16
 from gfp.registry import ModelEntry
 from gfp.weights.errors import WeightsError
 from gfp.weights.resolve import Resolved, resolve
@@ -169,8 +169,8 @@ class Restorer:
     ``weights_dir`` is where weights are looked up first (see :mod:`gfp.weights.resolve`); ``device`` is
     "auto" (cuda, mps, cpu) or a torch device name; ``half`` runs the networks that do well in float16
     (generator, background upsamplers) in float16 on a GPU. ``bf16`` on a CPU runs in bfloat16 autocast the
-    networks measured good in it: clean-architecture generators (:func:`gfp.precision.runs_well_in_bf16`),
-    and the parser and background networks whose registry ``supports.precisions`` lists bf16 (None: where
+    networks whose registry ``supports.precisions`` lists bf16: clean-architecture generators
+    (:func:`gfp.registry.generator_supports`), the parser and the SRVGG backgrounds (None: where
     the CPU computes bf16 natively, see :func:`gfp.precision.cpu_has_native_bf16`; False: float32).
     Device and precision are decided here, once, and passed to every network. Networks are cached by the
     file they were loaded from, so "1.4", "v1.4" and "GFPGANv1.4.pth" share one copy. An optional model
@@ -437,7 +437,7 @@ class Restorer:
         """Run the generator over aligned crops in batches; blend by strength; return uint8 BGR faces."""
         restored: list[np.ndarray] = []
         dtype = next(net.parameters()).dtype  # decided once, by the Restorer
-        bf16 = self.bf16 and runs_well_in_bf16(config)
+        bf16 = self.bf16 and torch.bfloat16 in registry.generator_supports(config).precisions
         strength = float(options.strength)
         run.report(0, len(crops), "restore")
         batch = self.batch_size(options)

@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gfp.archs import GeneratorConfig
-
 CPUINFO = Path("/proc/cpuinfo")
 # x86 flags (as Linux names them) of instructions that compute in bfloat16.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -50,12 +48,6 @@ def cpu_has_native_bf16() -> bool:
     if not NATIVE_BF16_FLAGS & cpu_flags():
         return False
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
-def runs_well_in_bf16(config: GeneratorConfig) -> bool:
-    """Whether a generator of this layout stays close to float32 in bf16 autocast: the clean layout (v1.2
-    to v1.4 and our trained models: 52-56 dB) does; the paper's v1 layout (41 dB) does not."""
-    return config.arch == "clean"
 
 
 def bf16_autocast(enabled: bool = True, device_type: str = "cpu") -> contextlib.AbstractContextManager[None]:

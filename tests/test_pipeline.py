@@ -22,6 +22,7 @@ from _official_pipeline import psnr
 from _zoo_helpers import save_blind_detector, save_tiny_generator, tiny_config, tiny_generator
 
 from gfp import registry
+from gfp.archs import GeneratorConfig
 from gfp.background import lanczos_upsample, scaled_size, upsample_background
 from gfp.loading import WeightsNotFoundError
 from gfp.pipeline import RestoreOptions, Restorer, Unavailable
@@ -347,7 +348,11 @@ def test_bf16_is_declared_only_where_it_was_measured() -> None:
     assert bf16 in registry.MODEL_ZOO["parsenet"].supports.precisions
     assert bf16 in registry.MODEL_ZOO["realesr-general-x4v3"].supports.precisions
     assert bf16 in registry.MODEL_ZOO["realesr-animevideov3"].supports.precisions
-    assert bf16 not in registry.MODEL_ZOO["RealESRGAN_x2plus"].supports.precisions  # RRDB: not measured
+    assert bf16 not in registry.MODEL_ZOO["RealESRGAN_x2plus"].supports.precisions  # RRDB: 48.6 dB, thin
+    assert bf16 in registry.MODEL_ZOO["v1.4"].supports.precisions  # clean layout: 52-56 dB
+    assert bf16 not in registry.MODEL_ZOO["v1"].supports.precisions  # paper layout: 41 dB
+    trained = GeneratorConfig(arch="clean", out_size=128, narrow=0.125)  # a folder, not a zoo entry
+    assert registry.generator_supports(trained).precisions == registry.MODEL_ZOO["v1.3"].supports.precisions
     restorer = Restorer(device="cpu", bf16=True)
     assert restorer._bf16_ok("upsampler", "realesr-general-x4v3")
     assert not restorer._bf16_ok("upsampler", "realesrgan")  # its x2plus member would run in bf16
