@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only_center_face", action="store_true", help="only restore the face nearest the centre")
     p.add_argument("--aligned", action="store_true", help="inputs are already FFHQ-aligned faces")
     p.add_argument(
+        "--detect-max-side",
+        type=int,
+        default=None,
+        help="detect faces on a copy shrunk to this longer side (e.g. 2048): much faster on big photos, and "
+        "finds faces too large for the detector at full size (default: the full photo, as the official)",
+    )
+    p.add_argument(
         "--ext",
         default="auto",
         choices=["auto", "jpg", "png"],
@@ -205,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             aligned=args.aligned,
             strength=args.strength,
             detector=args.detector,
+            detect_max_side=args.detect_max_side,
             batch_size=args.batch_size,
             weight=args.weight,
         )

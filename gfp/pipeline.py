@@ -64,6 +64,9 @@ class RestoreOptions:
     strength: float = 1.0
     """1 = the restored face as GFPGAN makes it; 0 = the input face; in between, a linear blend."""
     detector: str = "retinaface_resnet50"
+    detect_max_side: int | None = None
+    """Detect on a copy whose longer side is at most this (then scale back): much faster on big photos, and
+    it finds faces too large for the detector at full size. None: the full photo, as the official stack."""
     batch_size: int | None = None
     """Faces run through the generator (and parser) together. None: 1 on a CPU (one at a time measured
     faster there: 7.4 vs 9.0 s for 4 faces), 4 on a GPU."""
@@ -92,6 +95,9 @@ class RestoreOptions:
         if self.detector not in registry.choice_names("detector"):
             choices = ", ".join(registry.choice_names("detector"))
             raise ValueError(f"unknown face detector {self.detector!r}; choose one of: {choices}")
+        side = self.detect_max_side
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 64):
+            raise ValueError(f"detect_max_side must be an integer >= 64 (or None), got {side!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
 
@@ -338,7 +344,9 @@ class Restorer:
         detector = self.detector(options.detector)
         run.lap("load")
         run.report(0, 1, "detect")
-        found = detect_faces(detector, work, only_center_face=options.only_center_face)
+        found = detect_faces(
+            detector, work, only_center_face=options.only_center_face, max_side=options.detect_max_side
+        )
         run.report(1, 1, "detect")
         run.lap("detect")
         crops, matrices = align_faces(work, found.landmarks, config.out_size)

@@ -68,6 +68,7 @@ def test_list_inputs(tmp_path: Path) -> None:
         (["-i", "/nonexistent/x.png"], "neither a file nor a folder"),
         (["-s", "9"], "upscale"),
         (["-w", "x"], ""),
+        (["--detect-max-side", "10"], "detect_max_side must be an integer >= 64"),
     ],
 )
 def test_usage_errors_exit_2(

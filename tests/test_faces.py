@@ -111,3 +111,24 @@ def test_no_face_in_a_synthetic_image(mobile: torch.nn.Module) -> None:
     img = np.dstack([xx, yy, (xx + yy) // 2]).astype(np.uint8)
     found = detect_faces(mobile, img)
     assert len(found) == 0 and found.boxes.shape == (0, 5) and found.landmarks.shape == (0, 5, 2)
+
+
+@pytest.mark.shared
+def test_detection_on_a_shrunk_copy_scales_back_and_finds_faces_too_big_at_full_size(
+    shared_data: Path, mobile: torch.nn.Module
+) -> None:
+    img = cv2.imread(str(shared_data / "photos" / "gfpgan_10045.png"), cv2.IMREAD_COLOR)  # 783x1146
+    full = detect_faces(mobile, img)
+    small = detect_faces(mobile, img, max_side=1024)
+    assert len(full) == len(small) == 3
+    by_x = lambda d: d.landmarks[np.argsort(d.boxes[:, 0])]  # noqa: E731 - order may differ by score
+    np.testing.assert_allclose(by_x(small), by_x(full), atol=2.5)  # measured <= 1.5 px at full scale
+    unchanged = detect_faces(mobile, img, max_side=1146)  # already within: the full-size pass itself
+    np.testing.assert_array_equal(unchanged.landmarks, full.landmarks)
+
+    big = cv2.imread(str(shared_data / "photos" / "deepface_img40.jpg"), cv2.IMREAD_COLOR)  # 3061x4600
+    assert len(detect_faces(mobile, big)) == 0  # one face, larger than the biggest anchor at full size
+    found = detect_faces(mobile, big, max_side=2048)
+    assert len(found) == 1
+    x1, y1, x2, y2 = found.boxes[0, :4]
+    assert 0 <= x1 < x2 <= big.shape[1] and 0 <= y1 < y2 <= big.shape[0] and x2 - x1 > 512  # full-size pixels

@@ -366,3 +366,24 @@ def test_default_batch_is_one_face_on_a_cpu() -> None:
     assert restorer.batch_size(RestoreOptions(batch_size=3)) == 3
     with pytest.raises(ValueError, match="batch_size"):
         RestoreOptions(batch_size=0)
+
+
+def test_detect_max_side_reaches_the_detector(blind_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gfp.pipeline as pipeline
+
+    seen = []
+    detect = pipeline.detect_faces
+    monkeypatch.setattr(
+        pipeline, "detect_faces", lambda *a, **kw: seen.append(kw["max_side"]) or detect(*a, **kw)
+    )
+    restorer = Restorer(blind_weights, device="cpu")
+    for side in (None, 96):
+        restorer.restore(_gradient(), _options(blind_weights, upscale=1, detect_max_side=side))
+    assert seen == [None, 96]
+
+
+@pytest.mark.parametrize("side", [0, 63, 2048.0, True, "2048"])
+def test_detect_max_side_must_be_a_real_side(side) -> None:
+    with pytest.raises(ValueError, match="detect_max_side must be an integer >= 64"):
+        RestoreOptions(detect_max_side=side)
+    assert RestoreOptions(detect_max_side=2048).detect_max_side == 2048
