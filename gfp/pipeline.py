@@ -236,11 +236,14 @@ class Restorer:
             return options.batch_size
         return 1 if self.device.type == "cpu" else 4
 
+    def _runs_bf16(self, *supports: registry.Supports) -> bool:
+        """Whether networks that support these run in bf16 autocast: on a bf16 CPU, when every one of them
+        is measured good in bf16 (registry ``supports.precisions``)."""
+        return self.bf16 and all(torch.bfloat16 in s.precisions for s in supports)
+
     def _bf16_ok(self, kind: str, choice: str) -> bool:
-        """Whether this choice runs in bf16 autocast: on a bf16 CPU, when every network it uses is measured
-        good in bf16 (registry ``supports.precisions``)."""
-        names = registry.members(kind, choice)
-        return self.bf16 and all(torch.bfloat16 in registry.MODEL_ZOO[n].supports.precisions for n in names)
+        """Whether a zoo choice (the parser, a background) runs in bf16 autocast: all its networks do."""
+        return self._runs_bf16(*(registry.MODEL_ZOO[n].supports for n in registry.members(kind, choice)))
 
     def generator(self, spec: str | os.PathLike[str]) -> tuple[nn.Module, GeneratorConfig]:
         """(network, GeneratorConfig) for a version / file / folder / repo id."""
@@ -445,7 +448,7 @@ class Restorer:
         """Run the generator over aligned crops in batches; blend by strength; return uint8 BGR faces."""
         restored: list[np.ndarray] = []
         dtype = next(net.parameters()).dtype  # decided once, by the Restorer
-        bf16 = self.bf16 and torch.bfloat16 in registry.generator_supports(config).precisions
+        bf16 = self._runs_bf16(registry.generator_supports(config))
         strength = float(options.strength)
         run.report(0, len(crops), "restore")
         batch = self.batch_size(options)
