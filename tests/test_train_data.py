@@ -144,6 +144,15 @@ def test_degrade_applies_each_step_with_its_parameter():
     texture = np.random.default_rng(2).random((64, 64, 3), dtype=np.float32)
     err = [np.abs(degrade(texture, _params(jpeg_quality=q), cfg, rng) - texture).mean() for q in (95, 10)]
     assert err[1] > err[0]
+    # the torchvision colour jitter is part of the degradation itself (evaluate --degrade calls only this)
+    bgr = np.array([0.2, 0.4, 0.6], np.float32) * np.ones((8, 8, 1), np.float32)
+    darker = degrade(bgr, _params(pt_jitter=[("brightness", 0.5)]), cfg, rng)
+    np.testing.assert_allclose(darker[0, 0], [0.1, 0.2, 0.3], atol=1e-6)
+    flat = degrade(bgr, _params(pt_jitter=[("contrast", 0.0)]), cfg, rng)
+    luma = 0.2989 * 0.6 + 0.587 * 0.4 + 0.114 * 0.2  # torchvision's grey of the RGB pixel (0.6, 0.4, 0.2)
+    np.testing.assert_allclose(flat[0, 0], [luma] * 3, atol=1e-6)
+    desaturated = degrade(bgr, _params(pt_jitter=[("saturation", 0.0)]), cfg, rng)
+    np.testing.assert_allclose(desaturated[0, 0], [luma] * 3, atol=1e-6)
 
 
 def test_dataset_items_are_seeded_and_in_range(faces):

@@ -294,7 +294,11 @@ _JITTER_OPS = {
 def degrade(
     img_gt: np.ndarray, params: DegradationParams, cfg: dict[str, Any], rng: np.random.Generator
 ) -> np.ndarray:
-    """HQ BGR float32 [0, 1] (HxWx3) → LQ of the same size, also BGR float32 [0, 1]."""
+    """HQ BGR float32 [0, 1] (HxWx3) → LQ of the same size, also BGR float32 [0, 1].
+
+    The whole training degradation (blur, shrink, noise, JPEG, enlarge, colour shift, gray, colour jitter),
+    so that ``evaluate --degrade`` draws from exactly the distribution the models were trained on.
+    """
     h, w = img_gt.shape[:2]
     kernel = degradations.bivariate_Gaussian(
         cfg["blur_kernel_size"], params.sigma_x, params.sigma_y, params.rotation,
@@ -313,6 +317,11 @@ def degrade(
         img = np.clip(img + params.color_shift, 0, 1)
     if params.gray:
         img = np.tile(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None], (1, 1, 3))
+    if params.pt_jitter:  # torchvision's brightness/contrast/saturation/hue on RGB, as the official dataset
+        rgb = _to_tensor(img)
+        for op, factor in params.pt_jitter:
+            rgb = _JITTER_OPS[op](rgb, factor)
+        img = np.ascontiguousarray(rgb.numpy().transpose(1, 2, 0)[:, :, ::-1])
     return img.astype(np.float32)
 
 
@@ -445,8 +454,6 @@ class FaceDegradationDataset(Dataset):
         if params.gray and self.deg.get("gt_gray"):
             img_gt = np.tile(cv2.cvtColor(img_gt, cv2.COLOR_BGR2GRAY)[:, :, None], (1, 1, 3))
         gt, lq = _to_tensor(img_gt), _to_tensor(img_lq)
-        for op, factor in params.pt_jitter:
-            lq = _JITTER_OPS[op](lq, factor)
         lq = torch.clamp((lq * 255.0).round(), 0, 255) / 255.0
         if self.degrade_size != self.out_size:  # as an 8-bit LQ file at degrade_size would be shrunk
             lq = _from_hwc(resize_aligned(_to_hwc(lq * 255.0), self.out_size).round() / 255.0)
