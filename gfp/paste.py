@@ -36,10 +36,10 @@ _PARSE_BORDER = 10
 
 
 def build_parser() -> nn.Module:
-    """Build facexlib's ParseNet as the official helper configures it (random weights, CPU, eval mode)."""
-    from facexlib.parsing.parsenet import ParseNet
+    """Build ParseNet as the official helper configures it (512 px, 19 labels; random weights, eval mode)."""
+    from gfp.archs.parsenet import ParseNet
 
-    return ParseNet(in_size=PARSE_SIZE, out_size=PARSE_SIZE, parsing_ch=19).eval()
+    return ParseNet(in_size=PARSE_SIZE, parsing_ch=19).eval()
 
 
 @torch.inference_mode()
@@ -55,7 +55,7 @@ def parse_masks(parser: nn.Module, faces: Sequence[np.ndarray], batch_size: int 
             [cv2.resize(face, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR) for face in chunk]
         )
         x = torch.from_numpy(batch[..., ::-1].copy()).to(param.device).permute(0, 3, 1, 2).float() / 255.0
-        labels = parser(((x - 0.5) / 0.5).to(param.dtype))[0].argmax(dim=1).cpu().numpy()
+        labels = parser(((x - 0.5) / 0.5).to(param.dtype)).argmax(dim=1).cpu().numpy()
         for face, label in zip(chunk, labels, strict=True):
             mask = keep[label]
             for _ in range(2):

@@ -9,6 +9,7 @@ import torch
 from facexlib.parsing.parsenet import ParseNet
 from facexlib.utils.face_restoration_helper import FaceRestoreHelper
 
+from gfp.archs.parsenet import ParseNet as OurParseNet
 from gfp.paste import inverse_affine, parse_masks, paste_faces
 
 
@@ -75,10 +76,12 @@ def test_square_mask_paste_matches_official(upscale: int) -> None:
 def test_parse_mask_paste_matches_official() -> None:
     img, faces, matrices = _scene(1)
     torch.manual_seed(0)
-    parser = ParseNet(in_size=512, out_size=512, parsing_ch=19, base_ch=4, ch_range=[4, 8]).eval()
+    official_parser = ParseNet(in_size=512, out_size=512, parsing_ch=19, base_ch=4, ch_range=[4, 8]).eval()
     official = _official_paste(
-        img, [cv2.resize(f, (512, 512)) for f in faces], [m * 4 for m in matrices], 2, parser
+        img, [cv2.resize(f, (512, 512)) for f in faces], [m * 4 for m in matrices], 2, official_parser
     )
+    parser = OurParseNet(base_ch=4, ch_range=(4, 8)).eval()
+    parser.load_state_dict(official_parser.state_dict(), strict=True)
     faces512 = [cv2.resize(f, (512, 512)) for f in faces]
     masks = parse_masks(parser, faces512, batch_size=2)
     assert all(m.shape == (512, 512) and m.min() >= 0 and m.max() <= 1 for m in masks)

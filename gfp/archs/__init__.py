@@ -6,6 +6,7 @@
 - :mod:`gfp.archs.cs_sft` — channel-split spatial feature transform.
 - :mod:`gfp.archs.gfpgan` — the generators that put those stages together.
 - :mod:`gfp.archs.config` — configs, building, and recognising a checkpoint's layout.
+- :mod:`gfp.archs.parsenet` — the face parser whose labels become the paste-back blend mask.
 """
 
 from gfp.archs.config import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
