@@ -72,7 +72,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _load_mapped(path)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if found is None:
@@ -88,6 +88,16 @@ def _torch_load(path: Path) -> Any:
     except Exception as err:  # arbitrary bytes make the unpickler fail in arbitrary ways (IndexError, ...)
         reason = f"{type(err).__name__}: {err}"
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {reason}") from err
+
+
+def _load_mapped(path: Path) -> Any:
+    """``torch.load`` memory-mapping the file (a 348 MB generator: 0.03 s instead of 0.14-0.27 s, and no
+    second copy in memory). Files that cannot be mapped (the pre-1.6 format; some re-saved files whose
+    storages torch cannot map) are read whole, and any real fault shows there."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _unpickler_reason(err: Exception) -> str:
