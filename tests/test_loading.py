@@ -5,6 +5,7 @@ Networks are tiny (out_size 64/128, narrow channels); downloads go to a local HT
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
@@ -424,3 +425,25 @@ def test_load_network_places_helper_networks_and_rejects_misfits(tmp_path: Path)
 def test_prepare_for_inference_uses_select_device() -> None:
     with pytest.raises(ValueError, match="CUDA"):
         prepare_for_inference(torch.nn.Linear(2, 2), "cuda:3")
+
+
+@pytest.mark.parametrize(("arch", "half"), [("clean", False), ("clean", True), ("v1", False)])
+def test_generators_load_without_random_init_and_compute_what_was_saved(
+    tmp_path: Path, arch: str, half: bool
+) -> None:
+    """Built on the meta device and given the file's tensors: every tensor real, float32, same function
+    (fp16 files are cast up; the v1 layout's resampling kernels, absent from files, are built normally)."""
+    config = tiny_config(arch)
+    saved = tiny_generator(config, seed=3).eval()
+    if half:
+        saved.load_state_dict({k: v.half().float() for k, v in saved.state_dict().items()})
+        folder = save_pretrained(copy.deepcopy(saved).half(), config, tmp_path / "model")  # as export --half
+    else:
+        folder = tmp_path / "model.pth"
+        torch.save({"params_ema": saved.state_dict()}, folder)
+    net, _ = load_generator(folder, device="cpu")
+    tensors = [*net.parameters(), *net.buffers()]
+    assert not any(t.is_meta for t in tensors) and {t.dtype for t in tensors} == {torch.float32}
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(net(x)[0], saved(x)[0])
