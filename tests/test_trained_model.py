@@ -1,9 +1,10 @@
 """The model trained by `train/configs/cpu.yml` restores faces it never saw better than their degraded input.
 
 The model (examples/model-cpu-128, provenance in its README) was trained on the first 30 shared CelebA-HQ
-faces; the last 8 (sorted) were held out. They are degraded here with the training degradation at 512 px
-and a fixed seed, restored through the CLI exactly as a user would (`--aligned -s 1 --bg_upsampler none`),
-and scored with basicsr's PSNR/SSIM on Y at 512 px, and with the identity cosine of `train.evaluate`.
+faces; the last 8 (sorted) were held out. They are degraded here with the whole training degradation
+(colour jitter included) at 512 px and a fixed seed, restored through the CLI exactly as a user would
+(`--aligned -s 1 --bg_upsampler none`), and scored with basicsr's PSNR/SSIM on Y at 512 px, and with the
+identity cosine of `train.evaluate`.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ def test_trained_model_beats_the_degraded_input_on_held_out_faces(shared_data: P
                 )
             )
     restored, lq = np.mean(scores["restored"], axis=0), np.mean(scores["lq"], axis=0)
-    assert restored[0] > lq[0] + 0.2, f"PSNR-Y {restored[0]:.2f} vs input {lq[0]:.2f}"  # measured +0.50
+    # the issue's bar: +1.5 dB; measured +2.00 (bf16 autocast) and +1.99 (float32)
+    assert restored[0] >= lq[0] + 1.5, f"PSNR-Y {restored[0]:.2f} vs input {lq[0]:.2f}"
     assert restored[1] > lq[1], f"SSIM-Y {restored[1]:.4f} vs input {lq[1]:.4f}"
 
     report = evaluate(hq_dir, lq_dir, out_dir / "restored_faces", data_dir=shared_data)
     identity = {k: report["mean"][k]["id_cos"] for k in ("restored", "lq")}
     assert report["n"] == HELD_OUT and report["identity_net"] == "mobilefacenet"
-    assert identity["restored"] >= identity["lq"], identity  # measured 0.7526 vs 0.7465
+    assert identity["restored"] >= identity["lq"], identity  # measured 0.7204 vs 0.7181
 
 
 def test_trained_model_is_small_fp16_safetensors_in_the_published_format() -> None:
