@@ -394,7 +394,11 @@ class _OutputFolder:
         with self._lock:
             now = time.time()
             for old in self.path.glob("*/*"):
-                if now - old.stat().st_mtime > OUTPUT_TTL_S:
+                try:  # another request may be renaming its temporary file into place right now
+                    expired = now - old.stat().st_mtime > OUTPUT_TTL_S
+                except FileNotFoundError:
+                    continue
+                if expired:
                     old.unlink(missing_ok=True)
                     with contextlib.suppress(OSError):
                         old.parent.rmdir()

@@ -207,6 +207,26 @@ def test_old_result_files_are_pruned() -> None:
     assert fresh.name == "fresh_restored.png"
 
 
+def test_pruning_ignores_a_file_that_vanishes_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A concurrent request renames its temporary file into place between our listing and our stat."""
+    folder = app._OutputFolder()
+    old = folder.new_file("old", ".png")
+    old.write_bytes(b"x")
+    os.utime(old, (0, 0))
+    moving = folder.new_file("other", ".png").with_name(".other_restored.png.tmp")
+    moving.write_bytes(b"x")
+    real_stat = Path.stat
+
+    def stat(self: Path, *args, **kwargs):
+        if self == moving:
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    assert folder.new_file("next", ".png").name == "next_restored.png"
+    assert not old.exists()  # the sweep went on past the vanished file
+
+
 @pytest.mark.usefixtures("offline")
 def test_missing_weights_banner_names_the_files_and_the_fallbacks(tmp_path: Path) -> None:
     settings = app.AppSettings(
