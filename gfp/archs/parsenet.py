@@ -21,25 +21,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _phase_kernels(weight: Tensor) -> Tensor:
-    """3x3 kernels (O, I, 3, 3) of a conv after nearest x2 upsampling → 2x2 kernels (4*O, I, 2, 2).
+def _two_taps(weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """The 3 taps along ``dim`` as seen by the two output phases after nearest x2 upsampling.
 
     Output row 2i sees input rows i-1 (tap -1) and i (taps 0, +1); row 2i+1 sees i (taps -1, 0) and i+1
-    (tap +1); columns likewise. Output channels are ordered (o, row phase, column phase).
+    (tap +1).
     """
-    rows = (
-        torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
-        torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2),
-    )
-    phases = []
-    for r in rows:  # (O, I, 2, 3) → combine columns the same way
-        cols = (
-            torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3),
-            torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3),
-        )
-        phases.append(torch.stack(cols, 1))  # (O, 2 col phases, I, 2, 2)
-    k = torch.stack(phases, 1)  # (O, 2 row phases, 2 col phases, I, 2, 2)
-    return k.reshape(-1, *weight.shape[1:2], 2, 2)
+    before, centre, after = weight.unbind(dim)
+    return torch.stack([before, centre + after], dim), torch.stack([before + centre, after], dim)
+
+
+def _phase_kernels(weight: Tensor) -> Tensor:
+    """3x3 kernels (O, I, 3, 3) of a conv after nearest x2 upsampling → 2x2 kernels (4*O, I, 2, 2), output
+    channels ordered (o, row phase, column phase)."""
+    rows = _two_taps(weight, 2)  # each (O, I, 2, 3)
+    k = torch.stack([torch.stack(_two_taps(r, 3), 1) for r in rows], 1)  # (O, 2, 2, I, 2, 2)
+    return k.reshape(-1, weight.shape[1], 2, 2)
 
 
 def upsample_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
