@@ -1,7 +1,8 @@
 """ParseNet, the face parser whose labels become the paste-back blend mask (inference only).
 
 The network of facexlib (from PSFRGAN) with the same parameter names, so ``parsing_parsenet.pth`` loads
-strictly, computing the same function at about two thirds of the cost on a CPU:
+strictly, computing the same function in 0.70 (float32) to 0.75 (bf16 autocast) of facexlib's time on a
+2-core CPU:
 
 * BatchNorm (eval statistics) is folded into the preceding convolution on every call, which removes one
   pass over each feature map; the weights themselves stay as loaded.
