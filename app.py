@@ -34,7 +34,7 @@ import torch
 
 import gfp  # noqa: F401  (installs the torchvision shim before anything imports basicsr)
 from gfp import registry
-from gfp.devices import select_device
+from gfp.devices import BACKENDS, select_device
 from gfp.imageio import ImageReadError, read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer
 from gfp.video import VideoError, VideoOptions
@@ -90,6 +90,7 @@ class AppSettings:
     port: int | None = None
     share: bool = False
     device: str = "auto"
+    backend: str | None = None  # None: env GFP_BACKEND, else auto (gfp.devices.decide_backend)
     detector: str = registry.DEFAULTS["detector"]
     background: str | None = None  # None: the device's default (registry.default_for)
     concurrency: int | None = None
@@ -129,6 +130,12 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     )
     parser.add_argument(
         "--device", default=env("GFP_DEVICE", "auto"), help="auto, cpu, cuda, cuda:1, mps (env GFP_DEVICE)"
+    )
+    parser.add_argument(
+        "--backend",
+        default=env("GFP_BACKEND", "auto"),
+        choices=BACKENDS,
+        help="auto: OpenVINO on a CPU when installed, else PyTorch; torch; openvino (env GFP_BACKEND)",
     )
     parser.add_argument(
         "--detector",
@@ -197,6 +204,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
         port=args.port,
         share=args.share,
         device=args.device,
+        backend=args.backend,
         detector=args.detector,
         background=args.background,
         concurrency=args.concurrency,
@@ -569,7 +577,7 @@ def build_app(
     ``weights`` is the startup check (:func:`check_weights`, run by :func:`main`); its findings show as a
     banner. Building downloads nothing.
     """
-    restorer = restorer or Restorer(weights_dir=settings.weights_dir, device=settings.device)
+    restorer = restorer or Restorer(settings.weights_dir, settings.device, backend=settings.backend)
     ctx = RequestContext.create(settings, restorer)
     handler = build_handler(ctx)
     video_handler = _on_zero_gpu(_video_handler(ctx))
@@ -807,8 +815,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: parse flags, check (and on a Space download) the weights, build, serve."""
     settings = parse_args(argv)
     try:
-        restorer = Restorer(weights_dir=settings.weights_dir, device=settings.device)
-    except ValueError as exc:  # e.g. --device cuda on a machine without CUDA
+        restorer = Restorer(settings.weights_dir, settings.device, backend=settings.backend)
+    except ValueError as exc:  # e.g. --device cuda on a machine without CUDA, --backend openvino on a GPU
         raise SystemExit(f"app.py: error: {exc}") from None
     weights = check_weights(settings)
     for message in weights.missing + weights.fallbacks:

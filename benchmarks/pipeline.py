@@ -14,6 +14,10 @@ paste, so it is timed on its own and taken out of paste.
     python benchmarks/pipeline.py --background            # with realesr-animevideov3 on both sides
     python benchmarks/pipeline.py --background realesr-general-x4v3 --photos gfpgan_10045.png
     python benchmarks/pipeline.py --all --jsonl out.jsonl # all photos of the shared data
+    python benchmarks/pipeline.py --backend torch         # ours in PyTorch (default: auto, as users get)
+
+With the OpenVINO backend, an untimed first run converts the networks (cached on disk), so the timings are
+those of a warm cache.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_ours(photo: Path, folder: Path, out: Path, upscale: float, background: str | None) -> dict:
+def run_ours(
+    photo: Path, folder: Path, out: Path, upscale: float, background: str | None, backend: str = "auto"
+) -> dict:
     """Restore with gfp.pipeline; stage timings come from RestoreResult.timings."""
     import cv2
     import torch
@@ -50,7 +56,7 @@ def run_ours(photo: Path, folder: Path, out: Path, upscale: float, background: s
 
     torch.set_grad_enabled(False)
     start = time.perf_counter()
-    restorer = Restorer(weights_dir=folder, device="cpu")
+    restorer = Restorer(weights_dir=folder, device="cpu", backend=backend)
     options = our_options(folder, upscale, background or False)
     restorer.generator(options.version)
     restorer.detector(options.detector)
@@ -66,7 +72,9 @@ def run_ours(photo: Path, folder: Path, out: Path, upscale: float, background: s
     return {"faces": len(result.restored_faces), "times": times, "peak_mb": _peak_rss_mb()}
 
 
-def run_official(photo: Path, folder: Path, out: Path, upscale: float, background: str | None) -> dict:
+def run_official(
+    photo: Path, folder: Path, out: Path, upscale: float, background: str | None, backend: str = ""
+) -> dict:
     """Restore with the official GFPGANer.enhance; stages timed by wrapping its helper's methods."""
     import cv2
     import torch
@@ -108,7 +116,8 @@ def run_official(photo: Path, folder: Path, out: Path, upscale: float, backgroun
 
 def _side(args: argparse.Namespace) -> None:
     fn = run_ours if args.side == "ours" else run_official
-    result = fn(Path(args.photo), Path(args.weights), Path(args.out), args.upscale, args.background)
+    paths = Path(args.photo), Path(args.weights), Path(args.out)
+    result = fn(*paths, args.upscale, args.background, args.backend)
     print("RESULT " + json.dumps(result))
 
 
@@ -116,6 +125,7 @@ def _spawn(side: str, photo: Path, folder: Path, out: Path, args: argparse.Names
     cmd = [sys.executable, __file__, "--side", side, "--photo", str(photo), "--weights", str(folder)]
     cmd += ["--out", str(out), "--upscale", str(args.upscale)]
     cmd += ["--background", args.background] if args.background else []
+    cmd += ["--backend", args.backend]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -137,6 +147,12 @@ def main() -> None:
         help="background network on both sides (alone: %(const)s; general-x4v3 has random weights)",
     )
     p.add_argument("--upscale", type=float, default=2)
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "openvino"],
+        help="our backend (default auto: what users get; OpenVINO on a CPU when installed)",
+    )
     p.add_argument("--jsonl", default=None, help="also append one JSON line per photo to this file")
     p.add_argument("--side", choices=["ours", "official"], help=argparse.SUPPRESS)
     p.add_argument("--photo", help=argparse.SUPPRESS)
@@ -157,8 +173,16 @@ def main() -> None:
     folder = make_weights(work / "weights", data)
     import torch
 
+    from gfp.devices import decide_backend
+
     bg = args.background or "Lanczos"
-    print(f"upscale {args.upscale:g}, background {bg}, CPU, {torch.get_num_threads()} torch threads")
+    backend = decide_backend(torch.device("cpu"), args.backend)
+    threads = torch.get_num_threads()
+    print(f"upscale {args.upscale:g}, background {bg}, CPU, {threads} torch threads, ours in {backend}")
+    if backend == "openvino":  # warm: networks converted (and cached) by an untimed run first
+        start = time.perf_counter()
+        _spawn("ours", data / "photos" / names[0], folder, work / "warmup.png", args)
+        print(f"(untimed warm-up, converts the networks once: {time.perf_counter() - start:.1f} s)")
     head = f"{'photo':32} {'faces':>7} {'PSNR dB':>8} {'ours s':>8} {'official s':>10} {'ratio':>6}"
     print(f"{head} {'peak MB':>13}")
     totals = {"ours": dict.fromkeys(STAGES, 0.0), "official": dict.fromkeys(STAGES, 0.0)}

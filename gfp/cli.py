@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gfp import registry
+from gfp.devices import BACKENDS
 from gfp.imageio import read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VIDEO_CODECS, VideoOptions, VideoResult, is_video, restore_video
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--half", action="store_true", help="float16 generator on GPU (ignored on CPU)")
+    p.add_argument(
+        "--backend",
+        default=None,
+        choices=BACKENDS,
+        help="what runs the generator and background networks: auto (default, or $GFP_BACKEND): OpenVINO "
+        "on a CPU when installed, else PyTorch; torch; openvino (CPU; converts each model once, cached)",
+    )
     p.add_argument(
         "--fp32",
         action="store_true",
@@ -219,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         video_options = VideoOptions(codec=args.video_codec, crf=args.crf, smooth=args.smooth)
         inputs = list_inputs(args.input)
         bf16 = False if args.fp32 else None
-        restorer = Restorer(weights_dir=args.weights_dir, device=args.device, half=args.half, bf16=bf16)
+        restorer = Restorer(
+            weights_dir=args.weights_dir, device=args.device, half=args.half, bf16=bf16, backend=args.backend
+        )
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     if not inputs:

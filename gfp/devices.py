@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -50,3 +52,29 @@ def prepare_for_inference(
     target = select_device(device)
     dtype = decide_precision(target, half) if dtype is None else dtype
     return net.eval().requires_grad_(False).to(device=target, dtype=dtype)
+
+
+BACKENDS = ("auto", "torch", "openvino")
+BACKEND_ENV = "GFP_BACKEND"
+
+
+def decide_backend(device: torch.device, requested: str | None = None) -> str:
+    """What runs the generator and the background networks: "torch" or "openvino".
+
+    ``requested`` None reads env ``GFP_BACKEND`` (default "auto"). "auto" is OpenVINO on a CPU when the
+    ``openvino`` package is installed (it measured faster there, see :mod:`gfp.openvino`), else PyTorch.
+    "openvino" asked for explicitly must be installed and the device must be the CPU.
+    """
+    from gfp import openvino
+
+    choice = (requested or os.environ.get(BACKEND_ENV) or "auto").strip().lower()
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown backend {choice!r}: use {', '.join(BACKENDS)}")
+    if choice == "auto":
+        return "openvino" if device.type == "cpu" and openvino.installed() else "torch"
+    if choice == "openvino":
+        if device.type != "cpu":
+            raise ValueError(f"the openvino backend runs on the CPU only, not on {device}")
+        if not openvino.installed():
+            raise ValueError("the openvino backend needs the openvino package: pip install openvino")
+    return choice

@@ -13,7 +13,6 @@ needs the ``onnx`` and ``onnxscript`` packages; the weights are stored inside th
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import os
 import sys
@@ -21,24 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from gfp.archs import set_modulation_mode
+from gfp.archs import FacesOnly
 from gfp.loading import WeightsError, load_generator
 
 OPSET = 18
 EXPORT_PACKAGES = ("onnx", "onnxscript")
-
-
-class _ImageOnly(nn.Module):
-    """The generator's restored image alone (no pyramid RGB outputs), stored noise."""
-
-    def __init__(self, generator: nn.Module) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.generator(x, return_rgb=False)[0]
 
 
 def missing_export_packages() -> list[str]:
@@ -67,8 +55,7 @@ def export_onnx(
         raise RuntimeError(
             f"ONNX export needs the packages {', '.join(missing)}: pip install {' '.join(missing)}"
         )
-    net = copy.deepcopy(generator).float().cpu().eval()
-    set_modulation_mode(net, "shared")
+    net = FacesOnly(generator).cpu()
     # A symbolic batch needs an example above 1 (export specialises sizes 0 and 1).
     example_batch = max(batch_size, 2) if dynamic_batch else batch_size
     example = torch.rand(example_batch, 3, out_size, out_size, generator=torch.Generator().manual_seed(0))
@@ -77,7 +64,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
-            _ImageOnly(net).eval(),
+            net,
             (example * 2 - 1,),
             path,
             input_names=["input"],

@@ -15,29 +15,33 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from gfp import registry
-from gfp.archs import GeneratorConfig
+from gfp import openvino, registry
+from gfp.archs import FacesOnly, GeneratorConfig
 from gfp.background import BackgroundUpsampler, build_background_upsampler, lanczos_upsample, scaled_size
-from gfp.devices import decide_precision, select_device
+from gfp.devices import decide_backend, decide_precision, select_device
 from gfp.faces import align_faces, detect_faces, resize_aligned
 from gfp.loading import load_generator, load_model
 from gfp.paste import parse_masks, paste_faces
 from gfp.precision import bf16_autocast, cpu_has_native_bf16
 from gfp.registry import ModelEntry
 from gfp.weights.errors import WeightsError
-from gfp.weights.resolve import Resolved, resolve
+from gfp.weights.resolve import Resolved, cache_dir, resolve
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, stage)``: called as work advances, for progress bars in UIs."""
+FaceNetwork = Callable[[Tensor], Tensor]
+"""Aligned faces → restored faces, float32 (B, 3, S, S) RGB in [-1, 1] (see :meth:`Restorer.face_network`)."""
 
 MIN_UPSCALE, MAX_UPSCALE = 1.0, 8.0
 T = TypeVar("T")
@@ -178,9 +182,13 @@ class Restorer:
     networks whose registry ``supports.precisions`` lists bf16: clean-architecture generators
     (:func:`gfp.registry.generator_supports`), the parser and the SRVGG backgrounds (None: where
     the CPU computes bf16 natively, see :func:`gfp.precision.cpu_has_native_bf16`; False: float32).
-    Device and precision are decided here, once, and passed to every network. Networks are cached by the
-    file they were loaded from, so "1.4", "v1.4" and "GFPGANv1.4.pth" share one copy. An optional model
-    that cannot be had is remembered (an offline machine does not retry the download on every request).
+    ``backend`` (None: env ``GFP_BACKEND``, else "auto") runs the generator in PyTorch ("torch") or
+    compiled by OpenVINO ("openvino", CPU only; "auto" picks it on a CPU when it is installed, see
+    :func:`gfp.devices.decide_backend`); a generator OpenVINO cannot convert runs in PyTorch, with a
+    warning; the other networks run in PyTorch (OpenVINO measured no faster for them). Device, precision
+    and backend are decided here, once, and passed to every network. Networks are cached by the file they
+    were loaded from, so "1.4", "v1.4" and "GFPGANv1.4.pth" share one copy. An optional model that cannot
+    be had is remembered (an offline machine does not retry the download on every request).
     """
 
     def __init__(
@@ -189,9 +197,11 @@ class Restorer:
         device: str = "auto",
         half: bool = False,
         bf16: bool | None = None,
+        backend: str | None = None,
     ) -> None:
         self.weights_dir = weights_dir
         self.device = select_device(device)
+        self.backend = decide_backend(self.device, backend)
         self.dtype = decide_precision(self.device, half)
         on_cpu = self.device.type == "cpu"
         self.bf16 = on_cpu and (cpu_has_native_bf16() if bf16 is None else bool(bf16))
@@ -255,6 +265,44 @@ class Restorer:
 
         return self._get(("generator", str(found.path)), load)
 
+    def face_network(self, spec: str | os.PathLike[str]) -> tuple[FaceNetwork, GeneratorConfig]:
+        """(faces → restored faces, GeneratorConfig) for a version / file / folder / repo id, in this
+        Restorer's backend and precision (see :data:`FaceNetwork`)."""
+        net, config = self.generator(spec)
+        bf16 = self._runs_bf16(registry.generator_supports(config))
+        if self.backend == "openvino":
+            compiled = self._compiled_generator(str(self._resolve(spec).path), net, config, bf16)
+            if compiled is not None:
+                return compiled, config
+        dtype = next(net.parameters()).dtype  # decided once, by the Restorer
+
+        def faces(x: Tensor) -> Tensor:
+            with bf16_autocast(bf16):
+                return net(x.to(dtype), return_rgb=False)[0].float()
+
+        return faces, config
+
+    def _compiled_generator(
+        self, path: str, net: nn.Module, config: GeneratorConfig, bf16: bool
+    ) -> nn.Module | None:
+        """The generator loaded from ``path`` compiled by OpenVINO for any batch (once; converted models are
+        cached on disk), or None when OpenVINO cannot convert it (remembered and warned once: the caller
+        runs it in PyTorch)."""
+
+        def build() -> nn.Module | None:
+            example = torch.zeros(2, 3, config.out_size, config.out_size)  # only its layout matters
+            try:
+                return openvino.compile_network(
+                    FacesOnly(net), example, (0,), bf16=bf16, cache_dir=cache_dir(), name=Path(path).name
+                )
+            except Exception as err:  # noqa: BLE001  (a foreign converter failed: use the reference path)
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                message = f"OpenVINO could not compile {Path(path).name} ({first}); it runs in PyTorch"
+                warnings.warn(message, stacklevel=4)
+                return None
+
+        return self._get(("openvino", path), build)
+
     def network(self, name: str) -> nn.Module:
         """The registry model ``name`` (detector, parser, upsampler) with its weights, on the device."""
         found = self._resolve(name)
@@ -310,20 +358,25 @@ class Restorer:
         options = options or RestoreOptions()
         _check_input(img)
         run = RunLog(progress)
-        net, config = self.generator(options.version)
+        faces, config = self.face_network(options.version)
         restore = self._restore_aligned if options.aligned else self._restore_photo
-        result = restore(img, net, config, options, run)
+        result = restore(img, faces, config, options, run)
         result.timings["total"] = time.perf_counter() - run.start
         return result
 
     def _restore_aligned(
-        self, img: np.ndarray, net: nn.Module, config: GeneratorConfig, options: RestoreOptions, run: RunLog
+        self,
+        img: np.ndarray,
+        faces: FaceNetwork,
+        config: GeneratorConfig,
+        options: RestoreOptions,
+        run: RunLog,
     ) -> RestoreResult:
         """An FFHQ-aligned face: restore it whole; the output is the face at input size × upscale."""
         work = _work_image(img)
         run.lap("load")
         crops = [resize_aligned(work, config.out_size)]
-        restored = self._restore_faces(net, config, crops, options, run)
+        restored = self._restore_faces(faces, config, crops, options, run)
         run.lap("restore")
         out_h, out_w = scaled_size(img.shape[0], img.shape[1], options.upscale)
         image = _aligned_output(img, restored[0], out_h, out_w, _max_value(img))
@@ -340,7 +393,12 @@ class Restorer:
         )
 
     def _restore_photo(
-        self, img: np.ndarray, net: nn.Module, config: GeneratorConfig, options: RestoreOptions, run: RunLog
+        self,
+        img: np.ndarray,
+        faces: FaceNetwork,
+        config: GeneratorConfig,
+        options: RestoreOptions,
+        run: RunLog,
     ) -> RestoreResult:
         """A photo: detect and align faces, restore them, upsample the background, paste the faces back."""
         work = _work_image(img)
@@ -354,7 +412,7 @@ class Restorer:
         run.lap("detect")
         crops, matrices = align_faces(work, found.landmarks, config.out_size)
         run.lap("align")
-        restored = self._restore_faces(net, config, crops, options, run)
+        restored = self._restore_faces(faces, config, crops, options, run)
         run.lap("restore")
         masks, face_mask = self.face_masks(restored, options, run)
         background = self.background_image(img, options, run)
@@ -427,19 +485,19 @@ class Restorer:
         batches the faces of several frames together.
         """
         options = options or RestoreOptions()
-        net, config = self.generator(options.version)
+        faces, config = self.face_network(options.version)
         for crop in crops:
             if crop.dtype != np.uint8 or crop.shape != (config.out_size, config.out_size, 3):
                 raise ValueError(
                     f"restore_faces expects uint8 {config.out_size}x{config.out_size}x3 BGR crops, "
                     f"got {crop.dtype} {crop.shape}"
                 )
-        return self._restore_faces(net, config, list(crops), options, RunLog(progress))
+        return self._restore_faces(faces, config, list(crops), options, RunLog(progress))
 
     @torch.inference_mode()
     def _restore_faces(
         self,
-        net: nn.Module,
+        faces: FaceNetwork,
         config: GeneratorConfig,
         crops: list[np.ndarray],
         options: RestoreOptions,
@@ -447,8 +505,6 @@ class Restorer:
     ) -> list[np.ndarray]:
         """Run the generator over aligned crops in batches; blend by strength; return uint8 BGR faces."""
         restored: list[np.ndarray] = []
-        dtype = next(net.parameters()).dtype  # decided once, by the Restorer
-        bf16 = self._runs_bf16(registry.generator_supports(config))
         strength = float(options.strength)
         run.report(0, len(crops), "restore")
         batch = self.batch_size(options)
@@ -456,8 +512,7 @@ class Restorer:
             chunk = np.stack(crops[start : start + batch])
             x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2).flip(1).float() / 255.0
             x = (x - 0.5) / 0.5
-            with bf16_autocast(bf16):
-                out = net(x.to(dtype), return_rgb=False)[0].float().clamp_(-1, 1)
+            out = faces(x).clamp_(-1, 1)
             if strength < 1.0:
                 out = strength * out + (1.0 - strength) * x
             out = ((out + 1) / 2 * 255.0).round().flip(1).permute(0, 2, 3, 1)

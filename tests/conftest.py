@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline data, no network, and the official fused activation on CPU."""
+"""Shared fixtures: the offline data, no network, the PyTorch backend, the official fused activation on CPU."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ from torch import Tensor
 from torch.nn import functional as F
 
 import gfp  # noqa: F401  (installs the torchvision shim before any test imports basicsr)
+
+
+@pytest.fixture(autouse=True)
+def pytorch_backend_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run the networks in PyTorch, the reference, unless they ask for another backend (the OpenVINO
+    tests and the parity test name it; converting every tiny model would only slow the suite down)."""
+    monkeypatch.setenv("GFP_BACKEND", "torch")
 
 
 @pytest.fixture(scope="session")

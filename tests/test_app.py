@@ -141,6 +141,8 @@ def test_flags_and_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
     from_env = app.parse_args([])
     assert from_env.models == ("a/b", "/x/y.pth")
     assert (from_env.device, from_env.port, from_env.server_name) == ("cpu", 7999, "127.0.0.1")
+    assert from_env.backend == "torch"  # GFP_BACKEND, as tests/conftest.py sets it
+    assert app.parse_args(["--backend", "openvino"]).backend == "openvino"
     flags = app.parse_args(
         ["--model", "m1", "--model", "m2", "--weights-dir", "/w", "--server-name", "0.0.0.0", "--port", "1"]
         + ["--share", "--device", "cuda", "--bg-upsampler", "none", "--detector", DETECTOR, "--no-mcp"]

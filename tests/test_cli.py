@@ -69,6 +69,8 @@ def test_list_inputs(tmp_path: Path) -> None:
         (["-s", "9"], "upscale"),
         (["-w", "x"], ""),
         (["--detect-max-side", "10"], "detect_max_side must be an integer >= 64"),
+        (["--backend", "onnx"], "invalid choice: 'onnx'"),
+        (["--backend", "openvino", "--device", "cuda:7"], "cuda:7"),
     ],
 )
 def test_usage_errors_exit_2(

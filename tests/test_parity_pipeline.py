@@ -2,7 +2,7 @@
 
 Official side: ``GFPGANer.enhance`` (facexlib FaceRestoreHelper with ParseNet + the official
 GFPGANv1Clean at full size, fixed noise), optionally with realesrgan's RealESRGANer for the background.
-Ours: ``gfp.pipeline.Restorer``. Weights: a seeded random full-size generator and ParseNet, the real
+Ours: ``gfp.pipeline.Restorer``, in PyTorch and with the OpenVINO backend. Weights: a seeded random full-size generator and ParseNet, the real
 RetinaFace MobileNet-0.25 and realesr-animevideov3 (see tests/_official_pipeline.py).
 
 Full-size networks on CPU are slow (~10 s per face per side), so CI runs two small photos (one face with a
@@ -20,6 +20,7 @@ import pytest
 from _official_pipeline import make_weights, official_restorer, our_options, psnr
 from _zoo_helpers import shared_data_dir
 
+from gfp import openvino
 from gfp.pipeline import Restorer
 
 MIN_PSNR_DB = 45.0
@@ -39,9 +40,12 @@ def weights(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path
     return make_weights(tmp_path_factory.mktemp("parity_weights"), shared_data)
 
 
-@pytest.fixture(scope="module")
-def ours(weights: Path) -> Restorer:
-    return Restorer(weights_dir=weights, device="cpu")
+@pytest.fixture(scope="module", params=["torch", "openvino"])
+def ours(weights: Path, request: pytest.FixtureRequest) -> Restorer:
+    """Our pipeline in each backend (the fast paths are what users run: they must keep parity too)."""
+    if request.param == "openvino" and not openvino.installed():
+        pytest.skip("openvino not installed")
+    return Restorer(weights_dir=weights, device="cpu", backend=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +62,7 @@ def official(weights: Path):
 
 @pytest.mark.slow
 @pytest.mark.shared
+@pytest.mark.usefixtures("offline")  # nothing to download; converted OpenVINO models go to a temporary cache
 @pytest.mark.parametrize(("photo", "background"), _cases())
 def test_restored_image_matches_official(
     shared_data: Path, weights: Path, ours: Restorer, official, photo: str, background: bool

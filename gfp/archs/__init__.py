@@ -10,12 +10,13 @@
 """
 
 from gfp.archs.config import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
-from gfp.archs.gfpgan import GFPGANClean, GFPGANv1
+from gfp.archs.gfpgan import FacesOnly, GFPGANClean, GFPGANv1
 from gfp.archs.stylegan2_clean import MODULATION_MODES, StyleGAN2Generator, set_modulation_mode
 from gfp.archs.stylegan2_v1 import StyleGAN2GeneratorV1
 
 __all__ = [
     "MODULATION_MODES",
+    "FacesOnly",
     "GFPGANClean",
     "GFPGANv1",
     "GeneratorConfig",

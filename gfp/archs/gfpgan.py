@@ -7,6 +7,7 @@ names follow the official checkpoints, so ``params_ema`` loads with ``strict=Tru
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -15,7 +16,7 @@ from torch.nn import functional as F
 
 from gfp.archs.degradation_removal import ResBlock as CleanResBlock
 from gfp.archs.degradation_removal import ResUpBlock
-from gfp.archs.stylegan2_clean import StyleGAN2Generator, stylegan_channels
+from gfp.archs.stylegan2_clean import StyleGAN2Generator, set_modulation_mode, stylegan_channels
 from gfp.archs.stylegan2_v1 import ConvLayer, EqualConv2d, EqualLinear, ScaledLeakyReLU, StyleGAN2GeneratorV1
 from gfp.archs.stylegan2_v1 import ResBlock as V1ResBlock
 
@@ -209,3 +210,17 @@ class GFPGANv1(_GFPGAN):
                         EqualConv2d(c, sft_c, 3, padding=1, bias_init_val=last_bias),
                     )
                 )
+
+
+class FacesOnly(nn.Module):
+    """A float32 copy of a GFPGAN generator that maps faces to restored faces only (no pyramid RGB
+    outputs), with shared-weight modulation: the form exporters and inference engines take (a dynamic
+    batch, weights that do not depend on the input). The generator it was made from is not changed."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = copy.deepcopy(generator).float().eval()
+        set_modulation_mode(self.generator, "shared")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.generator(x, return_rgb=False)[0]

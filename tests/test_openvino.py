@@ -1,0 +1,206 @@
+"""The OpenVINO backend: same function as PyTorch, converted once and cached, thread-safe, chosen once.
+
+Tiny seeded networks; the whole-photo parity against the official stack with this backend is in
+tests/test_parity_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _zoo_helpers import save_tiny_generator, tiny_config, tiny_generator
+
+from gfp import openvino
+from gfp.archs import FacesOnly
+from gfp.devices import decide_backend
+from gfp.pipeline import RestoreOptions, Restorer
+
+pytestmark = [
+    pytest.mark.usefixtures("offline"),
+    pytest.mark.skipif(not openvino.installed(), reason="openvino not installed"),
+]
+
+CPU = torch.device("cpu")
+
+
+def _faces(n: int, size: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[torch.nn.Module, int]:
+    config = tiny_config()
+    return FacesOnly(tiny_generator(config, seed=0)), config.out_size
+
+
+def test_auto_is_openvino_on_a_cpu_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GFP_BACKEND", raising=False)
+    assert decide_backend(CPU) == "openvino"
+    assert decide_backend(torch.device("cuda")) == "torch"
+    monkeypatch.setattr(openvino, "installed", lambda: False)
+    assert decide_backend(CPU) == "torch"
+    with pytest.raises(ValueError, match="pip install openvino"):
+        decide_backend(CPU, "openvino")
+
+
+def test_backend_choice_is_checked_and_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GFP_BACKEND", "torch")
+    assert decide_backend(CPU) == "torch"
+    assert decide_backend(CPU, "openvino") == "openvino"  # an argument wins over the environment
+    with pytest.raises(ValueError, match="CPU only"):
+        decide_backend(torch.device("cuda"), "openvino")
+    with pytest.raises(ValueError, match="unknown backend 'onnx'"):
+        decide_backend(CPU, "onnx")
+
+
+def test_float32_generator_computes_the_pytorch_function_for_any_batch(tiny, tmp_path: Path) -> None:
+    net, size = tiny
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the pipeline may call it: not recorded
+        compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=tmp_path)
+    for n in (1, 3):
+        x = _faces(n, size, seed=n)
+        with torch.no_grad():
+            expected = net(x)
+        got = compiled(x)
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        assert _rel(got, expected) < 1e-5
+
+
+def test_bf16_stays_close_to_float32(tiny, tmp_path: Path) -> None:
+    net, size = tiny
+    compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), bf16=True, cache_dir=tmp_path)
+    x = _faces(2, size)
+    with torch.no_grad():
+        expected = net(x)
+    error = _rel(compiled(x), expected)
+    assert 0 < error < 0.02  # it did compute in bf16 (not exact), and closely
+
+
+def test_converted_once_then_loaded_from_the_cache(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net, size = tiny
+    example = torch.zeros(2, 3, size, size)
+    first = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
+    saved = list((tmp_path / openvino.SUBDIR).glob("*/model.xml"))
+    assert len(saved) == 1 and not list((tmp_path / openvino.SUBDIR).glob(".tmp-*"))
+
+    def no_conversion(*args: object) -> None:
+        raise AssertionError("converted again instead of loading the cached model")
+
+    monkeypatch.setattr(openvino, "_convert", no_conversion)
+    second = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
+    x = _faces(1, size)
+    assert torch.equal(first(x), second(x))
+
+    changed = tiny_generator(tiny_config(), seed=1)  # other weights: another model, converted anew
+    with pytest.raises(AssertionError, match="converted again"):
+        openvino.compile_network(FacesOnly(changed), example, (0,), cache_dir=tmp_path)
+
+
+def test_fingerprint_follows_weights_layout_and_dynamic_dims(tiny) -> None:
+    net, size = tiny
+    example = torch.zeros(2, 3, size, size)
+    base = openvino.fingerprint(net, example, (0,))
+    assert openvino.fingerprint(net, example, (0,)) == base
+    assert openvino.fingerprint(net, torch.zeros(2, 3, size, size + 1), (0,)) != base
+    assert openvino.fingerprint(net, example, (0, 2)) != base
+    other = FacesOnly(tiny_generator(tiny_config(), seed=0))
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    assert openvino.fingerprint(other, example, (0,)) != base
+
+
+def test_an_unwritable_cache_only_costs_a_conversion(tiny, tmp_path: Path) -> None:
+    net, size = tiny
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=blocker)
+    x = _faces(1, size)
+    with torch.no_grad():
+        assert _rel(compiled(x), net(x)) < 1e-5
+
+
+def test_one_compiled_network_serves_threads(tiny, tmp_path: Path) -> None:
+    net, size = tiny
+    compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=tmp_path)
+    inputs = [_faces(1, size, seed=s) for s in range(6)]
+    expected = [compiled(x) for x in inputs]
+    got: list[torch.Tensor | None] = [None] * len(inputs)
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            got[i] = compiled(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+
+
+def _aligned_face(size: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def test_restorer_runs_the_generator_in_openvino(tmp_path: Path) -> None:
+    folder = save_tiny_generator(tmp_path / "tiny")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    face = _aligned_face(tiny_config().out_size)
+    ov = Restorer(device="cpu", backend="openvino", bf16=False)
+    reference = Restorer(device="cpu", backend="torch", bf16=False)
+    got = ov.restore(face, options).restored_faces[0]
+    expected = reference.restore(face, options).restored_faces[0]
+    faces, _ = ov.face_network(options.version)
+    assert isinstance(faces, openvino.OpenVINONetwork)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    assert list((tmp_path / "cache" / openvino.SUBDIR).glob("*/model.xml"))  # in the gfp cache
+
+
+def test_a_network_openvino_cannot_convert_runs_in_pytorch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = save_tiny_generator(tmp_path / "tiny")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    face = _aligned_face(tiny_config().out_size)
+    expected = Restorer(device="cpu", backend="torch", bf16=False).restore(face, options).restored_faces[0]
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("unsupported operation aten::foo\nmore details")
+
+    monkeypatch.setattr(openvino, "compile_network", broken)
+    restorer = Restorer(device="cpu", backend="openvino", bf16=False)
+    with pytest.warns(UserWarning, match=r"could not compile .*unsupported operation aten::foo\); it runs in"):
+        got = restorer.restore(face, options).restored_faces[0]
+    assert np.array_equal(got, expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the failure is remembered: no second attempt, no second warning
+        restorer.restore(face, options)
+
+
+def test_cli_backend_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import cv2
+
+    from gfp.cli import main
+
+    folder = save_tiny_generator(tmp_path / "tiny")
+    cv2.imwrite(str(tmp_path / "face.png"), _aligned_face(tiny_config().out_size))
+    faces = {}
+    for backend in ("openvino", "torch"):
+        out = tmp_path / backend
+        args = ["-i", str(tmp_path / "face.png"), "-o", str(out), "--aligned", "-v", str(folder), "-s", "1"]
+        assert main([*args, "--device", "cpu", "--fp32", "--backend", backend]) == 0
+        faces[backend] = cv2.imread(str(out / "restored_faces" / "face_00.png")).astype(int)
+    assert np.abs(faces["openvino"] - faces["torch"]).max() <= 1
+    assert "Traceback" not in capsys.readouterr().err
