@@ -821,7 +821,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     weights = check_weights(settings)
     for message in weights.missing + weights.fallbacks:
         print(f"app.py: {message.splitlines()[0]}")
+    if not weights.missing:
+        warm_up(restorer, next(iter(model_specs(settings.models).values())))
     launch(build_app(settings, restorer, weights), settings)
+
+
+def warm_up(restorer: Restorer, spec: str) -> threading.Thread:
+    """Load the default generator (and, with the OpenVINO backend, convert it: about 10 s the first time) in a
+    background thread while the server starts, so the first request does not wait for it. A request that
+    comes sooner waits on the same load (the Restorer loads each model once); a failure here is left for
+    that request to report."""
+
+    def run() -> None:
+        with contextlib.suppress(Exception):  # the request that needs the model reports the error
+            restorer.face_network(spec)
+
+    thread = threading.Thread(target=run, name="gfp-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 if __name__ == "__main__":

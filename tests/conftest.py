@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline data, no network, the PyTorch backend, the official fused activation on CPU."""
+"""Shared fixtures: offline data, no network, the PyTorch backend, the official fused activation on CPU."""
 
 from __future__ import annotations
 

@@ -77,7 +77,8 @@ def test_float32_generator_computes_the_pytorch_function_for_any_batch(tiny, tmp
 
 def test_bf16_stays_close_to_float32(tiny, tmp_path: Path) -> None:
     net, size = tiny
-    compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), bf16=True, cache_dir=tmp_path)
+    example = torch.zeros(2, 3, size, size)
+    compiled = openvino.compile_network(net, example, (0,), bf16=True, cache_dir=tmp_path)
     x = _faces(2, size)
     with torch.no_grad():
         expected = net(x)
@@ -181,7 +182,7 @@ def test_a_network_openvino_cannot_convert_runs_in_pytorch(
 
     monkeypatch.setattr(openvino, "compile_network", broken)
     restorer = Restorer(device="cpu", backend="openvino", bf16=False)
-    with pytest.warns(UserWarning, match=r"could not compile .*unsupported operation aten::foo\); it runs in"):
+    with pytest.warns(UserWarning, match=r"could not compile .*operation aten::foo\); it runs in PyTorch"):
         got = restorer.restore(face, options).restored_faces[0]
     assert np.array_equal(got, expected)
     with warnings.catch_warnings():
@@ -204,3 +205,21 @@ def test_cli_backend_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         faces[backend] = cv2.imread(str(out / "restored_faces" / "face_00.png")).astype(int)
     assert np.abs(faces["openvino"] - faces["torch"]).max() <= 1
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_app_warm_up_converts_the_default_generator_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app
+
+    folder = save_tiny_generator(tmp_path / "tiny")
+    restorer = Restorer(device="cpu", backend="openvino")
+    app.warm_up(restorer, str(folder)).join(timeout=120)
+    app.warm_up(restorer, str(tmp_path / "missing")).join(timeout=30)  # fails quietly: requests report it
+
+    def no_compile(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled again: the warm-up did not keep its network")
+
+    monkeypatch.setattr(openvino, "compile_network", no_compile)
+    faces, _ = restorer.face_network(str(folder))
+    assert isinstance(faces, openvino.OpenVINONetwork)

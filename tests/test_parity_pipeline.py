@@ -2,8 +2,9 @@
 
 Official side: ``GFPGANer.enhance`` (facexlib FaceRestoreHelper with ParseNet + the official
 GFPGANv1Clean at full size, fixed noise), optionally with realesrgan's RealESRGANer for the background.
-Ours: ``gfp.pipeline.Restorer``, in PyTorch and with the OpenVINO backend. Weights: a seeded random full-size generator and ParseNet, the real
-RetinaFace MobileNet-0.25 and realesr-animevideov3 (see tests/_official_pipeline.py).
+Ours: ``gfp.pipeline.Restorer``, in PyTorch and with the OpenVINO backend. Weights: a seeded random
+full-size generator and ParseNet, the real RetinaFace MobileNet-0.25 and realesr-animevideov3 (see
+tests/_official_pipeline.py).
 
 Full-size networks on CPU are slow (~10 s per face per side), so CI runs two small photos (one face with a
 Lanczos background, two faces with the real Real-ESRGAN background); ``GFP_PARITY_ALL=1`` adds every
