@@ -11,7 +11,9 @@ full-size generator on 2 cores), and the converted model (OpenVINO IR, float32 w
 ``<cache>/openvino/<fingerprint>/``. The fingerprint hashes the module's structure, its weights, the input
 layout and the OpenVINO and PyTorch versions, so changed weights or a new release convert again and never
 reuse a stale model. Loading a cached model takes well under a second. Precision is chosen when compiling:
-bf16 where the caller says the network runs well in it on a bf16 CPU, else float32.
+bf16 where the caller says the network runs well in it on a bf16 CPU, else float32. OpenVINO is imported
+with its usage statistics (sent by default on import and on each conversion) turned off: see
+:func:`_openvino`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -71,8 +75,7 @@ class OpenVINONetwork(nn.Module):
 
 def fingerprint(net: nn.Module, example: Tensor, dynamic: Sequence[int]) -> str:
     """A hex digest naming the converted model: structure, weights, input layout, library versions."""
-    import openvino
-
+    openvino = _openvino()
     h = hashlib.sha256()
     versions = (FORMAT, openvino.__version__, torch.__version__)
     h.update(repr((versions, repr(net), tuple(example.shape), sorted(dynamic))).encode())
@@ -120,8 +123,7 @@ def compile_network(
 
 def _convert(net: nn.Module, example: Tensor, dynamic: Sequence[int]) -> Any:
     """``torch.export`` (symbolic sizes in the ``dynamic`` dimensions), then ``openvino.convert_model``."""
-    import openvino
-
+    openvino = _openvino()
     shape = {d: torch.export.Dim.AUTO for d in dynamic}
     # An enclosing autocast would be recorded into the graph as casts: precision is OpenVINO's to choose.
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
@@ -132,8 +134,7 @@ def _convert(net: nn.Module, example: Tensor, dynamic: Sequence[int]) -> Any:
 def _save(model: Any, folder: Path) -> None:
     """Write the IR into ``folder`` atomically (a temporary folder renamed into place); a cache that cannot
     be written only costs the next process a conversion."""
-    import openvino
-
+    openvino = _openvino()
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
@@ -157,7 +158,21 @@ def _core() -> Any:
     global _CORE
     with _CORE_LOCK:
         if _CORE is None:
-            import openvino
-
-            _CORE = openvino.Core()
+            _CORE = _openvino().Core()
         return _CORE
+
+
+def _openvino() -> ModuleType:
+    """The ``openvino`` module, imported with its usage statistics off.
+
+    OpenVINO reports to Google Analytics when it is imported and on every conversion, unless the user opted
+    out with its ``opt_in_out`` tool. Where its telemetry package cannot be imported it uses a no-op
+    stand-in (``openvino.tools.ovc.telemetry_stub``), so before OpenVINO is first imported the package is
+    marked as unavailable in ``sys.modules``. A process that imported either package before us is left as
+    it is.
+    """
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  (None: cannot import)
+    import openvino
+
+    return openvino

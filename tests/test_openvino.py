@@ -223,3 +223,28 @@ def test_app_warm_up_converts_the_default_generator_before_any_request(
     monkeypatch.setattr(openvino, "compile_network", no_compile)
     faces, _ = restorer.face_network(str(folder))
     assert isinstance(faces, openvino.OpenVINONetwork)
+
+
+def test_openvino_sends_no_usage_statistics(tmp_path: Path) -> None:
+    """In a fresh interpreter, so that nothing imported OpenVINO before: ours leaves its telemetry to the
+    no-op stand-in; OpenVINO imported plainly would use the real one (so this test can fail)."""
+    import os
+    import subprocess
+    import sys
+
+    convert = (
+        "import torch, gfp.openvino as g; "
+        "g.compile_network(torch.nn.Conv2d(3, 3, 3), torch.zeros(2, 3, 8, 8)); "
+        "from openvino.tools.ovc import convert_impl, telemetry_utils; "
+        "print(convert_impl.tm.__name__, telemetry_utils.tm.__name__)"
+    )
+    plain = "import openvino.tools.ovc.convert_impl as c; print(c.tm.__name__)"
+    env = {**os.environ, "HOME": str(tmp_path)}  # no opt-out file of this machine's user
+
+    def run(code: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    assert run(convert) == ["openvino.tools.ovc.telemetry_stub"] * 2
+    assert run(plain) == ["openvino_telemetry"]
