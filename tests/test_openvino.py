@@ -62,8 +62,10 @@ def test_backend_choice_is_checked_and_read_from_the_environment(monkeypatch: py
         decide_backend(CPU, "onnx")
 
 
-def test_float32_generator_computes_the_pytorch_function_for_any_batch(tiny, tmp_path: Path) -> None:
-    net, size = tiny
+@pytest.mark.parametrize("arch", ["clean", "v1"])
+def test_float32_generator_computes_the_pytorch_function_for_any_batch(arch: str, tmp_path: Path) -> None:
+    config = tiny_config(arch)
+    net, size = FacesOnly(tiny_generator(config, seed=0)), config.out_size
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as the pipeline may call it: not recorded
         compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=tmp_path)
     for n in (1, 3):
