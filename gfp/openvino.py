@@ -36,6 +36,8 @@ from torch import Tensor, nn
 # Bump when the conversion changes (wrappers, export options): older cached models are then not reused.
 FORMAT = 1
 SUBDIR = "openvino"
+MAX_SHAPES = 2
+"""Input shapes an :class:`OpenVINONetwork` compiles for exactly; others share one compilation."""
 
 
 def installed() -> bool:
@@ -44,30 +46,49 @@ def installed() -> bool:
 
 
 class OpenVINONetwork(nn.Module):
-    """A compiled network with one float32 NCHW input and one output, called like its PyTorch module.
+    """A converted network with one float32 NCHW input and one output, called like its PyTorch module.
 
-    Thread-safe: each call borrows an inference request from a pool (one per concurrent call), so
-    requests sharing the network never share buffers. It has no parameters; moving it to a device or
-    dtype does nothing, and it always runs on the CPU.
+    It is compiled for the exact shape of each input it sees, for the first :data:`MAX_SHAPES` shapes:
+    OpenVINO plans a fixed shape better (a v1.4 face in 0.95 s, the first in 1.0 s, against 0.97 s and
+    1.3 s compiled for any batch). Further shapes share one compilation for any shape, so memory stays
+    bounded when batch sizes vary. Thread-safe: each call borrows an inference request from a pool, so
+    calls never share buffers. It has no parameters; moving it to a device or dtype does nothing, and it
+    always runs on the CPU.
     """
 
-    def __init__(self, compiled: Any, name: str) -> None:
+    def __init__(self, model: Any, config: dict[str, Any], name: str) -> None:
         super().__init__()
-        self.compiled = compiled
+        self.model = model
+        self.config = config
         self.name = name
-        self._idle: list[Any] = []
+        self._compiled: dict[tuple[int, ...] | None, Any] = {}  # None: the one for any shape
+        self._idle: dict[tuple[int, ...] | None, list[Any]] = {}
         self._lock = threading.Lock()
 
     def forward(self, x: Tensor) -> Tensor:
-        with self._lock:
-            request = self._idle.pop() if self._idle else self.compiled.create_infer_request()
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        key, request = self._borrow(tuple(array.shape))
         try:
-            array = x.detach().to("cpu", torch.float32).contiguous().numpy()
             result = request.infer([array])  # outputs are copied out of the request's buffers
         finally:
             with self._lock:
-                self._idle.append(request)
+                self._idle[key].append(request)
         return torch.from_numpy(result[0])
+
+    def _borrow(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, Any]:
+        """(compilation key, an idle inference request of it), compiling for ``shape`` on first use."""
+        with self._lock:
+            exact = shape in self._compiled or len(self._compiled.keys() - {None}) < MAX_SHAPES
+            key = shape if exact else None
+            if key not in self._compiled:
+                model = self.model
+                if key is not None:
+                    model = self.model.clone()
+                    model.reshape(list(key))
+                self._compiled[key] = _core().compile_model(model, "CPU", self.config)
+                self._idle[key] = []
+            idle = self._idle[key]
+            return key, idle.pop() if idle else self._compiled[key].create_infer_request()
 
     def extra_repr(self) -> str:
         return f"{self.name!r}, OpenVINO"
@@ -96,12 +117,13 @@ def compile_network(
     threads: int | None = None,
     name: str = "",
 ) -> OpenVINONetwork:
-    """``net`` (float32, CPU, eval; called with one tensor) compiled by OpenVINO for the CPU.
+    """``net`` (float32, CPU, eval; called with one tensor) converted for OpenVINO on the CPU.
 
     ``example`` is an input of the right layout; the dimensions listed in ``dynamic`` may vary between
     calls (give the example a size above 1 in each). ``bf16`` computes in bfloat16 (only where the CPU does
     natively; the caller decides), else float32. ``cache_dir`` keeps converted models (None: convert every
     time). ``threads`` defaults to PyTorch's intra-op thread count, so both backends use the same cores.
+    Compiling happens on the first call of each input shape (see :class:`OpenVINONetwork`).
     """
     model = None
     folder = None
@@ -118,7 +140,7 @@ def compile_network(
         "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         "PERFORMANCE_HINT": "LATENCY",
     }
-    return OpenVINONetwork(_core().compile_model(model, "CPU", config), name or type(net).__name__)
+    return OpenVINONetwork(model, config, name or type(net).__name__)
 
 
 def _convert(net: nn.Module, example: Tensor, dynamic: Sequence[int]) -> Any:

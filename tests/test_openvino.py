@@ -68,13 +68,15 @@ def test_float32_generator_computes_the_pytorch_function_for_any_batch(arch: str
     net, size = FacesOnly(tiny_generator(config, seed=0)), config.out_size
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as the pipeline may call it: not recorded
         compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=tmp_path)
-    for n in (1, 3):
+    for n in (1, 3, 2, 1):  # exact compilations for the first two shapes, the third runs in the shared one
         x = _faces(n, size, seed=n)
         with torch.no_grad():
             expected = net(x)
         got = compiled(x)
         assert got.shape == expected.shape and got.dtype == torch.float32
         assert _rel(got, expected) < 1e-5
+    assert openvino.MAX_SHAPES == 2
+    assert set(compiled._compiled) == {(1, 3, size, size), (3, 3, size, size), None}
 
 
 def test_bf16_stays_close_to_float32(tiny, tmp_path: Path) -> None:
