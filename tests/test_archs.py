@@ -132,3 +132,24 @@ def test_input_residual_adds_the_input_and_is_recognised_from_its_state_dict():
     assert detect_config(residual.state_dict()) == with_residual
     assert detect_config(plain.state_dict()) == config
     assert "input_residual" not in _official_state("clean", 2)  # official layouts are untouched
+
+
+def test_faces_only_shares_float32_weights_and_leaves_the_generator_alone() -> None:
+    from _zoo_helpers import tiny_config, tiny_generator
+
+    from gfp.archs import FacesOnly
+    from gfp.archs.stylegan2_clean import ModulatedConvBase
+
+    generator = tiny_generator(tiny_config(), seed=0)
+    faces = FacesOnly(generator)
+    mine, theirs = dict(faces.generator.named_parameters()), dict(generator.named_parameters())
+    assert all(mine[k].data_ptr() == theirs[k].data_ptr() and mine[k] is not theirs[k] for k in theirs)
+    modes = {m.modulation_mode for m in generator.modules() if isinstance(m, ModulatedConvBase)}
+    assert modes == {"auto"}  # the copy is "shared"; the original keeps its mode
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(faces(x), generator(x, return_rgb=False)[0], atol=1e-5)
+
+    half = tiny_generator(tiny_config(), seed=0).half()
+    assert next(FacesOnly(half).parameters()).dtype == torch.float32
+    assert {p.dtype for p in half.parameters()} | {b.dtype for b in half.buffers()} == {torch.float16}

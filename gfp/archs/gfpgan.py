@@ -215,11 +215,19 @@ class GFPGANv1(_GFPGAN):
 class FacesOnly(nn.Module):
     """A float32 copy of a GFPGAN generator that maps faces to restored faces only (no pyramid RGB
     outputs), with shared-weight modulation: the form exporters and inference engines take (a dynamic
-    batch, weights that do not depend on the input). The generator it was made from is not changed."""
+    batch, weights that do not depend on the input). The generator it was made from is not changed.
+
+    The copy shares the generator's float32 tensors (new parameter objects over the same storage), so it
+    costs no second copy of the weights; converting it (``.float()``, ``.cpu()``) replaces only its own.
+    """
 
     def __init__(self, generator: nn.Module) -> None:
         super().__init__()
-        self.generator = copy.deepcopy(generator).float().eval()
+        memo: dict[int, object] = {
+            id(p): nn.Parameter(p.detach(), p.requires_grad) for p in generator.parameters()
+        }
+        memo |= {id(b): b.detach() for b in generator.buffers()}
+        self.generator = copy.deepcopy(generator, memo).float().eval()
         set_modulation_mode(self.generator, "shared")
 
     def forward(self, x: Tensor) -> Tensor:
