@@ -44,8 +44,11 @@ def build_parser() -> nn.Module:
 
 @torch.inference_mode()
 def parse_masks(parser: nn.Module, faces: Sequence[np.ndarray], batch_size: int = 4) -> list[np.ndarray]:
-    """Soft face-region masks in [0, 1] (float64, same size as each face) for uint8 BGR restored faces."""
-    param = next(parser.parameters())
+    """Soft face-region masks in [0, 1] (float64, same size as each face) for uint8 BGR restored faces.
+
+    ``parser`` maps a normalised RGB batch to label logits; it gets its parameters' device and dtype (a
+    network without parameters, as OpenVINO's, gets float32 on the CPU)."""
+    param = next(parser.parameters(), torch.empty(0))
     keep = np.zeros(19, dtype=np.float64)  # float64 like the official mask: its warp rounds differently
     keep[list(PARSE_FACE_LABELS)] = 255.0
     masks: list[np.ndarray] = []

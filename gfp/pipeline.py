@@ -32,7 +32,7 @@ from gfp.background import BackgroundUpsampler, build_background_upsampler, lanc
 from gfp.devices import decide_backend, decide_precision, select_device
 from gfp.faces import align_faces, detect_faces, resize_aligned
 from gfp.loading import load_generator, load_model
-from gfp.paste import parse_masks, paste_faces
+from gfp.paste import PARSE_SIZE, parse_masks, paste_faces
 from gfp.precision import bf16_autocast, cpu_has_native_bf16
 from gfp.registry import ModelEntry
 from gfp.weights.errors import WeightsError
@@ -182,13 +182,14 @@ class Restorer:
     networks whose registry ``supports.precisions`` lists bf16: clean-architecture generators
     (:func:`gfp.registry.generator_supports`), the parser and the SRVGG backgrounds (None: where
     the CPU computes bf16 natively, see :func:`gfp.precision.cpu_has_native_bf16`; False: float32).
-    ``backend`` (None: env ``GFP_BACKEND``, else "auto") runs the generator in PyTorch ("torch") or
-    compiled by OpenVINO ("openvino", CPU only; "auto" picks it on a CPU when it is installed, see
-    :func:`gfp.devices.decide_backend`); a generator OpenVINO cannot convert runs in PyTorch, with a
-    warning; the other networks run in PyTorch (OpenVINO measured no faster for them). Device, precision
-    and backend are decided here, once, and passed to every network. Networks are cached by the file they
-    were loaded from, so "1.4", "v1.4" and "GFPGANv1.4.pth" share one copy. An optional model that cannot
-    be had is remembered (an offline machine does not retry the download on every request).
+    ``backend`` (None: env ``GFP_BACKEND``, else "auto") runs the generator and the face parser in PyTorch
+    ("torch") or converted for OpenVINO ("openvino", CPU only; "auto" picks it on a CPU when it is
+    installed, see :func:`gfp.devices.decide_backend`); a network OpenVINO cannot convert runs in PyTorch,
+    with a warning; the detector and backgrounds run in PyTorch (OpenVINO measured no faster for them).
+    Device, precision and backend are decided here, once, and passed to every network. Networks are cached
+    by the file they were loaded from, so "1.4", "v1.4" and "GFPGANv1.4.pth" share one copy. An optional
+    model that cannot be had is remembered (an offline machine does not retry the download on every
+    request).
     """
 
     def __init__(
@@ -271,7 +272,9 @@ class Restorer:
         net, config = self.generator(spec)
         bf16 = self._runs_bf16(registry.generator_supports(config))
         if self.backend == "openvino":
-            compiled = self._compiled_generator(str(self._resolve(spec).path), net, config, bf16)
+            example = torch.zeros(2, 3, config.out_size, config.out_size)  # only its layout matters
+            path = str(self._resolve(spec).path)
+            compiled = self._compiled(path, lambda: FacesOnly(net), example, bf16)
             if compiled is not None:
                 return compiled, config
         dtype = next(net.parameters()).dtype  # decided once, by the Restorer
@@ -282,23 +285,25 @@ class Restorer:
 
         return faces, config
 
-    def _compiled_generator(
-        self, path: str, net: nn.Module, config: GeneratorConfig, bf16: bool
+    def _compiled(
+        self, path: str, make: Callable[[], nn.Module], example: Tensor, bf16: bool
     ) -> nn.Module | None:
-        """The generator loaded from ``path`` compiled by OpenVINO for any batch (once; converted models are
-        cached on disk), or None when OpenVINO cannot convert it (remembered and warned once: the caller
-        runs it in PyTorch)."""
+        """The network ``make()`` (loaded from ``path``) converted for OpenVINO, for any batch of inputs
+        shaped like ``example`` (once; converted models are cached on disk), or None when OpenVINO cannot
+        convert it (remembered and warned once: the caller runs it in PyTorch)."""
 
         def build() -> nn.Module | None:
-            example = torch.zeros(2, 3, config.out_size, config.out_size)  # only its layout matters
+            name = Path(path).name
             try:
+                net = make()
                 return openvino.compile_network(
-                    FacesOnly(net), example, (0,), bf16=bf16, cache_dir=cache_dir(), name=Path(path).name
+                    net, example, (0,), bf16=bf16, cache_dir=cache_dir(), name=name
                 )
             except Exception as err:  # noqa: BLE001  (a foreign converter failed: use the reference path)
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                message = f"OpenVINO could not compile {Path(path).name} ({first}); it runs in PyTorch"
-                warnings.warn(message, stacklevel=4)
+                warnings.warn(
+                    f"OpenVINO could not compile {name} ({first}); it runs in PyTorch", stacklevel=4
+                )
                 return None
 
         return self._get(("openvino", path), build)
@@ -442,13 +447,20 @@ class Restorer:
         """(ParseNet masks, "parsenet"), or (None, "square") without a parser (noted when it was wanted)."""
         if options.use_parse is False or not restored:
             return None, "square"
-        parser = self.parser(required=options.use_parse is True)
-        run.lap("load")
-        if isinstance(parser, Unavailable):
-            run.notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
+        found = self.parser(required=options.use_parse is True)
+        if isinstance(found, Unavailable):
+            run.lap("load")
+            run.notes.append(found.note("face parser", "faces blended with the soft square mask instead"))
             return None, "square"
+        parser: nn.Module = found
+        bf16 = self._bf16_ok("parser", registry.DEFAULTS["parser"])
+        if self.backend == "openvino":
+            path = str(self._resolve(registry.DEFAULTS["parser"]).path)
+            example = torch.zeros(2, 3, PARSE_SIZE, PARSE_SIZE)
+            parser = self._compiled(path, lambda: found, example, bf16) or found
+        run.lap("load")
         run.report(0, len(restored), "parse")
-        with bf16_autocast(self._bf16_ok("parser", registry.DEFAULTS["parser"])):
+        with bf16_autocast(bf16):
             masks = parse_masks(parser, restored, self.batch_size(options))
         run.report(len(restored), len(restored), "parse")
         run.lap("parse")

@@ -252,3 +252,30 @@ def test_openvino_sends_no_usage_statistics(tmp_path: Path) -> None:
 
     assert run(convert) == ["openvino.tools.ovc.telemetry_stub"] * 2
     assert run(plain) == ["openvino_telemetry"]
+
+
+def test_restorer_runs_the_face_parser_in_openvino(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gfp.archs.parsenet import ParseNet
+    from gfp.pipeline import RunLog
+
+    torch.manual_seed(0)
+    torch.save(ParseNet().state_dict(), tmp_path / "parsing_parsenet.pth")
+    compiled: list[str] = []
+    real = openvino.compile_network
+
+    def spy(*args: object, **kwargs: object) -> openvino.OpenVINONetwork:
+        compiled.append(str(kwargs["name"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(openvino, "compile_network", spy)
+    rng = np.random.default_rng(0)
+    faces = [rng.integers(0, 256, (512, 512, 3), dtype=np.uint8) for _ in range(2)]
+    options = RestoreOptions(use_parse=True)
+    masks = {}
+    for backend in ("openvino", "torch"):
+        restorer = Restorer(tmp_path, device="cpu", backend=backend, bf16=False)
+        masks[backend], how = restorer.face_masks(faces, options, RunLog(None))
+        assert how == "parsenet"
+    assert compiled == ["parsing_parsenet.pth"]
+    for got, expected in zip(masks["openvino"], masks["torch"], strict=True):
+        assert np.abs(got - expected).max() < 1e-3
