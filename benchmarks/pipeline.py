@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,17 +46,23 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_ours(
-    photo: Path,
-    folder: Path,
-    out: Path,
-    upscale: float,
-    background: str | None,
-    backend: str = "auto",
-    warm: bool = False,
-) -> dict:
-    """Restore with gfp.pipeline; stage timings come from RestoreResult.timings. ``warm``: time a second
-    restore of the photo in the same process (networks loaded and run once), loading not counted."""
+@dataclass(frozen=True)
+class Job:
+    """One side's run: the photo, the weights folder, where the image goes, the settings both sides share,
+    our backend, and ``warm``: time a second restore of the photo in the same process (networks loaded and
+    run once), loading not counted."""
+
+    photo: Path
+    folder: Path
+    out: Path
+    upscale: float
+    background: str | None
+    backend: str = "auto"
+    warm: bool = False
+
+
+def run_ours(job: Job) -> dict:
+    """Restore with gfp.pipeline; stage timings come from RestoreResult.timings."""
     import cv2
     import torch
     from _official_pipeline import our_options
@@ -64,18 +71,18 @@ def run_ours(
 
     torch.set_grad_enabled(False)
     start = time.perf_counter()
-    restorer = Restorer(weights_dir=folder, device="cpu", backend=backend)
-    options = our_options(folder, upscale, background or False)
+    restorer = Restorer(weights_dir=job.folder, device="cpu", backend=job.backend)
+    options = our_options(job.folder, job.upscale, job.background or False)
     restorer.generator(options.version)
     restorer.detector(options.detector)
     restorer.parser()
     load = time.perf_counter() - start
-    img = cv2.imread(str(photo), cv2.IMREAD_COLOR)
-    if warm:
+    img = cv2.imread(str(job.photo), cv2.IMREAD_COLOR)
+    if job.warm:
         restorer.restore(img, options)
         load = 0.0
     result = restorer.restore(img, options)
-    cv2.imwrite(str(out), result.image)
+    cv2.imwrite(str(job.out), result.image)
     t = dict(result.timings)
     times = {s: t.get(s, 0.0) for s in STAGES}
     times["load"] += load
@@ -83,17 +90,8 @@ def run_ours(
     return {"faces": len(result.restored_faces), "times": times, "peak_mb": _peak_rss_mb()}
 
 
-def run_official(
-    photo: Path,
-    folder: Path,
-    out: Path,
-    upscale: float,
-    background: str | None,
-    backend: str = "",
-    warm: bool = False,
-) -> dict:
-    """Restore with the official GFPGANer.enhance; stages timed by wrapping its helper's methods.
-    ``warm`` as for :func:`run_ours`; ``backend`` is ours only and ignored here."""
+def run_official(job: Job) -> dict:
+    """Restore with the official GFPGANer.enhance; stages timed by wrapping its helper's methods."""
     import cv2
     import torch
     from _official_pipeline import official_restorer
@@ -101,7 +99,7 @@ def run_official(
     torch.set_grad_enabled(False)
     times = dict.fromkeys(STAGES, 0.0)
     start = time.perf_counter()
-    er = official_restorer(folder, upscale, background or False)
+    er = official_restorer(job.folder, job.upscale, job.background or False)
     times["load"] = time.perf_counter() - start
 
     def timed(obj: object, name: str, stage: str) -> None:
@@ -123,22 +121,22 @@ def run_official(
     timed(er.face_helper.face_parse, "forward", "parse")  # called inside paste
     if er.bg_upsampler is not None:
         timed(er.bg_upsampler, "enhance", "background")
-    img = cv2.imread(str(photo), cv2.IMREAD_COLOR)
-    if warm:
+    img = cv2.imread(str(job.photo), cv2.IMREAD_COLOR)
+    if job.warm:
         er.enhance(img, has_aligned=False, only_center_face=False, paste_back=True)
         times.update(dict.fromkeys(STAGES, 0.0))
     t0 = time.perf_counter()
     _, restored_faces, restored = er.enhance(img, has_aligned=False, only_center_face=False, paste_back=True)
     times["total"] = time.perf_counter() - t0 + times["load"]
     times["paste"] -= times["parse"]
-    cv2.imwrite(str(out), restored)
+    cv2.imwrite(str(job.out), restored)
     return {"faces": len(restored_faces), "times": times, "peak_mb": _peak_rss_mb()}
 
 
 def _side(args: argparse.Namespace) -> None:
     fn = run_ours if args.side == "ours" else run_official
     paths = Path(args.photo), Path(args.weights), Path(args.out)
-    result = fn(*paths, args.upscale, args.background, args.backend, args.warm)
+    result = fn(Job(*paths, args.upscale, args.background, args.backend, args.warm))
     print("RESULT " + json.dumps(result))
 
 

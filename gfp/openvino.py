@@ -1,10 +1,10 @@
-"""The OpenVINO backend: the generator compiled by OpenVINO for the CPU, used in place of its PyTorch module.
+"""The OpenVINO backend: networks compiled by OpenVINO for the CPU, used in place of their PyTorch modules.
 
 Optional (``pip install openvino``); the PyTorch path stays the reference. On a 2-core AVX512-BF16 CPU
-OpenVINO ran the GFPGAN v1.4 generator in 0.95-1.0 s per face where PyTorch's bf16 autocast took 1.79 s
-(it fuses the elementwise work around the convolutions into them). The other networks stay in PyTorch:
-the face parser ran in 1.71 s against 1.78 s, and the realesr-general-x4v3 background over a whole photo's
-tiles in 6.5 s (5.7 s when converted through TorchScript) against 6.0 s.
+OpenVINO ran the GFPGAN v1.4 generator in 0.95-1.0 s per face where PyTorch's bf16 autocast took 1.79 s,
+and the face parser in 1.13-1.18 s where PyTorch took 2.04 s (it fuses the elementwise work around the
+convolutions into them). The realesr-general-x4v3 background stays in PyTorch: a whole photo's tiles took
+6.5 s (5.7 s when converted through TorchScript) against 6.0 s.
 
 A network is converted once, through ``torch.export`` and ``openvino.convert_model`` (about 10 s for a
 full-size generator on 2 cores), and the converted model (OpenVINO IR, float32 weights) is kept under
