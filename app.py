@@ -36,7 +36,7 @@ import gfp  # noqa: F401  (installs the torchvision shim before anything imports
 from gfp import registry
 from gfp.devices import BACKENDS, select_device
 from gfp.imageio import ImageReadError, read_image, write_image
-from gfp.pipeline import RestoreOptions, Restorer
+from gfp.pipeline import RestoreOptions, Restorer, RunLog
 from gfp.video import VideoError, VideoOptions
 from gfp.video import restore_video as restore_video_file
 from gfp.weights.errors import WeightsError
@@ -827,14 +827,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def warm_up(restorer: Restorer, spec: str) -> threading.Thread:
-    """Load the default generator (and, with the OpenVINO backend, convert it: about 10 s the first time) in a
-    background thread while the server starts, so the first request does not wait for it. A request that
+    """Load the default generator and the face parser and run each once on a blank face, in a background
+    thread while the server starts, so the first request does not wait for that: with the OpenVINO backend
+    it converts them (about 15 s the first time) and compiles them for their input shape. A request that
     comes sooner waits on the same load (the Restorer loads each model once); a failure here is left for
     that request to report."""
 
     def run() -> None:
         with contextlib.suppress(Exception):  # the request that needs the model reports the error
-            restorer.face_network(spec)
+            options = RestoreOptions(version=spec)
+            size = restorer.face_network(spec)[1].out_size
+            restored = restorer.restore_faces([np.zeros((size, size, 3), np.uint8)], options)
+            restorer.face_masks(restored, options, RunLog(None))
 
     thread = threading.Thread(target=run, name="gfp-warm-up", daemon=True)
     thread.start()

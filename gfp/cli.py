@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default=None,
         choices=BACKENDS,
-        help="what runs the generator and background networks: auto (default, or $GFP_BACKEND): OpenVINO "
-        "on a CPU when installed, else PyTorch; torch; openvino (CPU; converts each model once, cached)",
+        help="what runs the generator and face parser: auto (default, or $GFP_BACKEND): OpenVINO on a CPU "
+        "when installed, else PyTorch; torch; openvino (CPU; converts each model once, cached)",
     )
     p.add_argument(
         "--fp32",

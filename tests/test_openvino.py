@@ -18,7 +18,7 @@ from _zoo_helpers import save_tiny_generator, tiny_config, tiny_generator
 from gfp import openvino
 from gfp.archs import FacesOnly
 from gfp.devices import decide_backend
-from gfp.pipeline import RestoreOptions, Restorer
+from gfp.pipeline import RestoreOptions, Restorer, RunLog
 
 pytestmark = [
     pytest.mark.usefixtures("offline"),
@@ -211,13 +211,16 @@ def test_cli_backend_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_app_warm_up_converts_the_default_generator_before_any_request(
+def test_app_warm_up_prepares_the_generator_and_parser_before_any_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import app
+    from gfp.archs.parsenet import ParseNet
 
     folder = save_tiny_generator(tmp_path / "tiny")
-    restorer = Restorer(device="cpu", backend="openvino")
+    torch.manual_seed(0)
+    torch.save(ParseNet().state_dict(), tmp_path / "parsing_parsenet.pth")
+    restorer = Restorer(tmp_path, device="cpu", backend="openvino")
     app.warm_up(restorer, str(folder)).join(timeout=120)
     app.warm_up(restorer, str(tmp_path / "missing")).join(timeout=30)  # fails quietly: requests report it
 
@@ -227,6 +230,11 @@ def test_app_warm_up_converts_the_default_generator_before_any_request(
     monkeypatch.setattr(openvino, "compile_network", no_compile)
     faces, _ = restorer.face_network(str(folder))
     assert isinstance(faces, openvino.OpenVINONetwork)
+    assert set(faces._compiled) == {(1, 3, 64, 64)}  # compiled for a one-face batch by its run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a conversion now would fail, warn, and so raise here
+        masks, how = restorer.face_masks([np.zeros((64, 64, 3), np.uint8)], RestoreOptions(), RunLog(None))
+    assert how == "parsenet" and masks is not None  # the parser was converted by the warm-up too
 
 
 def test_openvino_sends_no_usage_statistics(tmp_path: Path) -> None:
@@ -256,7 +264,6 @@ def test_openvino_sends_no_usage_statistics(tmp_path: Path) -> None:
 
 def test_restorer_runs_the_face_parser_in_openvino(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gfp.archs.parsenet import ParseNet
-    from gfp.pipeline import RunLog
 
     torch.manual_seed(0)
     torch.save(ParseNet().state_dict(), tmp_path / "parsing_parsenet.pth")
