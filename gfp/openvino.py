@@ -130,7 +130,10 @@ def compile_network(
     if cache_dir is not None:
         folder = Path(cache_dir) / SUBDIR / fingerprint(net, example, dynamic)
         if (folder / "model.xml").is_file():
-            model = _core().read_model(str(folder / "model.xml"))
+            try:
+                model = _core().read_model(str(folder / "model.xml"))
+            except RuntimeError:  # a damaged entry (OpenVINO raises RuntimeError): convert again, replace it
+                shutil.rmtree(folder, ignore_errors=True)
     if model is None:
         model = _convert(net, example, dynamic)
         if folder is not None:

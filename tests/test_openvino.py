@@ -112,6 +112,19 @@ def test_converted_once_then_loaded_from_the_cache(
         openvino.compile_network(FacesOnly(changed), example, (0,), cache_dir=tmp_path)
 
 
+def test_a_damaged_cache_entry_is_converted_again_and_replaced(tiny, tmp_path: Path) -> None:
+    net, size = tiny
+    example = torch.zeros(2, 3, size, size)
+    folder = tmp_path / openvino.SUBDIR / openvino.fingerprint(net, example, (0,))
+    folder.mkdir(parents=True)
+    (folder / "model.xml").write_text("<net><truncated")
+    compiled = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
+    x = _faces(1, size)
+    with torch.no_grad():
+        assert _rel(compiled(x), net(x)) < 1e-5
+    assert (folder / "model.bin").is_file() and "truncated" not in (folder / "model.xml").read_text()
+
+
 def test_fingerprint_follows_weights_layout_and_dynamic_dims(tiny) -> None:
     net, size = tiny
     example = torch.zeros(2, 3, size, size)
