@@ -186,7 +186,7 @@ class Restorer:
     ("torch") or converted for OpenVINO ("openvino", CPU only; "auto" picks it on a CPU when it is
     installed, see :func:`gfp.devices.decide_backend`); a network OpenVINO cannot convert runs in PyTorch,
     with a warning. The backgrounds stay in PyTorch (OpenVINO measured no faster for them), and so does the
-    detector (under 1 % of a photo's time).
+    detector (0.08-0.2 s of a 13-16 s photo in the benchmark).
     Device, precision and backend are decided here, once, and passed to every network. Networks are cached
     by the file they were loaded from, so "1.4", "v1.4" and "GFPGANv1.4.pth" share one copy. An optional
     model that cannot be had is remembered (an offline machine does not retry the download on every
