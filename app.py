@@ -253,6 +253,11 @@ class WeightsCheck:
     """Error messages of default optional models (background upsampler, face parser) that are replaced."""
 
 
+def default_model_spec(settings: AppSettings) -> str:
+    """The spec of the model the app offers first (the first ``--model``, else v1.4)."""
+    return next(iter(model_specs(settings.models).values()))
+
+
 def check_weights(settings: AppSettings) -> WeightsCheck:
     """Try to get the default model, detector, background upsampler and face parser weights.
 
@@ -260,7 +265,7 @@ def check_weights(settings: AppSettings) -> WeightsCheck:
     where: the messages come from :class:`gfp.weights.errors.WeightsNotFoundError`. Run by :func:`main`,
     so building the UI (tests) stays cheap.
     """
-    default_model = next(iter(model_specs(settings.models).values()))
+    default_model = default_model_spec(settings)
     background, may_fall_back = _background_defaults(settings, select_device(settings.device))
     optional_bg = background == may_fall_back
     wanted = [(default_model, False), (settings.detector, False)]
@@ -822,7 +827,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for message in weights.missing + weights.fallbacks:
         print(f"app.py: {message.splitlines()[0]}")
     if not weights.missing:
-        warm_up(restorer, next(iter(model_specs(settings.models).values())))
+        warm_up(restorer, default_model_spec(settings))
     launch(build_app(settings, restorer, weights), settings)
 
 

@@ -153,6 +153,8 @@ def _spawn(side: str, photo: Path, folder: Path, out: Path, args: argparse.Names
 
 
 def main() -> None:
+    from gfp.devices import BACKENDS, decide_backend
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--photos", nargs="*", default=list(DEFAULT_PHOTOS), help="photo file names in shared data"
@@ -169,7 +171,7 @@ def main() -> None:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "torch", "openvino"],
+        choices=BACKENDS,
         help="our backend (default auto: what users get; OpenVINO on a CPU when installed)",
     )
     p.add_argument(
@@ -196,8 +198,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gfp-bench-"))
     folder = make_weights(work / "weights", data)
     import torch
-
-    from gfp.devices import decide_backend
 
     bg = args.background or "Lanczos"
     backend = decide_backend(torch.device("cpu"), args.backend)

@@ -59,7 +59,7 @@ BACKEND_ENV = "GFP_BACKEND"
 
 
 def decide_backend(device: torch.device, requested: str | None = None) -> str:
-    """What runs the generator and the background networks: "torch" or "openvino".
+    """What runs the generator and the face parser: "torch" or "openvino".
 
     ``requested`` None reads env ``GFP_BACKEND`` (default "auto"). "auto" is OpenVINO on a CPU when the
     ``openvino`` package is installed (it measured faster there, see :mod:`gfp.openvino`), else PyTorch.

@@ -273,9 +273,8 @@ class Restorer:
         net, config = self.generator(spec)
         bf16 = self._runs_bf16(registry.generator_supports(config))
         if self.backend == "openvino":
-            example = torch.zeros(2, 3, config.out_size, config.out_size)  # only its layout matters
             path = str(self._resolve(spec).path)
-            compiled = self._compiled(path, lambda: FacesOnly(net), example, bf16)
+            compiled = self._compiled(path, lambda: FacesOnly(net), config.out_size, bf16)
             if compiled is not None:
                 return compiled, config
         dtype = next(net.parameters()).dtype  # decided once, by the Restorer
@@ -286,15 +285,14 @@ class Restorer:
 
         return faces, config
 
-    def _compiled(
-        self, path: str, make: Callable[[], nn.Module], example: Tensor, bf16: bool
-    ) -> nn.Module | None:
-        """The network ``make()`` (loaded from ``path``) converted for OpenVINO, for any batch of inputs
-        shaped like ``example`` (once; converted models are cached on disk), or None when OpenVINO cannot
-        convert it (remembered and warned once: the caller runs it in PyTorch)."""
+    def _compiled(self, path: str, make: Callable[[], nn.Module], size: int, bf16: bool) -> nn.Module | None:
+        """The network ``make()`` (loaded from ``path``) converted for OpenVINO, for any batch of RGB
+        ``size``² images (once; converted models are cached on disk), or None when OpenVINO cannot convert it
+        (remembered and warned once: the caller runs it in PyTorch). After the first call this is a lookup."""
 
         def build() -> nn.Module | None:
             name = Path(path).name
+            example = torch.zeros(2, 3, size, size)  # only its layout matters
             try:
                 net = make()
                 return openvino.compile_network(
@@ -457,8 +455,7 @@ class Restorer:
         bf16 = self._bf16_ok("parser", registry.DEFAULTS["parser"])
         if self.backend == "openvino":
             path = str(self._resolve(registry.DEFAULTS["parser"]).path)
-            example = torch.zeros(2, 3, PARSE_SIZE, PARSE_SIZE)
-            parser = self._compiled(path, lambda: found, example, bf16) or found
+            parser = self._compiled(path, lambda: found, PARSE_SIZE, bf16) or found
         run.lap("load")
         run.report(0, len(restored), "parse")
         with bf16_autocast(bf16):
