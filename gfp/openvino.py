@@ -33,8 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# Bump when the conversion changes (wrappers, export options): older cached models are then not reused.
-FORMAT = 1
+# Bump when the conversion or a converted network's forward changes (the fingerprint sees only structure and
+# weights): older cached models are then not reused.
+FORMAT = 2
 SUBDIR = "openvino"
 MAX_SHAPES = 2
 """Input shapes an :class:`OpenVINONetwork` compiles for exactly; others share one compilation."""
