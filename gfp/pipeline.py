@@ -296,7 +296,7 @@ class Restorer:
             try:
                 net = make()
                 return openvino.compile_network(
-                    net, example, (0,), bf16=bf16, cache_dir=cache_dir(), name=name
+                    net, example, (0,), bf16=bf16, cache_dir=cache_dir(), name=name, source=path
                 )
             except Exception as err:  # noqa: BLE001  (a foreign converter failed: use the reference path)
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]

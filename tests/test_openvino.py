@@ -6,6 +6,7 @@ tests/test_parity_pipeline.py.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from pathlib import Path
@@ -138,6 +139,28 @@ def test_fingerprint_follows_weights_layout_and_dynamic_dims(tiny) -> None:
     assert openvino.fingerprint(other, example, (0,)) != base
 
 
+def test_fingerprint_of_a_weight_file_follows_the_file_not_a_hash_of_the_weights(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net, size = tiny
+    example = torch.zeros(2, 3, size, size)
+    source = tmp_path / "weights.pth"
+    source.write_bytes(b"first version")
+    by_file = openvino.fingerprint(net, example, (0,), source)
+    assert by_file != openvino.fingerprint(net, example, (0,))
+
+    def no_weights() -> None:
+        raise AssertionError("hashed the weights although their file was given")
+
+    monkeypatch.setattr(net, "state_dict", no_weights)
+    assert openvino.fingerprint(net, example, (0,), source) == by_file
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(source.read_bytes())
+    assert openvino.fingerprint(net, example, (0,), copy) != by_file  # another path, its own entry
+    source.write_bytes(b"second version")  # rewritten: new size and modification time, a new entry
+    assert openvino.fingerprint(net, example, (0,), source) != by_file
+
+
 def test_an_unwritable_cache_only_costs_a_conversion(tiny, tmp_path: Path) -> None:
     net, size = tiny
     blocker = tmp_path / "file"
@@ -183,7 +206,14 @@ def test_restorer_runs_the_generator_in_openvino(tmp_path: Path) -> None:
     faces, _ = ov.face_network(options.version)
     assert isinstance(faces, openvino.OpenVINONetwork)
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
-    assert list((tmp_path / "cache" / openvino.SUBDIR).glob("*/model.xml"))  # in the gfp cache
+    # in the gfp cache, named by the weight file (its weights are not hashed in every new process)
+    net, config = ov.generator(options.version)
+    example = torch.zeros(2, 3, config.out_size, config.out_size)
+    entry = openvino.fingerprint(FacesOnly(net), example, (0,), folder)
+    assert (tmp_path / "cache" / openvino.SUBDIR / entry / "model.xml").is_file()
+    weights = folder / "model.safetensors"  # rewritten in place: the folder's own time does not change
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    assert openvino.fingerprint(FacesOnly(net), example, (0,), folder) != entry
 
 
 def test_a_network_openvino_cannot_convert_runs_in_pytorch(
