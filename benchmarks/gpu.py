@@ -6,6 +6,9 @@
    strict float32 (TF32 off), on the aligned faces of the shared data (faces/lq) when present, clamped to
    [-1, 1] as the pipeline does. Peak CUDA memory per row. Full-size v1.4 layout, seeded random weights
    (speed does not depend on the values), identical on both sides.
+   With ``--variants``, the fastest precision that holds (fp16 on CUDA, bf16 on a CPU) is also timed in
+   channels-last memory format and under ``torch.compile`` (each with its dB), at --variant-batches: the
+   levers for the 600 faces/s target. ``--profile`` prints the kernels that take the time of one batch.
 2. Whole photos: photos/s of our ``Restorer`` (fp32, and fp16 on CUDA) and of the official
    ``GFPGANer.enhance`` on the same photos, weights and background network (tests/_official_pipeline.py),
    with the PSNR of each of ours against the official image.
@@ -13,6 +16,7 @@
     python benchmarks/gpu.py                                   # cuda if available, else cpu
     python benchmarks/gpu.py --batches 1 8 64 --repeat 5 --json gpu.json
     python benchmarks/gpu.py --device cpu --batches 1 --photos codeformer_04.jpg --background none
+    python benchmarks/gpu.py --variants channels_last compile --profile --skip photos
 
 Times are medians of --repeat runs after one warm-up. On a shared machine they are not results.
 """
@@ -172,7 +176,92 @@ def bench_generator(args: argparse.Namespace, device: torch.device) -> list[dict
             rows.append(row | {"peak_mib": peak, "db_vs_fp32": costs[name]})
             print(f"{name:15} {batch:>5} {seconds:9.4f} {batch / seconds:9.2f} {peak:9.0f}")
             sys.stdout.flush()
+    if args.variants:
+        rows += bench_variants(args, device, ours, half, faces, ref)
+    if args.profile:
+        fastest = "ours fp16" if "ours fp16" in runners else "ours bf16"
+        profile_generator(args, device, runners[fastest], faces)
     return rows
+
+
+VARIANTS = ("channels_last", "compile")
+
+
+def _variant_runners(
+    args: argparse.Namespace, ours: torch.nn.Module, half: torch.nn.Module | None
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The fastest precision that holds (fp16 weights on CUDA, else bf16 autocast) with each asked-for
+    lever: channels-last memory format, then that network under ``torch.compile``."""
+    import copy
+
+    from gfp.precision import generator_forward
+
+    net, tag = (copy.deepcopy(half), "fp16") if half is not None else (copy.deepcopy(ours), "bf16")
+    bf16 = half is None
+    fmt = torch.contiguous_format
+
+    def forward(net: torch.nn.Module, fmt: torch.memory_format) -> Callable[[torch.Tensor], torch.Tensor]:
+        dtype = next(net.parameters()).dtype
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return generator_forward(net, x.to(dtype=dtype, memory_format=fmt), bf16=bf16)
+
+        return run
+
+    runners = {}
+    if "channels_last" in args.variants:
+        tag, fmt = f"{tag} CL", torch.channels_last
+        for tensor in [*net.parameters(), *net.buffers()]:  # 4-D ones: the modulated weights are 5-D
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=fmt)
+        runners[f"ours {tag}"] = forward(net, fmt)
+    if "compile" in args.variants:
+        compiled = torch.compile(net, mode=args.compile_mode, dynamic=False)
+        runners[f"ours {tag} compiled"] = forward(compiled, fmt)
+    return runners
+
+
+def bench_variants(args: argparse.Namespace, device: torch.device, ours, half, faces, ref) -> list[dict]:
+    """faces/s at --variant-batches and dB against strict fp32 (on the batch's first faces) of each lever
+    of _variant_runners. The first call of each batch size is untimed; for a compiled network it compiles
+    (printed)."""
+    runners = _variant_runners(args, ours, half)
+    print(f"\nlevers (torch.compile mode {args.compile_mode!r}; first call untimed)")
+    print(f"{'generator':24} {'batch':>5} {'s/batch':>9} {'faces/s':>9} {'dB':>6} {'1st call s':>10}")
+    rows = []
+    for name, run in runners.items():
+        for batch in args.variant_batches:
+            x = faces[torch.arange(batch) % len(faces)]
+            with torch.inference_mode():
+                start = time.perf_counter()
+                out = run(x)[: len(faces)].float()
+                _sync(device)
+                first = time.perf_counter() - start
+                seconds = _median_time(lambda x=x, run=run: run(x), args.repeat, device)
+            db = _psnr_db(out, ref[: len(out)])
+            rows.append({"net": name, "batch": batch, "seconds": seconds, "faces_per_s": batch / seconds})
+            rows[-1] |= {"db_vs_fp32": db, "first_call_s": first}
+            print(f"{name:24} {batch:>5} {seconds:9.4f} {batch / seconds:9.2f} {db:6.1f} {first:10.1f}")
+            sys.stdout.flush()
+    return rows
+
+
+def profile_generator(args: argparse.Namespace, device: torch.device, run, faces: torch.Tensor) -> str:
+    """The operators and kernels that take the time of one batch of ``args.profile_batch`` faces."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = faces[torch.arange(args.profile_batch) % len(faces)]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode():
+        run(x)
+        _sync(device)
+        with profile(activities=activities) as prof:
+            run(x)
+            _sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=args.profile_rows)
+    print(f"\nprofile of one batch of {args.profile_batch} ({key}):\n{table}")
+    return table
 
 
 def bench_photos(args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -251,6 +340,12 @@ def main() -> None:
         help="background network on both sides (default: %(default)s, the official Space's)",
     )
     p.add_argument("--upscale", type=float, default=2)
+    p.add_argument("--variants", nargs="*", choices=VARIANTS, default=[], help="levers to time (see above)")
+    p.add_argument("--variant-batches", type=int, nargs="+", default=[16, 64], help="their batch sizes")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode (default: %(default)s)")
+    p.add_argument("--profile", action="store_true", help="print the kernels that take a batch's time")
+    p.add_argument("--profile-batch", type=int, default=16, help="batch size profiled (default: %(default)s)")
+    p.add_argument("--profile-rows", type=int, default=25, help="rows of the profile table")
     p.add_argument("--skip", choices=["generator", "photos"], nargs="*", default=[], help="parts to skip")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
