@@ -8,9 +8,9 @@ convolutions into them). The realesr-general-x4v3 background stays in PyTorch: a
 
 A network is converted once, through ``torch.export`` and ``openvino.convert_model`` (about 10 s for a
 full-size generator on 2 cores), and the converted model (OpenVINO IR, float32 weights) is kept under
-``<cache>/openvino/<fingerprint>/``. The fingerprint hashes the module's structure, its weights (or the
-path, size and modification time of the file they were loaded from), the input layout and the OpenVINO and
-PyTorch versions, so changed weights or a new release convert again and never reuse a stale model. Loading
+``<cache>/openvino/<fingerprint>/``. The fingerprint hashes the module's structure, its weights (remembered
+per weight file, by its path, size and modification time), the input layout and the OpenVINO and PyTorch
+versions, so changed weights or a new release convert again and never reuse a stale model. Loading
 a cached model takes well under a second. Precision is chosen when compiling: bf16 where the caller says
 the network runs well in it on a bf16 CPU, else float32. OpenVINO is imported with its usage statistics
 (sent by default on import and on each conversion) turned off: see :func:`_openvino`.
@@ -95,23 +95,9 @@ class OpenVINONetwork(nn.Module):
         return f"{self.name!r}, OpenVINO"
 
 
-def fingerprint(
-    net: nn.Module, example: Tensor, dynamic: Sequence[int], source: str | os.PathLike[str] | None = None
-) -> str:
-    """A hex digest naming the converted model: structure, input layout, library versions and weights.
-
-    The weights are hashed, or, given ``source``, the file (or published-format folder) ``net`` was loaded
-    from unchanged, stand for it by the path, size and modification time of each file: hashing a
-    generator's and a parser's 430 MB took 0.33 s of every new process, and a rewritten file gets a new
-    modification time.
-    """
-    openvino = _openvino()
-    h = hashlib.sha256()
-    versions = (FORMAT, openvino.__version__, torch.__version__)
-    h.update(repr((versions, repr(net), tuple(example.shape), sorted(dynamic))).encode())
-    if source is not None:
-        h.update(repr([(path, *_size_and_time(path)) for path in _files(source)]).encode())
-        return h.hexdigest()[:32]
+def fingerprint(net: nn.Module, example: Tensor, dynamic: Sequence[int]) -> str:
+    """A hex digest naming the converted model: structure, weights, input layout, library versions."""
+    h = _header(net, example, dynamic)
     for key, value in net.state_dict().items():
         tensor = value.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
@@ -119,15 +105,44 @@ def fingerprint(
     return h.hexdigest()[:32]
 
 
-def _files(source: str | os.PathLike[str]) -> list[str]:
-    """``source`` as absolute paths: the file, or the files of the folder."""
+def _header(net: nn.Module, example: Tensor, dynamic: Sequence[int]) -> Any:
+    """A sha256 fed with everything but the weights: format, library versions, structure, input layout."""
+    h = hashlib.sha256()
+    versions = (FORMAT, _openvino().__version__, torch.__version__)
+    h.update(repr((versions, repr(net), tuple(example.shape), sorted(dynamic))).encode())
+    return h
+
+
+def _cached_fingerprint(
+    net: nn.Module, example: Tensor, dynamic: Sequence[int], cache: Path, source: str | os.PathLike[str]
+) -> str:
+    """:func:`fingerprint`, remembered in ``cache`` for the weight file (or published folder) ``source``
+    that ``net`` was loaded from unchanged, by the path, size and modification time of each of its files.
+
+    Hashing a generator's and a parser's 430 MB took 0.33 s of every new process; a rewritten file gets a
+    new modification time, so it is hashed again. Models stay named by their weights, so copies of the
+    same weights at other paths share one converted model.
+    """
     path = os.path.abspath(source)
-    return sorted(e.path for e in os.scandir(path) if e.is_file()) if os.path.isdir(path) else [path]
-
-
-def _size_and_time(path: str) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns
+    files = sorted(e.path for e in os.scandir(path) if e.is_file()) if os.path.isdir(path) else [path]
+    h = _header(net, example, dynamic)
+    h.update(repr([(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]).encode())
+    memo = cache / "files" / h.hexdigest()[:32]
+    try:
+        remembered = memo.read_text(encoding="ascii").strip()
+        if len(remembered) == 32 and all(c in "0123456789abcdef" for c in remembered):
+            return remembered
+    except (OSError, ValueError):
+        pass  # not remembered yet, or unreadable: hash the weights
+    digest = fingerprint(net, example, dynamic)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}")
+        tmp.write_text(digest, encoding="ascii")
+        os.replace(tmp, memo)
+    except OSError:
+        pass  # an unwritable cache: hashed again next time
+    return digest
 
 
 def compile_network(
@@ -146,14 +161,20 @@ def compile_network(
     ``example`` is an input of the right layout; the dimensions listed in ``dynamic`` may vary between
     calls (give the example a size above 1 in each). ``bf16`` computes in bfloat16 (only where the CPU does
     natively; the caller decides), else float32. ``cache_dir`` keeps converted models (None: convert every
-    time), named by :func:`fingerprint` (with ``source``, the weight file ``net`` was loaded from).
+    time), named by :func:`fingerprint`; ``source``, the weight file or published folder ``net`` was
+    loaded from unchanged, lets a new process skip hashing the weights (see :func:`_cached_fingerprint`).
     ``threads`` defaults to PyTorch's intra-op thread count, so both backends use the same cores.
     Compiling happens on the first call of each input shape (see :class:`OpenVINONetwork`).
     """
     model = None
     folder = None
     if cache_dir is not None:
-        folder = Path(cache_dir) / SUBDIR / fingerprint(net, example, dynamic, source)
+        cache = Path(cache_dir) / SUBDIR
+        if source is None:
+            name = fingerprint(net, example, dynamic)
+        else:
+            name = _cached_fingerprint(net, example, dynamic, cache, source)
+        folder = cache / name
         if (folder / "model.xml").is_file():
             try:
                 model = _core().read_model(str(folder / "model.xml"))

@@ -139,26 +139,49 @@ def test_fingerprint_follows_weights_layout_and_dynamic_dims(tiny) -> None:
     assert openvino.fingerprint(other, example, (0,)) != base
 
 
-def test_fingerprint_of_a_weight_file_follows_the_file_not_a_hash_of_the_weights(
+def test_a_weight_file_is_hashed_once_and_then_known_by_its_path_size_and_time(
     tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     net, size = tiny
     example = torch.zeros(2, 3, size, size)
+    cache = tmp_path / "cache"
     source = tmp_path / "weights.pth"
     source.write_bytes(b"first version")
-    by_file = openvino.fingerprint(net, example, (0,), source)
-    assert by_file != openvino.fingerprint(net, example, (0,))
+    first = openvino.compile_network(net, example, (0,), cache_dir=cache, source=source)
+    entry = cache / openvino.SUBDIR / openvino.fingerprint(net, example, (0,))
+    assert (entry / "model.xml").is_file()  # named by the weights, as without a source
 
-    def no_weights() -> None:
-        raise AssertionError("hashed the weights although their file was given")
+    hashed = []
+    state_dict = net.state_dict
+    monkeypatch.setattr(net, "state_dict", lambda: hashed.append(1) or state_dict())
+    monkeypatch.setattr(openvino, "_convert", lambda *a: pytest.fail("converted again"))
+    second = openvino.compile_network(net, example, (0,), cache_dir=cache, source=source)
+    assert not hashed  # known by the file
+    x = _faces(1, size)
+    assert torch.equal(first(x), second(x))
 
-    monkeypatch.setattr(net, "state_dict", no_weights)
-    assert openvino.fingerprint(net, example, (0,), source) == by_file
-    copy = tmp_path / "copy.pth"
+    copy = tmp_path / "copy.pth"  # the same weights elsewhere: hashed, and the same model found
     copy.write_bytes(source.read_bytes())
-    assert openvino.fingerprint(net, example, (0,), copy) != by_file  # another path, its own entry
-    source.write_bytes(b"second version")  # rewritten: new size and modification time, a new entry
-    assert openvino.fingerprint(net, example, (0,), source) != by_file
+    openvino.compile_network(net, example, (0,), cache_dir=cache, source=copy)
+    assert len(hashed) == 1
+    stat = source.stat()  # rewritten in place, same size: a new modification time, hashed again
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    openvino.compile_network(net, example, (0,), cache_dir=cache, source=source)
+    assert len(hashed) == 2
+    folder = tmp_path / "published"  # a published-format folder: any of its files rewritten counts
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    openvino.compile_network(net, example, (0,), cache_dir=cache, source=folder)
+    weights = (folder / "model.safetensors").stat()
+    os.utime(folder / "model.safetensors", ns=(weights.st_atime_ns, weights.st_mtime_ns + 1))
+    openvino.compile_network(net, example, (0,), cache_dir=cache, source=folder)
+    assert len(hashed) == 4
+    for memo in (cache / openvino.SUBDIR / "files").iterdir():  # a damaged memo: hashed again
+        memo.write_text("../../elsewhere")
+    openvino.compile_network(net, example, (0,), cache_dir=cache, source=source)
+    assert len(hashed) == 5
+    assert sorted(p.name for p in (cache / openvino.SUBDIR).iterdir()) == sorted(["files", entry.name])
 
 
 def test_an_unwritable_cache_only_costs_a_conversion(tiny, tmp_path: Path) -> None:
@@ -206,14 +229,12 @@ def test_restorer_runs_the_generator_in_openvino(tmp_path: Path) -> None:
     faces, _ = ov.face_network(options.version)
     assert isinstance(faces, openvino.OpenVINONetwork)
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
-    # in the gfp cache, named by the weight file (its weights are not hashed in every new process)
+    # in the gfp cache; the weight file is remembered, so a new process does not hash its weights again
     net, config = ov.generator(options.version)
     example = torch.zeros(2, 3, config.out_size, config.out_size)
-    entry = openvino.fingerprint(FacesOnly(net), example, (0,), folder)
+    entry = openvino.fingerprint(FacesOnly(net), example, (0,))
     assert (tmp_path / "cache" / openvino.SUBDIR / entry / "model.xml").is_file()
-    weights = folder / "model.safetensors"  # rewritten in place: the folder's own time does not change
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
-    assert openvino.fingerprint(FacesOnly(net), example, (0,), folder) != entry
+    assert len(list((tmp_path / "cache" / openvino.SUBDIR / "files").iterdir())) == 1  # its file is known
 
 
 def test_a_network_openvino_cannot_convert_runs_in_pytorch(
