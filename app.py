@@ -732,7 +732,6 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
                 only_center_face=bool(only_center_face),
                 strength=strength,
                 detector=detector,
-                batch_size=8 if on_gpu else None,  # None: the Restorer's CPU choice (1)
             )
             video_options = VideoOptions(
                 smooth=bool(smooth), max_seconds=limits.max_seconds, max_pixels=limits.max_pixels
