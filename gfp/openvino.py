@@ -171,10 +171,10 @@ def compile_network(
     if cache_dir is not None:
         cache = Path(cache_dir) / SUBDIR
         if source is None:
-            name = fingerprint(net, example, dynamic)
+            entry = fingerprint(net, example, dynamic)
         else:
-            name = _cached_fingerprint(net, example, dynamic, cache, source)
-        folder = cache / name
+            entry = _cached_fingerprint(net, example, dynamic, cache, source)
+        folder = cache / entry
         if (folder / "model.xml").is_file():
             try:
                 model = _core().read_model(str(folder / "model.xml"))

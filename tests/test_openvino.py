@@ -228,6 +228,7 @@ def test_restorer_runs_the_generator_in_openvino(tmp_path: Path) -> None:
     expected = reference.restore(face, options).restored_faces[0]
     faces, _ = ov.face_network(options.version)
     assert isinstance(faces, openvino.OpenVINONetwork)
+    assert faces.name == folder.name  # named after its weights in messages and repr
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     # in the gfp cache; the weight file is remembered, so a new process does not hash its weights again
     net, config = ov.generator(options.version)
