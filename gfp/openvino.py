@@ -192,12 +192,17 @@ def compile_network(
     return OpenVINONetwork(model, config, name or type(net).__name__)
 
 
+_CONVERT_LOCK = threading.Lock()
+"""``torch.export`` is not thread-safe: two conversions at once failed in its fake-tensor tracing."""
+
+
 def _convert(net: nn.Module, example: Tensor, dynamic: Sequence[int]) -> Any:
-    """``torch.export`` (symbolic sizes in the ``dynamic`` dimensions), then ``openvino.convert_model``."""
+    """``torch.export`` (symbolic sizes in the ``dynamic`` dimensions), then ``openvino.convert_model``; one
+    conversion at a time in a process."""
     openvino = _openvino()
     shape = {d: torch.export.Dim.AUTO for d in dynamic}
     # An enclosing autocast would be recorded into the graph as casts: precision is OpenVINO's to choose.
-    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+    with _CONVERT_LOCK, torch.no_grad(), torch.autocast("cpu", enabled=False):
         program = torch.export.export(net.eval(), (example,), dynamic_shapes=(shape,))
         return openvino.convert_model(program)  # it re-traces the program: also without autocast
 

@@ -213,6 +213,31 @@ def test_one_compiled_network_serves_threads(tiny, tmp_path: Path) -> None:
     assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
 
 
+def test_networks_converted_in_parallel_threads(tmp_path: Path) -> None:
+    size = tiny_config().out_size
+    nets = [FacesOnly(tiny_generator(tiny_config(), seed=seed)) for seed in range(3)]
+    got: dict[int, object] = {}
+
+    def convert(i: int) -> None:
+        try:
+            got[i] = openvino.compile_network(
+                nets[i], torch.zeros(2, 3, size, size), (0,), cache_dir=tmp_path
+            )
+        except Exception as err:  # noqa: BLE001  (reported by the assertion below)
+            got[i] = err
+
+    threads = [threading.Thread(target=convert, args=(i,)) for i in range(len(nets))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    x = _faces(1, size)
+    for i, net in enumerate(nets):
+        assert isinstance(got[i], openvino.OpenVINONetwork), got[i]
+        with torch.no_grad():
+            assert _rel(got[i](x), net(x)) < 1e-5
+
+
 def _aligned_face(size: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
