@@ -73,9 +73,7 @@ def run_ours(job: Job) -> dict:
     start = time.perf_counter()
     restorer = Restorer(weights_dir=job.folder, device="cpu", backend=job.backend)
     options = our_options(job.folder, job.upscale, job.background or False)
-    restorer.generator(options.version)
-    restorer.detector(options.detector)
-    restorer.parser()
+    restorer.prepare(options)  # as the CLI does: in the background, beside reading and detecting
     load = time.perf_counter() - start
     img = cv2.imread(str(job.photo), cv2.IMREAD_COLOR)
     if job.warm:

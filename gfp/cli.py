@@ -235,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not inputs:
         parser.error(f"input folder {args.input!r} holds no files")
 
+    restorer.prepare(options)  # the networks load and compile while the first file is read and searched
     output = Path(args.output)
     failed: list[Path] = []
     noted: set[str] = set()

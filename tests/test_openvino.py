@@ -20,6 +20,7 @@ from gfp import openvino
 from gfp.archs import FacesOnly
 from gfp.devices import decide_backend
 from gfp.pipeline import RestoreOptions, Restorer, RunLog
+from gfp.weights.errors import WeightsError
 
 pytestmark = [
     pytest.mark.usefixtures("offline"),
@@ -238,6 +239,41 @@ def test_networks_converted_in_parallel_threads(tmp_path: Path) -> None:
             assert _rel(got[i](x), net(x)) < 1e-5
 
 
+class _CountingCore:
+    """Stands in for the process's OpenVINO Core and counts compilations."""
+
+    def __init__(self, core: object) -> None:
+        self.core, self.compiled = core, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.core, name)
+
+    def compile_model(self, *args: object) -> object:
+        self.compiled += 1
+        return self.core.compile_model(*args)
+
+
+@pytest.fixture
+def counting_core(monkeypatch: pytest.MonkeyPatch) -> _CountingCore:
+    core = _CountingCore(openvino._core())
+    monkeypatch.setattr(openvino, "_core", lambda: core)
+    return core
+
+
+def test_prepare_compiles_for_a_shape_before_its_first_call(tiny, tmp_path: Path, counting_core) -> None:
+    net, size = tiny
+    compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=tmp_path)
+    assert counting_core.compiled == 0  # compiling waits for a shape
+    compiled.prepare((1, 3, size, size))
+    assert counting_core.compiled == 1
+    x = _faces(1, size)
+    with torch.no_grad():
+        assert _rel(compiled(x), net(x)) < 1e-5
+    assert counting_core.compiled == 1  # the call used the prepared compilation
+    compiled(_faces(3, size))
+    assert counting_core.compiled == 2
+
+
 def _aligned_face(size: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -282,6 +318,61 @@ def test_a_network_openvino_cannot_convert_runs_in_pytorch(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the failure is remembered: no second attempt, no second warning
         restorer.restore(face, options)
+
+
+def test_restorer_prepares_generator_and_parser_in_parallel_threads(
+    tmp_path: Path, counting_core: _CountingCore
+) -> None:
+    from gfp.archs.parsenet import ParseNet
+
+    torch.manual_seed(0)
+    torch.save(ParseNet().state_dict(), tmp_path / "parsing_parsenet.pth")
+    folder = save_tiny_generator(tmp_path / "tiny")
+    restorer = Restorer(tmp_path, device="cpu", backend="openvino", bf16=False)
+    options = RestoreOptions(version=str(folder), use_parse=True)
+    threads = restorer.prepare(options)
+    assert len(threads) == 2
+    for thread in threads:
+        thread.join()
+    assert counting_core.compiled == 2  # the generator and the parser, each for one face
+    size = tiny_config().out_size
+    restored = restorer.restore_faces([_aligned_face(size)], options)
+    masks, how = restorer.face_masks(restored, options, RunLog(None))
+    assert how == "parsenet" and len(masks) == 1
+    assert counting_core.compiled == 2  # the first face used both prepared compilations
+    aligned = RestoreOptions(version=str(folder), aligned=True)
+    assert len(restorer.prepare(aligned)) == 1  # aligned faces are not pasted: no parser
+
+
+def test_prepare_leaves_errors_to_the_call_that_needs_the_network(tmp_path: Path) -> None:
+    restorer = Restorer(tmp_path, device="cpu", backend="openvino")
+    options = RestoreOptions(version=str(tmp_path / "missing.pth"), use_parse=True)
+    for thread in restorer.prepare(options):
+        thread.join()  # nothing raised in the threads (an exception there would be printed, not lost)
+    with pytest.raises(WeightsError):
+        restorer.face_network(options.version)
+
+
+def test_cli_prepares_the_networks_before_the_first_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cv2
+
+    from gfp.cli import main
+
+    folder = save_tiny_generator(tmp_path / "tiny")
+    cv2.imwrite(str(tmp_path / "face.png"), _aligned_face(tiny_config().out_size))
+    calls = []
+    real = Restorer.prepare
+
+    def spy(self: Restorer, options: RestoreOptions) -> list[threading.Thread]:
+        calls.append(options.version)
+        return real(self, options)
+
+    monkeypatch.setattr(Restorer, "prepare", spy)
+    args = ["-i", str(tmp_path / "face.png"), "-o", str(tmp_path / "out"), "--aligned", "-v", str(folder)]
+    assert main([*args, "-s", "1", "--device", "cpu", "--backend", "openvino"]) == 0
+    assert calls == [str(folder)]
 
 
 def test_cli_backend_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
