@@ -10,10 +10,10 @@ A network is converted once, through ``torch.export`` and ``openvino.convert_mod
 full-size generator on 2 cores), and the converted model (OpenVINO IR, float32 weights) is kept under
 ``<cache>/openvino/<fingerprint>/``. The fingerprint hashes the module's structure, its weights (remembered
 per weight file, by its path, size and modification time), the input layout and the OpenVINO and PyTorch
-versions, so changed weights or a new release convert again and never reuse a stale model. Loading
-a cached model takes well under a second. Precision is chosen when compiling: bf16 where the caller says
-the network runs well in it on a bf16 CPU, else float32. OpenVINO is imported with its usage statistics
-(sent by default on import and on each conversion) turned off: see :func:`_openvino`.
+versions, so changed weights or a new release convert again and never reuse a stale model. Loading a
+cached model takes well under a second. Precision is chosen when compiling: bf16 where the caller says the
+network runs well in it on a bf16 CPU, else float32. OpenVINO is imported with its usage statistics (sent
+by default on import and on each conversion) turned off: see :func:`_openvino`.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def _cached_fingerprint(
     path = os.path.abspath(source)
     files = sorted(e.path for e in os.scandir(path) if e.is_file()) if os.path.isdir(path) else [path]
     h = _header(net, example, dynamic)
-    h.update(repr([(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]).encode())
+    h.update(repr([(f, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]]).encode())
     memo = cache / "files" / h.hexdigest()[:32]
     try:
         remembered = memo.read_text(encoding="ascii").strip()
@@ -142,13 +142,13 @@ def _cached_fingerprint(
     except (OSError, ValueError):
         pass  # not remembered yet, or unreadable: hash the weights
     digest = fingerprint(net, example, dynamic)
+    tmp = memo.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}")
         tmp.write_text(digest, encoding="ascii")
         os.replace(tmp, memo)
-    except OSError:
-        pass  # an unwritable cache: hashed again next time
+    except OSError:  # an unwritable cache: hashed again next time
+        tmp.unlink(missing_ok=True)
     return digest
 
 
