@@ -258,7 +258,7 @@ def profile_generator(args: argparse.Namespace, device: torch.device, run, faces
         with profile(activities=activities) as prof:
             run(x)
             _sync(device)
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=args.profile_rows)
     print(f"\nprofile of one batch of {args.profile_batch} ({key}):\n{table}")
     return table
