@@ -11,7 +11,11 @@
    levers for the 600 faces/s target. ``--profile`` prints the kernels that take the time of one batch.
 2. Whole photos: photos/s of our ``Restorer`` (fp32, and fp16 on CUDA) and of the official
    ``GFPGANer.enhance`` on the same photos, weights and background network (tests/_official_pipeline.py),
-   with the PSNR of each of ours against the official image.
+   with the PSNR of each of ours against the official image. Then ``python -m gfp`` over the same photos in
+   a new process on the device (``--half`` on CUDA): exit status, time with start-up, PSNR.
+
+The app on the device is checked by its own tests: ``GFP_TEST_DEVICE=cuda python -m pytest -q
+tests/test_app.py tests/test_app_video.py`` serves it there and calls it through gradio_client and MCP.
 
     python benchmarks/gpu.py                                   # cuda if available, else cpu
     python benchmarks/gpu.py --batches 1 8 64 --repeat 5 --json gpu.json
@@ -322,7 +326,47 @@ def bench_photos(args: argparse.Namespace, device: torch.device) -> list[dict]:
         rows[-1]["min_psnr_vs_official"] = worst
         shown = "-" if worst is None else f"{worst:.2f}"
         print(f"{name:15} {seconds[name]:9.2f} {len(images) / seconds[name]:9.3f} {shown:>21}")
+    rows.append(_cli_check(args, device, photos, folder, options, outputs["official fp32"]))
     return rows
+
+
+def _cli_check(args, device: torch.device, photos: list[Path], folder: Path, options, official) -> dict:
+    """``python -m gfp`` once over the photos on ``device`` (``--half`` on CUDA), in a new process as a
+    user runs it: its exit status, wall time, and the PSNR of its images against the official ones."""
+    import subprocess
+
+    import cv2
+    from _official_pipeline import psnr
+
+    out = Path(tempfile.mkdtemp(prefix="gfp-gpu-cli-"))
+    (out / "in").mkdir()
+    for photo in photos:
+        (out / "in" / photo.name).symlink_to(photo)
+    cmd = [sys.executable, "-m", "gfp", "-i", str(out / "in"), "-o", str(out / "out"), "-v", options.version]
+    cmd += ["--weights-dir", str(folder), "--detector", options.detector, "-s", f"{args.upscale:g}"]
+    cmd += ["--bg_upsampler", options.bg_upsampler, "--ext", "png", "--device", str(device)]
+    cmd += ["--half"] if device.type == "cuda" else []
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    values = []
+    for photo, ref in zip(photos, official, strict=True):
+        got = cv2.imread(str(out / "out" / "restored_imgs" / f"{photo.stem}.png"), cv2.IMREAD_COLOR)
+        values.append(psnr(got, ref) if got is not None and got.shape == ref.shape else -math.inf)
+    flags = " ".join(cmd[cmd.index("--device") :])
+    print(
+        f"\nCLI ({flags}): exit {proc.returncode}, {seconds:.1f} s with start-up, min PSNR vs official ",
+        end="",
+    )
+    print(f"{min(values):.2f} dB")
+    if proc.returncode:
+        print(proc.stderr[-2000:])
+    return {
+        "pipeline": f"cli {flags}",
+        "exit": proc.returncode,
+        "seconds": seconds,
+        "min_psnr_vs_official": min(values),
+    }
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ class Server:
             "models": (str(weights / "tiny"), str(weights / "gone.pth")),  # the second one is never there
             "weights_dir": str(weights),
             "port": free_port(),
-            "device": "cpu",
+            "device": os.environ.get("GFP_TEST_DEVICE", "cpu"),  # cuda on a lent GPU: the app served there
             "detector": DETECTOR,
             "background": "none",
             "max_pixels": MAX_PIXELS,
