@@ -270,26 +270,32 @@ class Restorer:
 
     def face_network(self, spec: str | os.PathLike[str]) -> tuple[FaceNetwork, GeneratorConfig]:
         """(faces → restored faces, GeneratorConfig) for a version / file / folder / repo id, in this
-        Restorer's backend and precision (see :data:`FaceNetwork`)."""
-        net, config = self.generator(spec)
-        bf16 = self._runs_bf16(registry.generator_supports(config))
-        if self.backend == "openvino":
-            path = str(self._resolve(spec).path)
+        Restorer's backend and precision (see :data:`FaceNetwork`); made once per weight file, then a lookup.
+        """
+        path = str(self._resolve(spec).path)
+
+        def build() -> tuple[FaceNetwork, GeneratorConfig]:
+            net, config = self.generator(spec)
+            bf16 = self._runs_bf16(registry.generator_supports(config))
             compiled = self._compiled(path, lambda: FacesOnly(net), config.out_size, bf16)
             if compiled is not None:
                 return compiled, config
-        dtype = next(net.parameters()).dtype  # decided once, by the Restorer
+            dtype = next(net.parameters()).dtype  # decided once, by the Restorer
 
-        def faces(x: Tensor) -> Tensor:
-            with bf16_autocast(bf16):
-                return net(x.to(dtype), return_rgb=False)[0].float()
+            def faces(x: Tensor) -> Tensor:
+                with bf16_autocast(bf16):
+                    return net(x.to(dtype), return_rgb=False)[0].float()
 
-        return faces, config
+            return faces, config
+
+        return self._get(("faces", path), build)
 
     def _compiled(self, path: str, make: Callable[[], nn.Module], size: int, bf16: bool) -> nn.Module | None:
         """The network ``make()`` (loaded from ``path``) converted for OpenVINO, for any batch of RGB
-        ``size``² images (once; converted models are cached on disk), or None when OpenVINO cannot convert it
-        (remembered and warned once: the caller runs it in PyTorch). After the first call this is a lookup."""
+        ``size``² images (once; converted models are cached on disk), or None: with the PyTorch backend, or
+        when OpenVINO cannot convert it (remembered and warned once). The caller then runs it in PyTorch."""
+        if self.backend != "openvino":
+            return None
 
         def build() -> nn.Module | None:
             name = Path(path).name
@@ -480,7 +486,7 @@ class Restorer:
         ``options`` do not require it; whether it runs in bf16 autocast)."""
         found = self.parser(required=options.use_parse is True)
         bf16 = self._bf16_ok("parser", registry.DEFAULTS["parser"])
-        if isinstance(found, Unavailable) or self.backend != "openvino":
+        if isinstance(found, Unavailable):
             return found, bf16
         path = str(self._resolve(registry.DEFAULTS["parser"]).path)
         return self._compiled(path, lambda: found, PARSE_SIZE, bf16) or found, bf16
