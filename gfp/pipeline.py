@@ -381,16 +381,14 @@ class Restorer:
             if isinstance(found, openvino.OpenVINONetwork):
                 found.prepare((batch, 3, PARSE_SIZE, PARSE_SIZE))
 
+        def quietly(job: Callable[[], None]) -> None:
+            with contextlib.suppress(Exception):  # reported by the call that needs the network
+                job()
+
         jobs = [generator] + ([] if options.aligned or options.use_parse is False else [parser])
-
-        def quietly(job: Callable[[], None]) -> Callable[[], None]:
-            def run() -> None:
-                with contextlib.suppress(Exception):  # reported by the call that needs the network
-                    job()
-
-            return run
-
-        threads = [threading.Thread(target=quietly(job), name="gfp-prepare", daemon=True) for job in jobs]
+        threads = [
+            threading.Thread(target=quietly, args=(job,), name="gfp-prepare", daemon=True) for job in jobs
+        ]
         for thread in threads:
             thread.start()
         return threads
