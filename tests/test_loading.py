@@ -447,3 +447,32 @@ def test_generators_load_without_random_init_and_compute_what_was_saved(
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         assert torch.equal(net(x)[0], saved(x)[0])
+
+
+def test_load_model_takes_the_weights_without_random_initialisation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gfp.archs.parsenet import ParseNet
+    from gfp.faces import build_retinaface
+
+    torch.manual_seed(0)
+    parser, detector = ParseNet(), build_retinaface("mobile0.25")
+    torch.save(parser.state_dict(), tmp_path / registry.MODEL_ZOO["parsenet"].file_name)
+    torch.save(detector.state_dict(), tmp_path / registry.MODEL_ZOO["retinaface_mobile0.25"].file_name)
+    built_on: list[str] = []
+    real = loading.build
+
+    def spy(entry: registry.ModelEntry) -> torch.nn.Module:
+        built_on.append(torch.empty(0).device.type)  # the default device the network is built on
+        return real(entry)
+
+    monkeypatch.setattr(loading, "build", spy)
+    net = loading.load_model("parsenet", tmp_path, device="cpu")
+    assert built_on == ["meta"]  # built without data, then given the loaded tensors
+    for (name, got), expected in zip(net.state_dict().items(), parser.state_dict().values(), strict=True):
+        assert got.device.type == "cpu" and torch.equal(got, expected), name
+    built_on.clear()
+    net = loading.load_model("retinaface_mobile0.25", tmp_path, device="cpu")
+    assert built_on == ["meta", "cpu"]  # its constructor moves its tensors: built again, normally
+    for got, expected in zip(net.state_dict().values(), detector.state_dict().values(), strict=True):
+        assert torch.equal(got, expected)
