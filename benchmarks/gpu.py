@@ -7,8 +7,9 @@
    [-1, 1] as the pipeline does. Peak CUDA memory per row. Full-size v1.4 layout, seeded random weights
    (speed does not depend on the values), identical on both sides.
    With ``--variants``, the fastest precision that holds (fp16 on CUDA, bf16 on a CPU) is also timed in
-   channels-last memory format and under ``torch.compile`` (each with its dB), at --variant-batches: the
-   levers for the 600 faces/s target. ``--profile`` prints the kernels that take the time of one batch.
+   channels-last memory format, with cuDNN autotuning (``cudnn.benchmark``, CUDA only) and under
+   ``torch.compile`` (each with its dB), at --variant-batches: the levers for the 600 faces/s target; each
+   lever named adds to the ones before it. ``--profile`` prints the kernels that take the time of one batch.
 2. Whole photos: photos/s of our ``Restorer`` (fp32, and fp16 on CUDA) and of the official
    ``GFPGANer.enhance`` on the same photos, weights and background network (tests/_official_pipeline.py),
    with the PSNR of each of ours against the official image. Then ``python -m gfp`` over the same photos in
@@ -20,7 +21,7 @@ tests/test_app.py tests/test_app_video.py`` serves it there and calls it through
     python benchmarks/gpu.py                                   # cuda if available, else cpu
     python benchmarks/gpu.py --batches 1 8 64 --repeat 5 --json gpu.json
     python benchmarks/gpu.py --device cpu --batches 1 --photos codeformer_04.jpg --background none
-    python benchmarks/gpu.py --variants channels_last compile --profile --skip photos
+    python benchmarks/gpu.py --variants channels_last cudnn_benchmark compile --profile --skip photos
 
 Times are medians of --repeat runs after one warm-up. On a shared machine they are not results.
 """
@@ -188,14 +189,15 @@ def bench_generator(args: argparse.Namespace, device: torch.device) -> list[dict
     return rows
 
 
-VARIANTS = ("channels_last", "compile")
+VARIANTS = ("channels_last", "cudnn_benchmark", "compile")
 
 
 def _variant_runners(
     args: argparse.Namespace, ours: torch.nn.Module, half: torch.nn.Module | None
 ) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """The fastest precision that holds (fp16 weights on CUDA, else bf16 autocast) with each asked-for
-    lever: channels-last memory format, then that network under ``torch.compile``."""
+    lever, each on top of the ones before: channels-last memory format, cuDNN autotuning (CUDA only), then
+    that network under ``torch.compile``."""
     import copy
 
     from gfp.precision import generator_forward
@@ -219,10 +221,29 @@ def _variant_runners(
             if tensor.dim() == 4:
                 tensor.data = tensor.data.contiguous(memory_format=fmt)
         runners[f"ours {tag}"] = forward(net, fmt)
+    if "cudnn_benchmark" in args.variants and half is None:
+        print("cudnn_benchmark: skipped (CUDA only)")
+    elif "cudnn_benchmark" in args.variants:
+        tag = f"{tag} tuned"
+        runners[f"ours {tag}"] = _autotuned(forward(net, fmt))
     if "compile" in args.variants:
-        compiled = torch.compile(net, mode=args.compile_mode, dynamic=False)
-        runners[f"ours {tag} compiled"] = forward(compiled, fmt)
+        compiled = forward(torch.compile(net, mode=args.compile_mode, dynamic=False), fmt)
+        runners[f"ours {tag} compiled"] = _autotuned(compiled) if tag.endswith("tuned") else compiled
     return runners
+
+
+def _autotuned(run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``run`` with cuDNN timing its convolution algorithms for each new input shape and keeping the
+    fastest (``torch.backends.cudnn.benchmark``; off by default, where a heuristic picks)."""
+
+    def tuned(x: torch.Tensor) -> torch.Tensor:
+        torch.backends.cudnn.benchmark = True
+        try:
+            return run(x)
+        finally:
+            torch.backends.cudnn.benchmark = False
+
+    return tuned
 
 
 def bench_variants(args: argparse.Namespace, device: torch.device, ours, half, faces, ref) -> list[dict]:
