@@ -32,7 +32,7 @@ from gfp.archs import FacesOnly, GeneratorConfig
 from gfp.background import BackgroundUpsampler, build_background_upsampler, lanczos_upsample, scaled_size
 from gfp.devices import decide_backend, decide_precision, select_device
 from gfp.faces import align_faces, detect_faces, resize_aligned
-from gfp.loading import load_generator, load_model
+from gfp.loading import load_generator, load_model, read_generator
 from gfp.paste import PARSE_SIZE, parse_masks, paste_faces
 from gfp.precision import bf16_autocast, cpu_has_native_bf16
 from gfp.registry import ModelEntry
@@ -268,18 +268,31 @@ class Restorer:
 
         return self._get(("generator", str(found.path)), load)
 
+    def generator_config(self, spec: str | os.PathLike[str]) -> GeneratorConfig:
+        """The layout of a generator, read from its weights' keys and shapes without building it (raises
+        what :meth:`generator` would for missing or foreign weights)."""
+        found = self._resolve(spec)
+        return self._get(("config", str(found.path)), lambda: read_generator(found)[1])
+
     def face_network(self, spec: str | os.PathLike[str]) -> tuple[FaceNetwork, GeneratorConfig]:
         """(faces → restored faces, GeneratorConfig) for a version / file / folder / repo id, in this
         Restorer's backend and precision (see :data:`FaceNetwork`); made once per weight file, then a lookup.
+        With OpenVINO a converted model found in the cache is used without building the PyTorch module.
         """
         path = str(self._resolve(spec).path)
 
+        def faces_only() -> nn.Module:
+            return FacesOnly(self.generator(spec)[0])
+
         def build() -> tuple[FaceNetwork, GeneratorConfig]:
+            if self.backend == "openvino":
+                config = self.generator_config(spec)
+                bf16 = self._runs_bf16(registry.generator_supports(config))
+                compiled = self._compiled(path, faces_only, config.out_size, bf16, "faces")
+                if compiled is not None:
+                    return compiled, config
             net, config = self.generator(spec)
             bf16 = self._runs_bf16(registry.generator_supports(config))
-            compiled = self._compiled(path, lambda: FacesOnly(net), config.out_size, bf16)
-            if compiled is not None:
-                return compiled, config
             dtype = next(net.parameters()).dtype  # decided once, by the Restorer
 
             def faces(x: Tensor) -> Tensor:
@@ -290,10 +303,13 @@ class Restorer:
 
         return self._get(("faces", path), build)
 
-    def _compiled(self, path: str, make: Callable[[], nn.Module], size: int, bf16: bool) -> nn.Module | None:
-        """The network ``make()`` (loaded from ``path``) converted for OpenVINO, for any batch of RGB
-        ``size``² images (once; converted models are cached on disk), or None: with the PyTorch backend, or
-        when OpenVINO cannot convert it (remembered and warned once). The caller then runs it in PyTorch."""
+    def _compiled(
+        self, path: str, make: Callable[[], nn.Module], size: int, bf16: bool, role: str
+    ) -> nn.Module | None:
+        """The network ``make()`` (the ``role`` network loaded from ``path``) converted for OpenVINO, for any
+        batch of RGB ``size``² images (once; converted models are cached on disk, and ``make`` is called only
+        when the cache lacks it), or None: with the PyTorch backend, or when OpenVINO cannot convert it
+        (remembered and warned once). The caller then runs it in PyTorch."""
         if self.backend != "openvino":
             return None
 
@@ -301,9 +317,8 @@ class Restorer:
             name = Path(path).name
             example = torch.zeros(2, 3, size, size)  # only its layout matters
             try:
-                net = make()
                 return openvino.compile_network(
-                    net, example, (0,), bf16=bf16, cache_dir=cache_dir(), name=name, source=path
+                    make, example, (0,), bf16=bf16, cache_dir=cache_dir(), name=name, source=path, role=role
                 )
             except Exception as err:  # noqa: BLE001  (a foreign converter failed: use the reference path)
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -401,16 +416,15 @@ class Restorer:
         options = options or RestoreOptions()
         _check_input(img)
         run = RunLog(progress)
-        faces, config = self.face_network(options.version)
+        config = self.generator_config(options.version)  # missing weights fail here, before any work
         restore = self._restore_aligned if options.aligned else self._restore_photo
-        result = restore(img, faces, config, options, run)
+        result = restore(img, config, options, run)
         result.timings["total"] = time.perf_counter() - run.start
         return result
 
     def _restore_aligned(
         self,
         img: np.ndarray,
-        faces: FaceNetwork,
         config: GeneratorConfig,
         options: RestoreOptions,
         run: RunLog,
@@ -419,6 +433,7 @@ class Restorer:
         work = _work_image(img)
         run.lap("load")
         crops = [resize_aligned(work, config.out_size)]
+        faces, _ = self.face_network(options.version)
         restored = self._restore_faces(faces, config, crops, options, run)
         run.lap("restore")
         out_h, out_w = scaled_size(img.shape[0], img.shape[1], options.upscale)
@@ -438,7 +453,6 @@ class Restorer:
     def _restore_photo(
         self,
         img: np.ndarray,
-        faces: FaceNetwork,
         config: GeneratorConfig,
         options: RestoreOptions,
         run: RunLog,
@@ -455,6 +469,7 @@ class Restorer:
         run.lap("detect")
         crops, matrices = align_faces(work, found.landmarks, config.out_size)
         run.lap("align")
+        faces, _ = self.face_network(options.version)  # OpenVINO may still compile it meanwhile (prepare)
         restored = self._restore_faces(faces, config, crops, options, run)
         run.lap("restore")
         masks, face_mask = self.face_masks(restored, options, run)
@@ -487,7 +502,7 @@ class Restorer:
         if isinstance(found, Unavailable):
             return found, bf16
         path = str(self._resolve(registry.DEFAULTS["parser"]).path)
-        return self._compiled(path, lambda: found, PARSE_SIZE, bf16) or found, bf16
+        return self._compiled(path, lambda: found, PARSE_SIZE, bf16, "parser") or found, bf16
 
     def face_masks(
         self, restored: list[np.ndarray], options: RestoreOptions, run: RunLog

@@ -276,7 +276,7 @@ def restore_frames(
     video = video or VideoOptions()
     if options.aligned:
         raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
-    face_size = restorer.generator(options.version)[1].out_size
+    face_size = restorer.generator_config(options.version).out_size
     detector = restorer.detector(options.detector)
     batch = restorer.batch_size(options)
     log = RunLog(None)  # the default parser/background fall back here, noted, as for photos
@@ -487,7 +487,7 @@ def restore_video(
     start = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
-    restorer.generator(options.version)  # missing weights fail here, before any file is made
+    restorer.generator_config(options.version)  # missing weights fail here, before any file is made
     restorer.detector(options.detector)
     timings["load"] = time.perf_counter() - start
 

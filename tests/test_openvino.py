@@ -182,7 +182,72 @@ def test_a_weight_file_is_hashed_once_and_then_known_by_its_path_size_and_time(
         memo.write_text("../../elsewhere")
     openvino.compile_network(net, example, (0,), cache_dir=cache, source=source)
     assert len(hashed) == 5
-    assert sorted(p.name for p in (cache / openvino.SUBDIR).iterdir()) == sorted(["files", entry.name])
+    names = sorted(p.name for p in (cache / openvino.SUBDIR).iterdir())
+    assert names == sorted(["blobs", "files", entry.name])
+
+
+def test_a_cached_model_known_by_its_file_is_used_without_building_the_network(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net, size = tiny
+    example = torch.zeros(2, 3, size, size)
+    source = tmp_path / "weights.pth"
+    source.write_bytes(b"weights")
+    built: list[str] = []
+
+    def build(role: str = "faces") -> torch.nn.Module:
+        built.append(role)
+        return net
+
+    def compiled(role: str = "faces") -> openvino.OpenVINONetwork:
+        return openvino.compile_network(
+            lambda: build(role), example, (0,), cache_dir=tmp_path, source=source, role=role, name="w"
+        )
+
+    first = compiled()
+    assert built == ["faces"]  # converted: built once
+    second = compiled()
+    assert built == ["faces"]  # found by its file: not built
+    x = _faces(1, size)
+    with torch.no_grad():
+        assert _rel(second(x), net(x)) < 1e-5
+    assert torch.equal(first(x), second(x))
+    compiled("other")  # another network from the same file is not taken for this one
+    assert built == ["faces", "other"]
+    monkeypatch.setattr(openvino, "_code_digest", lambda: "edited")  # code that builds networks changed
+    compiled()
+    assert built == ["faces", "other", "faces"]
+
+
+def test_a_fixed_shape_compilation_is_cached_and_computes_the_same(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net, size = tiny
+    example = torch.zeros(2, 3, size, size)
+    x = _faces(1, size)
+    in_memory = openvino.compile_network(net, example, (0,))(x)  # no cache: compiled from the model object
+    first = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
+    assert torch.equal(first(x), in_memory)
+    entry = tmp_path / openvino.SUBDIR / openvino.fingerprint(net, example, (0,))
+    (fixed,) = entry.glob(f"model-1x3x{size}x{size}-*.xml")
+    assert fixed.with_suffix(".bin").samefile(entry / "model.bin")  # the weights are shared, not copied
+    blobs = tmp_path / openvino.SUBDIR / "blobs"
+    saved = sorted(blobs.iterdir())
+    assert len(saved) == 1
+    again = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)  # as a new process would
+    assert torch.equal(again(x), in_memory)
+    assert sorted(blobs.iterdir()) == saved  # its compilation came from the cache
+    assert torch.equal(again(_faces(3, size))[:1], again(x))  # another shape: compiled for it too
+
+    def no_links(*args: object) -> None:
+        raise OSError("links not supported")
+
+    monkeypatch.setattr(openvino, "_link", no_links)  # no fixed-shape IR: compiled in memory instead
+    other = tmp_path / "other"
+    plain = openvino.compile_network(net, example, (0,), cache_dir=other)
+    assert torch.equal(plain(x), in_memory)
+    assert not list((other / openvino.SUBDIR).glob("*/model-*"))
+    assert not (other / openvino.SUBDIR / "blobs").exists()
 
 
 def test_an_unwritable_cache_only_costs_a_conversion(tiny, tmp_path: Path) -> None:
@@ -297,6 +362,24 @@ def test_restorer_runs_the_generator_in_openvino(tmp_path: Path) -> None:
     entry = openvino.fingerprint(FacesOnly(net), example, (0,))
     assert (tmp_path / "cache" / openvino.SUBDIR / entry / "model.xml").is_file()
     assert len(list((tmp_path / "cache" / openvino.SUBDIR / "files").iterdir())) == 1  # its file is known
+
+
+def test_a_new_restorer_finds_the_converted_generator_without_building_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = save_tiny_generator(tmp_path / "tiny")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    face = _aligned_face(tiny_config().out_size)
+    expected = Restorer(device="cpu", backend="openvino", bf16=False).restore(face, options)
+
+    def not_built(self: Restorer, spec: object) -> None:
+        raise AssertionError("the PyTorch generator was built")
+
+    monkeypatch.setattr(Restorer, "generator", not_built)
+    restorer = Restorer(device="cpu", backend="openvino", bf16=False)  # as in a new process
+    got = restorer.restore(face, options)
+    assert np.array_equal(got.restored_faces[0], expected.restored_faces[0])
+    assert restorer.generator_config(options.version) == tiny_config()
 
 
 def test_a_network_openvino_cannot_convert_runs_in_pytorch(
