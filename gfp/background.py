@@ -1,9 +1,9 @@
 """Background upsampling with Real-ESRGAN networks (or plain Lanczos) for the restore pipeline.
 
-The networks are basicsr's ``RRDBNet`` and ``SRVGGNetCompact`` with the official configurations; the
-tiling is our own and reproduces ``realesrgan.RealESRGANer.enhance`` (pre-pad, mod-pad, tile grid, tile
-padding, gray/alpha handling, 8/16-bit quantisation, final Lanczos resize) to within one grey level,
-while
+The networks are ``RRDBNet`` and ``SRVGGNetCompact`` (:mod:`gfp.archs.realesrgan`: basicsr's function and
+weights, without importing basicsr) with the official configurations; the tiling is our own and
+reproduces ``realesrgan.RealESRGANer.enhance`` (pre-pad, mod-pad, tile grid, tile padding, gray/alpha
+handling, 8/16-bit quantisation, final Lanczos resize) to within one grey level, while
 
 * keeping no per-call state on the object, so one upsampler serves many threads (RealESRGANer stores
   the image being processed on ``self``);

@@ -1,7 +1,8 @@
 """Face detection (RetinaFace, 5 landmarks) and alignment to the FFHQ template.
 
 This reproduces what the official pipeline does through facexlib's ``FaceRestoreHelper``
-(``get_face_landmarks_5`` + ``align_warp_face``) as plain functions over facexlib's detector *network*:
+(``get_face_landmarks_5`` + ``align_warp_face``) as plain functions over facexlib's detector *network*
+(reimplemented in :mod:`gfp.archs.retinaface`, so neither facexlib nor torchvision is imported):
 no per-image state lives on any object, so one detector can serve many threads. Preprocessing, decoding,
 thresholds and the warp settings are the official ones, so that given the same weights our crops equal
 the official crops.
@@ -12,13 +13,11 @@ detector of :mod:`gfp.registry` (family "retinaface").
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 from gfp import registry
@@ -70,16 +69,6 @@ def build_detector(name: str = "retinaface_resnet50") -> nn.Module:
     return registry.build(entry)
 
 
-def build_retinaface(backbone: str) -> nn.Module:
-    """facexlib's RetinaFace network with ``backbone`` "resnet50" or "mobile0.25" (random, CPU, eval)."""
-    from facexlib.detection.retinaface import RetinaFace
-
-    with warnings.catch_warnings():  # facexlib passes torchvision's deprecated `pretrained=False`
-        warnings.simplefilter("ignore", UserWarning)
-        net = RetinaFace(network_name=backbone, half=False, device=torch.device("cpu"))
-    return net.eval()
-
-
 def _priors(height: int, width: int) -> torch.Tensor:
     """RetinaFace anchors (cx, cy, w, h), normalised, in facexlib PriorBox order; vectorised but equal."""
     rows = []
@@ -107,6 +96,36 @@ def _decode(loc: torch.Tensor, ldm: torch.Tensor, priors: torch.Tensor) -> tuple
     boxes[:, 2:] += boxes[:, :2]
     points = torch.cat([centers + ldm[:, 2 * i : 2 * i + 2] * _VARIANCE[0] * sizes for i in range(5)], dim=1)
     return boxes, points
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; the indices of the kept boxes, by descending score (int64).
+
+    Returns what ``torchvision.ops.nms`` returns for the same float32 boxes on the CPU, without importing
+    torchvision: boxes are visited by a *stable* descending sort of the scores (tied boxes keep their
+    input order), areas and intersections are float32 without "+1", and a box is dropped when its IoU with
+    a kept one exceeds ``iou_threshold`` compared in float64 (C++ compares the float IoU with a double).
+    A 0/0 IoU (two empty boxes) is NaN and suppresses nothing, as there.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep = []
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = order[pos + 1 :]
+        rest = rest[~suppressed[rest]]
+        w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = inter / (areas[i] + areas[rest] - inter)
+        suppressed[rest[iou.astype(np.float64) > float(iou_threshold)]] = True
+    return np.array(keep, dtype=np.int64)
 
 
 @torch.inference_mode()
@@ -149,8 +168,8 @@ def detect_faces(
     order = keep[scores[keep].argsort()[::-1]]
     dets = np.hstack((boxes[order], scores[order, None])).astype(np.float32, copy=False)
     points = points[order]
-    nms_keep = torchvision.ops.nms(torch.from_numpy(dets[:, :4]), torch.from_numpy(dets[:, 4]), nms_threshold)
-    dets, points = dets[nms_keep.numpy()], points[nms_keep.numpy()].reshape(-1, 5, 2)
+    nms_keep = nms(dets[:, :4], dets[:, 4], nms_threshold)
+    dets, points = dets[nms_keep], points[nms_keep].reshape(-1, 5, 2)
 
     if eye_dist_threshold is not None and len(dets):
         eye_dist = np.linalg.norm(points[:, 0] - points[:, 1], axis=1)

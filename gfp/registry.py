@@ -9,7 +9,10 @@ gfp registers the families it runs: GFPGAN generators (paper v1 and clean v1.2-v
 (ResNet-50, MobileNet-0.25), ParseNet and Real-ESRGAN (RRDB x2plus, SRVGG general-x4v3 and animevideov3).
 ``train/`` registers its training networks itself (see ``train/models.py``).
 
-Networks are built lazily (facexlib and basicsr are imported only when a network is built).
+The detector and Real-ESRGAN networks are gfp's own plain-PyTorch ones (:mod:`gfp.archs.retinaface`,
+:mod:`gfp.archs.realesrgan`: facexlib's and basicsr's functions and weights), so running the pipeline
+imports neither facexlib, basicsr nor torchvision (1.7 s and more of a process start); they remain the
+test oracles.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from gfp.archs import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
+from gfp.archs.realesrgan import RRDBNet, SRVGGNetCompact
+from gfp.archs.retinaface import build_retinaface
 
 NO_BACKGROUND = "none"
 """The background choice that uses no network (a Lanczos resize)."""
@@ -325,12 +330,6 @@ _FACEXLIB = "https://github.com/xinntao/facexlib/releases/download"
 _MIT_FACEXLIB = "MIT (xinntao/facexlib)"
 
 
-def _build_retinaface(backbone: str) -> nn.Module:
-    from gfp.faces import build_retinaface
-
-    return build_retinaface(backbone)
-
-
 def _recognise_retinaface(state_dict: Mapping[str, Tensor]) -> str | None:
     if not any(k.startswith("ClassHead.") for k in state_dict):
         return None
@@ -345,7 +344,7 @@ RETINAFACE = ModelFamily(
     name="retinaface",
     kind="detector",
     label="RetinaFace",
-    build=_build_retinaface,
+    build=build_retinaface,
     recognise=_recognise_retinaface,
     entries=(
         ModelEntry(
@@ -428,14 +427,10 @@ class RealESRGANConfig:
 
 def _build_realesrgan(config: RealESRGANConfig) -> nn.Module:
     if config.arch == "rrdb":
-        from basicsr.archs.rrdbnet_arch import RRDBNet
-
         return RRDBNet(
             num_in_ch=3, num_out_ch=3, num_feat=config.num_feat, num_block=config.depth,
             num_grow_ch=config.num_grow_ch, scale=config.scale,
         )  # fmt: skip
-    from basicsr.archs.srvgg_arch import SRVGGNetCompact
-
     return SRVGGNetCompact(
         num_in_ch=3, num_out_ch=3, num_feat=config.num_feat, num_conv=config.depth, upscale=config.scale,
         act_type="prelu",

@@ -7,6 +7,9 @@
 - :mod:`gfp.archs.gfpgan` — the generators that put those stages together.
 - :mod:`gfp.archs.config` — configs, building, and recognising a checkpoint's layout.
 - :mod:`gfp.archs.parsenet` — the face parser whose labels become the paste-back blend mask.
+- :mod:`gfp.archs.retinaface` — the face detector (facexlib's RetinaFace function and weights).
+- :mod:`gfp.archs.realesrgan` — the background upsamplers (basicsr's Real-ESRGAN networks and weights).
+- :mod:`gfp.archs.unfilled` — building a network without its random initialisation, to load weights into.
 """
 
 from gfp.archs.config import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
