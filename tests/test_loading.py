@@ -431,7 +431,7 @@ def test_prepare_for_inference_uses_select_device() -> None:
 def test_generators_load_without_random_init_and_compute_what_was_saved(
     tmp_path: Path, arch: str, half: bool
 ) -> None:
-    """Built on the meta device and given the file's tensors: every tensor real, float32, same function
+    """Built without random fills and given the file's tensors: every tensor real, float32, same function
     (fp16 files are cast up; the v1 layout's resampling kernels, absent from files, are built normally)."""
     config = tiny_config(arch)
     saved = tiny_generator(config, seed=3).eval()
@@ -441,7 +441,9 @@ def test_generators_load_without_random_init_and_compute_what_was_saved(
     else:
         folder = tmp_path / "model.pth"
         torch.save({"params_ema": saved.state_dict()}, folder)
+    rng = torch.get_rng_state()
     net, _ = load_generator(folder, device="cpu")
+    assert torch.equal(torch.get_rng_state(), rng) == (arch == "clean")  # v1 is built again, normally
     tensors = [*net.parameters(), *net.buffers()]
     assert not any(t.is_meta for t in tensors) and {t.dtype for t in tensors} == {torch.float32}
     x = torch.rand(1, 3, 64, 64) * 2 - 1
@@ -449,30 +451,42 @@ def test_generators_load_without_random_init_and_compute_what_was_saved(
         assert torch.equal(net(x)[0], saved(x)[0])
 
 
-def test_load_model_takes_the_weights_without_random_initialisation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_load_model_takes_the_weights_without_random_initialisation(tmp_path: Path) -> None:
     from gfp.archs.parsenet import ParseNet
-    from gfp.faces import build_retinaface
+    from gfp.archs.retinaface import build_retinaface
 
     torch.manual_seed(0)
-    parser, detector = ParseNet(), build_retinaface("mobile0.25")
-    torch.save(parser.state_dict(), tmp_path / registry.MODEL_ZOO["parsenet"].file_name)
-    torch.save(detector.state_dict(), tmp_path / registry.MODEL_ZOO["retinaface_mobile0.25"].file_name)
-    built_on: list[str] = []
-    real = loading.build
+    nets = {"parsenet": ParseNet(), "retinaface_mobile0.25": build_retinaface("mobile0.25")}
+    for name, saved in nets.items():
+        torch.save(saved.state_dict(), tmp_path / registry.MODEL_ZOO[name].file_name)
+    for name, saved in nets.items():
+        rng = torch.get_rng_state()
+        net = loading.load_model(name, tmp_path, device="cpu")
+        assert torch.equal(torch.get_rng_state(), rng), name  # no random number was drawn
+        for (key, got), expected in zip(net.state_dict().items(), saved.state_dict().values(), strict=True):
+            assert torch.equal(got, expected), key
 
-    def spy(entry: registry.ModelEntry) -> torch.nn.Module:
-        built_on.append(torch.empty(0).device.type)  # the default device the network is built on
-        return real(entry)
 
-    monkeypatch.setattr(loading, "build", spy)
-    net = loading.load_model("parsenet", tmp_path, device="cpu")
-    assert built_on == ["meta"]  # built without data, then given the loaded tensors
-    for (name, got), expected in zip(net.state_dict().items(), parser.state_dict().values(), strict=True):
-        assert got.device.type == "cpu" and torch.equal(got, expected), name
-    built_on.clear()
-    net = loading.load_model("retinaface_mobile0.25", tmp_path, device="cpu")
-    assert built_on == ["meta", "cpu"]  # its constructor moves its tensors: built again, normally
-    for got, expected in zip(net.state_dict().values(), detector.state_dict().values(), strict=True):
-        assert torch.equal(got, expected)
+def test_loading_the_pipeline_networks_imports_no_oracle_package(tmp_path: Path) -> None:
+    """Building networks without their random fills must not go through the meta device either: its first
+    normal_ or division imports torch._dynamo (1.6 s), as torchvision, facexlib and basicsr cost more."""
+    import subprocess
+    import sys
+
+    from gfp.archs.parsenet import ParseNet
+    from gfp.archs.retinaface import build_retinaface
+
+    torch.save(ParseNet().state_dict(), tmp_path / registry.MODEL_ZOO["parsenet"].file_name)
+    detector = registry.MODEL_ZOO["retinaface_resnet50"].file_name
+    torch.save(build_retinaface("resnet50").state_dict(), tmp_path / detector)
+    torch.save(registry.build(registry.MODEL_ZOO["realesr-general-x4v3"]).state_dict(), tmp_path / "bg.pth")
+    torch.save({"params_ema": tiny_generator(tiny_config(), seed=0).state_dict()}, tmp_path / "gen.pth")
+    code = (
+        "import sys; from gfp import loading; w = sys.argv[1]; "
+        "loading.load_generator(w + '/gen.pth'); loading.read_generator(w + '/gen.pth'); "
+        "[loading.load_model(n, w) for n in ('parsenet', 'retinaface_resnet50', w + '/bg.pth')]; "
+        "print(*(m in sys.modules for m in ('torch._dynamo', 'torchvision', 'facexlib', 'basicsr')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"] * 4

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from gfp.archs.gfpgan import GFPGANClean, GFPGANv1
+from gfp.archs.unfilled import unfilled
 
 ARCHS = ("clean", "v1")
 
@@ -136,8 +136,9 @@ def detect_config(state_dict: Mapping[str, Tensor]) -> GeneratorConfig:
 
 
 def _check_shapes(config: GeneratorConfig, state_dict: Mapping[str, Tensor]) -> None:
-    """Build the config on the meta device and compare every key and shape with the state dict."""
-    with torch.device("meta"):
+    """Build the config (its random initialisation skipped) and compare every key and shape with the
+    state dict."""
+    with unfilled():
         expected = {k: tuple(v.shape) for k, v in build_generator(config).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
     missing = sorted(expected.keys() - got.keys())
