@@ -28,14 +28,6 @@ def stylegan_channels(channel_multiplier: float = 2, narrow: float = 1.0) -> dic
     return channels
 
 
-def kaiming_normal(weight: Tensor, a: float, nonlinearity: str) -> None:
-    """The official fan-in Kaiming-normal initialisation of ``weight``, skipped on the meta device (where
-    networks are built to take loaded weights): there is nothing to fill, and ``normal_`` on meta imports
-    ``torch._dynamo``, 1.6 s of a process start."""
-    if not weight.is_meta:
-        nn.init.kaiming_normal_(weight, a=a, mode="fan_in", nonlinearity=nonlinearity)
-
-
 class NormStyleCode(nn.Module):
     """Pixel norm of the input style code (first layer of the mapping MLP)."""
 
@@ -112,7 +104,7 @@ class ModulatedConv2d(ModulatedConvBase):
         self.eps = eps
         self.padding = kernel_size // 2
         self.modulation = nn.Linear(num_style_feat, in_channels, bias=True)
-        kaiming_normal(self.modulation.weight, a=0, nonlinearity="linear")
+        nn.init.kaiming_normal_(self.modulation.weight, a=0, mode="fan_in", nonlinearity="linear")
         nn.init.constant_(self.modulation.bias, 1.0)
         fan_in = in_channels * kernel_size**2
         self.weight = nn.Parameter(
@@ -254,7 +246,7 @@ class StyleGAN2Generator(nn.Module):
         layers: list[nn.Module] = [NormStyleCode()]
         for _ in range(num_mlp):
             linear = nn.Linear(num_style_feat, num_style_feat)
-            kaiming_normal(linear.weight, a=0.2, nonlinearity="leaky_relu")
+            nn.init.kaiming_normal_(linear.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
             nn.init.zeros_(linear.bias)
             layers += [linear, nn.LeakyReLU(0.2)]
         return nn.Sequential(*layers)
