@@ -490,3 +490,31 @@ def test_loading_the_pipeline_networks_imports_no_oracle_package(tmp_path: Path)
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False"] * 4
+
+
+def test_unfilled_skips_random_fills_in_its_own_thread_only() -> None:
+    import threading
+
+    from gfp.archs.unfilled import unfilled
+
+    inside, leave = threading.Event(), threading.Event()
+    drawn: list[torch.Tensor] = []
+
+    def build_unfilled() -> None:
+        with unfilled():
+            rng = torch.get_rng_state()
+            conv = torch.nn.Conv2d(3, 8, 3)  # kaiming_uniform_ and uniform_ skipped
+            drawn.append(torch.randn(4))  # a random factory: uninitialised instead
+            assert torch.equal(torch.get_rng_state(), rng) and conv.weight.shape == (8, 3, 3, 3)
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=build_unfilled)
+    thread.start()
+    assert inside.wait(10)
+    torch.manual_seed(0)
+    here = torch.randn(4)  # this thread still draws while the other is inside
+    leave.set()
+    thread.join()
+    torch.manual_seed(0)
+    assert torch.equal(here, torch.randn(4)) and len(drawn) == 1
