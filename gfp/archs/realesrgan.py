@@ -22,21 +22,6 @@ _UNSHUFFLE = {4: 1, 2: 2, 1: 4}
 """RRDBNet's native scale → the pixel-unshuffle factor of its input (the trunk always upsamples x4)."""
 
 
-def pixel_unshuffle(x: Tensor, factor: int) -> Tensor:
-    """Fold each ``factor`` x ``factor`` block of pixels into channels: (b, c, h, w) → (b, c*f*f, h/f, w/f).
-
-    Output channel ``c * f*f + i * f + j`` holds the pixels at row offset ``i`` and column offset ``j`` of
-    input channel ``c``: basicsr's order, made by the same view, permute and reshape (so the result has the
-    same memory layout as basicsr's, which matters for which convolution kernel runs next).
-    """
-    b, c, height, width = x.shape
-    if height % factor or width % factor:
-        raise ValueError(f"input size {height}x{width} is not divisible by the unshuffle factor {factor}")
-    h, w = height // factor, width // factor
-    blocks = x.view(b, c, h, factor, w, factor).permute(0, 1, 3, 5, 2, 4)
-    return blocks.reshape(b, c * factor * factor, h, w)
-
-
 def _conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, 1, 1)
 
@@ -111,7 +96,9 @@ class RRDBNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         unshuffle = _UNSHUFFLE[self.scale]
-        feat = pixel_unshuffle(x, unshuffle) if unshuffle > 1 else x
+        # basicsr unshuffles by view, permute and reshape, which leaves a channels-last input contiguous
+        # (NCHW); torch's op keeps channels-last, and the next convolution would then take another kernel.
+        feat = F.pixel_unshuffle(x, unshuffle).contiguous() if unshuffle > 1 else x
         feat = self.conv_first(feat)
         feat = feat + self.conv_body(self.body(feat))
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
@@ -135,8 +122,7 @@ class SRVGGNetCompact(nn.Module):
 
     ``body`` alternates convolution and activation (``num_conv`` + 1 pairs), then a last convolution makes
     ``num_out_ch * upscale**2`` channels that a pixel shuffle turns into the upscaled residual; the input,
-    upscaled by nearest neighbour, is added to it. The constructor's arguments are kept as attributes
-    (callers read ``upscale``).
+    upscaled by nearest neighbour, is added to it.
     """
 
     def __init__(
@@ -149,12 +135,7 @@ class SRVGGNetCompact(nn.Module):
         act_type: str = "prelu",
     ) -> None:
         super().__init__()
-        self.num_in_ch = num_in_ch
-        self.num_out_ch = num_out_ch
-        self.num_feat = num_feat
-        self.num_conv = num_conv
         self.upscale = upscale
-        self.act_type = act_type
 
         layers: list[nn.Module] = [_conv3x3(num_in_ch, num_feat), _activation(act_type, num_feat)]
         for _ in range(num_conv):
