@@ -20,6 +20,7 @@ by default on import and on each conversion) turned off: see :func:`_openvino`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -36,6 +37,8 @@ from xml.etree import ElementTree
 
 import torch
 from torch import Tensor, nn
+
+from gfp.weights.download import atomic_path
 
 # Bump when the conversion or a converted network's forward changes (the fingerprint sees only structure and
 # weights): older cached models are then not reused.
@@ -190,13 +193,8 @@ def _recall(memo: Path) -> str | None:
 
 def _remember(memo: Path, digest: str) -> None:
     """Write ``digest`` to ``memo`` atomically; an unwritable cache only costs hashing again next time."""
-    tmp = memo.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError), atomic_path(memo) as tmp:
         tmp.write_text(digest, encoding="ascii")
-        os.replace(tmp, memo)
-    except OSError:
-        tmp.unlink(missing_ok=True)
 
 
 def compile_network(
@@ -318,14 +316,11 @@ def _fixed_ir(folder: Path, shape: tuple[int, ...]) -> Path | None:
         data.set("shape", ",".join(map(str, shape)))
         for dim, size in zip(dims, shape, strict=True):
             dim.text = str(size)
-        tmp = folder / f".tmp-{os.getpid()}-{threading.get_ident()}"
-        try:
+        with atomic_path(fixed.with_suffix(".bin")) as tmp:
+            tmp.unlink()  # the link takes the temporary file's place
             _link(weights, tmp)
-            os.replace(tmp, fixed.with_suffix(".bin"))
+        with atomic_path(fixed) as tmp:  # last: a fixed IR on disk always has its weights
             tree.write(tmp, encoding="utf-8", xml_declaration=True)
-            os.replace(tmp, fixed)  # last: a fixed IR on disk always has its weights
-        finally:
-            tmp.unlink(missing_ok=True)
         return fixed
     except (OSError, ElementTree.ParseError):
         return None
