@@ -131,6 +131,6 @@ def save_blind_detector(path: Path) -> Path:
     net = build_detector("retinaface_mobile0.25")
     for head in net.ClassHead:
         torch.nn.init.zeros_(head.conv1x1.weight)
-        head.conv1x1.bias.data = torch.tensor([10.0, -10.0]).repeat(head.num_anchors)
+        head.conv1x1.bias.data = torch.tensor([10.0, -10.0]).repeat(head.conv1x1.out_channels // 2)
     torch.save(net.state_dict(), path)
     return path

@@ -206,11 +206,10 @@ class SSH(nn.Module):
 class Head(nn.Module):
     """1x1 conv predicting ``values`` numbers per anchor at every location, flattened to
     (N, H*W*anchors, values) in (y, x, anchor) order: the order of the anchors (priors). The output
-    channels are grouped by anchor (``values`` each); ``num_anchors`` is named as on facexlib's heads."""
+    channels are grouped by anchor (``values`` each)."""
 
     def __init__(self, in_ch: int, values: int, anchors: int = 2) -> None:
         super().__init__()
-        self.num_anchors = anchors
         self.values = values
         self.conv1x1 = nn.Conv2d(in_ch, anchors * values, 1)
 
