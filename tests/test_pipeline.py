@@ -343,6 +343,36 @@ def test_cpu_bf16_background_runs_and_stays_close(real_weights: Path, group: np.
     assert 45.0 <= psnr(images[0], images[1]) < math.inf  # bf16 really ran; measured 52.9 dB on a photo
 
 
+@pytest.mark.shared
+def test_half_runs_float16_where_declared_and_stays_close(
+    real_weights: Path, group: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``half=True`` (``--half``) runs on a GPU, run on the CPU: torch's CPU float16 kernels are slow but
+    real, so every dtype hand-over between the float16 generator and background and the float32 detector is
+    exercised without a GPU. On a CPU the Restorer itself never picks float16 (tested in test_loading)."""
+    import gfp.pipeline
+
+    monkeypatch.setattr(
+        gfp.pipeline, "decide_precision", lambda device, half: torch.float16 if half else torch.float32
+    )
+    photo = group[: group.shape[0] // 2]  # two of its faces: float16 convolutions are slow on a CPU
+    options = _options(real_weights, bg_upsampler="realesr-animevideov3")
+    full, half = (Restorer(real_weights, device="cpu", half=h, bf16=False) for h in (False, True))
+    expected, got = (r.restore(photo, options) for r in (full, half))
+
+    assert half.half and not full.half
+    generator = half.generator(options.version)[0]
+    background = half.network("realesr-animevideov3")
+    detector = half.detector(options.detector)
+    assert next(generator.parameters()).dtype == next(background.parameters()).dtype == torch.float16
+    assert next(detector.parameters()).dtype == torch.float32  # declared float32 only
+    assert len(got.restored_faces) == len(expected.restored_faces) >= 1
+    assert got.image.shape == expected.image.shape and got.image.dtype == np.uint8
+    for a, b in zip(expected.restored_faces, got.restored_faces, strict=True):
+        assert 45.0 <= psnr(a, b) < math.inf  # float16 really ran; measured 59.1 and 60.2 dB
+    assert 45.0 <= psnr(expected.image, got.image) < math.inf  # measured 59.1 dB
+
+
 def test_bf16_is_declared_only_where_it_was_measured() -> None:
     bf16 = torch.bfloat16
     assert bf16 in registry.MODEL_ZOO["parsenet"].supports.precisions

@@ -78,8 +78,9 @@ def test_srvgg_matches_basicsr(upscale: int, act_type: str) -> None:
     _check_parity(ours, theirs, _input() * 2 - 0.5)  # negative inputs too, so every activation's slope counts
 
 
-def test_channels_last_and_bf16_autocast_match_basicsr() -> None:
-    """How gfp.background runs them: channels-last input and weights, and bfloat16 autocast on the CPU."""
+def test_channels_last_bf16_autocast_and_float16_match_basicsr() -> None:
+    """How gfp.background runs them: channels-last input and weights, bfloat16 autocast on the CPU, and
+    float16 weights and input (``--half`` on a GPU, as RealESRGANer's ``half``; run here on the CPU)."""
     torch.manual_seed(0)
     pairs = [
         (srvgg_arch.SRVGGNetCompact(num_feat=8, num_conv=2), SRVGGNetCompact(num_feat=8, num_conv=2)),
@@ -96,6 +97,8 @@ def test_channels_last_and_bf16_autocast_match_basicsr() -> None:
             assert torch.equal(ours(x), theirs(x))
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 assert torch.equal(ours(x), theirs(x))
+            got, expected = ours.half()(x.half()), theirs.half()(x.half())
+            assert got.dtype == torch.float16 and torch.equal(got, expected)
 
 
 def test_bad_arguments_are_refused() -> None:
