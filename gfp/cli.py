@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights-dir", default=None, help="folder searched first for weight files (else $GFP_WEIGHTS_DIR)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--half", action="store_true", help="float16 generator on GPU (ignored on CPU)")
+    p.add_argument(
+        "--half", action="store_true", help="float16 generator and background on a GPU (ignored on a CPU)"
+    )
     p.add_argument(
         "--backend",
         default=None,
