@@ -285,14 +285,12 @@ class Restorer:
             return FacesOnly(self.generator(spec)[0])
 
         def build() -> tuple[FaceNetwork, GeneratorConfig]:
-            if self.backend == "openvino":
-                config = self.generator_config(spec)
-                bf16 = self._runs_bf16(registry.generator_supports(config))
-                compiled = self._compiled(path, faces_only, config.out_size, bf16, "faces")
-                if compiled is not None:
-                    return compiled, config
-            net, config = self.generator(spec)
+            config = self.generator_config(spec)
             bf16 = self._runs_bf16(registry.generator_supports(config))
+            compiled = self._compiled(path, faces_only, config.out_size, bf16, "faces")
+            if compiled is not None:
+                return compiled, config
+            net = self.generator(spec)[0]
             dtype = next(net.parameters()).dtype  # decided once, by the Restorer
 
             def faces(x: Tensor) -> Tensor:
