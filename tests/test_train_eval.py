@@ -151,6 +151,34 @@ def test_evaluate_scores_restored_and_lq_against_hq(tmp_path: Path, capsys) -> N
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "lq" / "face1.png")), first)
 
 
+def test_evaluate_degrades_with_the_paper_model_unless_asked_for_colour_augmentations(
+    tmp_path: Path, capsys
+) -> None:
+    """Colour shift, gray and jitter are training augmentations: --degrade leaves them out by default."""
+    from train.evaluate import main
+
+    hq = _faces(tmp_path / "hq", n=3, size=64)
+    config = tmp_path / "always_jitter.yml"  # every augmentation certain, so leaving one in shows
+    config.write_text(
+        "degradation: {color_jitter_prob: 1.0, color_jitter_pt_prob: 1.0, brightness: [0.5, 0.6], "
+        "contrast: null, saturation: null, hue: null, gray_prob: 1.0, blur_sigma: [0.1, 0.2], "
+        "downsample_range: [1.0, 1.0], noise_range: [0, 1], jpeg_range: [95, 100]}\n"
+    )
+    common = ["--hq", str(tmp_path / "hq"), "--degrade", "--degradation-config", str(config)]
+    common += ["--restored", str(tmp_path / "hq"), "--size", "64"]
+    assert main([*common, "--lq", str(tmp_path / "paper")]) == 0
+    assert "the paper's degradation model" in capsys.readouterr().out
+    assert main([*common, "--lq", str(tmp_path / "aug"), "--color-augmentations"]) == 0
+    assert "training colour augmentations" in capsys.readouterr().out
+    for i, gt in enumerate(hq):
+        paper = cv2.imread(str(tmp_path / "paper" / f"face{i}.png")).astype(float)
+        aug = cv2.imread(str(tmp_path / "aug" / f"face{i}.png")).astype(float)
+        assert abs(paper.mean() - gt.mean()) < 3  # brightness kept: no jitter
+        assert np.abs(paper - paper.mean(2, keepdims=True)).mean() > 5  # colour kept: not gray
+        assert aug.mean() < 0.7 * gt.mean()  # brightness 0.5-0.6 applied
+        assert np.abs(aug - aug.mean(2, keepdims=True)).max() < 3  # gray
+
+
 def test_evaluate_restores_with_a_model(tmp_path: Path) -> None:
     from gfp.archs import GeneratorConfig, build_generator
     from gfp.loading import save_pretrained

@@ -357,3 +357,61 @@ def test_generator_betas_pixel_loss_and_threads_reach_the_trainer(faces, tmp_pat
 def test_bad_optimiser_loss_and_thread_settings_are_named(faces, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         _config(faces, tmp_path / "run", override)
+
+
+class _Clock:
+    """A stand-in for time.perf_counter that advances a fixed amount per call (and can jump)."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_time_budget_sizes_the_schedule_to_end_on_time(faces, tmp_path, monkeypatch):
+    """train.time_budget_min: the speed of the first steps sizes total_iter, so the cosine ends in budget."""
+    import train.train as tt
+
+    clock = _Clock(0.01)
+    monkeypatch.setattr(tt.time, "perf_counter", clock)
+    monkeypatch.setattr(tt, "BUDGET_PROBE", (5, 20))
+    extra = ["loss.gan_from=100000", "train.total_iter=100000", "train.ckpt_every=100000"]
+    extra += ["optim.schedule=cosine", "optim.warmup_iter=10", "optim.min_lr_ratio=0.1"]
+    extra += ["train.time_budget_min=0.1"]  # 6 s of the fake clock
+    trainer = Trainer(_config(faces, tmp_path / "run", *extra))
+    trainer.fit()
+    sized = trainer.cfg["train"]["total_iter"]
+    assert tt.BUDGET_PROBE[1] < sized < 100000 and trainer.step == sized and trainer.sized
+    assert clock.now <= 6.0 * 1.05  # the budget held: the steps after the probe took the probe's time
+    lr = trainer.optimizers["g"].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.1 * trainer.cfg["optim"]["lr_g"], rel=1e-3)  # the schedule's end
+    state = torch.load(tt.latest_checkpoint(tmp_path / "run"), weights_only=True)
+    assert state["sized_total_iter"] == sized  # a resumed run keeps this schedule
+    resumed = Trainer(_config(faces, tmp_path / "run", *extra))
+    resumed.load_state_dict(state)
+    assert resumed.cfg["train"]["total_iter"] == sized and resumed.sized
+
+
+def test_time_budget_stops_the_loop_when_spent(faces, tmp_path, monkeypatch):
+    """A machine that slows down after the probe still stops at the budget, with a checkpoint."""
+    import train.train as tt
+
+    clock = _Clock(0.01)
+    monkeypatch.setattr(tt.time, "perf_counter", clock)
+    monkeypatch.setattr(tt, "BUDGET_PROBE", (5, 20))
+    extra = ["loss.gan_from=100000", "train.total_iter=100000", "train.ckpt_every=100000"]
+    extra += ["train.time_budget_min=0.1"]
+    trainer = Trainer(_config(faces, tmp_path / "run", *extra))
+    real_step = trainer.train_step
+
+    def slower(batch):  # each step after the probe takes 0.2 s more than the probe's steps did
+        if trainer.step > tt.BUDGET_PROBE[1]:
+            clock.now += 0.2
+        return real_step(batch)
+
+    monkeypatch.setattr(trainer, "train_step", slower)
+    trainer.fit()
+    assert tt.BUDGET_PROBE[1] < trainer.step < trainer.cfg["train"]["total_iter"]
+    assert tt.latest_checkpoint(tmp_path / "run").name == f"step_{trainer.step:08d}.pt"

@@ -108,6 +108,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "total_iter": 800000,
+        # Minutes the training loop may take: the steps are sized from the speed of the first ones (the
+        # learning-rate schedule then ends on time), and the loop stops at the budget in any case.
+        "time_budget_min": None,
         "ema_decay": 0.5 ** (32 / 10000),
         "ema_warmup": False,  # decay min(ema_decay, (1 + step) / (10 + step)): EMA useful from the start
         "amp": True,  # autocast on CUDA only (bf16 where supported, else fp16 + GradScaler)
@@ -123,7 +126,11 @@ DEFAULTS: dict[str, Any] = {
 
 
 # Keys whose default is null but whose value, when one is given, is a number of this type.
-NULLABLE_NUMBERS: dict[str, type] = {"loss.identity_from": int, "data.degrade_size": int}
+NULLABLE_NUMBERS: dict[str, type] = {
+    "loss.identity_from": int,
+    "data.degrade_size": int,
+    "train.time_budget_min": float,
+}
 
 
 class ConfigError(ValueError):

@@ -1,11 +1,13 @@
 """``python -m train evaluate``: the paper's CelebA-Test protocol in one command.
 
-Ground truth is a folder of aligned HQ faces. The LQ inputs are given, or made from the HQ faces with the
-training degradation and a fixed seed (and written to a folder, so runs compare). The restored faces are
-given, or produced by a model through the ``gfp`` pipeline exactly as ``python -m gfp --aligned -s 1
---bg_upsampler none`` would. Every image is scored at ``--size`` (512) as uint8: PSNR and SSIM on Y (BT.601)
-and on RGB with basicsr's definitions and no border crop, identity cosine, NIQE; the LQ inputs are scored
-the same way as the baseline row.
+Ground truth is a folder of aligned HQ faces. The LQ inputs are given, or made from the HQ faces with a fixed
+seed (and written to a folder, so runs compare) by the paper's degradation model,
+y = [(x ⊛ k_σ)↓_r + n_δ]_JPEG_q enlarged back; the training set's colour augmentations (colour shift, gray,
+brightness/contrast/saturation/hue jitter) only when asked for, since they are not part of that model.
+The restored faces are given, or produced by a model through the ``gfp`` pipeline exactly as ``python -m gfp
+--aligned -s 1 --bg_upsampler none`` would. Every image is scored at ``--size`` (512) as uint8: PSNR and SSIM
+on Y (BT.601) and on RGB with basicsr's definitions and no border crop, identity cosine, NIQE; the LQ inputs
+are scored the same way as the baseline row.
 """
 
 from __future__ import annotations
@@ -209,18 +211,46 @@ def format_table(report: dict[str, Any], verbose: bool = False) -> str:
         for row in report["images"]:
             body += line(f"{row['name']} restored", row["restored"]) + line(f"{row['name']} lq", row["lq"])
     notes = f"\n{report['n']} faces at {report['size']}x{report['size']}"
+    if report.get("degradation"):
+        notes += f"; LQ: {report['degradation']}"
+    if "psnr_y" in cols:
+        worst = min(report["images"], key=lambda r: r["restored"]["psnr_y"] - r["lq"]["psnr_y"])
+        drop = worst["restored"]["psnr_y"] - worst["lq"]["psnr_y"]
+        notes += f"\nleast gain: {worst['name']} {drop:+.2f} dB PSNR-Y against its own input"
     notes += f"; identity: {report['identity_net'] or 'skipped'}"
     notes += "".join(f"\n- {k} skipped: {v}" for k, v in report["skipped"].items())
     return head + body + notes
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _degradation(config: str | None) -> dict[str, Any]:
-    if config is None:
-        return dict(DEFAULTS["degradation"])
-    from train.config import load_config
+COLOR_AUGMENTATIONS = {"color_jitter_prob": None, "gray_prob": 0.0, "color_jitter_pt_prob": None}
 
-    return load_config(config)["degradation"]
+
+def paper_degradation(degradation: dict[str, Any]) -> dict[str, Any]:
+    """The paper's degradation model from a training ``degradation`` section: blur, downsample, noise, JPEG
+    and the resize back, with the training set's colour augmentations (shift, gray, jitter) switched off."""
+    return {**degradation, **COLOR_AUGMENTATIONS}
+
+
+def _degradation(config: str | None, augmentations: bool) -> dict[str, Any]:
+    if config is None:
+        degradation = dict(DEFAULTS["degradation"])
+    else:
+        from train.config import load_config
+
+        degradation = load_config(config)["degradation"]
+    return degradation if augmentations else paper_degradation(degradation)
+
+
+def _described(args: argparse.Namespace) -> str:
+    """Which degradation made the LQ faces, for the report."""
+    if not args.degrade:
+        return "given (--lq)"
+    text = "the paper's degradation model (blur, downsample, noise, JPEG)"
+    if args.color_augmentations:
+        text += " + the training colour augmentations (shift, gray, jitter)"
+    ranges = args.degradation_config or "the official ranges"
+    return f"{text}, {ranges}, seed {args.seed}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,12 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hq", required=True, help="folder of aligned HQ faces (the ground truth)")
     p.add_argument("--lq", required=True, help="folder of LQ faces (given, or written by --degrade)")
-    p.add_argument("--degrade", action="store_true", help="make --lq from --hq with the training degradation")
+    p.add_argument(
+        "--degrade",
+        action="store_true",
+        help="make --lq from --hq with the paper's degradation model (blur, downsample, noise, JPEG)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of --degrade (default 0)")
     p.add_argument(
         "--degradation-config",
         default=None,
-        help="training YAML whose degradation section --degrade uses (default: the official one)",
+        help="training YAML whose degradation ranges --degrade uses (default: the official ones)",
+    )
+    p.add_argument(
+        "--color-augmentations",
+        action="store_true",
+        help="with --degrade: also apply the training set's colour shift, gray and colour jitter, which "
+        "are training augmentations, not part of the paper's degradation model",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--restored", help="folder of restored faces (STEM.* or STEM_* per HQ face)")
@@ -268,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         hq, lq = Path(args.hq), Path(args.lq)
         hq_files = list_images(hq)
         if args.degrade:
-            make_lq(hq_files, lq, args.size, args.seed, _degradation(args.degradation_config))
+            degradation = _degradation(args.degradation_config, args.color_augmentations)
+            make_lq(hq_files, lq, args.size, args.seed, degradation)
         elif not lq.is_dir():
             raise EvaluationError(f"LQ folder not found: {lq} (add --degrade to make it from --hq)")
         with tempfile.TemporaryDirectory() as tmp:
@@ -278,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 restored = Path(args.restored)
             report = evaluate(hq, lq, restored, args.size, args.weights_dir, _data_dir())
+        report["degradation"] = _described(args)
     except (EvaluationError, DataError, ConfigError, WeightsError, yaml.YAMLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

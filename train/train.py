@@ -38,6 +38,9 @@ from train.networks import build_discriminators, build_identity, build_training_
 log = logging.getLogger("train")
 PARTS = ("left_eye", "right_eye", "mouth")
 CHECKPOINT_GLOB = "step_*.pt"
+# Steps (counted from where fit() starts) between which a time budget measures the speed: after start-up
+# and the first loader batches, and short enough to fall inside a typical warm-up.
+BUDGET_PROBE = (20, 150)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -64,6 +67,7 @@ class Trainer:
         self.rank, self.world = rank, world_size
         self.device = device or select_device(cfg["device"])
         self.step = 0
+        self.sized = False  # whether train.total_iter was sized from train.time_budget_min
         self.out_dir = Path(cfg["output_dir"])
         torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
 
@@ -391,6 +395,7 @@ class Trainer:
         """Everything needed to resume exactly (plain tensors and containers: loads with weights_only)."""
         state = {
             "step": self.step,
+            "sized_total_iter": self.cfg["train"]["total_iter"] if self.sized else None,
             "config": self.cfg,
             "net_g": _unwrap(self.net_g).state_dict(),
             "net_g_ema": self.net_g_ema.state_dict(),
@@ -415,6 +420,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        if state.get("sized_total_iter") is not None:  # keep the schedule the budget sized
+            self.cfg["train"]["total_iter"] = int(state["sized_total_iter"])
+            self.sized = True
         _unwrap(self.net_g).load_state_dict(state["net_g"])
         self.net_g_ema.load_state_dict(state["net_g_ema"])
         for k, v in self.nets_d.items():
@@ -475,12 +483,25 @@ class Trainer:
             return last
         bar = tqdm(total=total_iter, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
         started, t0 = self.step, time.time()
+        budget = tcfg["time_budget_min"]
+        deadline = None if budget is None else time.perf_counter() + 60.0 * float(budget)
+        probe_start = 0.0
         waited = time.perf_counter()
         for batch in self._loader():
             self.timings["data"] = self.timings.get("data", 0.0) + time.perf_counter() - waited
             logs = self.train_step(batch)
             bar.update(1)
             last = logs
+            if deadline is not None:
+                now = time.perf_counter()
+                if self.step - started == BUDGET_PROBE[0]:
+                    probe_start = now
+                elif self.step - started == BUDGET_PROBE[1] and not self.sized:
+                    total_iter = self._size_to_budget(total_iter, probe_start, now, deadline)
+                    bar.total = total_iter
+                if self.step < total_iter and self._past(deadline, now):
+                    log.info("time budget of %s min spent at step %d: stopping there", budget, self.step)
+                    total_iter = self.step
             if main:
                 self._log(logs, started, t0)
                 if tcfg["image_every"] and self.step % tcfg["image_every"] == 0:
@@ -501,6 +522,30 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         return last
+
+    def _past(self, deadline: float, now: float) -> bool:
+        """Whether the time budget is spent: rank 0's clock decides, every 50 steps when distributed (a
+        collective each step would cost more than the budget's precision is worth)."""
+        if self.world == 1:
+            return now >= deadline
+        if self.step % 50:
+            return False
+        flag = torch.tensor(int(now >= deadline), device=self.device)
+        dist.broadcast(flag, 0)
+        return bool(flag)
+
+    def _size_to_budget(self, total_iter: int, probe_start: float, now: float, deadline: float) -> int:
+        """The step the budget reaches at the speed measured over ``BUDGET_PROBE`` (never more than
+        ``total_iter``); it becomes ``train.total_iter``, so the cosine schedule ends on time. Every rank
+        takes rank 0's figure, so all stop together."""
+        rate = (BUDGET_PROBE[1] - BUDGET_PROBE[0]) / max(now - probe_start, 1e-9)
+        steps = min(total_iter, self.step + int(rate * (deadline - now)))
+        sized = torch.tensor(steps, dtype=torch.int64, device=self.device)
+        if self.world > 1:
+            dist.broadcast(sized, 0)
+        self.cfg["train"]["total_iter"], self.sized = int(sized), True
+        log.info("%.2f it/s: %d steps fit the time budget", rate, int(sized))
+        return int(sized)
 
     def _log(self, logs: dict[str, float], started: int, t0: float) -> None:
         every = self.cfg["train"]["log_every"]
