@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-i", "--input", default="inputs/whole_imgs", help="input image or folder (default: %(default)s)"
     )
     p.add_argument("-o", "--output", default="results", help="output folder (default: %(default)s)")
+    add_restore_arguments(p)
+    return p
+
+
+def add_restore_arguments(p: argparse.ArgumentParser) -> None:
+    """Add every restore option (all flags but input and output) to ``p``: shared with ``gfp batch``, so
+    both commands take the same options with the same meaning."""
     versions = ", ".join(v.removeprefix("v") for v in registry.choice_names("generator"))
     p.add_argument(
         "-v",
@@ -146,7 +153,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not smooth face landmarks across frames (faces may jitter)",
     )
-    return p
+
+
+def restore_options(args: argparse.Namespace) -> RestoreOptions:
+    """The :class:`RestoreOptions` of parsed restore arguments (``ValueError`` for bad values)."""
+    return RestoreOptions(
+        version=args.version,
+        upscale=args.upscale,
+        bg_upsampler=args.bg_upsampler,
+        bg_tile=args.bg_tile,
+        only_center_face=args.only_center_face,
+        aligned=args.aligned,
+        strength=args.strength,
+        detector=args.detector,
+        detect_max_side=args.detect_max_side,
+        batch_size=args.batch_size,
+        weight=args.weight,
+    )
+
+
+def video_options(args: argparse.Namespace) -> VideoOptions:
+    """The :class:`VideoOptions` of parsed restore arguments (``ValueError`` for bad values)."""
+    return VideoOptions(codec=args.video_codec, crf=args.crf, smooth=args.smooth)
+
+
+def make_restorer(args: argparse.Namespace) -> Restorer:
+    """A :class:`Restorer` for parsed restore arguments (weights folder, device, precision, backend)."""
+    bf16 = False if args.fp32 else None
+    return Restorer(
+        weights_dir=args.weights_dir, device=args.device, half=args.half, bf16=bf16, backend=args.backend
+    )
 
 
 def list_inputs(path: str) -> list[Path]:
@@ -167,20 +203,32 @@ def save_outputs(
     suffix: str | None,
     ext: str,
     aligned: bool,
-) -> None:
-    """Write faces, comparisons and the restored image with the official names."""
+) -> list[Path]:
+    """Write faces, comparisons and the restored image with the official names; returns the files written
+    (each appears atomically)."""
+    written: list[Path] = []
     for idx, (cropped, restored) in enumerate(zip(result.cropped_faces, result.restored_faces, strict=True)):
-        write_image(output / "cropped_faces" / f"{basename}_{idx:02d}.png", cropped)
-        face_name = (
-            f"{basename}_{idx:02d}_{suffix}.png" if suffix is not None else f"{basename}_{idx:02d}.png"
-        )
-        write_image(output / "restored_faces" / face_name, restored)
-        write_image(output / "cmp" / f"{basename}_{idx:02d}.png", np.concatenate((cropped, restored), axis=1))
+        face = f"{basename}_{idx:02d}"
+        written.append(write_image(output / "cropped_faces" / f"{face}.png", cropped))
+        written.append(write_image(output / "restored_faces" / f"{_suffixed(face, suffix)}.png", restored))
+        comparison = np.concatenate((cropped, restored), axis=1)
+        written.append(write_image(output / "cmp" / f"{face}.png", comparison))
     if aligned:
-        return
+        return written
     extension = in_ext.lstrip(".") if ext == "auto" else ext
-    name = f"{basename}_{suffix}" if suffix is not None else basename
-    write_image(output / "restored_imgs" / f"{name}.{extension}", result.image)
+    written.append(
+        write_image(output / "restored_imgs" / f"{_suffixed(basename, suffix)}.{extension}", result.image)
+    )
+    return written
+
+
+def video_target(output: Path, basename: str, suffix: str | None) -> Path:
+    """Where the restored clip ``basename`` goes: ``restored_videos/{basename}[_{suffix}].mp4``."""
+    return output / "restored_videos" / f"{_suffixed(basename, suffix)}.mp4"
+
+
+def _suffixed(name: str, suffix: str | None) -> str:
+    return f"{name}_{suffix}" if suffix is not None else name
 
 
 def restore_video_file(
@@ -213,25 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     try:
-        options = RestoreOptions(
-            version=args.version,
-            upscale=args.upscale,
-            bg_upsampler=args.bg_upsampler,
-            bg_tile=args.bg_tile,
-            only_center_face=args.only_center_face,
-            aligned=args.aligned,
-            strength=args.strength,
-            detector=args.detector,
-            detect_max_side=args.detect_max_side,
-            batch_size=args.batch_size,
-            weight=args.weight,
-        )
-        video_options = VideoOptions(codec=args.video_codec, crf=args.crf, smooth=args.smooth)
+        options = restore_options(args)
+        clip_options = video_options(args)
         inputs = list_inputs(args.input)
-        bf16 = False if args.fp32 else None
-        restorer = Restorer(
-            weights_dir=args.weights_dir, device=args.device, half=args.half, bf16=bf16, backend=args.backend
-        )
+        restorer = make_restorer(args)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     if not inputs:
@@ -245,10 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         basename, in_ext = os.path.splitext(path.name)
         try:
             if is_video(path):
-                name = f"{basename}_{args.suffix}" if args.suffix is not None else basename
-                result = restore_video_file(
-                    path, output / "restored_videos" / f"{name}.mp4", options, video_options, restorer
-                )
+                target = video_target(output, basename, args.suffix)
+                result = restore_video_file(path, target, options, clip_options, restorer)
             else:
                 img = read_image(path)
                 result = restorer.restore(img, options)
