@@ -51,6 +51,9 @@ def test_detects_each_official_layout(name, arch, channel_multiplier):
         GeneratorConfig(arch="v1", out_size=128, channel_multiplier=2, narrow=0.5, num_mlp=2),
         GeneratorConfig(arch="clean", out_size=256, channel_multiplier=2, narrow=0.125, sft_half=False),
         GeneratorConfig(arch="v1", out_size=32, channel_multiplier=1, narrow=0.125, different_w=False),
+        GeneratorConfig(
+            arch="clean", out_size=512, work_size=64, channel_multiplier=1, narrow=0.125, input_residual=True
+        ),
     ],
 )
 def test_detection_round_trips_custom_configs(config):
@@ -73,7 +76,16 @@ def test_rejects_a_truncated_gfpgan_state_dict():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"arch": "bilinear"}, {"out_size": 500}, {"out_size": 2048}, {"narrow": 0}]
+    "kwargs",
+    [
+        {"arch": "bilinear"},
+        {"out_size": 500},
+        {"out_size": 2048},
+        {"narrow": 0},
+        {"work_size": 128},  # without input_residual
+        {"work_size": 512, "input_residual": True},  # not below out_size
+        {"work_size": 100, "input_residual": True},
+    ],
 )
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
@@ -153,3 +165,28 @@ def test_faces_only_shares_float32_weights_and_leaves_the_generator_alone() -> N
     half = tiny_generator(tiny_config(), seed=0).half()
     assert next(FacesOnly(half).parameters()).dtype == torch.float32
     assert {p.dtype for p in half.parameters()} | {b.dtype for b in half.buffers()} == {torch.float16}
+
+
+def test_work_size_runs_the_layers_small_and_passes_the_full_size_detail_through():
+    """work_size: the face is area-shrunk for the layers, and their correction (output − shrunk input),
+    enlarged bilinearly, is added to the full-size face."""
+    import torch.nn.functional as F
+
+    small = GeneratorConfig(
+        out_size=64, channel_multiplier=1, narrow=0.125, num_style_feat=32, num_mlp=1, input_residual=True
+    )
+    full = GeneratorConfig(**{**small.to_dict(), "out_size": 256, "work_size": 64})
+    torch.manual_seed(0)
+    layers = build_generator(small).eval()
+    net = build_generator(full).eval()
+    net.load_state_dict({**layers.state_dict(), "full_size": torch.full((4,), 256.0)})  # the same layers
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        out, rgbs = net(x)
+        shrunk = x.reshape(2, 3, 64, 4, 64, 4).mean((3, 5))  # 4x4 block means
+        small_out, small_rgbs = layers(shrunk)
+    assert out.shape == x.shape and rgbs[-1].shape[-1] == 64
+    correction = F.interpolate(small_out - shrunk, size=256, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, x + correction)
+    torch.testing.assert_close(rgbs[-1], small_rgbs[-1])
+    assert detect_config(net.state_dict()) == full

@@ -125,6 +125,8 @@ def model_card(
             f"{loss['identity_weight']}, R1 {loss['r1_weight']}"
         )
     residual = ", its input added to its output" if gen.get("input_residual") else ""
+    if gen.get("work_size"):
+        residual = f", layers at {gen['work_size']} px whose correction is added to the full-size input"
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---

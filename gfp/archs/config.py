@@ -41,12 +41,27 @@ class GeneratorConfig:
     # input and learns only the correction (the CPU training recipe). No official model has it; a state
     # dict that does carries an ``input_residual`` entry, which is how it is recognised.
     input_residual: bool = False
+    # Run the layers at this size while faces come and go at out_size (the CPU recipe): the face is shrunk
+    # by area averaging, and the network's correction is enlarged (bilinear) and added to the full-size
+    # face, so the face's own detail above work_size passes through untouched. None: the layers run at
+    # out_size, as in every official model. Needs input_residual; recognised by a ``full_size`` entry
+    # whose length is the shrink factor.
+    work_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.out_size not in {2**i for i in range(4, 11)}:
             raise ValueError(f"out_size must be a power of two from 16 to 1024, got {self.out_size}")
+        if self.work_size is not None and not (
+            self.input_residual
+            and self.work_size in {2**i for i in range(4, 11)}
+            and self.work_size < self.out_size
+        ):
+            raise ValueError(
+                f"work_size must be a power of two below out_size ({self.out_size}) and needs "
+                f"input_residual, got {self.work_size}"
+            )
         if not 0 < self.narrow <= 4 or self.channel_multiplier < 1:
             raise ValueError("narrow must be in (0, 4] and channel_multiplier >= 1")
 
@@ -71,7 +86,7 @@ def build_generator(config: GeneratorConfig) -> nn.Module:
     """Instantiate the generator described by ``config`` (randomly initialised)."""
     cls = GFPGANClean if config.arch == "clean" else GFPGANv1
     return cls(
-        out_size=config.out_size,
+        out_size=config.work_size or config.out_size,
         num_style_feat=config.num_style_feat,
         channel_multiplier=config.channel_multiplier,
         num_mlp=config.num_mlp,
@@ -80,6 +95,7 @@ def build_generator(config: GeneratorConfig) -> nn.Module:
         narrow=config.narrow,
         sft_half=config.sft_half,
         input_residual=config.input_residual,
+        full_size=config.out_size if config.work_size else None,
     )
 
 
@@ -120,7 +136,8 @@ def detect_config(state_dict: Mapping[str, Tensor]) -> GeneratorConfig:
     try:
         config = GeneratorConfig(
             arch=arch,
-            out_size=2**log_size,
+            out_size=2**log_size * (_shape(state_dict, "full_size")[0] if "full_size" in state_dict else 1),
+            work_size=2**log_size if "full_size" in state_dict else None,
             channel_multiplier=channel_multiplier,
             narrow=narrow,
             num_style_feat=num_style_feat,

@@ -43,11 +43,21 @@ class _GFPGAN(nn.Module):
         different_w: bool,
         input_is_latent: bool,
         input_residual: bool = False,
+        full_size: int | None = None,
     ) -> None:
         super().__init__()
         self.residual = input_residual
         if input_residual:  # a state-dict entry, so that such a checkpoint is recognised (and strict-loads)
             self.register_buffer("input_residual", torch.ones(()))
+        # Faces come and go at full_size while the layers run at out_size (see GeneratorConfig.work_size).
+        # A state-dict entry for the same reason as input_residual's; its length is the shrink factor, so
+        # the layout is recognised from shapes alone, and it holds full_size for a reader.
+        self.shrink = 1
+        if full_size is not None and full_size != out_size:
+            if not input_residual or full_size % out_size:
+                raise ValueError("full_size needs input_residual and a multiple of out_size")
+            self.shrink = full_size // out_size
+            self.register_buffer("full_size", torch.full((self.shrink,), float(full_size)))
         self.out_size = out_size
         self.log_size = int(math.log2(out_size))
         self.num_style_feat = num_style_feat
@@ -70,12 +80,15 @@ class _GFPGAN(nn.Module):
         return_rgb: bool = True,
         randomize_noise: bool = False,
     ) -> tuple[Tensor, list[Tensor]]:
-        """Restore ``x`` (RGB in [-1, 1], B×3×out_size×out_size).
+        """Restore ``x`` (RGB in [-1, 1], B×3×S×S, S = full_size when given, else out_size).
 
         Returns the restored image and, when ``return_rgb``, the U-Net's RGB outputs at each decoder
         resolution (the pyramid restoration loss's targets). Noise is the checkpoint's fixed noise unless
         ``randomize_noise`` (the official default) is set.
         """
+        full = x
+        if self.shrink > 1:  # area averaging, as an aligned face is shrunk for a smaller model
+            x = F.avg_pool2d(x, self.shrink)
         # Degradation removal: encoder down to 4x4.
         feat = self._stem(x)
         skips = []
@@ -101,6 +114,9 @@ class _GFPGAN(nn.Module):
         image, _ = self.stylegan_decoder(
             style_code, conditions, input_is_latent=self.input_is_latent, randomize_noise=randomize_noise
         )
+        if self.shrink > 1:  # the correction, enlarged, on the full-size input: its own detail passes through
+            correction = F.interpolate(image, scale_factor=self.shrink, mode="bilinear", align_corners=False)
+            return full + correction, out_rgbs
         if self.residual:
             image = image + x
         return image, out_rgbs
@@ -120,9 +136,17 @@ class GFPGANClean(_GFPGAN):
         narrow: float = 1.0,
         sft_half: bool = True,
         input_residual: bool = False,
+        full_size: int | None = None,
     ) -> None:
         super().__init__(
-            out_size, num_style_feat, channel_multiplier, narrow, different_w, input_is_latent, input_residual
+            out_size,
+            num_style_feat,
+            channel_multiplier,
+            narrow,
+            different_w,
+            input_is_latent,
+            input_residual,
+            full_size,
         )
         ch = self.unet_channels
         self.conv_body_first = nn.Conv2d(3, ch[out_size], 1)
@@ -171,9 +195,17 @@ class GFPGANv1(_GFPGAN):
         resample_kernel: tuple[int, ...] = (1, 3, 3, 1),
         lr_mlp: float = 0.01,
         input_residual: bool = False,
+        full_size: int | None = None,
     ) -> None:
         super().__init__(
-            out_size, num_style_feat, channel_multiplier, narrow, different_w, input_is_latent, input_residual
+            out_size,
+            num_style_feat,
+            channel_multiplier,
+            narrow,
+            different_w,
+            input_is_latent,
+            input_residual,
+            full_size,
         )
         ch = self.unet_channels
         self.conv_body_first = ConvLayer(3, ch[out_size], 1)
