@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gfp import registry
+from gfp.selection import center_face
 
 FFHQ_TEMPLATE_512 = np.array(
     [
@@ -176,8 +177,7 @@ def detect_faces(
         wide = eye_dist >= eye_dist_threshold
         dets, points = dets[wide], points[wide]
     if only_center_face and len(dets) > 1:
-        centers = (dets[:, 0:2] + dets[:, 2:4]) / 2
-        idx = int(np.argmin(np.linalg.norm(centers - np.array([full_w / 2, full_h / 2]), axis=1)))
+        idx = center_face(dets, full_w, full_h)
         dets, points = dets[idx : idx + 1], points[idx : idx + 1]
     return Detections(boxes=np.ascontiguousarray(dets), landmarks=np.ascontiguousarray(points))
 

@@ -6,8 +6,11 @@ lives in local variables of :meth:`Restorer.restore` and is returned in a :class
 
 With ``strength=1`` the result is the official GFPGAN output (``GFPGANer.enhance``) for the same weights,
 apart from rounding instead of truncating the final pixel values and the checkpoint's fixed noise
-instead of fresh random noise. Inputs keep their layout: gray stays gray, alpha is upscaled on its own and
-put back, and 16-bit images stay 16-bit with the 8-bit restored faces rescaled to 16-bit values.
+instead of fresh random noise (and with the default ``color_fix="none"`` and all faces chosen). A face
+choice restores some faces and leaves the others as they are (:mod:`gfp.selection`); a colour fix gives
+each restored face its input crop's colours (:mod:`gfp.color`). Inputs keep their layout: gray stays
+gray, alpha is upscaled on its own and put back, and 16-bit images stay 16-bit with the 8-bit restored
+faces rescaled to 16-bit values.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ from torch import Tensor, nn
 from gfp import openvino, registry
 from gfp.archs import FacesOnly, GeneratorConfig
 from gfp.background import BackgroundUpsampler, build_background_upsampler, lanczos_upsample, scaled_size
+from gfp.color import check_method, color_fix
 from gfp.devices import decide_backend, decide_precision, select_device
 from gfp.faces import align_faces, detect_faces, resize_aligned
 from gfp.loading import load_generator, load_model, read_generator
 from gfp.paste import PARSE_SIZE, parse_masks, paste_faces
 from gfp.precision import bf16_autocast, cpu_has_native_bf16
 from gfp.registry import ModelEntry
+from gfp.selection import FaceSelection, parse_faces, reading_order, select_faces
 from gfp.weights.errors import WeightsError
 from gfp.weights.resolve import Resolved, cache_dir, resolve
 
@@ -64,6 +69,7 @@ class RestoreOptions:
     bg_tile: int = 400
     """Tile size of the background upsampler (0: whole image at once)."""
     only_center_face: bool = False
+    """The official flag: the same as ``faces="center"``."""
     aligned: bool = False
     """The input is already an FFHQ-aligned face: no detection, no paste-back."""
     strength: float = 1.0
@@ -80,6 +86,16 @@ class RestoreOptions:
     use_parse: bool | None = None
     """Blend faces with the ParseNet face mask. None: when its weights can be had, else a soft square (with
     a note); True: the parser's weights must be had; False: always the soft square."""
+    color_fix: str = "none"
+    """Give each restored face its input crop's colours (:mod:`gfp.color`): "none" (the face as the model
+    makes it, the official output), "wavelet" (the input's coarse colour and light under the restored
+    detail) or "adain" (each channel's mean and spread made the input's). Applied before ``strength``."""
+    faces: str | Sequence[int] = "all"
+    """Which faces to restore (:mod:`gfp.selection`): "all", "largest", "center", or face numbers from 1
+    in reading order, e.g. "1,3" or ``[1, 3]`` (stored as "1,3"). Skipped faces stay as they are."""
+    min_face: int = 0
+    """Skip faces whose detected box is shorter than this many pixels (of the input image) on its shorter
+    side; 0 restores faces of any size."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str | os.PathLike) or not os.fspath(self.version).strip():
@@ -105,6 +121,21 @@ class RestoreOptions:
             raise ValueError(f"detect_max_side must be an integer >= 64 (or None), got {side!r}")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check_method(self.color_fix)
+        object.__setattr__(self, "faces", parse_faces(self.faces))
+        if isinstance(self.min_face, bool) or not isinstance(self.min_face, int) or self.min_face < 0:
+            raise ValueError(f"min_face must be a whole number of pixels >= 0, got {self.min_face!r}")
+        if self.only_center_face and self.faces not in ("all", "center"):
+            raise ValueError(
+                f"only_center_face means faces='center'; it cannot be combined with {self.faces!r}"
+            )
+        if self.aligned and (self.faces != "all" or self.min_face):
+            raise ValueError("faces and min_face do not apply to aligned input (each image is one face)")
+
+    @property
+    def face_choice(self) -> str:
+        """The face choice in effect: ``faces``, or "center" for ``only_center_face``."""
+        return "center" if self.only_center_face else self.faces
 
     def background_on(self, device: torch.device | str) -> str:
         """The background choice in effect on ``device``: ``bg_upsampler``, or that device's default."""
@@ -120,11 +151,13 @@ class RestoreResult:
     image: np.ndarray
     """The restored image, same layout and dtype as the input, size × upscale."""
     cropped_faces: list[np.ndarray]
-    """Aligned input faces (uint8 BGR, face_size²), in detection order."""
+    """Aligned input faces (uint8 BGR, face_size²) of the faces restored (see ``RestoreOptions.faces``), in
+    detection order."""
     restored_faces: list[np.ndarray]
     """Restored faces (uint8 BGR), same order."""
     boxes: np.ndarray
-    """(N, 5) float32 detection boxes x1, y1, x2, y2, score in input pixels (empty for aligned input)."""
+    """(N, 5) float32 detection boxes x1, y1, x2, y2, score in input pixels of the faces restored (empty for
+    aligned input)."""
     landmarks: np.ndarray
     """(N, 5, 2) float32 landmarks in input pixels (empty for aligned input)."""
     timings: dict[str, float]
@@ -134,6 +167,11 @@ class RestoreResult:
     """How faces were blended in: "parsenet", "square" (no parser weights or use_parse=False) or "none"."""
     notes: list[str] = field(default_factory=list)
     """Things the caller should know (e.g. that a default model was unavailable and what replaced it)."""
+    face_numbers: list[int] = field(default_factory=list)
+    """The number of each restored face (from 1, left to right among all faces found: see
+    :mod:`gfp.selection`), in the order of the lists above."""
+    selection: FaceSelection = field(default_factory=lambda: FaceSelection(0))
+    """Faces found, restored and skipped (and why): ``selection.summary()`` says it in one line."""
 
 
 @dataclass(frozen=True)
@@ -446,6 +484,8 @@ class Restorer:
             device=str(self.device),
             face_mask="none",
             notes=run.notes,
+            face_numbers=[1],
+            selection=FaceSelection(1, (1,)),
         )
 
     def _restore_photo(
@@ -460,12 +500,18 @@ class Restorer:
         detector = self.detector(options.detector)
         run.lap("load")
         run.report(0, 1, "detect")
-        found = detect_faces(
-            detector, work, only_center_face=options.only_center_face, max_side=options.detect_max_side
-        )
+        found = detect_faces(detector, work, max_side=options.detect_max_side)
         run.report(1, 1, "detect")
+        order = reading_order(found.boxes)
+        height, width = work.shape[:2]
+        selection = select_faces(found.boxes[order], width, height, options.face_choice, options.min_face)
+        # restored and pasted in detection order, as the official stack pastes (later faces go on top)
+        keep = np.sort(order[[n - 1 for n in selection.restored]])
+        numbers = np.empty(len(order), np.int64)
+        numbers[order] = np.arange(1, len(order) + 1)
+        boxes, landmarks = found.boxes[keep], found.landmarks[keep]
         run.lap("detect")
-        crops, matrices = align_faces(work, found.landmarks, config.out_size)
+        crops, matrices = align_faces(work, landmarks, config.out_size)
         run.lap("align")
         faces, _ = self.face_network(options.version)  # OpenVINO may still compile it meanwhile (prepare)
         restored = self._restore_faces(faces, config, crops, options, run)
@@ -484,12 +530,14 @@ class Restorer:
             image=image,
             cropped_faces=[_to_uint8(c) for c in crops],
             restored_faces=restored,
-            boxes=found.boxes,
-            landmarks=found.landmarks,
+            boxes=boxes,
+            landmarks=landmarks,
             timings=run.timings,
             device=str(self.device),
             face_mask=face_mask,
             notes=run.notes,
+            face_numbers=[int(n) for n in numbers[keep]],
+            selection=selection,
         )
 
     def face_parser(self, options: RestoreOptions) -> tuple[nn.Module | Unavailable, bool]:
@@ -570,7 +618,8 @@ class Restorer:
         options: RestoreOptions,
         run: RunLog,
     ) -> list[np.ndarray]:
-        """Run the generator over aligned crops in batches; blend by strength; return uint8 BGR faces."""
+        """Run the generator over aligned crops in batches, fix colours against each crop, blend by strength;
+        return uint8 BGR faces."""
         restored: list[np.ndarray] = []
         strength = float(options.strength)
         run.report(0, len(crops), "restore")
@@ -580,6 +629,8 @@ class Restorer:
             x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2).flip(1).float() / 255.0
             x = (x - 0.5) / 0.5
             out = faces(x).clamp_(-1, 1)
+            if options.color_fix != "none":  # in float32 on the device, against the face's own crop
+                out = color_fix(out, x, options.color_fix).clamp_(-1, 1)
             if strength < 1.0:
                 out = strength * out + (1.0 - strength) * x
             out = ((out + 1) / 2 * 255.0).round().flip(1).permute(0, 2, 3, 1)

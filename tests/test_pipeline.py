@@ -24,7 +24,9 @@ from _zoo_helpers import save_blind_detector, save_tiny_generator, tiny_config, 
 from gfp import registry
 from gfp.archs import GeneratorConfig
 from gfp.background import lanczos_upsample, scaled_size, upsample_background
-from gfp.loading import WeightsNotFoundError
+from gfp.faces import alignment_matrix
+from gfp.loading import WeightsNotFoundError, load_generator
+from gfp.paste import inverse_affine
 from gfp.pipeline import RestoreOptions, Restorer, Unavailable
 
 MOBILE = "detection_mobilenet0.25_Final.pth"
@@ -87,6 +89,14 @@ def _layouts(bgr: np.ndarray) -> dict[str, np.ndarray]:
         ({"batch_size": 0}, "batch_size"),
         ({"bg_tile": -1}, "bg_tile"),
         ({"version": " "}, "version"),
+        ({"color_fix": "histogram"}, "unknown colour fix 'histogram'; choose one of: none, wavelet, adain"),
+        ({"faces": "0"}, "face numbers start at 1, got '0'"),
+        ({"faces": "x"}, "faces must be all, largest, center or face numbers"),
+        ({"min_face": -3}, "min_face must be a whole number of pixels >= 0, got -3"),
+        ({"min_face": 2.5}, "min_face must be a whole number"),
+        ({"only_center_face": True, "faces": "largest"}, "only_center_face means faces='center'"),
+        ({"aligned": True, "faces": "2"}, "do not apply to aligned input"),
+        ({"aligned": True, "min_face": 20}, "do not apply to aligned input"),
     ],
 )
 def test_options_are_validated(kwargs: dict, message: str) -> None:
@@ -417,3 +427,164 @@ def test_detect_max_side_must_be_a_real_side(side) -> None:
     with pytest.raises(ValueError, match="detect_max_side must be an integer >= 64"):
         RestoreOptions(detect_max_side=side)
     assert RestoreOptions(detect_max_side=2048).detect_max_side == 2048
+
+
+# --- colour fix ------------------------------------------------------------------------------------------
+CAST = torch.tensor([0.82, 0.97, 1.12]).view(1, 3, 1, 1)  # a generator that tints faces blue and darkens
+
+
+def _tinting(restorer: Restorer, options: RestoreOptions, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``restorer``'s face network hand back its input faces tinted: a known colour shift."""
+    config = restorer.generator_config(options.version)
+    tint = lambda x: ((x + 1) * CAST - 1.12).clamp(-1, 1)  # noqa: E731
+    monkeypatch.setattr(restorer, "face_network", lambda spec: (tint, config))
+
+
+def _aligned_face(size: int = 64) -> np.ndarray:
+    face = cv2.imread(str(Path(__file__).resolve().parents[1] / "examples" / "astronaut_lowres.png"))
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def test_no_colour_fix_is_the_generators_output_bit_for_bit(blind_weights: Path) -> None:
+    """``color_fix="none"`` (the default) adds nothing: the face is the network's output, rounded."""
+    face = _aligned_face()
+    net = load_generator(blind_weights / "tiny")[0]
+    with torch.no_grad():
+        x = torch.from_numpy(face[None]).permute(0, 3, 1, 2).flip(1).float() / 255.0  # BGR → RGB
+        out = net((x - 0.5) / 0.5, return_rgb=False)[0].clamp(-1, 1)
+    expected = ((out + 1) / 2 * 255.0).round().flip(1).permute(0, 2, 3, 1).to(torch.uint8)[0].numpy()
+    restorer = Restorer(blind_weights, device="cpu", bf16=False)
+    for options in (_options(blind_weights, aligned=True, upscale=1), _options(blind_weights, aligned=True,
+                    upscale=1, color_fix="none")):  # fmt: skip
+        result = restorer.restore(face, options)
+        np.testing.assert_array_equal(result.restored_faces[0], expected)
+        np.testing.assert_array_equal(result.image, expected)
+
+
+@pytest.mark.parametrize("fix", ["wavelet", "adain"])
+def test_colour_fix_undoes_a_tint_on_the_aligned_path(
+    blind_weights: Path, monkeypatch: pytest.MonkeyPatch, fix: str
+) -> None:
+    face = cv2.resize(_aligned_face(), (96, 96))  # bigger than the model: shrunk to 64 first, as the crop
+    restorer = Restorer(blind_weights, device="cpu")
+    options = _options(blind_weights, aligned=True, upscale=1)
+    _tinting(restorer, options, monkeypatch)
+    crop = restorer.restore(face, options).cropped_faces[0]
+    tinted = restorer.restore(face, options).restored_faces[0]
+    fixed = restorer.restore(face, dataclasses.replace(options, color_fix=fix)).restored_faces[0]
+    assert psnr(tinted, crop) < 22 and psnr(fixed, crop) > psnr(tinted, crop) + 7  # measured +9.9, +13
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("fix", ["wavelet", "adain"])
+def test_colour_fix_takes_each_faces_own_input_colours(
+    real_weights: Path, group: np.ndarray, monkeypatch: pytest.MonkeyPatch, fix: str
+) -> None:
+    restorer = Restorer(real_weights, device="cpu")
+    options = _options(real_weights, upscale=1)
+    _tinting(restorer, options, monkeypatch)
+    tinted = restorer.restore(group, options)
+    fixed = restorer.restore(group, dataclasses.replace(options, color_fix=fix))
+    faces = zip(tinted.cropped_faces, tinted.restored_faces, fixed.restored_faces, strict=True)
+    for crop, before, after in faces:
+        assert psnr(after, crop) > psnr(before, crop) + 10
+    plain = group.astype(int)  # the tint darkened the faces in the photo; the fix brings their light back
+    box = tuple(slice(int(a), int(b)) for a, b in ((fixed.boxes[0, 1], fixed.boxes[0, 3]),
+                (fixed.boxes[0, 0], fixed.boxes[0, 2])))  # fmt: skip
+    assert abs(fixed.image[box].mean() - plain[box].mean()) < 0.3 * abs(
+        tinted.image[box].mean() - plain[box].mean()
+    )
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("fix", ["none", "wavelet", "adain"])
+def test_strength_zero_returns_the_input_faces_exactly_with_any_colour_fix(
+    real_weights: Path, group: np.ndarray, fix: str
+) -> None:
+    restorer = Restorer(real_weights, device="cpu")
+    none = restorer.restore(group, _options(real_weights, upscale=1, strength=0.0, color_fix=fix))
+    for crop, face in zip(none.cropped_faces, none.restored_faces, strict=True):
+        np.testing.assert_array_equal(face, crop)
+    full = restorer.restore(group, _options(real_weights, upscale=1, color_fix=fix))
+    half = restorer.restore(group, _options(real_weights, upscale=1, strength=0.5, color_fix=fix))
+    for crop, f5, f1 in zip(full.cropped_faces, half.restored_faces, full.restored_faces, strict=True):
+        assert np.abs(f5 - (crop.astype(float) + f1) / 2).max() <= 1.0  # a blend of the fixed face
+
+
+# --- face choice -----------------------------------------------------------------------------------------
+def _paste_support(result, shape: tuple[int, ...], size: int = 64) -> np.ndarray:
+    """Where the restored faces of ``result`` (upscale 1) may have been pasted: their warped squares."""
+    support = np.zeros(shape[:2], np.uint8)
+    for points in result.landmarks:
+        inverse = inverse_affine(alignment_matrix(points, size), 1)
+        support |= cv2.warpAffine(np.ones((size, size), np.uint8), inverse, (shape[1], shape[0]))
+    return cv2.dilate(support, np.ones((5, 5), np.uint8)) > 0
+
+
+def _box(row: np.ndarray) -> tuple[slice, slice]:
+    x1, y1, x2, y2 = np.round(row[:4]).astype(int)
+    return slice(y1, y2), slice(x1, x2)
+
+
+@pytest.mark.shared
+def test_faces_are_numbered_left_to_right_and_all_is_every_number(
+    real_weights: Path, group: np.ndarray
+) -> None:
+    restorer = Restorer(real_weights, device="cpu")
+    every = restorer.restore(group, _options(real_weights, upscale=1))
+    assert sorted(every.face_numbers) == [1, 2, 3, 4]
+    centres = (every.boxes[:, 0] + every.boxes[:, 2]) / 2
+    assert [every.face_numbers[i] for i in np.argsort(centres)] == [1, 2, 3, 4]  # left to right
+    listed = restorer.restore(group, _options(real_weights, upscale=1, faces="4,3,2,1"))
+    np.testing.assert_array_equal(listed.image, every.image)
+    assert every.selection.summary() == "4 faces found, 4 restored"
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("choice", ["2,4", "largest", "center", "min-size"])
+def test_face_choice_restores_exactly_the_chosen_faces(
+    real_weights: Path, group: np.ndarray, choice: str
+) -> None:
+    restorer = Restorer(real_weights, device="cpu")
+    every = restorer.restore(group, _options(real_weights, upscale=1))
+    number = dict(zip(every.face_numbers, every.boxes, strict=True))  # face number → its box
+    sides = {n: min(b[2] - b[0], b[3] - b[1]) for n, b in number.items()}
+    centre = np.array([group.shape[1] / 2, group.shape[0] / 2])
+    if choice == "min-size":
+        threshold = int(np.ceil(np.median(list(sides.values()))))
+        kwargs, expected = {"min_face": threshold}, [n for n in sorted(sides) if sides[n] >= threshold]
+    else:
+        kwargs = {"faces": choice}
+        expected = {
+            "2,4": [2, 4],
+            "largest": [
+                max(number, key=lambda n: (number[n][2] - number[n][0]) * (number[n][3] - number[n][1]))
+            ],
+            "center": [
+                min(number, key=lambda n: np.linalg.norm((number[n][:2] + number[n][2:4]) / 2 - centre))
+            ],
+        }[choice]
+    assert 0 < len(expected) < 4
+    result = restorer.restore(group, _options(real_weights, upscale=1, **kwargs))
+    assert sorted(result.face_numbers) == expected and len(result.restored_faces) == len(expected)
+    for n, face in zip(result.face_numbers, result.restored_faces, strict=True):  # the same faces as in "all"
+        np.testing.assert_array_equal(face, every.restored_faces[every.face_numbers.index(n)])
+    assert result.selection.found == 4 and len(result.selection.skipped) == 4 - len(expected)
+    # Skipped faces are pasted back untouched: every pixel the chosen faces were not pasted on is the input's.
+    support = _paste_support(result, group.shape)
+    np.testing.assert_array_equal(result.image[~support], group[~support])
+    for n, box in number.items():
+        region = _box(box)
+        if n in expected:
+            assert np.abs(result.image[region].astype(int) - group[region]).mean() > 5
+        else:
+            assert (~support[region]).mean() > 0.5  # the check above covers most of this face
+
+
+@pytest.mark.shared
+def test_only_center_face_is_faces_center(real_weights: Path, group: np.ndarray) -> None:
+    restorer = Restorer(real_weights, device="cpu")
+    official = restorer.restore(group, _options(real_weights, only_center_face=True))
+    spelled = restorer.restore(group, _options(real_weights, faces="center"))
+    np.testing.assert_array_equal(official.image, spelled.image)
+    assert official.face_numbers == spelled.face_numbers and len(official.face_numbers) == 1

@@ -1,0 +1,85 @@
+"""Colour fixes: give a restored face the colours of the face it was made from.
+
+Face generators tend to re-tint skin, shift brightness and change the colour of the background around the
+face. Both fixes here keep what the generator added (detail, sharpness) and take the overall colour from
+its input, the aligned crop it restored:
+
+- ``wavelet``: split each image into coarse and fine parts with a few rounds of a widening blur; the
+  result is the restored image's fine part plus the input's coarse part. The coarse part holds the colour
+  and light of regions the size of an eye or larger, so casts go while restored edges and texture stay.
+- ``adain``: shift and scale each colour channel of the restored image so that its mean and standard
+  deviation (over the whole crop) equal the input's. Cheaper, global: a uniform cast or darkening goes,
+  a local one stays.
+
+Pure tensor functions: (B, 3, H, W) float tensors, any value range (the pipeline uses [-1, 1]), any
+device; the input is the restored image's size. They return a new tensor and do not clamp.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+COLOR_FIXES = ("none", "wavelet", "adain")
+"""What ``RestoreOptions.color_fix`` and the ``--color-fix`` flag take; "none" leaves faces as restored."""
+WAVELET_LEVELS = 5
+"""Blur rounds of the wavelet fix: the coarse part keeps structures of about 2**5 = 32 px and more."""
+_EPS = 1e-5
+
+_BLUR = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+
+
+def _blur(x: Tensor, spacing: int) -> Tensor:
+    """A 3x3 binomial blur whose taps are ``spacing`` pixels apart, per channel, edges repeated."""
+    channels = x.shape[1]
+    kernel = _BLUR.to(device=x.device, dtype=x.dtype).expand(channels, 1, 3, 3)
+    padded = F.pad(x, (spacing,) * 4, mode="replicate")
+    return F.conv2d(padded, kernel, groups=channels, dilation=spacing)
+
+
+def low_frequencies(x: Tensor, levels: int = WAVELET_LEVELS) -> Tensor:
+    """The coarse part of ``x``: ``levels`` blurs in a row, the spacing of the taps doubling each time
+    (1, 2, 4, ... px). ``x`` minus it is the sum of the fine parts every round removed."""
+    for level in range(levels):
+        x = _blur(x, 2**level)
+    return x
+
+
+def wavelet_fix(restored: Tensor, source: Tensor, levels: int = WAVELET_LEVELS) -> Tensor:
+    """``restored``'s fine part on ``source``'s coarse part (colour and light of ``source``)."""
+    return restored - low_frequencies(restored, levels) + low_frequencies(source, levels)
+
+
+def adain_fix(restored: Tensor, source: Tensor) -> Tensor:
+    """``restored`` with each channel's mean and standard deviation made ``source``'s (per image)."""
+    mean_r, std_r = _moments(restored)
+    mean_s, std_s = _moments(source)
+    return (restored - mean_r) / std_r * std_s + mean_s
+
+
+def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image and channel: mean and standard deviation over the pixels, (B, C, 1, 1) each."""
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    return mean, (var + _EPS).sqrt()
+
+
+def check_method(method: str) -> None:
+    """``ValueError`` naming the choices unless ``method`` is one of :data:`COLOR_FIXES`."""
+    if method not in COLOR_FIXES:
+        raise ValueError(f"unknown colour fix {method!r}; choose one of: {', '.join(COLOR_FIXES)}")
+
+
+def color_fix(restored: Tensor, source: Tensor, method: str) -> Tensor:
+    """Apply the colour fix ``method`` (one of :data:`COLOR_FIXES`) in float32; "none" returns
+    ``restored`` itself. ``source`` must have ``restored``'s shape."""
+    check_method(method)
+    if method == "none":
+        return restored
+    if source.shape != restored.shape:
+        raise ValueError(
+            f"colour fix needs the input at the restored size, got {tuple(source.shape)} for "
+            f"{tuple(restored.shape)}"
+        )
+    fix = wavelet_fix if method == "wavelet" else adain_fix
+    return fix(restored.float(), source.float())

@@ -1,0 +1,135 @@
+"""Which faces to restore: all, the largest, the centre one, or faces by number; and a minimum size.
+
+Faces are numbered from 1, left to right (by the centre of their boxes; ties top to bottom), so the
+numbers of a row of people read as the row does. Those are the numbers the CLI's file names (face ``N`` is
+``NAME_{N-1:02d}.png``) and the app's gallery show. In a video the faces are the tracks of people, numbered
+in the order they appear (those appearing together, left to right).
+
+Pure functions over detection boxes (x1, y1, x2, y2 in the image's pixels); the pipeline and the video
+code call :func:`select_faces` and paste every face it skips back untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FACE_CHOICES = ("all", "largest", "center")
+"""The named face choices; anything else must be a list of face numbers ("2", "1,3")."""
+_NUMBERS = re.compile(r"\d+(\s*[,\s]\s*\d+)*")
+
+
+def parse_faces(value: str | Sequence[int]) -> str:
+    """A face choice in its one spelling: "all", "largest", "center" or numbers "1,3" (ascending, once
+    each). Takes those, "centre", numbers separated by commas or spaces, or a sequence of ints;
+    ``ValueError`` naming what is allowed for anything else (0, negative or non-numbers)."""
+    if not isinstance(value, str):
+        if isinstance(value, bool | bytes) or not all(isinstance(n, int | np.integer) for n in value):
+            raise ValueError(_faces_error(value))
+        value = ",".join(str(int(n)) for n in value)
+    text = value.strip().lower()
+    if text == "centre":
+        return "center"
+    if text in FACE_CHOICES:
+        return text
+    if not _NUMBERS.fullmatch(text):
+        raise ValueError(_faces_error(value))
+    numbers = sorted({int(n) for n in re.split(r"[,\s]+", text)})
+    if numbers[0] < 1:
+        raise ValueError(f"face numbers start at 1, got {value!r}")
+    return ",".join(map(str, numbers))
+
+
+def _faces_error(value: object) -> str:
+    return f"faces must be all, largest, center or face numbers such as 1,3 (from 1), got {value!r}"
+
+
+def face_numbers(choice: str) -> tuple[int, ...]:
+    """The face numbers of a parsed choice ("1,3" → (1, 3)); () for a named choice."""
+    return () if choice in FACE_CHOICES else tuple(int(n) for n in choice.split(","))
+
+
+def reading_order(boxes: np.ndarray) -> np.ndarray:
+    """Indices of ``boxes`` (N, >=4) left to right by box centre, ties top first: face number - 1 → index."""
+    boxes = _boxes(boxes)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return np.lexsort((cy, cx)).astype(np.int64)
+
+
+def _boxes(boxes: np.ndarray) -> np.ndarray:
+    """Boxes as float64 (N, >=4); no boxes as (0, 4)."""
+    boxes = np.asarray(boxes, np.float64)
+    return boxes.reshape(len(boxes), -1) if boxes.size else np.zeros((0, 4))
+
+
+def center_face(boxes: np.ndarray, width: float, height: float) -> int:
+    """Index of the box whose centre is nearest the image centre (the official ``only_center_face``)."""
+    boxes = np.asarray(boxes, np.float64)
+    centers = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
+    return int(np.argmin(np.linalg.norm(centers - np.array([width / 2, height / 2]), axis=1)))
+
+
+def shorter_sides(boxes: np.ndarray) -> np.ndarray:
+    """The shorter side of each box (N, >=4), in pixels."""
+    boxes = _boxes(boxes)
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+@dataclass(frozen=True)
+class FaceSelection:
+    """What a face choice made of the faces found: which numbers are restored, which skipped and why."""
+
+    found: int
+    """Faces found (detections in a photo, tracks in a video)."""
+    restored: tuple[int, ...] = ()
+    """Face numbers restored, ascending."""
+    skipped: dict[int, str] = field(default_factory=dict)
+    """Face number → why it was skipped ("smaller than 40 px", "not chosen")."""
+    missing: tuple[int, ...] = ()
+    """Face numbers asked for that are not there (beyond ``found``)."""
+
+    def summary(self, noun: str = "face") -> str:
+        """One line: "4 faces found, 2 restored, 2 skipped (1 smaller than 40 px, 1 not chosen)"."""
+        text = f"{self.found} {noun}{'' if self.found == 1 else 's'} found, {len(self.restored)} restored"
+        if self.skipped:
+            reasons = Counter(self.skipped.values())
+            why = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+            text += f", {len(self.skipped)} skipped ({why})"
+        if self.missing:
+            listed = ", ".join(map(str, self.missing))
+            text += f"; no {noun} {listed} (numbers go up to {self.found})"
+        return text
+
+
+def select_faces(
+    boxes: np.ndarray, width: float, height: float, choice: str = "all", min_face: int = 0
+) -> FaceSelection:
+    """Choose among faces given in number order (``boxes[n - 1]`` is face ``n``) in a ``width`` x
+    ``height`` image.
+
+    Faces whose box is shorter than ``min_face`` px on its shorter side are skipped first; ``choice``
+    (a :func:`parse_faces` spelling) then picks among the rest: all of them, the one of largest box area,
+    the one nearest the image centre, or the listed numbers.
+    """
+    choice = parse_faces(choice)
+    boxes = _boxes(boxes)
+    numbers = range(1, len(boxes) + 1)
+    small = shorter_sides(boxes) < min_face
+    skipped = {n: f"smaller than {min_face} px" for n in numbers if small[n - 1]}
+    left = [n for n in numbers if n not in skipped]
+    if choice == "all" or not left:
+        chosen = left
+    elif choice == "largest":
+        areas = [(boxes[n - 1, 2] - boxes[n - 1, 0]) * (boxes[n - 1, 3] - boxes[n - 1, 1]) for n in left]
+        chosen = [left[int(np.argmax(areas))]]
+    elif choice == "center":
+        chosen = [left[center_face(boxes[[n - 1 for n in left]], width, height)]]
+    else:
+        chosen = [n for n in left if n in face_numbers(choice)]
+    skipped |= {n: "not chosen" for n in left if n not in chosen}
+    missing = tuple(n for n in face_numbers(choice) if n > len(boxes))
+    return FaceSelection(len(boxes), tuple(chosen), dict(sorted(skipped.items())), missing)
