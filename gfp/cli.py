@@ -1,10 +1,11 @@
 """Command line: ``python -m gfp`` / ``gfp``, with the official ``inference_gfpgan.py`` flags and layout.
 
-``gfp export-onnx MODEL OUT.onnx`` exports a generator instead (:mod:`gfp.onnx`).
+``gfp export-onnx MODEL OUT.onnx`` exports a generator instead (:mod:`gfp.onnx`); ``gfp batch INPUT -o
+OUTPUT`` restores a whole archive with Ray Data, with these options and outputs (:mod:`gfp.batch`).
 
 Outputs (as the official script writes them) under ``--output``::
 
-    cropped_faces/{name}_{idx:02d}.png            aligned input faces
+    cropped_faces/{name}_{idx:02d}.png            aligned input faces (idx = face number - 1)
     restored_faces/{name}_{idx:02d}[_{suffix}].png restored faces
     cmp/{name}_{idx:02d}.png                      input | restored, side by side
     restored_imgs/{name}[_{suffix}].{ext}         the whole restored image (not with --aligned)
@@ -27,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gfp import registry
+from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
 from gfp.imageio import read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
@@ -39,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gfp",
         description="Restore faces in photos with GFPGAN (blind face restoration, generative facial prior).",
-        epilog="Export a generator to ONNX: gfp export-onnx MODEL OUT.onnx (see gfp export-onnx --help).",
+        epilog="Export a generator to ONNX: gfp export-onnx MODEL OUT.onnx (see gfp export-onnx --help). "
+        "Restore a whole archive on a Ray cluster: gfp batch INPUT -o OUTPUT (see gfp batch --help).",
     )
     p.add_argument(
         "-i", "--input", default="inputs/whole_imgs", help="input image or folder (default: %(default)s)"
@@ -74,7 +77,34 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
         "--bg_tile", type=int, default=400, help="background tile size, 0 = no tiling (default: %(default)s)"
     )
     p.add_argument("--suffix", default=None, help="suffix of the restored faces and images")
-    p.add_argument("--only_center_face", action="store_true", help="only restore the face nearest the centre")
+    p.add_argument(
+        "--only_center_face",
+        action="store_true",
+        help="only restore the face nearest the centre (= --faces center)",
+    )
+    p.add_argument(
+        "--faces",
+        default="all",
+        help="faces to restore: all, largest, center, or face numbers from 1, left to right, as the output "
+        "files number them (face N is NAME_{N-1:02d}.png), e.g. 1,3; the others stay as they are; in a video "
+        "the faces are people tracked across frames, numbered as they appear (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-face",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="skip faces whose detected box is smaller than PX pixels of the input on its shorter side (in a "
+        "video: the median over the face's frames); 0 = any size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--color-fix",
+        default="none",
+        choices=COLOR_FIXES,
+        help="give each restored face its input's colours: wavelet (the input's colour and light under the "
+        "restored detail) or adain (each channel's mean and spread); for models that tint or darken "
+        "faces (default: %(default)s, the face as the model makes it)",
+    )
     p.add_argument("--aligned", action="store_true", help="inputs are already FFHQ-aligned faces")
     p.add_argument(
         "--detect-max-side",
@@ -169,6 +199,9 @@ def restore_options(args: argparse.Namespace) -> RestoreOptions:
         detect_max_side=args.detect_max_side,
         batch_size=args.batch_size,
         weight=args.weight,
+        color_fix=args.color_fix,
+        faces=args.faces,
+        min_face=args.min_face,
     )
 
 
@@ -205,10 +238,12 @@ def save_outputs(
     aligned: bool,
 ) -> list[Path]:
     """Write faces, comparisons and the restored image with the official names; returns the files written
-    (each appears atomically)."""
+    (each appears atomically). A face's index in its file name is its face number - 1
+    (:mod:`gfp.selection`), whichever faces were chosen."""
     written: list[Path] = []
-    for idx, (cropped, restored) in enumerate(zip(result.cropped_faces, result.restored_faces, strict=True)):
-        face = f"{basename}_{idx:02d}"
+    faces = zip(result.face_numbers, result.cropped_faces, result.restored_faces, strict=True)
+    for number, cropped, restored in faces:
+        face = f"{basename}_{number - 1:02d}"
         written.append(write_image(output / "cropped_faces" / f"{face}.png", cropped))
         written.append(write_image(output / "restored_faces" / f"{_suffixed(face, suffix)}.png", restored))
         comparison = np.concatenate((cropped, restored), axis=1)
@@ -234,10 +269,16 @@ def _suffixed(name: str, suffix: str | None) -> str:
 def restore_video_file(
     path: Path, target: Path, options: RestoreOptions, video: VideoOptions, restorer: Restorer
 ) -> VideoResult:
-    """Restore one clip with a progress bar in frames (with ETA when the container gives a frame count)."""
+    """Restore one clip with a progress bar in frames (with ETA when the container gives a frame count);
+    a face choice's first pass over the clip has a bar of its own ("detect")."""
     with tqdm(desc=path.name, unit="frame", leave=False, file=sys.stderr) as bar:
+        stages = ["frames"]
 
         def progress(done: int, total: int, stage: str) -> None:
+            if stage != stages[-1]:
+                stages.append(stage)
+                bar.reset()
+                bar.set_description(f"{path.name} ({stage})" if stage != "frames" else path.name)
             if total and bar.total != total:
                 bar.total = total
                 bar.refresh()
@@ -246,18 +287,30 @@ def restore_video_file(
         return restore_video(path, target, options, video, restorer, progress=progress)
 
 
+def face_summary(result: RestoreResult | VideoResult) -> str:
+    """One line on the faces of a photo or clip: found, restored, skipped and why (or that none was found)."""
+    if not result.selection.found:
+        return f"no face found, {'video' if isinstance(result, VideoResult) else 'image'} only upscaled"
+    return result.selection.summary()
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status. ``export-onnx`` as first argument runs :mod:`gfp.onnx`."""
+    """Run the CLI; returns the exit status. ``export-onnx`` as first argument runs :mod:`gfp.onnx`, ``batch``
+    runs :mod:`gfp.batch`."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["export-onnx"]:  # the restore parser takes no positional arguments: no clash
         from gfp.onnx import main as export_main
 
         return export_main(args_list[1:], prog="gfp export-onnx")
+    if args_list[:1] == ["batch"]:
+        from gfp.batch import main as batch_main
+
+        return batch_main(args_list[1:], prog="gfp batch")
     parser = build_parser()
     args = parser.parse_args(args_list)
     try:
@@ -298,11 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if note not in noted:  # e.g. the missing parser: say it once, not for every file
                 noted.add(note)
                 tqdm.write(f"gfp: note: {note}", file=sys.stderr)
-        if isinstance(result, VideoResult):
-            if not result.faces:
-                tqdm.write(f"gfp: {path.name}: no face found, video only upscaled", file=sys.stderr)
-        elif not result.restored_faces and not args.aligned:
-            tqdm.write(f"gfp: {path.name}: no face found, image only upscaled", file=sys.stderr)
+        if not args.aligned:
+            tqdm.write(f"gfp: {path.name}: {face_summary(result)}", file=sys.stderr)
     done = len(inputs) - len(failed)
     print(f"Restored {done} of {len(inputs)} file(s); results are in the [{output}] folder.")
     if failed:

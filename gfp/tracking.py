@@ -30,6 +30,9 @@ class SmoothingOptions:
     """A detection continues a track when their boxes overlap at least this much (IoU) ..."""
     match_distance: float = 0.5
     """... or when their landmarks are within this many face sizes of each other (fast motion)."""
+    keep_lost: float = 0.5
+    """Seconds a face the detector misses keeps its track: found again near where it was within this time,
+    it continues its track (the same id, so a face choice keeps applying to it), its smoothing restarted."""
 
     def __post_init__(self) -> None:
         for name in ("min_cutoff", "d_cutoff"):
@@ -39,6 +42,8 @@ class SmoothingOptions:
             raise ValueError(f"beta must be >= 0, got {self.beta!r}")
         if not 0 < float(self.match_iou) <= 1:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou!r}")
+        if not float(self.keep_lost) >= 0:
+            raise ValueError(f"keep_lost must be >= 0 seconds, got {self.keep_lost!r}")
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
@@ -100,33 +105,34 @@ class _Track:
     box: np.ndarray
     landmarks: np.ndarray
     filter: OneEuroFilter
+    seen: float
+    """When it was last detected (seconds)."""
 
 
 class FaceTracker:
     """Links each frame's detections to the previous frame's faces and smooths their landmarks.
 
     Feed frames in presentation order through :meth:`update`. A face not detected in a frame ends its
-    track (a later detection starts a new one, unsmoothed at first), so a smoothed face never lags
-    behind a cut. ``smooth=False`` keeps the tracking (ids) but returns the detector's landmarks as is.
+    smoothing (found again, it starts unsmoothed), so a smoothed face never lags behind a cut; its track
+    id is kept for ``options.keep_lost`` seconds, so a face the detector misses for a few frames is still
+    the same face. ``smooth=False`` keeps the tracking (ids) but returns the detector's landmarks as is.
     """
 
     def __init__(self, options: SmoothingOptions | None = None, smooth: bool = True) -> None:
         self.options = options or SmoothingOptions()
         self.smooth = smooth
         self._tracks: list[_Track] = []
+        self._lost: list[_Track] = []
         self._next_id = 0
 
-    def _match(self, boxes: np.ndarray, landmarks: np.ndarray) -> list[int | None]:
+    def _match(self, boxes: np.ndarray, landmarks: np.ndarray, tracks: list[_Track]) -> list[int | None]:
         """For each detection, the index of the track it continues (greedy, best match first), or None."""
-        if not self._tracks or not len(boxes):
+        if not tracks or not len(boxes):
             return [None] * len(boxes)
-        iou = box_iou(boxes, np.stack([t.box for t in self._tracks]))
+        iou = box_iou(boxes, np.stack([t.box for t in tracks]))
         distance = np.array(
             [
-                [
-                    np.linalg.norm(pts - t.landmarks, axis=-1).mean() / face_size(t.landmarks)
-                    for t in self._tracks
-                ]
+                [np.linalg.norm(pts - t.landmarks, axis=-1).mean() / face_size(t.landmarks) for t in tracks]
                 for pts in landmarks
             ]
         )
@@ -149,20 +155,25 @@ class FaceTracker:
         boxes = (
             np.asarray(boxes, np.float32).reshape(len(landmarks), -1) if len(landmarks) else np.zeros((0, 5))
         )
-        matched = self._match(boxes, landmarks)
+        lost = [t for t in self._lost if time - t.seen <= self.options.keep_lost]
+        candidates = self._tracks + lost
+        matched = self._match(boxes, landmarks, candidates)
         tracks: list[_Track] = []
         out = np.empty_like(landmarks)
         ids: list[int] = []
         for i, index in enumerate(matched):
             if index is None:
-                track = _Track(self._next_id, boxes[i], landmarks[i], OneEuroFilter(self.options))
+                track = _Track(self._next_id, boxes[i], landmarks[i], OneEuroFilter(self.options), time)
                 self._next_id += 1
             else:
-                track = self._tracks[index]
-                track.box, track.landmarks = boxes[i], landmarks[i]
+                track = candidates[index]
+                if index >= len(self._tracks):  # missed for a while: same face, smoothing starts again
+                    track.filter = OneEuroFilter(self.options)
+                track.box, track.landmarks, track.seen = boxes[i], landmarks[i], time
             smoothed = track.filter(landmarks[i], time)
             out[i] = smoothed if self.smooth else landmarks[i]
             tracks.append(track)
             ids.append(track.id)
+        self._lost = [t for t in candidates if all(t is not kept for kept in tracks)]
         self._tracks = tracks
         return out, ids

@@ -14,6 +14,11 @@ under a temporary name next to the output and moved into place only when complet
 never holds a half-written video. Decoding and encoding use PyAV, whose wheels carry the FFmpeg libraries.
 
 Odd output sizes are padded by one edge pixel to even ones (4:2:0 video needs even sizes).
+
+A face choice other than all faces (``RestoreOptions.faces``, ``min_face``) applies to people, not to
+single detections: a first pass detects and tracks the faces of every frame (:func:`plan_faces`) and
+decides per track, on its median box, so the same person is restored or skipped in every frame; the
+second pass restores from those detections without detecting again.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -33,6 +38,7 @@ from gfp.faces import align_faces, detect_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS
 from gfp.paste import paste_faces
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog
+from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions
 
 try:
@@ -123,7 +129,7 @@ class RestoredFrame:
     time: float
     """Presentation time (seconds)."""
     boxes: np.ndarray
-    """(N, 5) detections x1, y1, x2, y2, score."""
+    """(N, 5) detections x1, y1, x2, y2, score of the faces restored."""
     landmarks: np.ndarray
     """(N, 5, 2) landmarks the faces were aligned with (smoothed unless smoothing is off)."""
     matrices: list[np.ndarray]
@@ -131,6 +137,31 @@ class RestoredFrame:
     track_ids: list[int]
     """Face track of each face (the same person keeps its id from frame to frame)."""
     restored_faces: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class FrameFaces:
+    """The faces found in one frame, tracked: detections, landmarks to align with, track ids."""
+
+    boxes: np.ndarray
+    """(N, 5) detections x1, y1, x2, y2, score."""
+    landmarks: np.ndarray
+    """(N, 5, 2) landmarks to align with (smoothed unless smoothing is off)."""
+    track_ids: list[int]
+
+
+@dataclass(frozen=True)
+class FacePlan:
+    """A first pass over a clip (:func:`plan_faces`): every frame's faces, and which tracks to restore."""
+
+    frames: list[FrameFaces]
+    restore: frozenset[int]
+    """Track ids the face choice restores."""
+    selection: FaceSelection
+    """Over tracks (people): found, restored and skipped face numbers and why."""
+    numbers: dict[int, int]
+    """Track id → face number: from 1 in the order people appear (those appearing together, left to
+    right)."""
 
 
 @dataclass
@@ -151,6 +182,8 @@ class VideoResult:
     timings: dict[str, float]
     device: str
     notes: list[str] = field(default_factory=list)
+    selection: FaceSelection = field(default_factory=lambda: FaceSelection(0))
+    """Faces (people, i.e. tracks) found, restored and skipped, and why."""
 
 
 def is_video(path: str | os.PathLike[str]) -> bool:
@@ -258,12 +291,92 @@ class _Pending:
     track_ids: list[int]
 
 
+def needs_plan(options: RestoreOptions) -> bool:
+    """Whether ``options`` choose among the faces of a clip, which takes a first pass (:func:`plan_faces`)."""
+    return options.face_choice != "all" or options.min_face > 0
+
+
+def _tracked(
+    restorer: Restorer,
+    frames: Iterable[tuple[np.ndarray, float]],
+    options: RestoreOptions,
+    video: VideoOptions,
+) -> Iterator[tuple[np.ndarray, float, FrameFaces]]:
+    """Detect every face of each frame and link them into tracks: (frame, time, its faces) in order."""
+    detector = restorer.detector(options.detector)
+    tracker = FaceTracker(video.smoothing, smooth=video.smooth)
+    for image, seconds in frames:
+        found = detect_faces(detector, image, max_side=options.detect_max_side)
+        landmarks, ids = tracker.update(found.boxes, found.landmarks, seconds)
+        yield image, seconds, FrameFaces(found.boxes, landmarks, ids)
+
+
+def plan_faces(
+    restorer: Restorer,
+    frames: Iterable[tuple[np.ndarray, float]],
+    options: RestoreOptions | None = None,
+    video: VideoOptions | None = None,
+    progress: Progress | None = None,
+    total: int = 0,
+) -> FacePlan:
+    """The first pass of a face choice over a clip: detect and track every frame's faces (as
+    :func:`restore_frames` would) and choose tracks by ``options.faces`` and ``options.min_face``.
+    Holds only boxes and landmarks, not frames. ``progress(done, total, "detect")`` after each frame."""
+    options = options or RestoreOptions()
+    video = video or VideoOptions()
+    seen: list[FrameFaces] = []
+    height = width = 0
+    for done, (image, _, faces) in enumerate(_tracked(restorer, frames, options, video), 1):
+        seen.append(faces)
+        height, width = image.shape[:2]
+        if progress is not None:
+            progress(done, total, "detect")
+    return choose_tracks(seen, width, height, options.face_choice, options.min_face)
+
+
+def choose_tracks(
+    frames: Sequence[FrameFaces], width: int, height: int, choice: str = "all", min_face: int = 0
+) -> FacePlan:
+    """Apply a face choice (:func:`gfp.selection.select_faces`) to the tracks of a clip, each track taken
+    as its median box (median centre, width and height over its frames) in a ``width`` x ``height`` frame;
+    tracks are numbered in order of first appearance, those appearing together left to right."""
+    first: dict[int, tuple[int, float, float]] = {}
+    boxes: dict[int, list[np.ndarray]] = {}
+    for index, faces in enumerate(frames):
+        for box, track in zip(faces.boxes, faces.track_ids, strict=True):
+            boxes.setdefault(track, []).append(np.asarray(box[:4], np.float64))
+            first.setdefault(track, (index, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+    ordered = sorted(first, key=first.__getitem__)
+    typical = np.array([_median_box(np.stack(boxes[track])) for track in ordered]).reshape(-1, 4)
+    selection = select_faces(typical, width, height, choice, min_face)
+    restore = frozenset(ordered[n - 1] for n in selection.restored)
+    return FacePlan(list(frames), restore, selection, {track: n for n, track in enumerate(ordered, 1)})
+
+
+def _median_box(boxes: np.ndarray) -> np.ndarray:
+    """The box (x1, y1, x2, y2) of the median centre, width and height of ``boxes`` (N, 4)."""
+    center = np.median((boxes[:, :2] + boxes[:, 2:]) / 2, axis=0)
+    half = np.median(boxes[:, 2:] - boxes[:, :2], axis=0) / 2
+    return np.concatenate([center - half, center + half])
+
+
+def _replayed(
+    frames: Iterable[tuple[np.ndarray, float]], plan: FacePlan
+) -> Iterator[tuple[np.ndarray, float, FrameFaces]]:
+    """The planned faces of each frame, in order, without detecting again."""
+    for index, (image, seconds) in enumerate(frames):
+        if index >= len(plan.frames):
+            raise ValueError(f"more frames than the plan was made from ({len(plan.frames)})")
+        yield image, seconds, plan.frames[index]
+
+
 def restore_frames(
     restorer: Restorer,
     frames: Iterable[tuple[np.ndarray, float]],
     options: RestoreOptions | None = None,
     video: VideoOptions | None = None,
     notes: list[str] | None = None,
+    plan: FacePlan | None = None,
 ) -> Iterator[RestoredFrame]:
     """Restore a stream of (uint8 BGR frame, time in seconds) pairs, in order; yields each restored frame.
 
@@ -271,16 +384,19 @@ def restore_frames(
     one, their faces restored in generator batches spanning frames, each frame pasted and yielded in
     order. With ``video.smooth=False`` every frame equals ``restorer.restore(frame, options).image``.
     Notes for the caller (e.g. why the face parser was not used) are appended to ``notes``.
+
+    A face choice (:func:`needs_plan`) needs ``plan``, made by :func:`plan_faces` over the same frames:
+    its detections are used instead of detecting again, and only the tracks it chose are restored.
     """
     options = options or RestoreOptions()
     video = video or VideoOptions()
     if options.aligned:
         raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
+    if plan is None and needs_plan(options):
+        raise ValueError("a face choice over a clip needs a first pass: pass plan=plan_faces(...)")
     face_size = restorer.generator_config(options.version).out_size
-    detector = restorer.detector(options.detector)
     batch = restorer.batch_size(options)
     log = RunLog(None)  # the default parser/background fall back here, noted, as for photos
-    tracker = FaceTracker(video.smoothing, smooth=video.smooth)
     pending: list[_Pending] = []
     waiting_faces = 0
 
@@ -309,11 +425,12 @@ def restore_frames(
             notes.extend(note for note in dict.fromkeys(log.notes) if note not in notes)
         log.notes.clear()
 
-    for image, seconds in frames:
-        found = detect_faces(detector, image, only_center_face=options.only_center_face)
-        landmarks, ids = tracker.update(found.boxes, found.landmarks, seconds)
+    tracked = _tracked(restorer, frames, options, video) if plan is None else _replayed(frames, plan)
+    for image, seconds, faces in tracked:
+        keep = [i for i, track in enumerate(faces.track_ids) if plan is None or track in plan.restore]
+        landmarks, ids = faces.landmarks[keep], [faces.track_ids[i] for i in keep]
         crops, matrices = align_faces(image, landmarks, face_size)
-        pending.append(_Pending(image, seconds, found.boxes, landmarks, crops, matrices, ids))
+        pending.append(_Pending(image, seconds, faces.boxes[keep], landmarks, crops, matrices, ids))
         waiting_faces += len(crops)
         if waiting_faces >= batch or len(pending) >= video.buffer_frames:
             yield from flush()
@@ -470,9 +587,10 @@ def restore_video(
     """Restore every face of the clip ``input`` and write an MP4 to ``output``; returns what was written.
 
     ``options`` are the photo options (model, upscale, background upsampler, strength, detector, batch
-    size ...); ``video`` the codec, quality, smoothing and limits; ``restorer`` a shared
+    size, face choice ...); ``video`` the codec, quality, smoothing and limits; ``restorer`` a shared
     :class:`~gfp.pipeline.Restorer` (one is made when None). ``progress(done, total, "frames")`` is
-    called after each frame (total 0 when the container does not say). Raises :class:`VideoError`
+    called after each frame (total 0 when the container does not say); a face choice first decodes and
+    detects the whole clip (:func:`plan_faces`), reported as ``"detect"``. Raises :class:`VideoError`
     (naming the file) for unreadable, truncated, empty or too large clips; nothing is left at ``output``
     then, and an earlier file there is kept.
     """
@@ -499,7 +617,16 @@ def restore_video(
     partial = _partial_path(target)
     facts = _Decoded()
     faces = 0
+    tracks: set[int] = set()
+    plan = None
     try:
+        if needs_plan(options):
+            clock = time.perf_counter()
+            with _open(source) as container:
+                stream = _video_stream(container, source)
+                decoded = (img[:2] for img in _decode(container, stream, None, _Decoded()))
+                plan = plan_faces(restorer, decoded, options, video, report, info.frames)
+            timings["plan"] = time.perf_counter() - clock
         with _open(source) as container, av.open(str(partial), "w", format="mp4") as sink:
             stream = _video_stream(container, source)
             stream.thread_type = "AUTO"
@@ -518,7 +645,7 @@ def restore_video(
 
             clock = time.perf_counter()
             for done, restored in enumerate(
-                restore_frames(restorer, timed_frames(), options, video, notes), 1
+                restore_frames(restorer, timed_frames(), options, video, notes, plan), 1
             ):
                 timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - clock
                 clock = time.perf_counter()
@@ -526,6 +653,7 @@ def restore_video(
                 frame.pts, frame.time_base = pts_of.pop(restored.time), time_base
                 sink.mux(out.encode(frame))
                 faces += len(restored.restored_faces)
+                tracks.update(restored.track_ids)
                 timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - clock
                 report(done, info.frames, "frames")
                 clock = time.perf_counter()
@@ -543,6 +671,7 @@ def restore_video(
     finally:
         partial.unlink(missing_ok=True)
     timings["total"] = time.perf_counter() - start
+    every = FaceSelection(len(tracks), tuple(range(1, len(tracks) + 1)))
     return VideoResult(
         path=target,
         frames=facts.frames,
@@ -555,4 +684,5 @@ def restore_video(
         timings=timings,
         device=str(restorer.device),
         notes=notes,
+        selection=every if plan is None else plan.selection,
     )

@@ -71,6 +71,12 @@ def test_list_inputs(tmp_path: Path) -> None:
         (["--detect-max-side", "10"], "detect_max_side must be an integer >= 64"),
         (["--backend", "onnx"], "invalid choice: 'onnx'"),
         (["--backend", "openvino", "--device", "cuda:7"], "cuda:7"),
+        (["--faces", "0"], "gfp: error: face numbers start at 1, got '0'"),
+        (["--faces", "x"], "gfp: error: faces must be all, largest, center or face numbers such as 1,3"),
+        (["--min-face", "-3"], "gfp: error: min_face must be a whole number of pixels >= 0, got -3"),
+        (["--min-face", "ten"], "argument --min-face: invalid int value: 'ten'"),
+        (["--color-fix", "sepia"], "argument --color-fix: invalid choice: 'sepia'"),
+        (["--only_center_face", "--faces", "2"], "only_center_face means faces='center'"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -83,6 +89,7 @@ def test_usage_errors_exit_2(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
 
 
 def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -232,3 +239,39 @@ def test_fp32_flag_turns_cpu_bf16_off(tmp_path: Path, monkeypatch: pytest.Monkey
             == 0
         )
     assert made == [True, False]
+
+
+@pytest.mark.shared
+def test_face_choice_names_files_by_face_number_and_says_what_it_skipped(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = _weights(tmp_path / "w", shared_data / "weights" / MOBILE)
+    photo = shared_data / "photos" / "codeformer_01.jpg"  # 4 faces in a row
+    every, chosen = tmp_path / "every", tmp_path / "chosen"
+    assert main(["-i", str(photo), "-o", str(every), *_args(weights)]) == 0
+    assert "codeformer_01.jpg: 4 faces found, 4 restored" in capsys.readouterr().err
+    assert main(["-i", str(photo), "-o", str(chosen), "--faces", "4,2,9", *_args(weights)]) == 0
+    err = capsys.readouterr().err
+    assert "codeformer_01.jpg: 4 faces found, 2 restored, 2 skipped (2 not chosen); no face 9" in err
+    names = sorted(p.name for p in (chosen / "restored_faces").iterdir())
+    assert names == ["codeformer_01_01.png", "codeformer_01_03.png"]  # faces 2 and 4
+    for name in names:  # the same face, with the same name, as when every face is restored
+        np.testing.assert_array_equal(
+            cv2.imread(str(chosen / "restored_faces" / name)),
+            cv2.imread(str(every / "restored_faces" / name)),
+        )
+
+
+def test_color_fix_reaches_the_restored_faces(tmp_path: Path) -> None:
+    weights = _weights(tmp_path / "w", None)
+    cv2.imwrite(str(tmp_path / "face.png"), _gradient(64, 64))
+    faces = {}
+    for fix in ("none", "wavelet", "adain"):
+        out = tmp_path / fix
+        args = ["-i", str(tmp_path / "face.png"), "-o", str(out), "--aligned", "--color-fix", fix]
+        assert main([*args, *_args(weights)]) == 0
+        faces[fix] = cv2.imread(str(out / "restored_faces" / "face_00.png")).astype(int)
+    source = _gradient(64, 64).astype(int)
+    for fix in ("wavelet", "adain"):  # the random tiny generator's colours give way to the input's
+        mean_error = np.abs(faces[fix].mean(axis=(0, 1)) - source.mean(axis=(0, 1))).max()
+        assert mean_error < 0.2 * np.abs(faces["none"].mean(axis=(0, 1)) - source.mean(axis=(0, 1))).max()

@@ -26,11 +26,15 @@ from gfp.cli import main
 from gfp.faces import FFHQ_TEMPLATE_512
 from gfp.loading import save_pretrained
 from gfp.pipeline import RestoreOptions, Restorer
+from gfp.selection import FaceSelection
 from gfp.tracking import FaceTracker, OneEuroFilter, SmoothingOptions, box_iou, face_size
 from gfp.video import (
+    FrameFaces,
     VideoError,
     VideoOptions,
+    choose_tracks,
     is_video,
+    plan_faces,
     probe_video,
     restore_frames,
     restore_video,
@@ -132,6 +136,47 @@ def test_tracker_keeps_identities_and_smooth_false_gives_detections() -> None:
     out, _ = raw.update(boxes, np.stack([a, b]) + 1.5, 0.04)
     np.testing.assert_allclose(out, np.stack([a, b]) + 1.5, rtol=0, atol=1e-4)
     assert box_iou(boxes, boxes).diagonal().tolist() == [1.0, 1.0]
+
+
+def test_a_face_missed_for_a_moment_keeps_its_track_with_smoothing_restarted() -> None:
+    a, b = _still_face((100, 100), 80), _still_face((300, 120), 80)
+    boxes = np.array([[60, 60, 140, 140, 1], [260, 80, 340, 160, 1]], np.float32)
+    tracker = FaceTracker(SmoothingOptions(keep_lost=0.2))
+    _, first = tracker.update(boxes, np.stack([a, b]), 0.0)
+    tracker.update(boxes, np.stack([a, b]) + 3, 0.04)
+    _, gap = tracker.update(boxes[:1], a[None], 0.08)  # b missed for one frame
+    out, back = tracker.update(boxes, np.stack([a, b]) + 4, 0.12)
+    assert gap == first[:1] and back == first  # b is the same face again
+    np.testing.assert_allclose(out[1], b + 4, rtol=0, atol=1e-4)  # its smoothing started over
+    assert np.abs(out[0] - (a + 4)).max() > 0.5  # a's did not
+    tracker.update(boxes[:1], a[None], 0.16)
+    _, late = tracker.update(boxes, np.stack([a, b]), 0.5)  # b gone for longer than keep_lost
+    assert late[0] == first[0] and late[1] not in first
+    with pytest.raises(ValueError, match="keep_lost"):
+        SmoothingOptions(keep_lost=-1)
+
+
+def _track_frames(sides: list[dict[int, float]]) -> list[FrameFaces]:
+    """Frames of square faces: per frame {track id: box side}; track t sits at x = 200 * t."""
+    frames = []
+    for faces in sides:
+        boxes = np.array(
+            [[200 * t, 50, 200 * t + side, 50 + side, 1] for t, side in faces.items()], np.float32
+        )
+        frames.append(FrameFaces(boxes.reshape(-1, 5), np.zeros((len(faces), 5, 2), np.float32), list(faces)))
+    return frames
+
+
+def test_tracks_are_chosen_as_people_on_their_median_size() -> None:
+    # track 7 appears first; 3 and 5 appear together later (3 on the left); 5 is big but once small
+    frames = _track_frames([{7: 40}, {7: 40, 5: 90, 3: 60}, {7: 40, 5: 20, 3: 60}, {5: 90, 3: 60}])
+    plan = choose_tracks(frames, 1200, 400)
+    assert plan.numbers == {7: 1, 3: 2, 5: 3} and plan.restore == {3, 5, 7}
+    assert choose_tracks(frames, 1200, 400, "largest").restore == {5}  # median 90, not its one small frame
+    assert choose_tracks(frames, 1200, 400, "1,3").restore == {7, 5}
+    small = choose_tracks(frames, 1200, 400, min_face=50)
+    assert small.restore == {3, 5} and small.selection.skipped == {1: "smaller than 50 px"}
+    assert small.selection.summary() == "3 faces found, 2 restored, 1 skipped (1 smaller than 50 px)"
 
 
 @pytest.mark.parametrize(
@@ -436,6 +481,65 @@ def test_cli_restores_a_clip_with_sound(real: Path, tmp_path: Path, shared_data:
     assert len(restored.frames) == 20 and restored.frames[0].shape == (480, 800, 3)
     assert restored.audio is not None and restored.audio_codec == "aac"
     shutil.rmtree(out)
+
+
+def _two_people(shared_data: Path, n: int) -> tuple[list[tuple[np.ndarray, float]], tuple, tuple]:
+    """``n`` frames with a big face on the left (its detected box about 55x71 px) and a small one on the right
+    (27x34), the small one hidden in frame 4 (the detector misses it there); where the two photos are."""
+    frames, big = _face_frames(shared_data, n)
+    small = (270, 70, 382, 182)
+    face = cv2.resize(frames[0][8:233, 8:233], (112, 112), interpolation=cv2.INTER_AREA)
+    clip = []
+    for i, frame in enumerate(frames):
+        frame = frame.copy()
+        frame[small[1] : small[3], small[0] : small[2]] = 128 if i == 4 else face
+        clip.append((frame, i / 25))
+    return clip, big, small
+
+
+def _region(img: np.ndarray, box: tuple) -> np.ndarray:
+    return img[box[1] : box[3], box[0] : box[2]].astype(int)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(("choice", "restored"), [("largest", "big"), ("2", "small"), ("min40", "big")])
+def test_face_choice_follows_each_person_through_the_clip(
+    real: Path, shared_data: Path, choice: str, restored: str
+) -> None:
+    clip, big, small = _two_people(shared_data, 8)
+    kwargs = {"min_face": 40} if choice == "min40" else {"faces": choice}
+    options = _options(real, upscale=1, **kwargs)
+    with pytest.raises(ValueError, match="needs a first pass"):
+        next(restore_frames(_restorer(real), clip, options))
+    plan = plan_faces(_restorer(real), clip, options)
+    reason = "smaller than 40 px" if choice == "min40" else "not chosen"
+    assert plan.selection == FaceSelection(
+        2, (1 if restored == "big" else 2,), {2 if restored == "big" else 1: reason}
+    )
+    out = list(restore_frames(_restorer(real), clip, options, plan=plan))
+    for i, ((frame, _), got) in enumerate(zip(clip, out, strict=True)):
+        kept, changed = (small, big) if restored == "big" else (big, small)
+        np.testing.assert_array_equal(_region(got.image, kept), _region(frame, kept))  # skipped: untouched
+        face = tuple(np.round(got.boxes[0, :4]).astype(int)) if got.boxes.size else changed
+        if restored == "small" and i == 4:
+            assert got.restored_faces == []  # hidden in this frame: nothing to restore
+        else:
+            assert len(got.restored_faces) == 1  # the chosen person in every frame, never twice
+            assert face[0] >= changed[0] and face[2] <= changed[2]  # the chosen person's face
+            assert np.abs(_region(got.image, face) - _region(frame, face)).mean() > 10
+
+
+@pytest.mark.shared
+def test_cli_says_which_people_of_a_clip_were_restored(
+    real: Path, tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip, _, _ = _two_people(shared_data, 6)
+    source = write_clip(tmp_path / "pair.mp4", [frame for frame, _ in clip], audio=None)
+    args = ["-v", str(real / "tiny"), "--weights-dir", str(real), "--detector", "retinaface_mobile0.25",
+            "--bg_upsampler", "none", "--device", "cpu", "-s", "1", "--faces", "largest"]  # fmt: skip
+    assert main(["-i", str(source), "-o", str(tmp_path / "out"), *args]) == 0
+    assert "pair.mp4: 2 faces found, 1 restored, 1 skipped (1 not chosen)" in capsys.readouterr().err
+    assert len(read_clip(tmp_path / "out" / "restored_videos" / "pair.mp4").frames) == 6
 
 
 def test_restore_faces_refuses_crops_of_the_wrong_size(blind: Path) -> None:
