@@ -394,13 +394,42 @@ def test_time_budget_sizes_the_schedule_to_end_on_time(faces, tmp_path, monkeypa
     assert resumed.cfg["train"]["total_iter"] == sized and resumed.sized
 
 
-def test_time_budget_stops_the_loop_when_spent(faces, tmp_path, monkeypatch):
-    """A machine that slows down after the probe still stops at the budget, with a checkpoint."""
+def test_time_budget_sizes_again_when_the_machine_slows_down(faces, tmp_path, monkeypatch):
+    """Each BUDGET_RESIZE steps the speed since the probe sizes the schedule again: a slowdown after the
+    probe shortens it, and the run still ends on time at the end of its schedule."""
     import train.train as tt
 
     clock = _Clock(0.01)
     monkeypatch.setattr(tt.time, "perf_counter", clock)
     monkeypatch.setattr(tt, "BUDGET_PROBE", (5, 20))
+    monkeypatch.setattr(tt, "BUDGET_RESIZE", 5)
+    extra = ["loss.gan_from=100000", "train.total_iter=100000", "train.ckpt_every=100000"]
+    extra += ["train.time_budget_min=0.1"]
+    trainer = Trainer(_config(faces, tmp_path / "run", *extra))
+    real_step, sizes = trainer.train_step, []
+
+    def slower(batch):  # each step after the probe takes 0.05 s more than the probe's steps did
+        if trainer.step > tt.BUDGET_PROBE[1]:
+            clock.now += 0.05
+        sizes.append(trainer.cfg["train"]["total_iter"])
+        return real_step(batch)
+
+    monkeypatch.setattr(trainer, "train_step", slower)
+    trainer.fit()
+    first = sizes[tt.BUDGET_PROBE[1] + 1]
+    assert trainer.step == trainer.cfg["train"]["total_iter"] < first < 100000  # sized down after the probe
+    assert clock.now <= 6.0 * 1.1
+
+
+def test_time_budget_stops_the_loop_when_spent(faces, tmp_path, monkeypatch):
+    """Steps slower than the last sizing foresaw still stop at the budget, with a checkpoint (sizing only
+    once here, so that the slowdown is not caught by the next sizing)."""
+    import train.train as tt
+
+    clock = _Clock(0.01)
+    monkeypatch.setattr(tt.time, "perf_counter", clock)
+    monkeypatch.setattr(tt, "BUDGET_PROBE", (5, 20))
+    monkeypatch.setattr(tt, "BUDGET_RESIZE", 10**9)
     extra = ["loss.gan_from=100000", "train.total_iter=100000", "train.ckpt_every=100000"]
     extra += ["train.time_budget_min=0.1"]
     trainer = Trainer(_config(faces, tmp_path / "run", *extra))

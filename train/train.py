@@ -38,9 +38,12 @@ from train.networks import build_discriminators, build_identity, build_training_
 log = logging.getLogger("train")
 PARTS = ("left_eye", "right_eye", "mouth")
 CHECKPOINT_GLOB = "step_*.pt"
-# Steps (counted from where fit() starts) between which a time budget measures the speed: after start-up
-# and the first loader batches, and short enough to fall inside a typical warm-up.
+# Steps (counted from where fit() starts) between which a time budget first measures the speed: after
+# start-up and the first loader batches, and short enough to fall inside a typical warm-up. After that the
+# steps are sized again every BUDGET_RESIZE steps from the speed since BUDGET_PROBE[0], so a machine that
+# slows down (or speeds up) still ends its schedule on time.
 BUDGET_PROBE = (20, 150)
+BUDGET_RESIZE = 100
 
 
 class TrainingDivergedError(RuntimeError):
@@ -84,8 +87,10 @@ class Trainer:
         reg_ratio = cfg["loss"]["d_reg_every"] / (cfg["loss"]["d_reg_every"] + 1)  # lazy R1 correction
         g_params = [p for p in self.net_g.parameters() if p.requires_grad]
         self.optimizers = {"g": torch.optim.Adam(g_params, lr=opt["lr_g"], betas=tuple(opt["betas_g"]))}
+        # The official code scales D's betas by the lazy-R1 ratio but not its learning rate: it passes
+        # lr × ratio as Adam's default, which the parameter group's own (unscaled) lr overrides.
         self.optimizers["d"] = torch.optim.Adam(
-            self.nets_d["d"].parameters(), lr=opt["lr_d"] * reg_ratio, betas=(0.0, 0.99**reg_ratio)
+            self.nets_d["d"].parameters(), lr=opt["lr_d"], betas=(0.0, 0.99**reg_ratio)
         )
         for part in PARTS:
             if part in self.nets_d:
@@ -223,10 +228,12 @@ class Trainer:
             output, out_rgbs = self.net_g(lq, return_rgb=True, randomize_noise=True)
             total = L.pixel_loss(output, gt, lw["pixel_weight"], lw["pixel_type"])
             logs["l_g_pix"] = total
-            pyr_w = lw["pyramid_weight"] if self.step <= lw["pyramid_until"] else 0.0
-            l_pyr = L.pyramid_loss(out_rgbs, gt, pyr_w)  # weight 0 keeps DDP's graph complete
-            total = total + l_pyr
-            logs["l_g_pyramid"] = l_pyr
+            pyr_w = lw["pyramid_weight"]
+            if pyr_w > 0 and self.step > lw["pyramid_until"]:
+                pyr_w = 1e-12  # the official "removal": a tiny weight keeps DDP's graph complete
+            for rgb, l_pyr in zip(out_rgbs, L.pyramid_losses(out_rgbs, gt, pyr_w), strict=True):
+                total = total + l_pyr
+                logs[f"l_p_{rgb.shape[-1]}"] = l_pyr
             if self.vgg is not None:
                 l_per, l_sty = L.perceptual_loss(
                     self.vgg(output),
@@ -255,7 +262,7 @@ class Trainer:
                 if lw["component_style_weight"] > 0:
                     l_cs = L.component_style_loss(fake_feats, real_feats, lw["component_style_weight"])
                     total = total + l_cs
-                    logs["l_g_comp_style"] = l_cs
+                    logs["l_g_comp_style_loss"] = l_cs
             self._lap("g_adversarial")
             if self._identity_on and lw["identity_weight"] > 0:
                 l_id = L.identity_loss(self.identity(output), self.identity(gt), lw["identity_weight"])
@@ -317,7 +324,7 @@ class Trainer:
             r1 = L.r1_penalty(pred, gt_r)
             # 0 * pred keeps the last layer's bias in the graph (DDP expects every parameter to get a grad)
             l_r1 = lw["r1_weight"] / 2 * r1 * lw["d_reg_every"] + 0 * pred[0, 0]
-            logs["l_d_r1"] = r1
+            logs["l_d_r1"] = l_r1
             self._backward(l_r1)
         self.scaler.step(self.optimizers["d"])
         self._lap("d_step")
@@ -485,7 +492,7 @@ class Trainer:
         started, t0 = self.step, time.time()
         budget = tcfg["time_budget_min"]
         deadline = None if budget is None else time.perf_counter() + 60.0 * float(budget)
-        probe_start = 0.0
+        probe_start, limit = 0.0, total_iter
         waited = time.perf_counter()
         for batch in self._loader():
             self.timings["data"] = self.timings.get("data", 0.0) + time.perf_counter() - waited
@@ -494,10 +501,13 @@ class Trainer:
             last = logs
             if deadline is not None:
                 now = time.perf_counter()
-                if self.step - started == BUDGET_PROBE[0]:
+                done = self.step - started
+                if done == BUDGET_PROBE[0]:
                     probe_start = now
-                elif self.step - started == BUDGET_PROBE[1] and not self.sized:
-                    total_iter = self._size_to_budget(total_iter, probe_start, now, deadline)
+                elif done >= BUDGET_PROBE[1] and (done - BUDGET_PROBE[1]) % BUDGET_RESIZE == 0:
+                    total_iter = self._size_to_budget(
+                        limit, done - BUDGET_PROBE[0], probe_start, now, deadline
+                    )
                     bar.total = total_iter
                 if self.step < total_iter and self._past(deadline, now):
                     log.info("time budget of %s min spent at step %d: stopping there", budget, self.step)
@@ -534,17 +544,19 @@ class Trainer:
         dist.broadcast(flag, 0)
         return bool(flag)
 
-    def _size_to_budget(self, total_iter: int, probe_start: float, now: float, deadline: float) -> int:
-        """The step the budget reaches at the speed measured over ``BUDGET_PROBE`` (never more than
-        ``total_iter``); it becomes ``train.total_iter``, so the cosine schedule ends on time. Every rank
+    def _size_to_budget(self, limit: int, steps: int, probe_start: float, now: float, deadline: float) -> int:
+        """The step the budget reaches at the speed of the ``steps`` since ``probe_start`` (never more
+        than ``limit``); it becomes ``train.total_iter``, so the cosine schedule ends on time. Every rank
         takes rank 0's figure, so all stop together."""
-        rate = (BUDGET_PROBE[1] - BUDGET_PROBE[0]) / max(now - probe_start, 1e-9)
-        steps = min(total_iter, self.step + int(rate * (deadline - now)))
+        rate = steps / max(now - probe_start, 1e-9)
+        steps = min(limit, self.step + int(rate * (deadline - now)))
         sized = torch.tensor(steps, dtype=torch.int64, device=self.device)
         if self.world > 1:
             dist.broadcast(sized, 0)
+        (log.info if not self.sized else log.debug)(
+            "%.2f it/s: %d steps fit the time budget", rate, int(sized)
+        )
         self.cfg["train"]["total_iter"], self.sized = int(sized), True
-        log.info("%.2f it/s: %d steps fit the time budget", rate, int(sized))
         return int(sized)
 
     def _log(self, logs: dict[str, float], started: int, t0: float) -> None:
@@ -562,6 +574,7 @@ class Trainer:
             "step": self.step,
             "time_s": round(time.time() - t0, 1),
             "it_per_s": round(rate, 4),
+            "total_iter": self.cfg["train"]["total_iter"],
             "lr_g": self.optimizers["g"].param_groups[0]["lr"],
             **seconds,
             **logs,
