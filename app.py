@@ -34,6 +34,7 @@ import torch
 
 import gfp  # noqa: F401  (installs the torchvision shim before anything imports basicsr)
 from gfp import registry
+from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS, select_device
 from gfp.imageio import ImageReadError, read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer, RunLog
@@ -353,6 +354,19 @@ def _number(name: str, value: Any, low: float, high: float) -> float:
     return number
 
 
+def _color_fix_text(color_fix: str) -> str:
+    """ " · colour fix NAME" for the status line, nothing for "none"."""
+    return "" if color_fix == "none" else f" · colour fix {color_fix}"
+
+
+def _min_face(value: Any) -> int:
+    """The smallest face (pixels) from the request, or a gradio error that says what is allowed."""
+    number = _number("Smallest face", value, 0, 100_000)
+    if number != int(number):
+        raise gr.Error(f"Smallest face must be a whole number of pixels, got {value!r}.")
+    return int(number)
+
+
 def _fit_budget(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str | None]:
     """Downscale (area averaging) so that width x height <= max_pixels; say so when it happens."""
     h, w = img.shape[:2]
@@ -368,25 +382,26 @@ def _fit_budget(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str | Non
 
 
 def _face_pairs(
-    cropped: Sequence[np.ndarray], restored: Sequence[np.ndarray]
+    numbers: Sequence[int], cropped: Sequence[np.ndarray], restored: Sequence[np.ndarray]
 ) -> list[tuple[np.ndarray, str]]:
-    """One gallery tile per face: the aligned crop before (left) and after (right)."""
+    """One gallery tile per restored face, by face number: the aligned crop before (left) and after (right),
+    captioned with the number "Faces" takes."""
     tiles = []
-    for i, (before, after) in enumerate(zip(cropped, restored, strict=False)):
+    for number, before, after in sorted(zip(numbers, cropped, restored, strict=True), key=lambda t: t[0]):
         if after.shape != before.shape:
             after = cv2.resize(after, (before.shape[1], before.shape[0]), interpolation=cv2.INTER_AREA)
-        tiles.append((_as_display(np.hstack([before, after])), f"Face {i + 1}: before | after"))
+        tiles.append((_as_display(np.hstack([before, after])), f"Face {number}: before | after"))
     return tiles
 
 
-def _status(result: Any, model: str, fmt: str, notices: Sequence[str]) -> str:
-    """The status line (Markdown): faces, output, device, model, time per stage, then any notices."""
-    n_faces = len(result.restored_faces)
+def _status(result: Any, model: str, fmt: str, notices: Sequence[str], color_fix: str = "none") -> str:
+    """The status line (Markdown): faces found, restored and skipped, output, device, model (and colour fix),
+    time per stage, then any notices."""
     height, width = result.image.shape[:2]
     lines = [f"**Note:** {notice}" for notice in notices]
     lines.append(
-        f"**{n_faces} face{'s' if n_faces != 1 else ''} found** · output {width}x{height} {fmt} · "
-        f"device {result.device} · model {model}"
+        f"**{result.selection.summary()}** · output {width}x{height} {fmt} · device {result.device} · "
+        f"model {model}{_color_fix_text(color_fix)}"
     )
     lines.append(
         "Time: " + " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
@@ -445,6 +460,7 @@ class RequestContext:
             "detector": tuple(registry.choice_names("detector")),
             "background": tuple(registry.choice_names("upsampler")),
             "output_format": tuple(FORMATS),
+            "color_fix": COLOR_FIXES,
         }
         background, may_fall_back = _background_defaults(settings, restorer.device)
         return cls(
@@ -475,6 +491,9 @@ def handle_request(
     aligned: bool,
     detector: str,
     output_format: str,
+    color_fix: str = "none",
+    faces: str = "all",
+    min_face: float = 0,
     progress: Callable[..., Any] | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, str]], str, str]:
     """One /restore request: check the options, restore, write the file; gradio errors for bad input."""
@@ -483,12 +502,19 @@ def handle_request(
         ("detector", detector),
         ("background", background),
         ("output_format", output_format),
+        ("color_fix", color_fix),
     ):
         if value not in ctx.allowed[name]:
             raise gr.Error(f"Unknown {name} {value!r}; choose one of {sorted(ctx.allowed[name])}.")
     rescale, strength = _number("Rescale", rescale, 1.0, 4.0), _number("Strength", strength, 0.0, 1.0)
+    min_face = _min_face(min_face)
     img, stem = _read_upload(image)
+    uploaded_width = img.shape[1]
     img, notice = _fit_budget(img, ctx.max_pixels)
+    if notice and min_face:  # the smallest face is in the uploaded photo's pixels: scale it with the photo
+        scaled = round(min_face * img.shape[1] / uploaded_width)
+        notice += f" The smallest face size was scaled with it: {min_face} px → {scaled} px."
+        min_face = scaled
     if notice:
         gr.Info(notice)
 
@@ -505,6 +531,9 @@ def handle_request(
             aligned=bool(aligned),
             strength=strength,
             detector=detector,
+            color_fix=color_fix,
+            faces=faces,
+            min_face=min_face,
         )
         result = ctx.restorer.restore(img, options, progress=report)
     except (WeightsError, ValueError) as exc:  # missing/bad weights, or options the pipeline refuses
@@ -515,11 +544,11 @@ def handle_request(
     write_image(path, out)
     before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
     notices = [notice] if notice else []
-    if not result.restored_faces:
+    if not result.selection.found:
         notices.append("No face found: the photo was only upscaled.")
         gr.Warning(notices[-1])
-    status = _status(result, registry.label(model), output_format, notices)
-    pairs = _face_pairs(result.cropped_faces, result.restored_faces)
+    status = _status(result, registry.label(model), output_format, notices, color_fix)
+    pairs = _face_pairs(result.face_numbers, result.cropped_faces, result.restored_faces)
     return (_as_display(before), _as_display(out)), pairs, str(path), status
 
 
@@ -538,6 +567,9 @@ def build_handler(ctx: RequestContext) -> Callable[..., Any]:
         aligned: bool = False,
         detector: str = settings.detector,
         output_format: str = "PNG",
+        color_fix: str = "none",
+        faces: str = "all",
+        min_face: float = 0,
         progress: gr.Progress = gr.Progress(),  # noqa: B008  (gradio injects the tracker through the default)
     ) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, str]], str, str]:
         """Restore the faces in a photo with GFPGAN and upscale the rest.
@@ -549,17 +581,21 @@ def build_handler(ctx: RequestContext) -> Callable[..., Any]:
             background: background upsampler: "realesrgan", "RealESRGAN_x2plus", "realesr-general-x4v3",
                 "realesr-animevideov3" or "none" (plain Lanczos resize).
             strength: 0 keeps the original faces, 1 uses the restored faces fully.
-            only_center_face: restore only the face nearest the centre.
+            only_center_face: restore only the face nearest the centre (the same as faces "center").
             aligned: the input is already an aligned 512x512 face crop (no detection).
             detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
             output_format: file format of the download, "PNG", "JPEG" or "WebP".
+            color_fix: give restored faces their input's colours: "none", "wavelet" or "adain".
+            faces: faces to restore: "all", "largest", "center", or face numbers such as "1,3" (numbered from
+                1, left to right, as the gallery shows them); the others are left as they are.
+            min_face: skip faces smaller than this many pixels (shorter side of the face's box); 0 = any size.
 
         Returns:
             the before/after pair, the faces before and after, the full-resolution file, a status line.
         """
         return handle_request(
             ctx, image, model, rescale, background, strength, only_center_face, aligned, detector,
-            output_format, progress,
+            output_format, color_fix, faces, min_face, progress,
         )  # fmt: skip
 
     return _on_zero_gpu(restore)
@@ -608,7 +644,8 @@ def build_app(
                     )
                     model, rescale, background, strength = _restore_controls(models, ctx.background)
                     with gr.Accordion("Advanced", open=False):
-                        only_center_face = gr.Checkbox(False, label="Only the centre face")
+                        color_fix, faces_choice, min_face = _choice_controls(photo=True)
+                        only_center_face = gr.Checkbox(False, label="Only the centre face (= Faces: center)")
                         aligned = gr.Checkbox(False, label="Input is an aligned 512x512 face")
                         detector = gr.Dropdown(
                             registry.choices("detector"), value=settings.detector, label="Face detector"
@@ -647,6 +684,9 @@ def build_app(
                     aligned,
                     detector,
                     output_format,
+                    color_fix,
+                    faces_choice,
+                    min_face,
                 ],
                 outputs=[slider, faces, download, status],
                 api_name="restore",
@@ -687,6 +727,9 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
         only_center_face: bool = False,
         detector: str = settings.detector,
         smooth: bool = True,
+        color_fix: str = "none",
+        faces: str = "all",
+        min_face: float = 0,
         progress: gr.Progress = gr.Progress(),  # noqa: B008  (gradio injects the tracker through the default)
     ) -> tuple[str, str, str, str]:
         """Restore the faces in a video clip with GFPGAN, upscale the rest and keep the sound.
@@ -698,18 +741,28 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
             background: background upsampler: "realesrgan", "realesr-general-x4v3", "realesr-animevideov3"
                 or "none" (plain Lanczos resize).
             strength: 0 keeps the original faces, 1 uses the restored faces fully.
-            only_center_face: restore only the face nearest the centre of each frame.
+            only_center_face: restore only the person nearest the centre (the same as faces "center").
             detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
             smooth: smooth the face landmarks from frame to frame so restored faces do not jitter.
+            color_fix: give restored faces their input's colours: "none", "wavelet" or "adain".
+            faces: people to restore, each followed through the clip: "all", "largest", "center", or
+                numbers such as "1,3" (numbered from 1 in the order they appear, left to right).
+            min_face: skip people whose face is smaller than this many pixels (median over the clip).
 
         Returns:
             the input clip, the restored clip (MP4, H.264, same frame rate, duration and sound), the
             restored file for download, a status line.
         """
-        for name, value in (("model", model), ("detector", detector), ("background", background)):
+        for name, value in (
+            ("model", model),
+            ("detector", detector),
+            ("background", background),
+            ("color_fix", color_fix),
+        ):
             if value not in allowed[name]:
                 raise gr.Error(f"Unknown {name} {value!r}; choose one of {sorted(allowed[name])}.")
         rescale, strength = _number("Rescale", rescale, 1.0, 4.0), _number("Strength", strength, 0.0, 1.0)
+        min_face = _min_face(min_face)
         if isinstance(video, dict) and isinstance(video.get("video"), dict):  # older gradio: VideoData
             video = video["video"]
         if isinstance(video, dict):
@@ -732,6 +785,9 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
                 only_center_face=bool(only_center_face),
                 strength=strength,
                 detector=detector,
+                color_fix=color_fix,
+                faces=faces,
+                min_face=min_face,
             )
             video_options = VideoOptions(
                 smooth=bool(smooth), max_seconds=limits.max_seconds, max_pixels=limits.max_pixels
@@ -742,13 +798,13 @@ def _video_handler(ctx: RequestContext) -> Callable[..., Any]:
         except (WeightsError, ValueError) as exc:
             raise gr.Error(str(exc)) from None
         lines = [
-            f"**{result.frames} frames, {result.faces} faces restored** · "
+            f"**{result.frames} frames · {result.selection.summary()}** · {result.faces} faces pasted · "
             f"output {result.width}x{result.height} H.264 · {result.fps:.3g} fps · {result.duration:.2f} s · "
             f"audio {result.audio} · "
-            f"device {result.device} · model {registry.label(model)}",
+            f"device {result.device} · model {registry.label(model)}{_color_fix_text(color_fix)}",
             "Time: " + " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items()),
         ]
-        if not result.faces:
+        if not result.selection.found:
             lines.insert(0, "**Note:** No face found: the video was only upscaled.")
         lines += [f"Note: {note}" for note in result.notes]
         return str(path), str(result.path), str(result.path), "  \n".join(lines)
@@ -768,6 +824,34 @@ def _restore_controls(
     return model, rescale, background, strength
 
 
+def _choice_controls(photo: bool) -> tuple[gr.Radio, gr.Textbox, gr.Number]:
+    """The colour fix and face choice controls of the Photo and Video tabs' Advanced section."""
+    color_fix = gr.Radio(
+        list(COLOR_FIXES),
+        value="none",
+        label="Colour fix",
+        info="Give restored faces the input's colours and brightness, for models that tint or darken faces: "
+        "wavelet keeps the restored detail, adain matches each colour's mean and spread.",
+        elem_id="color-fix" if photo else "video-color-fix",
+    )
+    numbered = "as the gallery numbers them" if photo else "in the order people appear, left to right"
+    faces = gr.Textbox(
+        "all",
+        label="Faces to restore",
+        info=f"all, largest, center, or face numbers {numbered} (e.g. 1,3); the others are left as they are.",
+        elem_id="faces-choice" if photo else "video-faces-choice",
+    )
+    min_face = gr.Number(
+        0,
+        minimum=0,
+        precision=0,
+        label="Smallest face (pixels)",
+        info="Skip faces whose box is smaller than this on its shorter side (0: any size).",
+        elem_id="min-face" if photo else "video-min-face",
+    )
+    return color_fix, faces, min_face
+
+
 def _video_tab(handler: Callable[..., Any], models: list[tuple[str, str]], ctx: RequestContext) -> None:
     """The Video tab's components and its event (API name ``restore_video``), in the current Blocks."""
     with gr.Row():
@@ -775,7 +859,8 @@ def _video_tab(handler: Callable[..., Any], models: list[tuple[str, str]], ctx: 
             video = gr.Video(sources=["upload"], label="Video", elem_id="input-video")
             model, rescale, background, strength = _restore_controls(models, ctx.background)
             with gr.Accordion("Advanced", open=False):
-                only_center_face = gr.Checkbox(False, label="Only the centre face")
+                color_fix, faces, min_face = _choice_controls(photo=False)
+                only_center_face = gr.Checkbox(False, label="Only the centre face (= Faces: center)")
                 detector = gr.Dropdown(
                     registry.choices("detector"), value=ctx.settings.detector, label="Face detector"
                 )
@@ -789,7 +874,19 @@ def _video_tab(handler: Callable[..., Any], models: list[tuple[str, str]], ctx: 
             status = gr.Markdown(elem_id="video-status")
     run.click(
         handler,
-        inputs=[video, model, rescale, background, strength, only_center_face, detector, smooth],
+        inputs=[
+            video,
+            model,
+            rescale,
+            background,
+            strength,
+            only_center_face,
+            detector,
+            smooth,
+            color_fix,
+            faces,
+            min_face,
+        ],
         outputs=[before, after, download, status],
         api_name="restore_video",
         preprocess=False,  # the clip is read from the uploaded file itself (gfp.video)

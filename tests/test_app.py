@@ -121,6 +121,9 @@ def call(client, server: Server, image: Path, rescale: float = 2, fmt: str = "PN
         "aligned": False,
         "detector": DETECTOR,
         "output_format": fmt,
+        "color_fix": "none",
+        "faces": "all",
+        "min_face": 0,
     } | kwargs
     return client.predict(gradio_client.handle_file(str(image)), *args.values(), api_name="/restore")
 
@@ -316,6 +319,25 @@ def test_no_face_is_a_notice_not_an_error(client, server: Server, tmp_path: Path
         assert gallery == [] and "No face found" in status
 
 
+def test_face_choice_and_colour_fix_through_the_api(client, server: Server) -> None:
+    photo = EXAMPLES / "group_photo.jpg"  # 640x300, downscaled to the test budget (252x118): 3 faces there
+    _, every, every_file, status = call(client, server, photo)
+    _, chosen, chosen_file, chosen_status = call(client, server, photo, faces="3,1")
+    _, _, _, small_status = call(client, server, photo, min_face=65)
+    _, _, fixed_file, _ = call(client, server, photo, color_fix="wavelet")
+    assert not np.array_equal(read(fixed_file), read(every_file))  # the colour fix reached the faces
+    if not server.real_detector:
+        return
+    assert [item["caption"] for item in every] == [f"Face {n}: before | after" for n in (1, 2, 3)]
+    assert "3 faces found, 3 restored" in status
+    assert [item["caption"] for item in chosen] == ["Face 1: before | after", "Face 3: before | after"]
+    assert "3 faces found, 2 restored, 1 skipped (1 not chosen)" in chosen_status
+    for tile, same in ((chosen[0], every[0]), (chosen[1], every[2])):  # the same faces, restored once each
+        np.testing.assert_array_equal(read(tile["image"]), read(same["image"]))
+    # 65 px of the uploaded photo are 26 px of the downscaled one (two faces there are 24 px wide)
+    assert "65 px → 26 px" in small_status and "2 skipped (2 smaller than 26 px)" in small_status
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -324,6 +346,11 @@ def test_no_face_is_a_notice_not_an_error(client, server: Server, tmp_path: Path
         ({"output_format": "GIF"}, "Unknown output_format"),
         ({"rescale": 9}, "Rescale must be a number between 1 and 4"),
         ({"strength": "lots"}, "Strength must be a number between 0 and 1"),
+        ({"color_fix": "sepia"}, "Unknown color_fix 'sepia'"),
+        ({"faces": "0"}, "face numbers start at 1, got '0'"),
+        ({"faces": "x"}, "faces must be all, largest, center or face numbers"),
+        ({"min_face": -3}, "Smallest face must be a number between 0 and 100000"),
+        ({"min_face": 2.5}, "Smallest face must be a whole number of pixels"),
     ],
 )
 def test_bad_options_are_gradio_errors(client, server: Server, change: dict, message: str) -> None:
@@ -401,7 +428,17 @@ def test_mcp_serves_the_restore_tool(server: Server) -> None:
             return schemas, " ".join(getattr(part, "text", "") for part in result.content)
 
     schemas, text = anyio.run(session_calls)
-    assert {"image", "model", "rescale", "strength", "output_format"} <= set(schemas["restore"]["properties"])
+    properties = set(schemas["restore"]["properties"])
+    assert {
+        "image",
+        "model",
+        "rescale",
+        "strength",
+        "output_format",
+        "color_fix",
+        "faces",
+        "min_face",
+    } <= properties
     assert "output 320x320 PNG" in text  # the status line of a real run (default rescale 2)
 
 

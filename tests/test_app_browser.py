@@ -87,3 +87,27 @@ def test_upload_restore_compare_download(server, page, tmp_path: Path) -> None:
     assert shot.stat().st_size > 10_000
     if os.environ.get("GFP_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+
+
+def test_advanced_face_choice_and_colour_fix(server, page) -> None:
+    """Set the colour fix and the faces to restore under Advanced; the status and the gallery say which."""
+    page.goto(server.url)
+    page.locator("#input-image input[type=file]").set_input_files(str(PHOTO))
+    page.locator("#input-image img").first.wait_for()
+    page.get_by_text("Advanced").first.click()
+    page.get_by_test_id("wavelet-radio-label").first.click()
+    page.locator("#faces-choice textarea, #faces-choice input").first.fill("3,1")
+    page.click("#restore-button")
+    page.wait_for_function(
+        "() => document.querySelector('#status')?.innerText.includes('output')", timeout=TIMEOUT_MS
+    )
+    status = page.locator("#status").inner_text()
+    assert "colour fix wavelet" in status
+    if not server.real_detector:
+        return
+    assert "5 faces found, 2 restored, 3 skipped (3 not chosen)" in status
+    tiles = page.locator("#faces img")
+    tiles.first.wait_for()
+    assert tiles.count() == 2
+    captions = page.locator("#faces").inner_text()
+    assert "Face 1" in captions and "Face 3" in captions and "Face 2" not in captions

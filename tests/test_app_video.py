@@ -38,6 +38,9 @@ def call(server: Server, clip, **kwargs: object):
         "only_center_face": False,
         "detector": DETECTOR,
         "smooth": True,
+        "color_fix": "none",
+        "faces": "all",
+        "min_face": 0,
     } | kwargs
     video = gradio_client.handle_file(str(clip))
     return server.client().predict(video, *args.values(), api_name="/restore_video")
@@ -69,6 +72,18 @@ def test_restore_video_keeps_frames_and_sound(server: Server, tmp_path) -> None:
     assert file.endswith("party_restored.mp4") and read_clip(after).frames[0].shape == (96, 128, 3)
     assert len(read_clip(before).frames) == 25
     assert "25 frames" in status and "output 128x96 H.264" in status and "audio copied" in status
+    assert "0 faces found, 0 restored" in status  # a gradient: nobody to restore
+
+
+def test_restore_video_takes_the_face_choice_and_colour_fix(server: Server, tmp_path) -> None:
+    clip = write_clip(tmp_path / "choice.mp4", _frames(10), audio=None)
+    status = call(server, clip, faces="largest", min_face=30, color_fix="adain")[3]
+    assert "10 frames" in status and "0 faces found" in status  # the first pass ran; no face to choose
+    assert "colour fix adain" in status
+    with pytest.raises(gradio_client.exceptions.AppError, match="face numbers start at 1"):
+        call(server, clip, faces="0")
+    with pytest.raises(gradio_client.exceptions.AppError, match="Unknown color_fix"):
+        call(server, clip, color_fix="sepia")
 
 
 def test_restore_video_refuses_long_clips_and_bad_files(server: Server, tmp_path) -> None:
@@ -96,5 +111,6 @@ def test_mcp_lists_the_restore_video_tool(server: Server) -> None:
 
     listed = anyio.run(tools)
     assert {"restore", "restore_video"} <= set(listed)
-    assert {"video", "model", "rescale", "smooth"} <= set(listed["restore_video"].inputSchema["properties"])
+    properties = set(listed["restore_video"].inputSchema["properties"])
+    assert {"video", "model", "rescale", "smooth", "color_fix", "faces", "min_face"} <= properties
     assert "keep the sound" in listed["restore_video"].description
