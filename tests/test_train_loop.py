@@ -71,7 +71,7 @@ def test_twenty_iterations_lower_the_reconstruction_loss(faces, tmp_path):
     after = _reconstruction_l1(trainer)
     assert trainer.step == 20
     assert after < 0.9 * before, (before, after)
-    assert {"l_g_pix", "l_g_pyramid", "l_g_percep", "l_g_style", "l_g_gan", "l_g_comp_style", "l_d"} <= set(
+    assert {"l_g_pix", "l_p_32", "l_g_percep", "l_g_style", "l_g_gan", "l_g_comp_style_loss", "l_d"} <= set(
         logs
     )
     assert (tmp_path / "run" / "config.yml").is_file()

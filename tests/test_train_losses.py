@@ -21,12 +21,12 @@ def test_pixel_loss_is_weighted_mean_absolute_error():
     assert L.pixel_loss(out, gt, 0.1, "l2").item() == pytest.approx(0.75)
 
 
-def test_pyramid_loss_sums_levels_against_bilinear_halvings():
+def test_pyramid_losses_compare_levels_with_bilinear_halvings():
     gt = torch.tensor([[[[0.0, 4.0], [8.0, 12.0]]]])
     # half size (bilinear, align_corners=False) of a 2x2 image is its mean, 6
     rgbs = [torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 2, 2)]
-    # level 1: |0-6| = 6; level 2: mean(0,4,8,12) = 6; sum 12, times weight 0.5
-    assert L.pyramid_loss(rgbs, gt, 0.5).item() == pytest.approx(6.0)
+    # level 1: |0-6| = 6; level 2: mean(0,4,8,12) = 6; each times weight 0.5
+    assert [v.item() for v in L.pyramid_losses(rgbs, gt, 0.5)] == pytest.approx([3.0, 3.0])
     assert [t.shape[-1] for t in L.image_pyramid(torch.zeros(1, 3, 16, 16), 3)] == [4, 8, 16]
 
 

@@ -26,13 +26,14 @@ def image_pyramid(gt: Tensor, levels: int) -> list[Tensor]:
     return pyramid
 
 
-def pyramid_loss(out_rgbs: list[Tensor], gt: Tensor, weight: float = 1.0) -> Tensor:
-    """Sum of L1 between each intermediate U-Net RGB output and ``gt`` resized to its size (``gt`` first
-    area-averaged to the last output's size when the layers run below the face size: ``work_size``)."""
+def pyramid_losses(out_rgbs: list[Tensor], gt: Tensor, weight: float = 1.0) -> list[Tensor]:
+    """Weighted L1 between each intermediate U-Net RGB output and ``gt`` resized to its size, one per level
+    (``gt`` first area-averaged to the last output's size when the layers run below the face size:
+    ``work_size``)."""
     if gt.shape[-2:] != out_rgbs[-1].shape[-2:]:
         gt = F.adaptive_avg_pool2d(gt, out_rgbs[-1].shape[-2:])
     targets = image_pyramid(gt, len(out_rgbs))
-    return weight * sum(F.l1_loss(o, t) for o, t in zip(out_rgbs, targets, strict=True))
+    return [F.l1_loss(o, t) * weight for o, t in zip(out_rgbs, targets, strict=True)]
 
 
 def gram_matrix(x: Tensor) -> Tensor:
