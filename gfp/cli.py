@@ -1,6 +1,7 @@
 """Command line: ``python -m gfp`` / ``gfp``, with the official ``inference_gfpgan.py`` flags and layout.
 
-``gfp export-onnx MODEL OUT.onnx`` exports a generator instead (:mod:`gfp.onnx`).
+``gfp export-onnx MODEL OUT.onnx`` exports a generator instead (:mod:`gfp.onnx`); ``gfp batch INPUT -o
+OUTPUT`` restores a whole archive with Ray Data, with these options and outputs (:mod:`gfp.batch`).
 
 Outputs (as the official script writes them) under ``--output``::
 
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gfp",
         description="Restore faces in photos with GFPGAN (blind face restoration, generative facial prior).",
-        epilog="Export a generator to ONNX: gfp export-onnx MODEL OUT.onnx (see gfp export-onnx --help).",
+        epilog="Export a generator to ONNX: gfp export-onnx MODEL OUT.onnx (see gfp export-onnx --help). "
+        "Restore a whole archive on a Ray cluster: gfp batch INPUT -o OUTPUT (see gfp batch --help).",
     )
     p.add_argument(
         "-i", "--input", default="inputs/whole_imgs", help="input image or folder (default: %(default)s)"
@@ -298,12 +300,17 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status. ``export-onnx`` as first argument runs :mod:`gfp.onnx`."""
+    """Run the CLI; returns the exit status. ``export-onnx`` as first argument runs :mod:`gfp.onnx`, ``batch``
+    runs :mod:`gfp.batch`."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["export-onnx"]:  # the restore parser takes no positional arguments: no clash
         from gfp.onnx import main as export_main
 
         return export_main(args_list[1:], prog="gfp export-onnx")
+    if args_list[:1] == ["batch"]:
+        from gfp.batch import main as batch_main
+
+        return batch_main(args_list[1:], prog="gfp batch")
     parser = build_parser()
     args = parser.parse_args(args_list)
     try:

@@ -1,0 +1,606 @@
+"""Restore a whole archive on a Ray cluster: ``python -m gfp.batch INPUT -o OUTPUT`` (= ``gfp batch``).
+
+A Ray Data job with the CLI's options and outputs. ``INPUT`` is a folder, a glob, a text file listing
+paths (``.txt``) or an object-storage URL Ray Data reads (``s3://``, ``gs://``, ...); ``OUTPUT`` gets the
+CLI's layout and file names (:mod:`gfp.cli`), on a file system every worker sees (a local disk for a local
+instance, a shared mount on a cluster). Photos are read by Ray Data's binary-file reader and decoded by
+:func:`gfp.imageio.read_image_bytes`, as the CLI reads them (alpha, 16-bit, EXIF orientation); each clip
+is one call of :func:`gfp.video.restore_video`. One :class:`RestoreWorker` per Ray worker holds one
+:class:`~gfp.pipeline.Restorer`, so the networks load once per worker.
+
+Nothing is lost and nothing is done twice: every output is written atomically by the worker, which then
+returns one record; the driver appends it to ``OUTPUT/manifest.jsonl`` (path, status, faces found and
+restored, seconds, worker, error, outputs, notes, settings). A file that cannot be read or restored is a
+failed record, never a failed job. Rerunning the same command skips every input whose latest record is
+done, with the same settings, and whose outputs all exist (``--redo`` forces); a job killed midway and
+rerun ends with each input done once.
+
+Ray is optional (``pip install -r requirements-batch.txt``): ``import gfp`` and the CLI never import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import glob
+import hashlib
+import itertools
+import json
+import os
+import posixpath
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gfp.cli import (
+    _one_line,
+    add_restore_arguments,
+    list_inputs,
+    make_restorer,
+    restore_options,
+    save_outputs,
+    video_options,
+    video_target,
+)
+from gfp.imageio import read_image_bytes
+from gfp.video import is_video, restore_video
+from gfp.weights.errors import WeightsError
+
+INSTALL = "pip install -r requirements-batch.txt"
+"""How to get Ray Data (the line printed when it is missing)."""
+MANIFEST = "manifest.jsonl"
+"""One JSON record per restored or failed input, appended as results come in (the latest one counts)."""
+RUN_ONLY = frozenset(
+    {"input", "output", "address", "workers", "gpus_per_worker", "cpus_per_worker", "redo"}
+    | {"weights_dir", "device", "half", "fp32", "backend", "batch_size"}
+)
+"""Arguments that say where and how fast the job runs, not what it makes: left out of the settings
+fingerprint, so a job begun on CPUs may be finished on a GPU cluster without redoing its done inputs."""
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class Input:
+    """One input: ``key`` as the manifest names it (an absolute local path or a URL) and ``path`` on its
+    file system (what Ray Data's reader is given and reports back)."""
+
+    key: str
+    path: str
+
+    @property
+    def stem(self) -> str:
+        """The name its outputs are made of (the CLI's ``basename``)."""
+        return os.path.splitext(posixpath.basename(self.path))[0]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The listed inputs, the pyarrow file system they are read from (None: the local disk) and the prefix
+    that turns a path on it into its key (``s3://``; empty on the local disk)."""
+
+    items: list[Input]
+    filesystem: Any
+    prefix: str = ""
+
+
+def _remote(spec: str) -> bool:
+    """Whether ``spec`` is a URL (read through pyarrow's file systems, as Ray Data reads it)."""
+    return "://" in spec
+
+
+def _split_url(url: str) -> tuple[Any, str, str]:
+    """(pyarrow file system, path on it, prefix that turns such a path back into a URL: ``s3://``,
+    ``hdfs://host:8020``)."""
+    from pyarrow import fs as pafs
+
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(url)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"cannot open {url!r}: {_one_line(err)}") from None
+    at = url.find(path, len(url.split("://", 1)[0]) + 3) if path else -1
+    return filesystem, path, url[:at] if at >= 0 else url.split("://", 1)[0] + "://"
+
+
+def list_batch_inputs(spec: str) -> Inputs:
+    """The inputs ``spec`` names: a folder (its files, sorted, as the CLI lists them), a glob, a ``.txt``
+    file listing one path or URL per line (relative ones from the list's folder; ``#`` comments), a single
+    file, or the same on object storage (a URL; a glob there only in its last part).
+
+    Raises ``FileNotFoundError`` or ``ValueError`` with a one-line message; an input named twice is kept
+    once.
+    """
+    if spec.endswith(".txt"):
+        return _read_list(spec)
+    if _remote(spec):
+        filesystem, path, prefix = _split_url(spec)
+        listed = _list_remote(filesystem, path, prefix)
+        return Inputs(list(dict.fromkeys(Input(prefix + p, p) for p in listed)), filesystem, prefix)
+    if glob.has_magic(spec) and not os.path.exists(spec):
+        found = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+        if not found:
+            raise FileNotFoundError(f"no file matches {spec!r}")
+        return Inputs(_local(found), None)
+    return Inputs(_local(str(p) for p in list_inputs(spec)), None)
+
+
+def _local(paths: Iterable[str]) -> list[Input]:
+    return list(dict.fromkeys(Input(os.path.abspath(p), os.path.abspath(p)) for p in paths))
+
+
+def _list_remote(filesystem: Any, path: str, prefix: str) -> list[str]:
+    """A file, the files of a folder (no hidden ones, as the CLI's glob) or those matching a glob."""
+    from pyarrow import fs as pafs
+
+    if filesystem.get_file_info(path).type == pafs.FileType.File:
+        return [path]
+    folder, pattern = (
+        (posixpath.dirname(path), posixpath.basename(path)) if glob.has_magic(path) else (path, "*")
+    )
+    if glob.has_magic(folder):
+        raise ValueError(f"{prefix + path}: a URL takes a glob only in its last part")
+    entries = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    names = sorted(
+        e.path
+        for e in entries
+        if e.type == pafs.FileType.File
+        and fnmatch.fnmatchcase(e.base_name, pattern)
+        and not e.base_name.startswith(".")
+    )
+    if not names:
+        raise FileNotFoundError(f"no file at {prefix + path}")
+    return names
+
+
+def _read_list(spec: str) -> Inputs:
+    """The inputs a list file names: one path or URL a line, all on the local disk or all on one store."""
+    try:
+        if _remote(spec):
+            filesystem, path, _ = _split_url(spec)
+            with filesystem.open_input_stream(path) as stream:
+                text = stream.read().decode("utf-8")
+            base = spec.rsplit("/", 1)[0]
+        else:
+            text, base = Path(spec).read_text(encoding="utf-8"), os.path.dirname(os.path.abspath(spec))
+    except (OSError, UnicodeDecodeError) as err:
+        raise FileNotFoundError(f"cannot read the input list {spec!r}: {_one_line(err)}") from None
+    entries = [line.strip() for line in text.splitlines()]
+    entries = [e for e in entries if e and not e.startswith("#")]
+    if not entries:
+        raise ValueError(f"the input list {spec!r} names no file")
+    if not _remote(base) and not any(_remote(e) for e in entries):
+        return Inputs(_local(os.path.join(base, e) for e in entries), None)
+    urls = [e if _remote(e) else f"{base}/{e}" for e in entries]
+    filesystem, _, prefix = _split_url(urls[0])
+    strange = next((url for url in urls if not url.startswith(prefix)), None)
+    if strange is not None:
+        raise ValueError(f"the input list {spec!r} mixes file systems ({strange}); list one kind per job")
+    return Inputs(list(dict.fromkeys(Input(url, url[len(prefix) :]) for url in urls)), filesystem, prefix)
+
+
+# -------------------------------------------------------------------------------------------- manifest
+class Manifest:
+    """``OUTPUT/manifest.jsonl``: one JSON line per finished input, appended (and flushed) by the driver."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The latest record of each input; a line cut short by a kill is ignored."""
+        records: dict[str, dict[str, Any]] = {}
+        if not self.path.is_file():
+            return records
+        with self.path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("path"), str):
+                    records[record["path"]] = record
+        return records
+
+    def append(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Append each record as it comes (one write per line, flushed), yielding it after it is written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a+b") as fh:
+            if fh.tell():  # a line cut short by a kill must not swallow the next record
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+            for record in records:
+                fh.write(json.dumps(record, sort_keys=True).encode() + b"\n")
+                fh.flush()
+                yield record
+
+
+def settings_of(args: argparse.Namespace) -> str:
+    """A fingerprint of every argument that changes the outputs (all but :data:`RUN_ONLY`)."""
+    made = {k: v for k, v in sorted(vars(args).items()) if k not in RUN_ONLY}
+    return hashlib.sha256(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_complete(record: dict[str, Any] | None, output: Path, settings: str) -> bool:
+    """Whether ``record`` says its input is done with these settings and every output it lists exists."""
+    return (
+        record is not None
+        and record.get("status") == "done"
+        and record.get("settings") == settings
+        and bool(record.get("outputs"))
+        and all((output / name).is_file() for name in record["outputs"])
+    )
+
+
+def _record(path: str, status: str, seconds: float = 0.0, worker: str = "", **fields: Any) -> dict[str, Any]:
+    record = {"path": path, "status": status, "faces_found": 0, "faces_restored": 0, "error": None}
+    record |= {"outputs": [], "notes": [], "seconds": round(seconds, 4), "worker": worker}
+    return record | fields | {"time": datetime.now(UTC).isoformat(timespec="milliseconds")}
+
+
+# ---------------------------------------------------------------------------------------------- worker
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs: the parsed restore arguments, the absolute output folder, the inputs' file
+    system and key prefix (:class:`Inputs`; remote clips are copied to a local temporary file for PyAV),
+    the settings fingerprint its records carry and its PyTorch threads."""
+
+    args: argparse.Namespace
+    output: str
+    filesystem: Any
+    prefix: str
+    settings: str
+    threads: int
+
+
+class RestoreWorker:
+    """The callable class of ``map_batches``: one per Ray worker, holding one :class:`Restorer` whose
+    networks load once, here, while the first inputs are read. Each call restores the rows of a batch
+    (``path``, ``bytes``; clips come without bytes), writes their outputs as the CLI does and returns one
+    JSON record per row. Missing weights are a ``fatal`` record: the driver stops the job (exit 2)."""
+
+    def __init__(self, job: Job) -> None:
+        import torch
+
+        torch.set_num_threads(job.threads)
+        self.job = job
+        self.options = restore_options(job.args)
+        self.video = video_options(job.args)
+        self.output = Path(job.output)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.restorer = make_restorer(job.args)
+        self.restorer.prepare(self.options)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        """Restore every row of ``batch``; returns ``{"record": [json, ...]}``, one per row."""
+        rows = zip(batch["path"], batch["bytes"], strict=True)
+        return {"record": [json.dumps(self.restore(str(path), data)) for path, data in rows]}
+
+    def restore(self, path: str, data: bytes) -> dict[str, Any]:
+        """Restore the input at ``path`` (on the job's file system; ``data``: a photo's bytes) and write its
+        outputs; its record (done, failed, or fatal for missing weights)."""
+        start = time.perf_counter()
+        key = self.job.prefix + path
+        try:
+            record = self._restore(path, key, data)
+        except WeightsError as err:
+            record = {"status": "fatal", "error": str(err)}
+        except Exception as err:  # one bad file must not stop the others: it becomes a failed record
+            record = {"status": "failed", "error": _one_line(err)}
+        return _record(key, seconds=time.perf_counter() - start, worker=self.worker, **record)
+
+    def _restore(self, path: str, key: str, data: bytes) -> dict[str, Any]:
+        basename, in_ext = os.path.splitext(posixpath.basename(path))
+        if is_video(path):
+            target = video_target(self.output, basename, self.job.args.suffix)
+            with _local_copy(self.job.filesystem, path) as local:
+                result = restore_video(local, target, self.options, self.video, self.restorer)
+            written = [target]
+        else:
+            img = read_image_bytes(data, name=key)
+            result = self.restorer.restore(img, self.options)
+            args = self.job.args
+            written = save_outputs(result, basename, in_ext, self.output, args.suffix, args.ext, args.aligned)
+        return {
+            "status": "done",
+            "faces_found": result.selection.found,  # faces of a photo, people (face tracks) of a clip
+            "faces_restored": len(result.selection.restored),
+            "outputs": [p.relative_to(self.output).as_posix() for p in written],
+            "notes": list(result.notes),
+            "settings": self.job.settings,
+        }
+
+
+@contextlib.contextmanager
+def _local_copy(filesystem: Any, path: str) -> Iterator[str]:
+    """``path`` as a local file for PyAV: itself on the local disk, else a temporary copy (deleted after)."""
+    if filesystem is None:
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, "wb") as sink, filesystem.open_input_stream(path) as source:
+            shutil.copyfileobj(source, sink, 1 << 22)
+        yield tmp
+    finally:
+        os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+class FatalError(RuntimeError):
+    """A worker cannot restore anything (missing weights): the job stops with exit status 2."""
+
+
+def build_parser(prog: str = "gfp batch") -> argparse.ArgumentParser:
+    """The batch command's parser: INPUT, -o, the Ray flags, then every restore option of the CLI."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Restore the faces of a whole archive with Ray Data, on this machine or a Ray cluster: "
+        "the CLI's options and output files, a manifest of every input, resumable after a kill.",
+        epilog=f"Needs Ray Data: {INSTALL}. OUTPUT must be on a file system every worker sees.",
+    )
+    p.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a folder, a glob (quoted), a .txt file listing paths or URLs, a file, or an object-storage URL "
+        "(s3://bucket/photos/, gs://...)",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="output folder: the CLI's layout plus manifest.jsonl"
+    )
+    ray = p.add_argument_group("Ray")
+    ray.add_argument(
+        "--address",
+        default=None,
+        help="join a running cluster: auto (this machine's, or $RAY_ADDRESS) or ray://HEAD:10001 "
+        "(default: start a local Ray instance)",
+    )
+    ray.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="restoring workers, each with its own copy of the networks (default: as many as the cluster's "
+        "CPUs, or GPUs, hold)",
+    )
+    ray.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="GPUs per worker, e.g. 0.5 for two workers per GPU (default: 1 when the cluster has GPUs and "
+        "--device is not cpu, else 0)",
+    )
+    ray.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="CPUs per worker; its PyTorch threads (default: %(default)s)",
+    )
+    ray.add_argument(
+        "--redo", action="store_true", help="restore every input again, also those the manifest has as done"
+    )
+    add_restore_arguments(p)
+    return p
+
+
+@dataclass
+class Tally:
+    """What the final summary line counts."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    faces: int = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        if record["status"] == "done":
+            self.done += 1
+            self.faces += record["faces_restored"]
+        else:
+            self.failed += 1
+
+    def line(self, seconds: float) -> str:
+        rate = self.done / seconds if seconds > 0 else 0.0
+        return (
+            f"{self.done} done, {self.skipped} skipped, {self.failed} failed, {self.faces} faces, "
+            f"{rate:.2f} images/s ({seconds:.1f} s)"
+        )
+
+
+def plan(
+    inputs: Sequence[Input], latest: dict[str, dict[str, Any]], output: Path, settings: str, redo: bool
+) -> tuple[list[Input], list[Input], list[dict[str, Any]]]:
+    """(inputs to restore, inputs already complete, failed records of inputs whose output names clash
+    with an earlier input's: the same name without its extension)."""
+    owner: dict[str, str] = {}
+    todo, complete, clashes = [], [], []
+    for item in inputs:
+        first = owner.setdefault(item.stem, item.key)
+        if first != item.key:
+            error = f"its outputs would overwrite those of {first} (same name without extension)"
+            clashes.append(_record(item.key, "failed", error=error))
+        elif not redo and is_complete(latest.get(item.key), output, settings):
+            complete.append(item)
+        else:
+            todo.append(item)
+    return todo, complete, clashes
+
+
+def _resources(args: argparse.Namespace, pending: int) -> tuple[int, float, float]:
+    """(workers, CPUs per worker, GPUs per worker) for the connected cluster."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus = args.cpus_per_worker
+    gpus = args.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if total.get("GPU", 0) >= 1 and args.device != "cpu" else 0.0
+    if args.workers is not None:
+        return args.workers, cpus, gpus
+    fits = int(total.get("CPU", 1) // cpus)
+    if gpus:
+        fits = min(fits, int(total.get("GPU", 0) // gpus))
+    return max(1, min(fits, pending)), cpus, gpus
+
+
+def execute(job: Job, pending: Sequence[Input], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Run the Ray Data job over ``pending``; yields each input's record as its worker returns it, then a
+    failed record for every input whose read or worker failed in Ray (dropped blocks)."""
+    from ray import data as rd
+
+    workers, cpus, gpus = _resources(args, len(pending))
+    images = [item.path for item in pending if not is_video(item.path)]
+    clips = [item.path for item in pending if is_video(item.path)]
+    parts = []
+    if images:  # one block per photo, so each record comes back as soon as its photo is done
+        parts.append(
+            rd.read_binary_files(
+                images,
+                filesystem=job.filesystem,
+                include_paths=True,
+                ignore_missing_paths=True,
+                override_num_blocks=len(images),
+                num_cpus=0,  # reading is I/O: the workers hold the CPUs, and a read must still run
+                concurrency=min(max(2, workers), len(images)),
+            )
+        )
+    if clips:  # a clip is one task; its worker opens it itself (no clip in the object store)
+        rows = [{"bytes": b"", "path": path} for path in clips]
+        parts.append(rd.from_items(rows, override_num_blocks=len(rows)))
+    dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    dataset = dataset.map_batches(
+        RestoreWorker,
+        fn_constructor_args=(job,),
+        batch_size=1,
+        batch_format="numpy",
+        compute=rd.ActorPoolStrategy(size=workers),
+        num_cpus=cpus,
+        num_gpus=gpus,
+    )
+    missing = {item.key: item.path for item in pending}
+    context = rd.DataContext.get_current()
+    allowed, context.max_errored_blocks = context.max_errored_blocks, -1  # a bad file drops its block only
+    try:
+        for row in dataset.iter_rows():
+            record = json.loads(row["record"])
+            if record["status"] == "fatal":
+                raise FatalError(record["error"])
+            missing.pop(record["path"], None)
+            yield record
+    finally:
+        context.max_errored_blocks = allowed
+    for key, path in missing.items():  # no record came back: its read or its worker failed
+        yield _record(key, "failed", error=_unreadable(path, job.filesystem))
+
+
+def _unreadable(path: str, filesystem: Any) -> str:
+    """Why an input came back without a record (it could not be read, or its worker died on it)."""
+    try:
+        if filesystem is None:
+            Path(path).open("rb").close()
+        else:
+            filesystem.open_input_stream(path).close()
+    except OSError as err:
+        return f"cannot read it: {_one_line(err)}"
+    return "its Ray task failed (a worker died on it?); see the Ray Data log"
+
+
+def _connect(address: str | None) -> bool:
+    """Join the cluster at ``address``, or start a local instance; whether we started it. An already
+    connected Ray (a caller's) is used as it is."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from an instance we start
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", include_dashboard=False)
+    return True
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
+    """Run the batch job; returns the exit status: 0 all done, 1 some input failed, 2 usage errors,
+    missing Ray or missing weights, 130 interrupted (the manifest keeps what finished)."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        import ray
+        from ray import data  # noqa: F401  (Ray Data: ray[data])
+    except ImportError:
+        print(f"{prog}: error: Ray Data is not installed; install it with: {INSTALL}", file=sys.stderr)
+        return 2
+    if _remote(args.output):
+        parser.error(f"OUTPUT must be a folder every worker sees (a shared mount), not {args.output!r}")
+    try:
+        restore_options(args)
+        video_options(args)
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        if args.cpus_per_worker <= 0 or (args.gpus_per_worker or 0) < 0:
+            raise ValueError("--cpus-per-worker must be above 0 and --gpus-per-worker at least 0")
+        inputs = list_batch_inputs(args.input)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(_one_line(err))
+    if not inputs.items:
+        parser.error(f"input {args.input!r} holds no files")
+    # Workers may run in another folder (or on another machine): local paths are given to them whole.
+    if args.weights_dir is not None:
+        args.weights_dir = os.path.abspath(args.weights_dir)
+    if os.path.exists(args.version):
+        args.version = os.path.abspath(args.version)
+
+    output = Path(args.output).resolve()
+    manifest = Manifest(output / MANIFEST)
+    settings = settings_of(args)
+    pending, complete, clashes = plan(inputs.items, manifest.latest(), output, settings, args.redo)
+    tally = Tally(skipped=len(complete))
+    threads = max(1, int(args.cpus_per_worker))
+    job = Job(args, str(output), inputs.filesystem, inputs.prefix, settings, threads)
+    start = time.perf_counter()
+    started = False
+    noted: set[str] = set()
+    try:
+        records: Iterable[dict[str, Any]] = clashes
+        if pending:
+            started = _connect(args.address)
+            start = time.perf_counter()
+            records = itertools.chain(clashes, execute(job, pending, args))
+        for record in manifest.append(records):
+            tally.add(record)
+            if record["status"] != "done":
+                error, path = record["error"], record["path"]
+                print(f"{prog}: error: {error if path in error else f'{path}: {error}'}", file=sys.stderr)
+            for note in set(record["notes"]) - noted:
+                noted.add(note)
+                print(f"{prog}: note: {note}", file=sys.stderr)
+    except FatalError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except ConnectionError as err:
+        print(
+            f"{prog}: error: cannot join the Ray cluster at {args.address!r}: {_one_line(err)}",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"{prog}: interrupted; the manifest keeps what finished: rerun the same command to go on",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        if started:
+            ray.shutdown()
+    print(f"{prog}: {tally.line(time.perf_counter() - start)}; manifest: {manifest.path}")
+    return 1 if tally.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(prog="python -m gfp.batch"))

@@ -1,0 +1,361 @@
+"""gfp.batch: the Ray Data job writes the CLI's files byte for byte, keeps a manifest, turns a bad file into a
+failed record, resumes after a kill and skips what is done.
+
+The Ray tests share one local Ray instance (2 CPUs) and a tiny generator. Its workers run with the PyTorch
+backend, a cache holding an unreadable ParseNet file (so that no worker tries a download: faces are blended
+with the soft square, as in the offline CLI runs they are compared with) and one PyTorch thread each, as
+the CLI runs here: the thread count changes float rounding on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from _video_helpers import write_clip
+from _zoo_helpers import save_blind_detector, save_tiny_generator, shared_data_dir
+from PIL import Image
+
+from gfp import batch, cli
+
+with contextlib.suppress(ImportError):  # without Ray its tests skip, the others run
+    import ray.data  # noqa: F401  (here, not under a test's capsys: Ray's log handler keeps that stream)
+
+ROOT = Path(__file__).resolve().parents[1]
+MOBILE = "detection_mobilenet0.25_Final.pth"
+PHOTOS = ("codeformer_01.jpg", "codeformer_04.jpg")  # 4 faces and 1 face
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+def _gradient(h: int, w: int, dtype: type = np.uint8, channels: int = 3) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    planes = [xx * 4, yy * 5, (xx + yy) * 2, 255 - xx][:channels]
+    scale = 257 if dtype == np.uint16 else 1
+    return (np.dstack(planes) % 256 * scale).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny generator and the real detector when the shared data is there, else a blind one."""
+    folder = tmp_path_factory.mktemp("weights")
+    save_tiny_generator(folder / "tiny")
+    detector = shared_data_dir() / "weights" / MOBILE
+    if detector.is_file():
+        (folder / MOBILE).symlink_to(detector)
+    else:
+        save_blind_detector(folder / MOBILE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Ray instance with 2 CPUs for the whole module; yields its address (for ``--address``)."""
+    ray = pytest.importorskip("ray")
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "parsing_parsenet.pth").write_bytes(b"not a checkpoint")
+    with pytest.MonkeyPatch.context() as env:  # the raylet, so every worker, inherits these
+        env.setenv("GFP_BACKEND", "torch")
+        env.setenv("GFP_CACHE_DIR", str(cache))
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        context = ray.init(
+            num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False
+        )
+
+        try:
+            yield context.address_info["gcs_address"]
+        finally:
+            ray.shutdown()
+
+
+def _args(weights: Path, *extra: str) -> list[str]:
+    return ["-v", str(weights / "tiny"), "--weights-dir", str(weights), "--detector", "retinaface_mobile0.25",
+            "--device", "cpu", "--bg_upsampler", "none", *extra]  # fmt: skip
+
+
+def _cli(inputs: Path, out: Path, weights: Path, *extra: str) -> int:
+    """The plain CLI on one PyTorch thread, as each batch worker runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cli.main(["-i", str(inputs), "-o", str(out), *_args(weights, *extra)])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every output file (relative name → bytes), the manifest left out."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != batch.MANIFEST
+    }
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / batch.MANIFEST).read_text().splitlines()]
+
+
+def _photos(folder: Path, n: int, size: int = 64) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"img{i:02d}.png"), np.roll(_gradient(size, size), i, axis=1))
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ without Ray
+def test_gfp_and_the_cli_do_not_import_ray() -> None:
+    code = "import sys, gfp, gfp.cli, gfp.batch; print(sorted({'ray', 'pyarrow'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_without_ray_one_line_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    assert batch.main([str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install -r requirements-batch.txt" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_gfp_batch_takes_every_restore_option_of_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    ours = batch.build_parser()._option_string_actions
+    theirs = cli.build_parser()._option_string_actions
+    assert set(theirs) - set(ours) == {"-i", "--input"}
+    argv = ["-s", "3", "--strength", "0.5", "--only_center_face", "--detect-max-side", "128", "--crf", "20",
+            "--no-smooth", "-v", "1.3", "--batch-size", "2"]  # fmt: skip
+    mine = batch.build_parser().parse_args(["in", "-o", "out", *argv])
+    plain = cli.build_parser().parse_args(argv)
+    assert cli.restore_options(mine) == cli.restore_options(plain)
+    assert cli.video_options(mine) == cli.video_options(plain)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["batch", "--help"])  # `gfp batch` is this command
+    assert exc.value.code == 0
+    assert "--address" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-s", "9"], "upscale"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--cpus-per-worker", "0"], "--cpus-per-worker"),
+        (["-o", "s3://bucket/out"], "OUTPUT must be a folder every worker sees"),
+    ],
+)
+def test_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    pytest.importorskip("ray")
+    _photos(tmp_path / "in", 1)
+    with pytest.raises(SystemExit) as exc:
+        batch.main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_inputs_folder_glob_list_and_url(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("b.png", "a.jpg", "c.mp4", ".hidden.png"):
+        (photos / name).write_bytes(b"x")
+    (photos / "sub").mkdir()
+    a, b, c = (str(photos / n) for n in ("a.jpg", "b.png", "c.mp4"))
+
+    def keys(spec: str) -> list[str]:
+        return [item.key for item in batch.list_batch_inputs(spec).items]
+
+    assert keys(str(photos)) == [a, b, c]  # what the CLI lists
+    assert keys(str(photos / "*.p*")) == [b]
+    (tmp_path / "list.txt").write_text(f"# chosen\nphotos/b.png\n\n{a}\nphotos/b.png\n")
+    assert keys(str(tmp_path / "list.txt")) == [b, a]  # relative to the list, in its order, once each
+    url = batch.list_batch_inputs(f"file://{photos}/*.jpg")
+    assert [(i.key, i.path) for i in url.items] == [(f"file://{a}", a)]
+    assert url.prefix == "file://" and url.filesystem is not None
+    assert keys(f"file://{photos}") == [f"file://{p}" for p in (a, b, c)]
+    (tmp_path / "urls.txt").write_text(f"file://{c}\nphotos/a.jpg\n")
+    with pytest.raises(ValueError, match="mixes file systems"):
+        batch.list_batch_inputs(str(tmp_path / "urls.txt"))
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        batch.list_batch_inputs(str(photos / "*.gif"))
+    with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
+        batch.list_batch_inputs(str(tmp_path / "missing"))
+
+
+def test_manifest_torn_line_settings_and_clashes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    manifest = batch.Manifest(out / batch.MANIFEST)
+    (out / "restored_imgs").mkdir(parents=True)
+    (out / "restored_imgs" / "a.png").write_bytes(b"x")
+    done = {"path": "/in/a.png", "status": "done", "settings": "s1", "outputs": ["restored_imgs/a.png"]}
+    assert list(manifest.append([done])) == [done]
+    with manifest.path.open("ab") as fh:
+        fh.write(b'{"path": "/in/b.png", "sta')  # a kill in the middle of a line
+    later = {"path": "/in/c.png", "status": "failed", "error": "bad"}
+    list(manifest.append([later]))
+    assert manifest.latest() == {"/in/a.png": done, "/in/c.png": later}
+    assert batch.is_complete(done, out, "s1")
+    assert not batch.is_complete(done, out, "s2")  # other settings: redo
+    assert not batch.is_complete(later, out, "s1")
+    (out / "restored_imgs" / "a.png").unlink()
+    assert not batch.is_complete(done, out, "s1")
+
+    parser = batch.build_parser()
+    base = parser.parse_args(["in", "-o", "out"])
+    assert batch.settings_of(base) == batch.settings_of(
+        parser.parse_args(["elsewhere", "-o", "o2", "--workers", "3", "--device", "cuda", "--redo"])
+    )
+    for extra in (["--suffix", "x"], ["-s", "4"], ["--ext", "png"], ["--crf", "20"]):
+        assert batch.settings_of(parser.parse_args(["in", "-o", "out", *extra])) != batch.settings_of(base)
+
+    items = [batch.Input(f"/in/{n}", f"/in/{n}") for n in ("a.jpg", "b.png", "a.png")]
+    todo, complete, clashes = batch.plan(items, {}, out, "s1", redo=False)
+    assert [i.key for i in todo] == ["/in/a.jpg", "/in/b.png"] and not complete
+    assert [(r["path"], r["status"]) for r in clashes] == [("/in/a.png", "failed")]
+    assert "/in/a.jpg" in clashes[0]["error"]
+
+
+# -------------------------------------------------------------------------------------------- with Ray
+def test_outputs_equal_the_cli_byte_for_byte_and_a_corrupt_file_is_a_failed_record(
+    tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    data = shared_data_dir()
+    real = (data / "README.md").is_file()  # real photos with faces; else gradients and a blind detector
+    for name in PHOTOS if real else ():
+        (inputs / name).symlink_to(data / "photos" / name)
+    cv2.imwrite(str(inputs / "alpha16.png"), _gradient(48, 40, np.uint16, channels=4))
+    cv2.imwrite(str(inputs / "gray.png"), _gradient(30, 50)[:, :, 0])
+    upright = cv2.imread(str(data / "photos" / PHOTOS[1])) if real else _gradient(60, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90° clockwise: only a reader that applies it sees the upright photo
+    turned = np.ascontiguousarray(np.rot90(upright, 1)[:, :, ::-1])
+    Image.fromarray(turned).save(inputs / "turned.jpg", exif=exif, quality=95)
+    small = cv2.resize(upright, (96, 96))
+    write_clip(
+        inputs / "clip.mp4", [np.clip(small.astype(int) + i, 0, 255).astype(np.uint8) for i in range(4)]
+    )
+    (inputs / "broken.png").write_bytes(b"not an image")
+
+    out, plain = tmp_path / "batch", tmp_path / "cli"
+    # Given as a URL: read through a pyarrow file system, as from object storage (the clip copied locally).
+    argv = [f"file://{inputs}", "-o", str(out), "--workers", "2", *_args(weights)]
+    assert batch.main(argv) == 1  # one input failed
+    printed = capsys.readouterr()
+    assert _cli(inputs, plain, weights) == 1
+
+    ours, theirs = _files(out), _files(plain)
+    assert sorted(ours) == sorted(theirs)
+    assert [name for name in ours if ours[name] != theirs[name]] == []
+    assert cv2.imread(str(out / "restored_imgs" / "turned.jpg")).shape[:2] == (
+        2 * upright.shape[0],
+        2 * upright.shape[1],
+    )
+
+    records = {Path(r["path"]).name: r for r in _records(out)}
+    assert sorted(r["path"] for r in records.values()) == sorted(f"file://{p}" for p in inputs.iterdir())
+    assert records["broken.png"]["status"] == "failed" and "not an image" in records["broken.png"]["error"]
+    assert "broken.png" in printed.err and f"{len(records) - 1} done, 0 skipped, 1 failed" in printed.out
+    for name, record in records.items():
+        if name == "broken.png":
+            continue
+        stem = Path(name).stem
+        assert record["status"] == "done" and record["error"] is None and record["seconds"] > 0
+        assert sorted(record["outputs"]) == sorted(n for n in ours if Path(n).stem.startswith(stem))
+        assert record["faces_found"] >= record["faces_restored"]
+        faces = [n for n in ours if n.startswith("restored_faces/") and Path(n).stem.startswith(stem)]
+        assert record["faces_restored"] == len(faces) or name == "clip.mp4"  # a clip writes no face files
+    if real:
+        assert records[PHOTOS[0]]["faces_restored"] == 4 and records["turned.jpg"]["faces_restored"] == 1
+        assert records["clip.mp4"]["faces_restored"] == 1  # one person
+
+
+def test_rerun_redoes_only_missing_outputs_and_a_finished_job_does_no_work(
+    tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = _photos(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    argv = [str(inputs), "-o", str(out), "--workers", "1", *_args(weights)]
+    assert batch.main(argv) == 0
+    first = _files(out)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    gone = out / "restored_imgs" / "img02.png"
+    gone.unlink()
+    capsys.readouterr()
+
+    assert batch.main(argv) == 0
+    assert "1 done, 3 skipped, 0 failed" in capsys.readouterr().out
+    assert [Path(r["path"]).name for r in _records(out)][4:] == ["img02.png"]
+    assert _files(out) == first
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != gone)  # the others untouched
+
+    manifest = (out / batch.MANIFEST).read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert batch.main(argv) == 0
+    assert "0 done, 4 skipped, 0 failed" in capsys.readouterr().out
+    assert (out / batch.MANIFEST).read_bytes() == manifest
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+
+    assert batch.main([*argv, "--redo"]) == 0
+    assert "4 done, 0 skipped" in capsys.readouterr().out
+    assert Counter(Path(r["path"]).name for r in _records(out)) == {
+        "img00.png": 2, "img01.png": 2, "img02.png": 3, "img03.png": 2
+    }  # fmt: skip
+
+
+def test_a_job_killed_midway_and_rerun_does_each_input_once(
+    tmp_path: Path, cluster: str, weights: Path
+) -> None:
+    inputs = _photos(tmp_path / "in", 24, size=192)
+    out = tmp_path / "out"
+    argv = [str(inputs), "-o", str(out), "--workers", "1", "-s", "4", *_args(weights)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gfp.batch", *argv, "--address", cluster],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    manifest = out / batch.MANIFEST
+    deadline = time.monotonic() + 240
+    while not (manifest.is_file() and manifest.read_bytes().count(b"\n")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no record within 4 minutes"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 0 < len(_records(out)) < 24  # killed midway
+
+    assert batch.main([*argv, "--address", cluster]) == 0
+    records = _records(out)
+    assert all(r["status"] == "done" for r in records)
+    assert Counter(Path(r["path"]).name for r in records) == {p.name: 1 for p in inputs.iterdir()}
+    assert _cli(inputs, tmp_path / "cli", weights, "-s", "4") == 0
+    assert _files(out) == _files(tmp_path / "cli")
+
+
+def test_missing_weights_stop_the_job_with_exit_2(
+    tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = _photos(tmp_path / "in", 2)
+    argv = [str(inputs), "-o", str(tmp_path / "out"), "--workers", "1", *_args(weights)]
+    argv[argv.index("-v") + 1] = str(tmp_path / "gone.pth")
+    assert batch.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"weights file {tmp_path / 'gone.pth'} does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / batch.MANIFEST).exists() or not _records(tmp_path / "out")
