@@ -197,6 +197,13 @@ class Trainer:
             out.append(crops)
         return out
 
+    def _at_work_size(self, img: Tensor) -> Tensor:
+        """``img`` area-averaged to ``model.generator.work_size`` (unchanged without one). Such a model can
+        change only what survives that averaging; the face's finer detail passes through it, and its error
+        is not the model's to reduce: L1's gradient of it, a sign per pixel, would drown the part it can."""
+        work = self.cfg["model"]["generator"].get("work_size")
+        return torch.nn.functional.adaptive_avg_pool2d(img, work) if work else img
+
     def _lap(self, name: str) -> None:
         """Add the time since the previous lap to ``self.timings[name]`` (seconds, this process)."""
         if self.device.type == "cuda" and self.cfg["train"]["profile"]:
@@ -226,7 +233,9 @@ class Trainer:
         self.optimizers["g"].zero_grad(set_to_none=True)
         with self._autocast():
             output, out_rgbs = self.net_g(lq, return_rgb=True, randomize_noise=True)
-            total = L.pixel_loss(output, gt, lw["pixel_weight"], lw["pixel_type"])
+            total = L.pixel_loss(
+                self._at_work_size(output), self._at_work_size(gt), lw["pixel_weight"], lw["pixel_type"]
+            )
             logs["l_g_pix"] = total
             pyr_w = lw["pyramid_weight"]
             if pyr_w > 0 and self.step > lw["pyramid_until"]:
