@@ -267,7 +267,8 @@ def sample_degradation(cfg: dict[str, Any], rng: np.random.Generator) -> Degrada
         sigma_y, rotation = sigma_x, 0.0
     scale = float(rng.uniform(*cfg["downsample_range"]))
     noise = None if cfg["noise_range"] is None else float(rng.uniform(*cfg["noise_range"]))
-    jpeg = None if cfg["jpeg_range"] is None else int(round(rng.uniform(*cfg["jpeg_range"])))
+    # Truncated, as the official float quality was by the OpenCV of its time (today's refuses a float).
+    jpeg = None if cfg["jpeg_range"] is None else int(rng.uniform(*cfg["jpeg_range"]))
     shift = None
     if cfg["color_jitter_prob"] is not None and rng.uniform() < cfg["color_jitter_prob"]:
         s = cfg["color_jitter_shift"] / 255.0
@@ -277,7 +278,8 @@ def sample_degradation(cfg: dict[str, Any], rng: np.random.Generator) -> Degrada
     if cfg["color_jitter_pt_prob"] is not None and rng.uniform() < cfg["color_jitter_pt_prob"]:
         for op in np.array(["brightness", "contrast", "saturation", "hue"])[rng.permutation(4)]:
             if cfg[str(op)] is not None:
-                pt_jitter.append((str(op), float(rng.uniform(*cfg[str(op)]))))
+                # float32, as the official draws it (torch.tensor(1.0).uniform_)
+                pt_jitter.append((str(op), float(np.float32(rng.uniform(*cfg[str(op)])))))
     return DegradationParams(
         kernel_type, sigma_x, sigma_y, rotation, scale, noise, jpeg, shift, gray, pt_jitter
     )
@@ -305,7 +307,8 @@ def degrade(
         isotropic=params.kernel_type == "iso",
     )  # fmt: skip
     img = cv2.filter2D(img_gt, -1, kernel)
-    img = cv2.resize(img, (max(1, int(w // params.scale)), max(1, int(h // params.scale))), cv2.INTER_LINEAR)
+    small = (max(1, int(w // params.scale)), max(1, int(h // params.scale)))
+    img = cv2.resize(img, small, interpolation=cv2.INTER_LINEAR)
     if params.noise_sigma is not None:
         img = np.clip(
             img + rng.standard_normal(img.shape).astype(np.float32) * params.noise_sigma / 255.0, 0, 1
@@ -406,7 +409,9 @@ class FaceDegradationDataset(Dataset):
         self.cache: dict[int, np.ndarray] | None = {} if data_cfg.get("cache_images") else None
         self.hflip = bool(data_cfg["use_hflip"]) and train
         aug = data_cfg.get("augment") or {}
-        self.augment = aug if train and any(aug.values()) else None
+        # Off unless some range is set (scale [1, 1] is none): a no-op augment would still use up draws.
+        on = any(v for k, v in aug.items() if k != "scale") or list(aug.get("scale", [1, 1])) != [1, 1]
+        self.augment = aug if train and on else None
         self.deg = degradation_cfg
         comp = data_cfg["components"]
         self.eye_enlarge = float(comp["eye_enlarge_ratio"])
