@@ -111,7 +111,7 @@ DEFAULTS: dict[str, Any] = {
         # Minutes the training loop may take: the steps are sized from the speed of the first ones (the
         # learning-rate schedule then ends on time), and the loop stops at the budget in any case.
         "time_budget_min": None,
-        "ema_decay": 0.5 ** (32 / 10000),
+        "ema_decay": 0.5 ** (32 / 10000),  # fixed in the official code (its options' ema_decay unread)
         "ema_warmup": False,  # decay min(ema_decay, (1 + step) / (10 + step)): EMA useful from the start
         "amp": True,  # autocast on CUDA only (bf16 where supported, else fp16 + GradScaler)
         "log_every": 100,

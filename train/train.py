@@ -343,6 +343,8 @@ class Trainer:
                 for part in PARTS:
                     f_pred, _ = self.nets_d[part](fake_rois[part])
                     r_pred, _ = self.nets_d[part](real_rois[part])
+                    # The official takes the real term from its vanilla (BCE) loss and the fake term from
+                    # its softplus loss: both are softplus(∓x), as here.
                     l_dc = L.gan_loss_d(r_pred, f_pred)
                     logs[f"l_d_{part}"] = l_dc
                     self._backward(l_dc)
