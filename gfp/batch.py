@@ -525,6 +525,14 @@ def _connect(address: str | None) -> bool:
     return True
 
 
+def remove_partial(output: Path) -> None:
+    """Delete what a killed job left half-written in ``output``'s folders: the temporary files of the
+    atomic writes (``.NAME.*.tmp``, renamed over NAME once complete). Only a job over the same folder
+    writes them, and this one has not started."""
+    for tmp in output.glob("*/.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
     """Run the batch job; returns the exit status: 0 all done, 1 some input failed, 2 usage errors,
     missing Ray or missing weights, 130 interrupted (the manifest keeps what finished)."""
@@ -557,6 +565,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
         args.version = os.path.abspath(args.version)
 
     output = Path(args.output).resolve()
+    remove_partial(output)
     manifest = Manifest(output / MANIFEST)
     settings = settings_of(args)
     pending, complete, clashes = plan(inputs.items, manifest.latest(), output, settings, args.redo)

@@ -340,6 +340,9 @@ def test_a_job_killed_midway_and_rerun_does_each_input_once(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 0 < len(_records(out)) < 24  # killed midway
+    # a write the kill cut short, whether or not this kill landed in one: the rerun must not leave it
+    (out / "restored_imgs").mkdir(exist_ok=True)
+    (out / "restored_imgs" / ".img00.png.k1ll3d.tmp").write_bytes(b"\x89PNG half")
 
     assert batch.main([*argv, "--address", cluster]) == 0
     records = _records(out)
