@@ -50,7 +50,7 @@ from gfp.cli import (
     video_options,
     video_target,
 )
-from gfp.imageio import read_image_bytes
+from gfp.imageio import PARTIAL_GLOB, read_image_bytes
 from gfp.video import is_video, restore_video
 from gfp.weights.errors import WeightsError
 
@@ -527,9 +527,9 @@ def _connect(address: str | None) -> bool:
 
 def remove_partial(output: Path) -> None:
     """Delete what a killed job left half-written in ``output``'s folders: the temporary files of the
-    atomic writes (``.NAME.*.tmp``, renamed over NAME once complete). Only a job over the same folder
-    writes them, and this one has not started."""
-    for tmp in output.glob("*/.*.tmp"):
+    image writes (``gfp.imageio.PARTIAL_GLOB``). Only a job over the same folder writes them, and this one
+    has not started."""
+    for tmp in output.glob(f"*/{PARTIAL_GLOB}"):
         tmp.unlink(missing_ok=True)
 
 

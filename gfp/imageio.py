@@ -188,6 +188,12 @@ def encode_image(img: np.ndarray, ext: str = ".png", quality: int = 95) -> bytes
     return buf.tobytes()
 
 
+# write_image's temporary file (".NAME.XXXX.tmp" beside NAME) until it is renamed over NAME: what a killed
+# writer leaves behind, and how a later run finds it.
+PARTIAL_SUFFIX = ".tmp"
+PARTIAL_GLOB = f".*{PARTIAL_SUFFIX}"
+
+
 def write_image(path: str | os.PathLike, img: np.ndarray, quality: int = 95) -> Path:
     """Write ``img`` (cv2 layout) to ``path``; the format follows the suffix (see :func:`encode_image`).
 
@@ -197,7 +203,7 @@ def write_image(path: str | os.PathLike, img: np.ndarray, quality: int = 95) -> 
     path = Path(path)
     data = encode_image(img, path.suffix, quality)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
