@@ -1,4 +1,4 @@
-"""``python -m train {prepare,components,train,export,publish,evaluate} ...``: the training entry point."""
+"""``python -m train {prepare,components,crop,train,export,publish,evaluate} ...``: the training entry point."""
 
 from __future__ import annotations
 
@@ -54,9 +54,43 @@ def _components(argv: list[str]) -> int:
     return 1 if missed else 0
 
 
+def _crop(argv: list[str]) -> int:
+    from gfp.loading import WeightsError
+    from train.data import DataError, crop_faces
+
+    p = argparse.ArgumentParser(
+        prog="python -m train crop",
+        description="Aligned faces cut from whole photos (RetinaFace landmarks, FFHQ alignment), as more "
+        "training faces: give the output folder to data.extra_train.",
+    )
+    p.add_argument("photos", help="folder of whole photos")
+    p.add_argument("out", help="output folder of aligned PNG faces")
+    p.add_argument("--size", type=int, default=512, help="face size in pixels (data.out_size)")
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=384,
+        help="keep a face only if its crop covers at least this many photo pixels across (default 384)",
+    )
+    p.add_argument(
+        "--detector", default="retinaface_resnet50", help="retinaface_resnet50 or retinaface_mobile0.25"
+    )
+    p.add_argument("--weights-dir", default=None, help="folder searched first for the detector weights")
+    args = p.parse_args(argv)
+    try:
+        written, skipped = crop_faces(
+            args.photos, args.out, args.size, args.min_size, args.detector, args.weights_dir
+        )
+    except (DataError, WeightsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} faces written to {args.out} ({skipped} too small or cut off by the border)")
+    return 0 if written else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("prepare", "components", "train", "export", "publish", "evaluate")
+    commands = ("prepare", "components", "crop", "train", "export", "publish", "evaluate")
     if not argv or argv[0] not in commands:
         print(f"usage: python -m train {{{','.join(commands)}}} ... (add -h after a command for its options)")
         return 2
@@ -65,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return _prepare(rest)
     if command == "components":
         return _components(rest)
+    if command == "crop":
+        return _crop(rest)
     if command == "train":
         from train.train import main as run
     elif command == "export":

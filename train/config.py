@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "data": {
         "train": None,  # folder of aligned HQ faces, or a basicsr-style ``*.lmdb`` folder
+        "extra_train": [],  # more folders of aligned HQ faces, trained on, never held out (see `train crop`)
         "val": None,  # folder of held-out HQ faces (LQ made from them with a fixed seed)
         "val_holdout": 0,  # or: keep the last N training files (sorted) out for validation
         "out_size": 512,

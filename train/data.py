@@ -24,7 +24,7 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 import gfp  # noqa: F401  (torchvision shim before basicsr)
-from gfp.faces import FFHQ_TEMPLATE_512, build_detector, detect_faces, resize_aligned
+from gfp.faces import FFHQ_TEMPLATE_512, alignment_matrix, build_detector, detect_faces, resize_aligned
 from gfp.imageio import ImageReadError, read_image
 from gfp.loading import load_state_dict, resolve_weights
 
@@ -77,9 +77,12 @@ def write_lmdb(files: list[Path], lmdb_path: str | Path, compress_level: int = 1
 class _ImageSource:
     """Reads encoded image bytes from a folder or a basicsr-style lmdb (opened lazily per worker)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, extra: list[str | Path] | tuple = ()) -> None:
         self.root = Path(root)
         self._env = None
+        # Folders of faces that are only ever trained on: they follow the main source's images, so the
+        # hold-out (the last main files) and every main index stay what they are without them.
+        self.extra = [str(p) for folder in extra for p in list_images(folder)]
         if self.root.suffix == ".lmdb":
             meta = self.root / "meta_info.txt"
             if not meta.is_file():
@@ -93,15 +96,21 @@ class _ImageSource:
             self.is_lmdb = False
 
     def __len__(self) -> int:
+        """Images of the main source (the extra folders' come after them)."""
         return len(self.keys)
 
     def stem(self, index: int) -> str:
+        if index >= len(self.keys):
+            return Path(self.extra[index - len(self.keys)]).stem
         return self.keys[index] if self.is_lmdb else Path(self.keys[index]).stem
 
     def read(self, index: int) -> np.ndarray:
         """BGR float32 in [0, 1]."""
-        key = self.keys[index]
-        if self.is_lmdb:
+        if index >= len(self.keys):
+            key, from_lmdb = self.extra[index - len(self.keys)], False
+        else:
+            key, from_lmdb = self.keys[index], self.is_lmdb
+        if from_lmdb:
             if self._env is None:
                 import lmdb
 
@@ -203,6 +212,51 @@ def detect_components(
             continue
         found[path.stem] = landmark_components(faces.landmarks[0] * (512.0 / img.shape[1]))
     return found, missed
+
+
+def crop_faces(
+    photos: str | Path,
+    out: str | Path,
+    size: int = 512,
+    min_size: int = 384,
+    detector: str = "retinaface_resnet50",
+    weights_dir: str | None = None,
+) -> tuple[list[Path], int]:
+    """Aligned ``size``² faces cut from the whole photos in ``photos``, as PNGs in ``out``: more training faces.
+
+    A face is kept when its aligned crop covers at least ``min_size`` pixels of the photo (smaller ones
+    would be enlarged, and a blurred ground truth teaches blur) and lies at least 95 % inside it (the rest
+    would be flat border). Each face is warped at its own resolution and then area-shrunk, so nothing
+    aliases. Returns the written files and the number of faces skipped.
+    """
+    net = build_detector(detector)
+    net.load_state_dict(load_state_dict(resolve_weights(detector, weights_dir)), strict=True)
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    skipped = 0
+    for path in tqdm(list_images(photos), desc="faces", unit="photo"):
+        try:
+            img = read_image(path)
+        except ImageReadError as err:
+            raise DataError(str(err)) from err
+        img = img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        img = (img[..., :3] / 257.0 if img.dtype == np.uint16 else img[..., :3]).astype(np.float32)
+        found = detect_faces(net, img, max_side=1280)
+        for k, points in enumerate(found.landmarks):
+            matrix = alignment_matrix(points, size)
+            native = size / math.sqrt(abs(np.linalg.det(matrix[:, :2])))  # photo pixels across the crop
+            warp_size = min(max(size, round(native)), 2 * size)
+            matrix = alignment_matrix(points, warp_size)
+            inside = cv2.warpAffine(np.ones(img.shape[:2], np.float32), matrix, (warp_size, warp_size))
+            if native < min_size or inside.mean() < 0.95:
+                skipped += 1
+                continue
+            face = cv2.warpAffine(img, matrix, (warp_size, warp_size), flags=cv2.INTER_LINEAR)
+            dest = target / f"{path.stem}_{k:02d}.png"
+            cv2.imwrite(str(dest), np.clip(resize_aligned(face, size).round(), 0, 255).astype(np.uint8))
+            written.append(dest)
+    return written, skipped
 
 
 def save_component_file(components: dict[str, dict[str, np.ndarray]], path: str | Path) -> Path:
@@ -398,8 +452,9 @@ class FaceDegradationDataset(Dataset):
         degradation_cfg: dict[str, Any],
         indices: list[int] | None = None,
         train: bool = True,
+        extra: list[str | Path] | tuple = (),
     ) -> None:
-        self.source = _ImageSource(root)
+        self.source = _ImageSource(root, extra)
         self.indices = list(range(len(self.source))) if indices is None else list(indices)
         if not self.indices:
             raise DataError(f"no training images left in {root} after holding out validation images")

@@ -144,10 +144,14 @@ class Trainer:
         data = self.cfg["data"]
         if not data["train"]:
             raise ConfigError("data.train is not set: give a folder of aligned faces (or a .lmdb)")
-        root = Path(data["train"])
-        count = len(FaceDegradationDataset(root, data, self.cfg["degradation"]))
+        root, extra = Path(data["train"]), list(data["extra_train"] or [])
+        source = FaceDegradationDataset(root, data, self.cfg["degradation"], extra=extra).source
+        count = len(source)
         train_idx, held_idx = split_indices(count, int(data["val_holdout"]))
-        self.train_set = FaceDegradationDataset(root, data, self.cfg["degradation"], train_idx, train=True)
+        train_idx += range(count, count + len(source.extra))  # extra faces are never held out
+        self.train_set = FaceDegradationDataset(
+            root, data, self.cfg["degradation"], train_idx, train=True, extra=extra
+        )
         self.val_set = None
         if data["val"]:
             list_images(data["val"])  # clear error now rather than at the first validation
