@@ -1,4 +1,4 @@
-"""``python -m train {prepare,components,crop,train,export,publish,evaluate} ...``: the training entry point."""
+"""``python -m train {prepare,components,crop,train,export,publish,evaluate} ...``: training entry point."""
 
 from __future__ import annotations
 

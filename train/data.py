@@ -222,7 +222,7 @@ def crop_faces(
     detector: str = "retinaface_resnet50",
     weights_dir: str | None = None,
 ) -> tuple[list[Path], int]:
-    """Aligned ``size``² faces cut from the whole photos in ``photos``, as PNGs in ``out``: more training faces.
+    """Aligned ``size``² faces cut from the whole photos in ``photos``, as PNGs in ``out``: more faces.
 
     A face is kept when its aligned crop covers at least ``min_size`` pixels of the photo (smaller ones
     would be enlarged, and a blurred ground truth teaches blur) and lies at least 95 % inside it (the rest
