@@ -1,18 +1,31 @@
-"""Shared fixtures: offline data, no network, the PyTorch backend, the official fused activation on CPU."""
+"""Shared fixtures and helpers: offline data, no network, the PyTorch backend, the official fused activation
+on CPU, the detector the tests run and weights folders.
+
+Tests import the constants and helpers (``from conftest import MOBILE, make_weights``); the fixtures come
+by name.
+"""
 
 from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from _zoo_helpers import shared_data_dir
+import torch
+from _zoo_helpers import save_blind_detector, save_tiny_generator, shared_data_dir
 from torch import Tensor
 from torch.nn import functional as F
 
 import gfp  # noqa: F401  (installs the torchvision shim before any test imports basicsr)
+from gfp.registry import MODEL_ZOO
+
+DETECTOR = "retinaface_mobile0.25"
+"""The face detector the tests run (RetinaFace MobileNet-0.25: small and fast on a CPU)."""
+MOBILE = MODEL_ZOO[DETECTOR].file_name
+"""Its weights file (detection_mobilenet0.25_Final.pth): the real one is in the shared data."""
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +75,35 @@ def official_fused_act_on_cpu(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setattr(fused, "fused_leaky_relu", _reference_fused_leaky_relu)
     monkeypatch.setattr(sg2, "fused_leaky_relu", _reference_fused_leaky_relu)
     return sg2
+
+
+def shared_detector() -> Path | None:
+    """The real MobileNet-0.25 weights from the shared data, or None on a fresh clone."""
+    path = shared_data_dir() / "weights" / MOBILE
+    return path if path.is_file() else None
+
+
+def make_weights(
+    folder: Path, detector: Path | None = None, *, random_detector: bool = False, links: Iterable[Path] = ()
+) -> Path:
+    """A weights folder for small pipeline runs; returns ``folder``.
+
+    It holds the seeded tiny generator at ``folder / "tiny"`` (published format: what ``-v``/``--model``
+    take) and :data:`MOBILE`: a link to ``detector``; without one, a "blind" detector that never finds a
+    face, or with ``random_detector`` a seeded random one that finds arbitrary faces. ``links`` are more
+    files linked under their own names (not copied).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tiny_generator(folder / "tiny")
+    if detector is not None:
+        (folder / MOBILE).symlink_to(detector)
+    elif random_detector:
+        from gfp.faces import build_detector
+
+        torch.manual_seed(1)
+        torch.save(build_detector(DETECTOR).state_dict(), folder / MOBILE)
+    else:
+        save_blind_detector(folder / MOBILE)
+    for path in links:
+        (folder / path.name).symlink_to(path)
+    return folder

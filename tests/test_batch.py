@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 import torch
 from _video_helpers import write_clip
-from _zoo_helpers import save_blind_detector, save_tiny_generator, shared_data_dir
+from _zoo_helpers import shared_data_dir
+from conftest import make_weights, shared_detector
 from PIL import Image
 
 from gfp import batch, cli
@@ -34,7 +35,6 @@ with contextlib.suppress(ImportError):  # without Ray its tests skip, the others
     import ray.data  # noqa: F401  (here, not under a test's capsys: Ray's log handler keeps that stream)
 
 ROOT = Path(__file__).resolve().parents[1]
-MOBILE = "detection_mobilenet0.25_Final.pth"
 PHOTOS = ("codeformer_01.jpg", "codeformer_04.jpg")  # 4 faces and 1 face
 
 pytestmark = pytest.mark.usefixtures("offline")
@@ -50,14 +50,7 @@ def _gradient(h: int, w: int, dtype: type = np.uint8, channels: int = 3) -> np.n
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny generator and the real detector when the shared data is there, else a blind one."""
-    folder = tmp_path_factory.mktemp("weights")
-    save_tiny_generator(folder / "tiny")
-    detector = shared_data_dir() / "weights" / MOBILE
-    if detector.is_file():
-        (folder / MOBILE).symlink_to(detector)
-    else:
-        save_blind_detector(folder / MOBILE)
-    return folder
+    return make_weights(tmp_path_factory.mktemp("weights"), shared_detector())
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from _zoo_helpers import save_blind_detector, save_tiny_generator
+from conftest import MOBILE, make_weights
 
 from gfp.cli import list_inputs, main
 
 ROOT = Path(__file__).resolve().parents[1]
-MOBILE = "detection_mobilenet0.25_Final.pth"
 
 
 pytestmark = pytest.mark.usefixtures("offline")
-
-
-def _weights(folder: Path, detector: Path | None) -> Path:
-    """Tiny generator; the real detector when given, else one that never finds a face."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_tiny_generator(folder / "tiny")
-    if detector is not None:
-        (folder / MOBILE).symlink_to(detector)
-    else:
-        save_blind_detector(folder / MOBILE)
-    return folder
 
 
 def _args(weights: Path, *extra: str, background: str | None = "none") -> list[str]:
@@ -106,7 +94,7 @@ def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
 def test_default_background_offline_falls_back_with_a_note(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    weights = _weights(tmp_path / "w", None)
+    weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "a.png"), _gradient())
     cv2.imwrite(str(tmp_path / "b.png"), _gradient(30, 20))
     assert main(["-i", str(tmp_path), "-o", str(tmp_path / "out"), *_args(weights, background=None)]) == 0
@@ -123,7 +111,7 @@ def test_default_background_offline_falls_back_with_a_note(
 def test_background_asked_for_by_name_offline_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    weights = _weights(tmp_path / "w", None)
+    weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "a.png"), _gradient())
     args = _args(weights, background="realesrgan")
     assert main(["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *args]) == 2
@@ -135,7 +123,7 @@ def test_background_asked_for_by_name_offline_exit_2(
 
 
 def test_folder_with_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    weights = _weights(tmp_path / "w", None)
+    weights = make_weights(tmp_path / "w")
     inputs = tmp_path / "in"
     inputs.mkdir()
     cv2.imwrite(str(inputs / "a.png"), _gradient())
@@ -154,7 +142,7 @@ def test_folder_with_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_ext_and_suffix_for_images(tmp_path: Path) -> None:
-    weights = _weights(tmp_path / "w", None)
+    weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "a.jpg"), _gradient())
     out = tmp_path / "out"
     assert (
@@ -180,7 +168,7 @@ def test_ext_and_suffix_for_images(tmp_path: Path) -> None:
 def test_official_output_layout(
     tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    weights = _weights(tmp_path / "w", shared_data / "weights" / MOBILE)
+    weights = make_weights(tmp_path / "w", shared_data / "weights" / MOBILE)
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("codeformer_01.jpg", "codeformer_04.jpg"):  # 4 faces and 1 face
@@ -202,7 +190,7 @@ def test_official_output_layout(
 
 
 def test_aligned_inputs_write_faces_only(tmp_path: Path) -> None:
-    weights = _weights(tmp_path / "w", None)
+    weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "face.png"), _gradient(96, 96))
     out = tmp_path / "out"
     assert main(["-i", str(tmp_path / "face.png"), "-o", str(out), "--aligned", *_args(weights)]) == 0
@@ -222,7 +210,7 @@ def test_fp32_flag_turns_cpu_bf16_off(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(gfp.cli.Restorer, "__init__", spy)
     monkeypatch.setattr("gfp.pipeline.cpu_has_native_bf16", lambda: True)  # any CPU: the flag decides
-    weights = _weights(tmp_path / "w", None)
+    weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "face.png"), _gradient(96, 96))
     for extra in ([], ["--fp32"]):
         assert (
@@ -245,7 +233,7 @@ def test_fp32_flag_turns_cpu_bf16_off(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_face_choice_names_files_by_face_number_and_says_what_it_skipped(
     tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    weights = _weights(tmp_path / "w", shared_data / "weights" / MOBILE)
+    weights = make_weights(tmp_path / "w", shared_data / "weights" / MOBILE)
     photo = shared_data / "photos" / "codeformer_01.jpg"  # 4 faces in a row
     every, chosen = tmp_path / "every", tmp_path / "chosen"
     assert main(["-i", str(photo), "-o", str(every), *_args(weights)]) == 0
@@ -263,7 +251,7 @@ def test_face_choice_names_files_by_face_number_and_says_what_it_skipped(
 
 
 def test_color_fix_reaches_the_restored_faces(tmp_path: Path) -> None:
-    weights = _weights(tmp_path / "w", None)
+    weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "face.png"), _gradient(64, 64))
     faces = {}
     for fix in ("none", "wavelet", "adain"):

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import MOBILE
 
 from gfp.faces import (
     BORDER_VALUE,
@@ -20,8 +21,6 @@ from gfp.faces import (
     face_template,
 )
 from gfp.loading import load_network
-
-MOBILE = "detection_mobilenet0.25_Final.pth"
 
 
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (64, 64), (225, 301)])

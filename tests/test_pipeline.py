@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 from _official_pipeline import psnr
-from _zoo_helpers import save_blind_detector, save_tiny_generator, tiny_config, tiny_generator
+from _zoo_helpers import tiny_config, tiny_generator
+from conftest import MOBILE, make_weights
 
 from gfp import registry
 from gfp.archs import GeneratorConfig
@@ -29,33 +30,22 @@ from gfp.loading import WeightsNotFoundError, load_generator
 from gfp.paste import inverse_affine
 from gfp.pipeline import RestoreOptions, Restorer, Unavailable
 
-MOBILE = "detection_mobilenet0.25_Final.pth"
-
-
 pytestmark = pytest.mark.usefixtures("offline")
-
-
-def _tiny_generator(folder: Path) -> None:
-    save_tiny_generator(folder / "tiny")
 
 
 @pytest.fixture(scope="module")
 def blind_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny generator + a MobileNet detector that never finds a face."""
-    folder = tmp_path_factory.mktemp("blind")
-    _tiny_generator(folder)
-    save_blind_detector(folder / MOBILE)
-    return folder
+    return make_weights(tmp_path_factory.mktemp("blind"))
 
 
 @pytest.fixture(scope="module")
 def real_weights(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """Tiny generator + the real MobileNet-0.25 detector and realesr-animevideov3 (linked, not copied)."""
-    folder = tmp_path_factory.mktemp("real")
-    _tiny_generator(folder)
-    for name in (MOBILE, "realesr-animevideov3.pth"):
-        (folder / name).symlink_to(shared_data / "weights" / name)
-    return folder
+    files = shared_data / "weights"
+    return make_weights(
+        tmp_path_factory.mktemp("real"), files / MOBILE, links=[files / "realesr-animevideov3.pth"]
+    )
 
 
 def _options(folder: Path, **kw: object) -> RestoreOptions:

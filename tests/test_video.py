@@ -19,12 +19,11 @@ import cv2
 import numpy as np
 import pytest
 from _video_helpers import read_clip, write_clip
-from _zoo_helpers import save_blind_detector, tiny_config, tiny_generator
+from conftest import MOBILE, make_weights
 
 import gfp.video
 from gfp.cli import main
 from gfp.faces import FFHQ_TEMPLATE_512
-from gfp.loading import save_pretrained
 from gfp.pipeline import RestoreOptions, Restorer
 from gfp.selection import FaceSelection
 from gfp.tracking import FaceTracker, OneEuroFilter, SmoothingOptions, box_iou, face_size
@@ -41,31 +40,19 @@ from gfp.video import (
 )
 from gfp.weights.errors import WeightsError
 
-MOBILE = "detection_mobilenet0.25_Final.pth"
 PHOTO = "codeformer_04.jpg"  # 225x225, one face
 
 pytestmark = pytest.mark.usefixtures("offline")
 
 
-def _weights(folder: Path, detector: Path | None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    config = tiny_config()
-    save_pretrained(tiny_generator(config), config, folder / "tiny")
-    if detector is None:
-        save_blind_detector(folder / MOBILE)
-    else:
-        (folder / MOBILE).symlink_to(detector)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def blind(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _weights(tmp_path_factory.mktemp("blind"), None)
+    return make_weights(tmp_path_factory.mktemp("blind"))
 
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
-    return _weights(tmp_path_factory.mktemp("real"), shared_data / "weights" / MOBILE)
+    return make_weights(tmp_path_factory.mktemp("real"), shared_data / "weights" / MOBILE)
 
 
 @functools.cache
