@@ -1,5 +1,5 @@
 """Shared fixtures and helpers: offline data, no network, the PyTorch backend, the official fused activation
-on CPU, the detector the tests run and weights folders.
+on CPU, the detector the tests run, weights folders, and the app served for a test module.
 
 Tests import the constants and helpers (``from conftest import MOBILE, make_weights``); the fixtures come
 by name.
@@ -7,11 +7,14 @@ by name.
 
 from __future__ import annotations
 
+import os
+import socket
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -21,6 +24,9 @@ from torch.nn import functional as F
 
 import gfp  # noqa: F401  (installs the torchvision shim before any test imports basicsr)
 from gfp.registry import MODEL_ZOO
+
+if TYPE_CHECKING:
+    import gradio_client
 
 DETECTOR = "retinaface_mobile0.25"
 """The face detector the tests run (RetinaFace MobileNet-0.25: small and fast on a CPU)."""
@@ -107,3 +113,83 @@ def make_weights(
     for path in links:
         (folder / path.name).symlink_to(path)
     return folder
+
+
+# --- the app, served -----------------------------------------------------------------------------------
+
+MAX_PIXELS = 30_000
+"""The test app's pixel budget: the 160x160 example (25600 px) fits, a 200x200 input is downscaled."""
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """The app served in this process on a free port, as a user or a client sees it.
+
+    Its weights: the tiny generator (offered first, by its folder's name), a model that is never there
+    ("gone.pth"), and the real MobileNet-0.25 when the shared data is present, else a seeded random one
+    (then face counts are arbitrary, so tests assert sizes, formats and behaviour, not faces).
+    """
+
+    def __init__(self, weights: Path, real_detector: bool, **overrides: Any) -> None:
+        from gfp.app.settings import AppSettings
+        from gfp.app.ui import build_app, launch
+
+        self.weights = weights
+        self.real_detector = real_detector
+        defaults = {
+            "models": (str(weights / "tiny"), str(weights / "gone.pth")),  # the second one is never there
+            "weights_dir": str(weights),
+            "port": free_port(),
+            "device": os.environ.get("GFP_TEST_DEVICE", "cpu"),  # cuda on a lent GPU: the app served there
+            "detector": DETECTOR,
+            "background": "none",
+            "max_pixels": MAX_PIXELS,
+        }
+        self.settings = AppSettings(**(defaults | overrides))
+        self.demo = build_app(self.settings)
+        launch(self.demo, self.settings, prevent_thread_lock=True, quiet=True)
+        self.url = f"http://127.0.0.1:{self.settings.port}/"
+
+    @property
+    def model(self) -> str:
+        """The default model as the dropdown and API name it (the tiny generator's folder name)."""
+        return Path(self.settings.models[0]).name
+
+    def client(self) -> gradio_client.Client:
+        """A fresh gradio_client for this server."""
+        import gradio_client
+
+        return gradio_client.Client(self.url, verbose=False)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.demo.close()
+
+
+def start_server(tmp: Path, **overrides: Any) -> Server:
+    """Make the weights folder in ``tmp`` and serve the app with ``overrides`` of its settings; the caller
+    closes it."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    real = shared_detector()
+    return Server(make_weights(tmp, real, random_detector=True), real is not None, **overrides)
+
+
+@pytest.fixture(scope="module")
+def server_settings() -> dict[str, Any]:
+    """The app settings a test module's server changes from :class:`Server`'s defaults: a module that needs
+    others overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, server_settings: dict[str, Any]) -> Iterator[Server]:
+    """The app served for one test module (closed after it), with the module's ``server_settings``."""
+    srv = start_server(tmp_path_factory.mktemp("app-weights"), **server_settings)
+    yield srv
+    srv.close()

@@ -1,8 +1,9 @@
 """The Gradio app end to end: launched on 127.0.0.1 and called through gradio_client (and MCP).
 
-The generator is a tiny self-made checkpoint (random weights, published format); the detector is the real
-RetinaFace MobileNet-0.25 when ../shared/data is present, else a seeded random one saved under the zoo
-file name (then face counts are arbitrary, so tests assert sizes, formats and behaviour, not faces).
+The server (tests/conftest.py) runs a tiny self-made generator (random weights, published format); the
+detector is the real RetinaFace MobileNet-0.25 when ../shared/data is present, else a seeded random one
+saved under the zoo file name (then face counts are arbitrary, so tests assert sizes, formats and
+behaviour, not faces).
 """
 
 from __future__ import annotations
@@ -10,99 +11,32 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from _zoo_helpers import save_tiny_generator, shared_data_dir
+from conftest import DETECTOR, MAX_PIXELS, MOBILE, Server, start_server
 
 import app
 from gfp import registry
-from gfp.faces import build_detector
-from gfp.registry import MODEL_ZOO
+from gfp.app.handlers import PREVIEW_MAX_SIDE, OutputFolder, as_display, fit_budget
+from gfp.app.settings import AppSettings, WeightsCheck, check_weights, model_specs, parse_args, weights_banner
+from gfp.app.ui import EXAMPLES as EXAMPLE_NAMES
+from gfp.app.ui import build_app
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-DETECTOR = "retinaface_mobile0.25"
-MAX_PIXELS = 30_000
-"""The test app's pixel budget: the 160x160 example (25600 px) fits, a 200x200 input is downscaled."""
 
 gradio_client = pytest.importorskip("gradio_client")
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def make_weights(folder: Path, real_detector: Path | None) -> Path:
-    """A weights folder with a tiny random generator ("tiny/", published format) and a detector file."""
-    save_tiny_generator(folder / "tiny")
-    target = folder / MODEL_ZOO[DETECTOR].file_name
-    if real_detector is not None:
-        target.symlink_to(real_detector)
-    else:
-        torch.manual_seed(1)
-        torch.save(build_detector(DETECTOR).state_dict(), target)
-    return folder
-
-
-def real_detector_file() -> Path | None:
-    """The real MobileNet-0.25 weights from the shared data, or None on a fresh clone."""
-    path = shared_data_dir() / "weights" / MODEL_ZOO[DETECTOR].file_name
-    return path if path.is_file() else None
-
-
-class Server:
-    """The app served in this process on a free port, as a user or a client sees it."""
-
-    def __init__(self, weights: Path, real_detector: bool, **overrides: object) -> None:
-        self.weights = weights
-        self.real_detector = real_detector
-        defaults = {
-            "models": (str(weights / "tiny"), str(weights / "gone.pth")),  # the second one is never there
-            "weights_dir": str(weights),
-            "port": free_port(),
-            "device": os.environ.get("GFP_TEST_DEVICE", "cpu"),  # cuda on a lent GPU: the app served there
-            "detector": DETECTOR,
-            "background": "none",
-            "max_pixels": MAX_PIXELS,
-        }
-        self.settings = app.AppSettings(**(defaults | overrides))
-        self.demo = app.build_app(self.settings)
-        app.launch(self.demo, self.settings, prevent_thread_lock=True, quiet=True)
-        self.url = f"http://127.0.0.1:{self.settings.port}/"
-
-    @property
-    def model(self) -> str:
-        """The default model as the dropdown and API name it (the tiny generator's folder name)."""
-        return Path(self.settings.models[0]).name
-
-    def client(self) -> gradio_client.Client:
-        return gradio_client.Client(self.url, verbose=False)
-
-    def close(self) -> None:
-        self.demo.close()
-
-
-def start_server(tmp: Path, **overrides: object) -> Server:
-    """Build the weights folder and serve the app; the caller closes it."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    real = real_detector_file()
-    return Server(make_weights(tmp, real), real is not None, **overrides)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = start_server(tmp_path_factory.mktemp("app-weights"), concurrency=4)
-    yield srv
-    srv.close()
+def server_settings() -> dict[str, Any]:
+    return {"concurrency": 4}
 
 
 @pytest.fixture(scope="module")
@@ -141,24 +75,24 @@ def test_flags_and_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GFP_MODEL", "a/b, /x/y.pth")
     monkeypatch.setenv("GFP_DEVICE", "cpu")
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
-    from_env = app.parse_args([])
+    from_env = parse_args([])
     assert from_env.models == ("a/b", "/x/y.pth")
     assert (from_env.device, from_env.port, from_env.server_name) == ("cpu", 7999, "127.0.0.1")
     assert from_env.backend == "torch"  # GFP_BACKEND, as tests/conftest.py sets it
-    assert app.parse_args(["--backend", "openvino"]).backend == "openvino"
-    flags = app.parse_args(
+    assert parse_args(["--backend", "openvino"]).backend == "openvino"
+    flags = parse_args(
         ["--model", "m1", "--model", "m2", "--weights-dir", "/w", "--server-name", "0.0.0.0", "--port", "1"]
         + ["--share", "--device", "cuda", "--bg-upsampler", "none", "--detector", DETECTOR, "--no-mcp"]
     )
     assert flags.models == ("m1", "m2") and flags.weights_dir == "/w" and flags.share and not flags.mcp
     assert (flags.server_name, flags.port, flags.device, flags.background) == ("0.0.0.0", 1, "cuda", "none")
     with pytest.raises(SystemExit):
-        app.parse_args(["--concurrency", "0"])
+        parse_args(["--concurrency", "0"])
 
 
 def test_model_specs_put_launch_models_first(tmp_path: Path) -> None:
-    assert list(app.model_specs([]))[0] == "v1.4"
-    specs = app.model_specs(["owner/repo", "v1.3", str(tmp_path / "mine.pth")])
+    assert list(model_specs([]))[0] == "v1.4"
+    specs = model_specs(["owner/repo", "v1.3", str(tmp_path / "mine.pth")])
     assert list(specs)[:3] == ["owner/repo", "v1.3", "mine.pth"]  # a local path is offered by its name only
     assert specs["mine.pth"] == str(tmp_path / "mine.pth") and specs["owner/repo"] == "owner/repo"
     assert set(registry.choice_names("generator")) <= set(specs) and len(specs) == 6
@@ -169,8 +103,8 @@ def test_building_the_ui_is_cheap_and_takes_the_registry_choices(monkeypatch: py
     def no_lookup(*args: object, **kwargs: object) -> None:
         raise AssertionError("building the UI must not look for weights")
 
-    monkeypatch.setattr(app, "resolve", no_lookup)
-    demo = app.build_app(app.AppSettings(device="cpu"))
+    monkeypatch.setattr("gfp.app.settings.resolve", no_lookup)
+    demo = build_app(AppSettings(device="cpu"))
     widgets = {b.label: b for b in demo.blocks.values() if getattr(b, "label", None)}
     assert widgets["Model"].choices == [(label, value) for label, value in registry.choices("generator")]
     assert widgets["Background upsampler"].choices == [tuple(c) for c in registry.choices("upsampler")]
@@ -181,7 +115,7 @@ def test_building_the_ui_is_cheap_and_takes_the_registry_choices(monkeypatch: py
 
 
 def test_examples_exist_and_are_small() -> None:
-    for name in app.EXAMPLES:
+    for name in EXAMPLE_NAMES:
         path = EXAMPLES / name
         assert path.is_file() and path.stat().st_size < 200_000, name
         assert read(path).shape[0] >= 64
@@ -190,18 +124,18 @@ def test_examples_exist_and_are_small() -> None:
 
 def test_budget_and_display_helpers() -> None:
     img = np.zeros((300, 200, 4), np.uint16)
-    small, notice = app._fit_budget(img, 15_000)
+    small, notice = fit_budget(img, 15_000)
     assert small.shape[0] * small.shape[1] <= 15_000 and small.shape[2] == 4 and "300" in notice
-    same, none = app._fit_budget(img, 60_000)
+    same, none = fit_budget(img, 60_000)
     assert same is img and none is None
-    shown = app._as_display(np.full((10, 20, 4), 65535, np.uint16))
+    shown = as_display(np.full((10, 20, 4), 65535, np.uint16))
     assert shown.dtype == np.uint8 and shown.shape == (10, 20, 4) and shown.max() == 255
-    big = app._as_display(np.zeros((3000, 100), np.uint8))
-    assert big.shape == (app.PREVIEW_MAX_SIDE, 68, 3)
+    big = as_display(np.zeros((3000, 100), np.uint8))
+    assert big.shape == (PREVIEW_MAX_SIDE, 68, 3)
 
 
 def test_old_result_files_are_pruned() -> None:
-    folder = app._OutputFolder()
+    folder = OutputFolder()
     old = folder.new_file("old", ".png")
     old.write_bytes(b"x")
     os.utime(old, (0, 0))
@@ -214,7 +148,7 @@ def test_old_result_files_are_pruned() -> None:
 
 def test_pruning_ignores_a_file_that_vanishes_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
     """A concurrent request renames its temporary file into place between our listing and our stat."""
-    folder = app._OutputFolder()
+    folder = OutputFolder()
     old = folder.new_file("old", ".png")
     old.write_bytes(b"x")
     os.utime(old, (0, 0))
@@ -234,21 +168,21 @@ def test_pruning_ignores_a_file_that_vanishes_meanwhile(monkeypatch: pytest.Monk
 
 @pytest.mark.usefixtures("offline")
 def test_missing_weights_banner_names_the_files_and_the_fallbacks(tmp_path: Path) -> None:
-    settings = app.AppSettings(
+    settings = AppSettings(
         models=(str(tmp_path / "nope.pth"),), weights_dir=str(tmp_path), detector=DETECTOR, device="cpu"
     )
-    torch.save({}, tmp_path / MODEL_ZOO[DETECTOR].file_name)
-    check = app.check_weights(settings)
+    torch.save({}, tmp_path / MOBILE)
+    check = check_weights(settings)
     assert len(check.missing) == 1 and "nope.pth" in check.missing[0]
     wanted = ["realesr-general-x4v3.pth", "parsing_parsenet.pth"]  # the CPU's default background
     assert [name for name in wanted for m in check.fallbacks if f"(file {name})" in m] == wanted
-    banner = app._banner(check)
+    banner = weights_banner(check)
     assert "nope.pth" in banner and "--weights-dir" in banner
     assert "Running with fallbacks" in banner and "Lanczos" in banner and "realesr-general-x4v3.pth" in banner
-    assert app._banner(app.WeightsCheck()) == ""
-    explicit = app.check_weights(dataclasses.replace(settings, background="realesr-general-x4v3"))
+    assert weights_banner(WeightsCheck()) == ""
+    explicit = check_weights(dataclasses.replace(settings, background="realesr-general-x4v3"))
     assert any("realesr-general-x4v3.pth" in m for m in explicit.missing)  # asked for at launch: required
-    demo = app.build_app(settings, weights=check)  # still starts, with the banner on top
+    demo = build_app(settings, weights=check)  # still starts, with the banner on top
     shown = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "weights-banner"]
     assert len(shown) == 1 and shown[0].visible and "nope.pth" in shown[0].value
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from test_app import EXAMPLES, ROOT, call, read, start_server
+from test_app import EXAMPLES, ROOT, call, read
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -33,14 +34,11 @@ TIMEOUT_MS = 180_000
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server_settings() -> dict[str, Any]:
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set GFP_CHROMIUM)")
     # The model trained by train/configs/cpu.yml, so the screenshot shows real restorations.
-    models = (str(TRAINED_MODEL),)
-    srv = start_server(tmp_path_factory.mktemp("browser-weights"), max_pixels=1_000_000, models=models)
-    yield srv
-    srv.close()
+    return {"max_pixels": 1_000_000, "models": (str(TRAINED_MODEL),)}
 
 
 @pytest.fixture(scope="module")

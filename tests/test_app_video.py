@@ -1,18 +1,20 @@
 """The app's Video tab end to end: /restore_video through gradio_client and MCP, limits, bad files.
 
-Same tiny weights as tests/test_app.py (a random generator; the real MobileNet-0.25 when the shared data is
+The server of tests/conftest.py (a tiny random generator; the real MobileNet-0.25 when the shared data is
 there); clips of a second or two at 64x48 made here, with a sine tone on the audio track.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import numpy as np
 import pytest
 from _video_helpers import read_clip, write_clip
-from test_app import DETECTOR, Server, start_server
+from conftest import DETECTOR, Server
 
-import app
+from gfp.app.settings import AppSettings, parse_args, video_limits
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -23,10 +25,8 @@ def _frames(n: int) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = start_server(tmp_path_factory.mktemp("video-weights"), max_video_seconds=1.5)
-    yield srv
-    srv.close()
+def server_settings() -> dict[str, Any]:
+    return {"max_video_seconds": 1.5}
 
 
 def call(server: Server, clip, **kwargs: object):
@@ -48,19 +48,19 @@ def call(server: Server, clip, **kwargs: object):
 
 def test_video_limits_from_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GFP_MAX_VIDEO_SECONDS", "12.5")
-    settings = app.parse_args(["--max-video-pixels", "640000"])
+    settings = parse_args(["--max-video-pixels", "640000"])
     assert (settings.max_video_seconds, settings.max_video_pixels) == (12.5, 640_000)
-    limits = app._video_limits(app.AppSettings(), on_gpu=False)
+    limits = video_limits(AppSettings(), on_gpu=False)
     assert (limits.max_seconds, limits.max_pixels) == (30.0, 1280 * 720)
     with pytest.raises(SystemExit):
-        app.parse_args(["--max-video-seconds", "-1"])
+        parse_args(["--max-video-seconds", "-1"])
     monkeypatch.setenv("GFP_MAX_VIDEO_SECONDS", "half a minute")
     with pytest.raises(SystemExit, match="GFP_MAX_VIDEO_SECONDS must be a number, got 'half a minute'"):
-        app.parse_args([])
+        parse_args([])
     monkeypatch.setenv("GFP_MAX_VIDEO_SECONDS", "")
     monkeypatch.setenv("GFP_MAX_PIXELS", "2.5e6")
     with pytest.raises(SystemExit, match="GFP_MAX_PIXELS must be a whole number"):
-        app.parse_args([])
+        parse_args([])
 
 
 def test_restore_video_keeps_frames_and_sound(server: Server, tmp_path) -> None:

@@ -485,8 +485,17 @@ def test_app_warm_up_prepares_the_generator_and_parser_before_any_request(
     torch.manual_seed(0)
     torch.save(ParseNet().state_dict(), tmp_path / "parsing_parsenet.pth")
     restorer = Restorer(tmp_path, device="cpu", backend="openvino")
-    app.warm_up(restorer, str(folder)).join(timeout=120)
-    app.warm_up(restorer, str(tmp_path / "missing")).join(timeout=30)  # fails quietly: requests report it
+    for thread in app.warm_up(restorer, str(folder)):
+        thread.join(timeout=120)
+    escaped: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+    missing = str(tmp_path / "missing")
+    threads = app.warm_up(restorer, missing)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert threads and not any(thread.is_alive() for thread in threads) and escaped == []  # ended quietly
+    with pytest.raises(WeightsError, match="missing"):  # left for the request that needs the network
+        restorer.restore(np.zeros((64, 64, 3), np.uint8), RestoreOptions(version=missing, aligned=True))
 
     def no_compile(*args: object, **kwargs: object) -> None:
         raise AssertionError("compiled again: the warm-up did not keep its network")
@@ -494,7 +503,7 @@ def test_app_warm_up_prepares_the_generator_and_parser_before_any_request(
     monkeypatch.setattr(openvino, "compile_network", no_compile)
     faces, _ = restorer.face_network(str(folder))
     assert isinstance(faces, openvino.OpenVINONetwork)
-    assert set(faces._compiled) == {(1, 3, 64, 64)}  # compiled for a one-face batch by its run
+    assert set(faces._compiled) == {(1, 3, 64, 64)}  # compiled for a one-face batch by the warm-up
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a conversion now would fail, warn, and so raise here
         masks, how = restorer.face_masks([np.zeros((64, 64, 3), np.uint8)], RestoreOptions(), RunLog(None))

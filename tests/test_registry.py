@@ -107,14 +107,15 @@ def test_names_cannot_be_taken_twice(toy: ModelFamily) -> None:
 
 
 def test_a_new_family_is_offered_by_the_cli_and_the_app(toy: ModelFamily) -> None:
-    import app
+    from gfp.app.settings import parse_args
+    from gfp.app.ui import build_app
     from gfp.cli import build_parser
 
     assert build_parser().parse_args(["--bg_upsampler", "toy-x4"]).bg_upsampler == "toy-x4"
     assert "toy-x4" in build_parser().format_help()
-    settings = app.parse_args(["--bg-upsampler", "toy-x4", "--device", "cpu"])
+    settings = parse_args(["--bg-upsampler", "toy-x4", "--device", "cpu"])
     assert settings.background == "toy-x4"
-    demo = app.build_app(settings)
+    demo = build_app(settings)
     radios = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Background upsampler"]
     assert ("Toy upscaler x4", "toy-x4") in radios[0].choices and radios[0].value == "toy-x4"
     assert RestoreOptions(bg_upsampler="toy-x4").background_on("cpu") == "toy-x4"

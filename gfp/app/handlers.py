@@ -1,0 +1,509 @@
+"""The app's requests: the photo and video handlers (API endpoints and MCP tools) over one shared Restorer.
+
+Both handlers go through :class:`Request`: the choices are checked against what the UI offers, the upload
+is found, progress is reported, :class:`gfp.pipeline.RestoreOptions` are built, errors become ``gr.Error``
+messages without server paths, and the status line is written. Only what differs stays in each handler:
+the photo is read, fitted to the pixel budget and written in the chosen format; the clip is restored by
+:func:`gfp.video.restore_video` within the Video tab's limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import gradio as gr
+import numpy as np
+
+from gfp import registry
+from gfp.app.settings import AppSettings, background_defaults, model_specs, video_limits
+from gfp.color import COLOR_FIXES
+from gfp.imageio import ImageReadError, read_image, write_image
+from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
+from gfp.video import VideoError, VideoOptions, VideoResult, restore_video
+from gfp.weights.errors import WeightsError
+
+FORMATS: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WebP": ".webp"}
+
+PREVIEW_MAX_SIDE = 2048
+"""The slider and gallery show at most this many pixels per side; the download is always full size."""
+OUTPUT_TTL_S = 3600
+"""Result files older than this are deleted from the app's output folder on the next request."""
+
+Upload = dict[str, Any] | str | None
+"""An uploaded file as the handlers get it: gradio's raw FileData dict (the events run with
+preprocess=False) or, for direct calls, a path."""
+
+
+class OutputFolder:
+    """Where result files are written for download; old ones are pruned so the folder cannot grow forever."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="gfp-app-"))
+        self._lock = threading.Lock()
+
+    def new_file(self, stem: str, suffix: str) -> Path:
+        """A fresh, unique path whose file name is what the user downloads."""
+        with self._lock:
+            now = time.time()
+            for old in self.path.glob("*/*"):
+                try:  # another request may be renaming its temporary file into place right now
+                    expired = now - old.stat().st_mtime > OUTPUT_TTL_S
+                except FileNotFoundError:
+                    continue
+                if expired:
+                    old.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        old.parent.rmdir()
+        folder = Path(tempfile.mkdtemp(dir=self.path))
+        return folder / f"{stem}_restored{suffix}"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What every request needs, fixed at launch: settings, the shared Restorer, allowed values, budgets."""
+
+    settings: AppSettings
+    restorer: Restorer
+    specs: dict[str, str]
+    """Model dropdown values -> what the pipeline loads (see :func:`gfp.app.settings.model_specs`)."""
+    allowed: dict[str, tuple[str, ...]]
+    background: str
+    """The background requests get when they name none (see :func:`gfp.app.settings.background_defaults`)."""
+    may_fall_back: str | None
+    """The background that falls back to Lanczos without its weights (None: none does)."""
+    max_pixels: int
+    """The photo budget: larger photos are downscaled first."""
+    video_limits: VideoOptions
+    """The Video tab's limits (``max_seconds``, ``max_pixels``)."""
+    outputs: OutputFolder
+
+    @classmethod
+    def create(cls, settings: AppSettings, restorer: Restorer) -> RequestContext:
+        """Choices from the registry and the settings; budgets from the Restorer's device."""
+        on_gpu = restorer.device.type != "cpu"
+        specs = model_specs(settings.models)
+        allowed = {
+            "model": tuple(specs),
+            "detector": tuple(registry.choice_names("detector")),
+            "background": tuple(registry.choice_names("upsampler")),
+            "output_format": tuple(FORMATS),
+            "color_fix": COLOR_FIXES,
+        }
+        background, may_fall_back = background_defaults(settings, restorer.device)
+        return cls(
+            settings=settings,
+            restorer=restorer,
+            specs=specs,
+            allowed=allowed,
+            background=background,
+            may_fall_back=may_fall_back,
+            max_pixels=settings.max_pixels or (8_000_000 if on_gpu else 2_000_000),
+            video_limits=video_limits(settings, on_gpu),
+            outputs=OutputFolder(),
+        )
+
+    def bg_upsampler(self, background: str) -> str | None:
+        """``RestoreOptions.bg_upsampler`` for a request's background: None (the pipeline's own default,
+        which falls back, noted) for the one that may fall back, else the name, which must be had."""
+        return None if background == self.may_fall_back else background
+
+
+def number(name: str, value: Any, low: float, high: float) -> float:
+    """A numeric option from the request, or a gradio error that says what is allowed."""
+    try:
+        found = float(value)
+    except (TypeError, ValueError):
+        found = math.nan
+    if not low <= found <= high:
+        raise gr.Error(f"{name} must be a number between {low:g} and {high:g}, got {value!r}.")
+    return found
+
+
+def min_face_pixels(value: Any) -> int:
+    """The smallest face (pixels) from the request, or a gradio error that says what is allowed."""
+    found = number("Smallest face", value, 0, 100_000)
+    if found != int(found):
+        raise gr.Error(f"Smallest face must be a whole number of pixels, got {value!r}.")
+    return int(found)
+
+
+def upload_path(upload: Upload, noun: str) -> tuple[str, str]:
+    """(the uploaded file's path on the server, its name as the user named it, without folders).
+
+    gradio's FileData carries the user's name as ``orig_name``; older gradio wraps a clip in a VideoData
+    dict. No upload is a gradio error asking for one (``noun``: "photo", "video").
+    """
+    if isinstance(upload, dict) and isinstance(upload.get("video"), dict):  # older gradio: VideoData
+        upload = upload["video"]
+    if isinstance(upload, dict):
+        path, name = upload.get("path"), upload.get("orig_name") or upload.get("path")
+    else:
+        path, name = upload, upload
+    if not path:
+        raise gr.Error(f"Please upload a {noun} first.")
+    return str(path), Path(str(name)).name
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request's checked inputs, and what both handlers do with them.
+
+    Made by :meth:`check`; :meth:`options` builds the pipeline's options, :meth:`report` is its progress
+    callback, :meth:`user_errors` turns what the pipeline raises into gradio errors, :meth:`status` writes
+    the status line.
+    """
+
+    noun: str
+    """ "photo" or "video": what the messages call the upload (a clip's progress counts frames)."""
+    path: str
+    """The uploaded file on the server (never shown)."""
+    name: str
+    """The uploaded file's name as the user named it: what messages show and results are named after."""
+    model: str
+    fields: dict[str, Any]
+    """The :class:`RestoreOptions` fields the request chose."""
+    progress: Callable[..., Any] | None = None
+
+    @classmethod
+    def check(
+        cls,
+        ctx: RequestContext,
+        noun: str,
+        upload: Upload,
+        progress: Callable[..., Any] | None,
+        *,
+        model: str,
+        rescale: float,
+        background: str,
+        strength: float,
+        only_center_face: bool,
+        detector: str,
+        color_fix: str,
+        faces: str,
+        min_face: float,
+        aligned: bool = False,
+        output_format: str | None = None,
+    ) -> Request:
+        """Check the request's choices (values the UI offers, numbers in range) and find its upload;
+        gradio errors that say what is allowed. ``output_format`` None: the request has none."""
+        choices = {"model": model, "detector": detector, "background": background}
+        if output_format is not None:
+            choices["output_format"] = output_format
+        choices["color_fix"] = color_fix
+        for name, value in choices.items():
+            if value not in ctx.allowed[name]:
+                raise gr.Error(f"Unknown {name} {value!r}; choose one of {sorted(ctx.allowed[name])}.")
+        fields = {
+            "version": ctx.specs[model],
+            "upscale": number("Rescale", rescale, 1.0, 4.0),
+            "bg_upsampler": ctx.bg_upsampler(background),
+            "only_center_face": bool(only_center_face),
+            "aligned": bool(aligned),
+            "strength": number("Strength", strength, 0.0, 1.0),
+            "detector": detector,
+            "color_fix": color_fix,
+            "faces": faces,
+            "min_face": min_face_pixels(min_face),
+        }
+        path, name = upload_path(upload, noun)
+        return cls(noun, path, name, model, fields, progress)
+
+    @property
+    def stem(self) -> str:
+        """The name results are saved under (``<stem>_restored.<ext>``)."""
+        return Path(self.name).stem[:60] or self.noun
+
+    @property
+    def min_face(self) -> int:
+        """The smallest face the request asked for, in pixels of the upload."""
+        return self.fields["min_face"]
+
+    def options(self, **changes: Any) -> RestoreOptions:
+        """The request's :class:`RestoreOptions`, with ``changes`` (call it inside :meth:`user_errors`:
+        options the pipeline refuses are a ``ValueError``)."""
+        return RestoreOptions(**(self.fields | changes))
+
+    def report(self, done: int, total: int, stage: str) -> None:
+        """The pipeline's progress callback: gradio's progress bar (a clip's stages show a frame count)."""
+        if self.progress is not None:
+            desc = f"{stage}: {done}" if self.noun == "video" else stage
+            self.progress((done, total) if total else None, desc=desc)
+
+    @contextlib.contextmanager
+    def user_errors(self) -> Iterator[None]:
+        """Turn a bad file, missing or bad weights and refused options into gradio errors that name the
+        upload as the user named it, never a server path."""
+        try:
+            yield
+        except (ImageReadError, VideoError) as exc:
+            raise gr.Error(f"Could not use this file: {str(exc).replace(self.path, self.name)}") from None
+        except (WeightsError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+
+    def status(self, headline: str, result: RestoreResult | VideoResult, notices: Sequence[str] = ()) -> str:
+        """The status line (Markdown): ``notices`` first, the headline with the device, model and colour fix,
+        the time per stage, then the result's notes (e.g. a default model that fell back)."""
+        color_fix = self.fields["color_fix"]
+        fix = "" if color_fix == "none" else f" · colour fix {color_fix}"
+        lines = [f"**Note:** {notice}" for notice in notices]
+        lines.append(f"{headline} · device {result.device} · model {registry.label(self.model)}{fix}")
+        lines.append(
+            "Time: " + " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
+        )
+        lines += [f"Note: {note}" for note in result.notes]
+        return "  \n".join(lines)
+
+
+def as_display(img: np.ndarray) -> np.ndarray:
+    """cv2 layout (any depth) -> 8-bit RGB/RGBA for gradio's image widgets, at most PREVIEW_MAX_SIDE."""
+    if img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    side = max(img.shape[:2])
+    if side > PREVIEW_MAX_SIDE:
+        scale = PREVIEW_MAX_SIDE / side
+        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return img
+
+
+def fit_budget(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str | None]:
+    """Downscale (area averaging) so that width x height <= max_pixels; say so when it happens."""
+    h, w = img.shape[:2]
+    if h * w <= max_pixels:
+        return img, None
+    scale = math.sqrt(max_pixels / (h * w))
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return small, (
+        f"The photo ({w}x{h}) is above this app's budget of {max_pixels / 1e6:.3g} MP and was downscaled "
+        f"to {size[0]}x{size[1]} first."
+    )
+
+
+def face_pairs(
+    numbers: Sequence[int], cropped: Sequence[np.ndarray], restored: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, str]]:
+    """One gallery tile per restored face, by face number: the aligned crop before (left) and after (right),
+    captioned with the number "Faces" takes."""
+    tiles = []
+    for face, before, after in sorted(zip(numbers, cropped, restored, strict=True), key=lambda t: t[0]):
+        if after.shape != before.shape:
+            after = cv2.resize(after, (before.shape[1], before.shape[0]), interpolation=cv2.INTER_AREA)
+        tiles.append((as_display(np.hstack([before, after])), f"Face {face}: before | after"))
+    return tiles
+
+
+def handle_request(
+    ctx: RequestContext,
+    image: Upload,
+    model: str,
+    rescale: float,
+    background: str,
+    strength: float,
+    only_center_face: bool,
+    aligned: bool,
+    detector: str,
+    output_format: str,
+    color_fix: str = "none",
+    faces: str = "all",
+    min_face: float = 0,
+    progress: Callable[..., Any] | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, str]], str, str]:
+    """One /restore request: check the options, restore, write the file; gradio errors for bad input.
+
+    The photo is read from the uploaded file itself, not gradio's PIL preprocessing, which drops alpha and
+    16-bit and fails with a technical message on a bad file: gfp.imageio keeps every layout, applies EXIF
+    orientation and gives clear errors.
+    """
+    request = Request.check(
+        ctx, "photo", image, progress, model=model, rescale=rescale, background=background,
+        strength=strength, only_center_face=only_center_face, detector=detector, color_fix=color_fix,
+        faces=faces, min_face=min_face, aligned=aligned, output_format=output_format,
+    )  # fmt: skip
+    with request.user_errors():
+        img = read_image(request.path)  # refuses more than imageio.DEFAULT_MAX_PIXELS (40 MP)
+    uploaded_width = img.shape[1]
+    img, notice = fit_budget(img, ctx.max_pixels)
+    min_face = request.min_face
+    if notice and min_face:  # the smallest face is in the uploaded photo's pixels: scale it with the photo
+        scaled = round(min_face * img.shape[1] / uploaded_width)
+        notice += f" The smallest face size was scaled with it: {min_face} px → {scaled} px."
+        min_face = scaled
+    if notice:
+        gr.Info(notice)
+    with request.user_errors():
+        result = ctx.restorer.restore(img, request.options(min_face=min_face), progress=request.report)
+
+    out = result.image
+    path = ctx.outputs.new_file(request.stem, FORMATS[output_format])
+    write_image(path, out)
+    before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
+    notices = [notice] if notice else []
+    if not result.selection.found:
+        notices.append("No face found: the photo was only upscaled.")
+        gr.Warning(notices[-1])
+    height, width = out.shape[:2]
+    headline = f"**{result.selection.summary()}** · output {width}x{height} {output_format}"
+    pairs = face_pairs(result.face_numbers, result.cropped_faces, result.restored_faces)
+    return (as_display(before), as_display(out)), pairs, str(path), request.status(headline, result, notices)
+
+
+def handle_video_request(
+    ctx: RequestContext,
+    video: Upload,
+    model: str,
+    rescale: float,
+    background: str,
+    strength: float,
+    only_center_face: bool,
+    detector: str,
+    smooth: bool,
+    color_fix: str = "none",
+    faces: str = "all",
+    min_face: float = 0,
+    progress: Callable[..., Any] | None = None,
+) -> tuple[str, str, str, str]:
+    """One /restore_video request: check the options, restore the clip within the Video tab's limits into
+    an MP4 named after it; gradio errors for bad input (a clip above the limits names the file)."""
+    request = Request.check(
+        ctx, "video", video, progress, model=model, rescale=rescale, background=background,
+        strength=strength, only_center_face=only_center_face, detector=detector, color_fix=color_fix,
+        faces=faces, min_face=min_face,
+    )  # fmt: skip
+    target = ctx.outputs.new_file(request.stem, ".mp4")
+    limits = ctx.video_limits
+    with request.user_errors():
+        video_options = VideoOptions(
+            smooth=bool(smooth), max_seconds=limits.max_seconds, max_pixels=limits.max_pixels
+        )
+        result = restore_video(
+            request.path, target, request.options(), video_options, ctx.restorer, progress=request.report
+        )
+    headline = (
+        f"**{result.frames} frames · {result.selection.summary()}** · {result.faces} faces pasted · "
+        f"output {result.width}x{result.height} H.264 · {result.fps:.3g} fps · {result.duration:.2f} s · "
+        f"audio {result.audio}"
+    )
+    notices = [] if result.selection.found else ["No face found: the video was only upscaled."]
+    return request.path, str(result.path), str(result.path), request.status(headline, result, notices)
+
+
+def build_handler(ctx: RequestContext) -> Callable[..., Any]:
+    """The /restore endpoint (and MCP tool): :func:`handle_request` with the launch defaults as its
+    parameter defaults, which gradio shows in the UI, the API schema and the MCP tool description."""
+    settings = ctx.settings
+
+    def restore(
+        image: dict[str, Any] | str | None,
+        model: str = next(iter(ctx.specs)),
+        rescale: float = 2,
+        background: str = ctx.background,
+        strength: float = 1.0,
+        only_center_face: bool = False,
+        aligned: bool = False,
+        detector: str = settings.detector,
+        output_format: str = "PNG",
+        color_fix: str = "none",
+        faces: str = "all",
+        min_face: float = 0,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008  (gradio injects the tracker through the default)
+    ) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, str]], str, str]:
+        """Restore the faces in a photo with GFPGAN and upscale the rest.
+
+        Args:
+            image: the photo (any format OpenCV or Pillow reads; alpha and 16-bit are kept in PNG output).
+            model: GFPGAN version ("v1.4", "v1.3", "v1.2", "v1") or a model the app was launched with.
+            rescale: final upscaling factor of the whole photo, 1 to 4.
+            background: background upsampler: "realesrgan", "RealESRGAN_x2plus", "realesr-general-x4v3",
+                "realesr-animevideov3" or "none" (plain Lanczos resize).
+            strength: 0 keeps the original faces, 1 uses the restored faces fully.
+            only_center_face: restore only the face nearest the centre (the same as faces "center").
+            aligned: the input is already an aligned 512x512 face crop (no detection).
+            detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
+            output_format: file format of the download, "PNG", "JPEG" or "WebP".
+            color_fix: give restored faces their input's colours: "none", "wavelet" or "adain".
+            faces: faces to restore: "all", "largest", "center", or face numbers such as "1,3" (numbered from
+                1, left to right, as the gallery shows them); the others are left as they are.
+            min_face: skip faces smaller than this many pixels (shorter side of the face's box); 0 = any size.
+
+        Returns:
+            the before/after pair, the faces before and after, the full-resolution file, a status line.
+        """
+        return handle_request(
+            ctx, image, model, rescale, background, strength, only_center_face, aligned, detector,
+            output_format, color_fix, faces, min_face, progress,
+        )  # fmt: skip
+
+    return _on_zero_gpu(restore)
+
+
+def build_video_handler(ctx: RequestContext) -> Callable[..., Any]:
+    """The /restore_video endpoint (and MCP tool): :func:`handle_video_request` with the launch defaults as
+    its parameter defaults."""
+    settings = ctx.settings
+
+    def restore_video(
+        video: dict[str, Any] | str | None,
+        model: str = next(iter(ctx.specs)),
+        rescale: float = 2,
+        background: str = ctx.background,
+        strength: float = 1.0,
+        only_center_face: bool = False,
+        detector: str = settings.detector,
+        smooth: bool = True,
+        color_fix: str = "none",
+        faces: str = "all",
+        min_face: float = 0,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008  (gradio injects the tracker through the default)
+    ) -> tuple[str, str, str, str]:
+        """Restore the faces in a video clip with GFPGAN, upscale the rest and keep the sound.
+
+        Args:
+            video: the clip (mp4, mov, mkv, webm, avi, ...: what FFmpeg decodes).
+            model: GFPGAN version ("v1.4", "v1.3", "v1.2", "v1") or a model the app was launched with.
+            rescale: final upscaling factor of the frames, 1 to 4.
+            background: background upsampler: "realesrgan", "realesr-general-x4v3", "realesr-animevideov3"
+                or "none" (plain Lanczos resize).
+            strength: 0 keeps the original faces, 1 uses the restored faces fully.
+            only_center_face: restore only the person nearest the centre (the same as faces "center").
+            detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
+            smooth: smooth the face landmarks from frame to frame so restored faces do not jitter.
+            color_fix: give restored faces their input's colours: "none", "wavelet" or "adain".
+            faces: people to restore, each followed through the clip: "all", "largest", "center", or
+                numbers such as "1,3" (numbered from 1 in the order they appear, left to right).
+            min_face: skip people whose face is smaller than this many pixels (median over the clip).
+
+        Returns:
+            the input clip, the restored clip (MP4, H.264, same frame rate, duration and sound), the
+            restored file for download, a status line.
+        """
+        return handle_video_request(
+            ctx, video, model, rescale, background, strength, only_center_face, detector, smooth,
+            color_fix, faces, min_face, progress,
+        )  # fmt: skip
+
+    return _on_zero_gpu(restore_video)
+
+
+def _on_zero_gpu(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """On ZeroGPU Spaces a request borrows a GPU (``spaces.GPU``); elsewhere `spaces` is not installed."""
+    try:
+        import spaces
+    except ImportError:
+        return handler
+    return spaces.GPU(handler)
