@@ -293,3 +293,51 @@ def test_components_from_retinaface_landmarks_on_real_faces(shared_data, tmp_pat
             assert np.linalg.norm(parts[part][:2] - template[part][:2]) < 40, part
             assert 0.5 < parts[part][2] / template[part][2] < 2.0
         assert parts["left_eye"][0] < parts["right_eye"][0] and parts["mouth"][1] > parts["left_eye"][1]
+
+
+def test_extra_faces_are_trained_on_and_never_held_out(faces, tmp_path):
+    from train.data import FaceDegradationDataset
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(extra / f"photo_{i:02d}.png"), np.full((64, 64, 3), 40 * (i + 1), np.uint8))
+    cfg = _cfg(val_holdout=2)
+    source = FaceDegradationDataset(faces, cfg["data"], cfg["degradation"], extra=[extra]).source
+    assert len(source) == 6 and len(source.extra) == 2  # the hold-out counts the main folder only
+    assert source.stem(6) == "photo_00" and source.read(7)[0, 0, 0] == pytest.approx(80 / 255)
+
+    from train.train import Trainer
+
+    trainer = Trainer.__new__(Trainer)  # only the data part of the trainer
+    trainer.cfg = load_config(None, ["data.out_size=64", "data.val_holdout=2", "data.num_workers=0"])
+    trainer.cfg["data"].update(train=str(faces), extra_train=[str(extra)])
+    trainer._build_data()
+    assert trainer.train_set.indices == [0, 1, 2, 3, 6, 7]
+    assert trainer.val_set.indices == [4, 5]
+
+
+@pytest.mark.shared
+def test_crop_cuts_aligned_faces_from_whole_photos(shared_data, tmp_path):
+    from train.__main__ import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("deepface_img2.jpg", "deepface_selfie-many-people.jpg"):  # one large face; five small
+        (photos / name).symlink_to(shared_data / "photos" / name)
+    args = ["crop", str(photos), str(tmp_path / "out"), "--detector", "retinaface_mobile0.25"]
+    assert main([*args, "--weights-dir", str(shared_data / "weights")]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["deepface_img2_00.png"]  # the selfie's faces cover under 384 photo pixels
+    face = cv2.imread(str(tmp_path / "out" / written[0]))
+    assert face.shape == (512, 512, 3)
+    # aligned: the detector finds the face where the FFHQ template puts it
+    from gfp.faces import FFHQ_TEMPLATE_512, build_detector, detect_faces
+    from gfp.loading import load_state_dict
+
+    net = build_detector("retinaface_mobile0.25")
+    net.load_state_dict(load_state_dict(shared_data / "weights" / "detection_mobilenet0.25_Final.pth"))
+    found = detect_faces(net.eval(), face)
+    assert len(found) >= 1 and np.abs(found.landmarks[0] - FFHQ_TEMPLATE_512).max() < 20
+    weights = ["--weights-dir", str(shared_data / "weights")]
+    assert main([*args[:2], str(tmp_path / "none"), *args[3:], *weights, "--min-size", "5000"]) == 1
