@@ -5,7 +5,8 @@ removed that private module in 0.17. BasicSR master switched to the public
 ``torchvision.transforms.functional`` but never released it, so we provide an alias module exposing the
 same function under the old name. Importing this module first (``gfp/__init__.py`` does) installs the
 alias; it is only made when something imports the old name, so ``import gfp`` does not import torchvision
-(1.7 s of a process start: gfp's own networks do not need it). Never patch basicsr's files on disk.
+(a large part of a process start, README "Speed"; gfp's own networks do not need it). Never patch basicsr's
+files on disk.
 """
 
 from __future__ import annotations

@@ -31,8 +31,7 @@ _EPS = 1e-5
 def _blur(x: Tensor, spacing: int) -> Tensor:
     """The 3x3 binomial blur (1 2 1 / 2 4 2 / 1 2 1, over 16) with taps ``spacing`` pixels apart, per
     channel, edges repeated. Written as two 1-D passes of shifted sums, accumulated in place: a dilated
-    depthwise convolution computes the same numbers but took 13 to 19 times as long on a CPU (82-85 ms
-    against 4.3-6.3 ms for five levels of one 512 px face, one thread)."""
+    depthwise convolution computes the same numbers but was many times slower on a CPU (README, "Speed")."""
     d = spacing
     x = F.pad(x, (d, d, d, d), mode="replicate")
     rows = x[..., :, : -2 * d] + x[..., :, 2 * d :]

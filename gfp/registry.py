@@ -11,7 +11,7 @@ gfp registers the families it runs: GFPGAN generators (paper v1 and clean v1.2-v
 
 The detector and Real-ESRGAN networks are gfp's own plain-PyTorch ones (:mod:`gfp.archs.retinaface`,
 :mod:`gfp.archs.realesrgan`: facexlib's and basicsr's functions and weights), so running the pipeline
-imports neither facexlib, basicsr nor torchvision (1.7 s and more of a process start); they remain the
+imports neither facexlib, basicsr nor torchvision (a large part of a process start); they remain the
 test oracles.
 """
 
@@ -41,10 +41,9 @@ DEFAULTS: dict[str, str] = {
 """The choice used for each kind of model when the user names none (on a GPU; see :func:`default_for`)."""
 
 CPU_DEFAULTS: dict[str, str] = {"upsampler": "realesr-general-x4v3"}
-"""Where the choice on a CPU differs, by measured cost: on a 2-core CPU, a 0.9 MP photo with 3 faces at x2
-took 65.5 s with RealESRGAN_x2plus as the background (46 s of it the background) and 35.3 s with
-realesr-general-x4v3, the official Space's CPU choice (issue 9's measurements; README, "Speed", has the
-project's own benchmark with this default)."""
+"""Where the choice on a CPU differs, by measured cost: RealESRGAN_x2plus as the background took most of a
+photo's time on a CPU, realesr-general-x4v3 (the official Space's CPU choice) restores the photo much sooner
+(README, "Speed")."""
 
 
 def default_for(kind: str, device: torch.device | str) -> str:

@@ -4,7 +4,7 @@ Deng et al. 2019, "RetinaFace: Single-stage Dense Face Localisation in the Wild"
 it (``facexlib.detection.retinaface.RetinaFace``). Parameter and buffer names are facexlib's, so its
 ``detection_Resnet50_Final.pth`` and ``detection_mobilenet0.25_Final.pth`` load with ``strict=True``, and
 :meth:`RetinaFace.forward` computes what facexlib's computes in its test phase. Neither torchvision nor
-facexlib is imported: building a detector does not pay torchvision's import (about 1.7 s).
+facexlib is imported: building a detector does not pay torchvision's import (README, "Speed").
 
 The network, top to bottom:
 

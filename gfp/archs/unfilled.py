@@ -1,11 +1,10 @@
 """Building a network without drawing its random initial weights, for networks about to be given weights.
 
-Random initialisation costs more than the rest of loading (on 2 cores 0.47 s for the v1.4 generator, 0.12 s
-for ParseNet and for the ResNet-50 RetinaFace; 0.04, 0.01 and 0.014 s without), and it is thrown away.
+Random initialisation costs more than the rest of loading (README, "Speed"), and it is thrown away.
 Building on the meta device avoids it too, but the first meta-device ``normal_`` or division imports
-``torch._dynamo`` (1.6 s of a process start). Inside :func:`unfilled` networks are built on their usual
-device with their random fills skipped: the tensors are allocated and left as they are (memory that is
-never touched is never paged in) until weights replace them.
+``torch._dynamo``, slower than the initialisation it saves. Inside :func:`unfilled` networks are built on
+their usual device with their random fills skipped: the tensors are allocated and left as they are
+(memory that is never touched is never paged in) until weights replace them.
 """
 
 from __future__ import annotations
