@@ -111,12 +111,15 @@ def _runner(impl: str, args: argparse.Namespace, device) -> Callable[[], np.ndar
     """A zero-argument function upscaling the benchmark image with one implementation."""
     from gfp import registry
     from gfp.background import BackgroundUpsampler
+    from gfp.devices import Placement
 
     scale = registry.MODEL_ZOO[args.model].supports.scale
     net = _network(args.model, Path(args.state_file))
     img = _image(args.size, args.alpha)
     if impl == "ours":
-        up = BackgroundUpsampler({scale: net}, tile=args.tile, pre_pad=args.pre_pad, device=device)
+        up = BackgroundUpsampler(
+            {scale: net}, tile=args.tile, pre_pad=args.pre_pad, placement=Placement(device)
+        )
         return lambda: up.upsample(img, args.outscale)
     from realesrgan import RealESRGANer
 

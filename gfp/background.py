@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gfp import registry
-from gfp.devices import decide_precision, prepare_for_inference, select_device
+from gfp.devices import Placement, prepare_for_inference
 from gfp.loading import load_model
 
 MIN_OUTSCALE = 1.0
@@ -90,7 +90,8 @@ class BackgroundUpsampler:
     the image is cut into ``tile``-pixel tiles, each run with ``tile_pad`` pixels of context.
     ``pre_pad`` reflect-pads the bottom/right edge before the network, as RealESRGANer does.
     ``tile`` is the default of :meth:`upsample`, whose ``tile`` argument overrides it per call.
-    ``dtype`` is the precision the networks run in (see :func:`gfp.devices.decide_precision`).
+    ``placement`` is where and in what precision the networks run (:class:`gfp.devices.Placement`, already
+    narrowed to these networks; its ``bf16`` autocast is the caller's to apply).
     Tiles of equal size are batched so that one network call sees up to ``batch_pixels`` input
     pixels (tiles larger than that run one by one), which bounds memory like a single big tile.
     Networks given as modules are moved to the device in place.
@@ -103,8 +104,7 @@ class BackgroundUpsampler:
         tile: int = 400,
         tile_pad: int = 10,
         pre_pad: int = 0,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
+        placement: Placement | None = None,
         batch_pixels: int = 512 * 512,
     ) -> None:
         if not networks:
@@ -119,10 +119,10 @@ class BackgroundUpsampler:
         self.tile = int(tile)
         self.tile_pad = int(tile_pad)
         self.pre_pad = int(pre_pad)
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self.placement = placement or Placement()
+        self.device, self.dtype = self.placement.device, self.placement.dtype
         self.batch_pixels = int(batch_pixels)
-        # NHWC convolutions: ~1.5x faster on CPU (oneDNN) and the tensor-core layout on CUDA.
+        # NHWC convolutions: measured faster on CPU (oneDNN; README, "Speed"), the tensor-core layout on CUDA.
         cl = self.device.type in ("cpu", "cuda")
         self._memory_format = torch.channels_last if cl else torch.contiguous_format
         self._sources = dict(networks)
@@ -151,7 +151,7 @@ class BackgroundUpsampler:
             if net is None:
                 source = self._sources[scale]
                 net = source if isinstance(source, nn.Module) else source()
-                net = prepare_for_inference(net, self.device, dtype=self.dtype)
+                net = prepare_for_inference(net, self.placement)
                 net = net.to(memory_format=self._memory_format)
                 self._loaded[scale] = net
             return net
@@ -289,19 +289,17 @@ class _Tile:
 def build_background_upsampler(
     name: str,
     weights_dir: str | os.PathLike[str] | None = None,
-    device: torch.device | str | None = None,
+    placement: Placement | None = None,
     tile: int = 400,
-    half: bool = False,
     *,
     tile_pad: int = 10,
     pre_pad: int = 0,
-    dtype: torch.dtype | None = None,
     load: Callable[[str], nn.Module] | None = None,
 ) -> BackgroundUpsampler | None:
     """Upsampler for a name of :func:`background_choices`; None for "none" (use Lanczos).
 
-    ``device`` goes through :func:`gfp.devices.select_device` (None/"auto": cuda, mps, cpu); ``dtype``
-    (default: :func:`gfp.devices.decide_precision` of ``half``) is the precision. ``load(name)`` returns the
+    ``placement`` (None: the CPU in float32) is narrowed to the choice's networks (float16 or bf16 only
+    where all of them run well in it, :meth:`gfp.devices.Placement.for_model`). ``load(name)`` returns the
     network of a registry upsampler (default :func:`load_background_network`); it is called when a network
     is first used, so "realesrgan" fetches the x4 model only once an outscale above 2 is asked for.
     """
@@ -311,7 +309,7 @@ def build_background_upsampler(
         raise ValueError(f"unknown background upsampler {name!r}; {str(err).split('; ')[-1]}") from None
     if not names:
         return None
-    dev = select_device(device)
+    placement = (placement or Placement()).for_model(*(registry.MODEL_ZOO[m].supports for m in names))
     fetch = load or (lambda model: load_background_network(model, weights_dir))
 
     def loader(model: str) -> Callable[[], nn.Module]:
@@ -322,14 +320,13 @@ def build_background_upsampler(
         tile=tile,
         tile_pad=tile_pad,
         pre_pad=pre_pad,
-        dtype=decide_precision(dev, half) if dtype is None else dtype,
-        device=dev,
+        placement=placement,
     )
 
 
 def load_background_network(name: str, weights_dir: str | os.PathLike[str] | None = None) -> nn.Module:
     """The registry upsampler ``name`` with its weights (strict), on the CPU."""
-    return load_model(name, weights_dir, device="cpu")
+    return load_model(name, weights_dir)
 
 
 def _pad_bottom_right(x: torch.Tensor, right: int, bottom: int) -> torch.Tensor:

@@ -1,11 +1,21 @@
-"""Where networks run and in which precision: decided once (per :class:`gfp.pipeline.Restorer`) here."""
+"""Where networks run and in which precision: one :class:`Placement`, decided once per model store.
+
+:class:`Placement` is the whole decision (device, float16 or not, bf16 autocast on the CPU, PyTorch or
+OpenVINO); :meth:`Placement.for_model` narrows it to what one network runs well in (its registry
+``supports.precisions``). Loaders take a placement; nothing else decides device or precision.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
+from gfp.precision import bf16_autocast, cpu_has_native_bf16
+from gfp.registry import Supports
 
 
 def select_device(name: str | torch.device | None = None) -> torch.device:
@@ -40,18 +50,57 @@ def decide_precision(device: torch.device, requested: bool | torch.dtype = False
     return torch.float16 if half and device.type != "cpu" else torch.float32
 
 
-def prepare_for_inference(
-    net: nn.Module,
-    device: str | torch.device | None = None,
-    half: bool = False,
-    *,
-    dtype: torch.dtype | None = None,
-) -> nn.Module:
-    """Eval mode, no gradients, on ``device`` (see :func:`select_device`), in ``dtype`` (default: what
-    :func:`decide_precision` gives for ``half``)."""
-    target = select_device(device)
-    dtype = decide_precision(target, half) if dtype is None else dtype
-    return net.eval().requires_grad_(False).to(device=target, dtype=dtype)
+@dataclass(frozen=True)
+class Placement:
+    """Where networks run and in what precision: made once (:meth:`decide`), then only narrowed per network.
+
+    ``dtype`` is float16 only on a GPU asked for half precision; ``bf16`` runs networks in bfloat16
+    autocast on a CPU; ``backend`` runs the generator and the face parser in PyTorch ("torch") or
+    converted for OpenVINO ("openvino", CPU only).
+    """
+
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    bf16: bool = False
+    backend: str = "torch"
+
+    @classmethod
+    def decide(
+        cls,
+        device: str | torch.device | None = "auto",
+        half: bool = False,
+        bf16: bool | None = False,
+        backend: str | None = "torch",
+    ) -> Placement:
+        """The placement for a request: ``device`` by :func:`select_device`, float16 when ``half`` and not on
+        a CPU, ``bf16`` on a CPU (None: where it computes bf16 natively, see
+        :func:`gfp.precision.cpu_has_native_bf16`), ``backend`` by :func:`decide_backend` (None: env)."""
+        target = select_device(device)
+        on_cpu = target.type == "cpu"
+        native = on_cpu and (cpu_has_native_bf16() if bf16 is None else bool(bf16))
+        return cls(target, decide_precision(target, half), native, decide_backend(target, backend))
+
+    def for_model(self, *supports: Supports) -> Placement:
+        """This placement as networks with these registry ``Supports`` get it (run together, e.g. the members
+        of a background choice): float16 and bf16 only where every one of them is measured good in it."""
+        dtype = self.dtype if all(self.dtype in s.precisions for s in supports) else torch.float32
+        bf16 = self.bf16 and all(torch.bfloat16 in s.precisions for s in supports)
+        return replace(self, dtype=dtype, bf16=bf16)
+
+    @property
+    def half(self) -> bool:
+        """Whether networks that run well in float16 run in it."""
+        return self.dtype == torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """bf16 autocast on the device when ``bf16``, else a context that does nothing."""
+        return bf16_autocast(self.bf16, self.device.type)
+
+
+def prepare_for_inference(net: nn.Module, placement: Placement | None = None) -> nn.Module:
+    """Eval mode, no gradients, on the placement's device in its dtype (None: the CPU in float32)."""
+    placement = placement or Placement()
+    return net.eval().requires_grad_(False).to(device=placement.device, dtype=placement.dtype)
 
 
 BACKENDS = ("auto", "torch", "openvino")
@@ -62,7 +111,7 @@ def decide_backend(device: torch.device, requested: str | None = None) -> str:
     """What runs the generator and the face parser: "torch" or "openvino".
 
     ``requested`` None reads env ``GFP_BACKEND`` (default "auto"). "auto" is OpenVINO on a CPU when the
-    ``openvino`` package is installed (it measured faster there, see :mod:`gfp.openvino`), else PyTorch.
+    ``openvino`` package is installed (it measured faster there: README, "Speed"), else PyTorch.
     "openvino" asked for explicitly must be installed and the device must be the CPU.
     """
     from gfp import openvino

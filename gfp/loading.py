@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 
 from gfp.archs import GeneratorConfig, UnknownArchitectureError, detect_config
 from gfp.archs.unfilled import unfilled
-from gfp.devices import decide_precision, prepare_for_inference, select_device
+from gfp.devices import Placement, decide_precision, prepare_for_inference, select_device
 from gfp.registry import GFPGAN, MODEL_ZOO, ModelEntry, build, recognise, zoo_entry
 from gfp.weights.download import download
 from gfp.weights.errors import (
@@ -51,6 +50,7 @@ __all__ = [
     "ChecksumMismatchError",
     "DownloadError",
     "ModelEntry",
+    "Placement",
     "Resolved",
     "UnsafeCheckpointError",
     "WeightsError",
@@ -58,6 +58,7 @@ __all__ = [
     "cache_dir",
     "decide_precision",
     "download",
+    "generator_from",
     "load_generator",
     "load_model",
     "load_network",
@@ -106,23 +107,30 @@ def read_generator(
 def load_generator(
     spec: Spec,
     weights_dir: str | os.PathLike[str] | None = None,
-    device: str | torch.device | None = None,
-    half: bool = False,
-    *,
-    dtype: torch.dtype | None = None,
+    placement: Placement | None = None,
 ) -> tuple[nn.Module, GeneratorConfig]:
     """Build and load a GFPGAN generator from a version, file, published folder or Hub repo id.
 
-    Returns the network ready for inference (see :func:`gfp.devices.prepare_for_inference`) and its config.
+    Returns the network ready for inference on ``placement`` (None: the CPU in float32) and its config.
     The layout of a ``.pth``/``.safetensors`` file is recognised from its keys and shapes, so any official
     or self-trained checkpoint works without being told what it is.
     """
     state_dict, config, found = read_generator(spec, weights_dir)
+    return generator_from(state_dict, config, found, placement), config
+
+
+def generator_from(
+    state_dict: dict[str, Tensor],
+    config: GeneratorConfig,
+    found: Resolved,
+    placement: Placement | None = None,
+) -> nn.Module:
+    """The generator of ``config`` holding ``state_dict`` (read from ``found``), ready on ``placement``."""
     try:
         generator = _built_with(lambda: GFPGAN.build(config), state_dict)
     except RuntimeError as err:
         raise CheckpointError(f"{found.path} does not fit its config {config}: {err}") from err
-    return prepare_for_inference(generator, device, half, dtype=dtype), config
+    return prepare_for_inference(generator, placement)
 
 
 def _built_with(build: Callable[[], nn.Module], state_dict: dict[str, Tensor]) -> nn.Module:
@@ -130,7 +138,7 @@ def _built_with(build: Callable[[], nn.Module], state_dict: dict[str, Tensor]) -
 
     The network is built with its random initialisation skipped (:func:`gfp.archs.unfilled.unfilled`)
     and takes the loaded tensors as they are (the caller's :func:`prepare_for_inference` then sets device
-    and dtype): 0.04 s instead of 0.47 s for a v1.4 generator, 0.01 s instead of 0.12 s for ParseNet.
+    and dtype): random initialisation would cost more than the rest of loading (README, "Speed").
     A network with tensors the state dict does not give (the v1 layout's resampling kernels)
     is built normally instead, so nothing unfilled is ever used.
     """
@@ -148,10 +156,7 @@ def load_network(
     net: nn.Module,
     spec: Spec,
     weights_dir: str | os.PathLike[str] | None = None,
-    device: str | torch.device | None = None,
-    half: bool = False,
-    *,
-    dtype: torch.dtype | None = None,
+    placement: Placement | None = None,
 ) -> nn.Module:
     """Load the weights of ``spec`` strictly into ``net`` (built by the caller); ready it for inference."""
     found = _resolved(spec, weights_dir)
@@ -159,16 +164,13 @@ def load_network(
         net.load_state_dict(load_state_dict(found.path), strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{found.path} does not fit {type(net).__name__}: {err}") from err
-    return prepare_for_inference(net, device, half, dtype=dtype)
+    return prepare_for_inference(net, placement)
 
 
 def load_model(
     spec: Spec,
     weights_dir: str | os.PathLike[str] | None = None,
-    device: str | torch.device | None = None,
-    half: bool = False,
-    *,
-    dtype: torch.dtype | None = None,
+    placement: Placement | None = None,
 ) -> nn.Module:
     """A registry model (detector, parser, upsampler, ...) with its weights, ready for inference.
 
@@ -190,4 +192,4 @@ def load_model(
         net = _built_with(make, state_dict)
     except RuntimeError as err:
         raise CheckpointError(f"{found.path} does not fit {what}: {err}") from err
-    return prepare_for_inference(net, device, half, dtype=dtype)
+    return prepare_for_inference(net, placement)

@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") ->
         )
         return 2
     try:
-        generator, config = load_generator(args.model, weights_dir=args.weights_dir, device="cpu")
+        generator, config = load_generator(args.model, weights_dir=args.weights_dir)
     except (WeightsError, ValueError) as err:
         print(f"{prog}: error: {_first_line(err)}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from gfp.background import (
     scaled_size,
     upsample_background,
 )
+from gfp.devices import Placement
 
 
 def _tiny_x4(seed: int = 0) -> SRVGGNetCompact:
@@ -241,7 +242,7 @@ def test_networks_load_lazily_once() -> None:
 
 def test_half_is_ignored_on_cpu() -> None:
     up = build_background_upsampler(
-        "realesr-animevideov3", device="cpu", half=True, load=lambda n: _tiny_x4()
+        "realesr-animevideov3", placement=Placement.decide("cpu", half=True), load=lambda n: _tiny_x4()
     )
     assert up.dtype == torch.float32 and next(up.network(4).parameters()).dtype == torch.float32
 
@@ -298,20 +299,19 @@ def test_build_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
         return _tiny_x2() if registry.MODEL_ZOO[name].supports.scale == 2 else _tiny_x4()
 
     monkeypatch.setattr(background, "load_background_network", fake_load)
-    cpu = "cpu"
-    assert build_background_upsampler("none", device=cpu) is None
+    assert build_background_upsampler("none") is None
     with pytest.raises(ValueError, match="realesrgan"):
-        build_background_upsampler("esrgan-9000", device=cpu)
-    auto = build_background_upsampler("realesrgan", "/w", device=cpu, tile=32)
+        build_background_upsampler("esrgan-9000")
+    auto = build_background_upsampler("realesrgan", "/w", tile=32)
     assert auto.scales == (2, 4) and auto.tile == 32 and loaded == []
     auto.upsample(_image(), 2)
     auto.upsample(_image(), 4)
     assert loaded == [("RealESRGAN_x2plus", "/w"), ("realesr-general-x4v3", "/w")]
-    assert build_background_upsampler("realesr-animevideov3", device=cpu).scales == (4,)
+    assert build_background_upsampler("realesr-animevideov3").scales == (4,)
 
 
 def test_build_loads_real_weights_through_gfp_loading(shared_data: Path) -> None:
-    up = build_background_upsampler("realesr-animevideov3", shared_data / "weights", device="cpu", tile=0)
+    up = build_background_upsampler("realesr-animevideov3", shared_data / "weights", tile=0)
     state = torch.load(shared_data / "weights" / "realesr-animevideov3.pth", map_location="cpu")["params"]
     net = SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4, act_type="prelu")
     net.load_state_dict(state, strict=True)

@@ -19,6 +19,7 @@ from _zoo_helpers import FileServer, serve, tiny_config, tiny_generator
 
 from gfp import loading, registry
 from gfp.archs import UnknownArchitectureError, detect_config
+from gfp.devices import Placement
 from gfp.loading import (
     MODEL_ZOO,
     CheckpointError,
@@ -265,7 +266,7 @@ def test_load_generator_recognises_each_official_layout(
     original = tiny_generator(config)
     path = tmp_path / "trained.pth"
     torch.save({"params_ema": original.state_dict()}, path)
-    generator, found = load_generator(str(path), device="cpu")
+    generator, found = load_generator(str(path))
     assert found == config
     assert not generator.training
     loaded = generator.state_dict()
@@ -414,7 +415,9 @@ def test_select_device() -> None:
 def test_load_network_places_helper_networks_and_rejects_misfits(tmp_path: Path) -> None:
     source = torch.nn.Conv2d(3, 4, 3)
     torch.save({"params": source.state_dict()}, tmp_path / "conv.pth")
-    net = load_network(torch.nn.Conv2d(3, 4, 3), tmp_path / "conv.pth", device="cpu", half=True)
+    net = load_network(
+        torch.nn.Conv2d(3, 4, 3), tmp_path / "conv.pth", placement=Placement.decide("cpu", half=True)
+    )
     assert torch.equal(net.weight, source.weight)
     assert not net.training and not any(p.requires_grad for p in net.parameters())
     assert net.weight.dtype == torch.float32  # float16 is only used off the CPU
@@ -422,9 +425,20 @@ def test_load_network_places_helper_networks_and_rejects_misfits(tmp_path: Path)
         load_network(torch.nn.Conv2d(3, 8, 3), tmp_path / "conv.pth")
 
 
-def test_prepare_for_inference_uses_select_device() -> None:
+def test_placement_is_decided_by_select_device_and_narrowed_per_network() -> None:
     with pytest.raises(ValueError, match="CUDA"):
-        prepare_for_inference(torch.nn.Linear(2, 2), "cuda:3")
+        Placement.decide(f"cuda:{torch.cuda.device_count()}")
+    cpu = Placement.decide("cpu", half=True, bf16=True, backend="torch")
+    assert cpu.dtype == torch.float32 and cpu.bf16  # float16 only off the CPU
+    gpu = Placement(torch.device("cuda"), torch.float16)  # as decided on a GPU with half
+    f32_only = registry.Supports(precisions=(torch.float32,))
+    assert gpu.for_model(f32_only).dtype == torch.float32
+    assert gpu.for_model(registry.Supports(precisions=registry.HALF_OK)).dtype == torch.float16
+    assert not cpu.for_model(registry.Supports(precisions=registry.HALF_OK)).bf16
+    both = (registry.Supports(precisions=registry.BF16_OK), f32_only)
+    assert not cpu.for_model(*both).bf16  # networks run together: the precision all of them take
+    net = prepare_for_inference(torch.nn.Linear(2, 2), cpu.for_model(f32_only))
+    assert not net.training and net.weight.dtype == torch.float32
 
 
 @pytest.mark.parametrize(("arch", "half"), [("clean", False), ("clean", True), ("v1", False)])
@@ -442,7 +456,7 @@ def test_generators_load_without_random_init_and_compute_what_was_saved(
         folder = tmp_path / "model.pth"
         torch.save({"params_ema": saved.state_dict()}, folder)
     rng = torch.get_rng_state()
-    net, _ = load_generator(folder, device="cpu")
+    net, _ = load_generator(folder)
     assert torch.equal(torch.get_rng_state(), rng) == (arch == "clean")  # v1 is built again, normally
     tensors = [*net.parameters(), *net.buffers()]
     assert not any(t.is_meta for t in tensors) and {t.dtype for t in tensors} == {torch.float32}
@@ -461,7 +475,7 @@ def test_load_model_takes_the_weights_without_random_initialisation(tmp_path: Pa
         torch.save(saved.state_dict(), tmp_path / registry.MODEL_ZOO[name].file_name)
     for name, saved in nets.items():
         rng = torch.get_rng_state()
-        net = loading.load_model(name, tmp_path, device="cpu")
+        net = loading.load_model(name, tmp_path)
         assert torch.equal(torch.get_rng_state(), rng), name  # no random number was drawn
         for (key, got), expected in zip(net.state_dict().items(), saved.state_dict().values(), strict=True):
             assert torch.equal(got, expected), key

@@ -257,7 +257,7 @@ def test_export_takes_the_newest_checkpoint_of_a_run_folder_and_stores_half(tmp_
 
     stored = load_file(folder / "model.safetensors")
     assert {t.dtype for t in stored.values()} == {torch.float16}
-    loaded, _ = load_generator(folder, device="cpu")
+    loaded, _ = load_generator(folder)
     want = {k: v.half().float() for k, v in nets[1].state_dict().items()}  # the newest, rounded to fp16
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, want[k], rtol=0, atol=0)

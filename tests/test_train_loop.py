@@ -154,7 +154,7 @@ def test_cli_train_export_load_and_publish(faces, tmp_path, monkeypatch, capsys)
     export_dir = tmp_path / "export"
     assert cli(["export", str(ckpt), str(export_dir), "--dataset", "my/faces", "--official-pth"]) == 0
     state = read_checkpoint(ckpt)
-    generator, config = load_generator(export_dir, device="cpu")
+    generator, config = load_generator(export_dir)
     assert config.to_dict() == {
         **config.to_dict(),
         **{k: v for k, v in state["config"]["model"]["generator"].items()},
@@ -166,7 +166,7 @@ def test_cli_train_export_load_and_publish(faces, tmp_path, monkeypatch, capsys)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(generator(x)[0], ema.eval()(x)[0], rtol=0, atol=0)
-    official, _ = load_generator(export_dir / "generator_official.pth", device="cpu")  # official layout too
+    official, _ = load_generator(export_dir / "generator_official.pth")  # official layout too
     torch.testing.assert_close(official(x)[0], generator(x)[0], rtol=0, atol=0)
 
     card = (export_dir / "README.md").read_text()

@@ -28,7 +28,7 @@ def check_folder(folder: str | Path) -> list[str]:
     missing = [name for name in REQUIRED if not (root / name).is_file()]
     if missing:
         raise PublishError(f"{root} is not ready to publish: missing {', '.join(missing)}")
-    load_generator(root, device="cpu")
+    load_generator(root)
     return sorted(p.name for p in root.iterdir() if p.is_file())
 
 
