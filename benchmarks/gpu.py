@@ -60,6 +60,15 @@ OFFICIAL_CONFIG = dict(
 )  # fmt: skip
 
 
+def generator_forward(generator: torch.nn.Module, x: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """Restored faces as float32, in bf16 autocast when ``bf16`` (the weights stay float32)."""
+    from gfp.precision import bf16_autocast
+
+    with torch.inference_mode(), bf16_autocast(bf16, x.device.type):
+        image, _ = generator(x, return_rgb=False)
+    return image.float()
+
+
 def _data_dir() -> Path:
     return Path(os.environ.get("GFP_TEST_DATA") or ROOT.parent / "shared" / "data")
 
@@ -127,7 +136,7 @@ def _strict_fp32(enabled: bool) -> None:
 
 def bench_generator(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Precision cost and faces/s of ours (fp32/bf16/fp16) and the official network (fp32)."""
-    from gfp.precision import cpu_has_native_bf16, generator_forward
+    from gfp.precision import cpu_has_native_bf16
 
     cuda = device.type == "cuda"
     ours, official = _generators(device)
@@ -199,8 +208,6 @@ def _variant_runners(
     lever, each on top of the ones before: channels-last memory format, cuDNN autotuning (CUDA only), then
     that network under ``torch.compile``."""
     import copy
-
-    from gfp.precision import generator_forward
 
     net, tag = (copy.deepcopy(half), "fp16") if half is not None else (copy.deepcopy(ours), "bf16")
     bf16 = half is None

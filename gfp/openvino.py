@@ -1,13 +1,12 @@
 """The OpenVINO backend: networks compiled by OpenVINO for the CPU, used in place of their PyTorch modules.
 
-Optional (``pip install openvino``); the PyTorch path stays the reference. On a 2-core AVX512-BF16 CPU
-OpenVINO ran the GFPGAN v1.4 generator in 0.95-1.0 s per face where PyTorch's bf16 autocast took 1.79 s,
-and the face parser in 1.13-1.18 s where PyTorch took 2.04 s (it fuses the elementwise work around the
-convolutions into them). The realesr-general-x4v3 background stays in PyTorch: a whole photo's tiles took
-6.5 s (5.7 s when converted through TorchScript) against 6.0 s.
+Optional (``pip install openvino``); the PyTorch path stays the reference. On a bf16 CPU OpenVINO runs
+the GFPGAN generator and the face parser faster than PyTorch's bf16 autocast (it fuses the elementwise
+work around the convolutions into them). The realesr-general-x4v3 background stays in PyTorch: in
+OpenVINO it was no faster (README, "Speed", has the figures).
 
-A network is converted once, through ``torch.export`` and ``openvino.convert_model`` (about 10 s for a
-full-size generator on 2 cores), and the converted model (OpenVINO IR, float32 weights) is kept under
+A network is converted once, through ``torch.export`` and ``openvino.convert_model`` (too slow to repeat
+in every process), and the converted model (OpenVINO IR, float32 weights) is kept under
 ``<cache>/openvino/<fingerprint>/``. The fingerprint hashes the module's structure, its weights, the input
 layout and the OpenVINO and PyTorch versions, so changed weights or a new release convert again and never
 reuse a stale model. It is remembered per weight file (by its path, size and modification time, and the
@@ -23,12 +22,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -57,8 +59,8 @@ class OpenVINONetwork(nn.Module):
     """A converted network with one float32 NCHW input and one output, called like its PyTorch module.
 
     It is compiled for the exact shape of each input it sees, for the first :data:`MAX_SHAPES` shapes:
-    OpenVINO plans a fixed shape better (a v1.4 face in 0.95 s, the first in 1.0 s, against 0.97 s and
-    1.3 s compiled for any batch). Further shapes share one compilation for any shape, so memory stays
+    OpenVINO plans a fixed shape better (measured faster, the first call most: README, "Speed").
+    Further shapes share one compilation for any shape, so memory stays
     bounded when batch sizes vary. Thread-safe: each call borrows an inference request from a pool, so
     calls never share buffers. It has no parameters; moving it to a device or dtype does nothing, and it
     always runs on the CPU.
@@ -86,7 +88,7 @@ class OpenVINONetwork(nn.Module):
 
     def prepare(self, shape: Sequence[int]) -> None:
         """Compile for inputs of ``shape`` now rather than on the first such call, so that a caller can do
-        it beside other work (two compilations in parallel threads took 0.56 s instead of 0.95 s)."""
+        it beside other work (two compilations in parallel threads end sooner than one after the other)."""
         key, request = self._borrow(tuple(shape))
         with self._lock:
             self._idle[key].append(request)
@@ -107,9 +109,8 @@ class OpenVINONetwork(nn.Module):
 
         For an exact shape of a cached model, by path through a fixed-shape IR with OpenVINO's compilation
         cache (``<cache>/openvino/blobs``, about 1 MB a network: the plan without the weights, which it
-        reads from the IR). A new process then compiled the v1.4 generator in 0.39 s instead of 0.54 s
-        alone; compiling it and the parser side by side, both were ready 0.39 s sooner, and their first
-        inferences took 0.06 s and 0.12 s less.
+        reads from the IR). A new process then compiles sooner and runs its first inferences faster than
+        without it (README, "Speed").
         """
         core = _core()
         fixed = None if shape is None or self.folder is None else _fixed_ir(self.folder, shape)
@@ -159,10 +160,10 @@ def _memo(
     ``source`` is remembered: a name made of each file's path, size and modification time, the input
     layout, the library versions and the code that builds networks (the source of the ``gfp`` package).
 
-    Hashing a generator's and a parser's 430 MB took 0.33 s of every new process, and building their
-    PyTorch modules to hash them more. A rewritten file gets a new modification time and edited code a new
-    digest, so either is hashed again; models stay named by their weights, so copies of the same weights
-    at other paths share one converted model.
+    Hashing a generator's and a parser's 430 MB, and building their PyTorch modules to hash them, would
+    cost every new process a noticeable part of its start (README, "Speed"). A rewritten file gets a new
+    modification time and edited code a new digest, so either is hashed again; models stay named by their
+    weights, so copies of the same weights at other paths share one converted model.
     """
     path = os.path.abspath(source)
     files = sorted(e.path for e in os.scandir(path) if e.is_file()) if os.path.isdir(path) else [path]
@@ -212,15 +213,15 @@ def compile_network(
     """``net`` (float32, CPU, eval; called with one tensor) converted for OpenVINO on the CPU.
 
     ``net`` may also be a function that builds it: it is then called only when the network is needed, so
-    a model found in the cache by ``source`` costs no PyTorch module (building the v1.4 generator took
-    0.3-0.4 s of a new process). ``example`` is an input of the right layout; the dimensions listed in
-    ``dynamic`` may vary between calls (give the example a size above 1 in each). ``bf16`` computes in
-    bfloat16 (only where the CPU does natively; the caller decides), else float32. ``cache_dir`` keeps
-    converted models (None: convert every time), named by :func:`fingerprint`. ``source``, the weight
-    file or published folder the network is loaded from unchanged, with ``role`` telling apart the
-    networks built from one file, lets a new process skip building and hashing it (see :func:`_memo`).
-    ``threads`` defaults to PyTorch's intra-op thread count, so both backends use the same cores.
-    Compiling happens on the first call of each input shape (see :class:`OpenVINONetwork`).
+    a model found in the cache by ``source`` costs no PyTorch module (building the v1.4 generator is a
+    noticeable part of a new process's start). ``example`` is an input of the right layout; the
+    dimensions listed in ``dynamic`` may vary between calls (give the example a size above 1 in each).
+    ``bf16`` computes in bfloat16 (only where the CPU does natively; the caller decides), else float32.
+    ``cache_dir`` keeps converted models (None: convert every time), named by :func:`fingerprint`.
+    ``source``, the weight file or published folder the network is loaded from unchanged, with ``role``
+    telling apart the networks built from one file, lets a new process skip building and hashing it
+    (see :func:`_memo`). ``threads`` defaults to PyTorch's intra-op thread count, so both backends use the
+    same cores. Compiling happens on the first call of each input shape (see :class:`OpenVINONetwork`).
     """
     built: list[nn.Module] = [net] if isinstance(net, nn.Module) else []
 
@@ -240,21 +241,152 @@ def compile_network(
             if memo is not None:
                 _remember(memo, entry)
         folder = cache / entry
-        if (folder / "model.xml").is_file():
-            try:
-                model = _core().read_model(str(folder / "model.xml"))
-            except RuntimeError:  # a damaged entry (OpenVINO raises RuntimeError): convert again, replace it
-                shutil.rmtree(folder, ignore_errors=True)
+        model = _read(folder)
     if model is None:
         model = _convert(module(), example, dynamic)
         if folder is not None and not _save(model, folder):
             folder = None
-    config = {
+    return OpenVINONetwork(model, _config(bf16, threads), name or type(module()).__name__, folder)
+
+
+def _config(bf16: bool, threads: int | None) -> dict[str, Any]:
+    return {
         "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
         "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         "PERFORMANCE_HINT": "LATENCY",
     }
-    return OpenVINONetwork(model, config, name or type(module()).__name__, folder)
+
+
+def _read(folder: Path) -> Any:
+    """The IR model in cache entry ``folder``, or None (absent; a damaged one is removed to be redone)."""
+    if not (folder / "model.xml").is_file():
+        return None
+    try:
+        return _core().read_model(str(folder / "model.xml"))
+    except RuntimeError:  # a damaged entry (OpenVINO raises RuntimeError): convert again, replace it
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def cached_network(
+    source: str | os.PathLike[str],
+    example: Tensor,
+    dynamic: Sequence[int] = (0,),
+    *,
+    bf16: bool = False,
+    cache_dir: str | os.PathLike[str],
+    threads: int | None = None,
+    name: str = "",
+    role: str = "",
+) -> OpenVINONetwork | None:
+    """The ``role`` network of the weight file ``source`` as :func:`compile_network` would return it, if it
+    is already converted in ``cache_dir`` and known by the file (:func:`_memo`); else None, without
+    converting, building or hashing anything."""
+    cache = Path(cache_dir) / SUBDIR
+    entry = _recall(_memo(cache, source, role, example, dynamic))
+    model = None if entry is None else _read(cache / entry)
+    if model is None:
+        return None
+    return OpenVINONetwork(model, _config(bf16, threads), name or role, cache / entry)
+
+
+def convert_in_background(
+    source: str | os.PathLike[str],
+    role: str,
+    example: Tensor,
+    dynamic: Sequence[int],
+    cache_dir: str | os.PathLike[str],
+    builder: str = "gfp.store:conversion_network",
+) -> bool:
+    """Start a process that converts the ``role`` network of ``source`` into ``cache_dir``; whether one runs.
+
+    The process runs at the lowest CPU priority, so it takes only time the caller leaves idle, and it
+    outlives the caller (a one-photo command ends; the next one finds the conversion). ``builder``
+    ("module:function") builds the PyTorch network from (role, source). One conversion per network at a
+    time: a lock file names it, and a lock older than :data:`STALE_LOCK_S` (a killed process) is taken over.
+    """
+    cache = Path(cache_dir) / SUBDIR
+    memo = _memo(cache, source, role, example, dynamic)
+    lock = cache / "converting" / memo.name
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink()
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return True  # another process is converting it
+    except OSError:
+        return False  # an unwritable cache: nothing to convert into
+    os.close(fd)
+    shape = "x".join(map(str, example.shape))
+    args = [sys.executable, "-m", "gfp.openvino", builder, role, os.path.abspath(source), shape]
+    args += [",".join(map(str, dynamic)), str(cache_dir), str(lock)]
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    )
+    try:
+        subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            process_group=0,  # not stopped by the terminal's Ctrl-C with the command that started it
+        )
+    except OSError:
+        lock.unlink(missing_ok=True)
+        return False
+    return True
+
+
+STALE_LOCK_S = 30 * 60
+"""A conversion lock older than this is from a process that did not finish: convert again."""
+
+
+class Switching(nn.Module):
+    """A PyTorch network used until its OpenVINO conversion (made by another process) is ready, then that.
+
+    ``find()`` returns the converted network or None; it is asked at most every :data:`RECHECK_S` seconds,
+    so a long-running app moves to the converted network without a restart.
+    """
+
+    def __init__(self, fallback: Callable[[Tensor], Any], find: Callable[[], OpenVINONetwork | None]) -> None:
+        super().__init__()
+        self.fallback = fallback
+        self.find = find
+        self.converted: OpenVINONetwork | None = None
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def forward(self, x: Tensor) -> Any:
+        if self.converted is None and time.monotonic() - self._checked >= RECHECK_S:
+            with self._lock:
+                if self.converted is None:
+                    self._checked = time.monotonic()
+                    with contextlib.suppress(Exception):  # not ready, or unreadable: keep PyTorch
+                        self.converted = self.find()
+        return self.fallback(x) if self.converted is None else self.converted(x)
+
+
+RECHECK_S = 2.0
+
+
+def _convert_main(argv: list[str]) -> int:
+    """Entry of the background conversion process (:func:`convert_in_background`)."""
+    builder, role, source, shape, dynamic, cache, lock = argv
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    try:
+        module_name, function = builder.split(":")
+        build = getattr(importlib.import_module(module_name), function)
+        example = torch.zeros(*map(int, shape.split("x")))
+        dims = [int(d) for d in dynamic.split(",") if d]
+        compile_network(lambda: build(role, source), example, dims, cache_dir=cache, source=source, role=role)
+    finally:
+        Path(lock).unlink(missing_ok=True)
+    return 0
 
 
 _CONVERT_LOCK = threading.Lock()
@@ -361,3 +493,7 @@ def _openvino() -> ModuleType:
     import openvino
 
     return openvino
+
+
+if __name__ == "__main__":
+    sys.exit(_convert_main(sys.argv[1:]))

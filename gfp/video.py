@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gfp import stages
 from gfp.background import scaled_size
-from gfp.faces import align_faces, detect_faces
+from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS
-from gfp.paste import paste_faces
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions
@@ -303,10 +303,9 @@ def _tracked(
     video: VideoOptions,
 ) -> Iterator[tuple[np.ndarray, float, FrameFaces]]:
     """Detect every face of each frame and link them into tracks: (frame, time, its faces) in order."""
-    detector = restorer.detector(options.detector)
     tracker = FaceTracker(video.smoothing, smooth=video.smooth)
     for image, seconds in frames:
-        found = detect_faces(detector, image, max_side=options.detect_max_side)
+        found = stages.detect(restorer.store, image, options)
         landmarks, ids = tracker.update(found.boxes, found.landmarks, seconds)
         yield image, seconds, FrameFaces(found.boxes, landmarks, ids)
 
@@ -394,8 +393,9 @@ def restore_frames(
         raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
     if plan is None and needs_plan(options):
         raise ValueError("a face choice over a clip needs a first pass: pass plan=plan_faces(...)")
-    face_size = restorer.generator_config(options.version).out_size
-    batch = restorer.batch_size(options)
+    store = restorer.store
+    face_size = store.generator_config(options.version).out_size
+    batch = stages.batch_size(store, options)
     log = RunLog(None)  # the default parser/background fall back here, noted, as for photos
     pending: list[_Pending] = []
     waiting_faces = 0
@@ -403,18 +403,15 @@ def restore_frames(
     def flush() -> Iterator[RestoredFrame]:
         nonlocal waiting_faces
         crops = [crop for item in pending for crop in item.crops]
-        restored = restorer.restore_faces(crops, options) if crops else []
-        masks = restorer.face_masks(restored, options, log)[0]
+        restored = stages.restore_faces(store, crops, options, log) if crops else []
+        masks = stages.face_masks(store, restored, options, log)[0]
         start = 0
         for item in pending:
             stop = start + len(item.crops)
             faces = restored[start:stop]
-            background = restorer.background_image(item.image, options, log)
-            canvas = background.astype(np.float32)
-            paste_faces(
-                canvas, faces, item.matrices, options.upscale, None if masks is None else masks[start:stop]
-            )
-            image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+            upscaled = stages.background(store, item.image, options, log)
+            mine = None if masks is None else masks[start:stop]
+            image = stages.paste(item.image, upscaled, faces, item.matrices, mine, options.upscale)
             yield RestoredFrame(
                 image, item.time, item.boxes, item.landmarks, item.matrices, item.track_ids, faces
             )
@@ -606,7 +603,7 @@ def restore_video(
     timings: dict[str, float] = {}
     notes: list[str] = []
     restorer.generator_config(options.version)  # missing weights fail here, before any file is made
-    restorer.detector(options.detector)
+    restorer.store.detector(options.detector)
     timings["load"] = time.perf_counter() - start
 
     out_h, out_w = scaled_size(info.height, info.width, options.upscale)

@@ -206,10 +206,10 @@ def test_fp32_flag_turns_cpu_bf16_off(tmp_path: Path, monkeypatch: pytest.Monkey
 
     def spy(self, *args, **kwargs) -> None:  # noqa: ANN001
         real_init(self, *args, **kwargs)
-        made.append(self.bf16)
+        made.append(self.store.placement.bf16)
 
     monkeypatch.setattr(gfp.cli.Restorer, "__init__", spy)
-    monkeypatch.setattr("gfp.pipeline.cpu_has_native_bf16", lambda: True)  # any CPU: the flag decides
+    monkeypatch.setattr("gfp.devices.cpu_has_native_bf16", lambda: True)  # any CPU: the flag decides
     weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "face.png"), _gradient(96, 96))
     for extra in ([], ["--fp32"]):

@@ -16,10 +16,11 @@ import pytest
 import torch
 from _zoo_helpers import save_tiny_generator, tiny_config, tiny_generator
 
-from gfp import openvino
+from gfp import openvino, stages
 from gfp.archs import FacesOnly
 from gfp.devices import decide_backend
 from gfp.pipeline import RestoreOptions, Restorer, RunLog
+from gfp.store import CONVERT_ENV, ModelStore
 from gfp.weights.errors import WeightsError
 
 pytestmark = [
@@ -28,6 +29,13 @@ pytestmark = [
 ]
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def convert_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the converted networks: a store converts before the first call. Converting in the
+    background while PyTorch runs, the default, has its own tests (they set "background")."""
+    monkeypatch.setenv(CONVERT_ENV, "now")
 
 
 def _faces(n: int, size: int, seed: int = 1) -> torch.Tensor:
@@ -352,14 +360,14 @@ def test_restorer_runs_the_generator_in_openvino(tmp_path: Path) -> None:
     reference = Restorer(device="cpu", backend="torch", bf16=False)
     got = ov.restore(face, options).restored_faces[0]
     expected = reference.restore(face, options).restored_faces[0]
-    faces, _ = ov.face_network(options.version)
+    faces = ov.store.face_network(options.version).run
     assert isinstance(faces, openvino.OpenVINONetwork)
     assert faces.name == folder.name  # named after its weights in messages and repr
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     # in the gfp cache; the weight file is remembered, so a new process does not hash its weights again
-    net, config = ov.generator(options.version)
-    example = torch.zeros(2, 3, config.out_size, config.out_size)
-    entry = openvino.fingerprint(FacesOnly(net), example, (0,))
+    generator = ov.store.generator(options.version)
+    example = torch.zeros(2, 3, generator.config.out_size, generator.config.out_size)
+    entry = openvino.fingerprint(FacesOnly(generator.run), example, (0,))
     assert (tmp_path / "cache" / openvino.SUBDIR / entry / "model.xml").is_file()
     assert len(list((tmp_path / "cache" / openvino.SUBDIR / "files").iterdir())) == 1  # its file is known
 
@@ -372,10 +380,10 @@ def test_a_new_restorer_finds_the_converted_generator_without_building_it(
     face = _aligned_face(tiny_config().out_size)
     expected = Restorer(device="cpu", backend="openvino", bf16=False).restore(face, options)
 
-    def not_built(self: Restorer, spec: object) -> None:
+    def not_built(self: ModelStore, spec: object) -> None:
         raise AssertionError("the PyTorch generator was built")
 
-    monkeypatch.setattr(Restorer, "generator", not_built)
+    monkeypatch.setattr(ModelStore, "generator", not_built)
     restorer = Restorer(device="cpu", backend="openvino", bf16=False)  # as in a new process
     got = restorer.restore(face, options)
     assert np.array_equal(got.restored_faces[0], expected.restored_faces[0])
@@ -420,20 +428,35 @@ def test_restorer_prepares_generator_and_parser_in_parallel_threads(
     assert counting_core.compiled == 2  # the generator and the parser, each for one face
     size = tiny_config().out_size
     restored = restorer.restore_faces([_aligned_face(size)], options)
-    masks, how = restorer.face_masks(restored, options, RunLog(None))
+    masks, how = stages.face_masks(restorer.store, restored, options, RunLog(None))
     assert how == "parsenet" and len(masks) == 1
     assert counting_core.compiled == 2  # the first face used both prepared compilations
     aligned = RestoreOptions(version=str(folder), aligned=True)
     assert len(restorer.prepare(aligned)) == 1  # aligned faces are not pasted: no parser
 
 
-def test_prepare_leaves_errors_to_the_call_that_needs_the_network(tmp_path: Path) -> None:
+def test_prepare_leaves_errors_to_the_call_that_needs_the_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    escaped: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+    tried: list[str] = []
+    real = ModelStore.resolve
+
+    def spy(self: ModelStore, spec: object) -> object:
+        tried.append(str(spec))
+        return real(self, spec)
+
+    monkeypatch.setattr(ModelStore, "resolve", spy)
     restorer = Restorer(tmp_path, device="cpu", backend="openvino")
     options = RestoreOptions(version=str(tmp_path / "missing.pth"), use_parse=True)
-    for thread in restorer.prepare(options):
-        thread.join()  # nothing raised in the threads (an exception there would be printed, not lost)
+    threads = restorer.prepare(options)
+    for thread in threads:
+        thread.join()
+    assert len(threads) == 2 and options.version in tried  # the threads did look for the generator...
+    assert escaped == []  # ...and kept its error: an exception escaping a thread would be printed, not raised
     with pytest.raises(WeightsError):
-        restorer.face_network(options.version)
+        restorer.restore(_aligned_face(64), options)
 
 
 def test_cli_prepares_the_networks_before_the_first_file(
@@ -501,12 +524,13 @@ def test_app_warm_up_prepares_the_generator_and_parser_before_any_request(
         raise AssertionError("compiled again: the warm-up did not keep its network")
 
     monkeypatch.setattr(openvino, "compile_network", no_compile)
-    faces, _ = restorer.face_network(str(folder))
+    faces = restorer.store.face_network(str(folder)).run
     assert isinstance(faces, openvino.OpenVINONetwork)
     assert set(faces._compiled) == {(1, 3, 64, 64)}  # compiled for a one-face batch by the warm-up
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a conversion now would fail, warn, and so raise here
-        masks, how = restorer.face_masks([np.zeros((64, 64, 3), np.uint8)], RestoreOptions(), RunLog(None))
+        face = [np.zeros((64, 64, 3), np.uint8)]
+        masks, how = stages.face_masks(restorer.store, face, RestoreOptions(), RunLog(None))
     assert how == "parsenet" and masks is not None  # the parser was converted by the warm-up too
 
 
@@ -554,8 +578,68 @@ def test_restorer_runs_the_face_parser_in_openvino(tmp_path: Path, monkeypatch: 
     masks = {}
     for backend in ("openvino", "torch"):
         restorer = Restorer(tmp_path, device="cpu", backend=backend, bf16=False)
-        masks[backend], how = restorer.face_masks(faces, options, RunLog(None))
+        masks[backend], how = stages.face_masks(restorer.store, faces, options, RunLog(None))
         assert how == "parsenet"
     assert compiled == ["parsing_parsenet.pth"]
     for got, expected in zip(masks["openvino"], masks["torch"], strict=True):
         assert np.abs(got - expected).max() < 1e-3
+
+
+def _wait_for_conversion(cache: Path, timeout: float = 300.0) -> None:
+    """Until no background conversion holds a lock in ``cache`` (the process removes it when done)."""
+    import time
+
+    locks = cache / openvino.SUBDIR / "converting"
+    deadline = time.monotonic() + timeout
+    while locks.is_dir() and any(locks.iterdir()):
+        assert time.monotonic() < deadline, "the background conversion did not finish"
+        time.sleep(0.2)
+
+
+def test_a_network_not_yet_converted_runs_in_pytorch_while_another_process_converts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No conversion on the caller's clock: the first restore runs in PyTorch and starts a low-priority
+    process that converts; a store that keeps running switches to the converted network, and a new one (a
+    new process) finds it in the cache."""
+    monkeypatch.setenv(CONVERT_ENV, "background")
+    monkeypatch.setattr(openvino, "RECHECK_S", 0.0)
+
+    def no_conversion_here(*args: object, **kwargs: object) -> None:
+        raise AssertionError("converted in the caller's process")
+
+    monkeypatch.setattr(openvino, "compile_network", no_conversion_here)
+    folder = save_tiny_generator(tmp_path / "tiny")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    face = _aligned_face(tiny_config().out_size)
+    expected = Restorer(device="cpu", backend="torch", bf16=False).restore(face, options).restored_faces[0]
+
+    restorer = Restorer(device="cpu", backend="openvino", bf16=False)
+    first = restorer.restore(face, options).restored_faces[0]
+    np.testing.assert_array_equal(first, expected)  # PyTorch's own function
+    switching = restorer.store.face_network(options.version).run
+    assert isinstance(switching, openvino.Switching)
+    _wait_for_conversion(tmp_path / "cache")
+    later = restorer.restore(face, options).restored_faces[0]
+    assert isinstance(switching.converted, openvino.OpenVINONetwork)  # switched without a restart
+    assert np.abs(later.astype(int) - expected.astype(int)).max() <= 1
+    fresh = Restorer(device="cpu", backend="openvino", bf16=False).store.face_network(options.version).run
+    assert isinstance(fresh, openvino.OpenVINONetwork)  # the next process uses the conversion at once
+
+
+def test_one_background_conversion_per_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kwargs: started.append(args))
+    source = tmp_path / "weights.pth"
+    source.write_bytes(b"x")
+    example = torch.zeros(2, 3, 8, 8)
+    for _ in range(2):  # a second store (another request, another process) finds the first one's lock
+        assert openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
+    assert len(started) == 1 and started[0][1:3] == ["-m", "gfp.openvino"]
+    lock = next((tmp_path / openvino.SUBDIR / "converting").iterdir())
+    old = lock.stat().st_mtime - openvino.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))  # its process was killed: the lock is taken over
+    assert openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
+    assert len(started) == 2

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from _official_pipeline import psnr
-from _zoo_helpers import tiny_config, tiny_generator
+from _zoo_helpers import save_tiny_generator, tiny_config, tiny_generator
 from conftest import MOBILE, make_weights
 
 from gfp import registry
@@ -28,7 +28,7 @@ from gfp.background import lanczos_upsample, scaled_size, upsample_background
 from gfp.faces import alignment_matrix
 from gfp.loading import WeightsNotFoundError, load_generator
 from gfp.paste import inverse_affine
-from gfp.pipeline import RestoreOptions, Restorer, Unavailable
+from gfp.pipeline import RestoreOptions, Restorer, RunLog, Unavailable
 
 pytestmark = pytest.mark.usefixtures("offline")
 
@@ -150,22 +150,22 @@ def test_spellings_and_paths_share_one_loaded_generator(
     monkeypatch.setitem(
         registry.MODEL_ZOO, "v1.4", dataclasses.replace(registry.MODEL_ZOO["v1.4"], config=config)
     )
-    restorer = Restorer(tmp_path, device="cpu")
-    net, found = restorer.generator("1.4")
-    assert found == config
+    store = Restorer(tmp_path, device="cpu").store
+    got = store.generator("1.4")
+    assert got.config == config
     for spec in ("v1.4", "GFPGANv1.4.pth", str(tmp_path / "GFPGANv1.4.pth")):
-        assert restorer.generator(spec)[0] is net, spec
-    assert Restorer(tmp_path, device="cpu").generator("1.4")[0] is not net  # one cache per Restorer
+        assert store.generator(spec).run is got.run, spec
+    assert Restorer(tmp_path, device="cpu").store.generator("1.4").run is not got.run  # one per Restorer
 
 
 def test_background_networks_are_shared_and_tile_is_per_call(tmp_path: Path) -> None:
     entry = registry.MODEL_ZOO["realesr-animevideov3"]
     torch.manual_seed(0)
     torch.save({"params": registry.build(entry).state_dict()}, tmp_path / entry.file_name)
-    restorer = Restorer(tmp_path, device="cpu")
-    upsampler = restorer.background(entry.name)
-    assert restorer.background(entry.name) is upsampler  # the tile is not part of its identity
-    assert upsampler.network(4) is restorer.network(entry.name)
+    store = Restorer(tmp_path, device="cpu").store
+    upsampler = store.background(entry.name)
+    assert store.background(entry.name) is upsampler  # the tile is not part of its identity
+    assert upsampler.network(4) is store.network(entry.name).run
     img = _gradient(24, 32)
     whole = upsampler.upsample(img, 2, tile=0)
     assert np.abs(upsampler.upsample(img, 2, tile=16).astype(int) - whole).max() <= 1
@@ -192,7 +192,7 @@ def test_default_background_falls_back_to_lanczos_with_a_note(
         assert note.startswith("background upsampler realesr-general-x4v3 unavailable (could not find")
         assert "realesr-general-x4v3.pth" in note and note.endswith("resized with Lanczos instead")
     assert tried == [registry.MODEL_ZOO["realesr-general-x4v3"].url]  # remembered: not retried per request
-    assert isinstance(restorer.optional("realesr-general-x4v3"), Unavailable)
+    assert isinstance(restorer.store.optional("realesr-general-x4v3"), Unavailable)
 
 
 @pytest.mark.parametrize(
@@ -208,7 +208,7 @@ def test_a_background_asked_for_by_name_must_be_had(blind_weights: Path, name: s
 @pytest.mark.shared
 def test_background_model_is_used(real_weights: Path) -> None:
     img = _gradient(24, 32)  # no face: the output is the background upsampler's output
-    upsampler = Restorer(real_weights, device="cpu").background("realesr-animevideov3")
+    upsampler = Restorer(real_weights, device="cpu").store.background("realesr-animevideov3")
     result = Restorer(real_weights, device="cpu", bf16=False).restore(  # float32, as the direct call
         img, _options(real_weights, bg_upsampler="realesr-animevideov3", upscale=3)
     )
@@ -333,11 +333,11 @@ def test_one_restorer_serves_threads(real_weights: Path, group: np.ndarray) -> N
 
 @pytest.mark.shared
 def test_cpu_bf16_background_runs_and_stays_close(real_weights: Path, group: np.ndarray) -> None:
-    from gfp.pipeline import RunLog
+    from gfp import stages
 
     options = _options(real_weights, bg_upsampler="realesr-animevideov3")
     images = [
-        Restorer(real_weights, device="cpu", bf16=bf16).background_image(group, options, RunLog(None))
+        stages.background(Restorer(real_weights, device="cpu", bf16=bf16).store, group, options, RunLog(None))
         for bf16 in (False, True)
     ]
     assert 45.0 <= psnr(images[0], images[1]) < math.inf  # bf16 really ran; measured 52.9 dB on a photo
@@ -350,20 +350,20 @@ def test_half_runs_float16_where_declared_and_stays_close(
     """What ``half=True`` (``--half``) runs on a GPU, run on the CPU: torch's CPU float16 kernels are slow but
     real, so every dtype hand-over between the float16 generator and background and the float32 detector is
     exercised without a GPU. On a CPU the Restorer itself never picks float16 (tested in test_loading)."""
-    import gfp.pipeline
+    import gfp.devices
 
     monkeypatch.setattr(
-        gfp.pipeline, "decide_precision", lambda device, half: torch.float16 if half else torch.float32
+        gfp.devices, "decide_precision", lambda device, half: torch.float16 if half else torch.float32
     )
     photo = group[: group.shape[0] // 2]  # two of its faces: float16 convolutions are slow on a CPU
     options = _options(real_weights, bg_upsampler="realesr-animevideov3")
     full, half = (Restorer(real_weights, device="cpu", half=h, bf16=False) for h in (False, True))
     expected, got = (r.restore(photo, options) for r in (full, half))
 
-    assert half.half and not full.half
-    generator = half.generator(options.version)[0]
-    background = half.network("realesr-animevideov3")
-    detector = half.detector(options.detector)
+    assert half.store.placement.half and not full.store.placement.half
+    generator = half.store.generator(options.version).run
+    background = half.store.network("realesr-animevideov3").run
+    detector = half.store.detector(options.detector).run
     assert next(generator.parameters()).dtype == next(background.parameters()).dtype == torch.float16
     assert next(detector.parameters()).dtype == torch.float32  # declared float32 only
     assert len(got.restored_faces) == len(expected.restored_faces) >= 1
@@ -383,10 +383,12 @@ def test_bf16_is_declared_only_where_it_was_measured() -> None:
     assert bf16 not in registry.MODEL_ZOO["v1"].supports.precisions  # paper layout: 41 dB
     trained = GeneratorConfig(arch="clean", out_size=128, narrow=0.125)  # a folder, not a zoo entry
     assert registry.generator_supports(trained).precisions == registry.MODEL_ZOO["v1.3"].supports.precisions
-    restorer = Restorer(device="cpu", bf16=True)
-    assert restorer._bf16_ok("upsampler", "realesr-general-x4v3")
-    assert not restorer._bf16_ok("upsampler", "realesrgan")  # its x2plus member would run in bf16
-    assert not Restorer(device="cpu", bf16=False)._bf16_ok("parser", "parsenet")
+    store = Restorer(device="cpu", bf16=True).store
+    assert store.background_placement("realesr-general-x4v3").bf16
+    assert not store.background_placement("realesrgan").bf16  # its x2plus member would run in bf16
+    parser = registry.MODEL_ZOO["parsenet"].supports
+    assert store.placement.for_model(parser).bf16
+    assert not Restorer(device="cpu", bf16=False).store.placement.for_model(parser).bf16
 
 
 def test_default_batch_is_one_face_on_a_cpu() -> None:
@@ -399,12 +401,12 @@ def test_default_batch_is_one_face_on_a_cpu() -> None:
 
 
 def test_detect_max_side_reaches_the_detector(blind_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gfp.pipeline as pipeline
+    import gfp.stages as stages
 
     seen = []
-    detect = pipeline.detect_faces
+    detect = stages.detect_faces
     monkeypatch.setattr(
-        pipeline, "detect_faces", lambda *a, **kw: seen.append(kw["max_side"]) or detect(*a, **kw)
+        stages, "detect_faces", lambda *a, **kw: seen.append(kw["max_side"]) or detect(*a, **kw)
     )
     restorer = Restorer(blind_weights, device="cpu")
     for side in (None, 96):
@@ -425,9 +427,10 @@ CAST = torch.tensor([0.82, 0.97, 1.12]).view(1, 3, 1, 1)  # a generator that tin
 
 def _tinting(restorer: Restorer, options: RestoreOptions, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``restorer``'s face network hand back its input faces tinted: a known colour shift."""
-    config = restorer.generator_config(options.version)
+    real = restorer.store.face_network(options.version)
     tint = lambda x: ((x + 1) * CAST - 1.12).clamp(-1, 1)  # noqa: E731
-    monkeypatch.setattr(restorer, "face_network", lambda spec: (tint, config))
+    tinting = dataclasses.replace(real, run=tint)
+    monkeypatch.setattr(restorer.store, "face_network", lambda spec: tinting)
 
 
 def _aligned_face(size: int = 64) -> np.ndarray:
@@ -578,3 +581,31 @@ def test_only_center_face_is_faces_center(real_weights: Path, group: np.ndarray)
     spelled = restorer.restore(group, _options(real_weights, faces="center"))
     np.testing.assert_array_equal(official.image, spelled.image)
     assert official.face_numbers == spelled.face_numbers and len(official.face_numbers) == 1
+
+
+def test_each_spec_is_resolved_once_and_its_checkpoint_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store resolves a spec and reads its checkpoint once, whatever asks (config first, then the
+    network, then more requests): no second parse of a 340 MB file for its layout."""
+    import gfp.store
+
+    folder = save_tiny_generator(tmp_path / "tiny")
+    counts = {"resolve": 0, "read": 0}
+
+    def counted(name: str, real):  # noqa: ANN001, ANN202
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            counts[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(gfp.store, "resolve", counted("resolve", gfp.store.resolve))
+    monkeypatch.setattr(gfp.store, "read_generator", counted("read", gfp.store.read_generator))
+    restorer = Restorer(device="cpu", backend="torch")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    face = np.full((64, 64, 3), 128, np.uint8)
+    for _ in range(2):
+        restorer.restore(face, options)
+    restorer.restore_faces([face], options)
+    assert counts == {"resolve": 1, "read": 1}

@@ -425,10 +425,14 @@ def test_face_restored_far_background_untouched(real: Path, tmp_path: Path, shar
 
 
 @pytest.mark.shared
-def test_batched_frames_equal_restore_frame_by_frame(real: Path, shared_data: Path) -> None:
+@pytest.mark.parametrize("max_side", [None, 160])
+def test_batched_frames_equal_restore_frame_by_frame(
+    real: Path, shared_data: Path, max_side: int | None
+) -> None:
+    """Frames go through the photo's stages: each equals ``restore(frame)``, with any detection option."""
     frames, _ = _face_frames(shared_data, 6)
     restorer = Restorer(weights_dir=real, device="cpu", bf16=False)  # float32: batching changes no sum
-    options = _options(real, upscale=2, batch_size=4)
+    options = _options(real, upscale=2, batch_size=4, detect_max_side=max_side)
     clip = [(frame, i / 25) for i, frame in enumerate(frames)]
     batched = list(restore_frames(restorer, clip, options, VideoOptions(smooth=False, buffer_frames=3)))
     assert [len(f.restored_faces) for f in batched] == [1] * 6

@@ -1,0 +1,170 @@
+"""The stages of a restore, as functions over a :class:`gfp.store.ModelStore`: detect, restore faces, face
+masks, background, paste. Photos, aligned faces and video frames all go through these same functions
+(:mod:`gfp.pipeline` and :mod:`gfp.video` only orchestrate them), so a frame is restored exactly as a photo.
+
+Each stage takes the request's :class:`~gfp.pipeline.RestoreOptions` and its :class:`RunLog` (timings,
+notes, progress) and keeps no state between calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+
+from gfp.background import lanczos_upsample
+from gfp.color import color_fix
+from gfp.faces import Detections, detect_faces
+from gfp.paste import parse_masks, paste_faces
+from gfp.store import ModelStore, Unavailable
+from gfp.weights.errors import WeightsError
+
+if TYPE_CHECKING:
+    from gfp.pipeline import RestoreOptions
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, stage)``: called as work advances, for progress bars in UIs."""
+
+
+class RunLog:
+    """Per-call bookkeeping of a restore (or of one clip in :mod:`gfp.video`): timings per stage, notes for
+    the caller, progress reports."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.notes: list[str] = []
+        self.start = self.clock = time.perf_counter()
+
+    def report(self, done: int, total: int, stage: str) -> None:
+        if self.progress is not None:
+            self.progress(done, total, stage)
+
+    def lap(self, stage: str) -> None:
+        """Add the time since the previous lap to ``stage``."""
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.clock
+        self.clock = now
+
+
+def batch_size(store: ModelStore, options: RestoreOptions) -> int:
+    """Faces per generator and parser call: ``options.batch_size``, else 1 on a CPU and 4 on a GPU (on a
+    CPU one face at a time measured faster)."""
+    if options.batch_size is not None:
+        return options.batch_size
+    return 1 if store.placement.device.type == "cpu" else 4
+
+
+def detect(store: ModelStore, image: np.ndarray, options: RestoreOptions) -> Detections:
+    """Faces and landmarks of a BGR image (8-bit values), with the options' detector and ``max_side``."""
+    detector = store.detector(options.detector).run
+    return detect_faces(detector, image, max_side=options.detect_max_side)
+
+
+@torch.inference_mode()
+def restore_faces(
+    store: ModelStore, crops: Sequence[np.ndarray], options: RestoreOptions, run: RunLog
+) -> list[np.ndarray]:
+    """Run the generator of ``options.version`` over aligned uint8 BGR crops in batches, fix colours against
+    each crop, blend by strength; return uint8 BGR faces."""
+    network = store.face_network(options.version)
+    device = store.placement.device
+    restored: list[np.ndarray] = []
+    strength = float(options.strength)
+    run.report(0, len(crops), "restore")
+    batch = batch_size(store, options)
+    for start in range(0, len(crops), batch):
+        chunk = np.stack(crops[start : start + batch])
+        x = torch.from_numpy(chunk).to(device).permute(0, 3, 1, 2).flip(1).float() / 255.0
+        x = (x - 0.5) / 0.5
+        out = network.run(x).clamp_(-1, 1)
+        if options.color_fix != "none":  # in float32 on the device, against the face's own crop
+            out = color_fix(out, x, options.color_fix).clamp_(-1, 1)
+        if strength < 1.0:
+            out = strength * out + (1.0 - strength) * x
+        out = ((out + 1) / 2 * 255.0).round().flip(1).permute(0, 2, 3, 1)
+        restored.extend(np.ascontiguousarray(face) for face in out.to(torch.uint8).cpu().numpy())
+        run.report(len(restored), len(crops), "restore")
+    return restored
+
+
+def face_masks(
+    store: ModelStore, restored: list[np.ndarray], options: RestoreOptions, run: RunLog
+) -> tuple[list[np.ndarray] | None, str]:
+    """(ParseNet masks, "parsenet"), or (None, "square") without a parser (noted when it was wanted)."""
+    if options.use_parse is False or not restored:
+        return None, "square"
+    parser = store.parser(required=options.use_parse is True)
+    run.lap("load")
+    if isinstance(parser, Unavailable):
+        run.notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
+        return None, "square"
+    run.report(0, len(restored), "parse")
+    with parser.placement.autocast():
+        masks = parse_masks(parser.run, restored, batch_size(store, options))
+    run.report(len(restored), len(restored), "parse")
+    run.lap("parse")
+    return masks, "parsenet"
+
+
+def background(store: ModelStore, img: np.ndarray, options: RestoreOptions, run: RunLog) -> np.ndarray:
+    """The whole image upscaled; the default upsampler falls back to Lanczos (noted) without weights."""
+    choice = options.background_on(store.placement.device)
+    upsampler = store.background(choice)
+    run.lap("load")
+    if upsampler is None:
+        return lanczos_upsample(img, options.upscale)
+    try:
+        with store.background_placement(choice).autocast():
+            return upsampler.upsample(img, options.upscale, progress=run.progress, tile=options.bg_tile)
+    except WeightsError as err:
+        if options.bg_upsampler is not None:  # asked for by name: say what is missing and where we looked
+            raise
+        instead = "the background was resized with Lanczos instead"
+        run.notes.append(Unavailable(choice, err).note(f"background upsampler {choice}", instead))
+        return lanczos_upsample(img, options.upscale)
+
+
+def paste(
+    img: np.ndarray,
+    upscaled: np.ndarray,
+    faces: Sequence[np.ndarray],
+    matrices: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray] | None,
+    upscale: float,
+) -> np.ndarray:
+    """The restored ``faces`` blended into ``upscaled`` (the background of ``img``), in ``img``'s layout:
+    gray stays gray, alpha is kept, 16-bit stays 16-bit (8-bit faces rescaled to its values)."""
+    max_value = max_value_of(img)
+    alpha = upscaled[:, :, 3] if upscaled.ndim == 3 and upscaled.shape[2] == 4 else None
+    canvas = color_part(upscaled).astype(np.float32)
+    paste_faces(canvas, faces, matrices, upscale, masks, face_scale=max_value / 255.0)
+    return compose(canvas, alpha, img.ndim == 2, img.dtype, max_value)
+
+
+def max_value_of(img: np.ndarray) -> float:
+    """The largest value of ``img``'s pixel type (16-bit or 8-bit)."""
+    return 65535.0 if img.dtype == np.uint16 else 255.0
+
+
+def color_part(img: np.ndarray) -> np.ndarray:
+    """The BGR part of an image (gray expanded to 3 channels, alpha dropped)."""
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return img if img.shape[2] == 3 else np.ascontiguousarray(img[:, :, :3])
+
+
+def compose(
+    canvas: np.ndarray, alpha: np.ndarray | None, gray: bool, dtype: np.dtype, max_value: float
+) -> np.ndarray:
+    """Back to the input's layout: round and clip to ``dtype``, to gray if it was, alpha re-attached."""
+    if gray:
+        canvas = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
+    out = np.clip(np.rint(canvas), 0, max_value).astype(dtype)
+    if alpha is not None:
+        out = np.concatenate([out, alpha[:, :, None]], axis=2)
+    return out

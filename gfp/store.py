@@ -1,0 +1,321 @@
+"""The model store: every network a restore needs, resolved, read, built and placed once.
+
+A :class:`ModelStore` answers "the network for this spec" for the generator, the face detector, the face
+parser and the background upsamplers. Each spec is resolved once (a download happens once), each
+checkpoint is read once, and each network is built once, under a per-network lock, so one store serves
+concurrent requests. Where the networks run is one :class:`gfp.devices.Placement`, decided when the store
+is made and narrowed per network by :meth:`Placement.for_model` (float16 and bf16 only where the network
+is measured good in them). The store also owns the OpenVINO choice: with the OpenVINO backend a network
+already converted (in the cache on disk) is used at once; one not yet converted runs in PyTorch while a
+low-priority process converts it (:func:`gfp.openvino.convert_in_background`), and the store switches to
+the converted network when it is ready, so conversion never holds up a restore. An optional network
+whose weights cannot be had is remembered as :class:`Unavailable` (an offline machine does not retry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from gfp import openvino, registry
+from gfp.archs import FacesOnly, GeneratorConfig
+from gfp.background import BackgroundUpsampler, build_background_upsampler
+from gfp.devices import Placement
+from gfp.loading import generator_from, load_model, read_generator
+from gfp.paste import PARSE_SIZE
+from gfp.weights.errors import WeightsError
+from gfp.weights.resolve import Resolved, cache_dir, resolve
+
+T = TypeVar("T")
+FaceNetwork = Callable[[Tensor], Tensor]
+"""Aligned faces → restored faces, float32 (B, 3, S, S) RGB in [-1, 1], in the network's placement."""
+
+CONVERT_ENV = "GFP_OPENVINO_CONVERT"
+"""How a network missing from the OpenVINO cache is converted: "background" (default: PyTorch meanwhile)
+or "now" (convert before the first call, as a benchmark of the converted network wants)."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """An optional model whose weights cannot be had: its name and the error that says where we looked."""
+
+    name: str
+    error: WeightsError
+
+    @property
+    def reason(self) -> str:
+        """The first line of the error (without the list of places looked)."""
+        return str(self.error).splitlines()[0].removesuffix("Looked in:").strip().rstrip(".")
+
+    def note(self, what: str, instead: str) -> str:
+        """A one-line note for the result: what was unavailable, why, and what was done instead."""
+        return f"{what} unavailable ({self.reason}); {instead}"
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network ready to run: called like its module, with what it is made for and where it runs.
+
+    ``run`` is the module (PyTorch or OpenVINO) or, for the generator, a :data:`FaceNetwork`; call it inside
+    ``placement.autocast()``. ``config`` is the generator's :class:`GeneratorConfig` (None for others).
+    """
+
+    run: Callable[[Tensor], Any]
+    supports: registry.Supports
+    placement: Placement
+    config: GeneratorConfig | None = None
+
+
+class _Checkpoint:
+    """A generator's weights read once: its config stays, its tensors are handed to the first build."""
+
+    def __init__(self, found: Resolved) -> None:
+        self.state_dict, self.config, self.found = read_generator(found)
+
+    def take(self) -> dict[str, Tensor]:
+        """The tensors (read again if already handed over: only a second PyTorch build asks twice)."""
+        state_dict, self.state_dict = self.state_dict, None
+        return state_dict if state_dict is not None else read_generator(self.found)[0]
+
+
+class ModelStore:
+    """Networks by spec, made once each and shared by threads; see the module docstring.
+
+    ``weights_dir`` is searched first for weights (:mod:`gfp.weights.resolve`); ``placement`` (None: the
+    CPU in float32 with PyTorch) is where every network runs; ``convert`` says when a network missing from
+    the OpenVINO cache is converted (None: env ``GFP_OPENVINO_CONVERT``, else "background").
+    """
+
+    def __init__(
+        self,
+        weights_dir: str | os.PathLike[str] | None = None,
+        placement: Placement | None = None,
+        convert: str | None = None,
+    ) -> None:
+        self.weights_dir = weights_dir
+        self.placement = placement or Placement()
+        self.convert = (convert or os.environ.get(CONVERT_ENV) or "background").strip().lower()
+        if self.convert not in ("background", "now"):
+            raise ValueError(f"unknown conversion mode {self.convert!r}: use background or now")
+        self._lock = threading.Lock()
+        self._items: dict[tuple[str, str], Any] = {}
+        self._item_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def _get(self, key: tuple[str, str], make: Callable[[], T]) -> T:
+        """The value for ``key``, made once by ``make`` (other keys keep loading in parallel)."""
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+            key_lock = self._item_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            value = make()
+            with self._lock:
+                self._items[key] = value
+        return value
+
+    def resolve(self, spec: str | os.PathLike[str]) -> Resolved:
+        """Where the weights of ``spec`` are (found once per spelling; a download happens once)."""
+        spec = os.fspath(spec)
+        return self._get(("resolve", spec), lambda: resolve(spec, self.weights_dir))
+
+    # ------------------------------------------------------------------------------------ generator
+    def _checkpoint(self, spec: str | os.PathLike[str]) -> _Checkpoint:
+        found = self.resolve(spec)
+        return self._get(("checkpoint", str(found.path)), lambda: _Checkpoint(found))
+
+    def generator_config(self, spec: str | os.PathLike[str]) -> GeneratorConfig:
+        """The layout of a generator, from its config file or its weights' keys and shapes (raises what
+        loading would, for missing or foreign weights)."""
+        return self._checkpoint(spec).config
+
+    def generator(self, spec: str | os.PathLike[str]) -> Network:
+        """The GFPGAN generator module of a version / file / folder / repo id, in PyTorch."""
+        checkpoint = self._checkpoint(spec)
+        config = checkpoint.config
+        supports = registry.generator_supports(config)
+        placement = self.placement.for_model(supports)
+
+        def build() -> Network:
+            net = generator_from(checkpoint.take(), config, checkpoint.found, placement)
+            return Network(net, supports, placement, config)
+
+        return self._get(("generator", str(checkpoint.found.path)), build)
+
+    def face_network(self, spec: str | os.PathLike[str]) -> Network:
+        """The generator as a :data:`FaceNetwork` in the store's backend: OpenVINO when converted (a cached
+        conversion is used without building the PyTorch module), else PyTorch."""
+        checkpoint = self._checkpoint(spec)
+        path = str(checkpoint.found.path)
+
+        def build() -> Network:
+            config = checkpoint.config
+            supports = registry.generator_supports(config)
+            placement = self.placement.for_model(supports)
+
+            def torch_faces() -> FaceNetwork:
+                net = self.generator(spec).run
+                dtype = placement.dtype
+
+                def faces(x: Tensor) -> Tensor:
+                    with placement.autocast():
+                        return net(x.to(dtype), return_rgb=False)[0].float()
+
+                return faces
+
+            def module() -> nn.Module:
+                return FacesOnly(self.generator(spec).run)
+
+            run = self._backend(path, "faces", module, torch_faces, config.out_size, placement)
+            return Network(run, supports, placement, config)
+
+        return self._get(("faces", path), build)
+
+    # ------------------------------------------------------------------------- registry networks
+    def network(self, name: str) -> Network:
+        """The registry model ``name`` (detector, parser, upsampler) with its weights, in PyTorch."""
+        found = self.resolve(name)
+        entry = found.entry or registry.MODEL_ZOO[registry.DEFAULTS["detector"]]
+        placement = self.placement.for_model(entry.supports)
+
+        def load() -> Network:
+            return Network(load_model(found, placement=placement), entry.supports, placement)
+
+        return self._get(("network", str(found.path)), load)
+
+    def optional(self, name: str) -> Network | Unavailable:
+        """:meth:`network`, or :class:`Unavailable` when its weights cannot be had (remembered)."""
+
+        def load() -> Network | Unavailable:
+            try:
+                return self.network(name)
+            except WeightsError as err:
+                return Unavailable(name, err)
+
+        return self._get(("optional", name), load)
+
+    def required(self, name: str) -> nn.Module:
+        """The module of registry model ``name``; raises its :class:`WeightsError` when it cannot be had."""
+        got = self.optional(name)
+        if isinstance(got, Unavailable):
+            raise got.error
+        return got.run  # type: ignore[return-value]  (a registry network's run is its module)
+
+    def detector(self, name: str) -> Network:
+        """The face detector ``name`` with its weights."""
+        return self.network(name)
+
+    def parser(self, required: bool = False) -> Network | Unavailable:
+        """ParseNet in the store's backend, or :class:`Unavailable` (raised instead when ``required``)."""
+        name = registry.DEFAULTS["parser"]
+        got = self.optional(name)
+        if isinstance(got, Unavailable):
+            if required:
+                raise got.error
+            return got
+        path = str(self.resolve(name).path)
+
+        def build() -> Network:
+            run = self._backend(path, "parser", lambda: got.run, lambda: got.run, PARSE_SIZE, got.placement)
+            return Network(run, got.supports, got.placement)
+
+        return self._get(("parser", path), build)
+
+    def background(self, name: str) -> BackgroundUpsampler | None:
+        """The background upsampler for choice ``name`` (None for "none"); its networks load on first use
+        (a network whose weights cannot be had raises then) and are shared with every other choice."""
+
+        def build() -> BackgroundUpsampler | None:
+            return build_background_upsampler(name, placement=self.placement, load=self.required)
+
+        return self._get(("background", name), build)
+
+    def background_placement(self, name: str) -> Placement:
+        """Where the networks of background choice ``name`` run (all of them together)."""
+        members = registry.members("upsampler", name)
+        return self.placement.for_model(*(registry.MODEL_ZOO[m].supports for m in members))
+
+    # ------------------------------------------------------------------------------------- OpenVINO
+    def _backend(
+        self,
+        path: str,
+        role: str,
+        module: Callable[[], nn.Module],
+        fallback: Callable[[], Callable[[Tensor], Any]],
+        size: int,
+        placement: Placement,
+    ) -> Callable[[Tensor], Any]:
+        """The ``role`` network loaded from ``path`` in the store's backend: converted for OpenVINO when it is
+        (or, with ``convert="now"``, once converted here), else ``fallback()`` in PyTorch, switching to the
+        conversion a background process makes. A network OpenVINO cannot convert runs in PyTorch (warned)."""
+        if placement.backend != "openvino":
+            return fallback()
+        example = torch.zeros(2, 3, size, size)  # only its layout matters
+        options = {"bf16": placement.bf16, "cache_dir": cache_dir(), "name": Path(path).name, "role": role}
+        try:
+            if self.convert == "now":
+                return openvino.compile_network(module, example, (0,), source=path, **options)
+            found = openvino.cached_network(path, example, (0,), **options)
+            if found is not None:
+                return found
+            started = openvino.convert_in_background(path, role, example, (0,), options["cache_dir"])
+        except Exception as err:  # noqa: BLE001  (a foreign converter failed: use the reference path)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            warnings.warn(
+                f"OpenVINO could not compile {Path(path).name} ({first}); it runs in PyTorch", stacklevel=4
+            )
+            return fallback()
+        if not started:
+            return fallback()
+        return openvino.Switching(fallback(), lambda: openvino.cached_network(path, example, (0,), **options))
+
+    def prepare(self, version: str, batch: int, parser: bool) -> list[threading.Thread]:
+        """Start loading the generator of ``version`` (and the face parser when ``parser``) in background
+        threads, compiling their OpenVINO networks for a ``batch`` of faces; returns the threads.
+
+        A call that needs a network meanwhile waits for it; an error is left for that call to report.
+        """
+
+        def generator() -> None:
+            net = self.face_network(version)
+            if isinstance(net.run, openvino.OpenVINONetwork):
+                net.run.prepare((batch, 3, net.config.out_size, net.config.out_size))
+
+        def face_parser() -> None:
+            found = self.parser()
+            if isinstance(found, Network) and isinstance(found.run, openvino.OpenVINONetwork):
+                found.run.prepare((batch, 3, PARSE_SIZE, PARSE_SIZE))
+
+        def quietly(job: Callable[[], None]) -> None:
+            with contextlib.suppress(Exception):  # reported by the call that needs the network
+                job()
+
+        jobs = [generator] + ([face_parser] if parser else [])
+        threads = [
+            threading.Thread(target=quietly, args=(job,), name="gfp-prepare", daemon=True) for job in jobs
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
+
+
+def conversion_network(role: str, source: str) -> nn.Module:
+    """The PyTorch network a background conversion converts: the ``role`` network built from ``source``
+    (float32 on the CPU, as the store's own conversion sees it)."""
+    if role == "faces":
+        state_dict, config, found = read_generator(source)
+        return FacesOnly(generator_from(state_dict, config, found))
+    if role == "parser":
+        return load_model(source)
+    raise ValueError(f"unknown network role {role!r}")
