@@ -375,7 +375,8 @@ def test_half_runs_float16_where_declared_and_stays_close(
 
 def test_bf16_is_declared_only_where_it_was_measured() -> None:
     bf16 = torch.bfloat16
-    assert bf16 in registry.MODEL_ZOO["parsenet"].supports.precisions
+    # ParseNet's labels flip in bf16 near region borders: whole photos lost 1.7-3.2 dB against the official
+    assert bf16 not in registry.MODEL_ZOO["parsenet"].supports.precisions
     assert bf16 in registry.MODEL_ZOO["realesr-general-x4v3"].supports.precisions
     assert bf16 in registry.MODEL_ZOO["realesr-animevideov3"].supports.precisions
     assert bf16 not in registry.MODEL_ZOO["RealESRGAN_x2plus"].supports.precisions  # RRDB: 48.6 dB, thin
@@ -386,9 +387,10 @@ def test_bf16_is_declared_only_where_it_was_measured() -> None:
     store = Restorer(device="cpu", bf16=True).store
     assert store.background_placement("realesr-general-x4v3").bf16
     assert not store.background_placement("realesrgan").bf16  # its x2plus member would run in bf16
-    parser = registry.MODEL_ZOO["parsenet"].supports
-    assert store.placement.for_model(parser).bf16
-    assert not Restorer(device="cpu", bf16=False).store.placement.for_model(parser).bf16
+    assert not store.placement.for_model(registry.MODEL_ZOO["parsenet"].supports).bf16
+    generator = registry.generator_supports(trained)
+    assert store.placement.for_model(generator).bf16
+    assert not Restorer(device="cpu", bf16=False).store.placement.for_model(generator).bf16
 
 
 def test_default_batch_is_one_face_on_a_cpu() -> None:
