@@ -320,7 +320,11 @@ def convert_in_background(
         return False  # an unwritable cache: nothing to convert into
     os.close(fd)
     shape = "x".join(map(str, example.shape))
-    args = [sys.executable, "-m", "gfp.openvino", builder, role, os.path.abspath(source), shape]
+    # Lowest priority from its first instruction: its interpreter and imports must not slow the caller either
+    # (the process lowers itself too, where no ``nice`` command exists).
+    nice = shutil.which("nice")
+    args = [nice, "-n", "19"] if nice else []
+    args += [sys.executable, "-m", "gfp.openvino", builder, role, os.path.abspath(source), shape]
     args += [",".join(map(str, dynamic)), str(cache_dir), str(lock)]
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(
