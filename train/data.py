@@ -187,6 +187,23 @@ def template_components() -> dict[str, np.ndarray]:
     return landmark_components(FFHQ_TEMPLATE_512)
 
 
+def _detector(name: str, weights_dir: str | None) -> torch.nn.Module:
+    """The RetinaFace detector ``name`` with its weights (strict)."""
+    net = build_detector(name)
+    net.load_state_dict(load_state_dict(resolve_weights(name, weights_dir)), strict=True)
+    return net
+
+
+def _bgr(path: Path) -> np.ndarray:
+    """An image file as BGR float32 with 8-bit values (16-bit scaled down, gray expanded, alpha dropped)."""
+    try:
+        img = read_image(path)
+    except ImageReadError as err:
+        raise DataError(str(err)) from err
+    img = img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return (img[..., :3] / 257.0 if img.dtype == np.uint16 else img[..., :3]).astype(np.float32)
+
+
 def detect_components(
     folder: str | Path, detector: str = "retinaface_resnet50", weights_dir: str | None = None
 ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
@@ -195,17 +212,11 @@ def detect_components(
     Returns the components by image stem (512-px coordinates, whatever the image size) and the stems where
     no face was found (the dataset then needs the template for those, or they should be removed).
     """
-    net = build_detector(detector)
-    net.load_state_dict(load_state_dict(resolve_weights(detector, weights_dir)), strict=True)
+    net = _detector(detector, weights_dir)
     found: dict[str, dict[str, np.ndarray]] = {}
     missed: list[str] = []
     for path in tqdm(list_images(folder), desc="landmarks", unit="face"):
-        try:
-            img = read_image(path)
-        except ImageReadError as err:
-            raise DataError(str(err)) from err
-        img = img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-        img = (img[..., :3] / 257.0 if img.dtype == np.uint16 else img[..., :3]).astype(np.float32)
+        img = _bgr(path)
         faces = detect_faces(net, img, only_center_face=True)
         if len(faces) == 0:
             missed.append(path.stem)
@@ -229,19 +240,13 @@ def crop_faces(
     would be flat border). Each face is warped at its own resolution and then area-shrunk, so nothing
     aliases. Returns the written files and the number of faces skipped.
     """
-    net = build_detector(detector)
-    net.load_state_dict(load_state_dict(resolve_weights(detector, weights_dir)), strict=True)
+    net = _detector(detector, weights_dir)
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     skipped = 0
     for path in tqdm(list_images(photos), desc="faces", unit="photo"):
-        try:
-            img = read_image(path)
-        except ImageReadError as err:
-            raise DataError(str(err)) from err
-        img = img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-        img = (img[..., :3] / 257.0 if img.dtype == np.uint16 else img[..., :3]).astype(np.float32)
+        img = _bgr(path)
         found = detect_faces(net, img, max_side=1280)
         for k, points in enumerate(found.landmarks):
             matrix = alignment_matrix(points, size)
