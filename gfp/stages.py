@@ -119,7 +119,7 @@ def background(store: ModelStore, img: np.ndarray, options: RestoreOptions, run:
     if upsampler is None:
         return lanczos_upsample(img, options.upscale)
     try:
-        with store.background_placement(choice).autocast():
+        with upsampler.placement.autocast():
             return upsampler.upsample(img, options.upscale, progress=run.progress, tile=options.bg_tile)
     except WeightsError as err:
         if options.bg_upsampler is not None:  # asked for by name: say what is missing and where we looked

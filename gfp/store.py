@@ -82,9 +82,13 @@ class _Checkpoint:
         self.state_dict, self.config, self.found = read_generator(found)
 
     def take(self) -> dict[str, Tensor]:
-        """The tensors (read again if already handed over: only a second PyTorch build asks twice)."""
+        """The tensors (read again if already handed over or released: only a rare second build asks)."""
         state_dict, self.state_dict = self.state_dict, None
         return state_dict if state_dict is not None else read_generator(self.found)[0]
+
+    def release(self) -> None:
+        """Drop the tensors: a converted network serves, so no PyTorch build will take them."""
+        self.state_dict = None
 
 
 class ModelStore:
@@ -143,11 +147,11 @@ class ModelStore:
     def generator(self, spec: str | os.PathLike[str]) -> Network:
         """The GFPGAN generator module of a version / file / folder / repo id, in PyTorch."""
         checkpoint = self._checkpoint(spec)
-        config = checkpoint.config
-        supports = registry.generator_supports(config)
-        placement = self.placement.for_model(supports)
 
         def build() -> Network:
+            config = checkpoint.config
+            supports = registry.generator_supports(config)
+            placement = self.placement.for_model(supports)
             net = generator_from(checkpoint.take(), config, checkpoint.found, placement)
             return Network(net, supports, placement, config)
 
@@ -178,6 +182,7 @@ class ModelStore:
                 return FacesOnly(self.generator(spec).run)
 
             run = self._backend(path, "faces", module, torch_faces, config.out_size, placement)
+            checkpoint.release()  # taken by the PyTorch build, or not needed: the conversion serves
             return Network(run, supports, placement, config)
 
         return self._get(("faces", path), build)
@@ -186,10 +191,10 @@ class ModelStore:
     def network(self, name: str) -> Network:
         """The registry model ``name`` (detector, parser, upsampler) with its weights, in PyTorch."""
         found = self.resolve(name)
-        entry = found.entry or registry.MODEL_ZOO[registry.DEFAULTS["detector"]]
-        placement = self.placement.for_model(entry.supports)
 
         def load() -> Network:
+            entry = found.entry or registry.MODEL_ZOO[registry.DEFAULTS["detector"]]
+            placement = self.placement.for_model(entry.supports)
             return Network(load_model(found, placement=placement), entry.supports, placement)
 
         return self._get(("network", str(found.path)), load)
@@ -240,11 +245,6 @@ class ModelStore:
             return build_background_upsampler(name, placement=self.placement, load=self.required)
 
         return self._get(("background", name), build)
-
-    def background_placement(self, name: str) -> Placement:
-        """Where the networks of background choice ``name`` run (all of them together)."""
-        members = registry.members("upsampler", name)
-        return self.placement.for_model(*(registry.MODEL_ZOO[m].supports for m in members))
 
     # ------------------------------------------------------------------------------------- OpenVINO
     def _backend(

@@ -388,6 +388,7 @@ def test_a_new_restorer_finds_the_converted_generator_without_building_it(
     got = restorer.restore(face, options)
     assert np.array_equal(got.restored_faces[0], expected.restored_faces[0])
     assert restorer.generator_config(options.version) == tiny_config()
+    assert restorer.store._checkpoint(options.version).state_dict is None  # its tensors are not kept
 
 
 def test_a_network_openvino_cannot_convert_runs_in_pytorch(

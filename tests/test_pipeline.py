@@ -385,8 +385,8 @@ def test_bf16_is_declared_only_where_it_was_measured() -> None:
     trained = GeneratorConfig(arch="clean", out_size=128, narrow=0.125)  # a folder, not a zoo entry
     assert registry.generator_supports(trained).precisions == registry.MODEL_ZOO["v1.3"].supports.precisions
     store = Restorer(device="cpu", bf16=True).store
-    assert store.background_placement("realesr-general-x4v3").bf16
-    assert not store.background_placement("realesrgan").bf16  # its x2plus member would run in bf16
+    assert store.background("realesr-general-x4v3").placement.bf16
+    assert not store.background("realesrgan").placement.bf16  # its x2plus member would run in bf16
     assert not store.placement.for_model(registry.MODEL_ZOO["parsenet"].supports).bf16
     generator = registry.generator_supports(trained)
     assert store.placement.for_model(generator).bf16
