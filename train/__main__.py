@@ -27,6 +27,14 @@ def _prepare(argv: list[str]) -> int:
     return 0
 
 
+def _detector_options(p: argparse.ArgumentParser) -> None:
+    """--detector and --weights-dir, for the commands that find faces."""
+    p.add_argument(
+        "--detector", default="retinaface_resnet50", help="retinaface_resnet50 or retinaface_mobile0.25"
+    )
+    p.add_argument("--weights-dir", default=None, help="folder searched first for the detector weights")
+
+
 def _components(argv: list[str]) -> int:
     from gfp.loading import WeightsError
     from train.data import DataError, detect_components, save_component_file
@@ -38,10 +46,7 @@ def _components(argv: list[str]) -> int:
     )
     p.add_argument("src", help="folder of aligned faces")
     p.add_argument("out", help="output .pth file (official structure, loads with weights_only=True)")
-    p.add_argument(
-        "--detector", default="retinaface_resnet50", help="retinaface_resnet50 or retinaface_mobile0.25"
-    )
-    p.add_argument("--weights-dir", default=None, help="folder searched first for the detector weights")
+    _detector_options(p)
     args = p.parse_args(argv)
     try:
         found, missed = detect_components(args.src, args.detector, args.weights_dir)
@@ -72,10 +77,7 @@ def _crop(argv: list[str]) -> int:
         default=384,
         help="keep a face only if its crop covers at least this many photo pixels across (default 384)",
     )
-    p.add_argument(
-        "--detector", default="retinaface_resnet50", help="retinaface_resnet50 or retinaface_mobile0.25"
-    )
-    p.add_argument("--weights-dir", default=None, help="folder searched first for the detector weights")
+    _detector_options(p)
     args = p.parse_args(argv)
     try:
         written, skipped = crop_faces(
