@@ -34,14 +34,14 @@ def main() -> None:
     from _official_pipeline import make_weights, our_options, psnr
     from _zoo_helpers import shared_data_dir
 
-    from gfp import openvino
+    from gfp.devices import openvino_installed
     from gfp.pipeline import Restorer
 
     data = shared_data_dir()
     folder = make_weights(Path(tempfile.mkdtemp(prefix="gfp-precision-")) / "weights", data)
     reference = Restorer(weights_dir=folder, device="cpu", backend="torch", bf16=False)
     paths = {"torch bf16": Restorer(weights_dir=folder, device="cpu", backend="torch", bf16=True)}
-    if openvino.installed():
+    if openvino_installed():
         for bf16 in (True, False):
             restorer = Restorer(weights_dir=folder, device="cpu", backend="openvino", bf16=bf16)
             paths[f"openvino {'bf16' if bf16 else 'f32'}"] = restorer

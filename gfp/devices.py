@@ -8,14 +8,24 @@ OpenVINO); :meth:`Placement.for_model` narrows it to what one network runs well 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from gfp.archs.unfilled import unfilled
 from gfp.precision import bf16_autocast, cpu_has_native_bf16
-from gfp.registry import Supports
+
+
+class Supports(Protocol):
+    """What :meth:`Placement.for_model` reads of a network's registry ``Supports``: the precisions it is
+    measured good in (a protocol, so that where networks run does not depend on the registry)."""
+
+    precisions: tuple[torch.dtype, ...]
 
 
 def select_device(name: str | torch.device | None = None) -> torch.device:
@@ -96,6 +106,24 @@ class Placement:
         """bf16 autocast on the device when ``bf16``, else a context that does nothing."""
         return bf16_autocast(self.bf16, self.device.type)
 
+    def build(self, make: Callable[[], nn.Module], state_dict: Mapping[str, Tensor]) -> nn.Module:
+        """The network ``make()`` builds, holding ``state_dict`` (strict), ready for inference here.
+
+        It is built with its random initialisation skipped (:func:`gfp.archs.unfilled.unfilled`) and takes
+        the loaded tensors as they are: random initialisation would cost more than the rest of loading
+        (README, "Speed"). A network with tensors the state dict does not give (the v1 layout's resampling
+        kernels) is built normally instead, so nothing unfilled is ever used. A state dict that does not
+        fit raises :class:`RuntimeError` (the caller names the file).
+        """
+        with unfilled():
+            net = make()
+        net.load_state_dict(state_dict, strict=True, assign=True)
+        given = {t.untyped_storage().data_ptr() for t in state_dict.values()}
+        if any(t.untyped_storage().data_ptr() not in given for t in (*net.parameters(), *net.buffers())):
+            net = make()
+            net.load_state_dict(state_dict, strict=True)
+        return prepare_for_inference(net, self)
+
 
 def prepare_for_inference(net: nn.Module, placement: Placement | None = None) -> nn.Module:
     """Eval mode, no gradients, on the placement's device in its dtype (None: the CPU in float32)."""
@@ -114,16 +142,19 @@ def decide_backend(device: torch.device, requested: str | None = None) -> str:
     ``openvino`` package is installed (it measured faster there: README, "Speed"), else PyTorch.
     "openvino" asked for explicitly must be installed and the device must be the CPU.
     """
-    from gfp import openvino
-
     choice = (requested or os.environ.get(BACKEND_ENV) or "auto").strip().lower()
     if choice not in BACKENDS:
         raise ValueError(f"unknown backend {choice!r}: use {', '.join(BACKENDS)}")
     if choice == "auto":
-        return "openvino" if device.type == "cpu" and openvino.installed() else "torch"
+        return "openvino" if device.type == "cpu" and openvino_installed() else "torch"
     if choice == "openvino":
         if device.type != "cpu":
             raise ValueError(f"the openvino backend runs on the CPU only, not on {device}")
-        if not openvino.installed():
+        if not openvino_installed():
             raise ValueError("the openvino backend needs the openvino package: pip install openvino")
     return choice
+
+
+def openvino_installed() -> bool:
+    """Whether the ``openvino`` package can be imported (without importing it)."""
+    return importlib.util.find_spec("openvino") is not None

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
 from gfp.archs import GeneratorConfig, UnknownArchitectureError, detect_config
-from gfp.archs.unfilled import unfilled
 from gfp.devices import Placement, decide_precision, prepare_for_inference, select_device
-from gfp.registry import GFPGAN, MODEL_ZOO, ModelEntry, build, recognise, zoo_entry
+from gfp.registry import (
+    GFPGAN,
+    MODEL_ZOO,
+    ModelEntry,
+    Supports,
+    build,
+    generator_supports,
+    recognise,
+    zoo_entry,
+)
 from gfp.weights.download import download
 from gfp.weights.errors import (
     CheckpointError,
@@ -50,6 +60,7 @@ __all__ = [
     "ChecksumMismatchError",
     "DownloadError",
     "ModelEntry",
+    "Network",
     "Placement",
     "Resolved",
     "UnsafeCheckpointError",
@@ -59,10 +70,12 @@ __all__ = [
     "decide_precision",
     "download",
     "generator_from",
+    "generator_network",
     "load_generator",
     "load_model",
     "load_network",
     "load_state_dict",
+    "model_network",
     "prepare_for_inference",
     "read_config",
     "read_generator",
@@ -75,6 +88,21 @@ __all__ = [
 
 Spec = str | os.PathLike[str] | Resolved
 """A model as callers name it (version, registry name, file, folder, Hub repo id) or already resolved."""
+
+
+@dataclass(frozen=True)
+class Network:
+    """A network ready to run: called like its module, with what it is made for and where it runs.
+
+    ``run`` is the module (PyTorch or OpenVINO) or, for the generator, a face function (aligned faces →
+    restored faces); call it inside ``placement.autocast()``. ``config`` is the generator's
+    :class:`GeneratorConfig` (None for others).
+    """
+
+    run: Callable[[Tensor], Any]
+    supports: Supports
+    placement: Placement
+    config: GeneratorConfig | None = None
 
 
 def _resolved(spec: Spec, weights_dir: str | os.PathLike[str] | None) -> Resolved:
@@ -125,31 +153,26 @@ def generator_from(
     found: Resolved,
     placement: Placement | None = None,
 ) -> nn.Module:
-    """The generator of ``config`` holding ``state_dict`` (read from ``found``), ready on ``placement``."""
+    """The generator of ``config`` holding ``state_dict`` (read from ``found``), ready on ``placement``
+    (:func:`generator_network`'s module)."""
+    return generator_network(state_dict, config, found, placement).run
+
+
+def generator_network(
+    state_dict: dict[str, Tensor],
+    config: GeneratorConfig,
+    found: Resolved,
+    placement: Placement | None = None,
+) -> Network:
+    """The generator of ``config`` holding ``state_dict`` (read from ``found``), on ``placement`` (None: the
+    CPU in float32) narrowed to what its layout supports (:func:`gfp.registry.generator_supports`)."""
+    supports = generator_supports(config)
+    placed = (placement or Placement()).for_model(supports)
     try:
-        generator = _built_with(lambda: GFPGAN.build(config), state_dict)
+        net = placed.build(lambda: GFPGAN.build(config), state_dict)
     except RuntimeError as err:
         raise CheckpointError(f"{found.path} does not fit its config {config}: {err}") from err
-    return prepare_for_inference(generator, placement)
-
-
-def _built_with(build: Callable[[], nn.Module], state_dict: dict[str, Tensor]) -> nn.Module:
-    """``build()`` holding ``state_dict`` (strict), without first filling it with random weights.
-
-    The network is built with its random initialisation skipped (:func:`gfp.archs.unfilled.unfilled`)
-    and takes the loaded tensors as they are (the caller's :func:`prepare_for_inference` then sets device
-    and dtype): random initialisation would cost more than the rest of loading (README, "Speed").
-    A network with tensors the state dict does not give (the v1 layout's resampling kernels)
-    is built normally instead, so nothing unfilled is ever used.
-    """
-    with unfilled():
-        net = build()
-    net.load_state_dict(state_dict, strict=True, assign=True)
-    given = {t.untyped_storage().data_ptr() for t in state_dict.values()}
-    if any(t.untyped_storage().data_ptr() not in given for t in (*net.parameters(), *net.buffers())):
-        net = build()
-        net.load_state_dict(state_dict, strict=True)
-    return net
+    return Network(net, supports, placed, config)
 
 
 def load_network(
@@ -172,24 +195,36 @@ def load_model(
     weights_dir: str | os.PathLike[str] | None = None,
     placement: Placement | None = None,
 ) -> nn.Module:
-    """A registry model (detector, parser, upsampler, ...) with its weights, ready for inference.
+    """A registry model (detector, parser, upsampler, ...) with its weights, ready for inference
+    (:func:`model_network`'s module)."""
+    return model_network(spec, weights_dir, placement).run
+
+
+def model_network(
+    spec: Spec,
+    weights_dir: str | os.PathLike[str] | None = None,
+    placement: Placement | None = None,
+) -> Network:
+    """A registry model with its weights, on ``placement`` (None: the CPU in float32) narrowed to what the
+    model supports: found, read, recognised, built, in that order and once each.
 
     A registry name builds that entry's network; a file is recognised from its weights by the registered
-    families (see :func:`gfp.registry.recognise`).
+    families (see :func:`gfp.registry.recognise`) and runs in float32.
     """
     found = _resolved(spec, weights_dir)
     state_dict = load_state_dict(found.path)
     if found.entry is not None:
         entry = found.entry
-        make, what = (lambda: build(entry)), entry.name
+        make, what, supports = (lambda: build(entry)), entry.name, entry.supports
     else:
         try:
             family, config = recognise(state_dict)
         except UnknownArchitectureError as err:
             raise UnknownArchitectureError(f"{found.path}: {err}") from err
-        make, what = (lambda: family.build(config)), family.name
+        make, what, supports = (lambda: family.build(config)), family.name, Supports()
+    placed = (placement or Placement()).for_model(supports)
     try:
-        net = _built_with(make, state_dict)
+        net = placed.build(make, state_dict)
     except RuntimeError as err:
         raise CheckpointError(f"{found.path} does not fit {what}: {err}") from err
-    return prepare_for_inference(net, placement)
+    return Network(net, supports, placed)

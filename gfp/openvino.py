@@ -23,7 +23,6 @@ import contextlib
 import functools
 import hashlib
 import importlib
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -48,11 +47,6 @@ FORMAT = 2
 SUBDIR = "openvino"
 MAX_SHAPES = 2
 """Input shapes an :class:`OpenVINONetwork` compiles for exactly; others share one compilation."""
-
-
-def installed() -> bool:
-    """Whether the ``openvino`` package can be imported."""
-    return importlib.util.find_spec("openvino") is not None
 
 
 class OpenVINONetwork(nn.Module):

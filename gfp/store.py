@@ -30,7 +30,7 @@ from gfp import openvino, registry
 from gfp.archs import FacesOnly, GeneratorConfig
 from gfp.background import BackgroundUpsampler, build_background_upsampler
 from gfp.devices import Placement
-from gfp.loading import generator_from, load_model, read_generator
+from gfp.loading import Network, generator_network, load_model, model_network, read_generator
 from gfp.paste import PARSE_SIZE
 from gfp.weights.errors import WeightsError
 from gfp.weights.resolve import Resolved, cache_dir, resolve
@@ -59,20 +59,6 @@ class Unavailable:
     def note(self, what: str, instead: str) -> str:
         """A one-line note for the result: what was unavailable, why, and what was done instead."""
         return f"{what} unavailable ({self.reason}); {instead}"
-
-
-@dataclass(frozen=True)
-class Network:
-    """A network ready to run: called like its module, with what it is made for and where it runs.
-
-    ``run`` is the module (PyTorch or OpenVINO) or, for the generator, a :data:`FaceNetwork`; call it inside
-    ``placement.autocast()``. ``config`` is the generator's :class:`GeneratorConfig` (None for others).
-    """
-
-    run: Callable[[Tensor], Any]
-    supports: registry.Supports
-    placement: Placement
-    config: GeneratorConfig | None = None
 
 
 class _Checkpoint:
@@ -147,15 +133,10 @@ class ModelStore:
     def generator(self, spec: str | os.PathLike[str]) -> Network:
         """The GFPGAN generator module of a version / file / folder / repo id, in PyTorch."""
         checkpoint = self._checkpoint(spec)
-
-        def build() -> Network:
-            config = checkpoint.config
-            supports = registry.generator_supports(config)
-            placement = self.placement.for_model(supports)
-            net = generator_from(checkpoint.take(), config, checkpoint.found, placement)
-            return Network(net, supports, placement, config)
-
-        return self._get(("generator", str(checkpoint.found.path)), build)
+        return self._get(
+            ("generator", str(checkpoint.found.path)),
+            lambda: generator_network(checkpoint.take(), checkpoint.config, checkpoint.found, self.placement),
+        )
 
     def face_network(self, spec: str | os.PathLike[str]) -> Network:
         """The generator as a :data:`FaceNetwork` in the store's backend: OpenVINO when converted (a cached
@@ -191,13 +172,7 @@ class ModelStore:
     def network(self, name: str) -> Network:
         """The registry model ``name`` (detector, parser, upsampler) with its weights, in PyTorch."""
         found = self.resolve(name)
-
-        def load() -> Network:
-            entry = found.entry or registry.MODEL_ZOO[registry.DEFAULTS["detector"]]
-            placement = self.placement.for_model(entry.supports)
-            return Network(load_model(found, placement=placement), entry.supports, placement)
-
-        return self._get(("network", str(found.path)), load)
+        return self._get(("network", str(found.path)), lambda: model_network(found, placement=self.placement))
 
     def optional(self, name: str) -> Network | Unavailable:
         """:meth:`network`, or :class:`Unavailable` when its weights cannot be had (remembered)."""
@@ -315,7 +290,7 @@ def conversion_network(role: str, source: str) -> nn.Module:
     (float32 on the CPU, as the store's own conversion sees it)."""
     if role == "faces":
         state_dict, config, found = read_generator(source)
-        return FacesOnly(generator_from(state_dict, config, found))
+        return FacesOnly(generator_network(state_dict, config, found).run)
     if role == "parser":
         return load_model(source)
     raise ValueError(f"unknown network role {role!r}")

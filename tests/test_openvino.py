@@ -6,6 +6,7 @@ tests/test_parity_pipeline.py.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import warnings
@@ -18,14 +19,14 @@ from _zoo_helpers import save_tiny_generator, tiny_config, tiny_generator
 
 from gfp import openvino, stages
 from gfp.archs import FacesOnly
-from gfp.devices import decide_backend
+from gfp.devices import decide_backend, openvino_installed
 from gfp.pipeline import RestoreOptions, Restorer, RunLog
 from gfp.store import CONVERT_ENV, ModelStore
 from gfp.weights.errors import WeightsError
 
 pytestmark = [
     pytest.mark.usefixtures("offline"),
-    pytest.mark.skipif(not openvino.installed(), reason="openvino not installed"),
+    pytest.mark.skipif(not openvino_installed(), reason="openvino not installed"),
 ]
 
 CPU = torch.device("cpu")
@@ -56,7 +57,7 @@ def test_auto_is_openvino_on_a_cpu_when_installed(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("GFP_BACKEND", raising=False)
     assert decide_backend(CPU) == "openvino"
     assert decide_backend(torch.device("cuda")) == "torch"
-    monkeypatch.setattr(openvino, "installed", lambda: False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # openvino not installed
     assert decide_backend(CPU) == "torch"
     with pytest.raises(ValueError, match="pip install openvino"):
         decide_backend(CPU, "openvino")

@@ -21,7 +21,7 @@ import pytest
 from _official_pipeline import make_weights, official_restorer, our_options, psnr
 from _zoo_helpers import shared_data_dir
 
-from gfp import openvino
+from gfp.devices import openvino_installed
 from gfp.pipeline import Restorer
 
 MIN_PSNR_DB = 45.0
@@ -44,7 +44,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path
 @pytest.fixture(scope="module", params=["torch", "openvino"])
 def ours(weights: Path, request: pytest.FixtureRequest) -> Restorer:
     """Our pipeline in each backend (the fast paths are what users run: they must keep parity too)."""
-    if request.param == "openvino" and not openvino.installed():
+    if request.param == "openvino" and not openvino_installed():
         pytest.skip("openvino not installed")
     return Restorer(weights_dir=weights, device="cpu", backend=request.param)
 
