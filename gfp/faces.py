@@ -7,8 +7,8 @@ no per-image state lives on any object, so one detector can serve many threads. 
 thresholds and the warp settings are the official ones, so that given the same weights our crops equal
 the official crops.
 
-Weights are not loaded here (see :mod:`gfp.loading`); :func:`build_detector` only builds the network of a
-detector of :mod:`gfp.registry` (family "retinaface").
+Networks are neither built nor loaded here: :func:`gfp.registry.build_detector` builds a registry detector
+and :mod:`gfp.loading` loads its weights.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from gfp import registry
 from gfp.selection import center_face
 
 FFHQ_TEMPLATE_512 = np.array(
@@ -59,15 +58,6 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.boxes)
-
-
-def build_detector(name: str = "retinaface_resnet50") -> nn.Module:
-    """Build the registry detector ``name`` (random weights, CPU, eval mode)."""
-    entry = registry.MODEL_ZOO.get(name)
-    if entry is None or entry.kind != "detector":
-        choices = ", ".join(registry.choice_names("detector"))
-        raise ValueError(f"unknown face detector {name!r}; choose one of: {choices}")
-    return registry.build(entry)
 
 
 def _priors(height: int, width: int) -> torch.Tensor:

@@ -16,11 +16,11 @@ from gfp.faces import (
     _priors,
     align_faces,
     alignment_matrix,
-    build_detector,
     detect_faces,
     face_template,
 )
 from gfp.loading import load_network
+from gfp.registry import build_detector
 
 
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (64, 64), (225, 301)])

@@ -332,8 +332,9 @@ def test_crop_cuts_aligned_faces_from_whole_photos(shared_data, tmp_path):
     face = cv2.imread(str(tmp_path / "out" / written[0]))
     assert face.shape == (512, 512, 3)
     # aligned: the detector finds the face where the FFHQ template puts it
-    from gfp.faces import FFHQ_TEMPLATE_512, build_detector, detect_faces
+    from gfp.faces import FFHQ_TEMPLATE_512, detect_faces
     from gfp.loading import load_state_dict
+    from gfp.registry import build_detector
 
     net = build_detector("retinaface_mobile0.25")
     net.load_state_dict(load_state_dict(shared_data / "weights" / "detection_mobilenet0.25_Final.pth"))

@@ -24,9 +24,10 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 import gfp  # noqa: F401  (torchvision shim before basicsr)
-from gfp.faces import FFHQ_TEMPLATE_512, alignment_matrix, build_detector, detect_faces, resize_aligned
+from gfp.faces import FFHQ_TEMPLATE_512, alignment_matrix, detect_faces, resize_aligned
 from gfp.imageio import ImageReadError, read_image
 from gfp.loading import load_state_dict, resolve_weights
+from gfp.registry import build_detector
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
