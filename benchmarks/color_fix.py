@@ -11,8 +11,8 @@ an upper bound). ``--figure`` writes the README's before/after picture: the clea
 PSNR-Y the wavelet fix changes most, input | none | wavelet | adain. Every step is a command of its own,
 so a new model is measured by rerunning this.
 
-    python benchmarks/color_fix.py --model examples/model-cpu-128
-    python benchmarks/color_fix.py --model examples/model-cpu-128 --figure docs/color_fix.jpg
+    python benchmarks/color_fix.py --model examples/model-cpu
+    python benchmarks/color_fix.py --model examples/model-cpu --figure docs/color_fix.jpg
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def figure(reports: dict[str, dict], work: Path, out: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="examples/model-cpu-128", help="anything `python -m gfp -v` takes")
+    p.add_argument("--model", default="examples/model-cpu", help="anything `python -m gfp -v` takes")
     p.add_argument("--data", default=os.environ.get("GFP_TEST_DATA", str(ROOT.parent / "shared" / "data")))
     p.add_argument("--holdout", type=int, default=8, help="the last N sorted HQ faces (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the degradation (default: 0)")

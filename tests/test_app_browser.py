@@ -29,7 +29,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PHOTO = EXAMPLES / "group_photo.jpg"
-TRAINED_MODEL = ROOT / "examples" / "model-cpu-128"
+TRAINED_MODEL = ROOT / "examples" / "model-cpu"
 TIMEOUT_MS = 180_000
 
 

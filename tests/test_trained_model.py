@@ -1,6 +1,6 @@
 """The model trained by `train/configs/cpu.yml` restores faces it never saw better than their degraded input.
 
-The model (examples/model-cpu-128, provenance in its README) was trained on the first 30 shared CelebA-HQ
+The model (examples/model-cpu, provenance in its README) was trained on the first 30 shared CelebA-HQ
 faces; the last 8 (sorted) were held out. They are degraded here with the paper's degradation model (blur,
 downsample, noise, JPEG; no colour augmentation) at 512 px with two fixed seeds, restored through the CLI
 with its default options exactly as a user would (`--aligned -s 1 --bg_upsampler none`), and scored with
@@ -17,7 +17,7 @@ import torch
 from basicsr.metrics import calculate_psnr, calculate_ssim
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "examples" / "model-cpu-128"
+MODEL = ROOT / "examples" / "model-cpu"
 HELD_OUT = 8  # data.val_holdout of train/configs/cpu.yml
 SEEDS = (0, 1)
 
@@ -52,14 +52,15 @@ def test_trained_model_beats_the_degraded_input_on_held_out_faces(shared_data: P
         identity.append([report["mean"][k]["id_cos"] for k in ("restored", "lq")])
 
     gain = np.array(psnr["restored"]) - np.array(psnr["lq"])
-    # What this model meets (measured: +0.69 and +0.80 dB on seeds 0 and 1, least −0.35 dB; identity −0.010
-    # and −0.003). The aim is +1.0 dB with identity not below the input's; the previous model scored +0.55
-    # on seed 0 and re-tinted faces, so it fails the first two lines.
-    assert gain.mean() >= 0.65, f"PSNR-Y gain {gain.mean():+.2f} dB (per face: {np.round(gain, 2)})"
-    assert gain.min() >= -1.0, f"a face lost {gain.min():.2f} dB PSNR-Y (per face: {np.round(gain, 2)})"
+    # What this model meets (measured: +0.71 and +0.87 dB on seeds 0 and 1, every face gained, the least
+    # +0.06 dB; identity +0.013 and +0.009). The aim is +1.0 dB; the previous model (layers at 128 px) scored
+    # +0.69 and +0.80 with one face 0.35 dB below its input and identity below the input's, so it fails the
+    # second and last lines.
+    assert gain.mean() >= 0.70, f"PSNR-Y gain {gain.mean():+.2f} dB (per face: {np.round(gain, 2)})"
+    assert gain.min() >= 0.0, f"a face lost {gain.min():.2f} dB PSNR-Y (per face: {np.round(gain, 2)})"
     assert np.mean(ssim["restored"]) > np.mean(ssim["lq"]), (np.mean(ssim["restored"]), np.mean(ssim["lq"]))
     restored_id, lq_id = np.mean(identity, axis=0)
-    assert restored_id >= lq_id - 0.02, (restored_id, lq_id)
+    assert restored_id >= lq_id, (restored_id, lq_id)
 
 
 def test_trained_model_is_small_fp16_safetensors_in_the_published_format() -> None:
