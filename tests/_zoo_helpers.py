@@ -125,7 +125,7 @@ def serve(server: FileServer) -> Iterator[FileServer]:
 
 def save_blind_detector(path: Path) -> Path:
     """A MobileNet-0.25 RetinaFace whose class heads always say "background": it never finds a face."""
-    from gfp.faces import build_detector
+    from gfp.registry import build_detector
 
     torch.manual_seed(0)
     net = build_detector("retinaface_mobile0.25")

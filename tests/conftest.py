@@ -104,7 +104,7 @@ def make_weights(
     if detector is not None:
         (folder / MOBILE).symlink_to(detector)
     elif random_detector:
-        from gfp.faces import build_detector
+        from gfp.registry import build_detector
 
         torch.manual_seed(1)
         torch.save(build_detector(DETECTOR).state_dict(), folder / MOBILE)

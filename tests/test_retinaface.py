@@ -165,7 +165,8 @@ def test_nms_empty_boxes_suppress_nothing() -> None:
 
 def test_detecting_faces_imports_neither_torchvision_nor_facexlib() -> None:
     code = (
-        "import sys, numpy as np, gfp.cli, gfp.pipeline; from gfp.faces import build_detector, detect_faces; "
+        "import sys, numpy as np, gfp.cli, gfp.pipeline; from gfp.faces import detect_faces; "
+        "from gfp.registry import build_detector; "
         "detect_faces(build_detector('retinaface_mobile0.25'), np.zeros((64, 64, 3), np.uint8)); "
         "print('torchvision' in sys.modules, 'facexlib' in sys.modules)"
     )
