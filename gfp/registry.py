@@ -219,15 +219,19 @@ def build(entry: ModelEntry, config: Any = None) -> nn.Module:
     return family_of(entry).build(entry.config if config is None else config)
 
 
-def build_detector(name: str = "retinaface_resnet50") -> nn.Module:
-    """The network of the registry detector ``name`` (random weights, CPU); an unknown name is a clear
-    :class:`ValueError` listing the detectors."""
+def detector_entry(name: str) -> ModelEntry:
+    """The registry detector ``name``; an unknown name is a clear :class:`ValueError` naming the choices."""
     entry = MODEL_ZOO.get(name)
     if entry is None or entry.kind != "detector":
         raise ValueError(
             f"unknown face detector {name!r}; choose one of: {', '.join(choice_names('detector'))}"
         )
-    return build(entry)
+    return entry
+
+
+def build_detector(name: str = "retinaface_resnet50") -> nn.Module:
+    """The network of the registry detector ``name`` (random weights, CPU)."""
+    return build(detector_entry(name))
 
 
 def recognise(state_dict: Mapping[str, Tensor], kind: str | None = None) -> tuple[ModelFamily, Any]:

@@ -26,8 +26,8 @@ from tqdm import tqdm
 import gfp  # noqa: F401  (torchvision shim before basicsr)
 from gfp.faces import FFHQ_TEMPLATE_512, alignment_matrix, detect_faces, resize_aligned
 from gfp.imageio import ImageReadError, read_image
-from gfp.loading import load_state_dict, resolve_weights
-from gfp.registry import build_detector
+from gfp.loading import load_model
+from gfp.registry import detector_entry
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -189,10 +189,8 @@ def template_components() -> dict[str, np.ndarray]:
 
 
 def _detector(name: str, weights_dir: str | None) -> torch.nn.Module:
-    """The RetinaFace detector ``name`` with its weights (strict)."""
-    net = build_detector(name)
-    net.load_state_dict(load_state_dict(resolve_weights(name, weights_dir)), strict=True)
-    return net
+    """The RetinaFace detector ``name`` with its weights (strict), ready for inference."""
+    return load_model(detector_entry(name).name, weights_dir)
 
 
 def _bgr(path: Path) -> np.ndarray:
