@@ -34,11 +34,14 @@ MOBILE = MODEL_ZOO[DETECTOR].file_name
 """Its weights file (detection_mobilenet0.25_Final.pth): the real one is in the shared data."""
 
 
-@pytest.fixture(autouse=True)
-def pytorch_backend_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def pytorch_backend_by_default() -> Iterator[None]:
     """Tests run the networks in PyTorch, the reference, unless they ask for another backend (the OpenVINO
-    tests and the parity test name it; converting every tiny model would only slow the suite down)."""
-    monkeypatch.setenv("GFP_BACKEND", "torch")
+    tests and the parity test name it; converting every tiny model would only slow the suite down). Set for
+    the whole session, so that module-scoped fixtures (the app server) are built with it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GFP_BACKEND", "torch")
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -150,9 +153,6 @@ class Server:
             "detector": DETECTOR,
             "background": "none",
             "max_pixels": MAX_PIXELS,
-            # PyTorch, named here: the server is built before a test's GFP_BACKEND=torch is set, and with
-            # OpenVINO its outputs would change once the background conversion lands mid-module
-            "backend": "torch",
         }
         self.settings = AppSettings(**(defaults | overrides))
         self.demo = build_app(self.settings)
