@@ -115,3 +115,19 @@ def test_vgg_features_load_torchvision_vgg19_weights():
     vgg = L.VGGFeatures(["conv5_4"], state)
     assert len(vgg.features) == 35
     assert torch.equal(vgg.features[34].weight, state["features.34.weight"])
+
+
+def test_ssim_equals_basicsr():
+    """Validation's SSIM (a separable Gaussian window in torch) equals basicsr's calculate_ssim on RGB."""
+    from basicsr.metrics import calculate_ssim
+
+    from train.metrics import ssim
+
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 64, 48, generator=gen) * 2 - 1
+    output = (target + 0.2 * torch.randn(target.shape, generator=gen)).clamp(-1, 1)
+    ours = ssim(output, target)
+    for i in range(2):
+        to_img = lambda t: ((t[i].permute(1, 2, 0) + 1) * 127.5).round().numpy()  # noqa: E731
+        expected = calculate_ssim(to_img(output), to_img(target), crop_border=0)
+        assert abs(float(ours[i]) - expected) < 1e-6, (float(ours[i]), expected)

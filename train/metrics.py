@@ -17,23 +17,26 @@ def psnr(output: Tensor, target: Tensor) -> Tensor:
     return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
-    coords = torch.arange(size, dtype=torch.float64) - size // 2
+def _gaussian_blur(x: Tensor, size: int = 11, sigma: float = 1.5) -> Tensor:
+    """``x`` filtered by a size×size Gaussian (valid region). The window is separable, so it runs as one
+    pass per axis: the same sums as the 2-D window (float64), about 10x faster on a CPU, where the
+    validation's 512 px SSIM took most of a minute."""
+    coords = torch.arange(size, dtype=x.dtype, device=x.device) - size // 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
-    return g[:, None] * g[None, :]
+    c = x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
+    return F.conv2d(x, g.view(1, 1, 1, size).expand(c, 1, 1, size), groups=c)
 
 
 def ssim(output: Tensor, target: Tensor) -> Tensor:
     """Per-image SSIM (11x11 Gaussian window σ=1.5, valid region, channels averaged), as basicsr's."""
     x, y = _to255(output).double(), _to255(target).double()
-    c = x.shape[1]
-    win = _gaussian_window().to(x.device).expand(c, 1, 11, 11)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, mu_y = F.conv2d(x, win, groups=c), F.conv2d(y, win, groups=c)
-    sxx = F.conv2d(x * x, win, groups=c) - mu_x**2
-    syy = F.conv2d(y * y, win, groups=c) - mu_y**2
-    sxy = F.conv2d(x * y, win, groups=c) - mu_x * mu_y
+    mu_x, mu_y = _gaussian_blur(x), _gaussian_blur(y)
+    sxx = _gaussian_blur(x * x) - mu_x**2
+    syy = _gaussian_blur(y * y) - mu_y**2
+    sxy = _gaussian_blur(x * y) - mu_x * mu_y
     value = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return value.flatten(1).mean(1).float()
 
