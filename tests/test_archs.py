@@ -54,6 +54,15 @@ def test_detects_each_official_layout(name, arch, channel_multiplier):
         GeneratorConfig(
             arch="clean", out_size=512, work_size=64, channel_multiplier=1, narrow=0.125, input_residual=True
         ),
+        GeneratorConfig(
+            arch="clean",
+            out_size=512,
+            work_size=64,
+            channel_multiplier=1,
+            narrow=0.125,
+            input_residual=True,
+            detail=True,
+        ),
     ],
 )
 def test_detection_round_trips_custom_configs(config):
@@ -85,6 +94,7 @@ def test_rejects_a_truncated_gfpgan_state_dict():
         {"work_size": 128},  # without input_residual
         {"work_size": 512, "input_residual": True},  # not below out_size
         {"work_size": 100, "input_residual": True},
+        {"detail": True},  # without work_size
     ],
 )
 def test_config_validation(kwargs):
@@ -190,3 +200,45 @@ def test_work_size_runs_the_layers_small_and_passes_the_full_size_detail_through
     torch.testing.assert_close(out, x + correction)
     torch.testing.assert_close(rgbs[-1], small_rgbs[-1])
     assert detect_config(net.state_dict()) == full
+
+
+def test_detail_lets_the_layers_see_and_change_the_full_size_face():
+    """detail: the full-size face, pixel-unshuffled, joins the stem, and a pixel-shuffled correction from
+    the last U-Net features joins the output. With both at zero it is the plain work_size model; once
+    trained, fine detail that leaves the block means alone changes what the layers do."""
+    plain = GeneratorConfig(
+        out_size=256,
+        work_size=64,
+        channel_multiplier=1,
+        narrow=0.125,
+        num_style_feat=32,
+        num_mlp=1,
+        input_residual=True,
+    )
+    torch.manual_seed(0)
+    base = build_generator(plain).eval()
+    net = build_generator(GeneratorConfig(**{**plain.to_dict(), "detail": True})).eval()
+    net.load_state_dict(base.state_dict(), strict=False)  # the same layers; detail_in/out as built
+    assert sorted(set(net.state_dict()) - set(base.state_dict())) == [
+        "detail_in.bias",
+        "detail_in.weight",
+        "detail_out.bias",
+        "detail_out.weight",
+    ]
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    torch.nn.init.zeros_(net.detail_in.weight)
+    torch.nn.init.zeros_(net.detail_in.bias)
+    # Fine detail with zero mean in every 4x4 block: the plain model passes it through unchanged.
+    fine = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(128, 128) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)[0], base(x)[0])  # nothing reaches the output through detail_out
+        torch.testing.assert_close(base(x + fine)[0] - base(x)[0], fine.expand(2, 3, -1, -1))
+
+        net.detail_out.bias.copy_(torch.linspace(-0.5, 0.5, 48))  # a constant correction per channel
+        pattern = torch.nn.functional.pixel_shuffle(net.detail_out.bias.view(1, 48, 1, 1), 4)
+        torch.testing.assert_close(net(x)[0], base(x)[0] + pattern.repeat(1, 1, 64, 64))
+
+        torch.nn.init.normal_(net.detail_in.weight, std=0.1)
+        torch.nn.init.normal_(net.detail_out.weight, std=0.1)
+        changed = net(x + fine)[0] - net(x)[0] - fine
+    assert changed.abs().mean() > 1e-3  # the fine detail reached the layers and changed their output

@@ -444,3 +444,24 @@ def test_time_budget_stops_the_loop_when_spent(faces, tmp_path, monkeypatch):
     trainer.fit()
     assert tt.BUDGET_PROBE[1] < trainer.step < trainer.cfg["train"]["total_iter"]
     assert tt.latest_checkpoint(tmp_path / "run").name == f"step_{trainer.step:08d}.pt"
+
+
+@pytest.mark.parametrize(("detail", "loss_size"), [("false", 16), ("true", 32)])
+def test_pixel_loss_sees_what_a_work_size_model_can_change(faces, tmp_path, monkeypatch, detail, loss_size):
+    """Layers at work_size change only what survives area averaging to it, so the pixel loss compares at
+    that size; with the detail path they change every pixel, and the loss sees the full size."""
+    from train import losses
+    from train.train import run
+
+    sizes = []
+    pixel_loss = losses.pixel_loss
+    monkeypatch.setattr(losses, "pixel_loss", lambda *a: sizes.append(a[0].shape[-1]) or pixel_loss(*a))
+    extra = (
+        "model.generator.input_residual=true",
+        "model.generator.work_size=16",
+        f"model.generator.detail={detail}",
+        "train.total_iter=1",
+    )
+    trainer = run(_config(faces, tmp_path / "run", *extra), rank=0, world_size=1)
+    assert sizes == [loss_size]
+    assert hasattr(trainer.net_g, "detail_in") == (detail == "true")

@@ -127,6 +127,8 @@ def model_card(
     residual = ", its input added to its output" if gen.get("input_residual") else ""
     if gen.get("work_size"):
         residual = f", layers at {gen['work_size']} px whose correction is added to the full-size input"
+        if gen.get("detail"):
+            residual += " (with a full-size detail path)"
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---

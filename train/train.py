@@ -202,11 +202,13 @@ class Trainer:
         return out
 
     def _at_work_size(self, img: Tensor) -> Tensor:
-        """``img`` area-averaged to ``model.generator.work_size`` (unchanged without one). Such a model can
-        change only what survives that averaging; the face's finer detail passes through it, and its error
-        is not the model's to reduce: L1's gradient of it, a sign per pixel, would drown the part it can."""
-        work = self.cfg["model"]["generator"].get("work_size")
-        return torch.nn.functional.adaptive_avg_pool2d(img, work) if work else img
+        """``img`` area-averaged to ``model.generator.work_size`` (unchanged without one, or with
+        ``detail``). Such a model can change only what survives that averaging; the face's finer detail
+        passes through it, and its error is not the model's to reduce. A ``detail`` model changes every
+        pixel, so its loss sees them all."""
+        gen = self.cfg["model"]["generator"]
+        work = gen.get("work_size")
+        return torch.nn.functional.adaptive_avg_pool2d(img, work) if work and not gen.get("detail") else img
 
     def _lap(self, name: str) -> None:
         """Add the time since the previous lap to ``self.timings[name]`` (seconds, this process)."""

@@ -47,6 +47,11 @@ class GeneratorConfig:
     # out_size, as in every official model. Needs input_residual; recognised by a ``full_size`` entry
     # whose length is the shrink factor.
     work_size: int | None = None
+    # With work_size: the layers also see the full-size face folded into channels (pixel unshuffle) and
+    # add a full-size correction unfolded from their last features (pixel shuffle), so they can change
+    # detail above work_size, where the noise and blur of small degradations lie. Recognised by a
+    # ``detail_in`` layer.
+    detail: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -62,6 +67,8 @@ class GeneratorConfig:
                 f"work_size must be a power of two below out_size ({self.out_size}) and needs "
                 f"input_residual, got {self.work_size}"
             )
+        if self.detail and self.work_size is None:
+            raise ValueError("detail needs work_size")
         if not 0 < self.narrow <= 4 or self.channel_multiplier < 1:
             raise ValueError("narrow must be in (0, 4] and channel_multiplier >= 1")
 
@@ -96,6 +103,7 @@ def build_generator(config: GeneratorConfig) -> nn.Module:
         sft_half=config.sft_half,
         input_residual=config.input_residual,
         full_size=config.out_size if config.work_size else None,
+        detail=config.detail,
     )
 
 
@@ -145,6 +153,7 @@ def detect_config(state_dict: Mapping[str, Tensor]) -> GeneratorConfig:
             sft_half=sft_half,
             different_w=different_w,
             input_residual="input_residual" in state_dict,
+            detail="detail_in.weight" in state_dict,
         )
     except ValueError as err:
         raise UnknownArchitectureError(f"unsupported GFPGAN layout: {err}") from err

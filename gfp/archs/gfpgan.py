@@ -44,6 +44,7 @@ class _GFPGAN(nn.Module):
         input_is_latent: bool,
         input_residual: bool = False,
         full_size: int | None = None,
+        detail: bool = False,
     ) -> None:
         super().__init__()
         self.residual = input_residual
@@ -67,6 +68,19 @@ class _GFPGAN(nn.Module):
         self.unet_channels = stylegan_channels(channel_multiplier, narrow * 0.5)
         num_latent = self.log_size * 2 - 2
         self.latent_size = num_latent * num_style_feat if different_w else num_style_feat
+        # Full-size detail (see GeneratorConfig.detail): the full-size face folded into channels
+        # (pixel-unshuffled by the shrink factor) joins the stem's features, and a correction unfolded from
+        # the last U-Net features joins the output. detail_out starts at zero: the path adds nothing until
+        # it has learned to.
+        self.detail = detail
+        if detail:
+            if self.shrink == 1:
+                raise ValueError("detail needs full_size above out_size")
+            folded, ch = 3 * self.shrink**2, self.unet_channels[out_size]
+            self.detail_in = nn.Conv2d(folded, ch, 1)
+            self.detail_out = nn.Conv2d(ch, folded, 3, 1, 1)
+            nn.init.zeros_(self.detail_out.weight)
+            nn.init.zeros_(self.detail_out.bias)
 
     def _stem(self, x: Tensor) -> Tensor:
         return self.conv_body_first(x)
@@ -91,6 +105,8 @@ class _GFPGAN(nn.Module):
             x = F.avg_pool2d(x, self.shrink)
         # Degradation removal: encoder down to 4x4.
         feat = self._stem(x)
+        if self.detail:
+            feat = feat + self.detail_in(F.pixel_unshuffle(full, self.shrink))
         skips = []
         for down in self.conv_body_down:
             feat = down(feat)
@@ -116,6 +132,8 @@ class _GFPGAN(nn.Module):
         )
         if self.shrink > 1:  # the correction, enlarged, on the full-size input: its own detail passes through
             correction = F.interpolate(image, scale_factor=self.shrink, mode="bilinear", align_corners=False)
+            if self.detail:  # feat: the last U-Net level's features, at out_size
+                correction = correction + F.pixel_shuffle(self.detail_out(feat), self.shrink)
             return full + correction, out_rgbs
         if self.residual:
             image = image + x
@@ -137,6 +155,7 @@ class GFPGANClean(_GFPGAN):
         sft_half: bool = True,
         input_residual: bool = False,
         full_size: int | None = None,
+        detail: bool = False,
     ) -> None:
         super().__init__(
             out_size,
@@ -147,6 +166,7 @@ class GFPGANClean(_GFPGAN):
             input_is_latent,
             input_residual,
             full_size,
+            detail,
         )
         ch = self.unet_channels
         self.conv_body_first = nn.Conv2d(3, ch[out_size], 1)
@@ -196,6 +216,7 @@ class GFPGANv1(_GFPGAN):
         lr_mlp: float = 0.01,
         input_residual: bool = False,
         full_size: int | None = None,
+        detail: bool = False,
     ) -> None:
         super().__init__(
             out_size,
@@ -206,6 +227,7 @@ class GFPGANv1(_GFPGAN):
             input_is_latent,
             input_residual,
             full_size,
+            detail,
         )
         ch = self.unet_channels
         self.conv_body_first = ConvLayer(3, ch[out_size], 1)
