@@ -90,6 +90,22 @@ def test_float32_generator_computes_the_pytorch_function_for_any_batch(arch: str
     assert set(compiled._compiled) == {(1, 3, size, size), (3, 3, size, size), None}
 
 
+def test_a_work_size_model_with_its_detail_path_computes_the_pytorch_function(tmp_path: Path) -> None:
+    """The CPU recipe's layout (layers at a quarter of the face size, pixel unshuffle/shuffle of the
+    full-size face) converts to the same function."""
+    from dataclasses import replace
+
+    config = replace(tiny_config(), input_residual=True, work_size=16, detail=True)
+    generator = tiny_generator(config, seed=0)
+    torch.nn.init.normal_(generator.detail_out.weight, std=0.05)  # built at zero: make the path count
+    net = FacesOnly(generator)
+    compiled = openvino.compile_network(net, torch.zeros(2, 3, 64, 64), (0,), cache_dir=tmp_path)
+    x = _faces(2, 64)
+    with torch.no_grad():
+        expected = net(x)
+    assert _rel(compiled(x), expected) < 1e-5
+
+
 def test_bf16_stays_close_to_float32(tiny, tmp_path: Path) -> None:
     net, size = tiny
     example = torch.zeros(2, 3, size, size)
