@@ -201,11 +201,11 @@ class Trainer:
             out.append(crops)
         return out
 
-    def _at_work_size(self, img: Tensor) -> Tensor:
-        """``img`` area-averaged to ``model.generator.work_size`` (unchanged without one, or with
-        ``detail``). Such a model can change only what survives that averaging; the face's finer detail
-        passes through it, and its error is not the model's to reduce. A ``detail`` model changes every
-        pixel, so its loss sees them all."""
+    def _at_loss_size(self, img: Tensor) -> Tensor:
+        """``img`` at the size the pixel loss compares: area-averaged to ``model.generator.work_size``
+        (unchanged without one, or with ``detail``). Such a model can change only what survives that
+        averaging; the face's finer detail passes through it, and its error is not the model's to reduce.
+        A ``detail`` model changes every pixel, so its loss sees them all."""
         gen = self.cfg["model"]["generator"]
         work = gen.get("work_size")
         return torch.nn.functional.adaptive_avg_pool2d(img, work) if work and not gen.get("detail") else img
@@ -240,7 +240,7 @@ class Trainer:
         with self._autocast():
             output, out_rgbs = self.net_g(lq, return_rgb=True, randomize_noise=True)
             total = L.pixel_loss(
-                self._at_work_size(output), self._at_work_size(gt), lw["pixel_weight"], lw["pixel_type"]
+                self._at_loss_size(output), self._at_loss_size(gt), lw["pixel_weight"], lw["pixel_type"]
             )
             logs["l_g_pix"] = total
             pyr_w = lw["pyramid_weight"]
