@@ -316,9 +316,19 @@ def test_identity_loss_can_start_before_the_adversarial_phase(faces, tmp_path):
     assert "l_identity" not in plain.fit(2)  # by default identity waits for gan_from
 
 
-def test_identity_from_must_be_a_step(faces, tmp_path):
-    with pytest.raises(ConfigError, match="loss.identity_from"):
-        _config(faces, tmp_path / "run", "loss.identity_from=2.5")
+def test_identity_from_below_one_is_a_fraction_of_the_schedule(faces, tmp_path):
+    extra = ("model.identity.arch=mobilefacenet", "loss.gan_from=100", "loss.identity_from=0.5")
+    trainer = Trainer(_config(faces, tmp_path / "run", *extra, "train.total_iter=4"))
+    assert "l_identity" not in trainer.fit(2)  # on after step 0.5 × 4
+    assert trainer.fit(3)["l_identity"] > 0
+    trainer.cfg["train"]["total_iter"] = 8  # as a time budget re-sizes the schedule
+    assert "l_identity" not in trainer.fit(4)
+
+
+def test_identity_from_must_be_a_step_or_a_fraction(faces, tmp_path):
+    for bad in ("2.5", "-1"):
+        with pytest.raises(ConfigError, match="loss.identity_from must be a step or a fraction"):
+            _config(faces, tmp_path / "run", f"loss.identity_from={bad}")
 
 
 def test_degrade_size_is_typed_like_every_other_number(faces, tmp_path):

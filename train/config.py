@@ -93,7 +93,9 @@ DEFAULTS: dict[str, Any] = {
         "r1_weight": 10.0,
         "d_reg_every": 16,
         "gan_from": 0,  # reconstruction first: GAN, component and identity losses only after this step
-        "identity_from": None,  # identity loss after this step instead (null: with the GAN losses)
+        # identity loss after this step instead (null: with the GAN losses); a number below 1 is a fraction of
+        # train.total_iter, so it follows a schedule that train.time_budget_min sizes
+        "identity_from": None,
     },
     "optim": {
         "lr_g": 2e-3,
@@ -128,7 +130,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Keys whose default is null but whose value, when one is given, is a number of this type.
 NULLABLE_NUMBERS: dict[str, type] = {
-    "loss.identity_from": int,
+    "loss.identity_from": float,  # a whole step, or a fraction below 1 (checked by validate)
     "data.degrade_size": int,
     "train.time_budget_min": float,
 }
@@ -236,6 +238,17 @@ def _check_range(cfg: dict[str, Any], key: str, low: float, high: float) -> None
         raise ConfigError(f"degradation.{key} must be [min, max] within [{low}, {high}], got {value!r}")
 
 
+def identity_start(cfg: dict[str, Any]) -> int | None:
+    """The step after which the identity loss is on (``loss.identity_from``; null: with the GAN losses).
+
+    A value below 1 is a fraction of ``train.total_iter``, which a time budget sizes and re-sizes.
+    """
+    start = cfg["loss"]["identity_from"]
+    if start is None:
+        return None
+    return int(start * cfg["train"]["total_iter"]) if 0 < start < 1 else int(start)
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Reject values the trainer cannot use, with the key named."""
     size = cfg["data"]["out_size"]
@@ -265,6 +278,9 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"optim.betas_g must be two numbers in [0, 1), got {betas!r}")
     if cfg["optim"]["schedule"] not in ("multistep", "cosine"):
         raise ConfigError("optim.schedule must be 'multistep' or 'cosine'")
+    start = cfg["loss"]["identity_from"]
+    if start is not None and (start < 0 or (start >= 1 and start != int(start))):
+        raise ConfigError(f"loss.identity_from must be a step or a fraction in (0, 1), got {start!r}")
     identities = [*registry.choice_names("identity"), "none"]  # registered by train.models
     if cfg["model"]["identity"]["arch"] not in identities:
         raise ConfigError(f"model.identity.arch must be one of {', '.join(identities)}")

@@ -20,6 +20,7 @@ import yaml
 
 from gfp.archs import GeneratorConfig, build_generator
 from gfp.loading import save_pretrained
+from train.config import identity_start
 
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "id_cos": "Identity cosine similarity"}
 
@@ -111,11 +112,11 @@ def model_card(
         ]
     rows = "\n".join(f"| {METRIC_NAMES[k]} | {v:.4f} |" for k, v in metrics.items()) or "| (none logged) | |"
     loss = cfg["loss"]
-    identity_from = loss.get("identity_from")
+    identity_from = identity_start(cfg)
     if int(loss.get("gan_from", 0)) >= step:
         adversarial = "no adversarial or component loss (reconstruction only up to this step); " + (
             f"identity {loss['identity_weight']} from step {identity_from}"
-            if identity_from is not None and int(identity_from) < step
+            if identity_from is not None and identity_from < step
             else "no identity loss"
         )
     else:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from gfp.archs import UnknownArchitectureError
 from gfp.loading import WeightsError, select_device
 from train import losses as L
-from train.config import ConfigError, load_config
+from train.config import ConfigError, identity_start, load_config
 from train.data import DataError, FaceDegradationDataset, ResumableSampler, list_images, split_indices
 from train.metrics import cosine_similarity, psnr, ssim
 from train.networks import build_discriminators, build_identity, build_training_generator, build_vgg
@@ -135,8 +135,8 @@ class Trainer:
     @property
     def _identity_on(self) -> bool:
         """Whether this step uses the identity loss (``loss.identity_from``, else with the GAN losses)."""
-        start = self.cfg["loss"]["identity_from"]
-        on = self.adversarial if start is None else self.step > int(start)
+        start = identity_start(self.cfg)
+        on = self.adversarial if start is None else self.step > start
         return on and self.identity is not None
 
     # ------------------------------------------------------------------------------------------- data
