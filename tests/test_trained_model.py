@@ -1,10 +1,11 @@
 """The model trained by `train/configs/cpu.yml` restores faces it never saw better than their degraded input.
 
 The model (examples/model-cpu, provenance in its README) was trained on the first 30 shared CelebA-HQ
-faces; the last 8 (sorted) were held out. They are degraded here with the paper's degradation model (blur,
-downsample, noise, JPEG; no colour augmentation) at 512 px with two fixed seeds, restored through the CLI
-with its default options exactly as a user would (`--aligned -s 1 --bg_upsampler none`), and scored with
-basicsr's PSNR/SSIM on Y at 512 px, and with the identity cosine of `train.evaluate`.
+faces and on faces cropped from the shared photos; the last 8 CelebA-HQ faces (sorted) were held out. They
+are degraded here with the paper's degradation model (blur, downsample, noise, JPEG; no colour
+augmentation) at 512 px with two fixed seeds, restored through the CLI with its default options exactly as
+a user would (`--aligned -s 1 --bg_upsampler none`), and scored with basicsr's PSNR/SSIM on Y at 512 px,
+and with the identity cosine of `train.evaluate`.
 """
 
 from __future__ import annotations
@@ -52,15 +53,15 @@ def test_trained_model_beats_the_degraded_input_on_held_out_faces(shared_data: P
         identity.append([report["mean"][k]["id_cos"] for k in ("restored", "lq")])
 
     gain = np.array(psnr["restored"]) - np.array(psnr["lq"])
-    # What this model meets (measured: +0.71 and +0.87 dB on seeds 0 and 1, every face gained, the least
-    # +0.06 dB; identity +0.013 and +0.009). The aim is +1.0 dB; the previous model (layers at 128 px) scored
-    # +0.69 and +0.80 with one face 0.35 dB below its input and identity below the input's, so it fails the
-    # second and last lines.
-    assert gain.mean() >= 0.70, f"PSNR-Y gain {gain.mean():+.2f} dB (per face: {np.round(gain, 2)})"
+    # What this model meets (measured: +0.91 and +1.07 dB on seeds 0 and 1, every face gained, the least
+    # +0.13 dB; identity +0.037 and +0.021 above the input's). The same recipe at lr 1e-3 gave a model that
+    # scored +0.86 and +1.03 dB with identity +0.022 and +0.014, and the previous one (no detail path, 30
+    # faces) +0.71 and +0.87 with +0.013 and +0.009: both fail the first and last lines.
+    assert gain.mean() >= 0.95, f"PSNR-Y gain {gain.mean():+.2f} dB (per face: {np.round(gain, 2)})"
     assert gain.min() >= 0.0, f"a face lost {gain.min():.2f} dB PSNR-Y (per face: {np.round(gain, 2)})"
     assert np.mean(ssim["restored"]) > np.mean(ssim["lq"]), (np.mean(ssim["restored"]), np.mean(ssim["lq"]))
     restored_id, lq_id = np.mean(identity, axis=0)
-    assert restored_id >= lq_id, (restored_id, lq_id)
+    assert restored_id >= lq_id + 0.02, (restored_id, lq_id)
 
 
 def test_trained_model_is_small_fp16_safetensors_in_the_published_format() -> None:
