@@ -3,6 +3,7 @@ export → gfp loading, publish (dry run and a stand-in Hub client), and the com
 
 from __future__ import annotations
 
+import copy
 import socket
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import torch.multiprocessing as mp
 import yaml
 
 from gfp.loading import load_generator
-from train.config import ConfigError, load_config
+from train.config import DEFAULTS, ConfigError, load_config
+from train.export import model_card
 from train.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -475,3 +477,10 @@ def test_pixel_loss_sees_what_a_work_size_model_can_change(faces, tmp_path, monk
     trainer = run(_config(faces, tmp_path / "run", *extra), rank=0, world_size=1)
     assert sizes == [loss_size]
     assert hasattr(trainer.net_g, "detail_in") == (detail == "true")
+
+
+def test_model_card_names_every_training_folder():
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["data"] |= {"train": "faces/hq", "extra_train": ["runs/photo-faces"]}
+    data_line = next(line for line in model_card(cfg, 10, {}).splitlines() if line.startswith("- data:"))
+    assert "`faces/hq`" in data_line and "`runs/photo-faces`" in data_line, data_line

@@ -125,6 +125,7 @@ def model_card(
             f"{loss['component_gan_weight']} (style {loss['component_style_weight']}), identity "
             f"{loss['identity_weight']}, R1 {loss['r1_weight']}"
         )
+    folders = ", ".join(f"`{f}`" for f in [cfg["data"]["train"], *(cfg["data"].get("extra_train") or [])])
     residual = ", its input added to its output" if gen.get("input_residual") else ""
     if gen.get("work_size"):
         residual = f", layers at {gen['work_size']} px whose correction is added to the full-size input"
@@ -150,7 +151,7 @@ python app.py --model {repo_name or "<this repo id or folder>"}
 
 ## Training
 
-- data: `{cfg["data"]["train"]}`, degraded on the fly as in the official GFPGAN recipe
+- data: {folders}, degraded on the fly as in the official GFPGAN recipe
   (full settings in `training_config.yml`)
 - loss weights: pixel {loss["pixel_weight"]}, pyramid {loss["pyramid_weight"]},
   perceptual {loss["perceptual_weight"]} (style {loss["style_weight"]}); {adversarial}
