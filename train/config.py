@@ -117,6 +117,9 @@ DEFAULTS: dict[str, Any] = {
         "ema_decay": 0.5 ** (32 / 10000),  # fixed in the official code (its options' ema_decay unread)
         "ema_warmup": False,  # decay min(ema_decay, (1 + step) / (10 + step)): EMA useful from the start
         "amp": True,  # autocast on CUDA only (bf16 where supported, else fp16 + GradScaler)
+        # bf16 autocast on CPU steps too, where the CPU has bf16 instructions (AVX-512 BF16 or AMX;
+        # float32 elsewhere, with a warning): the CPU recipe turns it on for more steps in its budget
+        "amp_cpu": False,
         "log_every": 100,
         "image_every": 1000,
         "val_every": 5000,

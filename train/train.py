@@ -46,6 +46,11 @@ BUDGET_PROBE = (20, 150)
 BUDGET_RESIZE = 100
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), so CPU autocast pays off."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 class TrainingDivergedError(RuntimeError):
     """Losses went NaN/inf; raised before the broken weights are checkpointed."""
 
@@ -101,8 +106,7 @@ class Trainer:
             k: torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for k, o in self.optimizers.items()
         }
 
-        self.amp = bool(cfg["train"]["amp"]) and self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.amp, self.amp_dtype = self._decide_amp(cfg["train"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
 
         if world_size > 1:
@@ -114,6 +118,20 @@ class Trainer:
         self.writer = None
         self.timings: dict[str, float] = {}  # seconds per part of an iteration, since the last log line
         self._clock = time.perf_counter()
+
+    def _decide_amp(self, tcfg: dict[str, Any]) -> tuple[bool, torch.dtype]:
+        """Whether steps run under autocast, and in what: CUDA bf16 (fp16 with the loss scaler where bf16
+        is missing) with ``train.amp``; CPU bf16 with ``train.amp_cpu``, only where the CPU computes bf16
+        natively (emulated, it would be slower than float32)."""
+        if self.device.type == "cuda":
+            amp = bool(tcfg["amp"])
+            return amp, torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+        if not tcfg["amp_cpu"]:
+            return False, torch.float32
+        if cpu_has_bf16():
+            return True, torch.bfloat16
+        log.warning("train.amp_cpu: this CPU has no bf16 instructions (AVX-512 BF16 or AMX); float32 steps")
+        return False, torch.float32
 
     def _lr_factor(self, step: int) -> float:
         """Learning-rate factor at ``step``: linear warm-up, then step decay or cosine to ``min_lr_ratio``."""
@@ -181,7 +199,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- step
     def _autocast(self):
-        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp else nullcontext()
 
     def _backward(self, loss: Tensor) -> None:
         self.scaler.scale(loss).backward()
