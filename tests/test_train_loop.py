@@ -110,6 +110,39 @@ def test_resume_continues_exactly(faces, tmp_path):
     )
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_cpu_autocast_is_bf16_where_asked_and_the_cpu_has_it(faces, tmp_path, monkeypatch, caplog, has_bf16):
+    from train import train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: has_bf16)  # emulated bf16 still autocasts
+    assert not Trainer(_config(faces, tmp_path / "off")).amp  # off unless train.amp_cpu asks
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING", logger="train"):
+        trainer = Trainer(_config(faces, tmp_path / "on", "train.amp_cpu=true"))
+    assert trainer.amp is has_bf16
+    assert ("no bf16 instructions" in caplog.text) is not has_bf16
+    dtypes = set()  # what the generator's layers compute in
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+        for m in trainer.net_g.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    with trainer._autocast():
+        trainer.net_g(trainer.train_set[0]["lq"][None], return_rgb=False)
+    for hook in hooks:
+        hook.remove()
+    assert dtypes == {torch.bfloat16 if has_bf16 else torch.float32}
+    torch.manual_seed(0)
+    reference = Trainer(_config(faces, tmp_path / "fp32"))
+    torch.manual_seed(1)  # the same noise for both steps
+    step = trainer.fit(2)
+    torch.manual_seed(1)
+    ref = reference.fit(2)
+    for key in ("l_g_pix", "l_d"):  # the same step in lower precision: close, and equal only in float32
+        assert step[key] == pytest.approx(ref[key], rel=0.05), key
+        assert (step[key] == ref[key]) is not has_bf16, key
+
+
 def _ddp_worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from gfp.archs import UnknownArchitectureError
 from gfp.loading import WeightsError, select_device
+from gfp.precision import cpu_has_native_bf16
 from train import losses as L
 from train.config import ConfigError, identity_start, load_config
 from train.data import DataError, FaceDegradationDataset, ResumableSampler, list_images, split_indices
@@ -44,11 +45,6 @@ CHECKPOINT_GLOB = "step_*.pt"
 # slows down (or speeds up) still ends its schedule on time.
 BUDGET_PROBE = (20, 150)
 BUDGET_RESIZE = 100
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), so CPU autocast pays off."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 class TrainingDivergedError(RuntimeError):
@@ -128,7 +124,7 @@ class Trainer:
             return amp, torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
         if not tcfg["amp_cpu"]:
             return False, torch.float32
-        if cpu_has_bf16():
+        if cpu_has_native_bf16():
             return True, torch.bfloat16
         log.warning("train.amp_cpu: this CPU has no bf16 instructions (AVX-512 BF16 or AMX); float32 steps")
         return False, torch.float32
