@@ -122,7 +122,7 @@ class Trainer:
         if self.device.type == "cuda":
             amp = bool(tcfg["amp"])
             return amp, torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-        if not tcfg["amp_cpu"]:
+        if self.device.type != "cpu" or not tcfg["amp_cpu"]:
             return False, torch.float32
         if cpu_has_native_bf16():
             return True, torch.bfloat16
