@@ -115,7 +115,6 @@ def test_cpu_autocast_is_bf16_where_asked_and_the_cpu_has_it(faces, tmp_path, mo
     from train import train as train_mod
 
     monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: has_bf16)  # emulated bf16 still autocasts
-    assert not Trainer(_config(faces, tmp_path / "off")).amp  # off unless train.amp_cpu asks
     torch.manual_seed(0)
     with caplog.at_level("WARNING", logger="train"):
         trainer = Trainer(_config(faces, tmp_path / "on", "train.amp_cpu=true"))
@@ -134,6 +133,7 @@ def test_cpu_autocast_is_bf16_where_asked_and_the_cpu_has_it(faces, tmp_path, mo
     assert dtypes == {torch.bfloat16 if has_bf16 else torch.float32}
     torch.manual_seed(0)
     reference = Trainer(_config(faces, tmp_path / "fp32"))
+    assert not reference.amp  # off unless train.amp_cpu asks
     torch.manual_seed(1)  # the same noise for both steps
     step = trainer.fit(2)
     torch.manual_seed(1)
