@@ -242,3 +242,36 @@ def test_detail_lets_the_layers_see_and_change_the_full_size_face():
         torch.nn.init.normal_(net.detail_out.weight, std=0.1)
         changed = net(x + fine)[0] - net(x)[0] - fine
     assert changed.abs().mean() > 1e-3  # the fine detail reached the layers and changed their output
+
+
+def test_folded_faces_are_the_pixel_unshuffled_faces():
+    """``fold=True`` (the trainer's pixel loss) returns the same face as the plain forward, pixel-unshuffled
+    by the shrink factor; the fold helpers are PyTorch's pixel (un)shuffle, values and gradients."""
+    import torch.nn.functional as F
+
+    from gfp.archs.gfpgan import fold_pixels, unfold_pixels
+
+    config = GeneratorConfig(
+        out_size=256,
+        work_size=64,
+        channel_multiplier=1,
+        narrow=0.125,
+        num_style_feat=32,
+        num_mlp=1,
+        input_residual=True,
+        detail=True,
+    )
+    torch.manual_seed(0)
+    net = build_generator(config).eval()
+    torch.nn.init.normal_(net.detail_out.weight, std=0.1)  # built at zero: make the detail path count
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        folded, _ = net(x, fold=True)
+        torch.testing.assert_close(folded, F.pixel_unshuffle(net(x)[0], 4))
+
+    y = torch.randn(2, 48, 5, 7, requires_grad=True)
+    weight = torch.randn(2, 3, 20, 28)
+    assert torch.equal(unfold_pixels(y, 4), F.pixel_shuffle(y, 4))
+    assert torch.equal(fold_pixels(weight, 4), F.pixel_unshuffle(weight, 4))
+    ours = torch.autograd.grad((unfold_pixels(y, 4) * weight).sum(), y)[0]
+    assert torch.equal(ours, torch.autograd.grad((F.pixel_shuffle(y, 4) * weight).sum(), y)[0])

@@ -494,13 +494,16 @@ def test_time_budget_stops_the_loop_when_spent(faces, tmp_path, monkeypatch):
 @pytest.mark.parametrize(("detail", "loss_size"), [("false", 16), ("true", 32)])
 def test_pixel_loss_sees_what_a_work_size_model_can_change(faces, tmp_path, monkeypatch, detail, loss_size):
     """Layers at work_size change only what survives area averaging to it, so the pixel loss compares at
-    that size; with the detail path they change every pixel, and the loss sees the full size."""
+    that size; with the detail path they change every pixel, and the loss sees them all (folded into
+    channels, so it counts the pixels of one face, not its side)."""
     from train import losses
     from train.train import run
 
     sizes = []
     pixel_loss = losses.pixel_loss
-    monkeypatch.setattr(losses, "pixel_loss", lambda *a: sizes.append(a[0].shape[-1]) or pixel_loss(*a))
+    monkeypatch.setattr(
+        losses, "pixel_loss", lambda *a: sizes.append(round((a[0][0].numel() / 3) ** 0.5)) or pixel_loss(*a)
+    )
     extra = (
         "model.generator.input_residual=true",
         "model.generator.work_size=16",

@@ -22,12 +22,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torchvision.ops import roi_align
 from tqdm import tqdm
 
 from gfp.archs import UnknownArchitectureError
+from gfp.archs.gfpgan import fold_pixels, unfold_pixels
 from gfp.loading import WeightsError, select_device
 from gfp.precision import cpu_has_native_bf16
 from train import losses as L
@@ -83,6 +85,8 @@ class Trainer:
         self.vgg = build_vgg(cfg)
         self.vgg = self.vgg.to(self.device) if self.vgg is not None else None
         self._frozen = {n for n, p in self.net_g.named_parameters() if not p.requires_grad}
+        # A detail model's pixel loss compares its faces folded by this factor (train_step); 1: as they are.
+        self.fold = self.net_g.shrink if getattr(self.net_g, "detail", False) else 1
 
         opt = cfg["optim"]
         reg_ratio = cfg["loss"]["d_reg_every"] / (cfg["loss"]["d_reg_every"] + 1)  # lazy R1 correction
@@ -222,7 +226,7 @@ class Trainer:
         A ``detail`` model changes every pixel, so its loss sees them all."""
         gen = self.cfg["model"]["generator"]
         work = gen.get("work_size")
-        return torch.nn.functional.adaptive_avg_pool2d(img, work) if work and not gen.get("detail") else img
+        return F.adaptive_avg_pool2d(img, work) if work and not gen.get("detail") else img
 
     def _lap(self, name: str) -> None:
         """Add the time since the previous lap to ``self.timings[name]`` (seconds, this process)."""
@@ -252,10 +256,20 @@ class Trainer:
         _set_requires_grad(d_all, False)
         self.optimizers["g"].zero_grad(set_to_none=True)
         with self._autocast():
-            output, out_rgbs = self.net_g(lq, return_rgb=True, randomize_noise=True)
-            total = L.pixel_loss(
-                self._at_loss_size(output), self._at_loss_size(gt), lw["pixel_weight"], lw["pixel_type"]
-            )
+            # A detail model's pixel loss compares every full-size pixel: it does so on the faces folded
+            # by the shrink factor (the same pixels in another order, so the same mean), which spares
+            # unfolding the output and its gradient at full size; the full-size face is made only for
+            # the losses that look at it.
+            fold = self.fold > 1
+            output, out_rgbs = self.net_g(lq, return_rgb=True, randomize_noise=True, fold=fold)
+            if fold:
+                total = L.pixel_loss(output, fold_pixels(gt, self.fold), lw["pixel_weight"], lw["pixel_type"])
+                if self.vgg is not None or adversarial or self._identity_on:
+                    output = unfold_pixels(output, self.fold)
+            else:
+                total = L.pixel_loss(
+                    self._at_loss_size(output), self._at_loss_size(gt), lw["pixel_weight"], lw["pixel_type"]
+                )
             logs["l_g_pix"] = total
             pyr_w = lw["pyramid_weight"]
             if pyr_w > 0 and self.step > lw["pyramid_until"]:
