@@ -284,3 +284,26 @@ def test_augmentation_moves_face_and_component_boxes_together(tmp_path: Path) ->
     assert len(centres) > 3  # the warp really moved the face
     plain = FaceDegradationDataset(tmp_path, cfg["data"], cfg["degradation"], train=False)
     assert plain.augment is None  # validation faces are never augmented
+
+
+def test_colour_augmentation_is_saturation_contrast_brightness_and_white_balance() -> None:
+    """data.augment's colour change, spelled out a step at a time (saturation around each pixel's grey,
+    contrast around the face's mean, brightness, a gain per channel), equals what ``augment`` computes."""
+    from train.data import augment
+
+    img = np.random.default_rng(1).random((32, 32, 3), dtype=np.float32) * 0.6 + 0.2
+    cfg = {"rotation": 0.0, "scale": [1, 1], "shift": 0.0, "color": 0.2, "gray_prob": 0.0}
+    outputs = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        rng.uniform(-1, 1), rng.uniform(1, 1), rng.uniform(-1, 1, 2)  # the warp's draws (no warp here)
+        saturation, contrast, brightness = 1 + 0.2 * rng.uniform(-1, 1, 3)
+        gain = 1 + 0.1 * rng.uniform(-1, 1, 3)
+        gray = (img @ np.array([0.114, 0.587, 0.299]))[..., None]  # BGR
+        saturated = gray + (img - gray) * saturation
+        mean = saturated.mean()
+        want = np.clip(((saturated - mean) * contrast + mean * brightness) * gain, 0, 1)
+        got, _ = augment(img, {}, cfg, np.random.default_rng(seed))
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        outputs.append(got)
+    assert np.abs(outputs[0] - outputs[1]).max() > 0.01  # the draws really changed the colours

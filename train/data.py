@@ -383,7 +383,7 @@ def degrade(
         for op, factor in params.pt_jitter:
             rgb = _JITTER_OPS[op](rgb, factor)
         img = np.ascontiguousarray(rgb.numpy().transpose(1, 2, 0)[:, :, ::-1])
-    return img.astype(np.float32)
+    return img.astype(np.float32, copy=False)
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -398,6 +398,9 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
 def _to_tensor(img_bgr: np.ndarray) -> torch.Tensor:
     """BGR HWC [0, 1] → RGB CHW [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(img_bgr[:, :, ::-1].transpose(2, 0, 1))).float()
+
+
+_BGR_TO_GRAY = np.array([0.114, 0.587, 0.299])  # OpenCV's weights (COLOR_BGR2GRAY)
 
 
 def augment(
@@ -425,12 +428,15 @@ def augment(
         img = np.repeat(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None], 3, axis=2)
     elif cfg["color"]:
         c = cfg["color"]
-        gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
         saturation, contrast, brightness = (1 + c * rng.uniform(-1, 1, 3)).tolist()
-        img = gray + (img - gray) * saturation  # saturation around each pixel's grey
-        img = (img - img.mean()) * contrast + img.mean() * brightness
-        img = img * (1 + 0.5 * c * rng.uniform(-1, 1, 3)).astype(np.float32)  # white balance
-    return np.clip(img, 0, 1).astype(np.float32), parts
+        balance = 1 + 0.5 * c * rng.uniform(-1, 1, 3)  # white balance: a gain per channel
+        # Saturation around each pixel's grey, contrast around the image's mean, brightness, white balance:
+        # together one affine map of each pixel's BGR values, applied in one pass.
+        saturate = saturation * np.eye(3) + (1 - saturation) * _BGR_TO_GRAY
+        mean = float(np.mean(saturate @ np.array(cv2.mean(img)[:3])))  # of the saturated face
+        matrix = np.hstack([contrast * saturate, np.full((3, 1), mean * (brightness - contrast))])
+        img = cv2.transform(img, balance[:, None] * matrix)
+    return np.clip(img, 0, 1).astype(np.float32, copy=False), parts
 
 
 def _to_hwc(t: torch.Tensor) -> np.ndarray:
@@ -517,12 +523,16 @@ class FaceDegradationDataset(Dataset):
         img_lq = degrade(img_gt, params, self.deg, rng)
         if params.gray and self.deg.get("gt_gray"):
             img_gt = np.tile(cv2.cvtColor(img_gt, cv2.COLOR_BGR2GRAY)[:, :, None], (1, 1, 3))
-        gt, lq = _to_tensor(img_gt), _to_tensor(img_lq)
-        lq = torch.clamp((lq * 255.0).round(), 0, 255) / 255.0
+        gt, lq = _to_tensor(img_gt), _to_tensor(img_lq)  # new tensors: changed in place below
+        lq = lq.mul_(255.0).round_().clamp_(0, 255).div_(255.0)  # the official 8-bit rounding
         if self.degrade_size != self.out_size:  # as an 8-bit LQ file at degrade_size would be shrunk
             lq = _from_hwc(resize_aligned(_to_hwc(lq * 255.0), self.out_size).round() / 255.0)
             gt = _from_hwc(resize_aligned(_to_hwc(gt), self.out_size))
-        out: dict[str, Any] = {"lq": lq * 2 - 1, "gt": gt * 2 - 1, "path": self.source.stem(source_index)}
+        out: dict[str, Any] = {
+            "lq": lq.mul_(2).sub_(1),
+            "gt": gt.mul_(2).sub_(1),
+            "path": self.source.stem(source_index),
+        }
         boxes = component_boxes(parts, self.out_size, flipped, self.eye_enlarge)
         out.update({f"loc_{k}": v for k, v in boxes.items()})
         return out
