@@ -202,19 +202,23 @@ def test_work_size_runs_the_layers_small_and_passes_the_full_size_detail_through
     assert detect_config(net.state_dict()) == full
 
 
+# A small 256 px face model whose layers run at 64 px (the detail path's tests add ``detail``).
+WORK_SIZE_64 = GeneratorConfig(
+    out_size=256,
+    work_size=64,
+    channel_multiplier=1,
+    narrow=0.125,
+    num_style_feat=32,
+    num_mlp=1,
+    input_residual=True,
+)
+
+
 def test_detail_lets_the_layers_see_and_change_the_full_size_face():
     """detail: the full-size face, pixel-unshuffled, joins the stem, and a pixel-shuffled correction from
     the last U-Net features joins the output. With both at zero it is the plain work_size model; once
     trained, fine detail that leaves the block means alone changes what the layers do."""
-    plain = GeneratorConfig(
-        out_size=256,
-        work_size=64,
-        channel_multiplier=1,
-        narrow=0.125,
-        num_style_feat=32,
-        num_mlp=1,
-        input_residual=True,
-    )
+    plain = WORK_SIZE_64
     torch.manual_seed(0)
     base = build_generator(plain).eval()
     net = build_generator(GeneratorConfig(**{**plain.to_dict(), "detail": True})).eval()
@@ -251,16 +255,7 @@ def test_folded_faces_are_the_pixel_unshuffled_faces():
 
     from gfp.archs.gfpgan import fold_pixels, unfold_pixels
 
-    config = GeneratorConfig(
-        out_size=256,
-        work_size=64,
-        channel_multiplier=1,
-        narrow=0.125,
-        num_style_feat=32,
-        num_mlp=1,
-        input_residual=True,
-        detail=True,
-    )
+    config = GeneratorConfig(**{**WORK_SIZE_64.to_dict(), "detail": True})
     torch.manual_seed(0)
     net = build_generator(config).eval()
     torch.nn.init.normal_(net.detail_out.weight, std=0.1)  # built at zero: make the detail path count
