@@ -85,8 +85,12 @@ class Trainer:
         self.vgg = build_vgg(cfg)
         self.vgg = self.vgg.to(self.device) if self.vgg is not None else None
         self._frozen = {n for n, p in self.net_g.named_parameters() if not p.requires_grad}
-        # A detail model's pixel loss compares its faces folded by this factor (train_step); 1: as they are.
-        self.fold = self.net_g.shrink if getattr(self.net_g, "detail", False) else 1
+        # How the pixel loss compares faces (_compared), from the generator's layout: a detail model changes
+        # every full-size pixel, so its loss compares them all, folded by the shrink factor (fold); layers
+        # at work_size without it change only what survives area averaging to that size (loss_size).
+        detail = getattr(self.net_g, "detail", False)
+        self.fold = self.net_g.shrink if detail else 1
+        self.loss_size = self.net_g.out_size if self.net_g.shrink > 1 and not detail else None
 
         opt = cfg["optim"]
         reg_ratio = cfg["loss"]["d_reg_every"] / (cfg["loss"]["d_reg_every"] + 1)  # lazy R1 correction
@@ -219,14 +223,17 @@ class Trainer:
             out.append(crops)
         return out
 
-    def _at_loss_size(self, img: Tensor) -> Tensor:
-        """``img`` at the size the pixel loss compares: area-averaged to ``model.generator.work_size``
-        (unchanged without one, or with ``detail``). Such a model can change only what survives that
-        averaging; the face's finer detail passes through it, and its error is not the model's to reduce.
-        A ``detail`` model changes every pixel, so its loss sees them all."""
-        gen = self.cfg["model"]["generator"]
-        work = gen.get("work_size")
-        return F.adaptive_avg_pool2d(img, work) if work and not gen.get("detail") else img
+    def _compared(self, output: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
+        """The generator's output and ``gt`` as the pixel loss compares them. A ``detail`` model's output
+        comes folded (``fold=True``): ``gt`` is folded alike, the same pixels in another order, so the same
+        mean, and nothing is unfolded at full size. Layers at ``work_size`` without it can change only
+        what survives area averaging to that size; the finer detail passes through them, and its error is
+        not theirs to reduce, so both faces are averaged to it. Otherwise the faces as they are."""
+        if self.fold > 1:
+            return output, fold_pixels(gt, self.fold)
+        if self.loss_size is not None:
+            return F.adaptive_avg_pool2d(output, self.loss_size), F.adaptive_avg_pool2d(gt, self.loss_size)
+        return output, gt
 
     def _lap(self, name: str) -> None:
         """Add the time since the previous lap to ``self.timings[name]`` (seconds, this process)."""
@@ -256,20 +263,10 @@ class Trainer:
         _set_requires_grad(d_all, False)
         self.optimizers["g"].zero_grad(set_to_none=True)
         with self._autocast():
-            # A detail model's pixel loss compares every full-size pixel: it does so on the faces folded
-            # by the shrink factor (the same pixels in another order, so the same mean), which spares
-            # unfolding the output and its gradient at full size; the full-size face is made only for
-            # the losses that look at it.
-            fold = self.fold > 1
-            output, out_rgbs = self.net_g(lq, return_rgb=True, randomize_noise=True, fold=fold)
-            if fold:
-                total = L.pixel_loss(output, fold_pixels(gt, self.fold), lw["pixel_weight"], lw["pixel_type"])
-                if self.vgg is not None or adversarial or self._identity_on:
-                    output = unfold_pixels(output, self.fold)
-            else:
-                total = L.pixel_loss(
-                    self._at_loss_size(output), self._at_loss_size(gt), lw["pixel_weight"], lw["pixel_type"]
-                )
+            output, out_rgbs = self.net_g(lq, return_rgb=True, randomize_noise=True, fold=self.fold > 1)
+            total = L.pixel_loss(*self._compared(output, gt), lw["pixel_weight"], lw["pixel_type"])
+            if self.fold > 1 and (self.vgg is not None or adversarial or self._identity_on):
+                output = unfold_pixels(output, self.fold)  # the full-size face, for the losses that see it
             logs["l_g_pix"] = total
             pyr_w = lw["pyramid_weight"]
             if pyr_w > 0 and self.step > lw["pyramid_until"]:
