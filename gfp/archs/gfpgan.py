@@ -23,15 +23,17 @@ from gfp.archs.stylegan2_v1 import ResBlock as V1ResBlock
 
 
 @functools.lru_cache(maxsize=8)
-def _bilinear_taps(factor: int) -> Tensor:
-    """(factor², 1, 3, 3) weights: sub-pixel (i, j) of a ×factor bilinear enlargement (align_corners=False)
-    from the 3×3 neighbourhood of its low-resolution pixel."""
+def _bilinear_taps(factor: int, channels: int) -> Tensor:
+    """(channels·factor², 1, 3, 3) weights, one group per channel: sub-pixel (i, j) of a ×factor bilinear
+    enlargement (align_corners=False) from the 3×3 neighbourhood of its low-resolution pixel. Cached, so a
+    forward pass only casts it (a no-op in float32 on the CPU); never changed in place."""
     offset = (torch.arange(factor, dtype=torch.float64) + 0.5) / factor - 0.5  # from the pixel's centre
     taps = torch.zeros(factor, 3, dtype=torch.float64)  # the previous pixel's weight, its own, the next's
     taps[:, 0] = (-offset).clamp(min=0)
     taps[:, 2] = offset.clamp(min=0)
     taps[:, 1] = 1 - offset.abs()
-    return torch.einsum("ia,jb->ijab", taps, taps).reshape(factor * factor, 1, 3, 3).float()
+    weight = torch.einsum("ia,jb->ijab", taps, taps).reshape(factor * factor, 1, 3, 3).float()
+    return weight.repeat(channels, 1, 1, 1)
 
 
 def enlarge_folded(x: Tensor, factor: int) -> Tensor:
@@ -39,7 +41,7 @@ def enlarge_folded(x: Tensor, factor: int) -> Tensor:
     → (B, C·factor², H, W), the enlarged image's sub-pixels as channels. A fixed 3×3 convolution on the
     edge-padded image (the edge copies are what interpolate's clamped indices read): far cheaper, forward and
     backward, than enlarging to full size and folding back."""
-    weight = _bilinear_taps(factor).to(x).repeat(x.shape[1], 1, 1, 1)
+    weight = _bilinear_taps(factor, x.shape[1]).to(x)
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, groups=x.shape[1])
 
 
@@ -179,9 +181,8 @@ class _GFPGAN(nn.Module):
             correction = enlarge_folded(image, self.shrink)
             if self.detail:  # feat: the last U-Net level's features, at out_size
                 correction = correction + self.detail_out(feat)
-            if fold:
-                if folded_full is None:
-                    folded_full = fold_pixels(full, self.shrink)
+            if fold:  # the detail path has folded the input already
+                folded_full = fold_pixels(full, self.shrink) if folded_full is None else folded_full
                 return folded_full + correction, out_rgbs
             return full + unfold_pixels(correction, self.shrink), out_rgbs
         if self.residual:
