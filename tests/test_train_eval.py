@@ -307,3 +307,17 @@ def test_colour_augmentation_is_saturation_contrast_brightness_and_white_balance
         np.testing.assert_allclose(got, want, atol=1e-5)
         outputs.append(got)
     assert np.abs(outputs[0] - outputs[1]).max() > 0.01  # the draws really changed the colours
+
+
+@pytest.mark.parametrize("module", ["train.train", "train.export", "train.publish", "train.evaluate"])
+def test_each_command_module_runs_as_a_script(module: str, monkeypatch, capsys) -> None:
+    """``python -m train.<command>`` is documented as the same as ``python -m train <command>``."""
+    import runpy
+    import warnings
+
+    monkeypatch.setattr("sys.argv", [module, "--help"])
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as done:
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module(module, run_name="__main__")
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")
