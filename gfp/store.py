@@ -259,7 +259,8 @@ class ModelStore:
         """Start loading the generator of ``version`` (and the face parser when ``parser``) in background
         threads, compiling their OpenVINO networks for a ``batch`` of faces; returns the threads.
 
-        A call that needs a network meanwhile waits for it; an error is left for that call to report.
+        A call that needs a network meanwhile waits for it; an error is left for that call to report. The
+        process does not exit before the threads finish.
         """
 
         def generator() -> None:
@@ -277,9 +278,9 @@ class ModelStore:
                 job()
 
         jobs = [generator] + ([face_parser] if parser else [])
-        threads = [
-            threading.Thread(target=quietly, args=(job,), name="gfp-prepare", daemon=True) for job in jobs
-        ]
+        # Not daemons: a process that ends first (no face found, a quick error) waits for them, since
+        # interpreter teardown under a running OpenVINO compilation aborts the process.
+        threads = [threading.Thread(target=quietly, args=(job,), name="gfp-prepare") for job in jobs]
         for thread in threads:
             thread.start()
         return threads

@@ -661,3 +661,34 @@ def test_one_background_conversion_per_network(tmp_path: Path, monkeypatch: pyte
     os.utime(lock, (old, old))  # its process was killed: the lock is taken over
     assert openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
     assert len(started) == 2
+
+
+def test_a_process_that_ends_first_waits_for_prepare(tmp_path: Path) -> None:
+    """A process whose work ends before its networks are prepared (no face found, a quick error) waits for
+    the preparing threads: tearing the interpreter down under a running OpenVINO compilation aborts it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    marker = tmp_path / "prepared"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from gfp.pipeline import Restorer, RestoreOptions
+        from gfp.store import ModelStore
+
+        def slow(self, spec):
+            time.sleep(1.0)
+            open({str(marker)!r}, "w").close()
+            raise RuntimeError("left to the call that needs it")
+
+        ModelStore.face_network = slow
+        Restorer(device="cpu", backend="torch").prepare(RestoreOptions(aligned=True))
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()  # the thread ran to its end before the process exited
