@@ -43,8 +43,11 @@ from typing import Any
 from gfp.cli import (
     _one_line,
     add_restore_arguments,
+    check_not_input,
+    image_target,
     list_inputs,
     make_restorer,
+    output_group,
     restore_options,
     save_outputs,
     video_options,
@@ -74,11 +77,6 @@ class Input:
 
     key: str
     path: str
-
-    @property
-    def stem(self) -> str:
-        """The name its outputs are made of (the CLI's ``basename``)."""
-        return os.path.splitext(posixpath.basename(self.path))[0]
 
 
 @dataclass(frozen=True)
@@ -297,15 +295,21 @@ class RestoreWorker:
 
     def _restore(self, path: str, key: str, data: bytes) -> dict[str, Any]:
         basename, in_ext = os.path.splitext(posixpath.basename(path))
+        args = self.job.args
         if is_video(path):
-            target = video_target(self.output, basename, self.job.args.suffix)
+            target = video_target(self.output, basename, args.suffix)
+            if self.job.filesystem is None:
+                check_not_input(target, Path(path))
             with _local_copy(self.job.filesystem, path) as local:
                 result = restore_video(local, target, self.options, self.video, self.restorer)
             written = [target]
         else:
+            if self.job.filesystem is None and not args.aligned:
+                check_not_input(
+                    image_target(self.output, basename, in_ext, args.suffix, args.ext), Path(path)
+                )
             img = read_image_bytes(data, name=key)
             result = self.restorer.restore(img, self.options)
-            args = self.job.args
             written = save_outputs(result, basename, in_ext, self.output, args.suffix, args.ext, args.aligned)
         return {
             "status": "done",
@@ -416,11 +420,11 @@ def plan(
     inputs: Sequence[Input], latest: dict[str, dict[str, Any]], output: Path, settings: str, redo: bool
 ) -> tuple[list[Input], list[Input], list[dict[str, Any]]]:
     """(inputs to restore, inputs already complete, failed records of inputs whose output names clash
-    with an earlier input's: the same name without its extension)."""
+    with an earlier input's: the same name without its extension, :func:`gfp.cli.output_group`)."""
     owner: dict[str, str] = {}
     todo, complete, clashes = [], [], []
     for item in inputs:
-        first = owner.setdefault(item.stem, item.key)
+        first = owner.setdefault(output_group(item.path), item.key)
         if first != item.key:
             error = f"its outputs would overwrite those of {first} (same name without extension)"
             clashes.append(_record(item.key, "failed", error=error))

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from gfp import registry
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
-from gfp.imageio import read_image, write_image
+from gfp.imageio import WRITE_FORMATS, read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VIDEO_CODECS, VideoOptions, VideoResult, is_video, restore_video
 from gfp.weights.errors import WeightsError
@@ -76,7 +76,9 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bg_tile", type=int, default=400, help="background tile size, 0 = no tiling (default: %(default)s)"
     )
-    p.add_argument("--suffix", default=None, help="suffix of the restored faces and images")
+    p.add_argument(
+        "--suffix", default=None, type=_file_name_part, help="suffix of the restored faces and images"
+    )
     p.add_argument(
         "--only_center_face",
         action="store_true",
@@ -117,7 +119,8 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
         "--ext",
         default="auto",
         choices=["auto", "jpg", "png"],
-        help="extension of restored images; auto = as the input (default: %(default)s)",
+        help="extension of restored images; auto = as the input, or png for a format that cannot be "
+        "written (gif, ppm, ...) (default: %(default)s)",
     )
     p.add_argument(
         "-w",
@@ -218,6 +221,14 @@ def make_restorer(args: argparse.Namespace) -> Restorer:
     )
 
 
+def _file_name_part(text: str) -> str:
+    """An argparse type: ``text`` as part of a file name (no folder separators, which would write
+    elsewhere, or several faces into one file)."""
+    if "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} must be part of a file name: no '/' or '\\'")
+    return text
+
+
 def list_inputs(path: str) -> list[Path]:
     """The input file, or the files of an input folder in sorted order (as the official script globs)."""
     path = path.rstrip("/\\") or path
@@ -250,16 +261,36 @@ def save_outputs(
         written.append(write_image(output / "cmp" / f"{face}.png", comparison))
     if aligned:
         return written
-    extension = in_ext.lstrip(".") if ext == "auto" else ext
-    written.append(
-        write_image(output / "restored_imgs" / f"{_suffixed(basename, suffix)}.{extension}", result.image)
-    )
+    written.append(write_image(image_target(output, basename, in_ext, suffix, ext), result.image))
     return written
+
+
+def image_target(output: Path, basename: str, in_ext: str, suffix: str | None, ext: str) -> Path:
+    """Where the restored image of ``basename`` + ``in_ext`` goes: ``restored_imgs/{basename}[_{suffix}].
+    {ext}``; ``ext`` "auto" keeps the input's extension, or takes png for a format that cannot be written
+    (GIF, PPM, no extension ...)."""
+    if ext == "auto":
+        ext = in_ext.lstrip(".") if in_ext.lower() in WRITE_FORMATS else "png"
+    return output / "restored_imgs" / f"{_suffixed(basename, suffix)}.{ext}"
 
 
 def video_target(output: Path, basename: str, suffix: str | None) -> Path:
     """Where the restored clip ``basename`` goes: ``restored_videos/{basename}[_{suffix}].mp4``."""
     return output / "restored_videos" / f"{_suffixed(basename, suffix)}.mp4"
+
+
+def output_group(name: str) -> str:
+    """What the outputs of the input file ``name`` are named after: inputs of one group would overwrite each
+    other's outputs (photos: the name without its extension, in every output folder; clips:
+    ``restored_videos/`` and that name)."""
+    stem = os.path.splitext(os.path.basename(name))[0]
+    return f"restored_videos/{stem}" if is_video(name) else stem
+
+
+def check_not_input(target: Path, source: Path) -> None:
+    """Refuse to write ``target`` over the input ``source`` itself (``-o`` the folder a run wrote before)."""
+    if target.exists() and os.path.samefile(target, source):
+        raise ValueError(f"its output {target} would replace the input itself; choose another --output")
 
 
 def _suffixed(name: str, suffix: str | None) -> str:
@@ -327,13 +358,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = Path(args.output)
     failed: list[Path] = []
     noted: set[str] = set()
+    owners: dict[str, Path] = {}
     for path in tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr):
         basename, in_ext = os.path.splitext(path.name)
         try:
+            owner = owners.setdefault(output_group(path.name), path)
+            if owner != path:
+                raise ValueError(
+                    f"its outputs would overwrite those of {owner.name} (same name without extension)"
+                )
             if is_video(path):
                 target = video_target(output, basename, args.suffix)
+                check_not_input(target, path)
                 result = restore_video_file(path, target, options, clip_options, restorer)
             else:
+                if not args.aligned:
+                    check_not_input(image_target(output, basename, in_ext, args.suffix, args.ext), path)
                 img = read_image(path)
                 result = restorer.restore(img, options)
                 save_outputs(result, basename, in_ext, output, args.suffix, args.ext, args.aligned)

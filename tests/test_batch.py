@@ -217,9 +217,10 @@ def test_manifest_torn_line_settings_and_clashes(tmp_path: Path) -> None:
     for extra in (["--suffix", "x"], ["-s", "4"], ["--ext", "png"], ["--crf", "20"]):
         assert batch.settings_of(parser.parse_args(["in", "-o", "out", *extra])) != batch.settings_of(base)
 
-    items = [batch.Input(f"/in/{n}", f"/in/{n}") for n in ("a.jpg", "b.png", "a.png")]
+    items = [batch.Input(f"/in/{n}", f"/in/{n}") for n in ("a.jpg", "b.png", "a.png", "a.mp4")]
     todo, complete, clashes = batch.plan(items, {}, out, "s1", redo=False)
-    assert [i.key for i in todo] == ["/in/a.jpg", "/in/b.png"] and not complete
+    # a clip's outputs go to restored_videos/: a.mp4 does not clash with the photo a.jpg
+    assert [i.key for i in todo] == ["/in/a.jpg", "/in/b.png", "/in/a.mp4"] and not complete
     assert [(r["path"], r["status"]) for r in clashes] == [("/in/a.png", "failed")]
     assert "/in/a.jpg" in clashes[0]["error"]
 

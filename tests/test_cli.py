@@ -164,6 +164,49 @@ def test_ext_and_suffix_for_images(tmp_path: Path) -> None:
     assert [p.name for p in (out / "restored_imgs").iterdir()] == ["a_gfp.png"]
 
 
+def test_inputs_whose_outputs_would_collide_fail_and_keep_earlier_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """a.jpg and a.png would write the same faces (and with --ext png the same image): the second is a
+    failed file; a run into the folder it reads from does not replace its inputs."""
+    weights = make_weights(tmp_path / "w")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "a.jpg"), _gradient())
+    cv2.imwrite(str(inputs / "a.png"), _gradient(30, 20))
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), "--ext", "png", *_args(weights)]) == 1
+    err = capsys.readouterr().err
+    assert "a.png: its outputs would overwrite those of a.jpg" in err and "Traceback" not in err
+    assert cv2.imread(str(out / "restored_imgs" / "a.png")).shape == (80, 112, 3)  # a.jpg's, kept
+
+    before = (out / "restored_imgs" / "a.png").read_bytes()
+    assert main(["-i", str(out / "restored_imgs"), "-o", str(out), *_args(weights)]) == 1
+    assert "would replace the input itself" in capsys.readouterr().err
+    assert (out / "restored_imgs" / "a.png").read_bytes() == before
+
+
+def test_a_format_that_cannot_be_written_is_restored_to_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    weights = make_weights(tmp_path / "w")
+    Image.fromarray(_gradient()[:, :, ::-1]).save(tmp_path / "a.gif")
+    out = tmp_path / "out"
+    assert main(["-i", str(tmp_path / "a.gif"), "-o", str(out), "-s", "1", *_args(weights)]) == 0
+    assert [p.name for p in (out / "restored_imgs").iterdir()] == ["a.png"]
+
+
+@pytest.mark.parametrize("suffix", ["a/b", "../x", "x\\y"])
+def test_a_suffix_must_be_part_of_a_file_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["-i", str(tmp_path), "-o", str(tmp_path / "out"), "--suffix", suffix])
+    assert exc.value.code == 2
+    assert "must be part of a file name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.shared
 def test_official_output_layout(
     tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
