@@ -59,6 +59,7 @@ __all__ = [
     "CheckpointError",
     "ChecksumMismatchError",
     "DownloadError",
+    "ForeignWeightsError",
     "ModelEntry",
     "Network",
     "Placement",
@@ -85,6 +86,12 @@ __all__ = [
     "select_device",
     "zoo_entry",
 ]
+
+class ForeignWeightsError(CheckpointError, UnknownArchitectureError):
+    """A readable weight file that is not a network we know (or not the kind asked for): a
+    :class:`WeightsError`, so callers stop at once as for missing weights, and an
+    :class:`UnknownArchitectureError`, what the recognisers raise."""
+
 
 Spec = str | os.PathLike[str] | Resolved
 """A model as callers name it (version, registry name, file, folder, Hub repo id) or already resolved."""
@@ -125,7 +132,7 @@ def read_generator(
         try:
             config = detect_config(state_dict)
         except UnknownArchitectureError as err:
-            raise UnknownArchitectureError(f"{found.path}: {err}") from err
+            raise ForeignWeightsError(f"{found.path}: {err}") from err
     entry = found.entry
     if entry is not None and entry.config is not None and entry.config != config:
         raise CheckpointError(f"{found.path} is not GFPGAN {entry.name}: its layout is {config}")
@@ -220,7 +227,7 @@ def model_network(
         try:
             family, config = recognise(state_dict)
         except UnknownArchitectureError as err:
-            raise UnknownArchitectureError(f"{found.path}: {err}") from err
+            raise ForeignWeightsError(f"{found.path}: {err}") from err
         make, what, supports = (lambda: family.build(config)), family.name, Supports()
     placed = (placement or Placement()).for_model(supports)
     try:

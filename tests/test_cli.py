@@ -91,6 +91,22 @@ def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert "could not find weights 'v1.4'" in err and "GFPGANv1.4.pth" in err and "Traceback" not in err
 
 
+def test_weights_that_are_no_generator_exit_2_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A -v file that loads but is no GFPGAN generator stops the run as missing weights do, not per file."""
+    import torch
+    from safetensors.torch import save_file
+
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), _gradient())
+    save_file({"foo": torch.zeros(2)}, tmp_path / "junk.safetensors")
+    args = ["-i", str(tmp_path), "-o", str(tmp_path / "out"), "-v", str(tmp_path / "junk.safetensors")]
+    assert main([*args, "--weights-dir", str(tmp_path), "--device", "cpu", "--bg_upsampler", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("not a GFPGAN") == 1 and "junk.safetensors" in err and "Traceback" not in err
+
+
 def test_default_background_offline_falls_back_with_a_note(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
