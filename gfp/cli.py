@@ -30,9 +30,9 @@ from tqdm import tqdm
 from gfp import registry
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
-from gfp.imageio import WRITE_FORMATS, read_image, write_image
+from gfp.imageio import WRITE_FORMATS, ImageReadError, read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
-from gfp.video import VIDEO_CODECS, VideoOptions, VideoResult, is_video, restore_video
+from gfp.video import VIDEO_CODECS, VideoError, VideoOptions, VideoResult, is_video, restore_video
 from gfp.weights.errors import WeightsError
 
 
@@ -385,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         except Exception as err:  # one bad file must not stop the others: report it in one line
             failed.append(path)
-            tqdm.write(f"gfp: error: {path}: {_one_line(err)}", file=sys.stderr)
+            named = isinstance(err, ImageReadError | VideoError)  # their messages begin with the file
+            tqdm.write(f"gfp: error: {'' if named else f'{path}: '}{_one_line(err)}", file=sys.stderr)
             continue
         for note in result.notes:
             if note not in noted:  # e.g. the missing parser: say it once, not for every file

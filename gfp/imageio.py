@@ -94,7 +94,9 @@ def _open_header(data: bytes, name: str) -> Image.Image:
             return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # its text names PIL's in-memory buffer, not the file
+        raise UnreadableImageError(f"{name}: not an image or corrupt (no image format recognised)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"{name}: not an image or corrupt ({exc})") from None
 
 

@@ -87,6 +87,7 @@ __all__ = [
     "zoo_entry",
 ]
 
+
 class ForeignWeightsError(CheckpointError, UnknownArchitectureError):
     """A readable weight file that is not a network we know (or not the kind asked for): a
     :class:`WeightsError`, so callers stop at once as for missing weights, and an

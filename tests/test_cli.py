@@ -151,6 +151,8 @@ def test_folder_with_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 1
     error_lines = [line for line in captured.err.splitlines() if "broken.png" in line and "error" in line]
     assert len(error_lines) == 1 and "Traceback" not in captured.err
+    # the file named once, and no text of an in-memory buffer ("<_io.BytesIO object at 0x...>")
+    assert error_lines[0].count("broken.png") == 1 and " at 0x" not in error_lines[0], error_lines[0]
     assert cv2.imread(str(out / "restored_imgs" / "a.png")).shape == (80, 112, 3)
     assert cv2.imread(str(out / "restored_imgs" / "b.jpg")).shape == (60, 40, 3)
     assert not (out / "cropped_faces").exists()  # no faces in gradients
