@@ -13,6 +13,7 @@ needs the ``onnx`` and ``onnxscript`` packages; the weights are stored inside th
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
 import sys
@@ -56,11 +57,15 @@ def export_onnx(
             f"ONNX export needs the packages {', '.join(missing)}: pip install {' '.join(missing)}"
         )
     net = FacesOnly(generator).cpu()
+    net.training = False  # the wrapper only: the exporter warns about a module in training mode
     # A symbolic batch needs an example above 1 (export specialises sizes 0 and 1).
     example_batch = max(batch_size, 2) if dynamic_batch else batch_size
     example = torch.rand(example_batch, 3, out_size, out_size, generator=torch.Generator().manual_seed(0))
     shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
     path = Path(path)
+    for folder in (path.parent, *path.parent.parents):  # mkdir would say "File exists"
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder", str(folder))
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(

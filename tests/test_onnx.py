@@ -6,6 +6,8 @@ line, so loading, the ``gfp export-onnx`` dispatch and the exporter are all exer
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -76,7 +78,13 @@ def test_fixed_batch_export(tmp_path):
     config = CONFIGS["clean"]
     net = _generator(config)
     modes_before = [m.modulation_mode for m in net.modules() if hasattr(m, "modulation_mode")]
-    path = export_onnx(net, tmp_path / "fixed.onnx", config.out_size, batch_size=2)
+    net.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. "Exporting a model while it is in training mode"
+        path = export_onnx(net, tmp_path / "fixed.onnx", config.out_size, batch_size=2)
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="a-file is a file, not a folder"):
+        export_onnx(net, tmp_path / "a-file" / "x.onnx", config.out_size)
     assert [m.modulation_mode for m in net.modules() if hasattr(m, "modulation_mode")] == modes_before
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [2, 3, 32, 32]
