@@ -81,9 +81,13 @@ def resolve(
         raise WeightsNotFoundError(f"weights file {explicit} does not exist")
     if _REPO_ID.match(spec):
         return _found(_resolve_hub(spec, weights_dir, progress))
+    kinds: dict[str, list[str]] = {}
+    for entry in MODEL_ZOO.values():
+        kinds.setdefault(entry.kind, []).append(entry.name)
+    known = "; ".join(f"{kind}s {', '.join(names)}" for kind, names in kinds.items())
     raise WeightsNotFoundError(
-        f"unknown model {spec!r}: give a file path, a Hugging Face repo id (owner/name) or one of "
-        f"{', '.join(MODEL_ZOO)} (GFPGAN versions may also be written 1.4, v1.4, ...)"
+        f"unknown model {spec!r}: give a file path, a Hugging Face repo id (owner/name) or a registry "
+        f"model ({known}; GFPGAN versions may also be written 1.4, v1.4, ...)"
     )
 
 
