@@ -504,10 +504,15 @@ def _decode(
     stream: av.video.stream.VideoStream,
     audio: _Audio | None,
     facts: _Decoded,
+    source: Path,
+    info: VideoInfo,
+    limits: VideoOptions,
 ) -> Iterator[tuple[np.ndarray, float, int]]:
     """Yield (upright BGR frame, seconds, pts) in presentation order; audio packets go to ``audio``.
 
-    Frames without a timestamp, or out of order, get the previous one plus one frame period.
+    Frames without a timestamp, or out of order, get the previous one plus one frame period. The header's
+    size and the limits are checked again on every frame (``VideoError``): a raw stream's header gives no
+    duration, and its frame size may change midway.
     """
     streams = [stream] + ([audio.source] if audio is not None else [])
     time_base = stream.time_base or Fraction(1, 1000)
@@ -525,12 +530,32 @@ def _decode(
             last_pts = pts
             img = _upright(frame)
             seconds = float(pts * time_base)
+            _check_frame(
+                source, img, seconds - (facts.start if facts.start is not None else seconds), info, limits
+            )
             facts.frames += 1
             facts.start = seconds if facts.start is None else facts.start
             facts.end = float((pts + (frame.duration or period)) * time_base)
             facts.seconds += time.perf_counter() - clock
             yield img, seconds, pts
             clock = time.perf_counter()
+
+
+def _check_frame(
+    source: Path, img: np.ndarray, elapsed: float, info: VideoInfo, limits: VideoOptions
+) -> None:
+    """Refuse a frame whose size is not the header's, or that lies beyond ``limits.max_seconds``."""
+    height, width = img.shape[:2]
+    if (width, height) != (info.width, info.height):
+        raise VideoError(
+            f"{source}: the frame size changes from {info.width}x{info.height} to {width}x{height} midway; "
+            "re-encode the clip at one size first"
+        )
+    if limits.max_seconds is not None and elapsed > limits.max_seconds:
+        raise VideoError(
+            f"{source}: the clip lasts more than the limit of {limits.max_seconds:g} s (its header did not "
+            "say how long); trim it first"
+        )
 
 
 def _check_complete(
@@ -621,7 +646,8 @@ def restore_video(
             clock = time.perf_counter()
             with _open(source) as container:
                 stream = _video_stream(container, source)
-                decoded = (img[:2] for img in _decode(container, stream, None, _Decoded()))
+                frames = _decode(container, stream, None, _Decoded(), source, info, video)
+                decoded = (img[:2] for img in frames)
                 plan = plan_faces(restorer, decoded, options, video, report, info.frames)
             timings["plan"] = time.perf_counter() - clock
         with _open(source) as container, av.open(str(partial), "w", format="mp4") as sink:
@@ -636,7 +662,7 @@ def restore_video(
             pts_of: dict[float, int] = {}
 
             def timed_frames() -> Iterator[tuple[np.ndarray, float]]:
-                for img, seconds, pts in _decode(container, stream, audio, facts):
+                for img, seconds, pts in _decode(container, stream, audio, facts, source, info, video):
                     pts_of[seconds] = pts
                     yield img, seconds
 

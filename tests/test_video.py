@@ -355,6 +355,24 @@ def test_limits_refuse_before_decoding(blind: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
+def test_limits_hold_for_a_raw_stream_whose_header_says_nothing(blind: Path, tmp_path: Path) -> None:
+    """A raw H.264 stream's header has no duration (probed as 0 s) and its size may change midway: the
+    limits are checked again on the decoded frames, and nothing is left behind."""
+    raw = write_clip(tmp_path / "long.h264", [_scene(i=i) for i in range(50)], audio=None, container="h264")
+    assert probe_video(raw).duration == 0.0
+    with pytest.raises(VideoError, match="lasts more than the limit of 1 s"):
+        restore_video(raw, tmp_path / "a.mp4", _options(blind), VideoOptions(max_seconds=1), _restorer(blind))
+    small = write_clip(tmp_path / "s.h264", [_scene(i=i) for i in range(3)], audio=None, container="h264")
+    large = write_clip(
+        tmp_path / "l.h264", [_scene(96, 128, i) for i in range(3)], audio=None, container="h264"
+    )
+    both = tmp_path / "both.h264"
+    both.write_bytes(small.read_bytes() + large.read_bytes())
+    with pytest.raises(VideoError, match="frame size changes from 64x48 to 128x96 midway"):
+        restore_video(both, tmp_path / "b.mp4", _options(blind), restorer=_restorer(blind))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["both.h264", "l.h264", "long.h264", "s.h264"]
+
+
 def test_failure_midway_keeps_the_earlier_output(blind: Path, tmp_path: Path) -> None:
     source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(30)], audio=None)
     target = tmp_path / "out" / "clip.mp4"
