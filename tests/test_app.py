@@ -374,6 +374,15 @@ def test_mcp_serves_the_restore_tool(server: Server) -> None:
         "min_face",
     } <= properties
     assert "output 320x320 PNG" in text  # the status line of a real run (default rescale 2)
+    # each parameter's whole description reaches the schema (gradio keeps one line of each Args entry)
+    described = {
+        tool: {name: prop.get("description", "") for name, prop in schemas[tool]["properties"].items()}
+        for tool in ("restore", "restore_video")
+    }
+    assert described["restore"]["faces"].endswith("others stay."), described["restore"]["faces"]
+    assert described["restore_video"]["faces"].endswith('e.g. "1,3".'), described["restore_video"]["faces"]
+    for tool in described:
+        assert described[tool]["background"].endswith("plain Lanczos resize."), described[tool]["background"]
 
 
 @pytest.mark.usefixtures("offline")

@@ -90,6 +90,11 @@ def test_restore_video_refuses_long_clips_and_bad_files(server: Server, tmp_path
     long_clip = write_clip(tmp_path / "long.mp4", _frames(50))  # 2 s, above the test app's 1.5 s
     with pytest.raises(gradio_client.exceptions.AppError, match="long.mp4: the clip lasts 2.0 s, above"):
         call(server, long_clip)
+    raw = write_clip(tmp_path / "raw.h264", _frames(50), audio=None, container="h264")  # no duration
+    with pytest.raises(
+        gradio_client.exceptions.AppError, match="raw.h264: the clip lasts more than the limit"
+    ):
+        call(server, raw)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 10)
     with pytest.raises(gradio_client.exceptions.AppError, match="Could not use this file: broken.mp4: not a"):
@@ -114,3 +119,5 @@ def test_mcp_lists_the_restore_video_tool(server: Server) -> None:
     properties = set(listed["restore_video"].inputSchema["properties"])
     assert {"video", "model", "rescale", "smooth", "color_fix", "faces", "min_face"} <= properties
     assert "keep the sound" in listed["restore_video"].description
+    returns = server.client().view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert [r["label"] for r in returns["/restore_video"]["returns"]][-1] == "Status"

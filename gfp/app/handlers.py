@@ -429,16 +429,14 @@ def build_handler(ctx: RequestContext) -> Callable[..., Any]:
             image: the photo (any format OpenCV or Pillow reads; alpha and 16-bit are kept in PNG output).
             model: GFPGAN version ("v1.4", "v1.3", "v1.2", "v1") or a model the app was launched with.
             rescale: final upscaling factor of the whole photo, 1 to 4.
-            background: background upsampler: "realesrgan", "RealESRGAN_x2plus", "realesr-general-x4v3",
-                "realesr-animevideov3" or "none" (plain Lanczos resize).
+            background: background upsampler, one of the listed choices; "none" is a plain Lanczos resize.
             strength: 0 keeps the original faces, 1 uses the restored faces fully.
             only_center_face: restore only the face nearest the centre (the same as faces "center").
             aligned: the input is already an aligned 512x512 face crop (no detection).
             detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
             output_format: file format of the download, "PNG", "JPEG" or "WebP".
             color_fix: give restored faces their input's colours: "none", "wavelet" or "adain".
-            faces: faces to restore: "all", "largest", "center", or face numbers such as "1,3" (numbered from
-                1, left to right, as the gallery shows them); the others are left as they are.
+            faces: "all", "largest", "center" or face numbers from 1, left to right, e.g. "1,3"; others stay.
             min_face: skip faces smaller than this many pixels (shorter side of the face's box); 0 = any size.
 
         Returns:
@@ -477,20 +475,17 @@ def build_video_handler(ctx: RequestContext) -> Callable[..., Any]:
             video: the clip (mp4, mov, mkv, webm, avi, ...: what FFmpeg decodes).
             model: GFPGAN version ("v1.4", "v1.3", "v1.2", "v1") or a model the app was launched with.
             rescale: final upscaling factor of the frames, 1 to 4.
-            background: background upsampler: "realesrgan", "realesr-general-x4v3", "realesr-animevideov3"
-                or "none" (plain Lanczos resize).
+            background: background upsampler, one of the listed choices; "none" is a plain Lanczos resize.
             strength: 0 keeps the original faces, 1 uses the restored faces fully.
             only_center_face: restore only the person nearest the centre (the same as faces "center").
             detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
             smooth: smooth the face landmarks from frame to frame so restored faces do not jitter.
             color_fix: give restored faces their input's colours: "none", "wavelet" or "adain".
-            faces: people to restore, each followed through the clip: "all", "largest", "center", or
-                numbers such as "1,3" (numbered from 1 in the order they appear, left to right).
+            faces: people: "all", "largest", "center" or numbers in order of appearance, e.g. "1,3".
             min_face: skip people whose face is smaller than this many pixels (median over the clip).
 
         Returns:
-            the input clip, the restored clip (MP4, H.264, same frame rate, duration and sound), the
-            restored file for download, a status line.
+            the input clip, the restored MP4 (same frame rate, duration and sound), its download, a status.
         """
         return handle_video_request(
             ctx, video, model, rescale, background, strength, only_center_face, detector, smooth,

@@ -133,7 +133,7 @@ def _video_tab(ctx: RequestContext, models: list[tuple[str, str]]) -> None:
                 before = gr.Video(label="Before", interactive=False, elem_id="video-before")
                 after = gr.Video(label="After", interactive=False, elem_id="video-after")
             download = gr.File(label="Restored video (MP4)", elem_id="video-download")
-            status = gr.Markdown(elem_id="video-status")
+            status = gr.Markdown(label="Status", elem_id="video-status")
     run.click(
         build_video_handler(ctx),
         inputs=[
