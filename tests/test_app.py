@@ -285,11 +285,29 @@ def test_face_choice_and_colour_fix_through_the_api(client, server: Server) -> N
         ({"faces": "x"}, "faces must be all, largest, center or face numbers"),
         ({"min_face": -3}, "Smallest face must be a number between 0 and 100000"),
         ({"min_face": 2.5}, "Smallest face must be a whole number of pixels"),
+        ({"aligned": "maybe"}, "Aligned must be true or false, got 'maybe'"),
     ],
 )
 def test_bad_options_are_gradio_errors(client, server: Server, change: dict, message: str) -> None:
     with pytest.raises(gradio_client.exceptions.AppError, match=message):
         call(client, server, EXAMPLES / "astronaut_lowres.png", **change)
+
+
+def test_yes_no_options_read_the_words_an_api_client_sends() -> None:
+    """``bool("false")`` is True: an API client's "false" must not turn a photo into an aligned face."""
+    import gradio as gr
+
+    from gfp.app.handlers import Request, flag
+
+    for value, expected in ((True, True), (False, False), (1, True), (0, False), ("false", False),
+                            (" True ", True), ("0", False), ("1", True)):  # fmt: skip
+        assert flag("Aligned", value) is expected, value
+    for value in ("no thanks", 2, None, 0.5):
+        with pytest.raises(gr.Error, match="Aligned must be true or false"):
+            flag("Aligned", value)
+    # results are named after the upload, never as a hidden file
+    assert Request("photo", "/tmp/x", ".jpg", "v1.4", {}).stem == "jpg"
+    assert Request("photo", "/tmp/x", "..", "v1.4", {}).stem == "photo"
 
 
 def test_unreadable_upload_is_a_gradio_error(client, server: Server, tmp_path: Path) -> None:

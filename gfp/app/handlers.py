@@ -128,6 +128,17 @@ def number(name: str, value: Any, low: float, high: float) -> float:
     return found
 
 
+def flag(name: str, value: Any) -> bool:
+    """A yes/no option from the request: a boolean, 0 or 1, or "true"/"false" (an API client may send the
+    word; ``bool("false")`` would be True), else a gradio error that says what is allowed."""
+    words = {"true": True, "1": True, "false": False, "0": False}
+    if isinstance(value, bool | int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    raise gr.Error(f"{name} must be true or false, got {value!r}.")
+
+
 def min_face_pixels(value: Any) -> int:
     """The smallest face (pixels) from the request, or a gradio error that says what is allowed."""
     found = number("Smallest face", value, 0, 100_000)
@@ -206,8 +217,8 @@ class Request:
             "version": ctx.specs[model],
             "upscale": number("Rescale", rescale, 1.0, 4.0),
             "bg_upsampler": ctx.bg_upsampler(background),
-            "only_center_face": bool(only_center_face),
-            "aligned": bool(aligned),
+            "only_center_face": flag("Only center face", only_center_face),
+            "aligned": flag("Aligned", aligned),
             "strength": number("Strength", strength, 0.0, 1.0),
             "detector": detector,
             "color_fix": color_fix,
@@ -220,7 +231,7 @@ class Request:
     @property
     def stem(self) -> str:
         """The name results are saved under (``<stem>_restored.<ext>``)."""
-        return Path(self.name).stem[:60] or self.noun
+        return Path(self.name).stem.lstrip(".")[:60] or self.noun  # ".jpg" would name a hidden file
 
     @property
     def min_face(self) -> int:
@@ -389,7 +400,7 @@ def handle_video_request(
     limits = ctx.video_limits
     with request.user_errors():
         video_options = VideoOptions(
-            smooth=bool(smooth), max_seconds=limits.max_seconds, max_pixels=limits.max_pixels
+            smooth=flag("Smooth", smooth), max_seconds=limits.max_seconds, max_pixels=limits.max_pixels
         )
         result = restore_video(
             request.path, target, request.options(), video_options, ctx.restorer, progress=request.report
