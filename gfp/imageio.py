@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -69,7 +70,7 @@ def read_image_bytes(
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
     if not data:
         raise UnreadableImageError(f"{name}: empty file")
-    header = _open_header(data, name)
+    header = _open_header(data, name, max_pixels)
     width, height = header.size
     _check_size(width, height, max_pixels, name)
 
@@ -86,14 +87,19 @@ def read_image_bytes(
     return np.ascontiguousarray(_apply_orientation(img, _orientation(header)))
 
 
-def _open_header(data: bytes, name: str) -> Image.Image:
+def _open_header(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
     """Parse only the header; PIL decodes nothing until asked."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
             return Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{name}: {exc}") from None
+    except Image.DecompressionBombError as exc:  # PIL's hard limit, met before it gives the size
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found[1]) / 1e6:.1f} MP" if found else "the image"
+        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS * 2
+        raise ImageTooLargeError(
+            f"{name}: {size} is above the limit of {limit / 1e6:.1f} MP; downscale it first"
+        ) from None
     except UnidentifiedImageError:  # its text names PIL's in-memory buffer, not the file
         raise UnreadableImageError(f"{name}: not an image or corrupt (no image format recognised)") from None
     except (OSError, SyntaxError, ValueError) as exc:
