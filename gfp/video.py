@@ -229,6 +229,8 @@ def probe_video(path: str | os.PathLike[str], options: VideoOptions | None = Non
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg's still images
+        raise VideoError(f"{path}: a still image, not a video; restore it as a photo")
     if not container.streams.video:
         raise VideoError(f"{path}: no video stream")
     stream = container.streams.video[0]

@@ -281,6 +281,9 @@ def _broken(kind: str, folder: Path) -> Path:
     if kind == "not a video":
         (folder / "notes.mp4").write_bytes(b"this is text, not a video " * 40)
         return folder / "notes.mp4"
+    if kind == "photo":
+        (folder / "holiday.mp4").write_bytes(cv2.imencode(".jpg", _scene())[1].tobytes())  # named as a clip
+        return folder / "holiday.mp4"
     if kind == "empty":
         (folder / "empty.mov").write_bytes(b"")
         return folder / "empty.mov"
@@ -322,6 +325,7 @@ def _broken(kind: str, folder: Path) -> Path:
     ("kind", "message"),
     [
         ("not a video", "not a video or corrupt"),
+        ("photo", "a still image, not a video; restore it as a photo"),
         ("empty", "not a video or corrupt"),
         ("truncated mp4", "not a video or corrupt"),
         ("truncated mkv", "truncated or corrupt"),
