@@ -18,13 +18,14 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from gfp.atomic import temp_beside
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width x height) read by default: 40 MP, ~120 MB as uint8 BGR before any upscaling."""
@@ -211,13 +212,13 @@ def write_image(path: str | os.PathLike, img: np.ndarray, quality: int = 95) -> 
     path = Path(path)
     data = encode_image(img, path.suffix, quality)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    fd, tmp = temp_beside(path, PARTIAL_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -39,7 +39,7 @@ from xml.etree import ElementTree
 import torch
 from torch import Tensor, nn
 
-from gfp.weights.download import atomic_path
+from gfp.atomic import atomic_path
 
 # Bump when the conversion or a converted network's forward changes (the fingerprint sees only structure and
 # weights): older cached models are then not reused.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -209,3 +210,20 @@ def test_real_photos_match_cv2_imread(shared_data: Path) -> None:
         if orientation == 1:
             expected = cv2.imread(str(photo), cv2.IMREAD_UNCHANGED)
             np.testing.assert_array_equal(ours, expected, err_msg=photo.name)
+
+
+def test_written_files_get_the_permissions_of_any_new_file(tmp_path: Path) -> None:
+    """Outputs, downloads and published models are renamed into place from a temporary file, which must
+    not stay owner-only (``tempfile.mkstemp``'s 0600) when the umask lets others read new files."""
+    from gfp.atomic import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        image = write_image(tmp_path / "a.png", _smooth_bgr(8, 8))
+        with atomic_path(tmp_path / "model.safetensors") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    for path in (image, tmp_path / "model.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o644, (path, oct(path.stat().st_mode))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "model.safetensors"]  # no temp left

@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from tqdm import tqdm
 
+from gfp.atomic import atomic_path
 from gfp.registry import ModelEntry
 from gfp.weights.errors import ChecksumMismatchError, DownloadError
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30.0
-
-
-@contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; it is renamed to ``dest`` only if the block succeeds, else deleted.
-
-    Readers therefore never see a half-written file under the final name, even if the process dies.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def describe(err: BaseException) -> str:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from gfp.archs import GeneratorConfig
-from gfp.weights.download import atomic_path
+from gfp.atomic import atomic_path
 from gfp.weights.errors import CheckpointError, UnsafeCheckpointError, WeightsNotFoundError
 
 FORMAT_NAME = "gfp-generator"
