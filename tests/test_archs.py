@@ -270,3 +270,20 @@ def test_folded_faces_are_the_pixel_unshuffled_faces():
     assert torch.equal(fold_pixels(weight, 4), F.pixel_unshuffle(weight, 4))
     ours = torch.autograd.grad((unfold_pixels(y, 4) * weight).sum(), y)[0]
     assert torch.equal(ours, torch.autograd.grad((F.pixel_shuffle(y, 4) * weight).sum(), y)[0])
+
+
+def test_the_enlargement_traced_first_still_runs_eagerly() -> None:
+    """Tracing (torch.export, as the OpenVINO conversion does) before any eager call must not leave a fake
+    tensor in the enlargement's cached weights (a (factor, channels) no other test uses)."""
+    import torch.nn.functional as F
+
+    from gfp.archs.gfpgan import enlarge_folded
+
+    class Enlarge(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return enlarge_folded(x, 3)
+
+    x = torch.rand(1, 5, 6, 7)
+    torch.export.export(Enlarge(), (x,))
+    expected = F.pixel_unshuffle(F.interpolate(x, scale_factor=3, mode="bilinear", align_corners=False), 3)
+    assert torch.allclose(enlarge_folded(x, 3), expected, atol=1e-6)

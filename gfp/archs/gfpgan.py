@@ -11,6 +11,7 @@ import copy
 import functools
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -23,17 +24,20 @@ from gfp.archs.stylegan2_v1 import ResBlock as V1ResBlock
 
 
 @functools.lru_cache(maxsize=8)
-def _bilinear_taps(factor: int, channels: int) -> Tensor:
-    """(channels·factor², 1, 3, 3) weights, one group per channel: sub-pixel (i, j) of a ×factor bilinear
-    enlargement (align_corners=False) from the 3×3 neighbourhood of its low-resolution pixel. Cached, so a
-    forward pass only casts it (a no-op in float32 on the CPU); never changed in place."""
-    offset = (torch.arange(factor, dtype=torch.float64) + 0.5) / factor - 0.5  # from the pixel's centre
-    taps = torch.zeros(factor, 3, dtype=torch.float64)  # the previous pixel's weight, its own, the next's
-    taps[:, 0] = (-offset).clamp(min=0)
-    taps[:, 2] = offset.clamp(min=0)
-    taps[:, 1] = 1 - offset.abs()
-    weight = torch.einsum("ia,jb->ijab", taps, taps).reshape(factor * factor, 1, 3, 3).float()
-    return weight.repeat(channels, 1, 1, 1)
+def _bilinear_taps(factor: int, channels: int) -> np.ndarray:
+    """(channels·factor², 1, 3, 3) float32 weights, one group per channel: sub-pixel (i, j) of a ×factor
+    bilinear enlargement (align_corners=False) from the 3×3 neighbourhood of its low-resolution pixel.
+    Cached as a read-only NumPy array, not a tensor: a tensor made while ``torch.export`` traces would be a
+    fake one, and the cache would hand it to every later eager call."""
+    offset = (np.arange(factor, dtype=np.float64) + 0.5) / factor - 0.5  # from the pixel's centre
+    taps = np.zeros((factor, 3))  # the previous pixel's weight, its own, the next's
+    taps[:, 0] = np.maximum(-offset, 0)
+    taps[:, 2] = np.maximum(offset, 0)
+    taps[:, 1] = 1 - np.abs(offset)
+    weight = np.einsum("ia,jb->ijab", taps, taps).reshape(factor * factor, 1, 3, 3).astype(np.float32)
+    weight = np.tile(weight, (channels, 1, 1, 1))
+    weight.flags.writeable = False
+    return weight
 
 
 def enlarge_folded(x: Tensor, factor: int) -> Tensor:
@@ -41,7 +45,7 @@ def enlarge_folded(x: Tensor, factor: int) -> Tensor:
     → (B, C·factor², H, W), the enlarged image's sub-pixels as channels. A fixed 3×3 convolution on the
     edge-padded image (the edge copies are what interpolate's clamped indices read): far cheaper, forward and
     backward, than enlarging to full size and folding back."""
-    weight = _bilinear_taps(factor, x.shape[1]).to(x)
+    weight = torch.tensor(_bilinear_taps(factor, x.shape[1]), dtype=x.dtype, device=x.device)
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, groups=x.shape[1])
 
 
