@@ -250,7 +250,7 @@ def test_explicit_paths_and_unknown_names(tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
         resolve_weights(tmp_path / "missing.pth")
     with pytest.raises(
-        WeightsNotFoundError, match="unknown model .v9.*generators v1.4, v1.3, v1.2, v1; detectors"
+        WeightsNotFoundError, match="unknown model .v9.*generator: v1.4, v1.3, v1.2, v1; detector: "
     ):
         resolve_weights("v9")
 

@@ -321,3 +321,10 @@ def test_each_command_module_runs_as_a_script(module: str, monkeypatch, capsys) 
         runpy.run_module(module, run_name="__main__")
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("usage:")
+
+
+def test_the_command_list_is_help_and_an_unknown_command_is_named(capsys) -> None:
+    from train.__main__ import main
+
+    assert main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: python -m train {prepare,")
+    assert main(["bogus"]) == 2 and "unknown command 'bogus'" in capsys.readouterr().err

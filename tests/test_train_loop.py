@@ -520,3 +520,41 @@ def test_model_card_names_every_training_folder():
     cfg["data"] |= {"train": "faces/hq", "extra_train": ["runs/photo-faces"]}
     data_line = next(line for line in model_card(cfg, 10, {}).splitlines() if line.startswith("- data:"))
     assert "`faces/hq`" in data_line and "`runs/photo-faces`" in data_line, data_line
+
+
+def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, monkeypatch, capsys):
+    """A run always ends with a checkpoint (even with ckpt_every=0); a new run over it is refused, not
+    mixed in; a Ctrl-C stops after the current step with its checkpoint, and --resume auto continues."""
+    import os
+    import signal
+
+    from train.__main__ import main as cli
+
+    run = tmp_path / "run"
+    base = ["train", "--config", str(TINY), f"data.train={faces}", f"output_dir={run}", *FAST]
+    assert cli([*base, "train.total_iter=2"]) == 0
+    ckpts = run / "checkpoints"
+    assert [p.name for p in ckpts.iterdir()] == ["step_00000002.pt"]
+    kept = (ckpts / "step_00000002.pt").read_bytes()
+    assert cli([*base, "train.total_iter=4"]) == 2
+    assert "already holds a run (newest checkpoint step_00000002.pt)" in capsys.readouterr().err
+    assert [p.name for p in ckpts.iterdir()] == ["step_00000002.pt"]
+    assert (ckpts / "step_00000002.pt").read_bytes() == kept
+
+    real = Trainer.train_step
+
+    def step_then_ctrl_c(self, batch):
+        logs = real(self, batch)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C: handled between steps
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    previous = signal.getsignal(signal.SIGINT)
+    assert cli([*base, "--resume", "auto", "train.total_iter=10"]) == 130  # overrides after --resume too
+    assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "train_step", real)
+    assert cli([*base, "train.total_iter=4", "--resume", "auto"]) == 0
+    assert (ckpts / "step_00000004.pt").is_file()

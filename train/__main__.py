@@ -93,8 +93,13 @@ def _crop(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = ("prepare", "components", "crop", "train", "export", "publish", "evaluate")
+    usage = f"usage: python -m train {{{','.join(commands)}}} ... (add -h after a command for its options)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     if not argv or argv[0] not in commands:
-        print(f"usage: python -m train {{{','.join(commands)}}} ... (add -h after a command for its options)")
+        unknown = f"error: unknown command {argv[0]!r}\n" if argv else ""
+        print(f"{unknown}{usage}", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     if command == "prepare":

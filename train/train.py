@@ -13,9 +13,12 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -531,6 +534,20 @@ class Trainer:
         if self.step >= total_iter:
             return last
         bar = tqdm(total=total_iter, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
+        try:
+            with _interrupt_between_steps(self.world == 1) as interrupted:
+                return self._steps(total_iter, bar, interrupted)
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+
+    def _steps(self, total_iter: int, bar: tqdm, interrupted: Callable[[], bool]) -> dict[str, float]:
+        """The loop of :meth:`fit`: step, log, validate and checkpoint until ``total_iter`` (or the budget);
+        a Ctrl-C is taken between steps, after a checkpoint of the last one (``KeyboardInterrupt``)."""
+        tcfg = self.cfg["train"]
+        main = self.rank == 0
+        last: dict[str, float] = {}
         started, t0 = self.step, time.time()
         budget = tcfg["time_budget_min"]
         deadline = None if budget is None else time.perf_counter() + 60.0 * float(budget)
@@ -562,17 +579,19 @@ class Trainer:
             if tcfg["val_every"] and (self.step % tcfg["val_every"] == 0 or self.step == total_iter):
                 self._run_validation()
                 self._lap("validation")
-            if tcfg["ckpt_every"] and (self.step % tcfg["ckpt_every"] == 0 or self.step == total_iter):
+            stopping = interrupted()
+            every = tcfg["ckpt_every"] and self.step % tcfg["ckpt_every"] == 0
+            if every or self.step >= total_iter or stopping:  # always at the end, whatever ckpt_every says
                 self.save_checkpoint()
                 if self.world > 1:
                     dist.barrier()
                 self._lap("checkpoint")
+            if stopping:
+                log.info("interrupted at step %d: checkpoint saved; --resume auto continues", self.step)
+                raise KeyboardInterrupt
             if self.step >= total_iter:
                 break
             waited = time.perf_counter()
-        bar.close()
-        if self.writer is not None:
-            self.writer.close()
         return last
 
     def _past(self, deadline: float, now: float) -> bool:
@@ -657,6 +676,30 @@ def _dump_yaml(cfg: dict[str, Any]) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+@contextmanager
+def _interrupt_between_steps(enabled: bool) -> Iterator[Callable[[], bool]]:
+    """While training in one process: the first Ctrl-C only sets a flag (the loop checkpoints its last
+    step and stops); a second one interrupts at once. Off under torchrun (every rank would need to stop at
+    the same step) and outside the main thread (no signal handler there): the callable then says False."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def ask(signum: int, frame: object) -> None:
+        if asked.is_set():
+            raise KeyboardInterrupt
+        asked.set()
+        log.info("Ctrl-C: stopping after this step (press again to stop at once)")
+
+    signal.signal(signal.SIGINT, ask)
+    try:
+        yield asked.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest ``step_*.pt`` in ``output_dir/checkpoints`` (None when there is none)."""
     found = sorted((Path(output_dir) / "checkpoints").glob(CHECKPOINT_GLOB))
@@ -690,7 +733,9 @@ def run(
             )
     trainer = Trainer(cfg, rank, world_size, device)
     torch.manual_seed(cfg["seed"] * 1000 + rank)  # per-rank noise for the generator's random noise inputs
-    if resume:
+    if not resume:
+        _check_fresh(cfg["output_dir"])
+    else:
         path = latest_checkpoint(cfg["output_dir"]) if resume == "auto" else Path(resume)
         if path is None:
             log.info("no checkpoint in %s: starting from scratch", cfg["output_dir"])
@@ -703,6 +748,17 @@ def run(
     return trainer
 
 
+def _check_fresh(output_dir: str | Path) -> None:
+    """Refuse to start a new run over an earlier one: its checkpoints would be overwritten and pruned, and
+    its log and config mixed with the new run's."""
+    found = latest_checkpoint(output_dir)
+    if found is not None:
+        raise ConfigError(
+            f"output_dir {output_dir} already holds a run (newest checkpoint {found.name}): continue it with "
+            "--resume auto, or give another output_dir"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.train", description="Train a GFPGAN generator.")
     p.add_argument("--config", required=True, help="YAML config (see train/configs/)")
@@ -712,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides before or after --resume
     rank, world, local_rank = _distributed_env()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     try:
@@ -721,6 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, WeightsError, UnknownArchitectureError, TrainingDivergedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -84,7 +84,7 @@ def resolve(
     kinds: dict[str, list[str]] = {}
     for entry in MODEL_ZOO.values():
         kinds.setdefault(entry.kind, []).append(entry.name)
-    known = "; ".join(f"{kind}s {', '.join(names)}" for kind, names in kinds.items())
+    known = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items())
     raise WeightsNotFoundError(
         f"unknown model {spec!r}: give a file path, a Hugging Face repo id (owner/name) or a registry "
         f"model ({known}; GFPGAN versions may also be written 1.4, v1.4, ...)"
