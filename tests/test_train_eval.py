@@ -328,3 +328,32 @@ def test_the_command_list_is_help_and_an_unknown_command_is_named(capsys) -> Non
 
     assert main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: python -m train {prepare,")
     assert main(["bogus"]) == 2 and "unknown command 'bogus'" in capsys.readouterr().err
+
+
+def test_faces_are_matched_by_name_not_by_a_shared_beginning(tmp_path: Path) -> None:
+    from train.evaluate import match
+
+    files = [tmp_path / n for n in ("face_2.png", "face_00.png", "other_01_x.png")]
+    assert match("face", files) == tmp_path / "face_00.png"  # the CLI's face file, not face_2
+    assert match("face", files[:1]) is None  # face_2 is another face
+    assert match("other", files) == tmp_path / "other_01_x.png"  # with a --suffix
+    assert match("face_2", files) == tmp_path / "face_2.png"
+
+
+def test_source_faces_are_never_overwritten(tmp_path: Path, capsys) -> None:
+    from train.data import DataError, prepare_folder
+    from train.evaluate import main
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(faces / name), np.full((64, 64, 3), 120, np.uint8))
+    kept = {p.name: p.read_bytes() for p in faces.iterdir()}
+    assert main(["--hq", str(faces), "--lq", str(faces), "--degrade", "--restored", str(faces)]) == 2
+    assert "the HQ faces would be lost" in capsys.readouterr().err
+    with pytest.raises(DataError, match="is the source folder"):
+        prepare_folder(faces, faces, 32)
+    assert {p.name: p.read_bytes() for p in faces.iterdir()} == kept
+    cv2.imwrite(str(faces / "a.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    with pytest.raises(DataError, match="a.jpg and a.png would both be written as a.png|a.png and a.jpg"):
+        prepare_folder(faces, tmp_path / "out", 32)

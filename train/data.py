@@ -583,9 +583,17 @@ def prepare_folder(src: str | Path, dst: str | Path, size: int, lmdb: bool = Fal
     """
     from tqdm import tqdm
 
+    if size < 1:
+        raise DataError(f"the size must be a positive number of pixels, got {size}")
     files = list_images(src)
     out = Path(dst)
     target = out.with_suffix("") if lmdb else out
+    if target.resolve() == Path(src).resolve():
+        raise DataError(f"{dst} is the source folder: the resized faces would replace the originals")
+    stems: dict[str, Path] = {}
+    for p in files:
+        if stems.setdefault(p.stem, p) != p:
+            raise DataError(f"{stems[p.stem].name} and {p.name} would both be written as {p.stem}.png")
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for p in tqdm(files, desc="resize", unit="img"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -63,12 +64,14 @@ def _bgr8(path: Path, size: int) -> np.ndarray:
 
 
 def match(stem: str, files: list[Path]) -> Path | None:
-    """The file of ``files`` for ``stem``: ``STEM.*`` first, else ``STEM_*`` (as the CLI names faces)."""
+    """The file of ``files`` for ``stem``: ``STEM.*`` first, else ``STEM_NN`` or ``STEM_NN_SUFFIX`` (the
+    CLI's face files); never another face whose name only begins with ``STEM_`` (``face_2`` for ``face``)."""
     exact = [p for p in files if p.stem == stem]
     if exact:
         return exact[0]
-    prefixed = [p for p in files if p.stem.startswith(stem + "_")]
-    return prefixed[0] if prefixed else None
+    face = re.compile(re.escape(stem) + r"_\d{2}(_.*)?")
+    numbered = [p for p in files if face.fullmatch(p.stem)]
+    return numbered[0] if numbered else None
 
 
 def make_lq(hq_files: list[Path], out: Path, size: int, seed: int, degradation: dict[str, Any]) -> None:
@@ -303,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.size < 16:
         print("error: --size must be at least 16", file=sys.stderr)
+        return 2
+    if args.seed < 0:
+        print(f"error: --seed must be 0 or more, got {args.seed}", file=sys.stderr)
+        return 2
+    if args.json and Path(args.json).is_dir():
+        print(f"error: --json {args.json} is a folder: give a file name", file=sys.stderr)
+        return 2
+    if args.degrade and Path(args.lq).resolve() == Path(args.hq).resolve():
+        print("error: --degrade writes into --lq, which is --hq: the HQ faces would be lost", file=sys.stderr)
         return 2
     try:
         hq, lq = Path(args.hq), Path(args.lq)
