@@ -30,9 +30,11 @@ def atomic_path(dest: Path, suffix: str = ".part") -> Iterator[Path]:
     """Yield a temp path beside ``dest``: renamed to ``dest`` if the block succeeds, else deleted."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_beside(dest, suffix)
+    mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, mode)  # a writer that made the file anew (safetensors' save_file) made it 0600
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

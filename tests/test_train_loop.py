@@ -4,6 +4,7 @@ export → gfp loading, publish (dry run and a stand-in Hub client), and the com
 from __future__ import annotations
 
 import copy
+import os
 import socket
 from pathlib import Path
 
@@ -224,6 +225,22 @@ def test_cli_train_export_load_and_publish(faces, tmp_path, monkeypatch, capsys)
         p.name for p in dry_dir.iterdir()
     }
     assert "me/gfpgan-tiny" in (dry_dir / "README.md").read_text()
+    d2 = tmp_path / "d2"
+    assert cli(["publish", str(run), "--repo-id", "me/x", "--dry-run", "--out-dir", str(d2)]) == 0
+    assert (tmp_path / "d2" / "model.safetensors").is_file()  # a run folder: its newest checkpoint
+    assert cli(["publish", str(dry_dir), "--repo-id", "not a valid id!!", "--dry-run"]) == 2
+    assert "is not a Hub repo id" in capsys.readouterr().err
+
+    # a raw re-export into the folder of an --official-pth export: the card says so, no stale .pth stays,
+    # and the weights are as readable as any new file (safetensors writes them 0600)
+    old_umask = os.umask(0o022)
+    try:
+        assert cli(["export", str(ckpt), str(export_dir), "--raw"]) == 0
+    finally:
+        os.umask(old_umask)
+    assert not (export_dir / "generator_official.pth").exists()
+    assert "as\nthe raw (not the EMA) generator" in (export_dir / "README.md").read_text()
+    assert (export_dir / "model.safetensors").stat().st_mode & 0o777 == 0o644
 
     calls = []
 

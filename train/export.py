@@ -77,8 +77,10 @@ def model_card(
     datasets: list[str] | None = None,
     base_model: str | None = None,
     repo_name: str | None = None,
+    ema: bool = True,
 ) -> str:
-    """README.md with Hugging Face YAML metadata (license, tags, base model, data, metrics) and usage."""
+    """README.md with Hugging Face YAML metadata (license, tags, base model, data, metrics) and usage;
+    ``ema`` False: the card of a raw (not EMA) generator, whose logged metrics are the EMA's."""
     gen = cfg["model"]["generator"]
     name = repo_name or cfg["name"]
     meta: dict[str, Any] = {
@@ -131,6 +133,8 @@ def model_card(
         residual = f", layers at {gen['work_size']} px whose correction is added to the full-size input"
         if gen.get("detail"):
             residual += " (with a full-size detail path)"
+    kind = "EMA" if ema else "raw (not the EMA)"
+    validated = f"EMA generator, step {step}" + ("" if ema else ": of the EMA, not of these raw weights")
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---
@@ -139,8 +143,8 @@ def model_card(
 
 A GFPGAN blind face restoration generator trained with the `train/` package of `gfp`
 (architecture `{gen["arch"]}`, {cfg["data"]["out_size"]} px, channel multiplier
-{gen.get("channel_multiplier")}, narrow {gen.get("narrow")}{residual}); exported from step {step} as the EMA
-generator.
+{gen.get("channel_multiplier")}, narrow {gen.get("narrow")}{residual}); exported from step {step} as
+the {kind} generator.
 
 ## Use
 
@@ -157,7 +161,7 @@ python app.py --model {repo_name or "<this repo id or folder>"}
   perceptual {loss["perceptual_weight"]} (style {loss["style_weight"]}); {adversarial}
 - initialisation: {cfg["model"]["pretrained"] or "random"}; StyleGAN2 prior: {cfg["model"]["prior"] or "none"}
 
-## Validation (EMA generator, step {step})
+## Validation ({validated})
 
 | metric | value |
 | --- | --- |
@@ -181,13 +185,17 @@ def export(
     net = build_generator(config)
     net.load_state_dict(state["net_g_ema" if use_ema else "net_g"], strict=True)
     if card is None:
-        card = model_card(state["config"], state["step"], validation_metrics(checkpoint, state["step"]))
+        metrics = validation_metrics(checkpoint, state["step"])
+        card = model_card(state["config"], state["step"], metrics, ema=use_ema)
     if half:
         net = net.half()
     folder = save_pretrained(net, config, out_dir, card=card)
     (Path(folder) / "training_config.yml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
+    official = Path(folder) / "generator_official.pth"
     if official_pth:  # the official layout, for tools that read GFPGAN .pth files
-        torch.save({"params_ema": net.state_dict()}, Path(folder) / "generator_official.pth")
+        torch.save({"params_ema": net.state_dict()}, official)
+    else:
+        official.unlink(missing_ok=True)  # an earlier export's, of other weights: publish would upload it
     return Path(folder)
 
 
@@ -215,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         state = read_checkpoint(checkpoint)
         metrics = validation_metrics(checkpoint, state["step"])
         card = model_card(
-            state["config"], state["step"], metrics, args.license, args.dataset, args.base_model, args.name
-        )
+            state["config"], state["step"], metrics, args.license, args.dataset, args.base_model, args.name,
+            ema=not args.raw,
+        )  # fmt: skip
         folder = export(
             checkpoint,
             args.out_dir,

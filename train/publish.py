@@ -2,8 +2,9 @@
 
 ``python -m train.publish SOURCE --repo-id owner/name [--private] [--dry-run] [--out-dir DIR]``
 
-SOURCE is an export folder or a ``step_*.pt`` checkpoint. The folder is checked first (all three files
-present, and it loads through ``gfp.loading.load_generator``); ``--dry-run`` stops there and only writes it.
+SOURCE is an export folder, a ``step_*.pt`` checkpoint or a training run folder (its newest checkpoint).
+The folder is checked first (all three files present, and it loads through ``gfp.loading.load_generator``);
+``--dry-run`` stops there and only writes it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, WeightsError, load_generator
-from train.export import ExportError, export, model_card, read_checkpoint, validation_metrics
+from train.export import ExportError, export, find_checkpoint, model_card, read_checkpoint, validation_metrics
 
 REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 
@@ -33,16 +34,17 @@ def check_folder(folder: str | Path) -> list[str]:
 
 
 def prepare(source: str | Path, repo_id: str, out_dir: str | Path | None = None, **card_args) -> Path:
-    """Export folder for ``source``: used as is when it is a folder, exported when it is a checkpoint."""
+    """Export folder for ``source``: used as is when it is an export folder; a checkpoint, or a run folder's
+    newest, is exported first (into ``out_dir``, default ``RUN/export``)."""
     src = Path(source)
-    if src.is_dir():
+    if src.is_dir() and not (src / "checkpoints").is_dir():
         return src
-    state = read_checkpoint(src)
-    folder = Path(out_dir) if out_dir else src.resolve().parent.parent / "export"
-    card = model_card(
-        state["config"], state["step"], validation_metrics(src, state["step"]), repo_name=repo_id, **card_args
-    )
-    return export(src, folder, card=card)
+    checkpoint = find_checkpoint(src)
+    state = read_checkpoint(checkpoint)
+    folder = Path(out_dir) if out_dir else checkpoint.resolve().parent.parent / "export"
+    metrics = validation_metrics(checkpoint, state["step"])
+    card = model_card(state["config"], state["step"], metrics, repo_name=repo_id, **card_args)
+    return export(checkpoint, folder, card=card)
 
 
 def publish(
@@ -84,7 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     args = build_parser().parse_args(argv)
+    try:
+        validate_repo_id(args.repo_id)
+    except HFValidationError as err:
+        reason = str(err).splitlines()[0]
+        print(f"error: --repo-id {args.repo_id!r} is not a Hub repo id: {reason}", file=sys.stderr)
+        return 2
     try:
         folder = prepare(
             args.source, args.repo_id, args.out_dir,
