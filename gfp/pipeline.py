@@ -235,7 +235,7 @@ class Restorer:
         """An FFHQ-aligned face: restore it whole; the output is the face at input size × upscale."""
         work = _work_image(img)
         run.lap("load")
-        crops = [resize_aligned(work, config.out_size)]
+        crops = [resize_aligned(work, config.out_size).copy()]  # never the caller's own array
         restored = stages.restore_faces(self.store, crops, options, run)
         run.lap("restore")
         out_h, out_w = scaled_size(img.shape[0], img.shape[1], options.upscale)
@@ -311,12 +311,12 @@ class Restorer:
         """
         options = options or RestoreOptions()
         size = self.generator_config(options.version).out_size
+        crops = list(crops)  # any iterable, read once
         for crop in crops:
-            if crop.dtype != np.uint8 or crop.shape != (size, size, 3):
-                raise ValueError(
-                    f"restore_faces expects uint8 {size}x{size}x3 BGR crops, got {crop.dtype} {crop.shape}"
-                )
-        return stages.restore_faces(self.store, list(crops), options, RunLog(progress))
+            got = f"{crop.dtype} {crop.shape}" if isinstance(crop, np.ndarray) else type(crop).__name__
+            if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.shape != (size, size, 3):
+                raise ValueError(f"restore_faces expects uint8 {size}x{size}x3 BGR crops, got {got}")
+        return stages.restore_faces(self.store, crops, options, RunLog(progress))
 
 
 def _work_image(img: np.ndarray) -> np.ndarray:

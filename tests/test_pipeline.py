@@ -137,6 +137,16 @@ def test_aligned_input(blind_weights: Path, layout: str) -> None:
     assert result.face_mask == "none"
 
 
+def test_aligned_results_never_share_the_callers_array(blind_weights: Path) -> None:
+    img = _gradient(64, 64)  # already the model's size: nothing to resize
+    kept = img.copy()
+    options = _options(blind_weights, aligned=True, upscale=1)
+    result = Restorer(blind_weights, device="cpu").restore(img, options)
+    assert np.array_equal(result.cropped_faces[0], img)
+    result.cropped_faces[0][:] = 0
+    assert np.array_equal(img, kept)
+
+
 def test_missing_generator_raises_weights_not_found(blind_weights: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match="v1.4"):
         Restorer(blind_weights, device="cpu").restore(_gradient(), RestoreOptions(bg_upsampler="none"))

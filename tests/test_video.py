@@ -559,6 +559,11 @@ def test_restore_faces_refuses_crops_of_the_wrong_size(blind: Path) -> None:
     with pytest.raises(ValueError, match="uint8 64x64x3 BGR crops"):
         _restorer(blind).restore_faces([np.zeros((32, 32, 3), np.uint8)], _options(blind))
     assert _restorer(blind).restore_faces([], _options(blind)) == []
+    with pytest.raises(ValueError, match="uint8 64x64x3 BGR crops, got list"):
+        _restorer(blind).restore_faces([np.zeros((64, 64, 3), np.uint8).tolist()], _options(blind))
+    face = _scene(64, 64)
+    crops = (c for c in [face, face])  # any iterable: a generator is read once, not used up by the checks
+    assert len(_restorer(blind).restore_faces(crops, _options(blind))) == 2
 
 
 def test_missing_default_background_falls_back_once_per_clip(blind: Path, tmp_path: Path) -> None:
