@@ -16,6 +16,7 @@ faces rescaled to 16-bit values.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -106,17 +107,24 @@ class RestoreOptions:
         if self.bg_upsampler is not None and self.bg_upsampler not in registry.choice_names("upsampler"):
             choices = ", ".join(registry.choice_names("upsampler"))
             raise ValueError(f"unknown background upsampler {self.bg_upsampler!r}; choose one of: {choices}")
-        if not isinstance(self.bg_tile, int) or self.bg_tile < 0:
+        if not _whole(self.bg_tile) or self.bg_tile < 0:
             raise ValueError(f"bg_tile must be an integer >= 0 (0 = no tiling), got {self.bg_tile!r}")
-        if not (0.0 <= float(self.strength) <= 1.0):
-            raise ValueError(f"strength must be in [0, 1], got {self.strength}")
+        if not _real(self.strength) or not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be a number in [0, 1], got {self.strength!r}")
+        if not _real(self.weight) or not math.isfinite(self.weight):
+            raise ValueError(f"weight must be a number, got {self.weight!r}")
+        for name in ("only_center_face", "aligned"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.use_parse, bool | None):
+            raise ValueError(f"use_parse must be None, True or False, got {self.use_parse!r}")
         if self.detector not in registry.choice_names("detector"):
             choices = ", ".join(registry.choice_names("detector"))
             raise ValueError(f"unknown face detector {self.detector!r}; choose one of: {choices}")
         side = self.detect_max_side
         if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 64):
             raise ValueError(f"detect_max_side must be an integer >= 64 (or None), got {side!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+        if self.batch_size is not None and (not _whole(self.batch_size) or self.batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         check_method(self.color_fix)
         object.__setattr__(self, "faces", parse_faces(self.faces))
@@ -317,6 +325,16 @@ class Restorer:
             if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.shape != (size, size, 3):
                 raise ValueError(f"restore_faces expects uint8 {size}x{size}x3 BGR crops, got {got}")
         return stages.restore_faces(self.store, crops, options, RunLog(progress))
+
+
+def _whole(value: Any) -> bool:
+    """An int, and not a bool (``True`` is an int to Python, but no tile size or batch size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value: Any) -> bool:
+    """A real number (int or float, NumPy's too), not a bool or a string."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 def _work_image(img: np.ndarray) -> np.ndarray:

@@ -28,9 +28,11 @@ def parse_faces(value: str | Sequence[int]) -> str:
     each). Takes those, "centre", numbers separated by commas or spaces, or a sequence of ints;
     ``ValueError`` naming what is allowed for anything else (0, negative or non-numbers)."""
     if not isinstance(value, str):
-        if isinstance(value, bool | bytes) or not all(isinstance(n, int | np.integer) for n in value):
+        listed = isinstance(value, Sequence | np.ndarray) and not isinstance(value, bytes)
+        numbers = list(value) if listed else [None]  # 2, None, a generator ... are no list of numbers
+        if not all(isinstance(n, int | np.integer) and not isinstance(n, bool) for n in numbers):
             raise ValueError(_faces_error(value))
-        value = ",".join(str(int(n)) for n in value)
+        value = ",".join(str(int(n)) for n in numbers)
     text = value.strip().lower()
     if text == "centre":
         return "center"

@@ -327,7 +327,7 @@ def plan_faces(
     video = video or VideoOptions()
     seen: list[FrameFaces] = []
     height = width = 0
-    for done, (image, _, faces) in enumerate(_tracked(restorer, frames, options, video), 1):
+    for done, (image, _, faces) in enumerate(_tracked(restorer, _checked(frames), options, video), 1):
         seen.append(faces)
         height, width = image.shape[:2]
         if progress is not None:
@@ -359,6 +359,20 @@ def _median_box(boxes: np.ndarray) -> np.ndarray:
     center = np.median((boxes[:, :2] + boxes[:, 2:]) / 2, axis=0)
     half = np.median(boxes[:, 2:] - boxes[:, :2], axis=0) / 2
     return np.concatenate([center - half, center + half])
+
+
+def _checked(frames: Iterable[tuple[np.ndarray, float]]) -> Iterator[tuple[np.ndarray, float]]:
+    """The (frame, seconds) pairs, each checked: frames are uint8 H×W×3 BGR, as decoding makes them (a
+    16-bit or float frame would be restored as garbage, not refused)."""
+    for item in frames:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise ValueError(f"frames must be (image, seconds) pairs, got {type(item).__name__}")
+        image, seconds = item
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"frames must be uint8 HxWx3 BGR images, got {type(image).__name__}")
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"frames must be uint8 HxWx3 BGR images, got {image.dtype} {image.shape}")
+        yield image, float(seconds)
 
 
 def _replayed(
@@ -424,6 +438,7 @@ def restore_frames(
             notes.extend(note for note in dict.fromkeys(log.notes) if note not in notes)
         log.notes.clear()
 
+    frames = _checked(frames)
     tracked = _tracked(restorer, frames, options, video) if plan is None else _replayed(frames, plan)
     for image, seconds, faces in tracked:
         keep = [i for i, track in enumerate(faces.track_ids) if plan is None or track in plan.restore]

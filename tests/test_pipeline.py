@@ -87,6 +87,18 @@ def _layouts(bgr: np.ndarray) -> dict[str, np.ndarray]:
         ({"only_center_face": True, "faces": "largest"}, "only_center_face means faces='center'"),
         ({"aligned": True, "faces": "2"}, "do not apply to aligned input"),
         ({"aligned": True, "min_face": 20}, "do not apply to aligned input"),
+        # wrong types are the same readable ValueError, not an error from inside, nor silently truthy
+        ({"strength": None}, "strength must be a number in \\[0, 1\\], got None"),
+        ({"strength": "0.5"}, "strength must be a number"),
+        ({"faces": 2}, "faces must be all, largest, center or face numbers"),
+        ({"faces": None}, "faces must be all, largest, center or face numbers"),
+        ({"faces": [True, 2]}, "faces must be all, largest, center or face numbers"),
+        ({"aligned": "False"}, "aligned must be True or False, got 'False'"),
+        ({"only_center_face": "no"}, "only_center_face must be True or False"),
+        ({"use_parse": 0}, "use_parse must be None, True or False, got 0"),
+        ({"bg_tile": True}, "bg_tile must be an integer"),
+        ({"batch_size": True}, "batch_size must be an integer"),
+        ({"weight": float("nan")}, "weight must be a number"),
     ],
 )
 def test_options_are_validated(kwargs: dict, message: str) -> None:

@@ -464,6 +464,21 @@ def test_batched_frames_equal_restore_frame_by_frame(
         assert np.abs(out.image.astype(int) - alone.image).max() <= 1
 
 
+def test_frames_of_another_kind_are_refused(blind: Path) -> None:
+    """restore_frames takes what decoding makes, uint8 BGR: a 16-bit or float frame is refused, not
+    restored as garbage (restore() refuses them too)."""
+    restorer, options = _restorer(blind), _options(blind)
+    for frame, message in (
+        (_scene().astype(np.uint16) * 257, "uint8 HxWx3 BGR images, got uint16"),
+        (_scene().astype(np.float32), "got float32"),
+        (_scene()[:, :, 0], r"got uint8 \(48, 64\)"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            next(restore_frames(restorer, [(frame, 0.0)], options))
+    with pytest.raises(ValueError, match="frames must be \\(image, seconds\\) pairs, got ndarray"):
+        next(restore_frames(restorer, [_scene()], options))
+
+
 def _translation_jitter(frames: list[tuple[np.ndarray, float]], real: Path, smooth: bool) -> float:
     """Std (pixels) over frames of the alignment's translation, i.e. how much the pasted face moves."""
     restorer = _restorer(real)
