@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -539,7 +540,7 @@ def test_model_card_names_every_training_folder():
     assert "`faces/hq`" in data_line and "`runs/photo-faces`" in data_line, data_line
 
 
-def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, monkeypatch, capsys):
+def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, monkeypatch, capsys, caplog):
     """A run always ends with a checkpoint (even with ckpt_every=0); a new run over it is refused, not
     mixed in; a Ctrl-C stops after the current step with its checkpoint, and --resume auto continues."""
     import os
@@ -572,6 +573,44 @@ def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, mon
     assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
     assert "interrupted" in capsys.readouterr().err
+    assert "settings other than the checkpoint's (train.total_iter: 2 → 10)" in caplog.text
     monkeypatch.setattr(Trainer, "train_step", real)
     assert cli([*base, "train.total_iter=4", "--resume", "auto"]) == 0
     assert (ckpts / "step_00000004.pt").is_file()
+
+
+def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys):
+    """A checkpoint that is no checkpoint, one of another model, a device that is not there, an
+    output_dir that is a file, an unreadable image in a loader worker: one ``error:`` line, exit 2."""
+    from train.__main__ import main as cli
+
+    run = tmp_path / "run"
+    base = ["train", "--config", str(TINY), f"data.train={faces}", *FAST, "train.total_iter=1"]
+    assert cli([*base, f"output_dir={run}"]) == 0
+    capsys.readouterr()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    (tmp_path / "a-file").write_bytes(b"")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for src in faces.iterdir():
+        (broken / src.name).symlink_to(src)
+    (broken / "._x.png").write_bytes(b"junk")  # a macOS resource file beside the faces
+    cases = [
+        ([f"output_dir={tmp_path / 'r1'}", "--resume", str(junk)], "cannot resume from .*junk.pt: not a"),
+        (
+            [f"output_dir={tmp_path / 'r2'}", "model.generator.narrow=0.125", "--resume",
+             str(run / "checkpoints" / "step_00000001.pt")],
+            "cannot resume from .*: its networks do not fit this config's model",
+        ),
+        ([f"output_dir={tmp_path / 'r3'}", "device=gpu"], "device: "),
+        ([f"output_dir={tmp_path / 'a-file'}"], "is a file, not a folder"),
+        ([f"output_dir={tmp_path / 'r4'}", f"data.train={broken}", "data.num_workers=1"],
+         "unreadable image: .*_x.png"),
+    ]  # fmt: skip
+    for extra, message in cases:
+        assert cli([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and re.search(message, lines[0]), err[-2000:]
+        assert "Traceback" not in err, err[-2000:]

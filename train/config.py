@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,7 @@ def _number(value: Any, path: str, want: type) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
     if want is int:
-        if float(value) != int(value):
+        if not math.isfinite(value) or float(value) != int(value):
             raise ConfigError(f"config key '{path}' must be a whole number, got {value!r}")
         return int(value)
     return float(value)
@@ -209,7 +210,10 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    value: Any = yaml.safe_load(raw) if raw != "" else None
+    try:
+        value: Any = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: the value is not YAML ({str(err).splitlines()[0]})") from None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
@@ -222,7 +226,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{p} is not a YAML file: {str(err).splitlines()[0]}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p} must contain a YAML mapping at the top level")
         _merge(cfg, loaded, "")
@@ -252,13 +259,34 @@ def identity_start(cfg: dict[str, Any]) -> int | None:
     return int(start * cfg["train"]["total_iter"]) if 0 < start < 1 else int(start)
 
 
+NOT_NULL = (
+    "name", "output_dir", "seed", "device", "data.out_size", "data.batch_size", "data.num_workers",
+    "train.total_iter", "train.ema_decay", "train.log_every", "train.image_every", "train.val_every",
+    "train.ckpt_every", "train.keep_checkpoints", "train.threads", "optim.lr_g", "optim.lr_d",
+    "optim.lr_component", "optim.schedule", "loss.pixel_weight", "loss.pyramid_weight",
+    "loss.perceptual_weight", "loss.style_weight", "loss.gan_weight", "loss.identity_weight",
+)  # fmt: skip
+"""Keys the trainer needs a value for: ``null`` there is refused by name (other keys use null as "off")."""
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Reject values the trainer cannot use, with the key named."""
+    for key in NOT_NULL:
+        value: Any = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value is None or value == "":
+            raise ConfigError(f"config key '{key}' needs a value, got {value!r}")
     size = cfg["data"]["out_size"]
     if size not in (32, 64, 128, 256, 512, 1024):
         raise ConfigError(f"data.out_size must be a power of two in 32..1024, got {size}")
     if cfg["data"]["batch_size"] < 1:
         raise ConfigError("data.batch_size must be at least 1")
+    if cfg["data"]["num_workers"] < 0:
+        raise ConfigError("data.num_workers must be 0 (load in the training process) or more")
+    budget = cfg["train"]["time_budget_min"]
+    if budget is not None and not budget > 0:
+        raise ConfigError(f"train.time_budget_min must be a positive number of minutes or null, got {budget}")
     if cfg["data"]["components"]["source"] not in ("template", "file"):
         raise ConfigError("data.components.source must be 'template' or 'file'")
     if cfg["data"]["components"]["source"] == "file" and not cfg["data"]["components"]["file"]:

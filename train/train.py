@@ -512,8 +512,26 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.load_state_dict(state)
+        """Continue from the checkpoint ``path``; ``ConfigError`` (one line) for a file that is no readable
+        checkpoint or holds networks of another layout. Settings that differ from the checkpoint's are
+        logged: the optimisers and the schedule continue as saved."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:  # noqa: BLE001  (unpickling, truncation, a foreign file: all one answer)
+            reason = _first_line(err)
+            raise ConfigError(f"cannot resume from {path}: not a readable checkpoint ({reason})") from None
+        if not isinstance(state, dict) or "net_g" not in state:
+            raise ConfigError(f"cannot resume from {path}: not a training checkpoint of this trainer")
+        changed = _changed_settings(state.get("config") or {}, self.cfg)
+        if changed:
+            log.warning("resuming with settings other than the checkpoint's (%s); the optimisers and the "
+                        "learning-rate schedule continue as saved", "; ".join(changed))  # fmt: skip
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as err:  # shapes or keys of another model layout
+            raise ConfigError(
+                f"cannot resume from {path}: its networks do not fit this config's model ({_first_line(err)})"
+            ) from None
 
     # ---------------------------------------------------------------------------------------------- fit
     def fit(self, total_iter: int | None = None) -> dict[str, float]:
@@ -676,6 +694,23 @@ def _dump_yaml(cfg: dict[str, Any]) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _changed_settings(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: saved → now`` for every setting that differs between two configs (nested keys dotted)."""
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return changed
+
+
 @contextmanager
 def _interrupt_between_steps(enabled: bool) -> Iterator[Callable[[], bool]]:
     """While training in one process: the first Ctrl-C only sets a flag (the loop checkpoints its last
@@ -720,7 +755,13 @@ def run(
     cfg: dict[str, Any], rank: int, world_size: int, resume: str | None = None, local_rank: int = 0
 ) -> Trainer:
     """Build a trainer for this process (initialising the process group when world_size > 1) and train."""
-    device = select_device(cfg["device"])
+    try:
+        device = select_device(cfg["device"])
+    except ValueError as err:
+        raise ConfigError(f"device: {_first_line(err)}") from None
+    out = Path(cfg["output_dir"])
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, not a folder")
     if cfg["train"]["threads"] > 0:
         torch.set_num_threads(cfg["train"]["threads"])
     if world_size > 1:
@@ -775,7 +816,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         run(cfg, rank, world, args.resume, local_rank)
     except (ConfigError, DataError, WeightsError, UnknownArchitectureError, TrainingDivergedError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = str(err).strip()
+        if message.startswith("Caught ") and "Traceback" in message:  # re-raised from a loader worker
+            message = message.splitlines()[-1].split(": ", 1)[-1]  # the worker's own error, not its trace
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
