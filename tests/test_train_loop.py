@@ -455,6 +455,10 @@ def test_time_budget_sizes_the_schedule_to_end_on_time(faces, tmp_path, monkeypa
     resumed = Trainer(_config(faces, tmp_path / "run", *extra))
     resumed.load_state_dict(state)
     assert resumed.cfg["train"]["total_iter"] == sized and resumed.sized
+    extended = [*extra[:-1], "train.time_budget_min=null", f"train.total_iter={sized + 50}"]
+    longer = Trainer(_config(faces, tmp_path / "run", *extended))  # the budget dropped: a longer run
+    longer.load_state_dict(state)
+    assert longer.cfg["train"]["total_iter"] == sized + 50 and not longer.sized
 
 
 def test_time_budget_sizes_again_when_the_machine_slows_down(faces, tmp_path, monkeypatch):

@@ -472,7 +472,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
-        if state.get("sized_total_iter") is not None:  # keep the schedule the budget sized
+        budgeted = self.cfg["train"]["time_budget_min"] is not None  # null now: the given total_iter rules
+        if state.get("sized_total_iter") is not None and budgeted:  # keep the schedule the budget sized
             self.cfg["train"]["total_iter"] = int(state["sized_total_iter"])
             self.sized = True
         _unwrap(self.net_g).load_state_dict(state["net_g"])
