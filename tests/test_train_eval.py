@@ -373,3 +373,23 @@ def test_source_faces_are_never_overwritten(tmp_path: Path, capsys) -> None:
     cv2.imwrite(str(faces / "a.jpg"), np.full((64, 64, 3), 90, np.uint8))
     with pytest.raises(DataError, match="a.jpg and a.png would both be written as a.png|a.png and a.jpg"):
         prepare_folder(faces, tmp_path / "out", 32)
+
+
+def test_command_mistakes_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    """A components file that is none, an export or a crop into a path that is a file, a crop size of 0."""
+    from train.__main__ import main
+    from train.data import DataError, load_component_file
+
+    torch.save({"face": 1}, tmp_path / "other.pth")
+    with pytest.raises(DataError, match="other.pth is not a components file"):
+        load_component_file(tmp_path / "other.pth")
+    (tmp_path / "a-file").write_bytes(b"")
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    cv2.imwrite(str(faces / "a.png"), np.full((64, 64, 3), 120, np.uint8))
+    assert main(["prepare", str(faces), str(tmp_path / "a-file" / "out"), "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "a-file" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as done:
+        main(["crop", str(tmp_path), str(tmp_path / "out"), "--size", "0"])
+    assert done.value.code == 2 and "--size must be at least 16" in capsys.readouterr().err

@@ -21,7 +21,7 @@ def _prepare(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         print(prepare_folder(args.src, args.dst, args.size, lmdb=args.lmdb))
-    except DataError as err:
+    except (DataError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -50,7 +50,7 @@ def _components(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         found, missed = detect_components(args.src, args.detector, args.weights_dir)
-    except (DataError, WeightsError, ValueError) as err:
+    except (DataError, WeightsError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(save_component_file(found, args.out))
@@ -79,11 +79,13 @@ def _crop(argv: list[str]) -> int:
     )
     _detector_options(p)
     args = p.parse_args(argv)
+    if args.size < 16 or args.min_size < 1:
+        p.error(f"--size must be at least 16 and --min-size at least 1, got {args.size} and {args.min_size}")
     try:
         written, skipped = crop_faces(
             args.photos, args.out, args.size, args.min_size, args.detector, args.weights_dir
         )
-    except (DataError, WeightsError, ValueError) as err:
+    except (DataError, WeightsError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{len(written)} faces written to {args.out} ({skipped} too small or cut off by the border)")

@@ -155,13 +155,20 @@ def load_component_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"components file not found: {p}")
-    with torch.serialization.safe_globals(_numpy_safe_globals()):
-        raw = torch.load(p, map_location="cpu", weights_only=True)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key, parts in raw.items():
-        out[str(key)] = {
-            part: np.asarray(parts[part], dtype=np.float64).reshape(-1)[:3] for part in COMPONENTS
-        }
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            raw = torch.load(p, map_location="cpu", weights_only=True)
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for key, parts in raw.items():
+            out[str(key)] = {
+                part: np.asarray(parts[part], dtype=np.float64).reshape(-1)[:3] for part in COMPONENTS
+            }
+    except Exception as err:  # noqa: BLE001  (unpickling, truncation, another layout: one answer)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(
+            f"{p} is not a components file (image name → {', '.join(COMPONENTS)} boxes; make one with "
+            f"`python -m train components`): {type(err).__name__}: {first}"
+        ) from None
     return out
 
 

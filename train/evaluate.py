@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 restored = Path(args.restored)
             report = evaluate(hq, lq, restored, args.size, args.weights_dir, _data_dir())
         report["degradation"] = _described(args)
-    except (EvaluationError, DataError, ConfigError, WeightsError, yaml.YAMLError) as err:
+    except (EvaluationError, DataError, ConfigError, WeightsError, yaml.YAMLError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(report, args.verbose))

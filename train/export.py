@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             official_pth=args.official_pth,
             half=args.half,
         )
-    except ExportError as err:
+    except (ExportError, OSError) as err:  # OSError: e.g. the output is a file
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported step {state['step']} to {folder}")

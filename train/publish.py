@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             license_id=args.license, datasets=args.dataset, base_model=args.base_model,
         )  # fmt: skip
         result = publish(folder, args.repo_id, private=args.private, dry_run=args.dry_run, token=args.token)
-    except (ExportError, PublishError, WeightsError) as err:
+    except (ExportError, PublishError, WeightsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"published: {result}" if not args.dry_run else f"ready to publish: {result}")
