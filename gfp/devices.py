@@ -85,9 +85,11 @@ class Placement:
         """The placement for a request: ``device`` by :func:`select_device`, float16 when ``half`` and not on
         a CPU, ``bf16`` on a CPU (None: where it computes bf16 natively, see
         :func:`gfp.precision.cpu_has_native_bf16`), ``backend`` by :func:`decide_backend` (None: env)."""
+        if not isinstance(bf16, bool | None):  # bool("no") is True
+            raise ValueError(f"bf16 must be True, False or None (where the CPU has it), got {bf16!r}")
         target = select_device(device)
         on_cpu = target.type == "cpu"
-        native = on_cpu and (cpu_has_native_bf16() if bf16 is None else bool(bf16))
+        native = on_cpu and (cpu_has_native_bf16() if bf16 is None else bf16)
         return cls(target, decide_precision(target, half), native, decide_backend(target, backend))
 
     def for_model(self, *supports: Supports) -> Placement:

@@ -229,6 +229,8 @@ class Restorer:
     ) -> RestoreResult:
         """Restore every face of ``img`` (HxW gray, HxWx3 BGR or HxWx4 BGRA; uint8 or uint16)."""
         options = options or RestoreOptions()
+        if not isinstance(options, RestoreOptions):
+            raise TypeError(f"options must be a RestoreOptions, got {type(options).__name__}")
         _check_input(img)
         run = RunLog(progress)
         config = self.generator_config(options.version)  # missing weights fail here, before any work

@@ -633,3 +633,16 @@ def test_each_spec_is_resolved_once_and_its_checkpoint_read_once(
         restorer.restore(face, options)
     restorer.restore_faces([face], options)
     assert counts == {"resolve": 1, "read": 1}
+
+
+def test_wrong_argument_types_are_clear_errors(blind_weights: Path) -> None:
+    """What a caller may get wrong is said, not taken for something else: bool("no") is True, Path("") is
+    the current folder, a dict is no RestoreOptions."""
+    from gfp.loading import WeightsNotFoundError, load_generator
+
+    with pytest.raises(ValueError, match="bf16 must be True, False or None"):
+        Restorer(blind_weights, device="cpu", bf16="no")  # type: ignore[arg-type]
+    with pytest.raises(WeightsNotFoundError, match="no model given"):
+        load_generator("")
+    with pytest.raises(TypeError, match="options must be a RestoreOptions, got dict"):
+        Restorer(blind_weights, device="cpu").restore(_gradient(8, 8), {"aligned": True})  # type: ignore[arg-type]

@@ -71,6 +71,8 @@ def resolve(
 ) -> Resolved:
     """Find (downloading if needed) a model's weights; see the module docstring for the order."""
     spec = os.fspath(name_or_path)
+    if not spec.strip():  # Path("") is the current folder
+        raise WeightsNotFoundError("no model given: an empty name is neither a file, a folder nor a model")
     explicit = Path(spec).expanduser()
     if explicit.exists():
         return _found(explicit)
