@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import pickle
 from pathlib import Path
 
 import cv2
@@ -15,6 +14,7 @@ import torch
 
 from train.config import DEFAULTS, ConfigError, load_config, parse_override
 from train.data import (
+    DataError,
     DegradationParams,
     FaceDegradationDataset,
     ResumableSampler,
@@ -217,11 +217,12 @@ class _Evil:
         return (print, ("pwned",))
 
 
-def test_components_file_with_code_is_refused(tmp_path):
+def test_components_file_with_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     torch.save({"00000000": _Evil()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(DataError, match="evil.pth holds objects other than arrays and numbers: refused"):
         load_component_file(path)
+    assert "pwned" not in capsys.readouterr().out  # its code never ran
 
 
 def test_dataset_uses_components_file_by_image_number(faces, tmp_path):

@@ -10,6 +10,7 @@ and resumes exactly, whatever the number of loader workers. The blur kernel and 
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,9 @@ def load_component_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             raw = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's text would advise loading it unsafely: never
+        raise DataError(f"{p} holds objects other than arrays and numbers: refused, not loaded") from None
+    try:
         out: dict[str, dict[str, np.ndarray]] = {}
         for key, parts in raw.items():
             out[str(key)] = {
