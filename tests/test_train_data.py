@@ -251,6 +251,15 @@ def test_lmdb_gives_the_same_items_as_the_folder(faces, tmp_path):
     assert from_lmdb[item]["path"] == "00003"
 
 
+def test_lmdb_takes_any_file_name(tmp_path):
+    face = tmp_path / "visage_été.png"  # basicsr's keys are ASCII; a user's files need not be
+    cv2.imwrite(str(face), np.full((32, 32, 3), 120, np.uint8))
+    db = write_lmdb([face], tmp_path / "faces.lmdb")
+    cfg = _cfg()
+    cfg["data"]["out_size"] = 32
+    assert FaceDegradationDataset(db, cfg["data"], cfg["degradation"])[(0, (1, 2, 3))]["path"] == "visage_été"
+
+
 def test_sampler_resumes_mid_stream_and_splits_ranks():
     take = lambda s, n: [next(it) for it in [iter(s)] for _ in range(n)]  # noqa: E731
     full = take(ResumableSampler(10, seed=3), 25)

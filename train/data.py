@@ -67,12 +67,12 @@ def write_lmdb(files: list[Path], lmdb_path: str | Path, compress_level: int = 1
             if img is None:
                 raise DataError(f"unreadable image: {p}")
             ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
-            txn.put(p.stem.encode("ascii"), buf.tobytes())
+            txn.put(p.stem.encode("utf-8"), buf.tobytes())  # ASCII names: basicsr's own keys
             h, w = img.shape[:2]
             c = 1 if img.ndim == 2 else img.shape[2]
             lines.append(f"{p.stem}.png ({h},{w},{c}) {compress_level}\n")
     env.close()
-    (out / "meta_info.txt").write_text("".join(lines))
+    (out / "meta_info.txt").write_text("".join(lines), encoding="utf-8")
     return out
 
 
@@ -90,7 +90,9 @@ class _ImageSource:
             if not meta.is_file():
                 raise DataError(f"{self.root} has no meta_info.txt (is it a basicsr lmdb?)")
             self.keys = [
-                line.split(" ")[0].rsplit(".", 1)[0] for line in meta.read_text().splitlines() if line
+                line.split(" ")[0].rsplit(".", 1)[0]
+                for line in meta.read_text(encoding="utf-8").splitlines()
+                if line
             ]
             self.is_lmdb = True
         else:
@@ -118,7 +120,7 @@ class _ImageSource:
 
                 self._env = lmdb.open(str(self.root), readonly=True, lock=False, readahead=False)
             with self._env.begin(write=False) as txn:
-                buf = txn.get(key.encode("ascii"))
+                buf = txn.get(key.encode("utf-8"))
             if buf is None:
                 raise DataError(f"key {key!r} missing from {self.root}")
             img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
