@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
+def _temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
     """(open write descriptor, path) of a new file named ``.{dest.name}.{random}{suffix}`` beside ``dest``."""
     while True:
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{suffix}")
@@ -29,7 +29,7 @@ def temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
 def atomic_path(dest: Path, suffix: str = ".part") -> Iterator[Path]:
     """Yield a temp path beside ``dest``: renamed to ``dest`` if the block succeeds, else deleted."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(dest, suffix)
+    fd, tmp = _temp_beside(dest, suffix)
     mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)
     try:

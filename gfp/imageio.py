@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gfp.atomic import temp_beside
+from gfp.atomic import atomic_path
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width x height) read by default: 40 MP, ~120 MB as uint8 BGR before any upscaling."""
@@ -211,15 +211,8 @@ def write_image(path: str | os.PathLike, img: np.ndarray, quality: int = 95) -> 
     """
     path = Path(path)
     data = encode_image(img, path.suffix, quality)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path, PARTIAL_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path, PARTIAL_SUFFIX) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
