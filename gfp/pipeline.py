@@ -122,13 +122,13 @@ class RestoreOptions:
             choices = ", ".join(registry.choice_names("detector"))
             raise ValueError(f"unknown face detector {self.detector!r}; choose one of: {choices}")
         side = self.detect_max_side
-        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 64):
+        if side is not None and (not _whole(side) or side < 64):
             raise ValueError(f"detect_max_side must be an integer >= 64 (or None), got {side!r}")
         if self.batch_size is not None and (not _whole(self.batch_size) or self.batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         check_method(self.color_fix)
         object.__setattr__(self, "faces", parse_faces(self.faces))
-        if isinstance(self.min_face, bool) or not isinstance(self.min_face, int) or self.min_face < 0:
+        if not _whole(self.min_face) or self.min_face < 0:
             raise ValueError(f"min_face must be a whole number of pixels >= 0, got {self.min_face!r}")
         if self.only_center_face and self.faces not in ("all", "center"):
             raise ValueError(
@@ -323,8 +323,8 @@ class Restorer:
         size = self.generator_config(options.version).out_size
         crops = list(crops)  # any iterable, read once
         for crop in crops:
-            got = f"{crop.dtype} {crop.shape}" if isinstance(crop, np.ndarray) else type(crop).__name__
             if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.shape != (size, size, 3):
+                got = f"{crop.dtype} {crop.shape}" if isinstance(crop, np.ndarray) else type(crop).__name__
                 raise ValueError(f"restore_faces expects uint8 {size}x{size}x3 BGR crops, got {got}")
         return stages.restore_faces(self.store, crops, options, RunLog(progress))
 
