@@ -29,6 +29,7 @@ from gfp.faces import FFHQ_TEMPLATE_512, alignment_matrix, detect_faces, resize_
 from gfp.imageio import ImageReadError, read_image
 from gfp.loading import load_model
 from gfp.registry import detector_entry
+from train.config import first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -170,10 +171,9 @@ def load_component_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
                 part: np.asarray(parts[part], dtype=np.float64).reshape(-1)[:3] for part in COMPONENTS
             }
     except Exception as err:  # noqa: BLE001  (unpickling, truncation, another layout: one answer)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DataError(
             f"{p} is not a components file (image name → {', '.join(COMPONENTS)} boxes; make one with "
-            f"`python -m train components`): {type(err).__name__}: {first}"
+            f"`python -m train components`): {type(err).__name__}: {first_line(err)}"
         ) from None
     return out
 

@@ -20,7 +20,7 @@ import yaml
 
 from gfp.archs import GeneratorConfig, build_generator
 from gfp.loading import save_pretrained
-from train.config import identity_start
+from train.config import first_line, identity_start
 
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "id_cos": "Identity cosine similarity"}
 
@@ -42,15 +42,18 @@ def find_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint written by ``train.train`` (loaded with ``weights_only=True``)."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint written by ``train.train`` (loaded with ``weights_only=True``), its tensors
+    on ``map_location``; ``ExportError`` for a file that is none."""
     p = Path(path)
     if not p.is_file():
         raise ExportError(f"checkpoint not found: {p}")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ExportError(f"{p} is not a readable training checkpoint: {str(err).splitlines()[0]}") from err
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # torch's text would advise loading it unsafely: never
+        raise ExportError(f"{p} is not a readable training checkpoint: no pickle of tensors only") from None
+    except (RuntimeError, EOFError) as err:
+        raise ExportError(f"{p} is not a readable training checkpoint: {first_line(err)}") from err
     if not isinstance(state, dict) or "net_g_ema" not in state or "config" not in state:
         raise ExportError(f"{p} is not a train.train checkpoint (no net_g_ema/config)")
     return state

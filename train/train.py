@@ -36,8 +36,9 @@ from gfp.archs.gfpgan import fold_pixels, unfold_pixels
 from gfp.loading import WeightsError, select_device
 from gfp.precision import cpu_has_native_bf16
 from train import losses as L
-from train.config import ConfigError, identity_start, load_config
+from train.config import ConfigError, first_line, identity_start, load_config
 from train.data import DataError, FaceDegradationDataset, ResumableSampler, list_images, split_indices
+from train.export import ExportError, read_checkpoint
 from train.metrics import cosine_similarity, psnr, ssim
 from train.networks import build_discriminators, build_identity, build_training_generator, build_vgg
 
@@ -517,12 +518,9 @@ class Trainer:
         checkpoint or holds networks of another layout. Settings that differ from the checkpoint's are
         logged: the optimisers and the schedule continue as saved."""
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as err:  # noqa: BLE001  (unpickling, truncation, a foreign file: all one answer)
-            reason = _first_line(err)
-            raise ConfigError(f"cannot resume from {path}: not a readable checkpoint ({reason})") from None
-        if not isinstance(state, dict) or "net_g" not in state:
-            raise ConfigError(f"cannot resume from {path}: not a training checkpoint of this trainer")
+            state = read_checkpoint(path, map_location=self.device)
+        except ExportError as err:
+            raise ConfigError(f"cannot resume: {err}") from None
         changed = _changed_settings(state.get("config") or {}, self.cfg)
         if changed:
             log.warning("resuming with settings other than the checkpoint's (%s); the optimisers and the "
@@ -531,7 +529,7 @@ class Trainer:
             self.load_state_dict(state)
         except RuntimeError as err:  # shapes or keys of another model layout
             raise ConfigError(
-                f"cannot resume from {path}: its networks do not fit this config's model ({_first_line(err)})"
+                f"cannot resume from {path}: its networks do not fit this config's model ({first_line(err)})"
             ) from None
 
     # ---------------------------------------------------------------------------------------------- fit
@@ -695,11 +693,6 @@ def _dump_yaml(cfg: dict[str, Any]) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
     """``key: saved → now`` for every setting that differs between two configs (nested keys dotted)."""
     changed = []
@@ -759,7 +752,7 @@ def run(
     try:
         device = select_device(cfg["device"])
     except ValueError as err:
-        raise ConfigError(f"device: {_first_line(err)}") from None
+        raise ConfigError(f"device: {first_line(err)}") from None
     out = Path(cfg["output_dir"])
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir {out} is a file, not a folder")
