@@ -44,14 +44,13 @@ from gfp.cli import (
     _one_line,
     add_restore_arguments,
     check_not_input,
-    image_target,
     list_inputs,
+    main_output,
     make_restorer,
     output_group,
     restore_options,
     save_outputs,
     video_options,
-    video_target,
 )
 from gfp.imageio import PARTIAL_GLOB, read_image_bytes
 from gfp.video import is_video, restore_video
@@ -296,18 +295,14 @@ class RestoreWorker:
     def _restore(self, path: str, key: str, data: bytes) -> dict[str, Any]:
         basename, in_ext = os.path.splitext(posixpath.basename(path))
         args = self.job.args
+        target = main_output(self.output, path, args)
+        if self.job.filesystem is None:  # a local input: never written over
+            check_not_input(target, Path(path))
         if is_video(path):
-            target = video_target(self.output, basename, args.suffix)
-            if self.job.filesystem is None:
-                check_not_input(target, Path(path))
             with _local_copy(self.job.filesystem, path) as local:
                 result = restore_video(local, target, self.options, self.video, self.restorer)
             written = [target]
         else:
-            if self.job.filesystem is None and not args.aligned:
-                check_not_input(
-                    image_target(self.output, basename, in_ext, args.suffix, args.ext), Path(path)
-                )
             img = read_image_bytes(data, name=key)
             result = self.restorer.restore(img, self.options)
             written = save_outputs(result, basename, in_ext, self.output, args.suffix, args.ext, args.aligned)

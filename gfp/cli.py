@@ -279,6 +279,15 @@ def video_target(output: Path, basename: str, suffix: str | None) -> Path:
     return output / "restored_videos" / f"{_suffixed(basename, suffix)}.mp4"
 
 
+def main_output(output: Path, name: str, args: argparse.Namespace) -> Path | None:
+    """The restored image or clip of the input file ``name`` under ``output`` (None for aligned faces,
+    which have no whole image)."""
+    basename, in_ext = os.path.splitext(os.path.basename(name))
+    if is_video(name):
+        return video_target(output, basename, args.suffix)
+    return None if args.aligned else image_target(output, basename, in_ext, args.suffix, args.ext)
+
+
 def output_group(name: str) -> str:
     """What the outputs of the input file ``name`` are named after: inputs of one group would overwrite each
     other's outputs (photos: the name without its extension, in every output folder; clips:
@@ -287,9 +296,9 @@ def output_group(name: str) -> str:
     return f"restored_videos/{stem}" if is_video(name) else stem
 
 
-def check_not_input(target: Path, source: Path) -> None:
+def check_not_input(target: Path | None, source: Path) -> None:
     """Refuse to write ``target`` over the input ``source`` itself (``-o`` the folder a run wrote before)."""
-    if target.exists() and os.path.samefile(target, source):
+    if target is not None and target.exists() and os.path.samefile(target, source):
         raise ValueError(f"its output {target} would replace the input itself; choose another --output")
 
 
@@ -367,13 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(
                     f"its outputs would overwrite those of {owner.name} (same name without extension)"
                 )
+            target = main_output(output, path.name, args)
+            check_not_input(target, path)
             if is_video(path):
-                target = video_target(output, basename, args.suffix)
-                check_not_input(target, path)
                 result = restore_video_file(path, target, options, clip_options, restorer)
             else:
-                if not args.aligned:
-                    check_not_input(image_target(output, basename, in_ext, args.suffix, args.ext), path)
                 img = read_image(path)
                 result = restorer.restore(img, options)
                 save_outputs(result, basename, in_ext, output, args.suffix, args.ext, args.aligned)
