@@ -583,6 +583,25 @@ def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, mon
     assert (ckpts / "step_00000004.pt").is_file()
 
 
+def test_resume_drops_the_log_records_of_steps_trained_again(faces, tmp_path):
+    """Resumed from a checkpoint older than the last logged step, the steps after it are trained again: their
+    earlier log records are dropped, so train_log.jsonl holds each step once, in order."""
+    import json
+
+    from train.__main__ import main as cli
+
+    run = tmp_path / "run"
+    fast = [a for a in FAST if not a.startswith(("train.log_every", "train.ckpt_every"))]
+    base = ["train", "--config", str(TINY), f"data.train={faces}", f"output_dir={run}", *fast]
+    base += ["train.log_every=1", "train.ckpt_every=2", "train.keep_checkpoints=5"]
+    assert cli([*base, "train.total_iter=3"]) == 0
+    log_file = run / "train_log.jsonl"
+    assert [json.loads(line)["step"] for line in log_file.read_text().splitlines()] == [1, 2, 3]
+    older = run / "checkpoints" / "step_00000002.pt"
+    assert cli([*base, "--resume", str(older), "train.total_iter=4"]) == 0
+    assert [json.loads(line)["step"] for line in log_file.read_text().splitlines()] == [1, 2, 3, 4]
+
+
 def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys):
     """A checkpoint that is no checkpoint, one of another model, a device that is not there, an
     output_dir that is a file, an unreadable image in a loader worker: one ``error:`` line, exit 2."""

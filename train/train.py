@@ -543,7 +543,11 @@ class Trainer:
             (self.out_dir / "config.yml").write_text(_dump_yaml(self.cfg))
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+            # A resumed run trains again the steps after its checkpoint: their old records go.
+            purge = self.step + 1 if self.step else None
+            if purge is not None:
+                self._drop_records_after(self.step)
+            self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=purge)
         self.net_g.train()
         for net in self.nets_d.values():
             net.train()
@@ -682,9 +686,34 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
 
+    def _drop_records_after(self, step: int) -> None:
+        """Remove the log records of steps after ``step`` (a run stopped past its last checkpoint, or one
+        resumed from an older checkpoint, logged steps that are now trained again)."""
+        for name in ("train_log.jsonl", "val_log.jsonl"):
+            path = self.out_dir / name
+            if not path.is_file():
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [line for line in lines if _record_step(line) <= step]
+            if len(kept) < len(lines):
+                tmp = path.with_name(path.name + ".part")
+                tmp.write_text("".join(kept), encoding="utf-8")
+                os.replace(tmp, path)
+                log.info(
+                    "%s: dropped %d records after step %d (trained again)", name, len(lines) - len(kept), step
+                )
+
     def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         with open(self.out_dir / name, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def _record_step(line: str) -> float:
+    """The step of one JSON-lines log record (a line that is not one is kept: -inf)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return -math.inf
 
 
 def _dump_yaml(cfg: dict[str, Any]) -> str:
