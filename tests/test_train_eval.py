@@ -373,6 +373,10 @@ def test_source_faces_are_never_overwritten(tmp_path: Path, capsys) -> None:
     cv2.imwrite(str(faces / "a.jpg"), np.full((64, 64, 3), 90, np.uint8))
     with pytest.raises(DataError, match="a.jpg and a.png would both be written as a.png|a.png and a.jpg"):
         prepare_folder(faces, tmp_path / "out", 32)
+    (faces / "a.jpg").unlink()
+    cv2.imwrite(str(faces / "c.png"), np.full((48, 64, 3), 90, np.uint8))  # a photo, not an aligned face
+    with pytest.raises(DataError, match="c.png is 64x48, not a square aligned face"):
+        prepare_folder(faces, tmp_path / "out", 32)
 
 
 def test_command_mistakes_are_one_line_errors(tmp_path: Path, capsys) -> None:

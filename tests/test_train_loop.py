@@ -602,14 +602,17 @@ def test_resume_drops_the_log_records_of_steps_trained_again(faces, tmp_path):
     assert [json.loads(line)["step"] for line in log_file.read_text().splitlines()] == [1, 2, 3, 4]
 
 
-def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys):
+def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys, caplog):
     """A checkpoint that is no checkpoint, one of another model, a device that is not there, an
-    output_dir that is a file, an unreadable image in a loader worker: one ``error:`` line, exit 2."""
+    output_dir that is a file, an unreadable image in a loader worker, faces that are not square: one
+    ``error:`` line, exit 2. Faces stored at another size than the training size are noted."""
     from train.__main__ import main as cli
 
     run = tmp_path / "run"
     base = ["train", "--config", str(TINY), f"data.train={faces}", *FAST, "train.total_iter=1"]
-    assert cli([*base, f"output_dir={run}"]) == 0
+    with caplog.at_level("INFO"):
+        assert cli([*base, f"output_dir={run}"]) == 0
+    assert "faces are stored at 64x64 and resized to 32 px at every read" in caplog.text
     capsys.readouterr()
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
@@ -619,6 +622,10 @@ def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys):
     for src in faces.iterdir():
         (broken / src.name).symlink_to(src)
     (broken / "._x.png").write_bytes(b"junk")  # a macOS resource file beside the faces
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for src in faces.iterdir():  # photos rather than aligned faces: squeezing them would distort them
+        cv2.imwrite(str(wide / src.name), cv2.imread(str(src))[:48])
     cases = [
         ([f"output_dir={tmp_path / 'r1'}", "--resume", str(junk)], "cannot resume: .*junk.pt is not a"),
         (
@@ -630,6 +637,7 @@ def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys):
         ([f"output_dir={tmp_path / 'a-file'}"], "is a file, not a folder"),
         ([f"output_dir={tmp_path / 'r4'}", f"data.train={broken}", "data.num_workers=1"],
          "unreadable image: .*_x.png"),
+        ([f"output_dir={tmp_path / 'r5'}", f"data.train={wide}"], "is 64x48, not a square aligned face"),
     ]  # fmt: skip
     for extra, message in cases:
         assert cli([*base, *extra]) == 2, extra

@@ -500,17 +500,20 @@ class FaceDegradationDataset(Dataset):
         """HQ face at ``degrade_size`` (BGR float32), decoded once per worker when ``cache_images`` is set."""
         if self.cache is not None and source_index in self.cache:
             return self.cache[source_index]
-        img = self.source.read(source_index)
-        size = self.degrade_size
-        if img.shape[:2] != (size, size):
-            interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
-            img = cv2.resize(img, (size, size), interpolation=interp)
+        img = square_resized(
+            self.source.read(source_index), self.degrade_size, self.source.stem(source_index)
+        )
         if self.cache is not None:
             self.cache[source_index] = img
         return img
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def stored_size(self) -> tuple[int, int]:
+        """(width, height) of the first image as stored, before any resize."""
+        height, width = self.source.read(self.indices[0]).shape[:2]
+        return width, height
 
     def _parts(self, source_index: int) -> dict[str, np.ndarray]:
         if self.components is None:
@@ -588,6 +591,20 @@ class ResumableSampler(Sampler):
             position = (epoch + 1) * self.per_rank
 
 
+def square_resized(img: np.ndarray, size: int, name: str) -> np.ndarray:
+    """An aligned face at ``size``² (area-averaged down, cubic up); a face that is not square is refused,
+    since squeezing it to a square would train on a distorted face."""
+    height, width = img.shape[:2]
+    if height != width:
+        raise DataError(
+            f"{name} is {width}x{height}, not a square aligned face (python -m train crop aligns photos)"
+        )
+    if height == size:
+        return img
+    interp = cv2.INTER_AREA if height > size else cv2.INTER_CUBIC
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
 def prepare_folder(src: str | Path, dst: str | Path, size: int, lmdb: bool = False) -> Path:
     """Resize every aligned face in ``src`` to ``size``² PNGs in ``dst`` (or one ``dst``.lmdb).
 
@@ -613,9 +630,7 @@ def prepare_folder(src: str | Path, dst: str | Path, size: int, lmdb: bool = Fal
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             raise DataError(f"unreadable image: {p}")
-        if img.shape[:2] != (size, size):
-            interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
-            img = cv2.resize(img, (size, size), interpolation=interp)
+        img = square_resized(img, size, p.name)
         dest = target / f"{p.stem}.png"
         cv2.imwrite(str(dest), img)
         written.append(dest)

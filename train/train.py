@@ -178,6 +178,14 @@ class Trainer:
         self.train_set = FaceDegradationDataset(
             root, data, self.cfg["degradation"], train_idx, train=True, extra=extra
         )
+        size = self.train_set.degrade_size
+        width, height = self.train_set.stored_size() if self.rank == 0 else (size, size)
+        if (width, height) != (size, size):
+            log.info(
+                "the training faces are stored at %dx%d and resized to %d px at every read; "
+                "`python -m train prepare SRC DST --size %d` stores them at that size once",
+                width, height, size, size,
+            )  # fmt: skip
         self.val_set = None
         if data["val"]:
             list_images(data["val"])  # clear error now rather than at the first validation
