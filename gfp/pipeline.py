@@ -245,6 +245,12 @@ class Restorer:
         """An FFHQ-aligned face: restore it whole; the output is the face at input size × upscale."""
         work = _work_image(img)
         run.lap("load")
+        height, width = img.shape[:2]
+        if height != width:  # an aligned face is square: this is likely a whole photo
+            run.notes.append(
+                f"the aligned input is {width}x{height}, not square: it was stretched to a square face "
+                "(for a whole photo, leave out the aligned option)"
+            )
         crops = [resize_aligned(work, config.out_size).copy()]  # never the caller's own array
         restored = stages.restore_faces(self.store, crops, options, run)
         run.lap("restore")

@@ -146,7 +146,16 @@ def test_aligned_input(blind_weights: Path, layout: str) -> None:
     assert len(result.restored_faces) == 1 and result.restored_faces[0].shape == (64, 64, 3)
     assert result.cropped_faces[0].dtype == np.uint8 and result.boxes.shape == (0, 5)
     assert result.image.shape == img.shape and result.image.dtype == img.dtype
-    assert result.face_mask == "none"
+    assert result.face_mask == "none" and result.notes == []
+
+
+def test_a_non_square_aligned_input_is_noted(blind_weights: Path) -> None:
+    """A whole photo given as an aligned face is stretched as the official aligned path stretches it, and
+    the result says so."""
+    options = _options(blind_weights, aligned=True, upscale=1)
+    result = Restorer(blind_weights, device="cpu").restore(_gradient(60, 96), options)
+    assert result.image.shape == (60, 96, 3)
+    assert [n for n in result.notes if "is 96x60, not square" in n] == result.notes and result.notes
 
 
 def test_aligned_results_never_share_the_callers_array(blind_weights: Path) -> None:
