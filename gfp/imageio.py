@@ -96,10 +96,11 @@ def _open_header(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
             return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # PIL's hard limit, met before it gives the size
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found[1]) / 1e6:.1f} MP" if found else "the image"
         limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS * 2
+        size, most = megapixels(int(found[1]) if found else 0, limit)
+        what = f"{size} MP" if found else "the image"
         raise ImageTooLargeError(
-            f"{name}: {size} is above the limit of {limit / 1e6:.1f} MP; downscale it first"
+            f"{name}: {what} is above the limit of {most} MP; downscale it first"
         ) from None
     except UnidentifiedImageError:  # its text names PIL's in-memory buffer, not the file
         raise UnreadableImageError(f"{name}: not an image or corrupt (no image format recognised)") from None
@@ -107,11 +108,22 @@ def _open_header(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
         raise UnreadableImageError(f"{name}: not an image or corrupt ({exc})") from None
 
 
+def megapixels(pixels: int, limit: int) -> tuple[str, str]:
+    """Both pixel counts in MP with just the decimals that tell them apart, so a message never says that
+    0.9 MP is above a limit of 0.9 MP."""
+    for decimals in range(1, 7):
+        size, most = f"{pixels / 1e6:.{decimals}f}", f"{limit / 1e6:.{decimals}f}"
+        if size != most:
+            break
+    return size, most
+
+
 def _check_size(width: int, height: int, max_pixels: int | None, name: str) -> None:
     if max_pixels is not None and width * height > max_pixels:
+        size, most = megapixels(width * height, max_pixels)
         raise ImageTooLargeError(
-            f"{name}: {width}x{height} = {width * height / 1e6:.1f} MP is above the limit of "
-            f"{max_pixels / 1e6:.1f} MP; downscale it first or raise max_pixels"
+            f"{name}: {width}x{height} = {size} MP is above the limit of {most} MP; downscale it first or "
+            "raise max_pixels"
         )
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from gfp import stages
 from gfp.background import scaled_size
 from gfp.faces import align_faces
-from gfp.imageio import DEFAULT_MAX_PIXELS
+from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions
@@ -48,6 +48,7 @@ except ImportError:  # photos need no PyAV: only opening a video says what to in
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv"}
+    | {".mts", ".m2ts", ".3gp", ".3g2", ".flv", ".ogv", ".vob", ".mxf", ".h264", ".264", ".hevc", ".h265"}
 )
 """Files the CLI treats as videos (anything else in a folder is read as a photo)."""
 VIDEO_CODECS: dict[str, tuple[str, int]] = {
@@ -231,9 +232,13 @@ def probe_video(path: str | os.PathLike[str], options: VideoOptions | None = Non
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
     if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg's still images
         raise VideoError(f"{path}: a still image, not a video; restore it as a photo")
-    if not container.streams.video:
-        raise VideoError(f"{path}: no video stream")
-    stream = container.streams.video[0]
+    # A cover picture (an "attached pic": music and podcast files carry one) is no video of the clip.
+    moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not moving:
+        only = " (only a cover picture)" if container.streams.video else ""
+        raise VideoError(f"{path}: no video stream{only}")
+    best = container.streams.best("video")  # FFmpeg's choice: a one-frame picture loses to the clip
+    stream = best if best in moving else moving[0]
     if stream.codec_context is None:
         raise VideoError(f"{path}: unsupported video codec (no decoder for it in this FFmpeg)")
     if not stream.codec_context.width or not stream.codec_context.height:
@@ -254,7 +259,7 @@ def _info(
         duration = container.duration / av.time_base
     else:
         duration = 0.0
-    audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+    audio = _codec_name(container.streams.audio[0]) if container.streams.audio else None
     return VideoInfo(
         width=width,
         height=height,
@@ -267,12 +272,18 @@ def _info(
     )
 
 
+def _codec_name(stream: av.stream.Stream) -> str:
+    """The codec of ``stream`` ("mp3"), not the name of the decoder FFmpeg chose for it ("mp3float")."""
+    return stream.codec_context.codec.canonical_name
+
+
 def _check_limits(path: Path, info: VideoInfo, options: VideoOptions) -> None:
     pixels = info.width * info.height
     if options.max_pixels is not None and pixels > options.max_pixels:
+        size, most = megapixels(pixels, options.max_pixels)
         raise VideoError(
-            f"{path}: frames of {info.width}x{info.height} ({pixels / 1e6:.1f} MP) are above the limit of "
-            f"{options.max_pixels / 1e6:.2g} MP; downscale the clip first"
+            f"{path}: frames of {info.width}x{info.height} ({size} MP) are above the limit of {most} MP; "
+            "downscale the clip first"
         )
     if options.max_seconds is not None and info.duration > options.max_seconds:
         raise VideoError(
@@ -478,7 +489,7 @@ class _Audio:
         self.output = output
         self.end = 0.0
         """End time (s) of the last audio packet read: with the video's, it tells a truncated file."""
-        name = source.codec_context.name
+        name = _codec_name(source)
         self.copy = name in COPY_AUDIO_CODECS
         if self.copy:
             self.stream = output.add_stream_from_template(source)

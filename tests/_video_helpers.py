@@ -66,6 +66,8 @@ def write_clip(
                 chunk = samples[:, start : start + 1024]
                 if fmt.startswith("s16"):
                     chunk = (chunk * 32767).astype(np.int16)
+                elif fmt.startswith("s32"):  # libmp3lame
+                    chunk = (chunk * (2**31 - 1)).astype(np.int32)
                 if not fmt.endswith("p"):  # packed: one plane, channels interleaved
                     chunk = chunk.T.reshape(1, -1)
                 frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format=fmt, layout="stereo")

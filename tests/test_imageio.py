@@ -139,6 +139,11 @@ def test_too_large_refused_from_header(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "bomb.png").write_bytes(_png_header_only(8000, 6000))  # 48 MP > default 40 MP
     with pytest.raises(ImageTooLargeError, match="bomb.png"):
         read_image(tmp_path / "bomb.png")
+    (tmp_path / "just.png").write_bytes(_png_header_only(1282, 722))  # 0.9256 MP against 0.9216
+    with pytest.raises(
+        ImageTooLargeError, match=r"just.png: 1282x722 = 0.93 MP is above the limit of 0.92 MP;"
+    ):
+        read_image(tmp_path / "just.png", max_pixels=921_600)
     (tmp_path / "huge.png").write_bytes(_png_header_only(100_000, 100_000))  # above PIL's hard limit
     with pytest.raises(ImageTooLargeError, match=r"huge.png: 10000.0 MP is above the limit of 179.0 MP;"):
         read_image(tmp_path / "huge.png", max_pixels=None)

@@ -190,6 +190,7 @@ def test_bad_smoothing_options() -> None:
 
 def test_is_video() -> None:
     assert is_video("a/clip.MP4") and is_video("x.webm") and is_video("y.mkv")
+    assert all(is_video(f"camera.{ext}") for ext in ("MTS", "m2ts", "3gp", "flv", "h264"))
     assert not is_video("photo.jpg") and not is_video("anim.gif")
 
 
@@ -237,6 +238,65 @@ def test_clip_keeps_frames_rate_duration_and_sound(
     assert np.abs(restored.frames[30].astype(int) - upscaled).mean() < 3
     assert seen[-1] == (60, 60 if container != "matroska" else 0, "frames")
     assert [done for done, _, _ in seen] == list(range(1, 61))
+
+
+def test_mp3_audio_is_copied_and_named_by_its_codec(blind: Path, tmp_path: Path) -> None:
+    """MP3 is named "mp3" (FFmpeg's decoder is "mp3float") and copied into the MP4 as promised."""
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(10)], audio="libmp3lame")
+    assert probe_video(source).audio == "mp3"
+    result = restore_video(source, tmp_path / "out.mp4", _options(blind), restorer=_restorer(blind))
+    assert result.audio == "copied"
+    with av.open(str(result.path)) as written:
+        assert written.streams.audio[0].codec_context.codec.canonical_name == "mp3"
+
+
+def _with_picture(path: Path, picture_first_in: str | None, frames: list[np.ndarray]) -> Path:
+    """A file with a one-frame MJPEG picture: a cover ("attached pic") beside AAC audio when
+    ``picture_first_in`` is None, else a plain picture stream ahead of ``frames`` as H.264, in that format."""
+
+    def encode(out: av.container.OutputContainer, stream: av.stream.Stream, images: list[np.ndarray]) -> None:
+        for i, img in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+    with av.open(str(path), "w", format=picture_first_in) as out:
+        cover = out.add_stream("mjpeg", rate=25)
+        cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+        if picture_first_in is None:
+            cover.disposition = av.stream.Disposition.attached_pic
+            sound = out.add_stream("aac", rate=48000)
+            encode(out, cover, [_scene()])
+            for start in range(0, 48000, 1024):
+                chunk = av.AudioFrame.from_ndarray(
+                    np.zeros((2, 1024), np.float32), format="fltp", layout="stereo"
+                )
+                chunk.sample_rate, chunk.pts = 48000, start
+                for packet in sound.encode(chunk):
+                    out.mux(packet)
+            for packet in sound.encode(None):
+                out.mux(packet)
+        else:
+            clip = out.add_stream("libx264", rate=25)
+            clip.width, clip.height, clip.pix_fmt = 64, 48, "yuv420p"
+            encode(out, cover, [_scene()])
+            encode(out, clip, frames)
+    return path
+
+
+def test_a_cover_picture_is_not_taken_for_the_video(blind: Path, tmp_path: Path) -> None:
+    """A music file's cover is no video (refused, not made a one-frame clip); a one-frame picture stream
+    ahead of the clip is passed over for the clip."""
+    song = _with_picture(tmp_path / "song.mp4", None, [])
+    with pytest.raises(VideoError, match="no video stream \\(only a cover picture\\)"):
+        restore_video(song, tmp_path / "a.mp4", _options(blind), restorer=_restorer(blind))
+    frames = [_scene(i=i) for i in range(12)]
+    source = _with_picture(tmp_path / "picture_first.mkv", "matroska", frames)
+    result = restore_video(source, tmp_path / "b.mp4", _options(blind), restorer=_restorer(blind))
+    assert result.frames == 12 and len(read_clip(result.path).frames) == 12
 
 
 def test_variable_frame_rate_keeps_timestamps(blind: Path, tmp_path: Path) -> None:
@@ -346,7 +406,7 @@ def test_broken_files_are_one_line_errors_and_leave_nothing(
 
 def test_limits_refuse_before_decoding(blind: Path, tmp_path: Path) -> None:
     source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(50)], audio=None)
-    with pytest.raises(VideoError, match="64x48 .* above the limit of 0.003 MP"):
+    with pytest.raises(VideoError, match=r"64x48 \(0.0031 MP\) are above the limit of 0.0030 MP"):
         restore_video(
             source, tmp_path / "a.mp4", _options(blind), VideoOptions(max_pixels=3000), _restorer(blind)
         )
