@@ -8,27 +8,43 @@ the user's other files.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+_NAME_MAX = 255
+"""Bytes in one file name on the usual file systems: a temporary name is cut to fit."""
+
 
 def _temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
-    """(open write descriptor, path) of a new file named ``.{dest.name}.{random}{suffix}`` beside ``dest``."""
+    """(open write descriptor, path) of a new file named ``.{dest.name}.{random}{suffix}`` beside ``dest``
+    (the name cut short where the whole would be longer than a file name may be)."""
     while True:
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{suffix}")
+        token = f".{secrets.token_hex(4)}{suffix}"
+        room = _NAME_MAX - len(f".{token}".encode())
+        name = os.fsencode(dest.name)[:room].decode(errors="ignore") if room > 0 else ""
+        tmp = dest.with_name(f".{name}{token}")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:  # another writer drew the same name
             continue
+        except OSError as err:  # say which file could not be written, not the temporary name
+            raise type(err)(err.errno, err.strerror, str(dest)) from None
 
 
 @contextmanager
 def atomic_path(dest: Path, suffix: str = ".part") -> Iterator[Path]:
-    """Yield a temp path beside ``dest``: renamed to ``dest`` if the block succeeds, else deleted."""
+    """Yield a temp path beside ``dest``: renamed to ``dest`` if the block succeeds, else deleted.
+
+    A ``dest`` that is a folder, or one that cannot be written, raises ``OSError`` naming ``dest`` before
+    the block runs, so no work is done for a file that could not be kept.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder is there", str(dest))
     fd, tmp = _temp_beside(dest, suffix)
     mode = os.fstat(fd).st_mode & 0o777
     os.close(fd)

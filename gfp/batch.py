@@ -526,8 +526,8 @@ def _connect(address: str | None) -> bool:
 
 def remove_partial(output: Path) -> None:
     """Delete what a killed job left half-written in ``output``'s folders: the temporary files of the
-    image writes (``gfp.imageio.PARTIAL_GLOB``). Only a job over the same folder writes them, and this one
-    has not started."""
+    image and clip writes (``gfp.imageio.PARTIAL_GLOB``). Only a job over the same folder writes them, and
+    this one has not started."""
     for tmp in output.glob(f"*/{PARTIAL_GLOB}"):
         tmp.unlink(missing_ok=True)
 

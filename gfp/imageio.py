@@ -209,8 +209,8 @@ def encode_image(img: np.ndarray, ext: str = ".png", quality: int = 95) -> bytes
     return buf.tobytes()
 
 
-# write_image's temporary file (".NAME.XXXX.tmp" beside NAME) until it is renamed over NAME: what a killed
-# writer leaves behind, and how a later run finds it.
+# The temporary file of an output (".NAME.XXXX.tmp" beside NAME: write_image's, and gfp.video's for a clip)
+# until it is renamed over NAME: what a killed writer leaves behind, and how a later run finds it.
 PARTIAL_SUFFIX = ".tmp"
 PARTIAL_GLOB = f".*{PARTIAL_SUFFIX}"
 

@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from gfp import stages
+from gfp.atomic import atomic_path
 from gfp.background import scaled_size
 from gfp.faces import align_faces
-from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
+from gfp.imageio import DEFAULT_MAX_PIXELS, PARTIAL_SUFFIX, megapixels
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions
@@ -476,11 +477,6 @@ def _even(img: np.ndarray) -> np.ndarray:
     return np.pad(img, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else img
 
 
-def _partial_path(output: Path) -> Path:
-    """A temporary name next to ``output`` (same file system, so the final move is atomic)."""
-    return output.with_name(f".{output.stem}.{os.getpid()}.{time.monotonic_ns()}.partial.mp4")
-
-
 class _Audio:
     """Carries the first audio stream of the input over: packets copied, or decoded and re-encoded."""
 
@@ -663,64 +659,69 @@ def restore_video(
     size = (out_w + out_w % 2, out_h + out_h % 2)
     if size != (out_w, out_h):
         notes.append(f"{out_w}x{out_h} padded to {size[0]}x{size[1]} (4:2:0 video needs even sizes)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_path(target)
     facts = _Decoded()
     faces = 0
     tracks: set[int] = set()
     plan = None
     try:
-        if needs_plan(options):
-            clock = time.perf_counter()
-            with _open(source) as container:
+        # Written beside the target under a temporary name (what gfp batch clears after a killed run),
+        # moved into place when whole: a target that cannot be written fails here, before any work.
+        stack = contextlib.ExitStack()
+        partial = stack.enter_context(atomic_path(target, PARTIAL_SUFFIX))
+    except OSError as exc:
+        raise VideoError(f"{target}: cannot write the restored clip there ({_reason(exc)})") from None
+    with stack:
+        try:
+            if needs_plan(options):
+                clock = time.perf_counter()
+                with _open(source) as container:
+                    stream = _video_stream(container, source)
+                    frames = _decode(container, stream, None, _Decoded(), source, info, video)
+                    decoded = (img[:2] for img in frames)
+                    plan = plan_faces(restorer, decoded, options, video, report, info.frames)
+                timings["plan"] = time.perf_counter() - clock
+            with _open(source) as container, av.open(str(partial), "w", format="mp4") as sink:
                 stream = _video_stream(container, source)
-                frames = _decode(container, stream, None, _Decoded(), source, info, video)
-                decoded = (img[:2] for img in frames)
-                plan = plan_faces(restorer, decoded, options, video, report, info.frames)
-            timings["plan"] = time.perf_counter() - clock
-        with _open(source) as container, av.open(str(partial), "w", format="mp4") as sink:
-            stream = _video_stream(container, source)
-            stream.thread_type = "AUTO"
-            time_base = stream.time_base or Fraction(1, 1000)
-            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-            out = _video_encoder(sink, video, rate, time_base, size)
-            audio = _Audio(container.streams.audio[0], sink) if container.streams.audio else None
-            if len(container.streams) > 1 + (audio is not None):
-                notes.append("only the first video and audio streams are kept (subtitles and others dropped)")
-            pts_of: dict[float, int] = {}
+                stream.thread_type = "AUTO"
+                time_base = stream.time_base or Fraction(1, 1000)
+                rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+                out = _video_encoder(sink, video, rate, time_base, size)
+                audio = _Audio(container.streams.audio[0], sink) if container.streams.audio else None
+                if len(container.streams) > 1 + (audio is not None):
+                    notes.append(
+                        "only the first video and audio streams are kept (subtitles and others dropped)"
+                    )
+                pts_of: dict[float, int] = {}
 
-            def timed_frames() -> Iterator[tuple[np.ndarray, float]]:
-                for img, seconds, pts in _decode(container, stream, audio, facts, source, info, video):
-                    pts_of[seconds] = pts
-                    yield img, seconds
+                def timed_frames() -> Iterator[tuple[np.ndarray, float]]:
+                    for img, seconds, pts in _decode(container, stream, audio, facts, source, info, video):
+                        pts_of[seconds] = pts
+                        yield img, seconds
 
-            clock = time.perf_counter()
-            for done, restored in enumerate(
-                restore_frames(restorer, timed_frames(), options, video, notes, plan), 1
-            ):
-                timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - clock
                 clock = time.perf_counter()
-                frame = av.VideoFrame.from_ndarray(_even(restored.image), format="bgr24")
-                frame.pts, frame.time_base = pts_of.pop(restored.time), time_base
-                sink.mux(out.encode(frame))
-                faces += len(restored.restored_faces)
-                tracks.update(restored.track_ids)
-                timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - clock
-                report(done, info.frames, "frames")
-                clock = time.perf_counter()
-            _check_complete(source, info, facts, audio, (container.duration or 0) / av.time_base)
-            sink.mux(out.encode(None))
-            if audio is not None:
-                audio.close()
-        # Frames are decoded lazily inside the restore loop: report decoding on its own.
-        timings["decode"] = facts.seconds
-        timings["restore"] = timings.get("restore", 0.0) - facts.seconds
-        duration = _output_duration(partial)
-        os.replace(partial, target)
-    except av.FFmpegError as exc:
-        raise VideoError(f"{source}: cannot decode or encode this clip ({_reason(exc)})") from None
-    finally:
-        partial.unlink(missing_ok=True)
+                for done, restored in enumerate(
+                    restore_frames(restorer, timed_frames(), options, video, notes, plan), 1
+                ):
+                    timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    frame = av.VideoFrame.from_ndarray(_even(restored.image), format="bgr24")
+                    frame.pts, frame.time_base = pts_of.pop(restored.time), time_base
+                    sink.mux(out.encode(frame))
+                    faces += len(restored.restored_faces)
+                    tracks.update(restored.track_ids)
+                    timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - clock
+                    report(done, info.frames, "frames")
+                    clock = time.perf_counter()
+                _check_complete(source, info, facts, audio, (container.duration or 0) / av.time_base)
+                sink.mux(out.encode(None))
+                if audio is not None:
+                    audio.close()
+            # Frames are decoded lazily inside the restore loop: report decoding on its own.
+            timings["decode"] = facts.seconds
+            timings["restore"] = timings.get("restore", 0.0) - facts.seconds
+            duration = _output_duration(partial)
+        except av.FFmpegError as exc:
+            raise VideoError(f"{source}: cannot decode or encode this clip ({_reason(exc)})") from None
     timings["total"] = time.perf_counter() - start
     every = FaceSelection(len(tracks), tuple(range(1, len(tracks) + 1)))
     return VideoResult(

@@ -202,6 +202,24 @@ def test_write_creates_folders(tmp_path: Path) -> None:
     assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["x.png"]
 
 
+def test_write_names_the_file_it_cannot_write_and_takes_the_longest_names(tmp_path: Path) -> None:
+    """A folder in the way, or a folder that cannot be written to: the error names the output (not a
+    temporary file). A name as long as a file name may be is written: its temporary name is cut to fit."""
+    (tmp_path / "taken.png").mkdir()
+    with pytest.raises(IsADirectoryError, match="taken.png"):
+        write_image(tmp_path / "taken.png", _smooth_bgr())
+    assert list((tmp_path / "taken.png").iterdir()) == []
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if not os.access(locked, os.W_OK):  # (root writes anywhere)
+        with pytest.raises(PermissionError, match=r"Permission denied: '.*locked/x.png'"):
+            write_image(locked / "x.png", _smooth_bgr())
+    name = "é" * 123 + ".png"  # 250 bytes in UTF-8
+    out = write_image(tmp_path / name, _smooth_bgr())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["taken.png", "locked", name])
+    assert read_image(out).shape == _smooth_bgr().shape
+
+
 def test_real_photos_match_cv2_imread(shared_data: Path) -> None:
     """Real-world files (JPEG/PNG, colour/gray, assorted encoders) decode exactly as cv2.imread does."""
     photos = sorted((shared_data / "photos").iterdir(), key=lambda p: p.stat().st_size)[:16]

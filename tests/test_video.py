@@ -8,6 +8,7 @@ MobileNet-0.25 finds the face of a shared photo placed on a synthetic background
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from conftest import MOBILE, make_weights
 import gfp.video
 from gfp.cli import main
 from gfp.faces import FFHQ_TEMPLATE_512
+from gfp.imageio import PARTIAL_GLOB
 from gfp.pipeline import RestoreOptions, Restorer
 from gfp.selection import FaceSelection
 from gfp.tracking import FaceTracker, OneEuroFilter, SmoothingOptions, box_iou, face_size
@@ -443,14 +445,37 @@ def test_failure_midway_keeps_the_earlier_output(blind: Path, tmp_path: Path) ->
     target.parent.mkdir()
     target.write_bytes(b"an earlier result")
 
+    seen: list[str] = []
+
     def interrupt(done: int, total: int, stage: str) -> None:
         if done == 12:
+            seen.extend(p.name for p in target.parent.iterdir())
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         restore_video(source, target, _options(blind), restorer=_restorer(blind), progress=interrupt)
+    # meanwhile the clip was written under the temporary name that gfp batch clears after a killed run
+    assert sorted(fnmatch.filter(seen, PARTIAL_GLOB)) == sorted(set(seen) - {"clip.mp4"}) and len(seen) == 2
     assert [p.name for p in target.parent.iterdir()] == ["clip.mp4"]  # no partial file left behind
     assert target.read_bytes() == b"an earlier result"
+
+
+def test_an_output_that_cannot_be_written_fails_before_any_work(blind: Path, tmp_path: Path) -> None:
+    """A folder where the clip should go, or a name as long as a file name may be: the first fails
+    before a frame is decoded (not after the whole clip), the second is written (its temporary name is
+    cut to fit)."""
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(6)], audio=None)
+    (tmp_path / "taken.mp4").mkdir()
+    frames: list[int] = []
+    with pytest.raises(VideoError, match="taken.mp4: cannot write the restored clip there"):
+        restore_video(
+            source, tmp_path / "taken.mp4", _options(blind), restorer=_restorer(blind),
+            progress=lambda done, total, stage: frames.append(done),
+        )  # fmt: skip
+    assert frames == [] and list((tmp_path / "taken.mp4").iterdir()) == []
+    longest = tmp_path / ("a" * 251 + ".mp4")
+    assert restore_video(source, longest, _options(blind), restorer=_restorer(blind)).frames == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clip.mp4", "taken.mp4", longest.name])
 
 
 def test_cli_folder_with_photos_videos_and_a_broken_clip(
