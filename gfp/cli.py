@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -339,9 +342,38 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+@contextmanager
+def _unwinding_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a killed job, a closed terminal) unwind like Ctrl-C, so a half-written output's
+    temporary file is removed and an earlier output kept; the previous handlers are put back after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    wanted = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, stop) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status. ``export-onnx`` as first argument runs :mod:`gfp.onnx`, ``batch``
-    runs :mod:`gfp.batch`."""
+    """Run the CLI; returns the exit status (130 when interrupted: Ctrl-C, SIGTERM, SIGHUP). ``export-onnx``
+    as first argument runs :mod:`gfp.onnx`, ``batch`` runs :mod:`gfp.batch`."""
+    try:
+        with _unwinding_on_termination():
+            return _main(argv)
+    except KeyboardInterrupt:
+        tqdm.write("gfp: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["export-onnx"]:  # the restore parser takes no positional arguments: no clash
         from gfp.onnx import main as export_main
@@ -387,9 +419,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except WeightsError as err:
             tqdm.write(f"gfp: error: {err}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            tqdm.write("gfp: interrupted", file=sys.stderr)
-            return 130
         except Exception as err:  # one bad file must not stop the others: report it in one line
             failed.append(path)
             named = isinstance(err, ImageReadError | VideoError)  # their messages begin with the file

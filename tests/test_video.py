@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -458,6 +459,31 @@ def test_failure_midway_keeps_the_earlier_output(blind: Path, tmp_path: Path) ->
     assert sorted(fnmatch.filter(seen, PARTIAL_GLOB)) == sorted(set(seen) - {"clip.mp4"}) and len(seen) == 2
     assert [p.name for p in target.parent.iterdir()] == ["clip.mp4"]  # no partial file left behind
     assert target.read_bytes() == b"an earlier result"
+
+
+def test_a_terminated_cli_removes_its_half_written_clip(blind: Path, tmp_path: Path) -> None:
+    """SIGTERM (a killed job) or SIGHUP (a closed terminal) unwinds like Ctrl-C: exit 130, the temporary
+    file removed, an earlier output kept (the process used to die with the temporary file left behind)."""
+    import signal
+    import time
+
+    source = write_clip(tmp_path / "clip.mp4", [_scene(240, 320, i) for i in range(400)], audio=None)
+    out = tmp_path / "out" / "restored_videos"
+    out.mkdir(parents=True)
+    (out / "clip.mp4").write_bytes(b"an earlier result")
+    command = [sys.executable, "-m", "gfp", "-i", str(source), "-o", str(tmp_path / "out"), "-s", "4",
+               "-v", str(blind / "tiny"), "--weights-dir", str(blind), "--bg_upsampler", "none",
+               "--detector", "retinaface_mobile0.25", "--device", "cpu", "--backend", "torch"]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not fnmatch.filter(os.listdir(out), PARTIAL_GLOB) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no temporary file within 2 minutes"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "gfp: interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert os.listdir(out) == ["clip.mp4"] and (out / "clip.mp4").read_bytes() == b"an earlier result"
 
 
 def test_an_output_that_cannot_be_written_fails_before_any_work(blind: Path, tmp_path: Path) -> None:
