@@ -534,13 +534,16 @@ def _decode(
 ) -> Iterator[tuple[np.ndarray, float, int]]:
     """Yield (upright BGR frame, seconds, pts) in presentation order; audio packets go to ``audio``.
 
-    Frames without a timestamp, or out of order, get the previous one plus one frame period. The header's
+    Frames without a timestamp, or out of order, get the previous one plus one frame period; in an AVI,
+    which keeps no presentation times (with B-frames FFmpeg hands frames their neighbours'), every frame
+    after the first is timed so, by its count (AVI is constant-rate). The header's
     size and the limits are checked again on every frame (``VideoError``): a raw stream's header gives no
     duration, and its frame size may change midway.
     """
     streams = [stream] + ([audio.source] if audio is not None else [])
     time_base = stream.time_base or Fraction(1, 1000)
     period = max(1, round(1 / (stream.average_rate or stream.guessed_rate or 25) / time_base))
+    by_count = container.format.name == "avi"
     last_pts: int | None = None
     clock = time.perf_counter()
     for packet in container.demux(streams):
@@ -549,7 +552,7 @@ def _decode(
             continue
         for frame in packet.decode():
             pts = frame.pts
-            if pts is None or (last_pts is not None and pts <= last_pts):
+            if pts is None or (last_pts is not None and (by_count or pts <= last_pts)):
                 pts = 0 if last_pts is None else last_pts + period
             last_pts = pts
             img = _upright(frame)

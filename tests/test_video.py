@@ -314,6 +314,23 @@ def test_variable_frame_rate_keeps_timestamps(blind: Path, tmp_path: Path) -> No
     assert result.duration == pytest.approx(read_clip(source).duration, abs=1e-3)
 
 
+def test_an_avi_with_b_frames_keeps_its_frame_times(blind: Path, tmp_path: Path) -> None:
+    """AVI keeps no presentation times: with B-frames FFmpeg hands frames their neighbours' timestamps.
+    They are timed by their count (AVI is constant-rate), not pushed later one by one (a 12-frame clip
+    came out 0.56 s long, its frames shown at the wrong times and the sound out of step)."""
+    frames = [_scene(i=i) for i in range(12)]
+    source = write_clip(tmp_path / "b.avi", frames, audio="pcm_s16le", container="avi")
+    with av.open(str(source)) as clip:  # the premise: timestamps out of order as decoded
+        stamps = [frame.pts for frame in clip.decode(video=0)]
+    assert stamps != sorted(stamps)
+    result = restore_video(source, tmp_path / "b.mp4", _options(blind, upscale=1), restorer=_restorer(blind))
+    restored = read_clip(result.path)
+    np.testing.assert_allclose(restored.times, np.arange(12) / 25 + restored.times[0], atol=1e-3)
+    assert result.duration == pytest.approx(12 / 25, abs=1e-3)
+    colours = [int(frame[40, 60, 2]) for frame in restored.frames]  # the red channel counts the frames
+    assert colours == sorted(colours)
+
+
 def test_rotation_is_applied_to_the_pixels(blind: Path, tmp_path: Path) -> None:
     frames = [_scene(i=i) for i in range(10)]
     source = write_clip(tmp_path / "phone.mp4", frames, rotation=90)  # shown turned 90° counter-clockwise
