@@ -642,6 +642,11 @@ def test_each_spec_is_resolved_once_and_its_checkpoint_read_once(
         restorer.restore(face, options)
     restorer.restore_faces([face], options)
     assert counts == {"resolve": 1, "read": 1}
+    # other spellings of the same folder are resolved (once each) but read and built no more
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("tiny", "./tiny", f"{tmp_path}/../{tmp_path.name}/tiny", f"{tmp_path}//tiny"):
+        restorer.restore(face, dataclasses.replace(options, version=spelling))
+    assert counts == {"resolve": 5, "read": 1}
 
 
 def test_wrong_argument_types_are_clear_errors(blind_weights: Path) -> None:

@@ -44,6 +44,9 @@ class Resolved:
 
 
 def _found(path: Path, entry: ModelEntry | None = None) -> Resolved:
+    # Absolute and normalised: every spelling of one file (w/x, ./w/x, /abs/w/../w/x) is one file, which
+    # the model store loads once, whatever the working folder later becomes.
+    path = Path(os.path.abspath(path))
     return Resolved(path, entry, "published" if path.is_dir() else "checkpoint")
 
 
