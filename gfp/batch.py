@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import fnmatch
 import glob
 import hashlib
@@ -38,7 +39,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gfp.cli import (
     _one_line,
@@ -58,6 +59,8 @@ from gfp.weights.errors import WeightsError
 
 INSTALL = "pip install -r requirements-batch.txt"
 """How to get Ray Data (the line printed when it is missing)."""
+LOCK_FILE = ".gfp-batch.lock"
+"""Held by the job writing to an output folder (see :func:`claim_output`)."""
 MANIFEST = "manifest.jsonl"
 """One JSON record per restored or failed input, appended as results come in (the latest one counts)."""
 RUN_ONLY = frozenset(
@@ -524,6 +527,20 @@ def _connect(address: str | None) -> bool:
     return True
 
 
+def claim_output(output: Path) -> IO[bytes] | None:
+    """Hold ``output`` for this job (an exclusive lock on ``output/.gfp-batch.lock``, released when the
+    returned file is closed or the process ends); None when another job holds it. Two jobs over one folder
+    would restore everything twice, and each would delete the other's half-written files at its start."""
+    output.mkdir(parents=True, exist_ok=True)
+    handle = open(output / LOCK_FILE, "ab")  # noqa: SIM115  (held open: the lock lives as long as the file)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def remove_partial(output: Path) -> None:
     """Delete what a killed job left half-written in ``output``'s folders: the temporary files of the
     image and clip writes (``gfp.imageio.PARTIAL_GLOB``). Only a job over the same folder writes them, and
@@ -538,7 +555,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
-        import ray
+        import ray  # noqa: F401  (checked here, before any work; the job imports it where it runs)
         from ray import data  # noqa: F401  (Ray Data: ray[data])
     except ImportError:
         print(f"{prog}: error: Ray Data is not installed; install it with: {INSTALL}", file=sys.stderr)
@@ -564,6 +581,20 @@ def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
         args.version = os.path.abspath(args.version)
 
     output = Path(args.output).resolve()
+    claim = claim_output(output)
+    if claim is None:
+        print(
+            f"{prog}: error: another gfp batch job is writing to {output}: wait for it to end, or give "
+            "another output folder",
+            file=sys.stderr,
+        )
+        return 2
+    with claim:
+        return _run(args, prog, inputs, output)
+
+
+def _run(args: argparse.Namespace, prog: str, inputs: Inputs, output: Path) -> int:
+    """The job over ``output`` (held by this process): plan, restore what is pending, report."""
     remove_partial(output)
     manifest = Manifest(output / MANIFEST)
     settings = settings_of(args)
@@ -605,6 +636,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
         return 130
     finally:
         if started:
+            import ray
+
             ray.shutdown()
     print(f"{prog}: {tally.line(time.perf_counter() - start)}; manifest: {manifest.path}")
     return 1 if tally.failed else 0

@@ -93,7 +93,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != batch.MANIFEST
+        if p.is_file() and p.name not in (batch.MANIFEST, batch.LOCK_FILE)
     }
 
 
@@ -160,6 +160,28 @@ def test_usage_errors_exit_2(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_second_job_over_the_same_output_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While a job holds an output folder, another is refused before touching it: it would restore
+    everything again, and its start would delete the running job's half-written files."""
+    pytest.importorskip("ray")
+    _photos(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    running = batch.claim_output(out)
+    assert running is not None
+    (out / "restored_imgs").mkdir()
+    writing = out / "restored_imgs" / ".img00.png.1234abcd.tmp"  # the running job's write in progress
+    writing.write_bytes(b"half")
+    assert batch.main([str(tmp_path / "in"), "-o", str(out), "-v", "v1.4"]) == 2
+    assert "another gfp batch job is writing to" in capsys.readouterr().err
+    assert writing.read_bytes() == b"half" and not (out / batch.MANIFEST).exists()
+    running.close()  # the job ends: the folder is free again
+    again = batch.claim_output(out)
+    assert again is not None
+    again.close()
 
 
 def test_inputs_folder_glob_list_and_url(tmp_path: Path) -> None:
