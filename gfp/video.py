@@ -17,8 +17,9 @@ Odd output sizes are padded by one edge pixel to even ones (4:2:0 video needs ev
 
 A face choice other than all faces (``RestoreOptions.faces``, ``min_face``) applies to people, not to
 single detections: a first pass detects and tracks the faces of every frame (:func:`plan_faces`) and
-decides per track, on its median box, so the same person is restored or skipped in every frame; the
-second pass restores from those detections without detecting again.
+decides per person (a track, or tracks one after another at one place), on its median box, so the same
+person is restored or skipped in every frame; the second pass restores from those detections without
+detecting again.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, PARTIAL_SUFFIX, megapixels
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog
 from gfp.selection import FaceSelection, select_faces
-from gfp.tracking import FaceTracker, SmoothingOptions
+from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
 
 try:
     import av
@@ -162,8 +163,8 @@ class FacePlan:
     selection: FaceSelection
     """Over tracks (people): found, restored and skipped face numbers and why."""
     numbers: dict[int, int]
-    """Track id → face number: from 1 in the order people appear (those appearing together, left to
-    right)."""
+    """Track id → its person's number: from 1 in the order people appear (those appearing together, left
+    to right)."""
 
 
 @dataclass
@@ -350,20 +351,44 @@ def plan_faces(
 def choose_tracks(
     frames: Sequence[FrameFaces], width: int, height: int, choice: str = "all", min_face: int = 0
 ) -> FacePlan:
-    """Apply a face choice (:func:`gfp.selection.select_faces`) to the tracks of a clip, each track taken
-    as its median box (median centre, width and height over its frames) in a ``width`` x ``height`` frame;
-    tracks are numbered in order of first appearance, those appearing together left to right."""
+    """Apply a face choice (:func:`gfp.selection.select_faces`) to the people of a clip, each taken as its
+    median box (median centre, width and height over its frames) in a ``width`` x ``height`` frame; people
+    are numbered in order of first appearance, those appearing together left to right.
+
+    A person is a track, or several tracks one after another: a face that comes back where a track ended
+    (after a cut-away or an occlusion longer than the tracker waits) continues that person.
+    """
     first: dict[int, tuple[int, float, float]] = {}
+    last: dict[int, int] = {}
     boxes: dict[int, list[np.ndarray]] = {}
     for index, faces in enumerate(frames):
         for box, track in zip(faces.boxes, faces.track_ids, strict=True):
             boxes.setdefault(track, []).append(np.asarray(box[:4], np.float64))
             first.setdefault(track, (index, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+            last[track] = index
     ordered = sorted(first, key=first.__getitem__)
-    typical = np.array([_median_box(np.stack(boxes[track])) for track in ordered]).reshape(-1, 4)
-    selection = select_faces(typical, width, height, choice, min_face)
-    restore = frozenset(ordered[n - 1] for n in selection.restored)
-    return FacePlan(list(frames), restore, selection, {track: n for n, track in enumerate(ordered, 1)})
+    people: list[list[int]] = []  # each person's tracks, in order
+    for track in ordered:
+        start, begins = first[track][0], boxes[track][0]
+        ended = [p for p in people if last[p[-1]] < start and _same_place(boxes[p[-1]][-1], begins)]
+        if ended:  # the person whose face was last seen nearest to where this one appears
+            max(ended, key=lambda p: box_iou(boxes[p[-1]][-1][None], begins[None])[0, 0]).append(track)
+        else:
+            people.append([track])
+    typical = [_median_box(np.stack([b for t in person for b in boxes[t]])) for person in people]
+    selection = select_faces(np.array(typical).reshape(-1, 4), width, height, choice, min_face)
+    restore = frozenset(track for n in selection.restored for track in people[n - 1])
+    numbers = {track: n for n, person in enumerate(people, 1) for track in person}
+    return FacePlan(list(frames), restore, selection, numbers)
+
+
+def _same_place(box: np.ndarray, other: np.ndarray) -> bool:
+    """Whether two face boxes (x1, y1, x2, y2) lie where one face would: overlapping by a third, or their
+    centres closer than half a face."""
+    if box_iou(box[None], other[None])[0, 0] >= 1 / 3:
+        return True
+    size = (box[2:] - box[:2] + other[2:] - other[:2]).mean() / 2
+    return bool(np.linalg.norm((box[:2] + box[2:]) / 2 - (other[:2] + other[2:]) / 2) < size / 2)
 
 
 def _median_box(boxes: np.ndarray) -> np.ndarray:

@@ -169,6 +169,28 @@ def test_tracks_are_chosen_as_people_on_their_median_size() -> None:
     assert small.selection.summary() == "3 faces found, 2 restored, 1 skipped (1 smaller than 50 px)"
 
 
+def test_a_face_back_where_a_track_ended_is_the_same_person() -> None:
+    """After a cut-away longer than the tracker waits, the face found again where a track ended starts a
+    new track but is the same person: a face choice keeps restoring it (it restored only the first part).
+    A face there while the first is still seen is someone else."""
+
+    def frame(*faces: tuple[int, float, float]) -> FrameFaces:
+        boxes = np.array([[x, 50, x + side, 50 + side, 1] for _, x, side in faces], np.float32)
+        return FrameFaces(
+            boxes.reshape(-1, 5), np.zeros((len(faces), 5, 2), np.float32), [t for t, _, _ in faces]
+        )
+
+    host, guest = (1, 100, 90), (3, 600, 40)  # (track, x, side)
+    frames = [frame(host, guest)] * 3 + [frame(guest)] * 20 + [frame((2, 108, 86), guest)] * 3
+    plan = choose_tracks(frames, 800, 400, "largest")
+    assert plan.restore == {1, 2} and plan.numbers == {1: 1, 2: 1, 3: 2}
+    assert plan.selection == FaceSelection(2, (1,), {2: "not chosen"})
+    beside = [frame(host, guest)] * 3 + [frame(host, (2, 108, 86), guest)] * 3  # together: two people
+    assert choose_tracks(beside, 800, 400).numbers == {1: 1, 3: 2, 2: 3}
+    elsewhere = [frame(host)] * 3 + [frame((2, 500, 90))] * 3  # back, but far from where it was
+    assert choose_tracks(elsewhere, 800, 400, "1").restore == {1}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
