@@ -8,6 +8,7 @@ notes, progress) and keeps no state between calls.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -19,9 +20,10 @@ import torch
 from gfp.background import lanczos_upsample
 from gfp.color import color_fix
 from gfp.faces import Detections, detect_faces
+from gfp.loading import Network
 from gfp.paste import parse_masks, paste_faces
 from gfp.store import ModelStore, Unavailable
-from gfp.weights.errors import WeightsError
+from gfp.weights.errors import CheckpointError, WeightsError
 
 if TYPE_CHECKING:
     from gfp.pipeline import RestoreOptions
@@ -81,7 +83,10 @@ def restore_faces(
         chunk = np.stack(crops[start : start + batch])
         x = torch.from_numpy(chunk).to(device).permute(0, 3, 1, 2).flip(1).float() / 255.0
         x = (x - 0.5) / 0.5
-        out = network.run(x).clamp_(-1, 1)
+        out = network.run(x)
+        if not torch.isfinite(out).all():  # else clamped to black faces, and pasted as if restored
+            raise CheckpointError(_broken_output(options.version, network))
+        out = out.clamp_(-1, 1)
         if options.color_fix != "none":  # in float32 on the device, against the face's own crop
             out = color_fix(out, x, options.color_fix).clamp_(-1, 1)
         if strength < 1.0:
@@ -90,6 +95,17 @@ def restore_faces(
         restored.extend(np.ascontiguousarray(face) for face in out.to(torch.uint8).cpu().numpy())
         run.report(len(restored), len(crops), "restore")
     return restored
+
+
+def _broken_output(version: str | os.PathLike[str], network: Network) -> str:
+    """Why a generator gives NaN or inf: broken weights, or a damaged OpenVINO conversion of them."""
+    text = f"the generator {os.fspath(version)} gives NaN or inf values: its weights are broken"
+    if network.placement.backend == "openvino":
+        text += (
+            ", or its OpenVINO conversion is damaged (delete the openvino folder of the model cache, "
+            "GFP_CACHE_DIR or ~/.cache/gfp, to convert it again)"
+        )
+    return text
 
 
 def face_masks(

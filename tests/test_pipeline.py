@@ -649,6 +649,21 @@ def test_each_spec_is_resolved_once_and_its_checkpoint_read_once(
     assert counts == {"resolve": 5, "read": 1}
 
 
+def test_a_generator_giving_nan_is_an_error_not_black_faces(tmp_path: Path) -> None:
+    """One NaN weight (a diverged training run) makes every face NaN, which clamping turned into black
+    faces pasted as restored, exit 0: it is a CheckpointError naming the model."""
+    from gfp.loading import CheckpointError, save_pretrained
+
+    config = tiny_config()
+    net = tiny_generator(config)
+    with torch.no_grad():
+        net.conv_body_first.weight[0, 0, 0, 0] = float("nan")
+    folder = save_pretrained(net, config, tmp_path / "diverged")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    with pytest.raises(CheckpointError, match="diverged gives NaN or inf values: its weights are broken"):
+        Restorer(device="cpu", backend="torch").restore(_gradient(64, 64), options)
+
+
 def test_wrong_argument_types_are_clear_errors(blind_weights: Path) -> None:
     """What a caller may get wrong is said, not taken for something else: bool("no") is True, Path("") is
     the current folder, a dict is no RestoreOptions."""
