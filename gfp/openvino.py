@@ -151,19 +151,22 @@ def _memo(
     cache: Path, source: str | os.PathLike[str], role: str, example: Tensor, dynamic: Sequence[int]
 ) -> Path:
     """Where the fingerprint of the ``role`` network built from the weight file (or published folder)
-    ``source`` is remembered: a name made of each file's path, size and modification time, the input
-    layout, the library versions and the code that builds networks (the source of the ``gfp`` package).
+    ``source`` is remembered: a name made of each file's path, size, inode, modification and change
+    times, the input layout, the library versions and the code that builds networks (the source of the
+    ``gfp`` package).
 
     Hashing a generator's and a parser's 430 MB, and building their PyTorch modules to hash them, would
-    cost every new process a noticeable part of its start (README, "Speed"). A rewritten file gets a new
-    modification time and edited code a new digest, so either is hashed again; models stay named by their
-    weights, so copies of the same weights at other paths share one converted model.
+    cost every new process a noticeable part of its start (README, "Speed"). A rewritten or replaced file
+    gets a new change time (which, unlike the modification time, a copy that keeps times — ``cp -p``,
+    ``rsync -a``, an archive — cannot set back) and edited code a new digest, so either is hashed again;
+    models stay named by their weights, so copies of the same weights at other paths share one converted
+    model.
     """
     path = os.path.abspath(source)
     files = sorted(e.path for e in os.scandir(path) if e.is_file()) if os.path.isdir(path) else [path]
     versions = (FORMAT, _openvino().__version__, torch.__version__, _code_digest())
     key = (versions, role, tuple(example.shape), sorted(dynamic))
-    stats = [(f, st.st_size, st.st_mtime_ns) for f in files for st in [os.stat(f)]]
+    stats = [(f, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) for f in files for st in [os.stat(f)]]
     return cache / "files" / hashlib.sha256(repr((key, stats)).encode()).hexdigest()[:32]
 
 

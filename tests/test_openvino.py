@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -194,6 +195,13 @@ def test_a_weight_file_is_hashed_once_and_then_known_by_its_path_size_and_time(
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     openvino.compile_network(net, example, (0,), cache_dir=cache, source=source)
     assert len(hashed) == 2
+    stat = source.stat()  # replaced by other weights of the same size, its time kept (cp -p, rsync -a)
+    time.sleep(0.05)  # past the file system clock's tick, so the change time differs
+    source.write_bytes(b"other version")
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (source.stat().st_size, source.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    openvino.compile_network(net, example, (0,), cache_dir=cache, source=source)
+    assert len(hashed) == 3
     folder = tmp_path / "published"  # a published-format folder: any of its files rewritten counts
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -202,11 +210,11 @@ def test_a_weight_file_is_hashed_once_and_then_known_by_its_path_size_and_time(
     weights = (folder / "model.safetensors").stat()
     os.utime(folder / "model.safetensors", ns=(weights.st_atime_ns, weights.st_mtime_ns + 1))
     openvino.compile_network(net, example, (0,), cache_dir=cache, source=folder)
-    assert len(hashed) == 4
+    assert len(hashed) == 5
     for memo in (cache / openvino.SUBDIR / "files").iterdir():  # a damaged memo: hashed again
         memo.write_text("../../elsewhere")
     openvino.compile_network(net, example, (0,), cache_dir=cache, source=source)
-    assert len(hashed) == 5
+    assert len(hashed) == 6
     names = sorted(p.name for p in (cache / openvino.SUBDIR).iterdir())
     assert names == sorted(["blobs", "files", entry.name])
 
