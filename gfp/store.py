@@ -237,8 +237,13 @@ class ModelStore:
         if placement.backend != "openvino":
             return fallback()
         example = torch.zeros(2, 3, size, size)  # only its layout matters
-        options = {"bf16": placement.bf16, "cache_dir": cache_dir(), "name": Path(path).name, "role": role}
         try:
+            options = {
+                "bf16": placement.bf16,
+                "cache_dir": cache_dir(),
+                "name": Path(path).name,
+                "role": role,
+            }
             if self.convert == "now":
                 return openvino.compile_network(module, example, (0,), source=path, **options)
             found = openvino.cached_network(path, example, (0,), **options)

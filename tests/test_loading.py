@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _zoo_helpers import FileServer, serve, tiny_config, tiny_generator
+from _zoo_helpers import FileServer, save_tiny_generator, serve, tiny_config, tiny_generator
 
 from gfp import loading, registry
 from gfp.archs import UnknownArchitectureError, detect_config
@@ -25,9 +25,11 @@ from gfp.loading import (
     CheckpointError,
     ChecksumMismatchError,
     DownloadError,
+    WeightsError,
     WeightsNotFoundError,
     load_generator,
     load_network,
+    load_state_dict,
     prepare_for_inference,
     resolve_weights,
     save_pretrained,
@@ -162,6 +164,47 @@ def test_download_shows_progress_verifies_and_then_hits_the_cache(
         assert resolve_weights("1.4") == path
         assert server.count("/GFPGANv1.4.pth") == 1  # the second call never asked the network
     assert _leftovers(isolated) == ["GFPGANv1.4.pth"]
+
+
+def test_an_empty_file_in_the_cache_is_downloaded_again_and_a_cut_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    """An empty cached file (a copy that failed, a full disk) is no download: it is fetched again, not
+    loaded as a broken checkpoint on every run. A checkpoint cut short says so."""
+    body = _checkpoint_bytes({"params_ema": tiny_generator(tiny_config()).state_dict()})
+    isolated.mkdir()
+    (isolated / "GFPGANv1.4.pth").write_bytes(b"")
+    with serve(FileServer(files={"/GFPGANv1.4.pth": body})) as server:
+        _point_at(monkeypatch, "v1.4", server.url("/GFPGANv1.4.pth"), body)
+        assert resolve_weights("v1.4", progress=False).read_bytes() == body
+        assert server.count("/GFPGANv1.4.pth") == 1
+    (isolated / "cut.pth").write_bytes(body[:0])
+    with pytest.raises(
+        CheckpointError, match="cut.pth is not a readable PyTorch checkpoint: the file ends early"
+    ):
+        load_state_dict(isolated / "cut.pth")
+
+
+def test_without_a_home_folder_downloads_need_gfp_cache_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No HOME and no home folder (some containers): a clear error for what needs the cache, while a
+    model found elsewhere still loads (an optional model is then noted as unavailable, see the store)."""
+    monkeypatch.delenv("GFP_CACHE_DIR", raising=False)
+    monkeypatch.delenv("GFP_WEIGHTS_DIR", raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    with pytest.raises(WeightsError, match="no home folder to keep downloaded models in: set GFP_CACHE_DIR"):
+        resolve_weights("v1.4")
+    folder = save_tiny_generator(tmp_path / "tiny")
+    assert resolve_weights(str(folder)) == folder
+    from gfp.store import ModelStore, Unavailable
+
+    parser = ModelStore().optional("parsenet")  # the restore goes on without it, noted
+    assert isinstance(parser, Unavailable) and "set GFP_CACHE_DIR" in parser.reason
 
 
 def test_checksum_mismatch_deletes_the_download(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:

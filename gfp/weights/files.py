@@ -86,7 +86,7 @@ def _torch_load(path: Path) -> Any:
             "from sources you trust, saved as plain state dicts or safetensors."
         ) from err
     except Exception as err:  # arbitrary bytes make the unpickler fail in arbitrary ways (IndexError, ...)
-        reason = f"{type(err).__name__}: {err}"
+        reason = f"{type(err).__name__}: {err}" if str(err) else "the file ends early (empty or cut short)"
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {reason}") from err
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from gfp.registry import MODEL_ZOO, ModelEntry, zoo_entry
 from gfp.weights.download import describe, download
-from gfp.weights.errors import WeightsNotFoundError
+from gfp.weights.errors import WeightsError, WeightsNotFoundError
 from gfp.weights.files import CONFIG_FILE, WEIGHTS_FILE
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -51,8 +51,15 @@ def _found(path: Path, entry: ModelEntry | None = None) -> Resolved:
 
 
 def cache_dir() -> Path:
-    """Where downloaded weights live: env ``GFP_CACHE_DIR``, else ``~/.cache/gfp``."""
-    return Path(os.environ.get("GFP_CACHE_DIR") or Path.home() / ".cache" / "gfp").expanduser()
+    """Where downloaded weights live: env ``GFP_CACHE_DIR``, else ``~/.cache/gfp``; ``WeightsError`` when
+    neither is there (no ``HOME``, a user without a home folder)."""
+    env = os.environ.get("GFP_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    try:
+        return Path.home() / ".cache" / "gfp"
+    except RuntimeError:  # Path.home(): no HOME and no home folder for this user
+        raise WeightsError("no home folder to keep downloaded models in: set GFP_CACHE_DIR") from None
 
 
 def _weights_dir(weights_dir: str | os.PathLike[str] | None) -> tuple[Path | None, str]:
@@ -116,7 +123,7 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
             return candidate
         looked.append(f"weights folder ({origin}): {candidate} does not exist")
     cached = cache_dir() / entry.file_name
-    if cached.is_file():
+    if cached.is_file() and cached.stat().st_size > 0:  # an empty file is no download: fetched again
         return cached
     looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cached} does not exist")
     if entry.url is None:
