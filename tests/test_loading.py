@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -296,6 +297,9 @@ def test_explicit_paths_and_unknown_names(tmp_path: Path) -> None:
         WeightsNotFoundError, match="unknown model .v9.*generator: v1.4, v1.3, v1.2, v1; detector: "
     ):
         resolve_weights("v9")
+    url = "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth"
+    with pytest.raises(WeightsNotFoundError, match=re.escape(url) + ": a URL is not downloaded as a model"):
+        resolve_weights(url)  # once "weights file https:/github.com/... does not exist"
 
 
 # --- generators ---------------------------------------------------------------------------------------

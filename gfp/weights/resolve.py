@@ -28,6 +28,7 @@ from gfp.weights.download import describe, download
 from gfp.weights.errors import WeightsError, WeightsNotFoundError
 from gfp.weights.files import CONFIG_FILE, WEIGHTS_FILE
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PATH_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 
@@ -83,6 +84,11 @@ def resolve(
     spec = os.fspath(name_or_path)
     if not spec.strip():  # Path("") is the current folder
         raise WeightsNotFoundError("no model given: an empty name is neither a file, a folder nor a model")
+    if _URL.match(spec):  # Path() would fold its "//" and call it a missing file
+        raise WeightsNotFoundError(
+            f"{spec}: a URL is not downloaded as a model; download the file and pass its path, or name a "
+            "registry model (e.g. 1.4, fetched from its official URL) or a Hugging Face repo id (owner/name)"
+        )
     explicit = Path(spec).expanduser()
     if explicit.exists():
         return _found(explicit)
