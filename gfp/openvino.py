@@ -119,6 +119,9 @@ class OpenVINONetwork(nn.Module):
                     return compiled
             except RuntimeError:  # an unwritable cache or a property this OpenVINO lacks: compile in memory
                 pass
+            for path in (fixed, fixed.with_suffix(".bin")):  # maybe damaged: the next process writes it anew
+                with contextlib.suppress(OSError):
+                    path.unlink()
         model = self.model
         if shape is not None:
             model = self.model.clone()

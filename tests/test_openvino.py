@@ -271,6 +271,12 @@ def test_a_fixed_shape_compilation_is_cached_and_computes_the_same(
     assert torch.equal(again(x), in_memory)
     assert sorted(blobs.iterdir()) == saved  # its compilation came from the cache
     assert torch.equal(again(_faces(3, size))[:1], again(x))  # another shape: compiled for it too
+    fixed.write_bytes(b"\xfd garbled by a disk")  # damaged: compiled in memory, and written anew next time
+    damaged = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
+    assert torch.equal(damaged(x), in_memory)
+    mended = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
+    assert torch.equal(mended(x), in_memory)
+    assert fixed.read_bytes().startswith(b"<?xml") and fixed.with_suffix(".bin").samefile(entry / "model.bin")
 
     def no_links(*args: object) -> None:
         raise OSError("links not supported")
