@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -303,21 +304,29 @@ def convert_in_background(
     The process runs at the lowest CPU priority, so it takes only time the caller leaves idle, and it
     outlives the caller (a one-photo command ends; the next one finds the conversion). ``builder``
     ("module:function") builds the PyTorch network from (role, source). One conversion per network at a
-    time: a lock file names it, and a lock older than :data:`STALE_LOCK_S` (a killed process) is taken over.
+    time: a lock file names its process, and the lock of a process that is gone (killed, say by the
+    out-of-memory killer) or older than :data:`STALE_LOCK_S` is taken over. A conversion that failed is
+    not tried again for :data:`FAILED_RETRY_S` (a marker beside the locks), nor at all for the same
+    weights, code and libraries until then.
     """
     cache = Path(cache_dir) / SUBDIR
     memo = _memo(cache, source, role, example, dynamic)
-    lock = cache / "converting" / memo.name
+    lock, failed = cache / "converting" / memo.name, cache / "failed" / memo.name
+    with contextlib.suppress(OSError):
+        if time.time() - failed.stat().st_mtime < FAILED_RETRY_S:
+            return False
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-                lock.unlink()
+    except OSError:
+        return False  # an unwritable cache (or a file in the way): nothing to convert into
+    try:
+        if _stale(lock):
+            lock.unlink(missing_ok=True)
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return True  # another process is converting it
     except OSError:
-        return False  # an unwritable cache: nothing to convert into
+        return False
     os.close(fd)
     shape = "x".join(map(str, example.shape))
     # Lowest priority from its first instruction: its interpreter and imports must not slow the caller either
@@ -325,13 +334,13 @@ def convert_in_background(
     nice = shutil.which("nice")
     args = [nice, "-n", "19"] if nice else []
     args += [sys.executable, "-m", "gfp.openvino", builder, role, os.path.abspath(source), shape]
-    args += [",".join(map(str, dynamic)), str(cache_dir), str(lock)]
+    args += [",".join(map(str, dynamic)), str(cache_dir), str(lock), str(failed)]
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     )
     try:
-        subprocess.Popen(
+        process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -342,11 +351,44 @@ def convert_in_background(
     except OSError:
         lock.unlink(missing_ok=True)
         return False
+    with contextlib.suppress(OSError):
+        lock.write_text(f"{socket.gethostname()} {process.pid}", encoding="utf-8")
     return True
+
+
+def _stale(lock: Path) -> bool:
+    """Whether a conversion lock is left by a process that is gone: one of this machine that no longer
+    runs, or any older than :data:`STALE_LOCK_S`."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+        host, _, pid = lock.read_text(encoding="utf-8").partition(" ")
+    except (OSError, ValueError):
+        return False
+    if age > STALE_LOCK_S:
+        return True
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's, or being written: its age decides
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """A process that ended and waits for its parent to collect it (Linux; False elsewhere)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 STALE_LOCK_S = 30 * 60
 """A conversion lock older than this is from a process that did not finish: convert again."""
+FAILED_RETRY_S = 24 * 3600
+"""A conversion that failed is tried again after this long (a full disk, say, may have been the cause)."""
 
 
 class Switching(nn.Module):
@@ -379,7 +421,7 @@ RECHECK_S = 2.0
 
 def _convert_main(argv: list[str]) -> int:
     """Entry of the background conversion process (:func:`convert_in_background`)."""
-    builder, role, source, shape, dynamic, cache, lock = argv
+    builder, role, source, shape, dynamic, cache, lock, failed = argv
     with contextlib.suppress(OSError):
         os.nice(19)
     try:
@@ -388,6 +430,11 @@ def _convert_main(argv: list[str]) -> int:
         example = torch.zeros(*map(int, shape.split("x")))
         dims = [int(d) for d in dynamic.split(",") if d]
         compile_network(lambda: build(role, source), example, dims, cache_dir=cache, source=source, role=role)
+    except Exception as err:  # remembered, so later runs do not pay for the same failure again
+        with contextlib.suppress(OSError):
+            Path(failed).parent.mkdir(parents=True, exist_ok=True)
+            Path(failed).write_text(f"{type(err).__name__}: {err}"[:2000], encoding="utf-8")
+        raise
     finally:
         Path(lock).unlink(missing_ok=True)
     return 0

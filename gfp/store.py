@@ -258,7 +258,14 @@ class ModelStore:
             return fallback()
         if not started:
             return fallback()
-        return openvino.Switching(fallback(), lambda: openvino.cached_network(path, example, (0,), **options))
+
+        def converted() -> openvino.OpenVINONetwork | None:
+            found = openvino.cached_network(path, example, (0,), **options)
+            if found is None:  # a conversion that died (killed, say) is started again
+                openvino.convert_in_background(path, role, example, (0,), options["cache_dir"])
+            return found
+
+        return openvino.Switching(fallback(), converted)
 
     def prepare(self, version: str, batch: int, parser: bool) -> list[threading.Thread]:
         """Start loading the generator of ``version`` (and the face parser when ``parser``) in background

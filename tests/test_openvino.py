@@ -659,22 +659,67 @@ def test_a_network_not_yet_converted_runs_in_pytorch_while_another_process_conve
     assert isinstance(fresh, openvino.OpenVINONetwork)  # the next process uses the conversion at once
 
 
+def test_a_running_store_starts_a_conversion_that_died_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-running app whose background conversion was killed asks for it again when it looks for the
+    converted network (it polled the cache for good, in PyTorch)."""
+    monkeypatch.setenv(CONVERT_ENV, "background")
+    monkeypatch.setattr(openvino, "RECHECK_S", 0.0)
+    asked: list[str] = []
+    monkeypatch.setattr(openvino, "cached_network", lambda *args, **kwargs: None)
+    monkeypatch.setattr(openvino, "convert_in_background", lambda source, *args: asked.append(source) or True)
+    folder = save_tiny_generator(tmp_path / "tiny")
+    switching = Restorer(device="cpu", backend="openvino", bf16=False).store.face_network(str(folder)).run
+    assert isinstance(switching, openvino.Switching) and len(asked) == 1
+    switching(_faces(1, tiny_config().out_size))
+    assert len(asked) == 2 and switching.converted is None
+
+
 def test_one_background_conversion_per_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One conversion per network at a time; the lock of a converter that is gone (killed: its pid no
+    longer runs, or the lock is old) is taken over at once, not after half an hour; a conversion that failed
+    is not tried again for a day; a file where the locks go means no conversion, not "one is running"."""
     import subprocess
 
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
     started: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "Popen", lambda args, **kwargs: started.append(args))
+
+    def popen(args: list[str], **kwargs: object) -> object:
+        started.append(args)
+        return type("Process", (), {"pid": os.getpid() if len(started) == 1 else gone.pid})()
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
     source = tmp_path / "weights.pth"
     source.write_bytes(b"x")
     example = torch.zeros(2, 3, 8, 8)
     for _ in range(2):  # a second store (another request, another process) finds the first one's lock
         assert openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
-    assert len(started) == 1 and started[0][-9:-7] == ["-m", "gfp.openvino"]
+    assert len(started) == 1 and started[0][-10:-8] == ["-m", "gfp.openvino"]
     lock = next((tmp_path / openvino.SUBDIR / "converting").iterdir())
     old = lock.stat().st_mtime - openvino.STALE_LOCK_S - 1
-    os.utime(lock, (old, old))  # its process was killed: the lock is taken over
+    os.utime(lock, (old, old))  # its process was killed long ago: the lock is taken over
     assert openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
-    assert len(started) == 2
+    assert len(started) == 2  # this one's process is gone at once (the out-of-memory killer, say)
+    assert openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
+    assert len(started) == 3
+
+    failed = Path(started[-1][-1])  # where the converter says that it failed
+    failed.parent.mkdir(parents=True)
+    failed.write_text("RuntimeError: cannot convert")
+    lock.unlink()
+    assert not openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
+    old = failed.stat().st_mtime - openvino.FAILED_RETRY_S - 1
+    os.utime(failed, (old, old))
+    assert openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
+    assert len(started) == 4
+
+    blocked = tmp_path / "blocked"
+    (blocked / openvino.SUBDIR).mkdir(parents=True)
+    (blocked / openvino.SUBDIR / "converting").write_text("a file in the way")
+    assert not openvino.convert_in_background(source, "faces", example, (0,), blocked)
+    assert len(started) == 4
 
 
 def test_a_process_that_ends_first_waits_for_prepare(tmp_path: Path) -> None:
