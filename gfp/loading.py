@@ -10,6 +10,7 @@ re-exported, so ``from gfp.loading import ...`` keeps working.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -179,8 +180,39 @@ def generator_network(
     try:
         net = placed.build(lambda: GFPGAN.build(config), state_dict)
     except RuntimeError as err:
-        raise CheckpointError(f"{found.path} does not fit its config {config}: {err}") from err
+        raise CheckpointError(f"{found.path} does not fit its config {config}: {misfit(err)}") from err
     return Network(net, supports, placed, config)
+
+
+def misfit(err: RuntimeError) -> str:
+    """torch's refusal of a state dict (a line per key, tens of kilobytes for a whole network) in one line:
+    how many keys are missing, unexpected, of another shape or not copyable, with the first of each."""
+    text = str(err)
+    parts = []
+    for label, kind in (("missing", "Missing"), ("unexpected", "Unexpected")):
+        found = re.search(kind + r" key\(s\) in state_dict: (.*)", text)
+        keys = re.findall(r'"([^"]+)"', found[1]) if found else []
+        if keys:
+            parts.append(
+                f"{len(keys)} {label} key(s) ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+            )
+    shapes = re.findall(
+        r"size mismatch for (\S+): copying a param with shape (\S+) from checkpoint, the shape in current "
+        r"model is (\S+?)\.?$", text, re.MULTILINE
+    )  # fmt: skip
+    if shapes:
+        name, theirs, ours = shapes[0]
+        parts.append(
+            f"{len(shapes)} tensor(s) of another shape (first {name}: {theirs} in the file, {ours} here)"
+        )
+    copies = re.findall(
+        r'While copying the parameter named "([^"]+)".*an exception occurred : \((.*)\)', text
+    )
+    if copies:
+        name, reason = copies[0]
+        reason = reason.rstrip(",").strip("'\"")
+        parts.append(f"{len(copies)} tensor(s) not copyable (first {name}: {reason})")
+    return "; ".join(parts) or (text.strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def load_network(
@@ -194,7 +226,7 @@ def load_network(
     try:
         net.load_state_dict(load_state_dict(found.path), strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{found.path} does not fit {type(net).__name__}: {err}") from err
+        raise CheckpointError(f"{found.path} does not fit {type(net).__name__}: {misfit(err)}") from err
     return prepare_for_inference(net, placement)
 
 
@@ -234,5 +266,5 @@ def model_network(
     try:
         net = placed.build(make, state_dict)
     except RuntimeError as err:
-        raise CheckpointError(f"{found.path} does not fit {what}: {err}") from err
+        raise CheckpointError(f"{found.path} does not fit {what}: {misfit(err)}") from err
     return Network(net, supports, placed)

@@ -341,6 +341,40 @@ def test_plain_safetensors_file_is_recognised(tmp_path: Path) -> None:
     assert load_generator(tmp_path / "g.safetensors")[1] == config
 
 
+def test_weights_that_do_not_fit_are_said_in_one_short_line(tmp_path: Path) -> None:
+    """torch's refusal names every key (46 KB for int tensors): the error counts them and names the first
+    of each kind instead. A config file's null is named too, not a comparison of None with an int."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    def variant(name: str, change) -> Path:  # noqa: ANN001
+        folder = save_tiny_generator(tmp_path / name)
+        save_file(change(load_file(folder / "model.safetensors")), folder / "model.safetensors")
+        return folder
+
+    cases = {
+        variant("ints", lambda sd: {k: v.to(torch.int32) for k, v in sd.items()}): (
+            r"\d+ tensor\(s\) not copyable \(first conv_body_first.weight: Only Tensors of floating point"
+        ),
+        variant("renamed", lambda sd: {k + "x": v for k, v in list(sd.items())[:40]}): (
+            r"\d+ missing key\(s\) \(conv_body_first.weight, conv_body_first.bias, .*\); 40 unexpected"
+        ),
+        variant("cut", lambda sd: sd | {"conv_body_first.bias": sd["conv_body_first.bias"][:1]}): (
+            r"1 tensor\(s\) of another shape \(first conv_body_first.bias: torch.Size\(\[1\]\) in the file, "
+        ),
+    }
+    for folder, message in cases.items():
+        with pytest.raises(CheckpointError, match=message) as err:
+            load_generator(str(folder))
+        assert len(str(err.value)) < 600 and "\n" not in str(err.value), folder.name
+    folder = save_tiny_generator(tmp_path / "null")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"channel_multiplier": None}))
+    with pytest.raises(CheckpointError, match="channel_multiplier must be a whole number, got None"):
+        load_generator(str(folder))
+
+
 def test_unknown_layout_is_rejected_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "detector.pth"
     torch.save({"body.conv1.weight": torch.zeros(8, 3, 3, 3)}, path)

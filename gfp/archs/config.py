@@ -8,6 +8,7 @@ smaller model trained with our ``train/`` package — is recognised without bein
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,13 @@ from gfp.archs.gfpgan import GFPGANClean, GFPGANv1
 from gfp.archs.unfilled import unfilled
 
 ARCHS = ("clean", "v1")
+_KINDS = {
+    "bool": "true or false",
+    "float": "a number",
+    "int": "a whole number",
+    "int | None": "a whole number or null",
+    "str": "a name",
+}
 
 
 class UnknownArchitectureError(ValueError):
@@ -54,6 +62,10 @@ class GeneratorConfig:
     detail: bool = False
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # a config file's null or "2" is named, not a TypeError later
+            value = getattr(self, field.name)
+            if not _is_kind(value, field.type):
+                raise ValueError(f"{field.name} must be {_KINDS[field.type]}, got {value!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.out_size not in {2**i for i in range(4, 11)}:
@@ -87,6 +99,17 @@ class GeneratorConfig:
                 f"{', '.join(map(repr, unknown))}; allowed: {', '.join(names)}"
             )
         return cls(**data)
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    """Whether ``value`` is of a config field's annotated ``kind`` (a bool is no number here)."""
+    if isinstance(value, bool):
+        return kind == "bool"
+    if kind in ("int", "int | None"):
+        return isinstance(value, numbers.Integral) or (value is None and kind == "int | None")
+    if kind == "float":
+        return isinstance(value, numbers.Real)
+    return kind == "str" and isinstance(value, str)
 
 
 def build_generator(config: GeneratorConfig) -> nn.Module:
