@@ -468,6 +468,30 @@ def test_hub_repo_missing_everywhere_explains_how_to_provide_it(
         assert needed in message, needed
 
 
+def test_a_hub_repo_without_a_network_is_looked_up_in_the_cache_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """When the Hub's host has no address (no network), the library is not left to retry each file five
+    times (about 50 s of "Retrying in 8s"): only its cache is asked, and the error says why."""
+    import huggingface_hub
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")  # .invalid never resolves (RFC 2606)
+    asked: list[bool] = []
+    real = huggingface_hub.hf_hub_download
+
+    def download(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        asked.append(kwargs.get("local_files_only", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(WeightsNotFoundError, match=r"no connection \(cannot look up hub.invalid\)"):
+        resolve_weights("someone/absent", progress=False)
+    assert asked == [True]
+
+
 def test_invalid_hub_repo_id_is_reported_not_raised_raw() -> None:
     with pytest.raises(WeightsNotFoundError, match="someone/a--b.*HFValidationError"):
         resolve_weights("someone/a--b", progress=False)

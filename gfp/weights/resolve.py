@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import urllib.error
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,13 +164,20 @@ def _resolve_hub(repo_id: str, weights_dir: str | os.PathLike[str] | None, progr
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: the library reads it only at import
+    host = urllib.parse.urlsplit(endpoint or constants.ENDPOINT).hostname or ""
+    # Without a network the library retries each file five times (about 25 s each): its cache only, then.
+    offline = not _resolvable(host)
     quiet = None if progress else _QuietTqdm
     try:
         for name in (CONFIG_FILE, WEIGHTS_FILE):
-            path = hf_hub_download(repo_id, name, endpoint=endpoint, tqdm_class=quiet)
+            path = hf_hub_download(
+                repo_id, name, endpoint=endpoint, tqdm_class=quiet, local_files_only=offline
+            )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
         looked.append(f"Hugging Face cache {constants.HF_HUB_CACHE}: not there")
         reason = (str(err).splitlines() or [""])[0][:200]
+        if offline:
+            reason = f"no connection (cannot look up {host})"
         looked.append(
             f"Hugging Face Hub {endpoint or constants.ENDPOINT}/{repo_id}: {type(err).__name__} {reason}"
         )
@@ -179,6 +188,15 @@ def _resolve_hub(repo_id: str, weights_dir: str | os.PathLike[str] | None, progr
             f"DIR, or put it at <weights folder>/{repo_id} and pass weights_dir (or set GFP_WEIGHTS_DIR)."
         ) from err
     return Path(path).parent
+
+
+def _resolvable(host: str) -> bool:
+    """Whether ``host`` has an address (a quick test for a network before a download that retries)."""
+    try:
+        socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 class _QuietTqdm(tqdm):
