@@ -510,6 +510,10 @@ class _Audio:
         self.output = output
         self.end = 0.0
         """End time (s) of the last audio packet read: with the video's, it tells a truncated file."""
+        self.shift = 0
+        """Added to every timestamp after one went back (concatenated segments start again at 0)."""
+        self.next: int | None = None
+        """The timestamp the next packet should have at the earliest (the last one's end)."""
         name = _codec_name(source)
         self.copy = name in COPY_AUDIO_CODECS
         if self.copy:
@@ -522,13 +526,26 @@ class _Audio:
             self.how = f"re-encoded ({name} → aac)"
 
     def packet(self, packet: av.Packet) -> None:
-        """Copy or re-encode one demuxed packet (the muxer interleaves it with the video)."""
+        """Copy or re-encode one demuxed packet (the muxer interleaves it with the video). Timestamps that
+        go back (segments joined end to end, a camera's restart) continue after the last packet, as the
+        video's frames do, since a muxer refuses them."""
+        if packet.dts is None:  # the demuxer's end-of-stream marker (it flushes a decoder)
+            if not self.copy:
+                for frame in packet.decode():
+                    self.output.mux(self.stream.encode(frame))
+            return
+        if self.next is not None and packet.dts + self.shift < self.next:
+            self.shift = self.next - packet.dts
+        packet.dts += self.shift
+        if packet.pts is not None:
+            packet.pts += self.shift
+        self.next = packet.dts + max(packet.duration or 0, 1)
         if packet.pts is not None and packet.time_base:
             self.end = max(self.end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
         if not self.copy:
             for frame in packet.decode():
                 self.output.mux(self.stream.encode(frame))
-        elif packet.dts is not None:  # a packet without dts is the demuxer's end-of-stream marker
+        else:
             packet.stream = self.stream
             self.output.mux(packet)
 

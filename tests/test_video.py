@@ -353,6 +353,25 @@ def test_an_avi_with_b_frames_keeps_its_frame_times(blind: Path, tmp_path: Path)
     assert colours == sorted(colours)
 
 
+@pytest.mark.parametrize("audio", ["aac", "mp2"])
+def test_segments_joined_end_to_end_keep_their_sound(blind: Path, tmp_path: Path, audio: str) -> None:
+    """Transport-stream segments joined end to end (a camera's or recorder's files) start their timestamps
+    again: the audio, copied or re-encoded, continues after the last packet as the video does (the muxer
+    refused it and the whole clip failed after decoding)."""
+    segment = write_clip(
+        tmp_path / "seg.ts", [_scene(i=i) for i in range(12)], audio=audio, container="mpegts"
+    )
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(segment.read_bytes() * 2)
+    result = restore_video(
+        joined, tmp_path / "out.mp4", _options(blind, upscale=1), restorer=_restorer(blind)
+    )
+    restored = read_clip(result.path)
+    assert result.frames == len(restored.frames) == 24
+    assert restored.audio.shape[1] / restored.audio_rate == pytest.approx(24 / 25, abs=0.1)
+    assert np.all(np.diff(restored.times) > 0)
+
+
 def test_rotation_is_applied_to_the_pixels(blind: Path, tmp_path: Path) -> None:
     frames = [_scene(i=i) for i in range(10)]
     source = write_clip(tmp_path / "phone.mp4", frames, rotation=90)  # shown turned 90° counter-clockwise
