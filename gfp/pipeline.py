@@ -107,11 +107,11 @@ class RestoreOptions:
         if self.bg_upsampler is not None and self.bg_upsampler not in registry.choice_names("upsampler"):
             choices = ", ".join(registry.choice_names("upsampler"))
             raise ValueError(f"unknown background upsampler {self.bg_upsampler!r}; choose one of: {choices}")
-        if not _whole(self.bg_tile) or self.bg_tile < 0:
+        if not is_whole(self.bg_tile) or self.bg_tile < 0:
             raise ValueError(f"bg_tile must be an integer >= 0 (0 = no tiling), got {self.bg_tile!r}")
-        if not _real(self.strength) or not 0.0 <= self.strength <= 1.0:
+        if not is_real(self.strength) or not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be a number in [0, 1], got {self.strength!r}")
-        if not _real(self.weight) or not math.isfinite(self.weight):
+        if not is_real(self.weight) or not math.isfinite(self.weight):
             raise ValueError(f"weight must be a number, got {self.weight!r}")
         for name in ("only_center_face", "aligned"):
             if not isinstance(getattr(self, name), bool):
@@ -122,13 +122,13 @@ class RestoreOptions:
             choices = ", ".join(registry.choice_names("detector"))
             raise ValueError(f"unknown face detector {self.detector!r}; choose one of: {choices}")
         side = self.detect_max_side
-        if side is not None and (not _whole(side) or side < 64):
+        if side is not None and (not is_whole(side) or side < 64):
             raise ValueError(f"detect_max_side must be an integer >= 64 (or None), got {side!r}")
-        if self.batch_size is not None and (not _whole(self.batch_size) or self.batch_size < 1):
+        if self.batch_size is not None and (not is_whole(self.batch_size) or self.batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         check_method(self.color_fix)
         object.__setattr__(self, "faces", parse_faces(self.faces))
-        if not _whole(self.min_face) or self.min_face < 0:
+        if not is_whole(self.min_face) or self.min_face < 0:
             raise ValueError(f"min_face must be a whole number of pixels >= 0, got {self.min_face!r}")
         if self.only_center_face and self.faces not in ("all", "center"):
             raise ValueError(
@@ -335,12 +335,12 @@ class Restorer:
         return stages.restore_faces(self.store, crops, options, RunLog(progress))
 
 
-def _whole(value: Any) -> bool:
+def is_whole(value: Any) -> bool:
     """An int, and not a bool (``True`` is an int to Python, but no tile size or batch size)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _real(value: Any) -> bool:
+def is_real(value: Any) -> bool:
     """A real number (int or float, NumPy's too), not a bool or a string."""
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 

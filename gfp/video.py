@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from gfp.atomic import atomic_path
 from gfp.background import scaled_size
 from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, PARTIAL_SUFFIX, megapixels
-from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog
+from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, is_real, is_whole
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
 
@@ -48,6 +49,7 @@ try:
 except ImportError:  # photos need no PyAV: only opening a video says what to install
     av = None
 
+T = TypeVar("T")
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv"}
     | {".mts", ".m2ts", ".3gp", ".3g2", ".flv", ".ogv", ".vob", ".mxf", ".h264", ".264", ".hevc", ".h265"}
@@ -95,12 +97,14 @@ class VideoOptions:
         top = VIDEO_CODECS[self.codec][1]
         if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not 0 <= self.crf <= top:
             raise ValueError(f"crf must be an integer in [0, {top}] for {self.codec}, got {self.crf!r}")
-        if not isinstance(self.buffer_frames, int) or self.buffer_frames < 1:
+        if not is_whole(self.buffer_frames) or self.buffer_frames < 1:
             raise ValueError(f"buffer_frames must be an integer >= 1, got {self.buffer_frames!r}")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive or None, got {self.max_pixels!r}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be positive or None, got {self.max_seconds!r}")
+        if self.max_pixels is not None and not (is_whole(self.max_pixels) and self.max_pixels >= 1):
+            raise ValueError(f"max_pixels must be a positive integer or None, got {self.max_pixels!r}")
+        if self.max_seconds is not None and not (is_real(self.max_seconds) and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be a positive number or None, got {self.max_seconds!r}")
+        if not isinstance(self.smooth, bool) or not isinstance(self.smoothing, SmoothingOptions):
+            raise ValueError("smooth must be True or False, and smoothing a SmoothingOptions")
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,14 @@ class VideoResult:
     """Faces (people, i.e. tracks) found, restored and skipped, and why."""
 
 
+def _expect(value: T, kind: type[T], name: str) -> T:
+    """``value``, or a ``TypeError`` saying what ``name`` should have been (arguments given in the wrong
+    order would fail later with an ``AttributeError`` from deep inside)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
 def is_video(path: str | os.PathLike[str]) -> bool:
     """Whether the CLI treats ``path`` as a video (by its extension)."""
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
@@ -219,7 +231,7 @@ def _first_frame_rotation(container: av.container.InputContainer, stream: av.vid
 
 def probe_video(path: str | os.PathLike[str], options: VideoOptions | None = None) -> VideoInfo:
     """Read a clip's header (and its first frame, for the rotation); ``VideoError`` if unusable."""
-    options = options or VideoOptions()
+    options = _expect(options or VideoOptions(), VideoOptions, "options")
     path = Path(path)
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -336,7 +348,7 @@ def plan_faces(
     """The first pass of a face choice over a clip: detect and track every frame's faces (as
     :func:`restore_frames` would) and choose tracks by ``options.faces`` and ``options.min_face``.
     Holds only boxes and landmarks, not frames. ``progress(done, total, "detect")`` after each frame."""
-    options = options or RestoreOptions()
+    options = _expect(options or RestoreOptions(), RestoreOptions, "options")
     video = video or VideoOptions()
     seen: list[FrameFaces] = []
     height = width = 0
@@ -407,7 +419,7 @@ def _checked(frames: Iterable[tuple[np.ndarray, float]]) -> Iterator[tuple[np.nd
         image, seconds = item
         if not isinstance(image, np.ndarray):
             raise ValueError(f"frames must be uint8 HxWx3 BGR images, got {type(image).__name__}")
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
             raise ValueError(f"frames must be uint8 HxWx3 BGR images, got {image.dtype} {image.shape}")
         yield image, float(seconds)
 
@@ -440,8 +452,8 @@ def restore_frames(
     A face choice (:func:`needs_plan`) needs ``plan``, made by :func:`plan_faces` over the same frames:
     its detections are used instead of detecting again, and only the tracks it chose are restored.
     """
-    options = options or RestoreOptions()
-    video = video or VideoOptions()
+    options = _expect(options or RestoreOptions(), RestoreOptions, "options")
+    video = _expect(video or VideoOptions(), VideoOptions, "video")
     if options.aligned:
         raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
     if plan is None and needs_plan(options):
@@ -685,9 +697,9 @@ def restore_video(
     (naming the file) for unreadable, truncated, empty or too large clips; nothing is left at ``output``
     then, and an earlier file there is kept.
     """
-    options = options or RestoreOptions()
-    video = video or VideoOptions()
-    restorer = restorer or Restorer()
+    options = _expect(options or RestoreOptions(), RestoreOptions, "options")
+    video = _expect(video or VideoOptions(), VideoOptions, "video")
+    restorer = _expect(restorer or Restorer(), Restorer, "restorer")
     source, target = Path(input), Path(output)
     if options.aligned:
         raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")

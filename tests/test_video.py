@@ -198,7 +198,11 @@ def test_a_face_back_where_a_track_ended_is_the_same_person() -> None:
         ({"crf": 52}, "crf must be an integer in \\[0, 51\\]"),
         ({"codec": "vp9", "crf": 64}, "\\[0, 63\\]"),
         ({"buffer_frames": 0}, "buffer_frames"),
+        ({"buffer_frames": True}, "buffer_frames"),
         ({"max_seconds": 0}, "max_seconds"),
+        ({"max_seconds": "10"}, "max_seconds must be a positive number"),
+        ({"max_pixels": "10"}, "max_pixels must be a positive integer"),
+        ({"smooth": "no"}, "smooth must be True or False"),
     ],
 )
 def test_bad_video_options(kwargs: dict, message: str) -> None:
@@ -767,6 +771,20 @@ def test_missing_default_background_falls_back_once_per_clip(blind: Path, tmp_pa
             restorer=_restorer(blind),
         )
     assert not (tmp_path / "named.mp4").exists()
+
+
+def test_arguments_in_the_wrong_order_or_empty_frames_are_named(blind: Path, tmp_path: Path) -> None:
+    """Swapped arguments are a TypeError naming the argument, not an AttributeError from deep inside; an
+    empty frame is a ValueError, not torch's RuntimeError."""
+    clip = write_clip(tmp_path / "clip.mp4", [_scene(i=0)], audio=None)
+    with pytest.raises(TypeError, match="options must be a VideoOptions, got RestoreOptions"):
+        probe_video(clip, RestoreOptions())
+    with pytest.raises(TypeError, match="options must be a RestoreOptions, got VideoOptions"):
+        restore_video(clip, tmp_path / "o.mp4", VideoOptions(), RestoreOptions())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="restorer must be a Restorer, got str"):
+        restore_video(clip, tmp_path / "o.mp4", restorer="cpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"frames must be uint8 HxWx3 BGR images, got uint8 \(0, 0, 3\)"):
+        next(restore_frames(_restorer(blind), [(np.zeros((0, 0, 3), np.uint8), 0.0)], _options(blind)))
 
 
 def test_without_pyav_photos_still_run_and_videos_say_what_to_install(tmp_path, monkeypatch) -> None:
