@@ -394,6 +394,12 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(str(err))
     if not inputs:
         parser.error(f"input folder {args.input!r} holds no files")
+    named = Path(args.output)
+    if not named.exists() and (is_video(named) or named.suffix.lower() in WRITE_FORMATS):
+        parser.error(
+            f"-o takes a folder, and {args.output!r} looks like a file name: the results go into it as "
+            "restored_imgs/, restored_faces/ and restored_videos/ (give a folder name)"
+        )
 
     restorer.prepare(options)  # the networks load and compile while the first file is read and searched
     output = Path(args.output)

@@ -65,6 +65,8 @@ def test_list_inputs(tmp_path: Path) -> None:
         (["--min-face", "ten"], "argument --min-face: invalid int value: 'ten'"),
         (["--color-fix", "sepia"], "argument --color-fix: invalid choice: 'sepia'"),
         (["--only_center_face", "--faces", "2"], "only_center_face means faces='center'"),
+        (["-o", "restored.mp4"], "-o takes a folder, and 'restored.mp4' looks like a file name"),
+        (["-o", "restored.PNG"], "-o takes a folder, and 'restored.PNG' looks like a file name"),
     ],
 )
 def test_usage_errors_exit_2(
