@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
+import sys
 import tempfile
 import threading
 import time
@@ -257,7 +259,12 @@ class Request:
             yield
         except (ImageReadError, VideoError) as exc:
             raise gr.Error(f"Could not use this file: {str(exc).replace(self.path, self.name)}") from None
-        except (WeightsError, ValueError) as exc:
+        except WeightsError as exc:  # the full text (where it looked) is for the server's log
+            print(f"app: weights of {self.model!r}: {exc}", file=sys.stderr)
+            raise gr.Error(
+                f"The model {self.model!r} cannot be used on this server: {_no_paths(exc)}"
+            ) from None
+        except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
     def status(self, headline: str, result: RestoreResult | VideoResult, notices: Sequence[str] = ()) -> str:
@@ -272,6 +279,12 @@ class Request:
         )
         lines += [f"Note: {note}" for note in result.notes]
         return "  \n".join(lines)
+
+
+def _no_paths(exc: BaseException) -> str:
+    """The first line of ``exc`` with every file path cut to its last part (no server path shown)."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0].removesuffix("Looked in:").strip()
+    return re.sub(r"(?:~|\.{0,2})?(?:/[^/\s'\"():]+)+/([^/\s'\"():]+)", r"\1", line)
 
 
 def as_display(img: np.ndarray) -> np.ndarray:
