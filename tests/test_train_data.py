@@ -320,6 +320,7 @@ def test_extra_faces_are_trained_on_and_never_held_out(faces, tmp_path):
     from train.train import Trainer
 
     trainer = Trainer.__new__(Trainer)  # only the data part of the trainer
+    trainer.rank = 0
     trainer.cfg = load_config(None, ["data.out_size=64", "data.val_holdout=2", "data.num_workers=0"])
     trainer.cfg["data"].update(train=str(faces), extra_train=[str(extra)])
     trainer._build_data()
