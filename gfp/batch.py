@@ -410,7 +410,7 @@ class Tally:
         rate = self.done / seconds if seconds > 0 else 0.0
         return (
             f"{self.done} done, {self.skipped} skipped, {self.failed} failed, {self.faces} faces, "
-            f"{rate:.2f} images/s ({seconds:.1f} s)"
+            f"{rate:.2f} files/s ({seconds:.1f} s)"
         )
 
 

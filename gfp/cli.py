@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -362,11 +363,27 @@ def _unwinding_on_termination() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings (OpenVINO falling back to PyTorch, say) as ``gfp: warning: ...`` lines, not Python's
+    file:line text with a line of our source; the previous display is put back after."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, *args: object, **kwargs: object) -> None:
+        tqdm.write(f"gfp: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (130 when interrupted: Ctrl-C, SIGTERM, SIGHUP). ``export-onnx``
     as first argument runs :mod:`gfp.onnx`, ``batch`` runs :mod:`gfp.batch`."""
     try:
-        with _unwinding_on_termination():
+        with _unwinding_on_termination(), _one_line_warnings():
             return _main(argv)
     except KeyboardInterrupt:
         tqdm.write("gfp: interrupted", file=sys.stderr)

@@ -91,6 +91,31 @@ def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert code == 2
     assert "could not find weights 'v1.4'" in err and "GFPGANv1.4.pth" in err and "Traceback" not in err
+    # a weights folder that is no folder is said to be wrong, not only the file missing from it
+    for folder, why in ((img, "is a file"), (tmp_path / "typo", "does not exist")):
+        assert main(["-i", str(img), "-o", str(tmp_path / "out"), "--weights-dir", str(folder)]) == 2
+        assert f"weights folder (weights_dir argument): {folder} {why}" in capsys.readouterr().err
+
+
+def test_warnings_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """A warning during a run (OpenVINO falling back to PyTorch, say) is a 'gfp: warning:' line, not
+    Python's file:line text followed by a line of the source."""
+    import warnings
+
+    import gfp.cli
+
+    def warn_then_fail(spec: str) -> list:
+        warnings.warn("OpenVINO could not compile tiny (no luck); it runs in PyTorch", stacklevel=2)
+        raise FileNotFoundError("no inputs here")
+
+    monkeypatch.setattr(gfp.cli, "list_inputs", warn_then_fail)
+    shown = warnings.showwarning
+    with pytest.raises(SystemExit):
+        main(["-i", str(tmp_path / "x.png"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "gfp: warning: OpenVINO could not compile tiny (no luck); it runs in PyTorch" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err
+    assert warnings.showwarning is shown  # put back for the caller
 
 
 def test_weights_that_are_no_generator_exit_2_once(

@@ -129,7 +129,12 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
         candidate = folder / entry.file_name
         if candidate.is_file():
             return candidate
-        looked.append(f"weights folder ({origin}): {candidate} does not exist")
+        if folder.is_dir():
+            looked.append(f"weights folder ({origin}): {candidate} does not exist")
+        else:  # the folder itself is wrong: say so, not that one file is missing from it
+            looked.append(
+                f"weights folder ({origin}): {folder} {'is a file' if folder.exists() else 'does not exist'}"
+            )
     cached = cache_dir() / entry.file_name
     if cached.is_file() and cached.stat().st_size > 0:  # an empty file is no download: fetched again
         return cached
