@@ -62,6 +62,8 @@ VIDEO_CODECS: dict[str, tuple[str, int]] = {
     "av1": ("libsvtav1", 63),
 }
 """Output codec name → (FFmpeg encoder, highest CRF it takes)."""
+MAX_SIDE = {"h264": 16384, "av1": 16384}
+"""Output codec name → the widest or tallest frame its encoder takes (measured; the others take more)."""
 COPY_AUDIO_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "alac"})
 """Audio codecs copied into the MP4 as they are; any other audio is re-encoded to AAC."""
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
@@ -714,6 +716,12 @@ def restore_video(
 
     out_h, out_w = scaled_size(info.height, info.width, options.upscale)
     size = (out_w + out_w % 2, out_h + out_h % 2)
+    widest = MAX_SIDE.get(video.codec)
+    if widest is not None and max(size) > widest:
+        raise VideoError(
+            f"{source}: restored frames of {size[0]}x{size[1]} are above the {widest} px a side that "
+            f"{video.codec} encodes; choose a smaller upscale, or the h265 or vp9 codec"
+        )
     if size != (out_w, out_h):
         notes.append(f"{out_w}x{out_h} padded to {size[0]}x{size[1]} (4:2:0 video needs even sizes)")
     facts = _Decoded()

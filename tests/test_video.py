@@ -475,13 +475,16 @@ def test_limits_refuse_before_decoding(blind: Path, tmp_path: Path) -> None:
         restore_video(
             source, tmp_path / "a.mp4", _options(blind), VideoOptions(max_pixels=3000), _restorer(blind)
         )
+    wide = write_clip(tmp_path / "wide.mp4", [_scene(48, 2100)], audio=None)  # x8: wider than H.264 goes
+    with pytest.raises(VideoError, match="frames of 16800x384 are above the 16384 px a side that h264"):
+        restore_video(wide, tmp_path / "c.mp4", _options(blind, upscale=8), restorer=_restorer(blind))
     with pytest.raises(VideoError, match="lasts 2.0 s, above the limit of 1 s"):
         restore_video(
             source, tmp_path / "b.mp4", _options(blind), VideoOptions(max_seconds=1), _restorer(blind)
         )
     with pytest.raises(ValueError, match="aligned"):
         restore_video(source, tmp_path / "c.mp4", _options(blind, aligned=True), restorer=_restorer(blind))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "wide.mp4"]  # no output left
 
 
 def test_limits_hold_for_a_raw_stream_whose_header_says_nothing(blind: Path, tmp_path: Path) -> None:
