@@ -179,6 +179,7 @@ def test_missing_weights_banner_names_the_files_and_the_fallbacks(tmp_path: Path
     banner = weights_banner(check)
     assert "nope.pth" in banner and "--weights-dir" in banner
     assert "Running with fallbacks" in banner and "Lanczos" in banner and "realesr-general-x4v3.pth" in banner
+    assert str(tmp_path) not in banner and "/.cache/" not in banner  # visitors see no server folder
     assert weights_banner(WeightsCheck()) == ""
     explicit = check_weights(dataclasses.replace(settings, background="realesr-general-x4v3"))
     assert any("realesr-general-x4v3.pth" in m for m in explicit.missing)  # asked for at launch: required
@@ -328,7 +329,7 @@ def test_missing_generator_weights_are_a_gradio_error(client, server: Server) ->
     """Named by the model and the file, never by a server path (the full text goes to the server's log)."""
     with pytest.raises(gradio_client.exceptions.AppError, match="gone.pth does not exist") as err:
         call(client, server, EXAMPLES / "astronaut_lowres.png", model="gone.pth")
-    assert "cannot be used on this server" in str(err.value) and "/" not in str(err.value)
+    assert "Weights missing or broken on this server" in str(err.value) and "/" not in str(err.value)
 
 
 def test_concurrent_requests_get_their_own_results(server: Server, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import sys
 import tempfile
 import threading
@@ -26,7 +25,7 @@ import gradio as gr
 import numpy as np
 
 from gfp import registry
-from gfp.app.settings import AppSettings, background_defaults, model_specs, video_limits
+from gfp.app.settings import AppSettings, background_defaults, model_specs, no_paths, video_limits
 from gfp.color import COLOR_FIXES
 from gfp.imageio import ImageReadError, read_image, write_image
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
@@ -260,10 +259,9 @@ class Request:
         except (ImageReadError, VideoError) as exc:
             raise gr.Error(f"Could not use this file: {str(exc).replace(self.path, self.name)}") from None
         except WeightsError as exc:  # the full text (where it looked) is for the server's log
-            print(f"app: weights of {self.model!r}: {exc}", file=sys.stderr)
-            raise gr.Error(
-                f"The model {self.model!r} cannot be used on this server: {_no_paths(exc)}"
-            ) from None
+            print(f"app: {exc}", file=sys.stderr)
+            first = (str(exc).strip().splitlines() or [""])[0].removesuffix("Looked in:").strip()
+            raise gr.Error(f"Weights missing or broken on this server: {no_paths(first)}") from None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
@@ -279,12 +277,6 @@ class Request:
         )
         lines += [f"Note: {note}" for note in result.notes]
         return "  \n".join(lines)
-
-
-def _no_paths(exc: BaseException) -> str:
-    """The first line of ``exc`` with every file path cut to its last part (no server path shown)."""
-    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0].removesuffix("Looked in:").strip()
-    return re.sub(r"(?:~|\.{0,2})?(?:/[^/\s'\"():]+)+/([^/\s'\"():]+)", r"\1", line)
 
 
 def as_display(img: np.ndarray) -> np.ndarray:

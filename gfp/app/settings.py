@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,8 +248,15 @@ def check_weights(settings: AppSettings) -> WeightsCheck:
     return WeightsCheck(tuple(missing), tuple(fallbacks))
 
 
+def no_paths(text: str) -> str:
+    """``text`` with every file path cut to its last part: what visitors see names files, never the
+    server's folders."""
+    return re.sub(r"(?:~|\.{0,2})?(?:/[^/\s'\"():`]+)+/([^/\s'\"():`]+)", r"\1", text)
+
+
 def weights_banner(check: WeightsCheck) -> str:
-    """Markdown shown above the app when weights are missing (empty when nothing is)."""
+    """Markdown shown above the app when weights are missing (empty when nothing is); file names only, no
+    server folder (the app's console has the whole text)."""
     parts = []
     if check.missing:
         parts.append(
@@ -256,14 +264,14 @@ def weights_banner(check: WeightsCheck) -> str:
             "The app runs, but requests that need these files will fail until you provide them: put the "
             "files in the weights folder (`--weights-dir` / `GFP_WEIGHTS_DIR`), pass a path or Hub repo id "
             "with `--model`, or give the machine internet access so they download.\n\n"
-            + "\n\n".join(f"```\n{m}\n```" for m in check.missing)
+            + "\n\n".join(f"```\n{no_paths(m)}\n```" for m in check.missing)
         )
     if check.fallbacks:
         parts.append(
             "### Running with fallbacks\n"
             "These default models cannot be had, so the app uses a simpler replacement until you provide "
-            "them (same folders as above): the background is resized with Lanczos instead of Real-ESRGAN, "
-            "faces are blended with a soft square mask instead of the ParseNet face mask.\n\n"
-            + "\n\n".join(f"```\n{m}\n```" for m in check.fallbacks)
+            "them (in the weights folder, `--weights-dir` / `GFP_WEIGHTS_DIR`): the background is resized "
+            "with Lanczos instead of Real-ESRGAN, faces are blended with a soft square mask instead of the "
+            "ParseNet face mask.\n\n" + "\n\n".join(f"```\n{no_paths(m)}\n```" for m in check.fallbacks)
         )
     return "\n\n".join(parts)
