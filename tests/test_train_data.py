@@ -270,6 +270,11 @@ def test_sampler_resumes_mid_stream_and_splits_ranks():
     assert sorted(r0 + r1) == list(range(10))
     seeds = {s for _, s in take(ResumableSampler(10, seed=3, rank=1, world_size=2), 20)}
     assert len(seeds) == 20  # every draw gets its own degradation seed
+    # more ranks than faces (a handful of faces on an 8-GPU node): the faces wrap around as often as it
+    # takes, every rank gets its share (rank 2 of 3 over 1 face raised IndexError)
+    for length, world in ((1, 3), (3, 8), (2, 5)):
+        drawn = [[i for i, _ in take(ResumableSampler(length, 0, rank, world), 4)] for rank in range(world)]
+        assert all(len(d) == 4 and set(d) <= set(range(length)) for d in drawn), (length, world)
 
 
 def test_split_indices_holds_out_the_tail():

@@ -584,7 +584,8 @@ class ResumableSampler(Sampler):
             epoch, offset = divmod(position, self.per_rank)
             g = torch.Generator().manual_seed(self.seed + epoch)
             perm = torch.randperm(self.length, generator=g).tolist()
-            perm += perm[: self.per_rank * self.world - self.length]
+            total = self.per_rank * self.world  # wrapped around as often as it takes (more ranks than faces)
+            perm = (perm * math.ceil(total / self.length))[:total]
             mine = perm[self.rank :: self.world]
             for k in range(offset, self.per_rank):
                 yield mine[k], (self.seed, epoch, self.rank, k)
