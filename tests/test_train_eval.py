@@ -397,3 +397,21 @@ def test_command_mistakes_are_one_line_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as done:
         main(["crop", str(tmp_path), str(tmp_path / "out"), "--size", "0"])
     assert done.value.code == 2 and "--size must be at least 16" in capsys.readouterr().err
+    # files that are no checkpoint fail the unpickler in arbitrary ways (KeyError, IndexError): one line
+    for name, data in (("text.pt", b"hi\n"), ("yaml.pt", b"step: 1\n")):
+        (tmp_path / name).write_bytes(data)
+        assert main(["export", str(tmp_path / name), str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert f"{name} is not a readable training checkpoint" in err and "Traceback" not in err, err
+
+
+def test_a_validation_log_line_cut_short_is_passed_over(tmp_path: Path) -> None:
+    """A killed run or a full disk can leave half a line in val_log.jsonl: export and publish read the
+    records around it (a JSONDecodeError traceback made the run unexportable)."""
+    from train.export import validation_metrics
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "val_log.jsonl").write_text(
+        '{"step": 10, "psnr": 20.5}\n{"step": 20, "psnr": 21.5}\n{"step": 25, "ss'
+    )
+    assert validation_metrics(tmp_path / "checkpoints" / "step_00000025.pt", 25) == {"psnr": 21.5}

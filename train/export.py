@@ -52,8 +52,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # torch's text would advise loading it unsafely: never
         raise ExportError(f"{p} is not a readable training checkpoint: no pickle of tensors only") from None
-    except (RuntimeError, EOFError) as err:
-        raise ExportError(f"{p} is not a readable training checkpoint: {first_line(err)}") from err
+    except (
+        Exception
+    ) as err:  # arbitrary bytes fail the unpickler in arbitrary ways (KeyError, IndexError, ...)
+        reason = first_line(err) if str(err).strip() else type(err).__name__
+        raise ExportError(f"{p} is not a readable training checkpoint: {reason}") from err
     if not isinstance(state, dict) or "net_g_ema" not in state or "config" not in state:
         raise ExportError(f"{p} is not a train.train checkpoint (no net_g_ema/config)")
     return state
@@ -65,9 +68,16 @@ def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
     if not log.is_file():
         return {}
     best: dict[str, Any] = {}
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("step", 0) <= step:
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:  # a line a killed run or a full disk cut short is passed over, as the trainer passes it over
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("step", 0), int | float)
+            and record.get("step", 0) <= step
+        ):
             best = record
     return {k: float(v) for k, v in best.items() if k in METRIC_NAMES}
 
