@@ -367,6 +367,14 @@ def test_source_faces_are_never_overwritten(tmp_path: Path, capsys) -> None:
     kept = {p.name: p.read_bytes() for p in faces.iterdir()}
     assert main(["--hq", str(faces), "--lq", str(faces), "--degrade", "--restored", str(faces)]) == 2
     assert "the HQ faces would be lost" in capsys.readouterr().err
+    stale = tmp_path / "lq"
+    stale.mkdir()
+    cv2.imwrite(str(stale / "a.jpg"), np.zeros((64, 64, 3), np.uint8))  # left from an earlier run
+    assert (
+        main(["--hq", str(faces), "--lq", str(stale), "--degrade", "--restored", str(faces), "--size", "32"])
+        == 2
+    )
+    assert "LQ faces a.jpg and a.png share a name" in capsys.readouterr().err
     with pytest.raises(DataError, match="is the source folder"):
         prepare_folder(faces, faces, 32)
     assert {p.name: p.read_bytes() for p in faces.iterdir()} == kept

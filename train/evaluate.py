@@ -74,6 +74,17 @@ def match(stem: str, files: list[Path]) -> Path | None:
     return numbered[0] if numbered else None
 
 
+def _one_per_stem(files: list[Path], what: str) -> None:
+    """Refuse two faces of one name (``e.jpg`` and ``e.png``): one would be scored against the other's HQ
+    face, or the LQ of one against the restored face of the other."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        if seen.setdefault(path.stem, path) != path:
+            raise EvaluationError(
+                f"{what} faces {seen[path.stem].name} and {path.name} share a name: keep one ({path.parent})"
+            )
+
+
 def make_lq(hq_files: list[Path], out: Path, size: int, seed: int, degradation: dict[str, Any]) -> None:
     """Degrade each HQ face at ``size`` with a seed per file (seed, index) and write ``out/STEM.png``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -324,12 +335,15 @@ def main(argv: list[str] | None = None) -> int:
             make_lq(hq_files, lq, args.size, args.seed, degradation)
         elif not lq.is_dir():
             raise EvaluationError(f"LQ folder not found: {lq} (add --degrade to make it from --hq)")
+        _one_per_stem(list_images(lq), "LQ")
         with tempfile.TemporaryDirectory() as tmp:
             if args.model:
                 restored = Path(args.out) if args.out else Path(tmp)
                 restore_with_model(args.model, list_images(lq), restored, args.weights_dir)
             else:
                 restored = Path(args.restored)
+                if restored.is_dir():
+                    _one_per_stem(list_images(restored), "restored")
             report = evaluate(hq, lq, restored, args.size, args.weights_dir, _data_dir())
         report["degradation"] = _described(args)
     except (EvaluationError, DataError, ConfigError, WeightsError, yaml.YAMLError, OSError) as err:
