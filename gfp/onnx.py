@@ -100,7 +100,10 @@ def build_parser(prog: str = "python -m gfp.onnx") -> argparse.ArgumentParser:
     batch.add_argument("--batch-size", type=int, default=1, help="fixed batch size (default: %(default)s)")
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     p.add_argument(
-        "--opset", type=int, default=OPSET, help="ONNX opset, %(default)s or above (default: %(default)s)"
+        "--opset",
+        type=int,
+        default=OPSET,
+        help="ONNX opset, %(default)s up to the installed onnx's newest (default: %(default)s)",
     )
     p.add_argument(
         "--weights-dir", default=None, help="folder searched first for weight files (else $GFP_WEIGHTS_DIR)"
@@ -124,9 +127,19 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") ->
             file=sys.stderr,
         )
         return 2
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if args.opset > newest:  # the exporter would fall back to another opset and say it wrote this one
+        parser.error(
+            f"--opset must be {OPSET} to {newest} (the newest the installed onnx knows), got {args.opset}"
+        )
     try:
         generator, config = load_generator(args.model, weights_dir=args.weights_dir)
-    except (WeightsError, ValueError) as err:
+    except WeightsError as err:  # whole: where it looked and how to provide the weights
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
         print(f"{prog}: error: {_first_line(err)}", file=sys.stderr)
         return 2
     try:

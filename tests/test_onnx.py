@@ -102,8 +102,13 @@ def test_export_errors_are_one_line(tmp_path, capsys, offline):
     torch.save({"conv.weight": torch.zeros(1, 1, 1, 1)}, not_a_generator)
     assert gfp_main(["export-onnx", str(not_a_generator), str(tmp_path / "x.onnx")]) == 2
     assert "not a GFPGAN" in capsys.readouterr().err
-    for bad in (["--batch-size", "0"], ["--opset", "11"]):
+    for bad in (["--batch-size", "0"], ["--opset", "11"], ["--opset", "99"]):  # 99: it wrote opset 18
         with pytest.raises(SystemExit) as exc:
             gfp_main(["export-onnx", str(not_a_generator), str(tmp_path / "x.onnx"), *bad])
         assert exc.value.code == 2
+    assert "--opset must be 18 to" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+    # missing registry weights: where it looked and how to provide them, not a dangling "Looked in:"
+    assert gfp_main(["export-onnx", "1.4", str(tmp_path / "x.onnx"), "--weights-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Looked in:\n  - weights folder" in err and "To provide it:" in err
