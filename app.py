@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:  # e.g. --device cuda on a machine without CUDA, --backend openvino on a GPU
         raise SystemExit(f"app.py: error: {exc}") from None
     weights = check_weights(settings)
-    for message in weights.missing + weights.fallbacks:
-        print(f"app.py: {message.splitlines()[0]}")
+    for message in weights.missing + weights.fallbacks:  # whole, for the owner: where it looked, how to fix
+        print(f"app.py: {message}")
     if not weights.missing:
         warm_up(restorer, default_model_spec(settings))
     launch(build_app(settings, restorer, weights), settings)

@@ -122,8 +122,8 @@ def _check_size(width: int, height: int, max_pixels: int | None, name: str) -> N
     if max_pixels is not None and width * height > max_pixels:
         size, most = megapixels(width * height, max_pixels)
         raise ImageTooLargeError(
-            f"{name}: {width}x{height} = {size} MP is above the limit of {most} MP; downscale it first or "
-            "raise max_pixels"
+            f"{name}: {width}x{height} = {size} MP is above the limit of {most} MP; downscale it first "
+            "(Python callers may raise read_image's max_pixels)"
         )
 
 
