@@ -237,6 +237,11 @@ def test_identity_metric_uses_mobilefacenet_when_arcface_is_missing(shared_data:
 
     identity = Identity(None, shared_data)
     assert identity.name == "mobilefacenet"
+    # from a weights folder too, as --weights-dir promises (it was found only in the shared data folder)
+    assert Identity(str(shared_data / "weights"), None).name == "mobilefacenet"
+    skipped = Identity(None, None)
+    assert skipped.net is None and "mobilefacenet_casia_arcface.ckpt" in skipped.skipped
+    assert "Looked in:" not in skipped.skipped
     face = cv2.imread(str(sorted((shared_data / "faces" / "hq").iterdir())[0]))
     face = cv2.resize(face, (512, 512), interpolation=cv2.INTER_AREA)
     same = torch.nn.functional.cosine_similarity(identity.embed(face), identity.embed(face[:, ::-1]), dim=0)

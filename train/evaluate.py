@@ -117,14 +117,14 @@ class Identity:
 
         self.name, self.net, self.skipped = "", None, ""
         tried = []
-        candidates = [("arcface_resnet18", "arcface_resnet18")]
+        candidates = [("arcface_resnet18", "arcface_resnet18"), ("mobilefacenet", "mobilefacenet")]
         if data_dir is not None and (data_dir / MOBILEFACENET_SHARED).is_file():
             candidates.append(("mobilefacenet", str(data_dir / MOBILEFACENET_SHARED)))
         for arch, spec in candidates:
             try:
                 state = load_weights(spec, weights_dir)
             except WeightsError as err:
-                tried.append(f"{arch}: {str(err).splitlines()[0]}")
+                tried.append(f"{arch}: {str(err).splitlines()[0].removesuffix('Looked in:').strip()}")
                 continue
             embedder = IdentityEmbedder(arch)
             embedder.net.load_state_dict(state, strict=True)
@@ -304,10 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_dir() -> Path | None:
-    """The shared offline data folder (GFP_TEST_DATA, else ../shared/data), where MobileFaceNet lives."""
+    """The shared offline data folder (GFP_TEST_DATA, else ``shared/data`` beside the project, whatever the
+    working folder), where MobileFaceNet lives."""
     import os
 
-    for candidate in (os.environ.get("GFP_TEST_DATA"), "../shared/data"):
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
+    for candidate in (os.environ.get("GFP_TEST_DATA"), beside):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None
