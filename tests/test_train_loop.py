@@ -229,6 +229,14 @@ def test_cli_train_export_load_and_publish(faces, tmp_path, monkeypatch, capsys)
     d2 = tmp_path / "d2"
     assert cli(["publish", str(run), "--repo-id", "me/x", "--dry-run", "--out-dir", str(d2)]) == 0
     assert (tmp_path / "d2" / "model.safetensors").is_file()  # a run folder: its newest checkpoint
+    lone = tmp_path / "elsewhere" / "ckpt.pt"  # a checkpoint copied out of its run: exported beside it
+    lone.parent.mkdir()
+    lone.write_bytes(ckpt.read_bytes())
+    assert cli(["publish", str(lone), "--repo-id", "me/x", "--dry-run"]) == 0
+    assert (lone.parent / "ckpt_export" / "model.safetensors").is_file() and not (
+        tmp_path / "export2"
+    ).exists()
+    assert "| (none logged) | |" in (lone.parent / "ckpt_export" / "README.md").read_text()  # no run: no log
     assert cli(["publish", str(dry_dir), "--repo-id", "not a valid id!!", "--dry-run"]) == 2
     assert "is not a Hub repo id" in capsys.readouterr().err
 

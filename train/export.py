@@ -62,10 +62,17 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def run_folder(checkpoint: str | Path) -> Path | None:
+    """The run folder a checkpoint belongs to (``RUN/checkpoints/step_*.pt``); None for a lone file."""
+    folder = Path(checkpoint).resolve().parent
+    return folder.parent if folder.name == "checkpoints" else None
+
+
 def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
-    """The validation record logged at ``step`` (or the latest before it) next to the checkpoint's run."""
-    log = Path(checkpoint).resolve().parent.parent / "val_log.jsonl"
-    if not log.is_file():
+    """The validation record logged at ``step`` (or the latest before it) in the checkpoint's run."""
+    run = run_folder(checkpoint)
+    log = None if run is None else run / "val_log.jsonl"
+    if log is None or not log.is_file():
         return {}
     best: dict[str, Any] = {}
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():

@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 
 from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, WeightsError, load_generator
-from train.export import ExportError, export, find_checkpoint, model_card, read_checkpoint, validation_metrics
+from train.export import (
+    ExportError,
+    export,
+    find_checkpoint,
+    model_card,
+    read_checkpoint,
+    run_folder,
+    validation_metrics,
+)
 
 REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 
@@ -41,7 +49,11 @@ def prepare(source: str | Path, repo_id: str, out_dir: str | Path | None = None,
         return src
     checkpoint = find_checkpoint(src)
     state = read_checkpoint(checkpoint)
-    folder = Path(out_dir) if out_dir else checkpoint.resolve().parent.parent / "export"
+    run = run_folder(checkpoint)  # a lone checkpoint file: its export goes beside it, not two folders up
+    default = (
+        run / "export" if run is not None else checkpoint.resolve().with_name(f"{checkpoint.stem}_export")
+    )
+    folder = Path(out_dir) if out_dir else default
     metrics = validation_metrics(checkpoint, state["step"])
     card = model_card(state["config"], state["step"], metrics, repo_name=repo_id, **card_args)
     return export(checkpoint, folder, card=card)
