@@ -230,6 +230,13 @@ def test_evaluate_bad_folders_are_one_line_errors(tmp_path: Path, capsys) -> Non
     assert "no face of" in capsys.readouterr().err
     assert main(["--hq", str(tmp_path / "missing"), "--lq", str(tmp_path), "--restored", str(tmp_path)]) == 2
     assert "image folder not found" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")  # --json under a file: said before any scoring, not after
+    json_under_file = ["--json", str(tmp_path / "a-file" / "r.json")]
+    assert (
+        main([*base, "--lq", str(tmp_path / "nope"), "--restored", str(tmp_path / "other"), *json_under_file])
+        == 2
+    )
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
 
 
 def test_identity_metric_uses_mobilefacenet_when_arcface_is_missing(shared_data: Path, offline) -> None:

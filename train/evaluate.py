@@ -326,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and Path(args.json).is_dir():
         print(f"error: --json {args.json} is a folder: give a file name", file=sys.stderr)
         return 2
+    above = [folder for folder in Path(args.json).parents if folder.exists()][:1] if args.json else []
+    if above and not above[0].is_dir():  # found now, not after all the scoring
+        print(f"error: --json {args.json}: {above[0]} is a file, not a folder", file=sys.stderr)
+        return 2
     if args.degrade and Path(args.lq).resolve() == Path(args.hq).resolve():
         print("error: --degrade writes into --lq, which is --hq: the HQ faces would be lost", file=sys.stderr)
         return 2

@@ -842,7 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # overrides before or after --resume
     rank, world, local_rank = _distributed_env()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    # Rank 0 logs (a warning said by every rank would print once per process); the others only errors.
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.ERROR, format="%(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
         run(cfg, rank, world, args.resume, local_rank)
