@@ -434,4 +434,10 @@ def test_a_validation_log_line_cut_short_is_passed_over(tmp_path: Path) -> None:
     (tmp_path / "val_log.jsonl").write_text(
         '{"step": 10, "psnr": 20.5}\n{"step": 20, "psnr": 21.5}\n{"step": 25, "ss'
     )
-    assert validation_metrics(tmp_path / "checkpoints" / "step_00000025.pt", 25) == {"psnr": 21.5}
+    metrics = validation_metrics(tmp_path / "checkpoints" / "step_00000025.pt", 25)
+    assert metrics == {"step": 20.0, "psnr": 21.5}
+    from train.config import load_config
+    from train.export import model_card
+
+    card = model_card(load_config(None, []), 25, metrics)  # the step the metrics are of, not the checkpoint's
+    assert "## Validation (EMA generator, step 20)" in card and "| 21.5000 |" in card

@@ -69,7 +69,8 @@ def run_folder(checkpoint: str | Path) -> Path | None:
 
 
 def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
-    """The validation record logged at ``step`` (or the latest before it) in the checkpoint's run."""
+    """The validation record logged at ``step`` (or the latest before it) in the checkpoint's run, with
+    the ``step`` it was logged at (the card names that step, not the checkpoint's)."""
     run = run_folder(checkpoint)
     log = None if run is None else run / "val_log.jsonl"
     if log is None or not log.is_file():
@@ -86,7 +87,8 @@ def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
             and record.get("step", 0) <= step
         ):
             best = record
-    return {k: float(v) for k, v in best.items() if k in METRIC_NAMES}
+    found = {k: float(v) for k, v in best.items() if k in METRIC_NAMES}
+    return {"step": float(best["step"]), **found} if found else {}
 
 
 def model_card(
@@ -113,6 +115,8 @@ def model_card(
         meta["base_model"] = base_model
     if datasets:
         meta["datasets"] = datasets
+    logged_at = int(metrics.get("step", step))
+    metrics = {k: v for k, v in metrics.items() if k in METRIC_NAMES}
     if metrics:
         meta["model-index"] = [
             {
@@ -154,7 +158,7 @@ def model_card(
         if gen.get("detail"):
             residual += " (with a full-size detail path)"
     kind = "EMA" if ema else "raw (not the EMA)"
-    validated = f"EMA generator, step {step}" + ("" if ema else ": of the EMA, not of these raw weights")
+    validated = f"EMA generator, step {logged_at}" + ("" if ema else ": of the EMA, not of these raw weights")
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---
