@@ -441,3 +441,7 @@ def test_a_validation_log_line_cut_short_is_passed_over(tmp_path: Path) -> None:
 
     card = model_card(load_config(None, []), 25, metrics)  # the step the metrics are of, not the checkpoint's
     assert "## Validation (EMA generator, step 20)" in card and "| 21.5000 |" in card
+    cfg = load_config(None, ["model.identity.arch=none", "loss.gan_from=0"])  # trained without identity
+    assert "no identity loss" in model_card(cfg, 25, metrics) and "identity 10" not in model_card(
+        cfg, 25, metrics
+    )

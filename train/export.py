@@ -139,17 +139,20 @@ def model_card(
     rows = "\n".join(f"| {METRIC_NAMES[k]} | {v:.4f} |" for k, v in metrics.items()) or "| (none logged) | |"
     loss = cfg["loss"]
     identity_from = identity_start(cfg)
+    # no identity network (model.identity.arch none) or no weight: no identity loss was trained
+    identity_on = cfg["model"]["identity"]["arch"] != "none" and float(loss["identity_weight"]) > 0
     if int(loss.get("gan_from", 0)) >= step:
         adversarial = "no adversarial or component loss (reconstruction only up to this step); " + (
             f"identity {loss['identity_weight']} from step {identity_from}"
-            if identity_from is not None and identity_from < step
+            if identity_on and identity_from is not None and identity_from < step
             else "no identity loss"
         )
     else:
+        identity = f"identity {loss['identity_weight']}" if identity_on else "no identity loss"
         adversarial = (
             f"from step {loss.get('gan_from', 0)}: GAN {loss['gan_weight']}, component GAN "
-            f"{loss['component_gan_weight']} (style {loss['component_style_weight']}), identity "
-            f"{loss['identity_weight']}, R1 {loss['r1_weight']}"
+            f"{loss['component_gan_weight']} (style {loss['component_style_weight']}), {identity}, "
+            f"R1 {loss['r1_weight']}"
         )
     folders = ", ".join(f"`{f}`" for f in [cfg["data"]["train"], *(cfg["data"].get("extra_train") or [])])
     residual = ", its input added to its output" if gen.get("input_residual") else ""
