@@ -289,6 +289,13 @@ def test_export_takes_the_newest_checkpoint_of_a_run_folder_and_stores_half(tmp_
     want = {k: v.half().float() for k, v in nets[1].state_dict().items()}  # the newest, rounded to fp16
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+    # given the checkpoint as read, export does not read it again: a running training may have pruned it
+    import train.export
+
+    state = train.export.read_checkpoint(ckpts / "step_00000010.pt")
+    (ckpts / "step_00000010.pt").unlink()
+    again = export(ckpts / "step_00000005.pt", tmp_path / "out2", card="card", state=state)
+    torch.testing.assert_close(load_generator(again)[0].state_dict(), nets[1].state_dict(), rtol=0, atol=0)
 
 
 def test_augmentation_moves_face_and_component_boxes_together(tmp_path: Path) -> None:

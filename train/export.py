@@ -203,11 +203,14 @@ def export(
     card: str | None = None,
     official_pth: bool = False,
     half: bool = False,
+    state: dict[str, Any] | None = None,
 ) -> Path:
     """Write the generator of ``checkpoint`` (a file or a run folder's newest) to ``out_dir`` in the
-    published format (+ official .pth); ``half`` stores float16 weights (half the size, loads as float32)."""
+    published format (+ official .pth); ``half`` stores float16 weights (half the size, loads as float32).
+    ``state``: the checkpoint as the caller already read it (read once: a running training may prune the
+    file meanwhile)."""
     checkpoint = find_checkpoint(checkpoint)
-    state = read_checkpoint(checkpoint)
+    state = state if state is not None else read_checkpoint(checkpoint)
     config = GeneratorConfig.from_dict(state["config"]["model"]["generator"])
     net = build_generator(config)
     net.load_state_dict(state["net_g_ema" if use_ema else "net_g"], strict=True)
@@ -260,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             card=card,
             official_pth=args.official_pth,
             half=args.half,
+            state=state,
         )
     except (ExportError, OSError) as err:  # OSError: e.g. the output is a file
         print(f"error: {err}", file=sys.stderr)

@@ -56,7 +56,7 @@ def prepare(source: str | Path, repo_id: str, out_dir: str | Path | None = None,
     folder = Path(out_dir) if out_dir else default
     metrics = validation_metrics(checkpoint, state["step"])
     card = model_card(state["config"], state["step"], metrics, repo_name=repo_id, **card_args)
-    return export(checkpoint, folder, card=card)
+    return export(checkpoint, folder, card=card, state=state)
 
 
 def publish(
