@@ -243,6 +243,7 @@ def test_offline_error_names_the_file_every_place_and_the_fix(
 ) -> None:
     url = _closed_port_url("/GFPGANv1.3.pth")
     _point_at(monkeypatch, "v1.3", url, None)
+    (tmp_path / "mine").mkdir()  # (a folder that is missing is said to be missing: see test_cli)
     monkeypatch.setenv("GFP_WEIGHTS_DIR", str(tmp_path / "mine"))
     with pytest.raises(WeightsNotFoundError) as err:
         resolve_weights("v1.3", progress=False)
