@@ -15,6 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# The temporary file of an output (".NAME.XXXX.tmp" beside NAME: write_image's, and gfp.video's for a clip)
+# until it is renamed over NAME: what a killed writer leaves behind, and how a later run finds it.
+PARTIAL_SUFFIX = ".tmp"
+PARTIAL_GLOB = f".*{PARTIAL_SUFFIX}"
+
 _NAME_MAX = 255
 """Bytes in one file name on the usual file systems: a temporary name is cut to fit."""
 

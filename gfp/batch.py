@@ -41,8 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from gfp.atomic import PARTIAL_GLOB
 from gfp.cli import (
-    _one_line,
     add_restore_arguments,
     check_not_input,
     list_inputs,
@@ -53,7 +53,8 @@ from gfp.cli import (
     save_outputs,
     video_options,
 )
-from gfp.imageio import PARTIAL_GLOB, read_image_bytes
+from gfp.imageio import read_image_bytes
+from gfp.messages import first_line
 from gfp.video import is_video, restore_video
 from gfp.weights.errors import WeightsError
 
@@ -104,7 +105,7 @@ def _split_url(url: str) -> tuple[Any, str, str]:
     try:
         filesystem, path = pafs.FileSystem.from_uri(url)
     except (ValueError, OSError) as err:
-        raise ValueError(f"cannot open {url!r}: {_one_line(err)}") from None
+        raise ValueError(f"cannot open {url!r}: {first_line(err)}") from None
     at = url.find(path, len(url.split("://", 1)[0]) + 3) if path else -1
     return filesystem, path, url[:at] if at >= 0 else url.split("://", 1)[0] + "://"
 
@@ -170,7 +171,7 @@ def _read_list(spec: str) -> Inputs:
         else:
             text, base = Path(spec).read_text(encoding="utf-8"), os.path.dirname(os.path.abspath(spec))
     except (OSError, UnicodeDecodeError) as err:
-        raise FileNotFoundError(f"cannot read the input list {spec!r}: {_one_line(err)}") from None
+        raise FileNotFoundError(f"cannot read the input list {spec!r}: {first_line(err)}") from None
     entries = [line.strip() for line in text.splitlines()]
     entries = [e for e in entries if e and not e.startswith("#")]
     if not entries:
@@ -292,7 +293,7 @@ class RestoreWorker:
         except WeightsError as err:
             record = {"status": "fatal", "error": str(err)}
         except Exception as err:  # one bad file must not stop the others: it becomes a failed record
-            record = {"status": "failed", "error": _one_line(err)}
+            record = {"status": "failed", "error": first_line(err)}
         return _record(key, seconds=time.perf_counter() - start, worker=self.worker, **record)
 
     def _restore(self, path: str, key: str, data: bytes) -> dict[str, Any]:
@@ -508,7 +509,7 @@ def _unreadable(path: str, filesystem: Any) -> str:
         else:
             filesystem.open_input_stream(path).close()
     except OSError as err:
-        return f"cannot read it: {_one_line(err)}"
+        return f"cannot read it: {first_line(err)}"
     return "its Ray task failed (a worker died on it?); see the Ray Data log"
 
 
@@ -543,7 +544,7 @@ def claim_output(output: Path) -> IO[bytes] | None:
 
 def remove_partial(output: Path) -> None:
     """Delete what a killed job left half-written in ``output``'s folders: the temporary files of the
-    image and clip writes (``gfp.imageio.PARTIAL_GLOB``). Only a job over the same folder writes them, and
+    image and clip writes (``gfp.atomic.PARTIAL_GLOB``). Only a job over the same folder writes them, and
     this one has not started."""
     for tmp in output.glob(f"*/{PARTIAL_GLOB}"):
         tmp.unlink(missing_ok=True)
@@ -571,7 +572,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
             raise ValueError("--cpus-per-worker must be above 0 and --gpus-per-worker at least 0")
         inputs = list_batch_inputs(args.input)
     except (ValueError, FileNotFoundError) as err:
-        parser.error(_one_line(err))
+        parser.error(first_line(err))
     if not inputs.items:
         parser.error(f"input {args.input!r} holds no files")
     # Workers may run in another folder (or on another machine): local paths are given to them whole.
@@ -624,7 +625,7 @@ def _run(args: argparse.Namespace, prog: str, inputs: Inputs, output: Path) -> i
         return 2
     except ConnectionError as err:
         print(
-            f"{prog}: error: cannot join the Ray cluster at {args.address!r}: {_one_line(err)}",
+            f"{prog}: error: cannot join the Ray cluster at {args.address!r}: {first_line(err)}",
             file=sys.stderr,
         )
         return 2

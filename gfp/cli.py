@@ -35,6 +35,7 @@ from gfp import registry
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
 from gfp.imageio import WRITE_FORMATS, ImageReadError, read_image, write_image
+from gfp.messages import first_line
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VIDEO_CODECS, VideoError, VideoOptions, VideoResult, is_video, restore_video
 from gfp.weights.errors import WeightsError
@@ -338,11 +339,6 @@ def face_summary(result: RestoreResult | VideoResult) -> str:
     return result.selection.summary()
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 @contextmanager
 def _unwinding_on_termination() -> Iterator[None]:
     """SIGTERM and SIGHUP (a killed job, a closed terminal) unwind like Ctrl-C, so a half-written output's
@@ -411,15 +407,14 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(str(err))
     if not inputs:
         parser.error(f"input folder {args.input!r} holds no files")
-    named = Path(args.output)
-    if not named.exists() and (is_video(named) or named.suffix.lower() in WRITE_FORMATS):
+    output = Path(args.output)
+    if not output.exists() and (is_video(output) or output.suffix.lower() in WRITE_FORMATS):
         parser.error(
             f"-o takes a folder, and {args.output!r} looks like a file name: the results go into it as "
             "restored_imgs/, restored_faces/ and restored_videos/ (give a folder name)"
         )
 
     restorer.prepare(options)  # the networks load and compile while the first file is read and searched
-    output = Path(args.output)
     failed: list[Path] = []
     noted: set[str] = set()
     owners: dict[str, Path] = {}
@@ -445,7 +440,7 @@ def _main(argv: Sequence[str] | None) -> int:
         except Exception as err:  # one bad file must not stop the others: report it in one line
             failed.append(path)
             named = isinstance(err, ImageReadError | VideoError)  # their messages begin with the file
-            tqdm.write(f"gfp: error: {'' if named else f'{path}: '}{_one_line(err)}", file=sys.stderr)
+            tqdm.write(f"gfp: error: {'' if named else f'{path}: '}{first_line(err)}", file=sys.stderr)
             continue
         for note in result.notes:
             if note not in noted:  # e.g. the missing parser: say it once, not for every file

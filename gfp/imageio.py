@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gfp.atomic import atomic_path
+from gfp.atomic import PARTIAL_SUFFIX, atomic_path
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width x height) read by default: 40 MP, ~120 MB as uint8 BGR before any upscaling."""
@@ -207,12 +207,6 @@ def encode_image(img: np.ndarray, ext: str = ".png", quality: int = 95) -> bytes
     if not ok:
         raise OSError(f"OpenCV could not encode a {img.shape} {img.dtype} image as {fmt}")
     return buf.tobytes()
-
-
-# The temporary file of an output (".NAME.XXXX.tmp" beside NAME: write_image's, and gfp.video's for a clip)
-# until it is renamed over NAME: what a killed writer leaves behind, and how a later run finds it.
-PARTIAL_SUFFIX = ".tmp"
-PARTIAL_GLOB = f".*{PARTIAL_SUFFIX}"
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray, quality: int = 95) -> Path:

@@ -25,6 +25,7 @@ from torch import nn
 
 from gfp.archs import FacesOnly
 from gfp.loading import WeightsError, load_generator
+from gfp.messages import first_line
 
 OPSET = 18
 EXPORT_PACKAGES = ("onnx", "onnxscript")
@@ -83,11 +84,6 @@ def export_onnx(
     return path
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def build_parser(prog: str = "python -m gfp.onnx") -> argparse.ArgumentParser:
     """Arguments of the export command."""
     p = argparse.ArgumentParser(
@@ -140,7 +136,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") ->
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
-        print(f"{prog}: error: {_first_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {first_line(err)}", file=sys.stderr)
         return 2
     try:
         path = export_onnx(
@@ -150,7 +146,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") ->
         print(f"{prog}: error: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
         return 2
     except Exception as err:  # the exporter's own failures: one line, not its traceback
-        print(f"{prog}: error: export failed: {_first_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: export failed: {first_line(err)}", file=sys.stderr)
         return 1
     batch = "dynamic" if args.dynamic_batch else str(args.batch_size)
     size = config.out_size

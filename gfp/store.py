@@ -31,6 +31,7 @@ from gfp.archs import FacesOnly, GeneratorConfig
 from gfp.background import BackgroundUpsampler, build_background_upsampler
 from gfp.devices import Placement
 from gfp.loading import Network, generator_network, load_model, model_network, read_generator
+from gfp.messages import headline
 from gfp.paste import PARSE_SIZE
 from gfp.weights.errors import WeightsError
 from gfp.weights.resolve import Resolved, cache_dir, resolve
@@ -54,7 +55,7 @@ class Unavailable:
     @property
     def reason(self) -> str:
         """The first line of the error (without the list of places looked)."""
-        return str(self.error).splitlines()[0].removesuffix("Looked in:").strip().rstrip(".")
+        return headline(self.error).rstrip(".")
 
     def note(self, what: str, instead: str) -> str:
         """A one-line note for the result: what was unavailable, why, and what was done instead."""

@@ -36,10 +36,10 @@ from typing import TypeVar
 import numpy as np
 
 from gfp import stages
-from gfp.atomic import atomic_path
+from gfp.atomic import PARTIAL_SUFFIX, atomic_path
 from gfp.background import scaled_size
 from gfp.faces import align_faces
-from gfp.imageio import DEFAULT_MAX_PIXELS, PARTIAL_SUFFIX, megapixels
+from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, is_real, is_whole
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions, box_iou

@@ -24,9 +24,9 @@ from _video_helpers import read_clip, write_clip
 from conftest import MOBILE, make_weights
 
 import gfp.video
+from gfp.atomic import PARTIAL_GLOB
 from gfp.cli import main
 from gfp.faces import FFHQ_TEMPLATE_512
-from gfp.imageio import PARTIAL_GLOB
 from gfp.pipeline import RestoreOptions, Restorer
 from gfp.selection import FaceSelection
 from gfp.tracking import FaceTracker, OneEuroFilter, SmoothingOptions, box_iou, face_size

@@ -144,12 +144,6 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used (message says which key and why)."""
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message (its type when it has none): what a command prints."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
     for key, value in update.items():
         path = f"{where}{key}"

@@ -28,8 +28,8 @@ import gfp  # noqa: F401  (torchvision shim before basicsr)
 from gfp.faces import FFHQ_TEMPLATE_512, alignment_matrix, detect_faces, resize_aligned
 from gfp.imageio import ImageReadError, read_image
 from gfp.loading import load_model
+from gfp.messages import first_line
 from gfp.registry import detector_entry
-from train.config import first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -30,6 +30,7 @@ import gfp  # noqa: F401  (torchvision shim before basicsr)
 from gfp.faces import resize_aligned
 from gfp.imageio import ImageReadError, read_image, write_image
 from gfp.loading import WeightsError
+from gfp.messages import headline
 from train.config import DEFAULTS, ConfigError
 from train.data import DataError, degrade, list_images, sample_degradation
 
@@ -124,7 +125,7 @@ class Identity:
             try:
                 state = load_weights(spec, weights_dir)
             except WeightsError as err:
-                tried.append(f"{arch}: {str(err).splitlines()[0].removesuffix('Looked in:').strip()}")
+                tried.append(f"{arch}: {headline(err)}")
                 continue
             embedder = IdentityEmbedder(arch)
             embedder.net.load_state_dict(state, strict=True)

@@ -20,7 +20,8 @@ import yaml
 
 from gfp.archs import GeneratorConfig, build_generator
 from gfp.loading import save_pretrained
-from train.config import first_line, identity_start
+from gfp.messages import first_line
+from train.config import identity_start
 
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "id_cos": "Identity cosine similarity"}
 
@@ -52,11 +53,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # torch's text would advise loading it unsafely: never
         raise ExportError(f"{p} is not a readable training checkpoint: no pickle of tensors only") from None
-    except (
-        Exception
-    ) as err:  # arbitrary bytes fail the unpickler in arbitrary ways (KeyError, IndexError, ...)
-        reason = first_line(err) if str(err).strip() else type(err).__name__
-        raise ExportError(f"{p} is not a readable training checkpoint: {reason}") from err
+    # Arbitrary bytes fail the unpickler in arbitrary ways (KeyError, IndexError, ...): one answer.
+    except Exception as err:
+        raise ExportError(f"{p} is not a readable training checkpoint: {first_line(err)}") from err
     if not isinstance(state, dict) or "net_g_ema" not in state or "config" not in state:
         raise ExportError(f"{p} is not a train.train checkpoint (no net_g_ema/config)")
     return state
@@ -68,6 +67,16 @@ def run_folder(checkpoint: str | Path) -> Path | None:
     return folder.parent if folder.name == "checkpoints" else None
 
 
+def log_record(line: str) -> dict[str, Any] | None:
+    """One record of a run's JSON-lines log (``train_log.jsonl``, ``val_log.jsonl``), or None for a line
+    that is none: a killed run or a full disk can cut the last one short."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int | float) else None
+
+
 def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
     """The validation record logged at ``step`` (or the latest before it) in the checkpoint's run, with
     the ``step`` it was logged at (the card names that step, not the checkpoint's)."""
@@ -77,15 +86,8 @@ def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
         return {}
     best: dict[str, Any] = {}
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:  # a line a killed run or a full disk cut short is passed over, as the trainer passes it over
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if (
-            isinstance(record, dict)
-            and isinstance(record.get("step", 0), int | float)
-            and record.get("step", 0) <= step
-        ):
+        record = log_record(line)
+        if record is not None and record["step"] <= step:
             best = record
     found = {k: float(v) for k, v in best.items() if k in METRIC_NAMES}
     return {"step": float(best["step"]), **found} if found else {}

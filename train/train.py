@@ -33,12 +33,14 @@ from tqdm import tqdm
 
 from gfp.archs import UnknownArchitectureError
 from gfp.archs.gfpgan import fold_pixels, unfold_pixels
+from gfp.atomic import atomic_path
 from gfp.loading import WeightsError, select_device
+from gfp.messages import first_line
 from gfp.precision import cpu_has_native_bf16
 from train import losses as L
-from train.config import ConfigError, first_line, identity_start, load_config
+from train.config import ConfigError, identity_start, load_config
 from train.data import DataError, FaceDegradationDataset, ResumableSampler, list_images, split_indices
-from train.export import ExportError, read_checkpoint
+from train.export import ExportError, log_record, read_checkpoint
 from train.metrics import cosine_similarity, psnr, ssim
 from train.networks import build_discriminators, build_identity, build_training_generator, build_vgg
 
@@ -702,11 +704,11 @@ class Trainer:
             if not path.is_file():
                 continue
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            kept = [line for line in lines if _record_step(line) <= step]
+            # a line that is no record (cut short) is kept, as it was: only later steps go
+            kept = [line for line in lines if (record := log_record(line)) is None or record["step"] <= step]
             if len(kept) < len(lines):
-                tmp = path.with_name(path.name + ".part")
-                tmp.write_text("".join(kept), encoding="utf-8")
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:
+                    tmp.write_text("".join(kept), encoding="utf-8")
                 log.info(
                     "%s: dropped %d records after step %d (trained again)", name, len(lines) - len(kept), step
                 )
@@ -714,14 +716,6 @@ class Trainer:
     def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         with open(self.out_dir / name, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-
-
-def _record_step(line: str) -> float:
-    """The step of one JSON-lines log record (a line that is not one is kept: -inf)."""
-    try:
-        return float(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return -math.inf
 
 
 def _dump_yaml(cfg: dict[str, Any]) -> str:

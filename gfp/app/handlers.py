@@ -28,6 +28,7 @@ from gfp import registry
 from gfp.app.settings import AppSettings, background_defaults, model_specs, no_paths, video_limits
 from gfp.color import COLOR_FIXES
 from gfp.imageio import ImageReadError, read_image, write_image
+from gfp.messages import headline
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VideoError, VideoOptions, VideoResult, restore_video
 from gfp.weights.errors import WeightsError
@@ -260,8 +261,7 @@ class Request:
             raise gr.Error(f"Could not use this file: {str(exc).replace(self.path, self.name)}") from None
         except WeightsError as exc:  # the full text (where it looked) is for the server's log
             print(f"app: {exc}", file=sys.stderr)
-            first = (str(exc).strip().splitlines() or [""])[0].removesuffix("Looked in:").strip()
-            raise gr.Error(f"Weights missing or broken on this server: {no_paths(first)}") from None
+            raise gr.Error(f"Weights missing or broken on this server: {no_paths(headline(exc))}") from None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
