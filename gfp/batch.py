@@ -48,7 +48,7 @@ from gfp.cli import (
     list_inputs,
     main_output,
     make_restorer,
-    output_group,
+    output_clash,
     restore_options,
     save_outputs,
     video_options,
@@ -419,14 +419,13 @@ def plan(
     inputs: Sequence[Input], latest: dict[str, dict[str, Any]], output: Path, settings: str, redo: bool
 ) -> tuple[list[Input], list[Input], list[dict[str, Any]]]:
     """(inputs to restore, inputs already complete, failed records of inputs whose output names clash
-    with an earlier input's: the same name without its extension, :func:`gfp.cli.output_group`)."""
-    owner: dict[str, str] = {}
+    with an earlier input's: :func:`gfp.cli.output_clash`)."""
+    owners: dict[str, str] = {}
     todo, complete, clashes = [], [], []
     for item in inputs:
-        first = owner.setdefault(output_group(item.path), item.key)
-        if first != item.key:
-            error = f"its outputs would overwrite those of {first} (same name without extension)"
-            clashes.append(_record(item.key, "failed", error=error))
+        clash = output_clash(owners, item.key)
+        if clash:
+            clashes.append(_record(item.key, "failed", error=clash))
         elif not redo and is_complete(latest.get(item.key), output, settings):
             complete.append(item)
         else:

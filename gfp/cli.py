@@ -301,6 +301,15 @@ def output_group(name: str) -> str:
     return f"restored_videos/{stem}" if is_video(name) else stem
 
 
+def output_clash(owners: dict[str, str], name: str) -> str | None:
+    """Why the input ``name`` cannot be restored because its outputs would overwrite an earlier input's
+    (None: they would not); ``owners`` maps each :func:`output_group` to its first input and is updated."""
+    first = owners.setdefault(output_group(name), name)
+    if first == name:
+        return None
+    return f"its outputs would overwrite those of {first} (same name without extension)"
+
+
 def check_not_input(target: Path | None, source: Path) -> None:
     """Refuse to write ``target`` over the input ``source`` itself (``-o`` the folder a run wrote before)."""
     if target is not None and target.exists() and os.path.samefile(target, source):
@@ -417,15 +426,13 @@ def _main(argv: Sequence[str] | None) -> int:
     restorer.prepare(options)  # the networks load and compile while the first file is read and searched
     failed: list[Path] = []
     noted: set[str] = set()
-    owners: dict[str, Path] = {}
+    owners: dict[str, str] = {}
     for path in tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr):
         basename, in_ext = os.path.splitext(path.name)
         try:
-            owner = owners.setdefault(output_group(path.name), path)
-            if owner != path:
-                raise ValueError(
-                    f"its outputs would overwrite those of {owner.name} (same name without extension)"
-                )
+            clash = output_clash(owners, path.name)
+            if clash:
+                raise ValueError(clash)
             target = main_output(output, path.name, args)
             check_not_input(target, path)
             if is_video(path):
