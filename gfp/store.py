@@ -95,7 +95,8 @@ class ModelStore:
         self.weights_dir = weights_dir
         self.placement = placement or Placement()
         self.convert = (convert or os.environ.get(CONVERT_ENV) or "background").strip().lower()
-        if self.convert not in ("background", "now"):
+        if self.convert not in ("background", "now") and self.placement.backend == "openvino":
+            # checked only where it is used: a stale variable must not stop a PyTorch run
             raise ValueError(f"unknown conversion mode {self.convert!r}: use background or now")
         self._lock = threading.Lock()
         self._items: dict[tuple[str, str], Any] = {}

@@ -640,3 +640,12 @@ def test_unfilled_skips_random_fills_in_its_own_thread_only() -> None:
     thread.join()
     torch.manual_seed(0)
     assert torch.equal(here, torch.randn(4)) and len(drawn) == 1
+
+
+def test_the_conversion_mode_is_checked_only_where_openvino_uses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gfp.store import CONVERT_ENV, ModelStore
+
+    monkeypatch.setenv(CONVERT_ENV, "bogus")
+    assert ModelStore(placement=Placement(backend="torch")).placement.backend == "torch"
+    with pytest.raises(ValueError, match="unknown conversion mode 'bogus': use background or now"):
+        ModelStore(placement=Placement(backend="openvino"))
