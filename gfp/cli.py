@@ -423,6 +423,13 @@ def _main(argv: Sequence[str] | None) -> int:
             "restored_imgs/, restored_faces/ and restored_videos/ (give a folder name)"
         )
 
+    try:  # missing weights are said (and downloads shown) before the progress bar starts
+        restorer.store.resolve(options.version)
+        if not options.aligned:
+            restorer.store.resolve(options.detector)
+    except WeightsError as err:
+        print(f"gfp: error: {err}", file=sys.stderr)
+        return 2
     restorer.prepare(options)  # the networks load and compile while the first file is read and searched
     failed: list[Path] = []
     noted: set[str] = set()

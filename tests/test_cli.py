@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from _zoo_helpers import save_tiny_generator
 from conftest import MOBILE, make_weights
 
 from gfp.cli import list_inputs, main
@@ -91,6 +92,13 @@ def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert code == 2
     assert "could not find weights 'v1.4'" in err and "GFPGANv1.4.pth" in err and "Traceback" not in err
+    assert "Restoring" not in err  # said before the progress bar starts, not under it
+    # the detector's weights too, when the generator's are there
+    model = save_tiny_generator(tmp_path / "model")
+    args = ["-i", str(img), "-o", str(tmp_path / "out"), "-v", str(model), "--weights-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "could not find weights 'retinaface_resnet50'" in err and "Restoring" not in err
     # a weights folder that is no folder is said to be wrong, not only the file missing from it
     for folder, why in ((img, "is a file"), (tmp_path / "typo", "does not exist")):
         assert main(["-i", str(img), "-o", str(tmp_path / "out"), "--weights-dir", str(folder)]) == 2
