@@ -119,15 +119,16 @@ def _resolved(spec: Spec, weights_dir: str | os.PathLike[str] | None) -> Resolve
 
 
 def read_generator(
-    spec: Spec, weights_dir: str | os.PathLike[str] | None = None
+    spec: Spec, weights_dir: str | os.PathLike[str] | None = None, mapped: bool = False
 ) -> tuple[dict[str, Tensor], GeneratorConfig, Resolved]:
     """(state dict, config, where it was found) of a GFPGAN generator, without building it.
 
     The config comes from a published folder's config.json, else it is recognised from the weights' keys
-    and shapes. A registry version (e.g. "1.4") must have that version's layout.
+    and shapes. A registry version (e.g. "1.4") must have that version's layout. ``mapped``: see
+    :func:`gfp.weights.files.load_state_dict` (the layout is known without reading the values).
     """
     found = _resolved(spec, weights_dir)
-    state_dict = load_state_dict(found.path)
+    state_dict = load_state_dict(found.path, mapped)
     if found.format == "published":
         config = read_config(found.path)
     else:

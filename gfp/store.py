@@ -63,15 +63,24 @@ class Unavailable:
 
 
 class _Checkpoint:
-    """A generator's weights read once: its config stays, its tensors are handed to the first build."""
+    """A generator's weights read once: its config stays, its tensors are handed to the first build.
 
-    def __init__(self, found: Resolved) -> None:
-        self.state_dict, self.config, self.found = read_generator(found)
+    ``mapped`` (for OpenVINO, whose converted network may serve without a build): the file is
+    memory-mapped, so its values are read only if a build asks, and the build gets them copied, so that a
+    file rewritten in place cannot change or crash a loaded network. Otherwise it is read whole (cheaper
+    than mapping and copying when a build follows).
+    """
+
+    def __init__(self, found: Resolved, mapped: bool) -> None:
+        self.mapped = mapped
+        self.state_dict, self.config, self.found = read_generator(found, mapped=mapped)
 
     def take(self) -> dict[str, Tensor]:
         """The tensors (read again if already handed over or released: only a rare second build asks)."""
         state_dict, self.state_dict = self.state_dict, None
-        return state_dict if state_dict is not None else read_generator(self.found)[0]
+        if state_dict is None:
+            return read_generator(self.found)[0]
+        return {key: tensor.clone() for key, tensor in state_dict.items()} if self.mapped else state_dict
 
     def release(self) -> None:
         """Drop the tensors: a converted network serves, so no PyTorch build will take them."""
@@ -125,7 +134,8 @@ class ModelStore:
     # ------------------------------------------------------------------------------------ generator
     def _checkpoint(self, spec: str | os.PathLike[str]) -> _Checkpoint:
         found = self.resolve(spec)
-        return self._get(("checkpoint", str(found.path)), lambda: _Checkpoint(found))
+        mapped = self.placement.backend == "openvino"
+        return self._get(("checkpoint", str(found.path)), lambda: _Checkpoint(found, mapped))
 
     def generator_config(self, spec: str | os.PathLike[str]) -> GeneratorConfig:
         """The layout of a generator, from its config file or its weights' keys and shapes (raises what

@@ -649,3 +649,32 @@ def test_the_conversion_mode_is_checked_only_where_openvino_uses_it(monkeypatch:
     assert ModelStore(placement=Placement(backend="torch")).placement.backend == "torch"
     with pytest.raises(ValueError, match="unknown conversion mode 'bogus': use background or now"):
         ModelStore(placement=Placement(backend="openvino"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+@pytest.mark.parametrize("published", [False, True], ids=["pth", "safetensors"])
+def test_a_loaded_generator_keeps_its_weights_when_its_file_is_rewritten_in_place(
+    tmp_path: Path, backend: str, published: bool
+) -> None:
+    """`cp new.pth live.pth` rewrites the file in place: a network holding memory-mapped pages of it would
+    change its weights (or die of SIGBUS, were the file cut shorter)."""
+    from gfp.store import ModelStore
+
+    config = tiny_config()
+    if published:
+        spec = save_tiny_generator(tmp_path / "live", config, seed=0)
+        live = spec / "model.safetensors"
+        other = save_tiny_generator(tmp_path / "new", config, seed=1) / "model.safetensors"
+    else:
+        spec = live = tmp_path / "live.pth"
+        other = tmp_path / "new" / "live.pth"  # (torch.save records the file's name)
+        other.parent.mkdir()
+        torch.save({"params_ema": tiny_generator(config, seed=0).state_dict()}, live)
+        torch.save({"params_ema": tiny_generator(config, seed=1).state_dict()}, other)
+    assert live.stat().st_size == other.stat().st_size  # same layout: rewritten without a size change
+    net = ModelStore(placement=Placement(backend=backend)).generator(spec).run
+    x = torch.rand(1, 3, config.out_size, config.out_size) * 2 - 1
+    before = net(x)[0]
+    with open(live, "r+b") as f:
+        f.write(other.read_bytes())
+    assert torch.equal(net(x)[0], before)

@@ -34,11 +34,15 @@ _FORMAT_KEYS = ("format", "format_version")
 _STATE_DICT_KEYS = ("params_ema", "params", "net_state_dict", "state_dict")
 
 
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+def load_state_dict(path: str | os.PathLike[str], mapped: bool = False) -> dict[str, Tensor]:
     """Load a state dict without running pickled code.
 
     A folder means its ``model.safetensors``. Unwraps ``params_ema`` (preferred), ``params``,
     ``net_state_dict`` or ``state_dict`` and drops a ``module.`` prefix that every key carries.
+    ``mapped``: the tensors are the file's pages, memory-mapped (a ``.pth`` where torch can; safetensors
+    always maps), so nothing is read until their values are (README "Speed"); they must be copied before
+    they are kept, or a file rewritten in place changes them or kills the process with SIGBUS. Otherwise
+    the tensors have memory of their own.
     """
     path = Path(path)
     if path.is_dir():
@@ -47,10 +51,11 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise WeightsNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         try:
-            return load_file(path, device="cpu")
+            tensors = load_file(path, device="cpu")  # views of the file, memory-mapped by safetensors
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
-    checkpoint = _torch_load(path)
+        return tensors if mapped else {key: tensor.clone() for key, tensor in tensors.items()}
+    checkpoint = _torch_load(path, mapped)
     if isinstance(checkpoint, dict):
         for key in _STATE_DICT_KEYS:
             if isinstance(checkpoint.get(key), dict):
@@ -70,9 +75,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return checkpoint
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, mapped: bool) -> Any:
     try:
-        return _load_mapped(path)
+        return _load_mapped(path) if mapped else torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if found is None:
@@ -91,9 +96,8 @@ def _torch_load(path: Path) -> Any:
 
 
 def _load_mapped(path: Path) -> Any:
-    """``torch.load`` memory-mapping the file (measured faster than reading it whole, README "Speed", and
-    no second copy in memory). Files that cannot be mapped (the pre-1.6 format; some re-saved files whose
-    storages torch cannot map) are read whole, and any real fault shows there."""
+    """``torch.load`` memory-mapping the file. Files that cannot be mapped (the pre-1.6 format; some
+    re-saved files whose storages torch cannot map) are read whole, and any real fault shows there."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:
