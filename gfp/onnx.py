@@ -57,6 +57,7 @@ def export_onnx(
         raise RuntimeError(
             f"ONNX export needs the packages {', '.join(missing)}: pip install {' '.join(missing)}"
         )
+    check_opset(opset)
     net = FacesOnly(generator).cpu()
     net.training = False  # the wrapper only: the exporter warns about a module in training mode
     # A symbolic batch needs an example above 1 (export specialises sizes 0 and 1).
@@ -82,6 +83,19 @@ def export_onnx(
             verbose=False,
         )
     return path
+
+
+def check_opset(opset: int) -> None:
+    """Raise ``ValueError`` unless PyTorch's exporter writes ``opset`` as asked: from :data:`OPSET` to the
+    newest the installed onnx knows (outside it, the exporter falls back to another opset and succeeds)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not OPSET <= opset <= newest:
+        raise ValueError(
+            f"opset must be {OPSET} to {newest} (from PyTorch's exporter's own to the newest the installed "
+            f"onnx knows), got {opset!r}"
+        )
 
 
 def build_parser(prog: str = "python -m gfp.onnx") -> argparse.ArgumentParser:
@@ -114,8 +128,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") ->
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.opset < OPSET:
-        parser.error(f"--opset must be {OPSET} or above (PyTorch's exporter), got {args.opset}")
     missing = missing_export_packages()
     if missing:
         print(
@@ -123,13 +135,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") ->
             file=sys.stderr,
         )
         return 2
-    import onnx
-
-    newest = onnx.defs.onnx_opset_version()
-    if args.opset > newest:  # the exporter would fall back to another opset and say it wrote this one
-        parser.error(
-            f"--opset must be {OPSET} to {newest} (the newest the installed onnx knows), got {args.opset}"
-        )
+    try:
+        check_opset(args.opset)
+    except ValueError as err:
+        parser.error(f"--{err}")
     try:
         generator, config = load_generator(args.model, weights_dir=args.weights_dir)
     except WeightsError as err:  # whole: where it looked and how to provide the weights

@@ -85,6 +85,10 @@ def test_fixed_batch_export(tmp_path):
     (tmp_path / "a-file").write_bytes(b"")
     with pytest.raises(NotADirectoryError, match="a-file is a file, not a folder"):
         export_onnx(net, tmp_path / "a-file" / "x.onnx", config.out_size)
+    for opset in (12, 99, True):  # the exporter would write opset 18 and succeed
+        with pytest.raises(ValueError, match="opset must be 18"):
+            export_onnx(net, tmp_path / "other.onnx", config.out_size, opset=opset)
+    assert not (tmp_path / "other.onnx").exists()
     assert [m.modulation_mode for m in net.modules() if hasattr(m, "modulation_mode")] == modes_before
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [2, 3, 32, 32]
