@@ -452,3 +452,15 @@ def test_a_validation_log_line_cut_short_is_passed_over(tmp_path: Path) -> None:
     assert "no identity loss" in model_card(cfg, 25, metrics) and "identity 10" not in model_card(
         cfg, 25, metrics
     )
+
+
+def test_the_card_says_how_to_use_the_model_with_what_the_commands_take() -> None:
+    from train.config import load_config
+    from train.export import model_card
+
+    cfg = load_config(None, [])
+    card = model_card(cfg, 10, {}, repo_name="someone/my-faces")
+    assert "-v someone/my-faces" in card and "--model someone/my-faces" in card
+    card = model_card(cfg, 10, {}, repo_name="my-faces")  # a bare name is no repo id -v or --model take
+    assert "-v my-faces" not in card and "-v <this repo id or folder>" in card
+    assert "# my-faces" in card

@@ -107,6 +107,8 @@ def model_card(
     ``ema`` False: the card of a raw (not EMA) generator, whose logged metrics are the EMA's."""
     gen = cfg["model"]["generator"]
     name = repo_name or cfg["name"]
+    # what -v and --model take: a repo id (owner/name), else the folder the card is in
+    spec = repo_name if repo_name and "/" in repo_name else "<this repo id or folder>"
     meta: dict[str, Any] = {
         "license": license_id,
         "library_name": "gfp",
@@ -178,8 +180,8 @@ the {kind} generator.
 ## Use
 
 ```bash
-python -m gfp -i inputs -o results -v {repo_name or "<this repo id or folder>"}
-python app.py --model {repo_name or "<this repo id or folder>"}
+python -m gfp -i inputs -o results -v {spec}
+python app.py --model {spec}
 ```
 
 ## Training
