@@ -100,7 +100,7 @@ class RestoreOptions:
             raise ValueError(
                 f"version must be a GFPGAN version, file, folder or repo id, got {self.version!r}"
             )
-        if isinstance(self.upscale, bool) or not isinstance(self.upscale, int | float):
+        if not is_real(self.upscale):
             raise ValueError(f"upscale must be a number in [1, 8], got {self.upscale!r}")
         if not (MIN_UPSCALE <= self.upscale <= MAX_UPSCALE):
             raise ValueError(f"upscale must be in [{MIN_UPSCALE:g}, {MAX_UPSCALE:g}], got {self.upscale}")
@@ -336,8 +336,8 @@ class Restorer:
 
 
 def is_whole(value: Any) -> bool:
-    """An int, and not a bool (``True`` is an int to Python, but no tile size or batch size)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An int (NumPy's too), and not a bool (``True`` is an int to Python, but no tile size or batch size)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def is_real(value: Any) -> bool:

@@ -11,6 +11,8 @@ smoothed by elapsed time, not by frame count.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,15 +37,18 @@ class SmoothingOptions:
     it continues its track (the same id, so a face choice keeps applying to it), its smoothing restarted."""
 
     def __post_init__(self) -> None:
-        for name in ("min_cutoff", "d_cutoff"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not float(self.beta) >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
-        if not 0 < float(self.match_iou) <= 1:
-            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou!r}")
-        if not float(self.keep_lost) >= 0:
-            raise ValueError(f"keep_lost must be >= 0 seconds, got {self.keep_lost!r}")
+        ranges: dict[str, tuple[Callable[[float], bool], str]] = {
+            "min_cutoff": (lambda v: v > 0, "> 0"),
+            "beta": (lambda v: v >= 0, ">= 0"),
+            "d_cutoff": (lambda v: v > 0, "> 0"),
+            "match_iou": (lambda v: 0 < v <= 1, "in (0, 1]"),
+            "match_distance": (lambda v: v >= 0, ">= 0 face sizes"),
+            "keep_lost": (lambda v: v >= 0, ">= 0 seconds"),
+        }
+        for name, (within, limits) in ranges.items():
+            value = getattr(self, name)  # a bool or a string is no number here; NaN is within no range
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not within(value):
+                raise ValueError(f"{name} must be a number {limits}, got {value!r}")
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:

@@ -106,6 +106,12 @@ def test_options_are_validated(kwargs: dict, message: str) -> None:
         RestoreOptions(**kwargs)
 
 
+def test_numpy_numbers_are_numbers_for_every_option() -> None:
+    options = RestoreOptions(upscale=np.float32(1.5), strength=np.float64(0.5), bg_tile=np.int64(0))
+    assert (options.upscale, options.strength) == (1.5, 0.5)
+    assert RestoreOptions(upscale=np.int64(3)).upscale == 3
+
+
 @pytest.mark.parametrize(
     ("img", "error"),
     [

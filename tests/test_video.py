@@ -215,6 +215,13 @@ def test_bad_smoothing_options() -> None:
         SmoothingOptions(min_cutoff=0)
     with pytest.raises(ValueError, match="match_iou"):
         SmoothingOptions(match_iou=1.5)
+    # a string passed float(); match_distance was never checked: both failed deep inside a later frame
+    for bad in ({"min_cutoff": "1"}, {"match_distance": "x"}, {"match_distance": -1.0}, {"beta": True}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a number"):
+            SmoothingOptions(**bad)
+    with pytest.raises(ValueError, match="match_distance must be a number >= 0 face sizes, got nan"):
+        SmoothingOptions(match_distance=float("nan"))
+    assert SmoothingOptions(min_cutoff=np.float32(1.0)).min_cutoff == 1.0
 
 
 def test_is_video() -> None:
