@@ -20,9 +20,9 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -37,6 +37,8 @@ from gfp.faces import align_faces, resize_aligned
 from gfp.selection import FaceSelection, parse_faces, reading_order, select_faces
 from gfp.stages import Progress, RunLog
 from gfp.store import FaceNetwork, ModelStore, Unavailable
+
+T = TypeVar("T")
 
 __all__ = [
     "FaceNetwork",
@@ -214,13 +216,14 @@ class Restorer:
 
     def batch_size(self, options: RestoreOptions) -> int:
         """Faces per generator and parser call (:func:`gfp.stages.batch_size`)."""
-        return stages.batch_size(self.store, options)
+        return stages.batch_size(self.store, expect(options, RestoreOptions, "options"))
 
     def prepare(self, options: RestoreOptions) -> list[threading.Thread]:
         """Start loading the generator and the face parser that ``options`` use (compiling their OpenVINO
         networks for a batch of faces) in background threads, beside whatever the caller does next (reading
         and detecting its first photo); returns the threads (join to wait). A call that needs a network
         meanwhile waits for it; an error is left for that call to report."""
+        options = expect(options, RestoreOptions, "options")
         parser = not options.aligned and options.use_parse is not False
         return self.store.prepare(options.version, self.batch_size(options), parser)
 
@@ -228,9 +231,7 @@ class Restorer:
         self, img: np.ndarray, options: RestoreOptions | None = None, progress: Progress | None = None
     ) -> RestoreResult:
         """Restore every face of ``img`` (HxW gray, HxWx3 BGR or HxWx4 BGRA; uint8 or uint16)."""
-        options = options or RestoreOptions()
-        if not isinstance(options, RestoreOptions):
-            raise TypeError(f"options must be a RestoreOptions, got {type(options).__name__}")
+        options = expect(options, RestoreOptions, "options", RestoreOptions)
         _check_input(img)
         run = RunLog(progress)
         config = self.generator_config(options.version)  # missing weights fail here, before any work
@@ -325,7 +326,7 @@ class Restorer:
         ``crops`` are uint8 BGR squares of the generator's ``out_size`` (as :func:`gfp.faces.align_faces`
         cuts them), restored as :meth:`restore` restores them; for callers that align faces themselves.
         """
-        options = options or RestoreOptions()
+        options = expect(options, RestoreOptions, "options", RestoreOptions)
         size = self.generator_config(options.version).out_size
         crops = list(crops)  # any iterable, read once
         for crop in crops:
@@ -333,6 +334,17 @@ class Restorer:
                 got = f"{crop.dtype} {crop.shape}" if isinstance(crop, np.ndarray) else type(crop).__name__
                 raise ValueError(f"restore_faces expects uint8 {size}x{size}x3 BGR crops, got {got}")
         return stages.restore_faces(self.store, crops, options, RunLog(progress))
+
+
+def expect(value: Any, kind: type[T], name: str, default: Callable[[], T] | None = None) -> T:
+    """``value`` (``default()`` when it is None and there is a default), or a ``TypeError`` saying what
+    ``name`` should have been: arguments of the wrong kind or order would fail later with an
+    ``AttributeError`` from deep inside, and an empty dict must not pass for the default options."""
+    if value is None and default is not None:
+        return default()
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def is_whole(value: Any) -> bool:

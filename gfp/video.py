@@ -25,13 +25,13 @@ detecting again.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from gfp.atomic import PARTIAL_SUFFIX, atomic_path
 from gfp.background import scaled_size
 from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
-from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, is_real, is_whole
+from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect, is_real, is_whole
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
 
@@ -49,7 +49,6 @@ try:
 except ImportError:  # photos need no PyAV: only opening a video says what to install
     av = None
 
-T = TypeVar("T")
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv"}
     | {".mts", ".m2ts", ".3gp", ".3g2", ".flv", ".ogv", ".vob", ".mxf", ".h264", ".264", ".hevc", ".h265"}
@@ -195,14 +194,6 @@ class VideoResult:
     """Faces (people, i.e. tracks) found, restored and skipped, and why."""
 
 
-def _expect(value: T, kind: type[T], name: str) -> T:
-    """``value``, or a ``TypeError`` saying what ``name`` should have been (arguments given in the wrong
-    order would fail later with an ``AttributeError`` from deep inside)."""
-    if not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
 def is_video(path: str | os.PathLike[str]) -> bool:
     """Whether the CLI treats ``path`` as a video (by its extension)."""
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
@@ -233,7 +224,7 @@ def _first_frame_rotation(container: av.container.InputContainer, stream: av.vid
 
 def probe_video(path: str | os.PathLike[str], options: VideoOptions | None = None) -> VideoInfo:
     """Read a clip's header (and its first frame, for the rotation); ``VideoError`` if unusable."""
-    options = _expect(options or VideoOptions(), VideoOptions, "options")
+    options = expect(options, VideoOptions, "options", VideoOptions)
     path = Path(path)
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -350,8 +341,8 @@ def plan_faces(
     """The first pass of a face choice over a clip: detect and track every frame's faces (as
     :func:`restore_frames` would) and choose tracks by ``options.faces`` and ``options.min_face``.
     Holds only boxes and landmarks, not frames. ``progress(done, total, "detect")`` after each frame."""
-    options = _expect(options or RestoreOptions(), RestoreOptions, "options")
-    video = video or VideoOptions()
+    options = expect(options, RestoreOptions, "options", RestoreOptions)
+    video = expect(video, VideoOptions, "video", VideoOptions)
     seen: list[FrameFaces] = []
     height = width = 0
     for done, (image, _, faces) in enumerate(_tracked(restorer, _checked(frames), options, video), 1):
@@ -423,6 +414,8 @@ def _checked(frames: Iterable[tuple[np.ndarray, float]]) -> Iterator[tuple[np.nd
             raise ValueError(f"frames must be uint8 HxWx3 BGR images, got {type(image).__name__}")
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
             raise ValueError(f"frames must be uint8 HxWx3 BGR images, got {image.dtype} {image.shape}")
+        if not is_real(seconds) or not math.isfinite(seconds):  # NaN would smooth landmarks into NaN
+            raise ValueError(f"frame times must be finite numbers of seconds, got {seconds!r}")
         yield image, float(seconds)
 
 
@@ -454,8 +447,8 @@ def restore_frames(
     A face choice (:func:`needs_plan`) needs ``plan``, made by :func:`plan_faces` over the same frames:
     its detections are used instead of detecting again, and only the tracks it chose are restored.
     """
-    options = _expect(options or RestoreOptions(), RestoreOptions, "options")
-    video = _expect(video or VideoOptions(), VideoOptions, "video")
+    options = expect(options, RestoreOptions, "options", RestoreOptions)
+    video = expect(video, VideoOptions, "video", VideoOptions)
     if options.aligned:
         raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
     if plan is None and needs_plan(options):
@@ -699,9 +692,9 @@ def restore_video(
     (naming the file) for unreadable, truncated, empty or too large clips; nothing is left at ``output``
     then, and an earlier file there is kept.
     """
-    options = _expect(options or RestoreOptions(), RestoreOptions, "options")
-    video = _expect(video or VideoOptions(), VideoOptions, "video")
-    restorer = _expect(restorer or Restorer(), Restorer, "restorer")
+    options = expect(options, RestoreOptions, "options", RestoreOptions)
+    video = expect(video, VideoOptions, "video", VideoOptions)
+    restorer = expect(restorer, Restorer, "restorer", Restorer)
     source, target = Path(input), Path(output)
     if options.aligned:
         raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")

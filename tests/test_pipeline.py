@@ -679,5 +679,11 @@ def test_wrong_argument_types_are_clear_errors(blind_weights: Path) -> None:
         Restorer(blind_weights, device="cpu", bf16="no")  # type: ignore[arg-type]
     with pytest.raises(WeightsNotFoundError, match="no model given"):
         load_generator("")
+    restorer = Restorer(blind_weights, device="cpu")
     with pytest.raises(TypeError, match="options must be a RestoreOptions, got dict"):
-        Restorer(blind_weights, device="cpu").restore(_gradient(8, 8), {"aligned": True})  # type: ignore[arg-type]
+        restorer.restore(_gradient(8, 8), {"aligned": True})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="options must be a RestoreOptions, got dict"):
+        restorer.restore(_gradient(8, 8), {})  # type: ignore[arg-type]  (empty: no stand-in for the defaults)
+    for method in (restorer.prepare, restorer.batch_size, lambda o: restorer.restore_faces([], o)):
+        with pytest.raises(TypeError, match="options must be a RestoreOptions, got dict"):
+            method({"version": "1.4"})  # type: ignore[arg-type]

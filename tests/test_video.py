@@ -793,8 +793,13 @@ def test_arguments_in_the_wrong_order_or_empty_frames_are_named(blind: Path, tmp
         restore_video(clip, tmp_path / "o.mp4", VideoOptions(), RestoreOptions())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="restorer must be a Restorer, got str"):
         restore_video(clip, tmp_path / "o.mp4", restorer="cpu")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="video must be a VideoOptions, got dict"):
+        plan_faces(_restorer(blind), [], _options(blind), {"smooth": False})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"frames must be uint8 HxWx3 BGR images, got uint8 \(0, 0, 3\)"):
         next(restore_frames(_restorer(blind), [(np.zeros((0, 0, 3), np.uint8), 0.0)], _options(blind)))
+    for seconds in (float("nan"), "0.1", None):  # NaN failed as "degenerate landmarks" in the aligner
+        with pytest.raises(ValueError, match="frame times must be finite numbers of seconds"):
+            next(restore_frames(_restorer(blind), [(_scene(i=0), seconds)], _options(blind)))
 
 
 def test_without_pyav_photos_still_run_and_videos_say_what_to_install(tmp_path, monkeypatch) -> None:
