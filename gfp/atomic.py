@@ -40,6 +40,15 @@ def _temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
             raise type(err)(err.errno, err.strerror, str(dest)) from None
 
 
+def make_folder(folder: Path) -> None:
+    """Make ``folder`` and its parents; a file in the way is a ``NotADirectoryError`` naming that file
+    (``mkdir`` says only "File exists", naming the folder it was asked for)."""
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{part} is a file, not a folder", str(part))
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 @contextmanager
 def atomic_path(dest: Path, suffix: str = ".part") -> Iterator[Path]:
     """Yield a temp path beside ``dest``: renamed to ``dest`` if the block succeeds, else deleted.
@@ -47,7 +56,7 @@ def atomic_path(dest: Path, suffix: str = ".part") -> Iterator[Path]:
     A ``dest`` that is a folder, or one that cannot be written, raises ``OSError`` naming ``dest`` before
     the block runs, so no work is done for a file that could not be kept.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dest.parent)
     if dest.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there", str(dest))
     fd, tmp = _temp_beside(dest, suffix)

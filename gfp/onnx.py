@@ -13,7 +13,6 @@ needs the ``onnx`` and ``onnxscript`` packages; the weights are stored inside th
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib.util
 import os
 import sys
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from gfp.archs import FacesOnly
+from gfp.atomic import make_folder
 from gfp.loading import WeightsError, load_generator
 from gfp.messages import first_line
 
@@ -65,10 +65,7 @@ def export_onnx(
     example = torch.rand(example_batch, 3, out_size, out_size, generator=torch.Generator().manual_seed(0))
     shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
     path = Path(path)
-    for folder in (path.parent, *path.parent.parents):  # mkdir would say "File exists"
-        if folder.exists() and not folder.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder", str(folder))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     with torch.no_grad():
         torch.onnx.export(
             net,

@@ -203,7 +203,7 @@ def _open(path: Path) -> av.container.InputContainer:
     if av is None:
         raise VideoError(f"{path}: videos need PyAV, which is not installed (pip install av)")
     if not path.is_file():
-        raise VideoError(f"{path}: no such file")
+        raise VideoError(f"{path}: {'a folder, not a video' if path.is_dir() else 'no such file'}")
     try:
         return av.open(str(path), metadata_errors="replace")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:

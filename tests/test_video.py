@@ -571,6 +571,11 @@ def test_an_output_that_cannot_be_written_fails_before_any_work(blind: Path, tmp
             progress=lambda done, total, stage: frames.append(done),
         )  # fmt: skip
     assert frames == [] and list((tmp_path / "taken.mp4").iterdir()) == []
+    # a file where a folder should be is named as such, not "File exists"; a folder as input likewise
+    with pytest.raises(VideoError, match=r"clip.mp4 is a file, not a folder"):
+        restore_video(source, source / "o.mp4", _options(blind), restorer=_restorer(blind))
+    with pytest.raises(VideoError, match="taken.mp4: a folder, not a video"):
+        restore_video(tmp_path / "taken.mp4", tmp_path / "o.mp4", _options(blind), restorer=_restorer(blind))
     longest = tmp_path / ("a" * 251 + ".mp4")
     assert restore_video(source, longest, _options(blind), restorer=_restorer(blind)).frames == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["clip.mp4", "taken.mp4", longest.name])
