@@ -62,6 +62,12 @@ class Unavailable:
         return f"{what} unavailable ({self.reason}); {instead}"
 
 
+def _file_key(found: Resolved) -> str:
+    """What the store keeps a file's networks under: its real path, so that a symbolic link and its target
+    (or two links to one file) are read and built once (``found.path`` only resolves ``..`` and ``.``)."""
+    return os.path.realpath(found.path)
+
+
 class _Checkpoint:
     """A generator's weights read once: its config stays, its tensors are handed to the first build.
 
@@ -135,7 +141,7 @@ class ModelStore:
     def _checkpoint(self, spec: str | os.PathLike[str]) -> _Checkpoint:
         found = self.resolve(spec)
         mapped = self.placement.backend == "openvino"
-        return self._get(("checkpoint", str(found.path)), lambda: _Checkpoint(found, mapped))
+        return self._get(("checkpoint", _file_key(found)), lambda: _Checkpoint(found, mapped))
 
     def generator_config(self, spec: str | os.PathLike[str]) -> GeneratorConfig:
         """The layout of a generator, from its config file or its weights' keys and shapes (raises what
@@ -146,7 +152,7 @@ class ModelStore:
         """The GFPGAN generator module of a version / file / folder / repo id, in PyTorch."""
         checkpoint = self._checkpoint(spec)
         return self._get(
-            ("generator", str(checkpoint.found.path)),
+            ("generator", _file_key(checkpoint.found)),
             lambda: generator_network(checkpoint.take(), checkpoint.config, checkpoint.found, self.placement),
         )
 
@@ -178,13 +184,14 @@ class ModelStore:
             checkpoint.release()  # taken by the PyTorch build, or not needed: the conversion serves
             return Network(run, supports, placement, config)
 
-        return self._get(("faces", path), build)
+        return self._get(("faces", _file_key(checkpoint.found)), build)
 
     # ------------------------------------------------------------------------- registry networks
     def network(self, name: str) -> Network:
         """The registry model ``name`` (detector, parser, upsampler) with its weights, in PyTorch."""
         found = self.resolve(name)
-        return self._get(("network", str(found.path)), lambda: model_network(found, placement=self.placement))
+        key = ("network", _file_key(found))
+        return self._get(key, lambda: model_network(found, placement=self.placement))
 
     def optional(self, name: str) -> Network | Unavailable:
         """:meth:`network`, or :class:`Unavailable` when its weights cannot be had (remembered)."""

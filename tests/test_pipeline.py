@@ -650,9 +650,12 @@ def test_each_spec_is_resolved_once_and_its_checkpoint_read_once(
     assert counts == {"resolve": 1, "read": 1}
     # other spellings of the same folder are resolved (once each) but read and built no more
     monkeypatch.chdir(tmp_path)
-    for spelling in ("tiny", "./tiny", f"{tmp_path}/../{tmp_path.name}/tiny", f"{tmp_path}//tiny"):
+    (tmp_path / "link").symlink_to(folder)  # a link to the folder, and a link to the link
+    (tmp_path / "link2").symlink_to(tmp_path / "link")
+    spellings = ("tiny", "./tiny", f"{tmp_path}/../{tmp_path.name}/tiny", f"{tmp_path}//tiny", "link", "link2")
+    for spelling in spellings:
         restorer.restore(face, dataclasses.replace(options, version=spelling))
-    assert counts == {"resolve": 5, "read": 1}
+    assert counts == {"resolve": 7, "read": 1}
 
 
 def test_a_generator_giving_nan_is_an_error_not_black_faces(tmp_path: Path) -> None:
