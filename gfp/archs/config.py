@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from gfp.archs.gfpgan import GFPGANClean, GFPGANv1
+from gfp.archs.stylegan2_clean import stylegan_channels
 from gfp.archs.unfilled import unfilled
 
 ARCHS = ("clean", "v1")
@@ -83,6 +84,16 @@ class GeneratorConfig:
             raise ValueError("detail needs work_size")
         if not 0 < self.narrow <= 4 or self.channel_multiplier < 1:
             raise ValueError("narrow must be in (0, 4] and channel_multiplier >= 1")
+        # every layer needs a channel (the U-Net runs at half the width, and SFT splits the GAN's in two)
+        top = self.work_size or self.out_size
+        unet = stylegan_channels(self.channel_multiplier, self.narrow * 0.5)
+        gan = stylegan_channels(self.channel_multiplier, self.narrow)
+        least = min(min(unet[res], gan[res] // (2 if self.sft_half else 1)) for res in unet if res <= top)
+        if least < 1:
+            raise ValueError(
+                f"narrow {self.narrow} with channel_multiplier {self.channel_multiplier} leaves a layer of "
+                f"the {top} px network without channels; widen the network"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
