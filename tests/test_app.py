@@ -114,6 +114,15 @@ def test_building_the_ui_is_cheap_and_takes_the_registry_choices(monkeypatch: py
     assert registry.default_for("upsampler", "cuda") == registry.DEFAULTS["upsampler"] == "realesrgan"
 
 
+def test_photo_and_video_requests_share_one_concurrency_limit() -> None:
+    """--concurrency is the total: a photo must not run beside a video when the limit is 1."""
+    demo = build_app(AppSettings(device="cpu", concurrency=3))
+    events = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("restore", "restore_video")}
+    assert len(events) == 2
+    assert len({fn.concurrency_id for fn in events.values()}) == 1
+    assert {fn.concurrency_limit for fn in events.values()} == {3}
+
+
 def test_examples_exist_and_are_small() -> None:
     for name in EXAMPLE_NAMES:
         path = EXAMPLES / name

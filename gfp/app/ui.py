@@ -21,6 +21,10 @@ from gfp.pipeline import Restorer
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
+RESTORE_QUEUE = "restore"
+"""The concurrency id of the Photo and Video events: one queue, so the concurrency limit counts both tabs'
+requests together (gradio gives each event its own limit otherwise)."""
+
 EXAMPLES = [
     "astronaut_blur_jpeg.jpg",
     "astronaut_noise.jpg",
@@ -44,6 +48,7 @@ def build_app(
     ctx = RequestContext.create(settings, restorer)
     models = [(registry.label(name), name) for name in ctx.specs]
     banner = weights_banner(weights or WeightsCheck())
+    limit = settings.concurrency or (2 if restorer.device.type != "cpu" else 1)
     with gr.Blocks(title="gfp: GFPGAN face restoration", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# GFPGAN face restoration\n"
@@ -53,16 +58,16 @@ def build_app(
         )
         gr.Markdown(banner, visible=bool(banner), elem_id="weights-banner")
         with gr.Tab("Photo"):
-            _photo_tab(ctx, models)
+            _photo_tab(ctx, models, limit)
         with gr.Tab("Video"):
-            _video_tab(ctx, models)
-    on_gpu = restorer.device.type != "cpu"
-    demo.queue(default_concurrency_limit=settings.concurrency or (2 if on_gpu else 1), max_size=64)
+            _video_tab(ctx, models, limit)
+    demo.queue(default_concurrency_limit=limit, max_size=64)
     return demo
 
 
-def _photo_tab(ctx: RequestContext, models: list[tuple[str, str]]) -> None:
-    """The Photo tab's components and its event (API name ``restore``), in the current Blocks."""
+def _photo_tab(ctx: RequestContext, models: list[tuple[str, str]], limit: int) -> None:
+    """The Photo tab's components and its event (API name ``restore``, in the shared queue of ``limit``
+    requests at once), in the current Blocks."""
     with gr.Row():
         with gr.Column(scale=1):
             image = gr.Image(
@@ -110,12 +115,15 @@ def _photo_tab(ctx: RequestContext, models: list[tuple[str, str]]) -> None:
         ],
         outputs=[slider, faces, download, status],
         api_name="restore",
+        concurrency_id=RESTORE_QUEUE,
+        concurrency_limit=limit,
         preprocess=False,  # the photo is read from the uploaded file itself (gfp.app.handlers)
     )
 
 
-def _video_tab(ctx: RequestContext, models: list[tuple[str, str]]) -> None:
-    """The Video tab's components and its event (API name ``restore_video``), in the current Blocks."""
+def _video_tab(ctx: RequestContext, models: list[tuple[str, str]], limit: int) -> None:
+    """The Video tab's components and its event (API name ``restore_video``, in the shared queue of
+    ``limit`` requests at once), in the current Blocks."""
     with gr.Row():
         with gr.Column(scale=1):
             video = gr.Video(sources=["upload"], label="Video", elem_id="input-video")
@@ -151,6 +159,8 @@ def _video_tab(ctx: RequestContext, models: list[tuple[str, str]]) -> None:
         ],
         outputs=[before, after, download, status],
         api_name="restore_video",
+        concurrency_id=RESTORE_QUEUE,
+        concurrency_limit=limit,
         preprocess=False,  # the clip is read from the uploaded file itself (gfp.video)
     )
 
