@@ -320,6 +320,21 @@ def test_yes_no_options_read_the_words_an_api_client_sends() -> None:
     assert Request("photo", "/tmp/x", "..", "v1.4", {}).stem == "photo"
 
 
+def test_status_notes_name_files_not_server_folders(capsys: pytest.CaptureFixture[str]) -> None:
+    """A note about an unreadable optional network reaches visitors with its file name only."""
+    from types import SimpleNamespace
+
+    from gfp.app.handlers import Request
+
+    note = "face parser unavailable (/srv/w/parsing_parsenet.pth is not a readable PyTorch checkpoint)"
+    result = SimpleNamespace(device="cpu", timings={"restore": 0.5}, notes=[note, "plain note"])
+    request = Request("photo", "/tmp/x", "x.png", "v1.4", {"color_fix": "none"})
+    status = request.status("**headline**", result)
+    assert "(parsing_parsenet.pth is not a readable" in status and "/srv" not in status
+    assert "Note: plain note" in status
+    assert "/srv/w/parsing_parsenet.pth" in capsys.readouterr().err  # the server's log keeps the folder
+
+
 def test_unreadable_upload_is_a_gradio_error(client, server: Server, tmp_path: Path) -> None:
     path = tmp_path / "holiday.png"
     path.write_bytes(b"this is not a picture")

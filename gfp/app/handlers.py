@@ -267,7 +267,8 @@ class Request:
 
     def status(self, headline: str, result: RestoreResult | VideoResult, notices: Sequence[str] = ()) -> str:
         """The status line (Markdown): ``notices`` first, the headline with the device, model and colour fix,
-        the time per stage, then the result's notes (e.g. a default model that fell back)."""
+        the time per stage, then the result's notes (e.g. a default model that fell back) with file names
+        only (a note that names a server folder is printed whole to the server's log)."""
         color_fix = self.fields["color_fix"]
         fix = "" if color_fix == "none" else f" · colour fix {color_fix}"
         lines = [f"**Note:** {notice}" for notice in notices]
@@ -275,7 +276,11 @@ class Request:
         lines.append(
             "Time: " + " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
         )
-        lines += [f"Note: {note}" for note in result.notes]
+        for note in result.notes:
+            shown = no_paths(note)
+            if shown != note:
+                print(f"app: {note}", file=sys.stderr)
+            lines.append(f"Note: {shown}")
         return "  \n".join(lines)
 
 
