@@ -90,6 +90,21 @@ def test_flags_and_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_args(["--concurrency", "0"])
 
 
+def test_bad_detector_or_background_in_the_environment_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse checks the choices of flags only: a mistyped variable must not start an app that fails."""
+    monkeypatch.setenv("GFP_BG_UPSAMPLER", "")  # empty: unset
+    assert parse_args([]).background is None
+    for variable, value in (("GFP_DETECTOR", "foo"), ("GFP_BG_UPSAMPLER", "bar")):
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(SystemExit) as exit_:
+            parse_args([])
+        assert exit_.value.code == 2
+        assert f"error: environment variable {variable}: invalid choice: '{value}'" in capsys.readouterr().err
+        monkeypatch.delenv(variable)
+
+
 def test_model_specs_put_launch_models_first(tmp_path: Path) -> None:
     assert list(model_specs([]))[0] == "v1.4"
     specs = model_specs(["owner/repo", "v1.3", str(tmp_path / "mine.pth")])

@@ -64,6 +64,7 @@ class AppSettings:
 def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     """Read the app settings from command-line flags, falling back to environment variables."""
     env = os.environ.get
+    detectors, upsamplers = registry.choice_names("detector"), registry.choice_names("upsampler")
     parser = argparse.ArgumentParser(description="gfp face restoration: Gradio app / Hugging Face Space")
     parser.add_argument(
         "--model",
@@ -100,15 +101,15 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     )
     parser.add_argument(
         "--detector",
-        default=env("GFP_DETECTOR", registry.DEFAULTS["detector"]),
-        choices=registry.choice_names("detector"),
+        default=env("GFP_DETECTOR") or registry.DEFAULTS["detector"],
+        choices=detectors,
         help="default face detector (env GFP_DETECTOR)",
     )
     parser.add_argument(
         "--bg-upsampler",
         dest="background",
-        default=env("GFP_BG_UPSAMPLER"),
-        choices=registry.choice_names("upsampler"),
+        default=env("GFP_BG_UPSAMPLER") or None,
+        choices=upsamplers,
         help="default background upsampler (env GFP_BG_UPSAMPLER; default "
         f"{registry.default_for('upsampler', 'cpu')} on a CPU, {registry.DEFAULTS['upsampler']} on a GPU)",
     )
@@ -147,6 +148,13 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
         help="do not serve the MCP tool (env GFP_NO_MCP=1)",
     )
     args = parser.parse_args(argv)
+    for variable, value, choices in (
+        ("GFP_DETECTOR", args.detector, detectors),
+        ("GFP_BG_UPSAMPLER", args.background, upsamplers),
+    ):
+        if value is not None and value not in choices:  # argparse checks flags given, not env defaults
+            listed = ", ".join(map(repr, choices))
+            parser.error(f"environment variable {variable}: invalid choice: {value!r} (choose from {listed})")
     models = (
         args.model if args.model is not None else [m for m in env("GFP_MODEL", "").split(",") if m.strip()]
     )
