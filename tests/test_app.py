@@ -24,7 +24,15 @@ from conftest import DETECTOR, MAX_PIXELS, MOBILE, Server, start_server
 import app
 from gfp import registry
 from gfp.app.handlers import PREVIEW_MAX_SIDE, OutputFolder, as_display, fit_budget
-from gfp.app.settings import AppSettings, WeightsCheck, check_weights, model_specs, parse_args, weights_banner
+from gfp.app.settings import (
+    AppSettings,
+    WeightsCheck,
+    check_weights,
+    model_specs,
+    no_paths,
+    parse_args,
+    weights_banner,
+)
 from gfp.app.ui import EXAMPLES as EXAMPLE_NAMES
 from gfp.app.ui import build_app
 
@@ -210,6 +218,18 @@ def test_missing_weights_banner_names_the_files_and_the_fallbacks(tmp_path: Path
     demo = build_app(settings, weights=check)  # still starts, with the banner on top
     shown = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "weights-banner"]
     assert len(shown) == 1 and shown[0].visible and "nope.pth" in shown[0].value
+
+
+def test_no_paths_cuts_folders_but_keeps_urls() -> None:
+    """The banner's download addresses must stay whole; server folders go."""
+    url = "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth"
+    for text in (f"download GFPGANv1.4.pth from {url} failed", f"download {url}: failed"):
+        assert no_paths(text) == text
+    assert (
+        no_paths("(/srv/w/x.pth is not) `~/w/y.pth` '../w/z.pth' w/u/v.pth")
+        == "(x.pth is not) `y.pth` 'z.pth' v.pth"
+    )
+    assert no_paths("owner/repo") == "owner/repo"  # a Hub repo id is no path
 
 
 def test_bad_device_is_a_clear_exit() -> None:

@@ -256,10 +256,16 @@ def check_weights(settings: AppSettings) -> WeightsCheck:
     return WeightsCheck(tuple(missing), tuple(fallbacks))
 
 
+_PART = r"[^/\s'\"():`]+"
+_PATH = re.compile(rf"(?<![\w:/.~-])[\w.~-]*(?:/{_PART})+/({_PART})")
+"""A file path with its folders (absolute, from ~ or .., or relative with two slashes or more: one slash is
+a Hub repo id) that starts a word; a URL's host and path follow "scheme:/" or the host, so are none."""
+
+
 def no_paths(text: str) -> str:
     """``text`` with every file path cut to its last part: what visitors see names files, never the
-    server's folders."""
-    return re.sub(r"(?:~|\.{0,2})?(?:/[^/\s'\"():`]+)+/([^/\s'\"():`]+)", r"\1", text)
+    server's folders. URLs (a download's address) are kept whole."""
+    return _PATH.sub(r"\1", text)
 
 
 def weights_banner(check: WeightsCheck) -> str:
