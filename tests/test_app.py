@@ -121,6 +121,14 @@ def test_model_specs_put_launch_models_first(tmp_path: Path) -> None:
     assert set(registry.choice_names("generator")) <= set(specs) and len(specs) == 6
 
 
+def test_local_models_of_the_same_name_are_all_offered(tmp_path: Path) -> None:
+    first, second, official = (str(tmp_path / p) for p in ("run1/model", "run2/model", "runs/v1.3"))
+    specs = model_specs([first, second, first, official])
+    assert list(specs)[:3] == ["model", "run2/model", "runs/v1.3"]  # a parent folder tells them apart
+    assert (specs["model"], specs["run2/model"], specs["runs/v1.3"]) == (first, second, official)
+    assert specs["v1.3"] == "v1.3"  # the registry's model is not shadowed by a folder of its name
+
+
 @pytest.mark.usefixtures("offline")
 def test_building_the_ui_is_cheap_and_takes_the_registry_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_lookup(*args: object, **kwargs: object) -> None:

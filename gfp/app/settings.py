@@ -188,14 +188,26 @@ def model_specs(extra: Sequence[str]) -> dict[str, str]:
     """Model dropdown values -> what the pipeline loads, in dropdown order (the first is the default).
 
     Launch-time models come first, then the registry's generators. A local file or folder is offered under
-    its last path part only, so no server path shows in the UI or the API schema.
+    its last path part only, so no server path shows in the UI or the API schema; one whose name an earlier
+    model or a registry generator took gets as many of its parent folders as tell them apart
+    (``run2/model``), so none is lost.
     """
     official = registry.choice_names("generator")
     specs: dict[str, str] = {}
+    local_files: dict[str, Path] = {}  # the dropdown values of local models -> their absolute paths
     for spec in extra:
         path = Path(spec).expanduser()
-        local = spec not in official and (path.is_absolute() or path.exists())
-        specs.setdefault(path.name if local else spec, spec)
+        if spec in official or not (path.is_absolute() or path.exists()):
+            specs.setdefault(spec, spec)
+            continue
+        full = path.absolute()
+        for depth in range(1, len(full.parts)):  # parts[0] is the root
+            name = "/".join(full.parts[-depth:])
+            taken = name in specs or name in official
+            if not taken or local_files.get(name) == full:  # free, or this very file given twice
+                break
+        specs.setdefault(name, spec)
+        local_files.setdefault(name, full)
     for name in official:
         specs.setdefault(name, name)
     return specs
