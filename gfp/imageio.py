@@ -45,7 +45,16 @@ class UnreadableImageError(ImageReadError):
 
 
 class ImageTooLargeError(ImageReadError):
-    """The header announces more pixels than allowed; raised before decoding."""
+    """The header announces more pixels than allowed; raised before decoding.
+
+    ``pixels`` (None when the header did not say) and ``limit`` let a program that offers no way to raise
+    the limit (the app) say it in its own words: the message advises Python callers.
+    """
+
+    def __init__(self, message: str, pixels: int | None, limit: int) -> None:
+        super().__init__(message)
+        self.pixels = pixels
+        self.limit = limit
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -96,11 +105,14 @@ def _open_header(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
             return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # PIL's hard limit, met before it gives the size
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS * 2
+        hard = Image.MAX_IMAGE_PIXELS * 2
+        limit = hard if max_pixels is None else min(max_pixels, hard)  # PIL's may be the lower one
         size, most = megapixels(int(found[1]) if found else 0, limit)
         what = f"{size} MP" if found else "the image"
         raise ImageTooLargeError(
-            f"{name}: {what} is above the limit of {most} MP; downscale it first"
+            f"{name}: {what} is above the limit of {most} MP; downscale it first",
+            int(found[1]) if found else None,
+            limit,
         ) from None
     except UnidentifiedImageError:  # its text names PIL's in-memory buffer, not the file
         raise UnreadableImageError(f"{name}: not an image or corrupt (no image format recognised)") from None
@@ -123,7 +135,9 @@ def _check_size(width: int, height: int, max_pixels: int | None, name: str) -> N
         size, most = megapixels(width * height, max_pixels)
         raise ImageTooLargeError(
             f"{name}: {width}x{height} = {size} MP is above the limit of {most} MP; downscale it first "
-            "(Python callers may raise read_image's max_pixels)"
+            "(Python callers may raise read_image's max_pixels)",
+            width * height,
+            max_pixels,
         )
 
 

@@ -388,8 +388,22 @@ def test_unreadable_upload_is_a_gradio_error(client, server: Server, tmp_path: P
 def test_too_large_upload_is_a_gradio_error(client, server: Server, tmp_path: Path) -> None:
     path = tmp_path / "huge.png"  # 7000x7000 of one colour: a tiny file announcing 49 MP
     cv2.imwrite(str(path), np.zeros((7000, 7000), np.uint8))
-    with pytest.raises(gradio_client.exceptions.AppError, match="above the limit"):
+    expected = r"huge.png is 49.0 MP, more than this app takes \(40.0 MP\); please downscale it first"
+    with pytest.raises(gradio_client.exceptions.AppError, match=expected) as err:
         call(client, server, path)
+    assert "Python" not in str(err.value)  # words for visitors, not for programmers
+
+
+def test_photos_up_to_a_higher_budget_are_read() -> None:
+    """A --max-pixels above imageio's 40 MP read limit takes effect: such photos are read, then fitted."""
+    from gfp.app.handlers import RequestContext
+    from gfp.imageio import DEFAULT_MAX_PIXELS
+    from gfp.pipeline import Restorer
+
+    restorer = Restorer(device="cpu")
+    assert RequestContext.create(AppSettings(device="cpu"), restorer).read_limit == DEFAULT_MAX_PIXELS
+    big = RequestContext.create(AppSettings(device="cpu", max_pixels=60_000_000), restorer)
+    assert big.read_limit == big.max_pixels == 60_000_000
 
 
 def test_missing_generator_weights_are_a_gradio_error(client, server: Server) -> None:

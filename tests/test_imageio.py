@@ -145,8 +145,12 @@ def test_too_large_refused_from_header(tmp_path: Path, monkeypatch: pytest.Monke
     ):
         read_image(tmp_path / "just.png", max_pixels=921_600)
     (tmp_path / "huge.png").write_bytes(_png_header_only(100_000, 100_000))  # above PIL's hard limit
-    with pytest.raises(ImageTooLargeError, match=r"huge.png: 10000.0 MP is above the limit of 179.0 MP;"):
-        read_image(tmp_path / "huge.png", max_pixels=None)
+    for limit in (None, 500_000_000):  # PIL stops first: its limit is the one said
+        with pytest.raises(ImageTooLargeError, match=r"huge.png: 10000.0 MP is above the limit of 179.0 MP;"):
+            read_image(tmp_path / "huge.png", max_pixels=limit)
+    with pytest.raises(ImageTooLargeError) as err:
+        read_image(tmp_path / "just.png", max_pixels=921_600)
+    assert (err.value.pixels, err.value.limit) == (1282 * 722, 921_600)  # for callers' own words
     # our own limit's words, not PIL's ("could be decompression bomb DOS attack"), where PIL stops first
     with pytest.raises(ImageTooLargeError, match=r"huge.png: 10000.0 MP is above the limit of 40.0 MP;"):
         read_image(tmp_path / "huge.png")

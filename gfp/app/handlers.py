@@ -27,7 +27,14 @@ import numpy as np
 from gfp import registry
 from gfp.app.settings import AppSettings, background_defaults, model_specs, no_paths, video_limits
 from gfp.color import COLOR_FIXES
-from gfp.imageio import ImageReadError, read_image, write_image
+from gfp.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    ImageTooLargeError,
+    megapixels,
+    read_image,
+    write_image,
+)
 from gfp.messages import headline
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VideoError, VideoOptions, VideoResult, restore_video
@@ -84,6 +91,9 @@ class RequestContext:
     """The background that falls back to Lanczos without its weights (None: none does)."""
     max_pixels: int
     """The photo budget: larger photos are downscaled first."""
+    read_limit: int
+    """The largest photo read at all (decompression bombs): gfp.imageio's default, or the budget when that
+    is higher, so every photo the budget could take is read, then downscaled to it."""
     video_limits: VideoOptions
     """The Video tab's limits (``max_seconds``, ``max_pixels``)."""
     outputs: OutputFolder
@@ -92,6 +102,7 @@ class RequestContext:
     def create(cls, settings: AppSettings, restorer: Restorer) -> RequestContext:
         """Choices from the registry and the settings; budgets from the Restorer's device."""
         on_gpu = restorer.device.type != "cpu"
+        max_pixels = settings.max_pixels or (8_000_000 if on_gpu else 2_000_000)
         specs = model_specs(settings.models)
         allowed = {
             "model": tuple(specs),
@@ -108,7 +119,8 @@ class RequestContext:
             allowed=allowed,
             background=background,
             may_fall_back=may_fall_back,
-            max_pixels=settings.max_pixels or (8_000_000 if on_gpu else 2_000_000),
+            max_pixels=max_pixels,
+            read_limit=max(DEFAULT_MAX_PIXELS, max_pixels),
             video_limits=video_limits(settings, on_gpu),
             outputs=OutputFolder(),
         )
@@ -257,6 +269,11 @@ class Request:
         upload as the user named it, never a server path."""
         try:
             yield
+        except ImageTooLargeError as exc:  # its own text tells Python callers how to raise the limit
+            size, most = megapixels(exc.pixels or 0, exc.limit)
+            what = f"is {size} MP, more than" if exc.pixels else "is larger than"
+            message = f"{self.name} {what} this app takes ({most} MP); please downscale it first."
+            raise gr.Error(f"Could not use this file: {message}") from None
         except (ImageReadError, VideoError) as exc:
             raise gr.Error(f"Could not use this file: {str(exc).replace(self.path, self.name)}") from None
         except WeightsError as exc:  # the full text (where it looked) is for the server's log
@@ -357,7 +374,7 @@ def handle_request(
         faces=faces, min_face=min_face, aligned=aligned, output_format=output_format,
     )  # fmt: skip
     with request.user_errors():
-        img = read_image(request.path)  # refuses more than imageio.DEFAULT_MAX_PIXELS (40 MP)
+        img = read_image(request.path, max_pixels=ctx.read_limit)
     uploaded_width = img.shape[1]
     img, notice = fit_budget(img, ctx.max_pixels)
     min_face = request.min_face
