@@ -186,6 +186,26 @@ def test_old_result_files_are_pruned() -> None:
     assert fresh.name == "fresh_restored.png"
 
 
+def test_output_folder_is_removed_at_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    at_exit = []
+    monkeypatch.setattr("atexit.register", lambda fn, *args, **kwargs: at_exit.append((fn, args, kwargs)))
+    folder = OutputFolder()
+    folder.new_file("result", ".png").write_bytes(b"x")
+    for fn, args, kwargs in at_exit:
+        fn(*args, **kwargs)
+    assert not folder.path.exists()
+
+
+def test_a_failed_result_leaves_no_folder() -> None:
+    folder = OutputFolder()
+    with pytest.raises(OSError), folder.result_file("broken", ".png") as path:
+        raise OSError("disk full")
+    assert not path.parent.exists() and list(folder.path.iterdir()) == []
+    with folder.result_file("fine", ".png") as path:
+        path.write_bytes(b"x")
+    assert path.exists()
+
+
 def test_pruning_ignores_a_file_that_vanishes_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
     """A concurrent request renames its temporary file into place between our listing and our stat."""
     folder = OutputFolder()

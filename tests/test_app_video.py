@@ -103,6 +103,20 @@ def test_restore_video_refuses_long_clips_and_bad_files(server: Server, tmp_path
         call(server, broken, detector="yolo")
 
 
+def test_a_failed_video_request_leaves_no_result_folder(tmp_path) -> None:
+    import gradio as gr
+
+    from gfp.app.handlers import RequestContext, handle_video_request
+    from gfp.pipeline import Restorer
+
+    ctx = RequestContext.create(AppSettings(device="cpu", detector=DETECTOR), Restorer(device="cpu"))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(gr.Error, match="broken.mp4"):
+        handle_video_request(ctx, str(broken), "v1.4", 2, "none", 1.0, False, DETECTOR, True)
+    assert list(ctx.outputs.path.iterdir()) == []
+
+
 def test_mcp_lists_the_restore_video_tool(server: Server) -> None:
     pytest.importorskip("mcp")
     from mcp import ClientSession

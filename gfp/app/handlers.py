@@ -9,8 +9,10 @@ the photo is read, fitted to the pixel budget and written in the chosen format; 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
+import shutil
 import sys
 import tempfile
 import threading
@@ -53,11 +55,13 @@ preprocess=False) or, for direct calls, a path."""
 
 
 class OutputFolder:
-    """Where result files are written for download; old ones are pruned so the folder cannot grow forever."""
+    """Where result files are written for download; old ones are pruned so the folder cannot grow forever,
+    and the whole folder is removed when the app exits."""
 
     def __init__(self) -> None:
         self.path = Path(tempfile.mkdtemp(prefix="gfp-app-"))
         self._lock = threading.Lock()
+        atexit.register(shutil.rmtree, self.path, ignore_errors=True)
 
     def new_file(self, stem: str, suffix: str) -> Path:
         """A fresh, unique path whose file name is what the user downloads."""
@@ -74,6 +78,17 @@ class OutputFolder:
                         old.parent.rmdir()
         folder = Path(tempfile.mkdtemp(dir=self.path))
         return folder / f"{stem}_restored{suffix}"
+
+    @contextlib.contextmanager
+    def result_file(self, stem: str, suffix: str) -> Iterator[Path]:
+        """:meth:`new_file` for the result being made in the block: when making it fails, its folder is
+        removed again (pruning only sees folders with a file in them)."""
+        path = self.new_file(stem, suffix)
+        try:
+            yield path
+        except BaseException:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise
 
 
 @dataclass(frozen=True)
@@ -388,8 +403,8 @@ def handle_request(
         result = ctx.restorer.restore(img, request.options(min_face=min_face), progress=request.report)
 
     out = result.image
-    path = ctx.outputs.new_file(request.stem, FORMATS[output_format])
-    write_image(path, out)
+    with ctx.outputs.result_file(request.stem, FORMATS[output_format]) as path:
+        write_image(path, out)
     before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
     notices = [notice] if notice else []
     if not result.selection.found:
@@ -423,9 +438,8 @@ def handle_video_request(
         strength=strength, only_center_face=only_center_face, detector=detector, color_fix=color_fix,
         faces=faces, min_face=min_face,
     )  # fmt: skip
-    target = ctx.outputs.new_file(request.stem, ".mp4")
     limits = ctx.video_limits
-    with request.user_errors():
+    with ctx.outputs.result_file(request.stem, ".mp4") as target, request.user_errors():
         video_options = VideoOptions(
             smooth=flag("Smooth", smooth), max_seconds=limits.max_seconds, max_pixels=limits.max_pixels
         )
