@@ -76,9 +76,10 @@ def test_restore_video_keeps_frames_and_sound(server: Server, tmp_path) -> None:
 
 
 def test_restore_video_takes_the_face_choice_and_colour_fix(server: Server, tmp_path) -> None:
-    clip = write_clip(tmp_path / "choice.mp4", _frames(10), audio=None)
+    clip = write_clip(tmp_path / "choice.mp4", _frames(10), fps=30000 / 1001, audio=None)
     status = call(server, clip, faces="largest", min_face=30, color_fix="adain")[3]
     assert "10 frames" in status and "0 faces found" in status  # the first pass ran; no face to choose
+    assert "29.97 fps" in status  # NTSC's rate as people write it, not rounded to 30
     assert "colour fix adain" in status
     with pytest.raises(gradio_client.exceptions.AppError, match="face numbers start at 1"):
         call(server, clip, faces="0")

@@ -348,6 +348,11 @@ def fit_budget(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str | None
     )
 
 
+def frame_rate(fps: float) -> str:
+    """A frame rate as people write it: up to 3 decimals, no trailing zeros (25, 29.97, 23.976)."""
+    return f"{fps:.3f}".rstrip("0").rstrip(".")
+
+
 def face_pairs(
     numbers: Sequence[int], cropped: Sequence[np.ndarray], restored: Sequence[np.ndarray]
 ) -> list[tuple[np.ndarray, str]]:
@@ -448,8 +453,8 @@ def handle_video_request(
         )
     headline = (
         f"**{result.frames} frames · {result.selection.summary()}** · {result.faces} faces pasted · "
-        f"output {result.width}x{result.height} H.264 · {result.fps:.3g} fps · {result.duration:.2f} s · "
-        f"audio {result.audio}"
+        f"output {result.width}x{result.height} H.264 · {frame_rate(result.fps)} fps · "
+        f"{result.duration:.2f} s · audio {result.audio}"
     )
     notices = [] if result.selection.found else ["No face found: the video was only upscaled."]
     return request.path, str(result.path), str(result.path), request.status(headline, result, notices)
