@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import gradio as gr
 import numpy as np
 import pytest
 from _video_helpers import read_clip, write_clip
 from conftest import DETECTOR, Server
 
+from gfp.app.handlers import RequestContext, handle_video_request
 from gfp.app.settings import AppSettings, parse_args, video_limits
+from gfp.pipeline import Restorer
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -104,18 +107,27 @@ def test_restore_video_refuses_long_clips_and_bad_files(server: Server, tmp_path
         call(server, broken, detector="yolo")
 
 
+def _context() -> RequestContext:
+    """A request context of the app's defaults on the CPU, for calling the handler directly."""
+    return RequestContext.create(AppSettings(device="cpu", detector=DETECTOR), Restorer(device="cpu"))
+
+
 def test_a_failed_video_request_leaves_no_result_folder(tmp_path) -> None:
-    import gradio as gr
-
-    from gfp.app.handlers import RequestContext, handle_video_request
-    from gfp.pipeline import Restorer
-
-    ctx = RequestContext.create(AppSettings(device="cpu", detector=DETECTOR), Restorer(device="cpu"))
+    ctx = _context()
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all" * 10)
     with pytest.raises(gr.Error, match="broken.mp4"):
         handle_video_request(ctx, str(broken), "v1.4", 2, "none", 1.0, False, DETECTOR, True)
     assert list(ctx.outputs.path.iterdir()) == []
+
+
+def test_bad_smooth_value_is_a_plain_sentence(tmp_path) -> None:
+    """Not wrapped in quotes, as a gradio error re-raised as one (it is a ValueError) would be."""
+    with pytest.raises(gr.Error) as err:
+        handle_video_request(
+            _context(), str(tmp_path / "a.mp4"), "v1.4", 2, "none", 1, False, DETECTOR, "maybe"
+        )
+    assert err.value.message == "Smooth must be true or false, got 'maybe'."
 
 
 def test_mcp_lists_the_restore_video_tool(server: Server) -> None:

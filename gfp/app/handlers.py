@@ -294,6 +294,8 @@ class Request:
         except WeightsError as exc:  # the full text (where it looked) is for the server's log
             print(f"app: {exc}", file=sys.stderr)
             raise gr.Error(f"Weights missing or broken on this server: {no_paths(headline(exc))}") from None
+        except gr.Error:  # already a message for the user (and a ValueError, whose str() quotes it)
+            raise
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
@@ -444,9 +446,10 @@ def handle_video_request(
         faces=faces, min_face=min_face,
     )  # fmt: skip
     limits = ctx.video_limits
+    smooth = flag("Smooth", smooth)
     with ctx.outputs.result_file(request.stem, ".mp4") as target, request.user_errors():
         video_options = VideoOptions(
-            smooth=flag("Smooth", smooth), max_seconds=limits.max_seconds, max_pixels=limits.max_pixels
+            smooth=smooth, max_seconds=limits.max_seconds, max_pixels=limits.max_pixels
         )
         result = restore_video(
             request.path, target, request.options(), video_options, ctx.restorer, progress=request.report
