@@ -405,6 +405,13 @@ def test_unreadable_upload_is_a_gradio_error(client, server: Server, tmp_path: P
         call(client, server, path)
 
 
+def test_a_video_on_the_photo_tab_points_to_the_video_tab(client, server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"  # told by its extension, as the CLI tells videos
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"clip.mp4 is a video: .*Video tab"):
+        call(client, server, path)
+
+
 def test_too_large_upload_is_a_gradio_error(client, server: Server, tmp_path: Path) -> None:
     path = tmp_path / "huge.png"  # 7000x7000 of one colour: a tiny file announcing 49 MP
     cv2.imwrite(str(path), np.zeros((7000, 7000), np.uint8))

@@ -39,7 +39,7 @@ from gfp.imageio import (
 )
 from gfp.messages import headline
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
-from gfp.video import VideoError, VideoOptions, VideoResult, restore_video
+from gfp.video import VideoError, VideoOptions, VideoResult, is_video, restore_video
 from gfp.weights.errors import WeightsError
 
 FORMATS: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WebP": ".webp"}
@@ -395,6 +395,8 @@ def handle_request(
         strength=strength, only_center_face=only_center_face, detector=detector, color_fix=color_fix,
         faces=faces, min_face=min_face, aligned=aligned, output_format=output_format,
     )  # fmt: skip
+    if is_video(request.name):  # the photo reader would call a clip "not an image or corrupt"
+        raise gr.Error(f"{request.name} is a video: restore it in the Video tab (API /restore_video).")
     with request.user_errors():
         img = read_image(request.path, max_pixels=ctx.read_limit)
     uploaded_width = img.shape[1]
