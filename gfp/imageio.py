@@ -5,7 +5,8 @@ layout whatever the file format. On top of plain OpenCV decoding, :func:`read_im
 
 * refuses images above ``max_pixels`` from the header alone, before any pixel is decoded (decompression
   bombs), with :class:`ImageTooLargeError`;
-* applies the EXIF orientation tag (phones store rotated JPEGs; cv2's IMREAD_UNCHANGED ignores the tag);
+* applies the EXIF orientation tag (phones store rotated JPEGs; cv2's IMREAD_UNCHANGED ignores the tag,
+  except in TIFF, whose pixels OpenCV is made to decode as stored so that the tag is applied once);
 * converts CMYK to BGR (OpenCV turns CMYK TIFF into BGRA with a fake opaque alpha; we drop it);
 * raises :class:`UnreadableImageError` naming the file for missing, corrupt or non-image input.
 
@@ -18,8 +19,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -34,6 +37,8 @@ WRITE_FORMATS = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg", ".webp": ".web
 WRITE_FORMATS |= {".tif": ".tiff", ".tiff": ".tiff"}
 
 _EXIF_ORIENTATION = 0x0112
+_TIFF_INTEGERS = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
+"""TIFF field types that hold unsigned integers (SHORT, LONG, LONG8): struct code and size."""
 
 
 class ImageReadError(ValueError):
@@ -84,7 +89,7 @@ def read_image_bytes(
     width, height = header.size
     _check_size(width, height, max_pixels, name)
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(np.frombuffer(_as_stored(data), np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         img = _decode_with_pil(header, name)
     if img.dtype not in (np.uint8, np.uint16):
@@ -177,6 +182,66 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return img.swapaxes(0, 1)[::-1]
     return img
+
+
+class _TiffHeader(NamedTuple):
+    """The first directory (IFD0) of a TIFF file, read from its bytes without decoding anything."""
+
+    order: str  # struct's byte order: "<" or ">"
+    big: bool  # BigTIFF: 8-byte counts and offsets
+    entries: dict[int, tuple[int, int, int]]  # tag -> (field type, count, offset of its value field)
+
+    def values(self, data: bytes, tag: int) -> tuple[int, ...]:
+        """The integers of ``tag``: ``KeyError`` if absent or not integers, ``struct.error`` if cut short."""
+        kind, count, field = self.entries[tag]
+        code, size = _TIFF_INTEGERS[kind]
+        at = field
+        if count * size > (8 if self.big else 4):  # too long for the entry: stored elsewhere
+            (at,) = struct.unpack_from(self.order + ("Q" if self.big else "I"), data, field)
+        return struct.unpack_from(f"{self.order}{count}{code}", data, at)
+
+
+def _tiff_header(data: bytes) -> _TiffHeader | None:
+    """IFD0 of TIFF (or BigTIFF) bytes; None for other formats or a header cut short."""
+    order = {b"II": "<", b"MM": ">"}.get(bytes(data[:2]))
+    if order is None:
+        return None
+    try:
+        (version,) = struct.unpack_from(order + "H", data, 2)
+        if version not in (42, 43):
+            return None
+        big = version == 43
+        (ifd,) = struct.unpack_from(order + "Q", data, 8) if big else struct.unpack_from(order + "I", data, 4)
+        (count,) = struct.unpack_from(order + ("Q" if big else "H"), data, ifd)
+        first, size, number = (ifd + 8, 20, "Q") if big else (ifd + 2, 12, "I")  # entries; their counts' type
+        entries = {}
+        for at in range(first, first + count * size, size):  # tag, type, count, then the value field
+            tag, kind = struct.unpack_from(order + "HH", data, at)
+            (values,) = struct.unpack_from(order + number, data, at + 4)
+            entries[tag] = (kind, values, at + 4 + struct.calcsize(number))
+    except struct.error:
+        return None
+    return _TiffHeader(order, big, entries)
+
+
+def _as_stored(data: bytes) -> bytes | bytearray:
+    """``data``, or for a TIFF whose Orientation tag is not 1 a copy whose tag says 1.
+
+    OpenCV's TIFF decoder turns the pixels by the tag itself, even with IMREAD_IGNORE_ORIENTATION (and in
+    tiled files only part of the way), so :func:`_apply_orientation` would turn them twice. With the tag
+    at 1 OpenCV decodes the pixels as stored, and the orientation is applied once, as for other formats.
+    """
+    tiff = _tiff_header(data)
+    if tiff is None:
+        return data
+    try:
+        if tiff.entries[_EXIF_ORIENTATION][:2] != (3, 1) or tiff.values(data, _EXIF_ORIENTATION) == (1,):
+            return data  # (a tag that is not one SHORT is not the Orientation OpenCV reads)
+    except (KeyError, struct.error):
+        return data
+    stored = bytearray(data)
+    struct.pack_into(tiff.order + "H", stored, tiff.entries[_EXIF_ORIENTATION][2], 1)
+    return stored
 
 
 def _decode_with_pil(header: Image.Image, name: str) -> np.ndarray:

@@ -96,6 +96,40 @@ def test_exif_orientation_matches_pil_lossless(orientation: int) -> None:
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", ["tiff", "tiff16", "jpeg"])
+def test_orientation_matches_pil_in_tiff_and_jpeg(kind: str, orientation: int) -> None:
+    """OpenCV's TIFF decoder turns the pixels by the Orientation tag itself: they must be turned once."""
+    rgb = _smooth_bgr(30, 50)[:, :, ::-1].copy()
+    image = Image.fromarray(rgb)
+    if kind == "tiff16":  # 16-bit gray, values that 8 bits cannot hold
+        image = Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257 + 3)
+    data = _with_orientation(np.asarray(image), "JPEG" if kind == "jpeg" else "TIFF", orientation)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    expected = expected[:, :, ::-1] if expected.ndim == 3 else expected
+    out = read_image_bytes(data)
+    assert out.shape == expected.shape and out.dtype == expected.dtype
+    if kind == "jpeg":  # decoders may round differently
+        assert np.abs(out.astype(int) - expected.astype(int)).max() <= 2
+    else:
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_orientation_of_16bit_colour_and_tiled_tiff() -> None:
+    tifffile = pytest.importorskip("tifffile")
+    rgb = np.random.default_rng(2).integers(0, 65536, (32, 48, 3), dtype=np.uint16)
+    for tile in (None, (16, 16)):
+        buf = io.BytesIO()
+        tag = [(0x0112, "H", 1, 6, True)]  # rotate 90 degrees clockwise
+        tifffile.imwrite(buf, rgb, photometric="rgb", compression="zlib", tile=tile, extratags=tag)
+        expected = np.rot90(rgb[:, :, ::-1], -1)
+        np.testing.assert_array_equal(read_image_bytes(buf.getvalue()), expected)
+        gray = (rgb[:, :, 0] >> 8).astype(np.uint8)  # 8-bit tiles: OpenCV turned only some of the way
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, gray, compression="zlib", tile=tile, extratags=tag)
+        np.testing.assert_array_equal(read_image_bytes(buf.getvalue()), np.rot90(gray, -1))
+
+
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_exif_orientation_jpeg(tmp_path: Path, orientation: int) -> None:
     rgb = np.zeros((40, 60, 3), np.uint8)
