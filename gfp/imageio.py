@@ -88,6 +88,11 @@ def read_image_bytes(
     header = _open_header(data, name, max_pixels)
     width, height = header.size
     _check_size(width, height, max_pixels, name)
+    if _separate_wide_planes(header):  # OpenCV decodes only the first plane, as garbage; PIL only 8 bits
+        raise UnreadableImageError(
+            f"{name}: 16-bit TIFF with separate colour planes (PlanarConfiguration 2) cannot be read; "
+            "save it with interleaved colour channels (contiguous planar configuration) or as a 16-bit PNG"
+        )
 
     img = cv2.imdecode(np.frombuffer(_as_stored(data), np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
@@ -182,6 +187,16 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return img.swapaxes(0, 1)[::-1]
     return img
+
+
+def _separate_wide_planes(header: Image.Image) -> bool:
+    """A TIFF with more than one sample per pixel, stored plane by plane, above 8 bits per sample."""
+    if header.format != "TIFF":
+        return False
+    tags = header.tag_v2
+    bits = tags.get(258, (1,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return tags.get(284, 1) == 2 and tags.get(277, 1) > 1 and max(bits) > 8
 
 
 class _TiffHeader(NamedTuple):

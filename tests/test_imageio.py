@@ -155,6 +155,40 @@ def test_cmyk_jpeg_and_tiff_become_bgr(tmp_path: Path) -> None:
         assert np.abs(out.astype(int) - expected.astype(int)).max() <= 2, fmt
 
 
+def _planar_tiff(rgb: np.ndarray) -> bytes:
+    """An uncompressed RGB TIFF stored plane by plane (PlanarConfiguration 2), 8- or 16-bit, one strip a
+    plane (Pillow writes no such file)."""
+    h, w, _ = rgb.shape
+    bits = rgb.itemsize * 8
+    planes = [
+        np.ascontiguousarray(rgb[:, :, c]).astype(rgb.dtype.newbyteorder("<")).tobytes() for c in range(3)
+    ]
+    entries = 10
+    extra = 8 + 2 + entries * 12 + 4  # after the directory: BitsPerSample, StripOffsets, StripByteCounts
+    data_at = extra + 6 + 12 + 12
+    tags = [
+        (256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, extra), (259, 3, 1, 1), (262, 3, 1, 2),
+        (273, 4, 3, extra + 6), (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 3, extra + 18), (284, 3, 1, 2),
+    ]  # fmt: skip
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", entries)
+    for tag, kind, count, value in tags:
+        field = struct.pack("<HI", value, 0)[:4] if kind == 3 and count == 1 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + field
+    out += struct.pack("<I", 0) + struct.pack("<3H", bits, bits, bits)
+    out += struct.pack("<3I", *(data_at + i * len(planes[0]) for i in range(3)))
+    out += struct.pack("<3I", *(len(p) for p in planes))
+    return out + b"".join(planes)
+
+
+def test_16bit_tiff_in_separate_planes_is_refused_not_garbled(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(3).integers(0, 65536, (20, 30, 3), dtype=np.uint16)
+    (tmp_path / "planes.tif").write_bytes(_planar_tiff(rgb))
+    with pytest.raises(UnreadableImageError, match=r"planes.tif: 16-bit TIFF with separate colour planes"):
+        read_image(tmp_path / "planes.tif")
+    rgb8 = (rgb >> 8).astype(np.uint8)  # 8-bit planes are decoded
+    np.testing.assert_array_equal(read_image_bytes(_planar_tiff(rgb8)), rgb8[:, :, ::-1])
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         crc = zlib.crc32(kind + body) & 0xFFFFFFFF
