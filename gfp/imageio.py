@@ -125,6 +125,11 @@ def _open_header(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
             limit,
         ) from None
     except UnidentifiedImageError:  # its text names PIL's in-memory buffer, not the file
+        pixel_type = _tiff_pixel_type(data)  # PIL opens no float colour TIFF: say why it is refused
+        if pixel_type is not None:
+            raise UnreadableImageError(
+                f"{name}: unsupported pixel type {pixel_type} (only 8- and 16-bit images)"
+            ) from None
         raise UnreadableImageError(f"{name}: not an image or corrupt (no image format recognised)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"{name}: not an image or corrupt ({exc})") from None
@@ -237,6 +242,21 @@ def _tiff_header(data: bytes) -> _TiffHeader | None:
     except struct.error:
         return None
     return _TiffHeader(order, big, entries)
+
+
+def _tiff_pixel_type(data: bytes) -> str | None:
+    """The sample type of a TIFF as NumPy names it (float32, int16, uint32, ...) when it is signed, float
+    or wider than 16 bits; None for other TIFFs, a header without BitsPerSample, and other formats."""
+    tiff = _tiff_header(data)
+    if tiff is None:
+        return None
+    try:
+        bits = max(tiff.values(data, 258))
+        sample_format = tiff.values(data, 339)[0] if 339 in tiff.entries else 1  # 1 = unsigned integers
+        kind = {2: "int", 3: "float"}.get(sample_format, "uint")
+    except (KeyError, struct.error, ValueError, IndexError):
+        return None
+    return None if kind == "uint" and bits <= 16 else f"{kind}{bits}"
 
 
 def _as_stored(data: bytes) -> bytes | bytearray:

@@ -155,38 +155,54 @@ def test_cmyk_jpeg_and_tiff_become_bgr(tmp_path: Path) -> None:
         assert np.abs(out.astype(int) - expected.astype(int)).max() <= 2, fmt
 
 
-def _planar_tiff(rgb: np.ndarray) -> bytes:
-    """An uncompressed RGB TIFF stored plane by plane (PlanarConfiguration 2), 8- or 16-bit, one strip a
-    plane (Pillow writes no such file)."""
-    h, w, _ = rgb.shape
-    bits = rgb.itemsize * 8
-    planes = [
-        np.ascontiguousarray(rgb[:, :, c]).astype(rgb.dtype.newbyteorder("<")).tobytes() for c in range(3)
-    ]
-    entries = 10
-    extra = 8 + 2 + entries * 12 + 4  # after the directory: BitsPerSample, StripOffsets, StripByteCounts
-    data_at = extra + 6 + 12 + 12
-    tags = [
-        (256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, extra), (259, 3, 1, 1), (262, 3, 1, 2),
-        (273, 4, 3, extra + 6), (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 3, extra + 18), (284, 3, 1, 2),
-    ]  # fmt: skip
-    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", entries)
-    for tag, kind, count, value in tags:
-        field = struct.pack("<HI", value, 0)[:4] if kind == 3 and count == 1 else struct.pack("<I", value)
-        out += struct.pack("<HHI", tag, kind, count) + field
-    out += struct.pack("<I", 0) + struct.pack("<3H", bits, bits, bits)
-    out += struct.pack("<3I", *(data_at + i * len(planes[0]) for i in range(3)))
-    out += struct.pack("<3I", *(len(p) for p in planes))
-    return out + b"".join(planes)
+def _raw_tiff(pixels: np.ndarray, separate: bool) -> bytes:
+    """An uncompressed RGB TIFF of any sample type, one strip a plane (PlanarConfiguration 2) or one strip
+    (Pillow writes neither for 16-bit or float colour)."""
+    h, w, n = pixels.shape
+    little = pixels.astype(pixels.dtype.newbyteorder("<"))
+    strips = [little[:, :, c].tobytes() for c in range(n)] if separate else [little.tobytes()]
+    tags = {  # tag: (type, values); type 3 = SHORT, 4 = LONG
+        256: (4, (w,)), 257: (4, (h,)), 258: (3, (pixels.itemsize * 8,) * n), 259: (3, (1,)),
+        262: (3, (2,)), 273: (4, (0,) * len(strips)), 277: (3, (n,)), 278: (4, (h,)),
+        279: (4, tuple(len(s) for s in strips)), 284: (3, (2 if separate else 1,)),
+        339: (3, (3 if pixels.dtype.kind == "f" else 1,) * n),
+    }  # fmt: skip
+    size = {3: 2, 4: 4}
+    extra_at = 8 + 2 + 12 * len(tags) + 4  # values longer than 4 bytes go after the directory
+    at = extra_at + sum(len(v) * size[k] for k, v in tags.values() if len(v) * size[k] > 4)
+    tags[273] = (4, tuple(at + sum(len(s) for s in strips[:i]) for i in range(len(strips))))
+    directory, extra = struct.pack("<H", len(tags)), b""
+    for tag, (kind, values) in tags.items():
+        packed = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+        if len(packed) > 4:
+            packed, extra = struct.pack("<I", extra_at + len(extra)), extra + packed
+        directory += struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\0")
+    return b"II*\0" + struct.pack("<I", 8) + directory + struct.pack("<I", 0) + extra + b"".join(strips)
 
 
 def test_16bit_tiff_in_separate_planes_is_refused_not_garbled(tmp_path: Path) -> None:
     rgb = np.random.default_rng(3).integers(0, 65536, (20, 30, 3), dtype=np.uint16)
-    (tmp_path / "planes.tif").write_bytes(_planar_tiff(rgb))
+    (tmp_path / "planes.tif").write_bytes(_raw_tiff(rgb, separate=True))
     with pytest.raises(UnreadableImageError, match=r"planes.tif: 16-bit TIFF with separate colour planes"):
         read_image(tmp_path / "planes.tif")
     rgb8 = (rgb >> 8).astype(np.uint8)  # 8-bit planes are decoded
-    np.testing.assert_array_equal(read_image_bytes(_planar_tiff(rgb8)), rgb8[:, :, ::-1])
+    np.testing.assert_array_equal(read_image_bytes(_raw_tiff(rgb8, separate=True)), rgb8[:, :, ::-1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_colour_tiff_is_named_as_such(tmp_path: Path, dtype: type) -> None:
+    """Pillow cannot open float colour TIFFs: the error must name the pixel type, as for float gray."""
+    (tmp_path / "float.tif").write_bytes(_raw_tiff(np.zeros((6, 8, 3), dtype), separate=False))
+    name = np.dtype(dtype).name
+    with pytest.raises(UnreadableImageError, match=rf"float.tif: unsupported pixel type {name} \(only 8-"):
+        read_image(tmp_path / "float.tif")
+    Image.fromarray(np.zeros((6, 8), np.float32)).save(tmp_path / "gray.tif")
+    with pytest.raises(UnreadableImageError, match=r"gray.tif: unsupported pixel type float32 \(only 8-"):
+        read_image(tmp_path / "gray.tif")
+    uint16 = np.random.default_rng(4).integers(
+        0, 65536, (6, 8, 3), dtype=np.uint16
+    )  # the helper's files are valid
+    np.testing.assert_array_equal(read_image_bytes(_raw_tiff(uint16, separate=False)), uint16[:, :, ::-1])
 
 
 def _png_header_only(width: int, height: int) -> bytes:
