@@ -382,7 +382,7 @@ def _aligned_output(img: np.ndarray, face: np.ndarray, out_h: int, out_w: int) -
     alpha = None
     if img.ndim == 3 and img.shape[2] == 4:
         alpha = cv2.resize(img[:, :, 3], (out_w, out_h), interpolation=cv2.INTER_LANCZOS4)
-    return stages.compose(canvas, alpha, img.ndim == 2, img.dtype, max_value)
+    return stages.compose(canvas, alpha, stages.is_gray(img), img.dtype, max_value)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:

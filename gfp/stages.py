@@ -159,7 +159,17 @@ def paste(
     alpha = upscaled[:, :, 3] if upscaled.ndim == 3 and upscaled.shape[2] == 4 else None
     canvas = color_part(upscaled).astype(np.float32)
     paste_faces(canvas, faces, matrices, upscale, masks, face_scale=max_value / 255.0)
-    return compose(canvas, alpha, img.ndim == 2, img.dtype, max_value)
+    return compose(canvas, alpha, is_gray(img), img.dtype, max_value)
+
+
+def is_gray(img: np.ndarray) -> bool:
+    """HxW gray, or gray with alpha: BGRA whose colour channels are all equal, which is how cv2 (and
+    :mod:`gfp.imageio`) reads a gray+alpha file, since no layout of its holds gray with alpha."""
+    if img.ndim == 2:
+        return True
+    if img.shape[2] != 4:  # three equal channels stay BGR, as the official pipeline keeps them
+        return False
+    return bool(np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 1], img[:, :, 2]))
 
 
 def max_value_of(img: np.ndarray) -> float:
@@ -177,10 +187,11 @@ def color_part(img: np.ndarray) -> np.ndarray:
 def compose(
     canvas: np.ndarray, alpha: np.ndarray | None, gray: bool, dtype: np.dtype, max_value: float
 ) -> np.ndarray:
-    """Back to the input's layout: round and clip to ``dtype``, to gray if it was, alpha re-attached."""
+    """Back to the input's layout: round and clip to ``dtype``, to gray if it was (three equal colour
+    channels when there is alpha), alpha re-attached."""
     if gray:
         canvas = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
     out = np.clip(np.rint(canvas), 0, max_value).astype(dtype)
     if alpha is not None:
-        out = np.concatenate([out, alpha[:, :, None]], axis=2)
+        out = np.dstack([*([out] * 3 if gray else [out]), alpha])
     return out

@@ -155,6 +155,38 @@ def test_aligned_input(blind_weights: Path, layout: str) -> None:
     assert result.face_mask == "none" and result.notes == []
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_gray_with_alpha_stays_gray(blind_weights: Path, tmp_path: Path, dtype: type) -> None:
+    """A gray+alpha file (PNG mode LA) reads as BGRA with equal colour channels: the restored image and
+    the file written keep them equal (no tinted face), with the alpha."""
+    from PIL import Image
+
+    from gfp import stages
+    from gfp.imageio import read_image, write_image
+
+    gray = _layouts(_gradient(96, 96))["gray"]
+    alpha = np.linspace(255, 40, 96, dtype=np.uint8)[:, None].repeat(96, 1)
+    Image.fromarray(np.dstack([gray, alpha]), "LA").save(tmp_path / "la.png")
+    img = read_image(tmp_path / "la.png")
+    img = img if dtype == np.uint8 else img.astype(np.uint16) * 257
+    result = Restorer(blind_weights, device="cpu").restore(
+        img, _options(blind_weights, aligned=True, upscale=1)
+    )
+    out = read_image(write_image(tmp_path / "out.png", result.image))
+    assert out.shape == img.shape and out.dtype == dtype
+    assert (out[:, :, 0] == out[:, :, 1]).all() and (out[:, :, 1] == out[:, :, 2]).all()
+    assert not (
+        result.restored_faces[0][:, :, 0] == result.restored_faces[0][:, :, 2]
+    ).all()  # (a coloured face)
+    np.testing.assert_array_equal(out[:, :, 3], img[:, :, 3])
+    # a photo's faces are pasted the same way
+    face = np.dstack([np.full((16, 16), v, np.uint8) for v in (40, 120, 200)])
+    matrix = np.float32([[1, 0, -8], [0, 1, -8]])  # the face's corner at (8, 8) of the photo
+    pasted = stages.paste(img, img, [face], [matrix], None, 1)
+    assert pasted.shape == img.shape and (pasted[:, :, 0] == pasted[:, :, 2]).all()
+    assert (pasted != img).any()
+
+
 def test_a_non_square_aligned_input_is_noted(blind_weights: Path) -> None:
     """A whole photo given as an aligned face is stretched as the official aligned path stretches it, and
     the result says so."""
