@@ -53,7 +53,7 @@ from gfp.cli import (
     save_outputs,
     video_options,
 )
-from gfp.imageio import read_image_bytes
+from gfp.imageio import read_icc_profile, read_image_bytes
 from gfp.messages import first_line
 from gfp.video import is_video, restore_video
 from gfp.weights.errors import WeightsError
@@ -309,7 +309,10 @@ class RestoreWorker:
         else:
             img = read_image_bytes(data, name=key)
             result = self.restorer.restore(img, self.options)
-            written = save_outputs(result, basename, in_ext, self.output, args.suffix, args.ext, args.aligned)
+            profile = read_icc_profile(data)
+            written = save_outputs(
+                result, basename, in_ext, self.output, args.suffix, args.ext, args.aligned, profile
+            )
         return {
             "status": "done",
             "faces_found": result.selection.found,  # faces of a photo, people (face tracks) of a clip

@@ -26,6 +26,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from gfp import registry
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
-from gfp.imageio import WRITE_FORMATS, ImageReadError, read_image, write_image
+from gfp.imageio import WRITE_FORMATS, ImageReadError, read_icc_profile, read_image, write_image
 from gfp.messages import first_line
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VIDEO_CODECS, VideoError, VideoOptions, VideoResult, is_video, restore_video
@@ -252,21 +253,24 @@ def save_outputs(
     suffix: str | None,
     ext: str,
     aligned: bool,
+    icc_profile: bytes | None = None,
 ) -> list[Path]:
     """Write faces, comparisons and the restored image with the official names; returns the files written
     (each appears atomically). A face's index in its file name is its face number - 1
-    (:mod:`gfp.selection`), whichever faces were chosen."""
+    (:mod:`gfp.selection`), whichever faces were chosen. ``icc_profile``, the input's colour profile, goes
+    into every file whose format holds one: all their pixels are in the input's colour space."""
+    write = partial(write_image, icc_profile=icc_profile)
     written: list[Path] = []
     faces = zip(result.face_numbers, result.cropped_faces, result.restored_faces, strict=True)
     for number, cropped, restored in faces:
         face = f"{basename}_{number - 1:02d}"
-        written.append(write_image(output / "cropped_faces" / f"{face}.png", cropped))
-        written.append(write_image(output / "restored_faces" / f"{_suffixed(face, suffix)}.png", restored))
+        written.append(write(output / "cropped_faces" / f"{face}.png", cropped))
+        written.append(write(output / "restored_faces" / f"{_suffixed(face, suffix)}.png", restored))
         comparison = np.concatenate((cropped, restored), axis=1)
-        written.append(write_image(output / "cmp" / f"{face}.png", comparison))
+        written.append(write(output / "cmp" / f"{face}.png", comparison))
     if aligned:
         return written
-    written.append(write_image(image_target(output, basename, in_ext, suffix, ext), result.image))
+    written.append(write(image_target(output, basename, in_ext, suffix, ext), result.image))
     return written
 
 
@@ -447,7 +451,8 @@ def _main(argv: Sequence[str] | None) -> int:
             else:
                 img = read_image(path)
                 result = restorer.restore(img, options)
-                save_outputs(result, basename, in_ext, output, args.suffix, args.ext, args.aligned)
+                profile = read_icc_profile(path)
+                save_outputs(result, basename, in_ext, output, args.suffix, args.ext, args.aligned, profile)
         except WeightsError as err:
             tqdm.write(f"gfp: error: {err}", file=sys.stderr)
             return 2

@@ -12,6 +12,10 @@ layout whatever the file format. On top of plain OpenCV decoding, :func:`read_im
 
 PIL reads the header (size, format, mode, EXIF); OpenCV decodes, because it keeps 16-bit colour, which
 PIL does not. PIL decodes only what OpenCV cannot (e.g. GIF).
+
+The array carries no metadata: :func:`read_icc_profile` gives a file's ICC colour profile, which
+:func:`write_image` puts back into PNG, JPEG and WebP files (OpenCV's encoders write none), so that a
+photo tagged Display P3 or Adobe RGB is not shown as sRGB.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import re
 import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -105,6 +110,19 @@ def read_image_bytes(
         img = img[:, :, :3]
     _check_size(img.shape[1], img.shape[0], max_pixels, name)
     return np.ascontiguousarray(_apply_orientation(img, _orientation(header)))
+
+
+def read_icc_profile(source: str | os.PathLike | bytes) -> bytes | None:
+    """The ICC colour profile embedded in an image file (a path or its bytes); None when it has none, or
+    cannot be read (reading its pixels says why). Only the header is read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as header:
+                profile = header.info.get("icc_profile")
+    except Exception:  # (PIL's errors for a file it cannot open are of many kinds)
+        return None
+    return bytes(profile) if profile else None
 
 
 def _open_header(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
@@ -295,12 +313,16 @@ def _decode_with_pil(header: Image.Image, name: str) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGBA2BGRA if has_alpha else cv2.COLOR_RGB2BGR)
 
 
-def encode_image(img: np.ndarray, ext: str = ".png", quality: int = 95) -> bytes:
+def encode_image(
+    img: np.ndarray, ext: str = ".png", quality: int = 95, icc_profile: bytes | None = None
+) -> bytes:
     """Encode an array in the cv2 layout to file bytes of format ``ext``.
 
-    PNG and TIFF keep everything (8/16-bit, gray, BGR, BGRA). The others are 8-bit only: 16-bit is
+    PNG and TIFF keep every layout (8/16-bit, gray, BGR, BGRA). The others are 8-bit only: 16-bit is
     rounded to 8-bit. JPEG has no alpha: BGRA is composited over white. WebP has no gray mode (readers
     get BGR back). ``quality`` (1-100) applies to JPEG and WebP; WebP at 100 is written lossless.
+    ``icc_profile`` (as :func:`read_icc_profile` gives it) is embedded in PNG, JPEG and WebP when its
+    colour space is the written image's (RGB, or gray for gray PNG and JPEG); TIFF and BMP get none.
     """
     fmt = WRITE_FORMATS.get(ext.lower() if ext.startswith(".") else "." + ext.lower())
     if fmt is None:
@@ -320,17 +342,74 @@ def encode_image(img: np.ndarray, ext: str = ".png", quality: int = 95) -> bytes
     ok, buf = cv2.imencode(fmt, img, params)
     if not ok:
         raise OSError(f"OpenCV could not encode a {img.shape} {img.dtype} image as {fmt}")
-    return buf.tobytes()
+    data = buf.tobytes()
+    gray = img.ndim == 2 and fmt != ".webp"
+    if icc_profile and icc_profile[16:20] == (b"GRAY" if gray else b"RGB ") and fmt in _EMBED_ICC:
+        data = _EMBED_ICC[fmt](data, icc_profile)
+    return data
 
 
-def write_image(path: str | os.PathLike, img: np.ndarray, quality: int = 95) -> Path:
-    """Write ``img`` (cv2 layout) to ``path``; the format follows the suffix (see :func:`encode_image`).
+def _png_with_icc(png: bytes, profile: bytes) -> bytes:
+    """An iCCP chunk (zlib-compressed profile) right after IHDR, where PNG wants it: before the pixels."""
+    body = b"ICC profile\0\0" + zlib.compress(profile)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    ihdr_end = 8 + 8 + 13 + 4  # signature, then IHDR: length, type, 13 bytes, CRC
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def _jpeg_with_icc(jpeg: bytes, profile: bytes) -> bytes:
+    """APP2 ICC_PROFILE segments (the profile split in numbered parts of at most 65519 bytes) after the
+    JFIF APP0 segment, which must come first."""
+    step = 65535 - 2 - 14  # a segment's length field counts itself and the 14-byte "ICC_PROFILE" header
+    parts = [profile[i : i + step] for i in range(0, len(profile), step)]
+    if len(parts) > 255:
+        return jpeg  # (no colour profile is that large; the format cannot number more parts)
+    segments = b"".join(
+        b"\xff\xe2" + struct.pack(">H", 2 + 14 + len(part)) + b"ICC_PROFILE\0" + bytes([n, len(parts)]) + part
+        for n, part in enumerate(parts, 1)
+    )
+    at = 2  # after SOI
+    if jpeg[2:4] == b"\xff\xe0":
+        at += 2 + struct.unpack_from(">H", jpeg, 4)[0]
+    return jpeg[:at] + segments + jpeg[at:]
+
+
+def _webp_with_icc(webp: bytes, profile: bytes) -> bytes:
+    """An ICCP chunk after a VP8X chunk with its ICC flag set; a simple (VP8 or VP8L) file gets a VP8X
+    chunk first, with the canvas size and alpha flag read from its bitstream."""
+    first, body = webp[12:16], webp[20:]
+    if first == b"VP8X":
+        vp8x, rest = bytearray(webp[12:30]), webp[30:]
+        vp8x[8] |= 0x20
+    else:
+        if first == b"VP8L":  # signature byte, then 14 bits width - 1, 14 bits height - 1, 1 bit alpha
+            (bits,) = struct.unpack_from("<I", body, 1)
+            width, height, alpha = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, (bits >> 28) & 1
+        else:  # VP8: 3-byte frame tag, 3-byte start code, then 14-bit width and height
+            width, height = (v & 0x3FFF for v in struct.unpack_from("<HH", body, 6))
+            alpha = 0
+        flags = 0x20 | (0x10 if alpha else 0)
+        size = struct.pack("<I", width - 1)[:3] + struct.pack("<I", height - 1)[:3]
+        vp8x, rest = b"VP8X" + struct.pack("<I", 10) + bytes([flags, 0, 0, 0]) + size, webp[12:]
+    iccp = b"ICCP" + struct.pack("<I", len(profile)) + profile + b"\0" * (len(profile) % 2)
+    chunks = bytes(vp8x) + iccp + rest
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks
+
+
+_EMBED_ICC = {".png": _png_with_icc, ".jpg": _jpeg_with_icc, ".webp": _webp_with_icc}
+
+
+def write_image(
+    path: str | os.PathLike, img: np.ndarray, quality: int = 95, icc_profile: bytes | None = None
+) -> Path:
+    """Write ``img`` (cv2 layout) to ``path``; the format follows the suffix (see :func:`encode_image`,
+    also for ``icc_profile``).
 
     Parent folders are created; the file appears atomically (temp file + rename), so a reader never
     sees half an image.
     """
     path = Path(path)
-    data = encode_image(img, path.suffix, quality)
+    data = encode_image(img, path.suffix, quality, icc_profile)
     with atomic_path(path, PARTIAL_SUFFIX) as tmp:
         tmp.write_bytes(data)
     return path

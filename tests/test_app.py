@@ -308,6 +308,21 @@ def test_alpha_and_16_bit_survive(client, server: Server, tmp_path: Path) -> Non
     assert len(np.unique(out[:, :, :3])) > 256  # really 16-bit values, not 8-bit ones scaled up
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_the_upload_colour_profile_is_kept(client, server: Server, tmp_path: Path, fmt: str) -> None:
+    """A photo tagged Display P3 (here: any RGB ICC profile) keeps its profile, or its colours shift."""
+    from PIL import Image, ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    path = tmp_path / "tagged.jpg"
+    Image.fromarray(cv2.resize(read(EXAMPLES / "astronaut_lowres.png"), (96, 96))).save(
+        path, icc_profile=profile
+    )
+    _, _, file, _ = call(client, server, path, rescale=1, fmt=fmt)
+    with Image.open(file) as im:
+        assert im.info.get("icc_profile") == profile
+
+
 def test_over_budget_input_is_downscaled_with_notice(client, server: Server, tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     cv2.imwrite(str(path), cv2.resize(read(EXAMPLES / "astronaut_blur_jpeg.jpg"), (200, 200)))

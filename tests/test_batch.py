@@ -27,7 +27,7 @@ import torch
 from _video_helpers import write_clip
 from _zoo_helpers import shared_data_dir
 from conftest import make_weights, shared_detector
-from PIL import Image
+from PIL import Image, ImageCms
 
 from gfp import batch, cli
 
@@ -264,6 +264,8 @@ def test_outputs_equal_the_cli_byte_for_byte_and_a_corrupt_file_is_a_failed_reco
     exif[0x0112] = 6  # shown turned 90° clockwise: only a reader that applies it sees the upright photo
     turned = np.ascontiguousarray(np.rot90(upright, 1)[:, :, ::-1])
     Image.fromarray(turned).save(inputs / "turned.jpg", exif=exif, quality=95)
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # kept in the outputs
+    Image.fromarray(_gradient(30, 50)).save(inputs / "tagged.png", icc_profile=profile)
     small = cv2.resize(upright, (96, 96))
     write_clip(
         inputs / "clip.mp4", [np.clip(small.astype(int) + i, 0, 255).astype(np.uint8) for i in range(4)]
@@ -285,6 +287,8 @@ def test_outputs_equal_the_cli_byte_for_byte_and_a_corrupt_file_is_a_failed_reco
         2 * upright.shape[1],
     )
 
+    with Image.open(out / "restored_imgs" / "tagged.png") as im:
+        assert im.info.get("icc_profile") == profile
     records = {Path(r["path"]).name: r for r in _records(out)}
     assert sorted(r["path"] for r in records.values()) == sorted(f"file://{p}" for p in inputs.iterdir())
     assert records["broken.png"]["status"] == "failed" and "not an image" in records["broken.png"]["error"]

@@ -294,6 +294,24 @@ def test_aligned_inputs_write_faces_only(tmp_path: Path) -> None:
     assert names == {"cropped_faces/face_00.png", "restored_faces/face_00.png", "cmp/face_00.png"}
 
 
+def test_the_input_colour_profile_goes_into_every_output(tmp_path: Path) -> None:
+    """A photo tagged Display P3 (here: any RGB ICC profile) keeps its profile, or its colours shift."""
+    from PIL import Image, ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    weights = make_weights(tmp_path / "w")
+    Image.fromarray(_gradient(96, 96)).save(tmp_path / "face.png", icc_profile=profile)
+    Image.fromarray(_gradient()).save(tmp_path / "photo.jpg", icc_profile=profile, quality=95)
+    out = tmp_path / "out"
+    assert main(["-i", str(tmp_path / "face.png"), "-o", str(out), "--aligned", *_args(weights)]) == 0
+    assert main(["-i", str(tmp_path / "photo.jpg"), "-o", str(out), *_args(weights)]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*"))
+    assert len(written) == 4 and "restored_imgs/photo.jpg" in written
+    for name in written:
+        with Image.open(out / name) as im:
+            assert im.info.get("icc_profile") == profile, name
+
+
 def test_fp32_flag_turns_cpu_bf16_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gfp.cli
 

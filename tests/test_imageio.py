@@ -17,6 +17,7 @@ from gfp.imageio import (
     ImageTooLargeError,
     UnreadableImageError,
     encode_image,
+    read_icc_profile,
     read_image,
     read_image_bytes,
     write_image,
@@ -271,6 +272,54 @@ def test_fallback_decoder_for_formats_cv2_lacks() -> None:
     Image.fromarray(rgb).convert("P").save(buf, "GIF")
     expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))[:, :, ::-1]
     np.testing.assert_array_equal(read_image_bytes(buf.getvalue()), expected)
+
+
+def _rgb_profile() -> bytes:
+    """A real RGB ICC profile (littleCMS's sRGB; a Display P3 or Adobe RGB one travels alike)."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".webp"])
+@pytest.mark.parametrize("layout", ["bgr", "bgra", "bgr16"])
+@pytest.mark.parametrize("quality", [90, 100])
+def test_icc_profile_is_written_where_the_format_holds_one(
+    tmp_path: Path, ext: str, layout: str, quality: int
+) -> None:
+    """OpenCV writes no colour profile: without the input's, a Display P3 photo is shown as sRGB."""
+    profile, bgr = _rgb_profile(), _smooth_bgr()
+    img = {"bgr": bgr, "bgra": np.dstack([bgr, bgr[:, :, 0]]), "bgr16": bgr.astype(np.uint16) * 257}[layout]
+    Image.fromarray(bgr[:, :, ::-1]).save(tmp_path / "in.png", icc_profile=profile)
+    assert (
+        read_icc_profile(tmp_path / "in.png")
+        == profile
+        == read_icc_profile((tmp_path / "in.png").read_bytes())
+    )
+    out = write_image(tmp_path / f"out{ext}", img, quality, icc_profile=read_icc_profile(tmp_path / "in.png"))
+    with Image.open(out) as im:
+        assert im.info.get("icc_profile") == profile
+        im.load()  # (still a valid file)
+    np.testing.assert_array_equal(read_image(out), read_image_bytes(encode_image(img, ext, quality)))
+
+
+def test_icc_profile_other_cases(tmp_path: Path) -> None:
+    profile, bgr = _rgb_profile(), _smooth_bgr()
+    large = profile[:16] + b"RGB " + bytes(range(256)) * 300  # 76 kB: three JPEG segments
+    with Image.open(io.BytesIO(encode_image(bgr, ".jpg", icc_profile=large))) as im:
+        assert im.info["icc_profile"] == large
+    gray = profile[:16] + b"GRAY" + bytes(200)
+    with Image.open(io.BytesIO(encode_image(bgr[:, :, 0].copy(), ".jpg", icc_profile=gray))) as im:
+        assert im.info["icc_profile"] == gray
+    for img, ext, wrong in (
+        (bgr, ".jpg", gray),
+        (bgr[:, :, 0].copy(), ".png", profile),
+        (bgr, ".tif", profile),
+    ):
+        assert read_icc_profile(encode_image(img, ext, icc_profile=wrong)) is None  # (TIFF holds none here)
+    assert read_icc_profile(encode_image(bgr, ".bmp", icc_profile=profile)) is None
+    assert read_icc_profile(encode_image(bgr, ".png")) is None
+    assert read_icc_profile(b"not an image") is None and read_icc_profile(tmp_path / "missing.png") is None
 
 
 def test_write_rejects_bad_input(tmp_path: Path) -> None:

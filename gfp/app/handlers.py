@@ -34,6 +34,7 @@ from gfp.imageio import (
     ImageReadError,
     ImageTooLargeError,
     megapixels,
+    read_icc_profile,
     read_image,
     write_image,
 )
@@ -413,7 +414,7 @@ def handle_request(
 
     out = result.image
     with ctx.outputs.result_file(request.stem, FORMATS[output_format]) as path:
-        write_image(path, out)
+        write_image(path, out, icc_profile=read_icc_profile(request.path))  # the upload's colours
     before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
     notices = [notice] if notice else []
     if not result.selection.found:
