@@ -427,8 +427,8 @@ def _main(argv: Sequence[str] | None) -> int:
             "restored_imgs/, restored_faces/ and restored_videos/ (give a folder name)"
         )
 
-    try:  # missing weights are said (and downloads shown) before the progress bar starts
-        restorer.store.resolve(options.version)
+    try:  # missing or foreign weights are said (and downloads shown) before the progress bar starts
+        restorer.generator_config(options.version)  # read once: the loading threads take it from the store
         if not options.aligned:
             restorer.store.resolve(options.detector)
     except WeightsError as err:
