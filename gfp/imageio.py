@@ -99,9 +99,12 @@ def read_image_bytes(
             "save it with interleaved colour channels (contiguous planar configuration) or as a 16-bit PNG"
         )
 
-    img = cv2.imdecode(np.frombuffer(_as_stored(data), np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
+    if _unassociated_alpha_tiff(header):  # OpenCV multiplies its colours by the alpha
         img = _decode_with_pil(header, name)
+    else:
+        img = cv2.imdecode(np.frombuffer(_as_stored(data), np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            img = _decode_with_pil(header, name)
     if img.dtype not in (np.uint8, np.uint16):
         raise UnreadableImageError(f"{name}: unsupported pixel type {img.dtype} (only 8- and 16-bit images)")
     if img.ndim == 3 and img.shape[2] == 1:
@@ -220,6 +223,15 @@ def _separate_wide_planes(header: Image.Image) -> bool:
     bits = tags.get(258, (1,))
     bits = bits if isinstance(bits, tuple) else (bits,)
     return tags.get(284, 1) == 2 and tags.get(277, 1) > 1 and max(bits) > 8
+
+
+def _unassociated_alpha_tiff(header: Image.Image) -> bool:
+    """An 8-bit TIFF with a straight (unassociated) alpha, what Pillow and most editors write: OpenCV's
+    decoder gives its colours multiplied by the alpha (16-bit ones it reads as stored)."""
+    if header.format != "TIFF" or header.mode not in ("RGBA", "LA"):
+        return False
+    extra = header.tag_v2.get(338, ())
+    return 2 in (extra if isinstance(extra, tuple) else (extra,))
 
 
 class _TiffHeader(NamedTuple):

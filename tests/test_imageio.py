@@ -387,3 +387,17 @@ def test_written_files_get_the_permissions_of_any_new_file(tmp_path: Path) -> No
     for path in (image, tmp_path / "model.safetensors"):
         assert path.stat().st_mode & 0o777 == 0o644, (path, oct(path.stat().st_mode))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "model.safetensors"]  # no temp left
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_tiff_with_a_straight_alpha_keeps_its_colours(tmp_path: Path, mode: str) -> None:
+    """Pillow (and most editors) write TIFF alpha unassociated; OpenCV gave the colours multiplied by it,
+    so a half-transparent orange came out half as bright."""
+    rgba = np.zeros((6, 5, 4), np.uint8)
+    rgba[..., :3] = (200, 100, 50)
+    rgba[..., 3] = np.arange(5, dtype=np.uint8) * 60 + 10
+    source = Image.fromarray(rgba, "RGBA").convert(mode)
+    source.save(tmp_path / "cut.tif")
+    expected = np.asarray(source.convert("RGBA"))
+    got = read_image(tmp_path / "cut.tif")
+    assert np.array_equal(cv2.cvtColor(got, cv2.COLOR_BGRA2RGBA), expected)
