@@ -43,8 +43,11 @@ from typing import IO, Any
 
 from gfp.atomic import PARTIAL_GLOB
 from gfp.cli import (
+    LOCK_FILE,
+    MANIFEST,
     add_restore_arguments,
     check_not_input,
+    is_job_file,
     list_inputs,
     main_output,
     make_restorer,
@@ -60,10 +63,6 @@ from gfp.weights.errors import WeightsError
 
 INSTALL = "pip install -r requirements-batch.txt"
 """How to get Ray Data (the line printed when it is missing)."""
-LOCK_FILE = ".gfp-batch.lock"
-"""Held by the job writing to an output folder (see :func:`claim_output`)."""
-MANIFEST = "manifest.jsonl"
-"""One JSON record per restored or failed input, appended as results come in (the latest one counts)."""
 RUN_ONLY = frozenset(
     {"input", "output", "address", "workers", "gpus_per_worker", "cpus_per_worker", "redo"}
     | {"weights_dir", "device", "half", "fp32", "backend", "batch_size"}
@@ -113,7 +112,8 @@ def _split_url(url: str) -> tuple[Any, str, str]:
 def list_batch_inputs(spec: str) -> Inputs:
     """The inputs ``spec`` names: a folder (its files, sorted, as the CLI lists them), a glob, a ``.txt``
     file listing one path or URL per line (relative ones from the list's folder; ``#`` comments), a single
-    file, or the same on object storage (a URL; a glob there only in its last part).
+    file, or the same on object storage (a URL; a glob there only in its last part). A folder or glob never
+    yields a job's own files (:data:`gfp.cli.JOB_FILES`): ``-o`` may be the input folder.
 
     Raises ``FileNotFoundError`` or ``ValueError`` with a one-line message; an input named twice is kept
     once.
@@ -125,7 +125,7 @@ def list_batch_inputs(spec: str) -> Inputs:
         listed = _list_remote(filesystem, path, prefix)
         return Inputs(list(dict.fromkeys(Input(prefix + p, p) for p in listed)), filesystem, prefix)
     if glob.has_magic(spec) and not os.path.exists(spec):
-        found = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+        found = sorted(p for p in glob.glob(spec) if os.path.isfile(p) and not is_job_file(p))
         if not found:
             raise FileNotFoundError(f"no file matches {spec!r}")
         return Inputs(_local(found), None)
@@ -154,6 +154,7 @@ def _list_remote(filesystem: Any, path: str, prefix: str) -> list[str]:
         if e.type == pafs.FileType.File
         and fnmatch.fnmatchcase(e.base_name, pattern)
         and not e.base_name.startswith(".")
+        and not is_job_file(e.base_name)
     )
     if not names:
         raise FileNotFoundError(f"no file at {prefix + path}")

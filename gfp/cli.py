@@ -41,6 +41,14 @@ from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VIDEO_CODECS, VideoError, VideoOptions, VideoResult, is_video, restore_video
 from gfp.weights.errors import WeightsError
 
+MANIFEST = "manifest.jsonl"
+"""``gfp batch``'s record of every input, in its output folder (see :mod:`gfp.batch`)."""
+LOCK_FILE = ".gfp-batch.lock"
+"""Held by the ``gfp batch`` job writing to an output folder (see :func:`gfp.batch.claim_output`)."""
+JOB_FILES = frozenset({MANIFEST, LOCK_FILE})
+"""The files ``gfp batch`` keeps beside its outputs: never inputs, so a folder restored into itself
+(``-o`` the input folder) can be run again."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (official inference_gfpgan.py flags, plus ours); choices from gfp.registry."""
@@ -236,13 +244,20 @@ def _file_name_part(text: str) -> str:
 
 
 def list_inputs(path: str) -> list[Path]:
-    """The input file, or the files of an input folder in sorted order (as the official script globs)."""
+    """The input file, or the files of an input folder in sorted order (as the official script globs), but
+    ``gfp batch``'s own files (:data:`JOB_FILES`)."""
     path = path.rstrip("/\\") or path
     if os.path.isfile(path):
         return [Path(path)]
     if os.path.isdir(path):
-        return [Path(p) for p in sorted(glob.glob(os.path.join(glob.escape(path), "*"))) if os.path.isfile(p)]
+        listed = sorted(glob.glob(os.path.join(glob.escape(path), "*")))
+        return [Path(p) for p in listed if os.path.isfile(p) and not is_job_file(p)]
     raise FileNotFoundError(f"input {path!r} is neither a file nor a folder")
+
+
+def is_job_file(path: str) -> bool:
+    """Whether ``path`` is named as one of ``gfp batch``'s own files (:data:`JOB_FILES`), not an input."""
+    return os.path.basename(path) in JOB_FILES
 
 
 def save_outputs(

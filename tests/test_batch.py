@@ -188,7 +188,7 @@ def test_inputs_folder_glob_list_and_url(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     photos = tmp_path / "photos"
     photos.mkdir()
-    for name in ("b.png", "a.jpg", "c.mp4", ".hidden.png"):
+    for name in ("b.png", "a.jpg", "c.mp4", ".hidden.png", batch.MANIFEST, batch.LOCK_FILE):
         (photos / name).write_bytes(b"x")
     (photos / "sub").mkdir()
     a, b, c = (str(photos / n) for n in ("a.jpg", "b.png", "c.mp4"))
@@ -196,7 +196,9 @@ def test_inputs_folder_glob_list_and_url(tmp_path: Path) -> None:
     def keys(spec: str) -> list[str]:
         return [item.key for item in batch.list_batch_inputs(spec).items]
 
-    assert keys(str(photos)) == [a, b, c]  # what the CLI lists
+    # what the CLI lists: not the files of a job that wrote into this folder (-o the input folder)
+    assert keys(str(photos)) == [a, b, c]
+    assert keys(str(photos / "*")) == [a, b, c]
     assert keys(str(photos / "*.p*")) == [b]
     (tmp_path / "list.txt").write_text(f"# chosen\nphotos/b.png\n\n{a}\nphotos/b.png\n")
     assert keys(str(tmp_path / "list.txt")) == [b, a]  # relative to the list, in its order, once each

@@ -42,7 +42,7 @@ def test_module_entry_point_prints_help() -> None:
 
 
 def test_list_inputs(tmp_path: Path) -> None:
-    for name in ("b.png", "a.jpg"):
+    for name in ("b.png", "a.jpg", "manifest.jsonl", ".gfp-batch.lock"):  # and gfp batch's own files
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
     assert [p.name for p in list_inputs(str(tmp_path) + "/")] == ["a.jpg", "b.png"]
