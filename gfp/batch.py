@@ -52,6 +52,8 @@ from gfp.cli import (
     main_output,
     make_restorer,
     output_clash,
+    output_group,
+    output_owners,
     restore_options,
     save_outputs,
     video_options,
@@ -422,12 +424,21 @@ class Tally:
 def plan(
     inputs: Sequence[Input], latest: dict[str, dict[str, Any]], output: Path, settings: str, redo: bool
 ) -> tuple[list[Input], list[Input], list[dict[str, Any]]]:
-    """(inputs to restore, inputs already complete, failed records of inputs whose output names clash
-    with an earlier input's: :func:`gfp.cli.output_clash`)."""
-    owners: dict[str, str] = {}
+    """(inputs to restore, inputs already complete, failed records of inputs whose outputs would overwrite
+    another input's: :func:`gfp.cli.output_clash`). The inputs ``latest`` has as done keep their outputs'
+    names, also those of an earlier job with other inputs into the same ``output``; this job's inputs share
+    the others as the CLI shares them (:func:`gfp.cli.output_owners`)."""
+    done: dict[str, str] = {}
+    for key, record in latest.items():
+        if record.get("status") == "done":
+            done.setdefault(output_group(key), key)
+    owners = output_owners((item.key for item in inputs), done)
+    keys = {item.key for item in inputs}
     todo, complete, clashes = [], [], []
     for item in inputs:
         clash = output_clash(owners, item.key)
+        if clash and owners[output_group(item.key)] not in keys:
+            clash += f"; an earlier job restored it into {output}: give this input another -o"
         if clash:
             clashes.append(_record(item.key, "failed", error=clash))
         elif not redo and is_complete(latest.get(item.key), output, settings):

@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,14 @@ from tqdm import tqdm
 from gfp import registry
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
-from gfp.imageio import WRITE_FORMATS, ImageReadError, read_icc_profile, read_image, write_image
+from gfp.imageio import (
+    WRITE_FORMATS,
+    ImageReadError,
+    is_image_name,
+    read_icc_profile,
+    read_image,
+    write_image,
+)
 from gfp.messages import first_line
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VIDEO_CODECS, VideoError, VideoOptions, VideoResult, is_video, restore_video
@@ -320,13 +327,34 @@ def output_group(name: str) -> str:
     return f"restored_videos/{stem}" if is_video(name) else stem
 
 
+def output_owners(names: Iterable[str], taken: dict[str, str] | None = None) -> dict[str, str]:
+    """Which input each :func:`output_group` of ``names`` goes to, for :func:`output_clash`: the first
+    input with a photo or video extension, else the first input (an iPhone's IMG_1234.AAE sidecar, XML,
+    must not take the outputs of IMG_1234.JPG after it); ``taken`` (groups already written, by an earlier
+    job into the same folder) keep their inputs."""
+    names, owners = list(names), dict(taken or {})
+    known = [name for name in names if is_video(name) or is_image_name(name)]
+    for name in [*known, *names]:
+        owners.setdefault(output_group(name), name)
+    return owners
+
+
 def output_clash(owners: dict[str, str], name: str) -> str | None:
-    """Why the input ``name`` cannot be restored because its outputs would overwrite an earlier input's
-    (None: they would not); ``owners`` maps each :func:`output_group` to its first input and is updated."""
+    """Why the input ``name`` cannot be restored because its outputs would overwrite another input's
+    (None: they would not); ``owners`` maps each :func:`output_group` to its input (:func:`output_owners`);
+    a group not in it goes to ``name`` and is added."""
     first = owners.setdefault(output_group(name), name)
     if first == name:
         return None
     return f"its outputs would overwrite those of {first} (same name without extension)"
+
+
+def give_back(owners: dict[str, str], name: str) -> None:
+    """Free the outputs of ``name``, which failed before writing any, for a later input of its group: an
+    unreadable file must not keep a photo from being restored."""
+    group = output_group(name)
+    if owners.get(group) == name:
+        del owners[group]
 
 
 def check_not_input(target: Path | None, source: Path) -> None:
@@ -452,26 +480,31 @@ def _main(argv: Sequence[str] | None) -> int:
     restorer.prepare(options)  # the networks load and compile while the first file is read and searched
     failed: list[Path] = []
     noted: set[str] = set()
-    owners: dict[str, str] = {}
+    owners = output_owners(p.name for p in inputs)
     for path in tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr):
         basename, in_ext = os.path.splitext(path.name)
+        unwritten = False  # a failure while set wrote nothing: its outputs' names go to a later input
         try:
             clash = output_clash(owners, path.name)
             if clash:
                 raise ValueError(clash)
             target = main_output(output, path.name, args)
             check_not_input(target, path)
-            if is_video(path):
+            unwritten = True
+            if is_video(path):  # its one output is written atomically: a failure leaves none
                 result = restore_video_file(path, target, options, clip_options, restorer)
             else:
                 img = read_image(path)
                 result = restorer.restore(img, options)
+                unwritten = False
                 profile = read_icc_profile(path)
                 save_outputs(result, basename, in_ext, output, args.suffix, args.ext, args.aligned, profile)
         except WeightsError as err:
             tqdm.write(f"gfp: error: {err}", file=sys.stderr)
             return 2
         except Exception as err:  # one bad file must not stop the others: report it in one line
+            if unwritten:
+                give_back(owners, path.name)
             failed.append(path)
             named = isinstance(err, ImageReadError | VideoError)  # their messages begin with the file
             tqdm.write(f"gfp: error: {'' if named else f'{path}: '}{first_line(err)}", file=sys.stderr)

@@ -444,3 +444,12 @@ def _over_white(bgra: np.ndarray) -> np.ndarray:
     alpha = bgra[:, :, 3:4].astype(np.float32) / 255.0
     out = bgra[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def is_image_name(name: str | os.PathLike) -> bool:
+    """Whether ``name`` has the extension of an image format :func:`read_image` reads (one Pillow opens:
+    every file's header is read by Pillow): what tells a photo from the other files of a folder (an
+    iPhone's IMG_1234.AAE sidecar) before reading it."""
+    registered = Image.registered_extensions()  # loads Pillow's format plugins once
+    readable = {ext for ext, fmt in registered.items() if fmt in Image.OPEN}
+    return Path(name).suffix.lower() in readable | set(WRITE_FORMATS)

@@ -249,6 +249,29 @@ def test_manifest_torn_line_settings_and_clashes(tmp_path: Path) -> None:
     assert "/in/a.jpg" in clashes[0]["error"]
 
 
+def test_plan_keeps_an_earlier_jobs_outputs_and_gives_photos_their_names(tmp_path: Path) -> None:
+    """An input whose outputs another job into the same folder restored (y2019/IMG_0001.jpg, then
+    y2020/IMG_0001.jpg) fails instead of replacing them; a photo gets its name before a file that is none
+    (an iPhone's IMG_1234.AAE sidecar sorts first)."""
+    out = tmp_path / "out"
+    earlier = {"path": "/y2019/IMG_0001.jpg", "status": "done", "settings": "s1", "outputs": ["x"]}
+    failed = {"path": "/y2018/IMG_0002.jpg", "status": "failed", "error": "bad"}
+    latest = {r["path"]: r for r in (earlier, failed)}
+    items = [batch.Input(k, k) for k in ("/y2020/IMG_0001.jpg", "/y2020/IMG_0002.jpg", "/y2020/IMG_0003.jpg")]
+    todo, _, clashes = batch.plan(items, latest, out, "s1", redo=False)
+    assert [i.key for i in todo] == ["/y2020/IMG_0002.jpg", "/y2020/IMG_0003.jpg"]  # a failure claims nothing
+    assert [r["path"] for r in clashes] == ["/y2020/IMG_0001.jpg"]
+    assert "/y2019/IMG_0001.jpg" in clashes[0]["error"] and "another -o" in clashes[0]["error"]
+    again = [batch.Input("/y2019/IMG_0001.jpg", "/y2019/IMG_0001.jpg"), *items[1:]]
+    assert not batch.plan(again, latest, out, "s1", redo=True)[2]  # the earlier job's input keeps its outputs
+
+    items = [batch.Input(k, k) for k in ("/in/IMG_1234.AAE", "/in/IMG_1234.JPG", "/in/b.xml", "/in/b.txt")]
+    todo, _, clashes = batch.plan(items, {}, out, "s1", redo=False)
+    assert [i.key for i in todo] == ["/in/IMG_1234.JPG", "/in/b.xml"]  # no photo: the first
+    assert [r["path"] for r in clashes] == ["/in/IMG_1234.AAE", "/in/b.txt"]
+    assert "/in/IMG_1234.JPG" in clashes[0]["error"] and "another -o" not in clashes[0]["error"]
+
+
 # -------------------------------------------------------------------------------------------- with Ray
 def test_outputs_equal_the_cli_byte_for_byte_and_a_corrupt_file_is_a_failed_record(
     tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]

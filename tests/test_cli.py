@@ -239,6 +239,25 @@ def test_inputs_whose_outputs_would_collide_fail_and_keep_earlier_outputs(
     assert (out / "restored_imgs" / "a.png").read_bytes() == before
 
 
+def test_a_file_that_cannot_be_read_leaves_its_name_to_the_photo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An iPhone's IMG_1234.AAE sidecar (XML) sorts before IMG_1234.JPG, and a corrupt a.jpg before a.png:
+    neither keeps the photo beside it from being restored."""
+    weights = make_weights(tmp_path / "w")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "IMG_1234.AAE").write_text('<?xml version="1.0"?><plist></plist>')
+    cv2.imwrite(str(inputs / "IMG_1234.JPG"), _gradient())
+    (inputs / "a.jpg").write_bytes(b"not an image")
+    cv2.imwrite(str(inputs / "a.png"), _gradient(30, 20))
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), *_args(weights)]) == 1
+    err = capsys.readouterr().err
+    assert "IMG_1234.AAE" in err and "a.jpg" in err and "Traceback" not in err
+    assert sorted(p.name for p in (out / "restored_imgs").iterdir()) == ["IMG_1234.JPG", "a.png"]
+
+
 def test_a_format_that_cannot_be_written_is_restored_to_png(tmp_path: Path) -> None:
     from PIL import Image
 
