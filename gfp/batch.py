@@ -303,7 +303,7 @@ class RestoreWorker:
         basename, in_ext = os.path.splitext(posixpath.basename(path))
         args = self.job.args
         target = main_output(self.output, path, args)
-        if self.job.filesystem is None:  # a local input: never written over
+        if _is_local(self.job.filesystem):  # a local input (file:// too): never written over
             check_not_input(target, Path(path))
         if is_video(path):
             with _local_copy(self.job.filesystem, path) as local:
@@ -324,6 +324,11 @@ class RestoreWorker:
             "notes": list(result.notes),
             "settings": self.job.settings,
         }
+
+
+def _is_local(filesystem: Any) -> bool:
+    """Whether the inputs' file system is this machine's disk (None, or pyarrow's for a file:// URL)."""
+    return filesystem is None or filesystem.type_name == "local"
 
 
 @contextlib.contextmanager

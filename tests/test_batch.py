@@ -101,6 +101,16 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / batch.MANIFEST).read_text().splitlines()]
 
 
+def _worker(weights: Path, out: Path, filesystem: object, prefix: str, *extra: str) -> batch.RestoreWorker:
+    """A worker as a Ray worker holds it, here in the test's process (its PyTorch threads put back)."""
+    args = batch.build_parser().parse_args(["in", "-o", str(out), *_args(weights, *extra)])
+    threads = torch.get_num_threads()
+    try:
+        return batch.RestoreWorker(batch.Job(args, str(out), filesystem, prefix, batch.settings_of(args), 1))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _photos(folder: Path, n: int, size: int = 64) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -270,6 +280,18 @@ def test_plan_keeps_an_earlier_jobs_outputs_and_gives_photos_their_names(tmp_pat
     assert [i.key for i in todo] == ["/in/IMG_1234.JPG", "/in/b.xml"]  # no photo: the first
     assert [r["path"] for r in clashes] == ["/in/IMG_1234.AAE", "/in/b.txt"]
     assert "/in/IMG_1234.JPG" in clashes[0]["error"] and "another -o" not in clashes[0]["error"]
+
+
+def test_a_file_url_input_is_never_written_over(tmp_path: Path, weights: Path) -> None:
+    """file://OUT/restored_imgs/ -o OUT: the input is read through pyarrow's local file system, and its
+    output would be the input itself."""
+    pafs = pytest.importorskip("pyarrow.fs")
+    out = tmp_path / "out"
+    photo = _photos(out / "restored_imgs", 1) / "img00.png"
+    before = photo.read_bytes()
+    record = _worker(weights, out, pafs.LocalFileSystem(), "file://").restore(str(photo), before)
+    assert record["status"] == "failed" and "would replace the input itself" in record["error"]
+    assert record["path"] == f"file://{photo}" and photo.read_bytes() == before
 
 
 # -------------------------------------------------------------------------------------------- with Ray
