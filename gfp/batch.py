@@ -348,7 +348,8 @@ def _local_copy(filesystem: Any, path: str) -> Iterator[str]:
 
 # ---------------------------------------------------------------------------------------------- driver
 class FatalError(RuntimeError):
-    """A worker cannot restore anything (missing weights): the job stops with exit status 2."""
+    """The job cannot restore anything (missing weights, a worker no node can hold): it stops with exit
+    status 2."""
 
 
 def build_parser(prog: str = "gfp batch") -> argparse.ArgumentParser:
@@ -454,7 +455,8 @@ def plan(
 
 
 def _resources(args: argparse.Namespace, pending: int) -> tuple[int, float, float]:
-    """(workers, CPUs per worker, GPUs per worker) for the connected cluster."""
+    """(workers, CPUs per worker, GPUs per worker) for the connected cluster; :class:`FatalError` when no
+    node of it can hold one worker (Ray would wait for such a node for ever)."""
     import ray
 
     total = ray.cluster_resources()
@@ -462,6 +464,15 @@ def _resources(args: argparse.Namespace, pending: int) -> tuple[int, float, floa
     gpus = args.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if total.get("GPU", 0) >= 1 and args.device != "cpu" else 0.0
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if nodes and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        most_cpus = max(n.get("CPU", 0) for n in nodes)
+        most_gpus = max(n.get("GPU", 0) for n in nodes)
+        raise FatalError(
+            f"a worker needs {cpus:g} CPU(s) and {gpus:g} GPU(s) (--cpus-per-worker, --gpus-per-worker), "
+            f"and no node of the Ray cluster has them: it has at most {most_cpus:g} CPU(s) and "
+            f"{most_gpus:g} GPU(s) on a node"
+        )
     if args.workers is not None:
         return args.workers, cpus, gpus
     fits = int(total.get("CPU", 1) // cpus)
@@ -471,8 +482,9 @@ def _resources(args: argparse.Namespace, pending: int) -> tuple[int, float, floa
 
 
 def execute(job: Job, pending: Sequence[Input], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """Run the Ray Data job over ``pending``; yields each input's record as its worker returns it, then a
-    failed record for every input whose read or worker failed in Ray (dropped blocks)."""
+    """Run the Ray Data job over ``pending``: each input's record as its worker returns it, then a failed
+    record for every input whose read or worker failed in Ray (dropped blocks). Raises
+    :class:`FatalError` at once, before any work, when no node can hold a worker."""
     from ray import data as rd
 
     workers, cpus, gpus = _resources(args, len(pending))
@@ -504,6 +516,14 @@ def execute(job: Job, pending: Sequence[Input], args: argparse.Namespace) -> Ite
         num_cpus=cpus,
         num_gpus=gpus,
     )
+    return _results(dataset, job, pending)
+
+
+def _results(dataset: Any, job: Job, pending: Sequence[Input]) -> Iterator[dict[str, Any]]:
+    """The records of :func:`execute`'s ``dataset`` as they come, then those of inputs that came back
+    without one."""
+    from ray import data as rd
+
     missing = {item.key: item.path for item in pending}
     context = rd.DataContext.get_current()
     allowed, context.max_errored_blocks = context.max_errored_blocks, -1  # a bad file drops its block only

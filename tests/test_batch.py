@@ -419,6 +419,25 @@ def test_a_job_killed_midway_and_rerun_does_each_input_once(
     assert _files(out) == _files(tmp_path / "cli")
 
 
+def test_a_worker_no_node_can_hold_is_a_one_line_error(
+    tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cpus-per-worker 4 on the 2-CPU cluster, or a GPU where it has none: Ray would wait for ever for a
+    node that can hold the worker."""
+    parser = batch.build_parser()
+    asks = {"--cpus-per-worker": "4 CPU(s) and 0 GPU(s)", "--gpus-per-worker": "1 CPU(s) and 1 GPU(s)"}
+    for flag, asked in asks.items():  # each asks 4 CPUs or 1 GPU: the count its message begins with
+        with pytest.raises(batch.FatalError, match="at most 2 CPU") as exc:
+            batch._resources(parser.parse_args(["in", "-o", "out", flag, asked[0]]), 3)
+        assert asked in str(exc.value)
+    out = tmp_path / "out"
+    argv = [str(_photos(tmp_path / "in", 1)), "-o", str(out), "--cpus-per-worker", "4", *_args(weights)]
+    assert batch.main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "no node of the Ray cluster has them" in errors[0], errors
+    assert not (out / batch.MANIFEST).exists()
+
+
 def test_missing_weights_stop_the_job_with_exit_2(
     tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
