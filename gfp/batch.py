@@ -47,6 +47,7 @@ from gfp.cli import (
     MANIFEST,
     add_restore_arguments,
     check_not_input,
+    check_output_folder,
     is_job_file,
     list_inputs,
     main_output,
@@ -603,6 +604,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
     if _remote(args.output):
         parser.error(f"OUTPUT must be a folder every worker sees (a shared mount), not {args.output!r}")
     try:
+        check_output_folder(args.output)
         restore_options(args)
         video_options(args)
         if args.workers is not None and args.workers < 1:

@@ -357,6 +357,20 @@ def give_back(owners: dict[str, str], name: str) -> None:
         del owners[group]
 
 
+def check_output_folder(output: str) -> None:
+    """Refuse an ``-o`` that cannot be the output folder (``ValueError``), before any work: an existing
+    file (every input would be restored, then fail to write), or a new name that looks like a file's
+    (``-o result.png`` would make a folder of that name)."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"-o takes a folder, and {output!r} is a file (give a folder name)")
+    if not path.exists() and (is_video(path) or path.suffix.lower() in WRITE_FORMATS):
+        raise ValueError(
+            f"-o takes a folder, and {output!r} looks like a file name: the results go into it as "
+            "restored_imgs/, restored_faces/ and restored_videos/ (give a folder name)"
+        )
+
+
 def check_not_input(target: Path | None, source: Path) -> None:
     """Refuse to write ``target`` over the input ``source`` itself (``-o`` the folder a run wrote before)."""
     if target is not None and target.exists() and os.path.samefile(target, source):
@@ -463,12 +477,11 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(str(err))
     if not inputs:
         parser.error(f"input folder {args.input!r} holds no files")
+    try:
+        check_output_folder(args.output)
+    except ValueError as err:
+        parser.error(str(err))
     output = Path(args.output)
-    if not output.exists() and (is_video(output) or output.suffix.lower() in WRITE_FORMATS):
-        parser.error(
-            f"-o takes a folder, and {args.output!r} looks like a file name: the results go into it as "
-            "restored_imgs/, restored_faces/ and restored_videos/ (give a folder name)"
-        )
 
     try:  # missing or foreign weights are said (and downloads shown) before the progress bar starts
         restorer.generator_config(options.version)  # read once: the loading threads take it from the store

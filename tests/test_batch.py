@@ -172,6 +172,24 @@ def test_usage_errors_exit_2(
     assert message in err and "Traceback" not in err
 
 
+def test_an_output_that_is_a_file_or_named_like_one_is_refused_as_by_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("ray")
+    inputs = _photos(tmp_path / "in", 1)
+    (tmp_path / "results").write_text("a file, not a folder")
+    for output, why in (
+        (tmp_path / "results", "is a file"),
+        (tmp_path / "out.png", "looks like a file name"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            batch.main([str(inputs), "-o", str(output)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"-o takes a folder, and {str(output)!r} {why}" in err and "Traceback" not in err
+    assert (tmp_path / "results").is_file() and not (tmp_path / "out.png").exists()
+
+
 def test_a_second_job_over_the_same_output_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -83,6 +83,21 @@ def test_usage_errors_exit_2(
     assert len([line for line in err.splitlines() if "error" in line]) == 1
 
 
+def test_an_output_that_is_a_file_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = make_weights(tmp_path / "w")
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), _gradient())
+    (tmp_path / "results").write_text("a file, not a folder")
+    for output in (img, tmp_path / "results"):
+        with pytest.raises(SystemExit) as exc:
+            main(["-i", str(img), "-o", str(output), *_args(weights)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"-o takes a folder, and {str(output)!r} is a file" in err and "Restoring" not in err
+
+
 def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     img = tmp_path / "in.png"
     cv2.imwrite(str(img), _gradient())
