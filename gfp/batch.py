@@ -48,6 +48,7 @@ from gfp.cli import (
     add_restore_arguments,
     check_not_input,
     check_output_folder,
+    check_output_size,
     is_job_file,
     list_inputs,
     main_output,
@@ -312,6 +313,7 @@ class RestoreWorker:
             written = [target]
         else:
             img = read_image_bytes(data, name=key)
+            check_output_size(target, img, self.options.upscale)
             result = self.restorer.restore(img, self.options)
             profile = read_icc_profile(data)
             written = save_outputs(

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gfp import registry
+from gfp.background import scaled_size
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
 from gfp.imageio import (
@@ -41,6 +42,7 @@ from gfp.imageio import (
     is_image_name,
     read_icc_profile,
     read_image,
+    size_error,
     write_image,
 )
 from gfp.messages import first_line
@@ -371,6 +373,19 @@ def check_output_folder(output: str) -> None:
         )
 
 
+def check_output_size(target: Path | None, img: np.ndarray, upscale: float) -> None:
+    """Refuse (``ValueError``) a photo whose restored image, ``img`` upscaled, is larger than the format of
+    ``target`` holds (-s 8 on a 2100 px wide photo makes a WebP wider than 16383 px): said before the work,
+    and before its face files are written, not after both."""
+    if target is None or is_video(target):
+        return
+    height, width = scaled_size(img.shape[0], img.shape[1], upscale)
+    why = size_error(target.suffix, width, height)
+    if why:
+        other = "" if target.suffix.lower() == ".png" else "--ext png or "
+        raise ValueError(f"restored size {why}; use {other}a smaller -s")
+
+
 def check_not_input(target: Path | None, source: Path) -> None:
     """Refuse to write ``target`` over the input ``source`` itself (``-o`` the folder a run wrote before)."""
     if target is not None and target.exists() and os.path.samefile(target, source):
@@ -508,6 +523,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 result = restore_video_file(path, target, options, clip_options, restorer)
             else:
                 img = read_image(path)
+                check_output_size(target, img, options.upscale)
                 result = restorer.restore(img, options)
                 unwritten = False
                 profile = read_icc_profile(path)

@@ -453,3 +453,15 @@ def is_image_name(name: str | os.PathLike) -> bool:
     registered = Image.registered_extensions()  # loads Pillow's format plugins once
     readable = {ext for ext, fmt in registered.items() if fmt in Image.OPEN}
     return Path(name).suffix.lower() in readable | set(WRITE_FORMATS)
+
+
+def size_error(ext: str, width: int, height: int) -> str | None:
+    """Why an image of ``width`` x ``height`` cannot be written as ``ext`` (None: it can), so that a caller
+    refuses it before making it: JPEG holds at most 65500 px a side, WebP 16383 and PNG 1000000 (libpng's
+    limit); OpenCV's encoders only print their refusal and return nothing."""
+    fmt = WRITE_FORMATS.get(ext.lower() if ext.startswith(".") else "." + ext.lower())
+    limits = {".jpg": ("JPEG", 65500), ".webp": ("WebP", 16383), ".png": ("PNG", 1_000_000)}
+    if fmt not in limits or max(width, height) <= limits[fmt][1]:
+        return None
+    name, most = limits[fmt]
+    return f"{width}x{height} is above the {most} px a side that {name} holds"

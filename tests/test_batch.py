@@ -312,6 +312,15 @@ def test_a_file_url_input_is_never_written_over(tmp_path: Path, weights: Path) -
     assert record["path"] == f"file://{photo}" and photo.read_bytes() == before
 
 
+def test_a_restored_image_too_large_for_its_format_is_a_failed_record(tmp_path: Path, weights: Path) -> None:
+    photo = tmp_path / "wide.jpg"
+    cv2.imwrite(str(photo), _gradient(8, 8200))
+    record = _worker(weights, tmp_path / "out", None, "", "-s", "8").restore(str(photo), photo.read_bytes())
+    assert record["status"] == "failed"
+    assert record["error"].startswith("restored size 65600x64 is above the 65500 px a side that JPEG holds")
+    assert not (tmp_path / "out").exists()  # nothing written, no face file either
+
+
 # -------------------------------------------------------------------------------------------- with Ray
 def test_outputs_equal_the_cli_byte_for_byte_and_a_corrupt_file_is_a_failed_record(
     tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]

@@ -273,6 +273,26 @@ def test_a_file_that_cannot_be_read_leaves_its_name_to_the_photo(
     assert sorted(p.name for p in (out / "restored_imgs").iterdir()) == ["IMG_1234.JPG", "a.png"]
 
 
+def test_a_restored_image_too_large_for_its_format_fails_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 2100 px wide WebP at -s 8 would be 16800 px wide, above the 16383 WebP holds: one line on that
+    file, said before restoring it, and the others restored."""
+    weights = make_weights(tmp_path / "w")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "wide.webp"), _gradient(16, 2100))
+    cv2.imwrite(str(inputs / "small.webp"), _gradient(16, 16))
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), "-s", "8", *_args(weights)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "wide.webp: restored size 16800x128 is above the 16383 px a side that WebP holds; use --ext png or "
+        "a smaller -s" in err
+    )
+    assert [p.name for p in (out / "restored_imgs").iterdir()] == ["small.webp"]
+
+
 def test_a_format_that_cannot_be_written_is_restored_to_png(tmp_path: Path) -> None:
     from PIL import Image
 
