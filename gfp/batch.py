@@ -459,7 +459,8 @@ def plan(
 
 def _resources(args: argparse.Namespace, pending: int) -> tuple[int, float, float]:
     """(workers, CPUs per worker, GPUs per worker) for the connected cluster; :class:`FatalError` when no
-    node of it can hold one worker (Ray would wait for such a node for ever)."""
+    node of the local instance can hold one worker (Ray would wait for such a node for ever; a joined
+    cluster gets a warning, as an autoscaler may start one)."""
     import ray
 
     total = ray.cluster_resources()
@@ -471,11 +472,15 @@ def _resources(args: argparse.Namespace, pending: int) -> tuple[int, float, floa
     if nodes and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
         most_cpus = max(n.get("CPU", 0) for n in nodes)
         most_gpus = max(n.get("GPU", 0) for n in nodes)
-        raise FatalError(
+        why = (
             f"a worker needs {cpus:g} CPU(s) and {gpus:g} GPU(s) (--cpus-per-worker, --gpus-per-worker), "
             f"and no node of the Ray cluster has them: it has at most {most_cpus:g} CPU(s) and "
             f"{most_gpus:g} GPU(s) on a node"
         )
+        if not args.address:  # the local instance this job started gets no other node
+            raise FatalError(why)
+        # a cluster joined by --address may start a node that fits (an autoscaler): wait, but say why
+        print(f"gfp batch: warning: {why}; waiting for one to join", file=sys.stderr)
     if args.workers is not None:
         return args.workers, cpus, gpus
     fits = int(total.get("CPU", 1) // cpus)

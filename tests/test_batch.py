@@ -457,6 +457,10 @@ def test_a_worker_no_node_can_hold_is_a_one_line_error(
         with pytest.raises(batch.FatalError, match="at most 2 CPU") as exc:
             batch._resources(parser.parse_args(["in", "-o", "out", flag, asked[0]]), 3)
         assert asked in str(exc.value)
+    # a cluster joined by --address may start a node that fits (an autoscaler): a warning, then the wait
+    joined = parser.parse_args(["in", "-o", "out", "--address", "auto", "--cpus-per-worker", "4"])
+    assert batch._resources(joined, 3)[1:] == (4, 0)
+    assert "warning: a worker needs 4 CPU(s)" in capsys.readouterr().err
     out = tmp_path / "out"
     argv = [str(_photos(tmp_path / "in", 1)), "-o", str(out), "--cpus-per-worker", "4", *_args(weights)]
     assert batch.main(argv) == 2
