@@ -394,6 +394,15 @@ def test_source_faces_are_never_overwritten(tmp_path: Path, capsys) -> None:
         == 2
     )
     assert "LQ faces a.jpg and a.png share a name" in capsys.readouterr().err
+    for flag, folder in (("--lq", stale), ("--hq", faces)):  # restored faces written over LQ or HQ ones
+        kept_lq = {p.name: p.read_bytes() for p in stale.iterdir()}
+        link = tmp_path / "link"  # the same folder by another name
+        link.unlink(missing_ok=True)
+        link.symlink_to(folder)
+        args = ["--hq", str(faces), "--lq", str(stale), "--model", "v1.4", "--out", str(link)]
+        assert main(args) == 2
+        assert f"--out is {flag}: the restored faces would replace" in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in stale.iterdir()} == kept_lq
     with pytest.raises(DataError, match="is the source folder"):
         prepare_folder(faces, faces, 32)
     assert {p.name: p.read_bytes() for p in faces.iterdir()} == kept

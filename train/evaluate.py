@@ -316,6 +316,14 @@ def _data_dir() -> Path | None:
     return None
 
 
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one folder, also through a link or another spelling of it."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return a.samefile(b)
+    return a.resolve() == b.resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.size < 16:
@@ -331,9 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     if above and not above[0].is_dir():  # found now, not after all the scoring
         print(f"error: --json {args.json}: {above[0]} is a file, not a folder", file=sys.stderr)
         return 2
-    if args.degrade and Path(args.lq).resolve() == Path(args.hq).resolve():
+    if args.degrade and _same_folder(args.lq, args.hq):
         print("error: --degrade writes into --lq, which is --hq: the HQ faces would be lost", file=sys.stderr)
         return 2
+    for flag, faces in (("--lq", "LQ input"), ("--hq", "HQ")):
+        # the restored faces are written as STEM.png: they would replace the faces they are scored against
+        if args.model and args.out and _same_folder(args.out, getattr(args, flag[2:])):
+            print(
+                f"error: --out is {flag}: the restored faces would replace the {faces} faces", file=sys.stderr
+            )
+            return 2
     try:
         hq, lq = Path(args.hq), Path(args.lq)
         hq_files = list_images(hq)
