@@ -19,6 +19,7 @@ from train.data import (
     FaceDegradationDataset,
     ResumableSampler,
     component_boxes,
+    crop_faces,
     degrade,
     load_component_file,
     sample_degradation,
@@ -358,3 +359,14 @@ def test_crop_cuts_aligned_faces_from_whole_photos(shared_data, tmp_path):
     assert len(found) >= 1 and np.abs(found.landmarks[0] - FFHQ_TEMPLATE_512).max() < 20
     weights = ["--weights-dir", str(shared_data / "weights")]
     assert main([*args[:2], str(tmp_path / "none"), *args[3:], *weights, "--min-size", "5000"]) == 1
+
+
+def test_crop_refuses_photos_that_share_a_name(tmp_path):
+    """a.jpg and a.png would both write a_00.png: refused before the detector loads, nothing written."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "a.png"):
+        cv2.imwrite(str(photos / name), np.full((64, 64, 3), 120, np.uint8))
+    with pytest.raises(DataError, match="a.jpg and a.png would both be written as a_NN.png"):
+        crop_faces(photos, tmp_path / "out", weights_dir=str(tmp_path / "no-weights"))
+    assert not (tmp_path / "out").exists()

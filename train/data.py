@@ -51,6 +51,18 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def _one_per_stem(files: list[Path], written_as: str) -> None:
+    """Refuse two inputs of one name (``a.jpg`` and ``a.png``): their outputs are named by the stem
+    (``written_as`` with ``{}`` for it), so the second would overwrite the first."""
+    stems: dict[str, Path] = {}
+    for p in files:
+        if stems.setdefault(p.stem, p) != p:
+            raise DataError(
+                f"{stems[p.stem].name} and {p.name} would both be written as {written_as.format(p.stem)}: "
+                "rename one"
+            )
+
+
 # ----------------------------------------------------------------------------------------------- lmdb
 def write_lmdb(files: list[Path], lmdb_path: str | Path, compress_level: int = 1) -> Path:
     """Pack images into a basicsr-style lmdb (``data.mdb`` + ``meta_info.txt``, key = file stem)."""
@@ -250,14 +262,19 @@ def crop_faces(
     A face is kept when its aligned crop covers at least ``min_size`` pixels of the photo (smaller ones
     would be enlarged, and a blurred ground truth teaches blur) and lies at least 95 % inside it (the rest
     would be flat border). Each face is warped at its own resolution and then area-shrunk, so nothing
-    aliases. Returns the written files and the number of faces skipped.
+    aliases. Faces are written as ``STEM_NN.png``; two photos of one stem are refused before any work.
+    Returns the written files and the number of faces skipped.
     """
+    files = list_images(photos)
+    _one_per_stem(
+        files, "{}_NN.png"
+    )  # before the detector loads: a face of one photo would replace another's
     net = _detector(detector, weights_dir)
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     skipped = 0
-    for path in tqdm(list_images(photos), desc="faces", unit="photo"):
+    for path in tqdm(files, desc="faces", unit="photo"):
         img = _bgr(path)
         found = detect_faces(net, img, max_side=1280)
         for k, points in enumerate(found.landmarks):
@@ -621,10 +638,7 @@ def prepare_folder(src: str | Path, dst: str | Path, size: int, lmdb: bool = Fal
     target = out.with_suffix("") if lmdb else out
     if target.resolve() == Path(src).resolve():
         raise DataError(f"{dst} is the source folder: the resized faces would replace the originals")
-    stems: dict[str, Path] = {}
-    for p in files:
-        if stems.setdefault(p.stem, p) != p:
-            raise DataError(f"{stems[p.stem].name} and {p.name} would both be written as {p.stem}.png")
+    _one_per_stem(files, "{}.png")
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for p in tqdm(files, desc="resize", unit="img"):
