@@ -589,6 +589,35 @@ def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, mon
     assert (ckpts / "step_00000004.pt").is_file()
 
 
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_checkpoint_the_step_like_ctrl_c(faces, tmp_path, monkeypatch, capsys, name):
+    """A scheduler's, docker's or systemd's SIGTERM (or a closed terminal's SIGHUP) stops after the current
+    step with its checkpoint and exit 130; sent twice (torchrun forwards it), it still does."""
+    import os
+    import signal
+
+    from train.__main__ import main as cli
+
+    sig = getattr(signal, name)
+    real = Trainer.train_step
+
+    def step_then_signal(self, batch):
+        logs = real(self, batch)
+        if self.step == 2:
+            os.kill(os.getpid(), sig)
+            os.kill(os.getpid(), sig)
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    previous = signal.getsignal(sig)
+    run = tmp_path / "run"
+    args = ["train", "--config", str(TINY), f"data.train={faces}", f"output_dir={run}", *FAST]
+    assert cli([*args, "train.total_iter=10"]) == 130
+    assert signal.getsignal(sig) is previous
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002.pt"]
+    assert "interrupted" in capsys.readouterr().err
+
+
 def test_resume_drops_the_log_records_of_steps_trained_again(faces, tmp_path):
     """Resumed from a checkpoint older than the last logged step, the steps after it are trained again: their
     earlier log records are dropped, so train_log.jsonl holds each step once, in order."""

@@ -208,6 +208,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             persistent_workers=False,
+            worker_init_fn=_ignore_stop_signals,
             generator=torch.Generator().manual_seed(self.cfg["seed"]),  # keep the global RNG untouched
         )
 
@@ -566,7 +567,7 @@ class Trainer:
             return last
         bar = tqdm(total=total_iter, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
         try:
-            with _interrupt_between_steps(self.world == 1) as interrupted:
+            with _interrupt_between_steps() as interrupted:
                 return self._steps(total_iter, bar, interrupted)
         finally:
             bar.close()
@@ -575,7 +576,8 @@ class Trainer:
 
     def _steps(self, total_iter: int, bar: tqdm, interrupted: Callable[[], bool]) -> dict[str, float]:
         """The loop of :meth:`fit`: step, log, validate and checkpoint until ``total_iter`` (or the budget);
-        a Ctrl-C is taken between steps, after a checkpoint of the last one (``KeyboardInterrupt``)."""
+        a Ctrl-C, SIGTERM or SIGHUP is taken between steps, after a checkpoint of the last one
+        (``KeyboardInterrupt``)."""
         tcfg = self.cfg["train"]
         main = self.rank == 0
         last: dict[str, float] = {}
@@ -610,7 +612,7 @@ class Trainer:
             if tcfg["val_every"] and (self.step % tcfg["val_every"] == 0 or self.step == total_iter):
                 self._run_validation()
                 self._lap("validation")
-            stopping = interrupted()
+            stopping = self._anyone(interrupted())
             every = tcfg["ckpt_every"] and self.step % tcfg["ckpt_every"] == 0
             if every or self.step >= total_iter or stopping:  # always at the end, whatever ckpt_every says
                 self.save_checkpoint()
@@ -624,6 +626,15 @@ class Trainer:
                 break
             waited = time.perf_counter()
         return last
+
+    def _anyone(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank: a signal reaches the ranks between different steps, and all
+        must stop after the same one (one number exchanged per step, next to the step's own gradients)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor(int(flag), device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value)
 
     def _past(self, deadline: float, now: float) -> bool:
         """Whether the time budget is spent: rank 0's clock decides, every 50 steps when distributed (a
@@ -736,28 +747,49 @@ def _changed_settings(saved: dict[str, Any], now: dict[str, Any], prefix: str = 
     return changed
 
 
+# Signals that stop training after the current step, with its checkpoint: Ctrl-C, and what a scheduler
+# (SLURM), docker stop or systemd sends, or a closed terminal.
+STOP_SIGNALS = tuple(
+    sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None
+)
+
+
 @contextmanager
-def _interrupt_between_steps(enabled: bool) -> Iterator[Callable[[], bool]]:
-    """While training in one process: the first Ctrl-C only sets a flag (the loop checkpoints its last
-    step and stops); a second one interrupts at once. Off under torchrun (every rank would need to stop at
-    the same step) and outside the main thread (no signal handler there): the callable then says False."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
+def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
+    """While training: Ctrl-C, SIGTERM and SIGHUP only set a flag (the loop checkpoints its last step and
+    stops); a second Ctrl-C interrupts at once. A repeated SIGTERM or SIGHUP does not: torchrun forwards
+    to its ranks the signal they may already have had, and a job manager that insists sends SIGKILL. Outside
+    the main thread (no signal handler there) the callable says False."""
+    if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
     asked = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
 
     def ask(signum: int, frame: object) -> None:
         if asked.is_set():
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         asked.set()
-        log.info("Ctrl-C: stopping after this step (press again to stop at once)")
+        if signum == signal.SIGINT:
+            log.info("Ctrl-C: stopping after this step (press again to stop at once)")
+        else:
+            log.info("%s: stopping after this step, with its checkpoint", signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, ask)
+    previous = {sig: signal.signal(sig, ask) for sig in STOP_SIGNALS}
     try:
         yield asked.is_set
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """In a data loader worker: SIGTERM and SIGHUP sent to the whole job are the training process's to act
+    on (it stops its workers itself); a worker they killed would fail the step that checkpoints."""
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGINT:  # the worker ends quietly on its own KeyboardInterrupt
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
