@@ -639,7 +639,7 @@ def test_resume_drops_the_log_records_of_steps_trained_again(faces, tmp_path):
 
 def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys, caplog):
     """A checkpoint that is no checkpoint, one of another model, a device that is not there, an
-    output_dir that is a file, an unreadable image in a loader worker, faces that are not square: one
+    output_dir that is a file, an unreadable image, faces that are not square: one
     ``error:`` line, exit 2. Faces stored at another size than the training size are noted."""
     from train.__main__ import main as cli
 
@@ -670,8 +670,7 @@ def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys, caplog):
         ),
         ([f"output_dir={tmp_path / 'r3'}", "device=gpu"], "device: "),
         ([f"output_dir={tmp_path / 'a-file'}"], "is a file, not a folder"),
-        ([f"output_dir={tmp_path / 'r4'}", f"data.train={broken}", "data.num_workers=1"],
-         "unreadable image: .*_x.png"),
+        ([f"output_dir={tmp_path / 'r4'}", f"data.train={broken}"], r"unreadable image\(s\).*: .*_x.png$"),
         ([f"output_dir={tmp_path / 'r5'}", f"data.train={wide}"], "is 64x48, not a square aligned face"),
     ]  # fmt: skip
     for extra, message in cases:
@@ -680,3 +679,58 @@ def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys, caplog):
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and re.search(message, lines[0]), err[-2000:]
         assert "Traceback" not in err, err[-2000:]
+
+
+def test_unreadable_images_are_named_before_training(faces, tmp_path, capsys):
+    """A text file named .png and a PNG cut short, in the training or the validation folder: one line that
+    names them, before any step; a PNG with bytes after its end is an image."""
+    from train.__main__ import main as cli
+
+    train, val = tmp_path / "train", tmp_path / "val"
+    for folder in (train, val):
+        folder.mkdir()
+        for src in faces.iterdir():
+            (folder / src.name).write_bytes(src.read_bytes())
+    (train / "00000.png").write_bytes((faces / "00000.png").read_bytes() + b"trailing")
+    (train / "text.png").write_text("not an image")
+    (val / "cut.png").write_bytes((faces / "00001.png").read_bytes()[:-40])
+    base = ["train", "--config", str(TINY), *FAST, "train.total_iter=1"]
+    assert cli([*base, f"data.train={train}", f"output_dir={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^error: unreadable image\(s\), remove or replace them: \S*text.png$", err, re.M), err
+    assert cli([*base, f"data.train={faces}", f"data.val={val}", f"output_dir={tmp_path / 'b'}"]) == 2
+    assert re.search(r"unreadable image\(s\).*: \S*cut.png$", capsys.readouterr().err, re.M)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(("broken", "workers"), [("training", 1), ("validation", 0)])
+def test_an_image_that_fails_mid_run_keeps_the_steps_done(
+    faces, tmp_path, monkeypatch, capsys, broken, workers
+):
+    """An image that passed the check but cannot be decoded when sampled (or validated): the steps done
+    are checkpointed before the one-line error, so --resume auto loses none of them."""
+    from train.__main__ import main as cli
+
+    train = tmp_path / "train"
+    train.mkdir()
+    for src in faces.iterdir():
+        (train / src.name).write_bytes(src.read_bytes())
+    held_out = sorted(train.iterdir())[-2:]  # tiny_cpu holds out the last two
+    real = Trainer.train_step
+
+    def step_then_break(self, batch):
+        logs = real(self, batch)
+        if self.step == 2:
+            for path in sorted(train.iterdir()) if broken == "training" else held_out:
+                path.write_bytes(path.read_bytes()[:100] + bytes(400) + path.read_bytes()[500:])
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_break)
+    run = tmp_path / "run"
+    args = ["train", "--config", str(TINY), f"data.train={train}", f"output_dir={run}", *FAST]
+    args += ["train.total_iter=10", f"data.num_workers={workers}", "train.val_every=3"]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "unreadable image: " in err and "Traceback" not in err, err[-2000:]
+    steps = [int(p.stem.split("_")[1]) for p in (run / "checkpoints").iterdir()]
+    assert len(steps) == 1 and steps[0] >= (3 if broken == "validation" else 2), steps

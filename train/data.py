@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 from basicsr.data import degradations
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
@@ -61,6 +62,36 @@ def _one_per_stem(files: list[Path], written_as: str) -> None:
                 f"{stems[p.stem].name} and {p.name} would both be written as {written_as.format(p.stem)}: "
                 "rename one"
             )
+
+
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the end chunk every complete PNG closes with
+
+
+def _openable(path: str | Path) -> bool:
+    """Whether ``path`` opens as an image without decoding it: its header parses and a PNG ends with its
+    end chunk (else all its chunks are read and their checksums checked, so one cut short fails while one
+    with bytes after the end passes). A cheap look, so a large dataset is checked in seconds."""
+    try:
+        with Image.open(path) as img:
+            if img.format != "PNG":
+                return True
+            with open(path, "rb") as fh:
+                fh.seek(-len(PNG_END), 2)
+                if fh.read() == PNG_END:
+                    return True
+            img.verify()
+        return True
+    except Exception:  # noqa: BLE001  (Pillow fails a broken file in many ways: one answer)
+        return False
+
+
+def check_images(files: list[str] | list[Path]) -> None:
+    """Refuse unreadable images (not images, cut short) before training, rather than when one is first
+    sampled, maybe hours in (and again at the same sample on every resume)."""
+    bad = [str(p) for p in files if not _openable(p)]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"unreadable image(s), remove or replace them: {', '.join(bad[:5])}{more}")
 
 
 # ----------------------------------------------------------------------------------------------- lmdb
@@ -111,6 +142,10 @@ class _ImageSource:
         else:
             self.keys = [str(p) for p in list_images(self.root)]
             self.is_lmdb = False
+
+    def files(self) -> list[str]:
+        """The image files of the folders (an lmdb's images are inside it: not listed)."""
+        return ([] if self.is_lmdb else self.keys) + self.extra
 
     def __len__(self) -> int:
         """Images of the main source (the extra folders' come after them)."""

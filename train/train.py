@@ -39,7 +39,14 @@ from gfp.messages import first_line
 from gfp.precision import cpu_has_native_bf16
 from train import losses as L
 from train.config import ConfigError, identity_start, load_config
-from train.data import DataError, FaceDegradationDataset, ResumableSampler, list_images, split_indices
+from train.data import (
+    DataError,
+    FaceDegradationDataset,
+    ResumableSampler,
+    check_images,
+    list_images,
+    split_indices,
+)
 from train.export import ExportError, log_record, read_checkpoint
 from train.metrics import cosine_similarity, psnr, ssim
 from train.networks import build_discriminators, build_identity, build_training_generator, build_vgg
@@ -79,6 +86,7 @@ class Trainer:
         self.rank, self.world = rank, world_size
         self.device = device or select_device(cfg["device"])
         self.step = 0
+        self.saved_step = 0  # the step of the newest checkpoint (written or resumed from)
         self.sized = False  # whether train.total_iter was sized from train.time_budget_min
         self.out_dir = Path(cfg["output_dir"])
         torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
@@ -174,6 +182,7 @@ class Trainer:
             raise ConfigError("data.train is not set: give a folder of aligned faces (or a .lmdb)")
         root, extra = Path(data["train"]), list(data["extra_train"] or [])
         source = FaceDegradationDataset(root, data, self.cfg["degradation"], extra=extra).source
+        check_images(source.files())
         count = len(source)
         train_idx, held_idx = split_indices(count, int(data["val_holdout"]))
         train_idx += range(count, count + len(source.extra))  # extra faces are never held out
@@ -190,7 +199,7 @@ class Trainer:
             )  # fmt: skip
         self.val_set = None
         if data["val"]:
-            list_images(data["val"])  # clear error now rather than at the first validation
+            check_images(list_images(data["val"]))  # clear error now rather than at the first validation
             self.val_set = FaceDegradationDataset(data["val"], data, self.cfg["degradation"], train=False)
         elif held_idx:
             self.val_set = FaceDegradationDataset(root, data, self.cfg["degradation"], held_idx, train=False)
@@ -483,7 +492,7 @@ class Trainer:
         return gathered
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         budgeted = self.cfg["train"]["time_budget_min"] is not None  # null now: the given total_iter rules
         if state.get("sized_total_iter") is not None and budgeted:  # keep the schedule the budget sized
             self.cfg["train"]["total_iter"] = int(state["sized_total_iter"])
@@ -519,6 +528,7 @@ class Trainer:
         tmp = path.with_suffix(".pt.part")
         torch.save(state, tmp)
         os.replace(tmp, path)
+        self.saved_step = self.step
         keep = int(self.cfg["train"]["keep_checkpoints"])
         for old in sorted(folder.glob(CHECKPOINT_GLOB))[:-keep] if keep > 0 else []:
             old.unlink()
@@ -569,6 +579,13 @@ class Trainer:
         try:
             with _interrupt_between_steps() as interrupted:
                 return self._steps(total_iter, bar, interrupted)
+        except DataError:
+            # An image that fails mid-run (the next batch's, or a validation face's): the steps since the
+            # last checkpoint are kept. Distributed, the other ranks cannot join the checkpoint's collectives.
+            if self.world == 1 and self.step > self.saved_step:
+                self.save_checkpoint()
+                log.info("data error after step %d: checkpoint saved; --resume auto continues", self.step)
+            raise
         finally:
             bar.close()
             if self.writer is not None:
