@@ -637,6 +637,27 @@ def test_resume_drops_the_log_records_of_steps_trained_again(faces, tmp_path):
     assert [json.loads(line)["step"] for line in log_file.read_text().splitlines()] == [1, 2, 3, 4]
 
 
+def test_a_fresh_run_drops_the_logs_of_a_run_that_left_no_checkpoint(faces, tmp_path, caplog):
+    """A run that died before its first checkpoint left logs: a new run into its folder starts fresh logs
+    (it was appending: steps 5, 10, 1, 2), so export cannot show the dead run's metrics."""
+    import json
+
+    from train.__main__ import main as cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (5, 10)))
+    (run / "val_log.jsonl").write_text(json.dumps({"step": 5, "psnr": 99.0}) + "\n")
+    fast = [a for a in FAST if not a.startswith("train.log_every")]
+    args = ["train", "--config", str(TINY), f"data.train={faces}", f"output_dir={run}", *fast]
+    with caplog.at_level("INFO"):
+        assert cli([*args, "train.log_every=1", "train.total_iter=2"]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    assert (run / "val_log.jsonl").read_text() == ""
+    assert "dropped 2 records of an earlier run that left no checkpoint" in caplog.text
+
+
 def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys, caplog):
     """A checkpoint that is no checkpoint, one of another model, a device that is not there, an
     output_dir that is a file, an unreadable image, faces that are not square: one

@@ -564,11 +564,10 @@ class Trainer:
             (self.out_dir / "config.yml").write_text(_dump_yaml(self.cfg))
             from torch.utils.tensorboard import SummaryWriter
 
-            # A resumed run trains again the steps after its checkpoint: their old records go.
-            purge = self.step + 1 if self.step else None
-            if purge is not None:
-                self._drop_records_after(self.step)
-            self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=purge)
+            # A resumed run trains again the steps after its checkpoint: their old records go. A fresh run
+            # (step 0) drops them all: those of a run that died before its first checkpoint.
+            self._drop_records_after(self.step)
+            self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step + 1)
         self.net_g.train()
         for net in self.nets_d.values():
             net.train()
@@ -726,7 +725,8 @@ class Trainer:
 
     def _drop_records_after(self, step: int) -> None:
         """Remove the log records of steps after ``step`` (a run stopped past its last checkpoint, or one
-        resumed from an older checkpoint, logged steps that are now trained again)."""
+        resumed from an older checkpoint, logged steps that are now trained again; at step 0, the logs of
+        a run that died before its first checkpoint, which a new run would append to)."""
         for name in ("train_log.jsonl", "val_log.jsonl"):
             path = self.out_dir / name
             if not path.is_file():
@@ -737,9 +737,12 @@ class Trainer:
             if len(kept) < len(lines):
                 with atomic_path(path) as tmp:
                     tmp.write_text("".join(kept), encoding="utf-8")
-                log.info(
-                    "%s: dropped %d records after step %d (trained again)", name, len(lines) - len(kept), step
+                why = (
+                    f"after step {step} (trained again)"
+                    if step
+                    else "of an earlier run that left no checkpoint"
                 )
+                log.info("%s: dropped %d records %s; TensorBoard's too", name, len(lines) - len(kept), why)
 
     def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         with open(self.out_dir / name, "a", encoding="utf-8") as fh:
