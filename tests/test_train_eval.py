@@ -43,11 +43,39 @@ def test_numbers_written_either_way_are_numbers() -> None:
         ("data.batch_size=1e400", "'data.batch_size' must be a whole number, got inf"),
         ("data.num_workers=-1", "data.num_workers must be 0"),
         ("train.time_budget_min=-1", "train.time_budget_min must be a positive number of minutes"),
+        # values that failed with a traceback (Adam's checks, a division by zero, NaN probabilities)
+        ("optim.lr_g=-1", "'optim.lr_g' must be above 0, got -1.0"),
+        ("loss.vgg_layers.conv1_2=abc", "'loss.vgg_layers.conv1_2' must be a number, got 'abc'"),
+        ("loss.vgg_layers={conv1_2: -1}", "loss.vgg_layers weights must be 0 or more: conv1_2"),
+        ("loss.d_reg_every=0", "'loss.d_reg_every' must be 1 or more, got 0"),
+        ("degradation.blur_kernel_size=-3", "'degradation.blur_kernel_size' must be 1 or more, got -3"),
+        ("model.discriminator.narrow=0", "'model.discriminator.narrow' must be above 0, got 0.0"),
+        ("degradation.kernel_prob=[0, 0]", "degradation.kernel_prob must be 0 or more and not all 0"),
+        # and nonsense that trained (or did nothing) without a word
+        ("train.total_iter=0", "'train.total_iter' must be 1 or more, got 0"),
+        ("train.total_iter=-5", "'train.total_iter' must be 1 or more, got -5"),
+        ("train.log_every=-1", "'train.log_every' must be 0 (off) or a number of steps, got -1"),
+        ("train.ema_decay=2", "'train.ema_decay' must be in [0, 1), got 2.0"),
+        ("train.ema_decay=1", "'train.ema_decay' must be in [0, 1), got 1.0"),
+        ("loss.gan_weight=-1", "'loss.gan_weight' must be 0 or more, got -1.0"),
+        ("train.keep_checkpoints=-1", "'train.keep_checkpoints' must be 0 (keep all) or more, got -1"),
+        ("data.degrade_size=32", "data.degrade_size must be data.out_size (64) or more, or null, got 32"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(TINY, [override])
+
+
+def test_values_at_the_edge_of_their_range_are_taken() -> None:
+    edges = ["train.ema_decay=0", "loss.gan_weight=0", "train.keep_checkpoints=0", "data.degrade_size=64"]
+    edges += [
+        "degradation.kernel_prob=[0, 1]",
+        "loss.vgg_layers={conv1_2: 0}",
+        "degradation.blur_kernel_size=1",
+    ]
+    cfg = load_config(TINY, edges)
+    assert cfg["loss"]["vgg_layers"] == {"conv1_2": 0.0} and cfg["data"]["degrade_size"] == 64
 
 
 def test_a_config_that_is_not_yaml_is_a_config_error(tmp_path: Path) -> None:

@@ -157,7 +157,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
         elif free_form:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
-            base[key] = {**base[key], **value} if path == "model.generator" else dict(value)
+            if path == "model.generator":
+                base[key] = {**base[key], **value}
+            else:  # layer: weight, each weight a number
+                base[key] = {k: _number(v, f"{path}.{k}", float) for k, v in value.items()}
         else:
             base[key] = _coerce(base[key], value, path)
 
@@ -269,6 +272,74 @@ NOT_NULL = (
 """Keys the trainer needs a value for: ``null`` there is refused by name (other keys use null as "off")."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """The numbers a key takes, and how its error says so."""
+
+    low: float
+    high: float = math.inf
+    words: str = ""
+    above_low: bool = False  # low itself is refused
+    below_high: bool = False  # high itself is refused
+
+    def __contains__(self, value: float) -> bool:
+        over = value > self.low if self.above_low else value >= self.low
+        under = value < self.high if self.below_high else value <= self.high
+        return over and under
+
+
+POSITIVE = Span(0, words="above 0", above_low=True)
+ZERO_UP = Span(0, words="0 or more")
+OFF_OR_EVERY = Span(0, words="0 (off) or a number of steps")
+ONE_UP = Span(1, words="1 or more")
+FRACTION = Span(0, 1, words="in [0, 1]")
+
+RANGES: dict[str, Span] = {
+    "seed": ZERO_UP,
+    "data.val_holdout": ZERO_UP,
+    "data.components.eye_enlarge_ratio": POSITIVE,
+    "data.augment.rotation": ZERO_UP,
+    "data.augment.shift": ZERO_UP,
+    "data.augment.color": ZERO_UP,
+    "data.augment.gray_prob": FRACTION,
+    "degradation.blur_kernel_size": ONE_UP,
+    "degradation.color_jitter_prob": FRACTION,
+    "degradation.color_jitter_shift": ZERO_UP,
+    "degradation.color_jitter_pt_prob": FRACTION,
+    "degradation.gray_prob": FRACTION,
+    "model.discriminator.channel_multiplier": POSITIVE,
+    "model.discriminator.narrow": POSITIVE,
+    "loss.pixel_weight": ZERO_UP,
+    "loss.pyramid_weight": ZERO_UP,
+    "loss.pyramid_until": ZERO_UP,
+    "loss.perceptual_weight": ZERO_UP,
+    "loss.style_weight": ZERO_UP,
+    "loss.gan_weight": ZERO_UP,
+    "loss.component_gan_weight": ZERO_UP,
+    "loss.component_style_weight": ZERO_UP,
+    "loss.identity_weight": ZERO_UP,
+    "loss.r1_weight": ZERO_UP,
+    "loss.d_reg_every": ONE_UP,
+    "loss.gan_from": ZERO_UP,
+    "optim.lr_g": POSITIVE,
+    "optim.lr_d": POSITIVE,
+    "optim.lr_component": POSITIVE,
+    "optim.gamma": POSITIVE,
+    "optim.min_lr_ratio": FRACTION,
+    "optim.warmup_iter": ZERO_UP,
+    "optim.clip_grad_norm": Span(0, words="0 (off) or more"),
+    "train.total_iter": ONE_UP,
+    "train.ema_decay": Span(0, 1, words="in [0, 1)", below_high=True),
+    "train.log_every": OFF_OR_EVERY,
+    "train.image_every": OFF_OR_EVERY,
+    "train.val_every": OFF_OR_EVERY,
+    "train.ckpt_every": OFF_OR_EVERY,
+    "train.keep_checkpoints": Span(0, words="0 (keep all) or more"),
+}
+"""Numeric keys whose values outside a span would fail a step, divide by zero or train nonsense (a
+negative loss weight, an average that grows): refused up front, with the key named (null passes: off)."""
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Reject values the trainer cannot use, with the key named."""
     for key in NOT_NULL:
@@ -277,9 +348,20 @@ def validate(cfg: dict[str, Any]) -> None:
             value = value[part]
         if value is None or value == "":
             raise ConfigError(f"config key '{key}' needs a value, got {value!r}")
+    for key, span in RANGES.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value is not None and value not in span:
+            raise ConfigError(f"config key '{key}' must be {span.words}, got {value!r}")
     size = cfg["data"]["out_size"]
     if size not in (32, 64, 128, 256, 512, 1024):
         raise ConfigError(f"data.out_size must be a power of two in 32..1024, got {size}")
+    degrade_size = cfg["data"]["degrade_size"]
+    if degrade_size is not None and degrade_size < size:  # the pairs are shrunk from it to out_size
+        raise ConfigError(
+            f"data.degrade_size must be data.out_size ({size}) or more, or null, got {degrade_size}"
+        )
     if cfg["data"]["batch_size"] < 1:
         raise ConfigError("data.batch_size must be at least 1")
     if cfg["data"]["num_workers"] < 0:
@@ -300,6 +382,10 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("degradation.blur_kernel_size must be odd")
     if len(deg["kernel_list"]) != len(deg["kernel_prob"]) or not set(deg["kernel_list"]) <= {"iso", "aniso"}:
         raise ConfigError("degradation.kernel_list must hold 'iso'/'aniso' with one kernel_prob each")
+    if min(deg["kernel_prob"], default=0) < 0 or sum(deg["kernel_prob"]) <= 0:
+        raise ConfigError(
+            f"degradation.kernel_prob must be 0 or more and not all 0, got {deg['kernel_prob']!r}"
+        )
     if cfg["train"]["threads"] < 0:
         raise ConfigError("train.threads must be 0 (torch's default) or a number of threads")
     if cfg["loss"]["pixel_type"] not in ("l1", "l2"):
@@ -325,6 +411,9 @@ def validate(cfg: dict[str, Any]) -> None:
     unknown = set(cfg["loss"]["vgg_layers"]) - set(VGG19_LAYERS)
     if unknown:
         raise ConfigError(f"loss.vgg_layers has unknown VGG19 layers {sorted(unknown)}")
+    negative = sorted(k for k, v in cfg["loss"]["vgg_layers"].items() if v < 0)
+    if negative:
+        raise ConfigError(f"loss.vgg_layers weights must be 0 or more: {', '.join(negative)}")
 
 
 # Index of each conv output (before ReLU) in torchvision's vgg19().features.
