@@ -755,3 +755,27 @@ def test_an_image_that_fails_mid_run_keeps_the_steps_done(
     assert "unreadable image: " in err and "Traceback" not in err, err[-2000:]
     steps = [int(p.stem.split("_")[1]) for p in (run / "checkpoints").iterdir()]
     assert len(steps) == 1 and steps[0] >= (3 if broken == "validation" else 2), steps
+
+
+def test_the_run_counts_its_faces_and_says_subfolders_are_not_searched(faces, tmp_path, caplog):
+    """2 faces in a folder and 6 in a subfolder trained on 2 without a word; a folder with only subfolders
+    was 'no images' without saying why."""
+    from train.data import DataError, list_images
+
+    top = tmp_path / "top"
+    (top / "more").mkdir(parents=True)
+    for i, src in enumerate(sorted(faces.iterdir())):
+        (top / src.name if i < 3 else top / "more" / src.name).write_bytes(src.read_bytes())
+    with caplog.at_level("INFO"):
+        trainer = Trainer(_config(faces, tmp_path / "run", f"data.train={top}", "data.val_holdout=1"))
+    assert len(trainer.train_set) == 2
+    assert f"training on 2 faces from {top}; validating on 1 faces" in caplog.text
+    assert "its subfolders more hold images, which are not searched" in caplog.text
+    nested = tmp_path / "nested" / "more"
+    nested.mkdir(parents=True)
+    (nested / "a.png").write_bytes((faces / "00000.png").read_bytes())
+    with pytest.raises(DataError, match=r"no images .* \(subfolders are not searched: more hold images\)"):
+        list_images(nested.parent)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no images .* \(subfolders are not searched\)"):
+        list_images(tmp_path / "empty")

@@ -48,8 +48,22 @@ def list_images(folder: str | Path) -> list[Path]:
         raise DataError(f"image folder not found: {root}")
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
+        nested = subfolders_with_images(root)
+        held = f": {', '.join(p.name for p in nested[:3])}{', ...' if len(nested) > 3 else ''} hold images"
+        raise DataError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root} (subfolders are not searched"
+            f"{held if nested else ''})"
+        )
     return files
+
+
+def subfolders_with_images(folder: str | Path) -> list[Path]:
+    """The subfolders of ``folder`` with images somewhere inside: :func:`list_images` does not look there."""
+    return [
+        sub
+        for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir())
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in sub.rglob("*"))  # stops at the first image
+    ]
 
 
 def _one_per_stem(files: list[Path], written_as: str) -> None:

@@ -46,6 +46,7 @@ from train.data import (
     check_images,
     list_images,
     split_indices,
+    subfolders_with_images,
 )
 from train.export import ExportError, log_record, read_checkpoint
 from train.metrics import cosine_similarity, psnr, ssim
@@ -203,6 +204,20 @@ class Trainer:
             self.val_set = FaceDegradationDataset(data["val"], data, self.cfg["degradation"], train=False)
         elif held_idx:
             self.val_set = FaceDegradationDataset(root, data, self.cfg["degradation"], held_idx, train=False)
+        extra_note = f" (+{len(source.extra)} from data.extra_train)" if source.extra else ""
+        log.info(
+            "training on %d faces from %s%s; %s",
+            len(train_idx) - len(source.extra), root, extra_note,
+            f"validating on {len(self.val_set)} faces" if self.val_set is not None else "no validation faces",
+        )  # fmt: skip
+        folders = [] if source.is_lmdb else [root]
+        for folder in [*folders, *extra, *([data["val"]] if data["val"] else [])]:
+            nested = subfolders_with_images(folder)
+            if nested:
+                log.warning(
+                    "%s: its subfolders %s hold images, which are not searched: only the images directly "
+                    "inside it are used", folder, ", ".join(p.name for p in nested[:3]),
+                )  # fmt: skip
 
     def _loader(self) -> DataLoader:
         sampler = ResumableSampler(
