@@ -779,3 +779,20 @@ def test_the_run_counts_its_faces_and_says_subfolders_are_not_searched(faces, tm
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"no images .* \(subfolders are not searched\)"):
         list_images(tmp_path / "empty")
+
+
+def test_validation_faces_must_be_held_out(faces, tmp_path, caplog):
+    """data.val = data.train validated on training faces under a card that says 'held-out'; data.val with
+    data.val_holdout dropped training faces without a word."""
+    with pytest.raises(ConfigError, match=r"data.val .* holds only training faces \(e.g. 00000.png\)"):
+        Trainer(_config(faces, tmp_path / "run", f"data.val={faces}", "data.val_holdout=0"))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "00007.png").symlink_to(faces / "00007.png")  # the same file through a link
+    (mixed / "other.png").write_bytes((faces / "00000.png").read_bytes())
+    with pytest.raises(ConfigError, match="shares 1 of its 2 faces with the training faces"):
+        Trainer(_config(faces, tmp_path / "run", f"data.val={mixed}", "data.val_holdout=0"))
+    with caplog.at_level("WARNING"):  # 00007 is held out now, so not trained on
+        Trainer(_config(faces, tmp_path / "run", f"data.val={mixed}", "data.val_holdout=3"))
+    warned = "data.val_holdout=3 holds the last 3 training faces out, but validation uses data.val"
+    assert warned in caplog.text

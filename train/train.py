@@ -200,7 +200,16 @@ class Trainer:
             )  # fmt: skip
         self.val_set = None
         if data["val"]:
-            check_images(list_images(data["val"]))  # clear error now rather than at the first validation
+            val_files = list_images(data["val"])
+            check_images(val_files)  # clear error now rather than at the first validation
+            held = {source.keys[i] for i in held_idx}  # held out, so not trained on (a folder's: paths)
+            _refuse_trained_on(val_files, [f for f in source.files() if f not in held], data["val"])
+            if held_idx:
+                log.warning(
+                    "data.val_holdout=%d holds the last %d training faces out, but validation uses data.val: "
+                    "they are neither trained on nor validated (data.val_holdout=0 trains on them)",
+                    len(held_idx), len(held_idx),
+                )  # fmt: skip
             self.val_set = FaceDegradationDataset(data["val"], data, self.cfg["degradation"], train=False)
         elif held_idx:
             self.val_set = FaceDegradationDataset(root, data, self.cfg["degradation"], held_idx, train=False)
@@ -762,6 +771,23 @@ class Trainer:
     def _append_jsonl(self, name: str, record: dict[str, Any]) -> None:
         with open(self.out_dir / name, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def _refuse_trained_on(val_files: list[Path], train_files: list[str], val: str | Path) -> None:
+    """Refuse validation faces that are also training faces (data.val = data.train, or files in both,
+    through links too): their metrics would be no held-out score, and the model card calls them one."""
+    trained = {Path(p).resolve() for p in train_files}
+    shared = [p for p in val_files if p.resolve() in trained]
+    if shared:
+        what = (
+            "holds only training faces"
+            if len(shared) == len(val_files)
+            else f"shares {len(shared)} of its {len(val_files)} faces with the training faces"
+        )
+        raise ConfigError(
+            f"data.val {val} {what} (e.g. {shared[0].name}): validation must be on "
+            "held-out faces (another folder, or data.val_holdout)"
+        )
 
 
 def _dump_yaml(cfg: dict[str, Any]) -> str:
