@@ -796,3 +796,21 @@ def test_validation_faces_must_be_held_out(faces, tmp_path, caplog):
         Trainer(_config(faces, tmp_path / "run", f"data.val={mixed}", "data.val_holdout=3"))
     warned = "data.val_holdout=3 holds the last 3 training faces out, but validation uses data.val"
     assert warned in caplog.text
+
+
+def test_resting_discriminators_schedules_wait_without_a_warning(faces, tmp_path):
+    """Before loss.gan_from the discriminators' optimisers do not step: their schedulers stepped anyway,
+    and PyTorch warned 'lr_scheduler.step() before optimizer.step()' on every such run. Once they step,
+    their learning rate follows the global step, as the generator's."""
+    import warnings
+
+    extra = ("loss.gan_from=3", "optim.warmup_iter=10")
+    trainer = Trainer(_config(faces, tmp_path / "run", *extra))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(5)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [
+        str(w.message) for w in caught
+    ]
+    for key, base in (("g", trainer.cfg["optim"]["lr_g"]), ("d", trainer.cfg["optim"]["lr_d"])):
+        assert trainer.optimizers[key].param_groups[0]["lr"] == pytest.approx(base * 0.6), key  # step 5 of 10

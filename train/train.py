@@ -121,8 +121,11 @@ class Trainer:
                 self.optimizers[part] = torch.optim.Adam(
                     self.nets_d[part].parameters(), lr=opt["lr_component"], betas=(0.9, 0.99)
                 )
+        # Factors of the global step, not of the scheduler's own count: a discriminator's scheduler steps
+        # only once its optimiser does (after loss.gan_from), and then takes up the schedule where it is.
         self.schedulers = {
-            k: torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for k, o in self.optimizers.items()
+            k: torch.optim.lr_scheduler.LambdaLR(o, lambda _: self._lr_factor(self.step))
+            for k, o in self.optimizers.items()
         }
 
         self.amp, self.amp_dtype = self._decide_amp(cfg["train"])
@@ -374,8 +377,8 @@ class Trainer:
                 batch, output, gt, logs, fake_rois if use_comp else None, real_rois if use_comp else None
             )
         self.scaler.update()
-        for sched in self.schedulers.values():
-            sched.step()
+        for key in ["g", *(["d"] if adversarial else []), *(PARTS if use_comp else [])]:  # those that stepped
+            self.schedulers[key].step()
         reduced = self._reduce(logs)  # identical on every rank, so every rank stops together
         if not all(map(math.isfinite, reduced.values())):
             bad = sorted(k for k, v in reduced.items() if not math.isfinite(v))
