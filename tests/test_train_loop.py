@@ -467,6 +467,24 @@ def test_time_budget_sizes_the_schedule_to_end_on_time(faces, tmp_path, monkeypa
     assert longer.cfg["train"]["total_iter"] == sized + 50 and not longer.sized
 
 
+def test_a_budget_too_short_for_the_second_probe_is_sized_all_the_same(faces, tmp_path, monkeypatch):
+    """A budget that ends before BUDGET_PROBE[1] steps (150: a minute on a CPU) never sized the schedule:
+    it stopped in the warm-up with total_iter untouched. It is sized once a tenth of it is measured."""
+    import train.train as tt
+
+    clock = _Clock(0.01)
+    monkeypatch.setattr(tt.time, "perf_counter", clock)
+    monkeypatch.setattr(tt, "BUDGET_PROBE", (5, 10**6))  # the second probe is never reached
+    extra = ["loss.gan_from=100000", "train.total_iter=100000", "train.ckpt_every=100000"]
+    extra += ["optim.schedule=cosine", "optim.warmup_iter=10", "optim.min_lr_ratio=0.1"]
+    extra += ["train.time_budget_min=0.1"]
+    trainer = Trainer(_config(faces, tmp_path / "run", *extra))
+    trainer.fit()
+    assert trainer.sized and trainer.step == trainer.cfg["train"]["total_iter"] < 100000
+    lr = trainer.optimizers["g"].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.1 * trainer.cfg["optim"]["lr_g"], rel=1e-3)  # the schedule ended
+
+
 def test_time_budget_sizes_again_when_the_machine_slows_down(faces, tmp_path, monkeypatch):
     """Each BUDGET_RESIZE steps the speed since the probe sizes the schedule again: a slowdown after the
     probe shortens it, and the run still ends on time at the end of its schedule."""

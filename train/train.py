@@ -628,6 +628,7 @@ class Trainer:
         budget = tcfg["time_budget_min"]
         deadline = None if budget is None else time.perf_counter() + 60.0 * float(budget)
         probe_start, limit = 0.0, total_iter
+        short, sized_here = 6.0 * float(budget or 0), False  # a tenth of the budget, in seconds
         waited = time.perf_counter()
         for batch in self._loader():
             self.timings["data"] = self.timings.get("data", 0.0) + time.perf_counter() - waited
@@ -639,13 +640,26 @@ class Trainer:
                 done = self.step - started
                 if done == BUDGET_PROBE[0]:
                     probe_start = now
-                elif done >= BUDGET_PROBE[1] and (done - BUDGET_PROBE[1]) % BUDGET_RESIZE == 0:
+                elif (
+                    done >= BUDGET_PROBE[1]
+                    and (done - BUDGET_PROBE[1]) % BUDGET_RESIZE == 0
+                    or (
+                        # a budget too short to reach the second probe is sized once a tenth of it is measured
+                        not sized_here and done > BUDGET_PROBE[0] and self._anyone(now - probe_start >= short)
+                    )
+                ):
                     total_iter = self._size_to_budget(
                         limit, done - BUDGET_PROBE[0], probe_start, now, deadline
                     )
-                    bar.total = total_iter
+                    bar.total, sized_here = total_iter, True
                 if self.step < total_iter and self._past(deadline, now):
                     log.info("time budget of %s min spent at step %d: stopping there", budget, self.step)
+                    if not sized_here:
+                        log.warning(
+                            "the budget ran out before %d steps measured the speed: the learning-rate "
+                            "schedule was not fitted to it (give a longer budget, or train.total_iter)",
+                            BUDGET_PROBE[0],
+                        )
                     total_iter = self.step
             if main:
                 self._log(logs, started, t0)
