@@ -20,6 +20,7 @@ photo tagged Display P3 or Adobe RGB is not shown as sRGB.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -61,7 +62,7 @@ class ImageTooLargeError(ImageReadError):
     the limit (the app) say it in its own words: the message advises Python callers.
     """
 
-    def __init__(self, message: str, pixels: int | None, limit: int) -> None:
+    def __init__(self, message: str, pixels: int | None = None, limit: int | None = None) -> None:
         super().__init__(message)
         self.pixels = pixels
         self.limit = limit
@@ -229,6 +230,9 @@ def _unassociated_alpha_tiff(header: Image.Image) -> bool:
     """An 8-bit TIFF with a straight (unassociated) alpha, what Pillow and most editors write: OpenCV's
     decoder gives its colours multiplied by the alpha (16-bit ones it reads as stored)."""
     if header.format != "TIFF" or header.mode not in ("RGBA", "LA"):
+        return False
+    bits = header.tag_v2.get(258, (8,))
+    if max(bits if isinstance(bits, tuple) else (bits,)) > 8:  # Pillow would decode 16-bit ones to 8
         return False
     extra = header.tag_v2.get(338, ())
     return 2 in (extra if isinstance(extra, tuple) else (extra,))
@@ -450,9 +454,13 @@ def is_image_name(name: str | os.PathLike) -> bool:
     """Whether ``name`` has the extension of an image format :func:`read_image` reads (one Pillow opens:
     every file's header is read by Pillow): what tells a photo from the other files of a folder (an
     iPhone's IMG_1234.AAE sidecar) before reading it."""
+    return Path(name).suffix.lower() in _readable_extensions()
+
+
+@functools.cache
+def _readable_extensions() -> frozenset[str]:
     registered = Image.registered_extensions()  # loads Pillow's format plugins once
-    readable = {ext for ext, fmt in registered.items() if fmt in Image.OPEN}
-    return Path(name).suffix.lower() in readable | set(WRITE_FORMATS)
+    return frozenset({ext for ext, fmt in registered.items() if fmt in Image.OPEN} | set(WRITE_FORMATS))
 
 
 def size_error(ext: str, width: int, height: int) -> str | None:

@@ -401,3 +401,24 @@ def test_tiff_with_a_straight_alpha_keeps_its_colours(tmp_path: Path, mode: str)
     expected = np.asarray(source.convert("RGBA"))
     got = read_image(tmp_path / "cut.tif")
     assert np.array_equal(cv2.cvtColor(got, cv2.COLOR_BGRA2RGBA), expected)
+
+
+def test_a_16bit_tiff_with_a_straight_alpha_stays_16bit(tmp_path: Path) -> None:
+    """OpenCV reads these as stored; Pillow would decode them to 8 bits."""
+    tifffile = pytest.importorskip("tifffile")
+    rgba = np.zeros((6, 5, 4), np.uint16)
+    rgba[..., :3] = (60000, 30000, 1000)
+    rgba[..., 3] = 32768
+    tifffile.imwrite(tmp_path / "cut16.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    got = read_image(tmp_path / "cut16.tif")
+    assert got.dtype == np.uint16 and got[0, 0].tolist() == [1000, 30000, 60000, 32768]
+
+
+def test_errors_cross_processes() -> None:
+    """Raised in a worker (Ray, a process pool), an error is pickled to the caller."""
+    import pickle
+
+    from gfp.imageio import ImageTooLargeError
+
+    err = pickle.loads(pickle.dumps(ImageTooLargeError("x.png: 50 MP is above the limit", 50, 40)))
+    assert (str(err), err.pixels, err.limit) == ("x.png: 50 MP is above the limit", 50, 40)
