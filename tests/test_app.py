@@ -436,6 +436,19 @@ def test_too_large_upload_is_a_gradio_error(client, server: Server, tmp_path: Pa
     assert "Python" not in str(err.value)  # words for visitors, not for programmers
 
 
+def test_a_result_too_large_for_its_format_is_refused_before_the_work(
+    client, server: Server, tmp_path
+) -> None:
+    """A 4100 px wide photo (within the budget) at rescale 4 as WebP is wider than WebP holds: said before
+    the restore, in words, not OpenCV's encoder failure after it."""
+    path = tmp_path / "banner.png"
+    cv2.imwrite(str(path), np.full((7, 4100, 3), 128, np.uint8))
+    with pytest.raises(
+        gradio_client.exceptions.AppError, match="16383 px a side that WebP holds: choose PNG"
+    ):
+        call(client, server, path, rescale=4, fmt="WebP")
+
+
 def test_photos_up_to_a_higher_budget_are_read() -> None:
     """A --max-pixels above imageio's 40 MP read limit takes effect: such photos are read, then fitted."""
     from gfp.app.handlers import RequestContext

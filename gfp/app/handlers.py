@@ -28,6 +28,7 @@ import numpy as np
 
 from gfp import registry
 from gfp.app.settings import AppSettings, background_defaults, model_specs, no_paths, video_limits
+from gfp.background import scaled_size
 from gfp.color import COLOR_FIXES
 from gfp.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -36,6 +37,7 @@ from gfp.imageio import (
     megapixels,
     read_icc_profile,
     read_image,
+    size_error,
     write_image,
 )
 from gfp.messages import headline
@@ -297,6 +299,9 @@ class Request:
             raise gr.Error(f"Weights missing or broken on this server: {no_paths(headline(exc))}") from None
         except gr.Error:  # already a message for the user (and a ValueError, whose str() quotes it)
             raise
+        except OSError as exc:  # the server's own trouble (a full disk): its text is for the server's log
+            print(f"app: {exc}", file=sys.stderr)
+            raise gr.Error("Could not write the result on this server; please try again later.") from None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
@@ -410,10 +415,15 @@ def handle_request(
     if notice:
         gr.Info(notice)
     with request.user_errors():
-        result = ctx.restorer.restore(img, request.options(min_face=min_face), progress=request.report)
+        options = request.options(min_face=min_face)
+        height, width = scaled_size(img.shape[0], img.shape[1], options.upscale)
+        too_large = size_error(FORMATS[output_format], width, height)  # said now, not after the work
+        if too_large:
+            raise ValueError(f"The restored photo's size, {too_large}: choose PNG or a smaller rescale.")
+        result = ctx.restorer.restore(img, options, progress=request.report)
 
     out = result.image
-    with ctx.outputs.result_file(request.stem, FORMATS[output_format]) as path:
+    with request.user_errors(), ctx.outputs.result_file(request.stem, FORMATS[output_format]) as path:
         write_image(path, out, icc_profile=read_icc_profile(request.path))  # the upload's colours
     before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
     notices = [notice] if notice else []
