@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from gfp.atomic import PARTIAL_GLOB
 from gfp.cli import (
+    CLASH,
     LOCK_FILE,
     MANIFEST,
     add_restore_arguments,
@@ -441,7 +442,15 @@ def plan(
     for key, record in latest.items():
         if record.get("status") == "done":
             done.setdefault(output_group(key), key)
-    owners = output_owners((item.key for item in inputs), done)
+    # An input that failed when tried (a corrupt a.jpg) claims its name after the others (a.png), as the
+    # CLI gives a failed input's name back: a rerun restores what the first run refused as a clash.
+    tried = {
+        key
+        for key, record in latest.items()
+        if record.get("status") == "failed" and not str(record.get("error") or "").startswith(CLASH)
+    }
+    keys_in_order = sorted((item.key for item in inputs), key=lambda key: key in tried)
+    owners = output_owners(keys_in_order, done)
     keys = {item.key for item in inputs}
     todo, complete, clashes = [], [], []
     for item in inputs:

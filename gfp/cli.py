@@ -329,6 +329,10 @@ def output_group(name: str) -> str:
     return f"restored_videos/{stem}" if is_video(name) else stem
 
 
+CLASH = "its outputs would overwrite those of"
+"""How :func:`output_clash` begins: a failed record that says it was never tried."""
+
+
 def output_owners(names: Iterable[str], taken: dict[str, str] | None = None) -> dict[str, str]:
     """Which input each :func:`output_group` of ``names`` goes to, for :func:`output_clash`: the first
     input with a photo or video extension, else the first input (an iPhone's IMG_1234.AAE sidecar, XML,
@@ -348,7 +352,7 @@ def output_clash(owners: dict[str, str], name: str) -> str | None:
     first = owners.setdefault(output_group(name), name)
     if first == name:
         return None
-    return f"its outputs would overwrite those of {first} (same name without extension)"
+    return f"{CLASH} {first} (same name without extension)"
 
 
 def give_back(owners: dict[str, str], name: str) -> None:

@@ -299,6 +299,17 @@ def test_plan_keeps_an_earlier_jobs_outputs_and_gives_photos_their_names(tmp_pat
     assert [r["path"] for r in clashes] == ["/in/IMG_1234.AAE", "/in/b.txt"]
     assert "/in/IMG_1234.JPG" in clashes[0]["error"] and "another -o" not in clashes[0]["error"]
 
+    # a.jpg is corrupt, a.png a photo: the first run refuses a.png as a clash; the rerun, where a.jpg's
+    # record says it failed when tried, restores a.png (as the CLI gives a failed input's name back)
+    items = [batch.Input(k, k) for k in ("/in/a.jpg", "/in/a.png")]
+    todo, _, clashes = batch.plan(items, {}, out, "s1", redo=False)
+    assert [i.key for i in todo] == ["/in/a.jpg"] and [r["path"] for r in clashes] == ["/in/a.png"]
+    latest = {
+        r["path"]: r for r in (clashes[0], {"path": "/in/a.jpg", "status": "failed", "error": "corrupt"})
+    }
+    todo, _, clashes = batch.plan(items, latest, out, "s1", redo=False)
+    assert [i.key for i in todo] == ["/in/a.png"] and [r["path"] for r in clashes] == ["/in/a.jpg"]
+
 
 def test_a_file_url_input_is_never_written_over(tmp_path: Path, weights: Path) -> None:
     """file://OUT/restored_imgs/ -o OUT: the input is read through pyarrow's local file system, and its
