@@ -62,12 +62,6 @@ class Unavailable:
         return f"{what} unavailable ({self.reason}); {instead}"
 
 
-def _file_key(found: Resolved) -> str:
-    """What the store keeps a file's networks under: its real path, so that a symbolic link and its target
-    (or two links to one file) are read and built once (``found.path`` only resolves ``..`` and ``.``)."""
-    return os.path.realpath(found.path)
-
-
 class _Checkpoint:
     """A generator's weights read once: its config stays, its tensors are handed to the first build.
 
@@ -132,6 +126,14 @@ class ModelStore:
                 self._items[key] = value
         return value
 
+    def _file_key(self, found: Resolved) -> str:
+        """What the store keeps a file's networks under: its real path, so that a symbolic link and its
+        target (or two links to one file) are read and built once (``found.path`` only resolves ``..`` and
+        ``.``). Found once per path, as specs are resolved once: a link pointed elsewhere later does not
+        build a second network beside the first."""
+        path = str(found.path)
+        return self._get(("real path", path), lambda: os.path.realpath(path))
+
     def resolve(self, spec: str | os.PathLike[str]) -> Resolved:
         """Where the weights of ``spec`` are (found once per spelling; a download happens once)."""
         spec = os.fspath(spec)
@@ -141,7 +143,7 @@ class ModelStore:
     def _checkpoint(self, spec: str | os.PathLike[str]) -> _Checkpoint:
         found = self.resolve(spec)
         mapped = self.placement.backend == "openvino"
-        return self._get(("checkpoint", _file_key(found)), lambda: _Checkpoint(found, mapped))
+        return self._get(("checkpoint", self._file_key(found)), lambda: _Checkpoint(found, mapped))
 
     def generator_config(self, spec: str | os.PathLike[str]) -> GeneratorConfig:
         """The layout of a generator, from its config file or its weights' keys and shapes (raises what
@@ -152,7 +154,7 @@ class ModelStore:
         """The GFPGAN generator module of a version / file / folder / repo id, in PyTorch."""
         checkpoint = self._checkpoint(spec)
         return self._get(
-            ("generator", _file_key(checkpoint.found)),
+            ("generator", self._file_key(checkpoint.found)),
             lambda: generator_network(checkpoint.take(), checkpoint.config, checkpoint.found, self.placement),
         )
 
@@ -184,13 +186,13 @@ class ModelStore:
             checkpoint.release()  # taken by the PyTorch build, or not needed: the conversion serves
             return Network(run, supports, placement, config)
 
-        return self._get(("faces", _file_key(checkpoint.found)), build)
+        return self._get(("faces", self._file_key(checkpoint.found)), build)
 
     # ------------------------------------------------------------------------- registry networks
     def network(self, name: str) -> Network:
         """The registry model ``name`` (detector, parser, upsampler) with its weights, in PyTorch."""
         found = self.resolve(name)
-        key = ("network", _file_key(found))
+        key = ("network", self._file_key(found))
         return self._get(key, lambda: model_network(found, placement=self.placement))
 
     def optional(self, name: str) -> Network | Unavailable:

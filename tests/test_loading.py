@@ -678,3 +678,18 @@ def test_a_loaded_generator_keeps_its_weights_when_its_file_is_rewritten_in_plac
     with open(live, "r+b") as f:
         f.write(other.read_bytes())
     assert torch.equal(net(x)[0], before)
+
+
+def test_a_link_pointed_elsewhere_later_builds_no_second_network(tmp_path: Path) -> None:
+    """Specs are resolved once per store, and so are the real paths networks are kept under: `ln -sfn new
+    live` under a running app kept the old network and built a second one beside it."""
+    from gfp.store import ModelStore
+
+    link = tmp_path / "live"
+    link.symlink_to(save_tiny_generator(tmp_path / "a", seed=0))
+    store = ModelStore(placement=Placement(backend="torch"))
+    first = store.generator(str(link))
+    link.unlink()
+    link.symlink_to(save_tiny_generator(tmp_path / "b", seed=1))
+    assert store.generator(str(link)) is first
+    assert sum(key[0] == "generator" for key in store._items) == 1
