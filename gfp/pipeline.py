@@ -17,6 +17,7 @@ faces rescaled to 16-bit values.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import threading
 import time
@@ -348,13 +349,13 @@ def expect(value: Any, kind: type[T], name: str, default: Callable[[], T] | None
 
 
 def is_whole(value: Any) -> bool:
-    """An int (NumPy's too), and not a bool (``True`` is an int to Python, but no tile size or batch size)."""
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    """An integer (NumPy's too), and not a bool (``True`` is an int to Python, but no tile or batch size)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_real(value: Any) -> bool:
-    """A real number (int or float, NumPy's too), not a bool or a string."""
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    """A real number (int, float, Fraction, NumPy's too), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _work_image(img: np.ndarray) -> np.ndarray:

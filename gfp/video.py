@@ -96,7 +96,7 @@ class VideoOptions:
         if self.codec not in VIDEO_CODECS:
             raise ValueError(f"unknown video codec {self.codec!r}; choose one of: {', '.join(VIDEO_CODECS)}")
         top = VIDEO_CODECS[self.codec][1]
-        if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not 0 <= self.crf <= top:
+        if not is_whole(self.crf) or not 0 <= self.crf <= top:
             raise ValueError(f"crf must be an integer in [0, {top}] for {self.codec}, got {self.crf!r}")
         if not is_whole(self.buffer_frames) or self.buffer_frames < 1:
             raise ValueError(f"buffer_frames must be an integer >= 1, got {self.buffer_frames!r}")

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -222,6 +223,9 @@ def test_bad_smoothing_options() -> None:
     with pytest.raises(ValueError, match="match_distance must be a number >= 0 face sizes, got nan"):
         SmoothingOptions(match_distance=float("nan"))
     assert SmoothingOptions(min_cutoff=np.float32(1.0)).min_cutoff == 1.0
+    assert (
+        VideoOptions(crf=np.int64(20), max_seconds=np.float32(2.5)).crf == 20
+    )  # NumPy's numbers are numbers
 
 
 def test_is_video() -> None:
@@ -805,6 +809,8 @@ def test_arguments_in_the_wrong_order_or_empty_frames_are_named(blind: Path, tmp
     for seconds in (float("nan"), "0.1", None):  # NaN failed as "degenerate landmarks" in the aligner
         with pytest.raises(ValueError, match="frame times must be finite numbers of seconds"):
             next(restore_frames(_restorer(blind), [(_scene(i=0), seconds)], _options(blind)))
+    # PyAV's own times (pts × time_base) are Fractions
+    assert next(restore_frames(_restorer(blind), [(_scene(i=0), Fraction(1001, 30000))], _options(blind)))
 
 
 def test_without_pyav_photos_still_run_and_videos_say_what_to_install(tmp_path, monkeypatch) -> None:
