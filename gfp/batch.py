@@ -337,8 +337,9 @@ def _is_local(filesystem: Any) -> bool:
 
 @contextlib.contextmanager
 def _local_copy(filesystem: Any, path: str) -> Iterator[str]:
-    """``path`` as a local file for PyAV: itself on the local disk, else a temporary copy (deleted after)."""
-    if filesystem is None:
+    """``path`` as a local file for PyAV: itself on the local disk (a file:// URL too), else a temporary
+    copy (deleted after)."""
+    if _is_local(filesystem):
         yield path
         return
     fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])

@@ -323,6 +323,15 @@ def test_a_file_url_input_is_never_written_over(tmp_path: Path, weights: Path) -
     assert record["path"] == f"file://{photo}" and photo.read_bytes() == before
 
 
+def test_a_clip_on_the_local_disk_is_read_where_it_is(tmp_path: Path) -> None:
+    """A file:// clip is on this machine: it was copied whole to a temporary file first, like one on S3."""
+    pafs = pytest.importorskip("pyarrow.fs")
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not read here")
+    with batch._local_copy(pafs.LocalFileSystem(), str(clip)) as local:
+        assert local == str(clip)
+
+
 def test_a_restored_image_too_large_for_its_format_is_a_failed_record(tmp_path: Path, weights: Path) -> None:
     photo = tmp_path / "wide.jpg"
     cv2.imwrite(str(photo), _gradient(8, 8200))
