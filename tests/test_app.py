@@ -127,6 +127,11 @@ def test_local_models_of_the_same_name_are_all_offered(tmp_path: Path) -> None:
     assert list(specs)[:3] == ["model", "run2/model", "runs/v1.3"]  # a parent folder tells them apart
     assert (specs["model"], specs["run2/model"], specs["runs/v1.3"]) == (first, second, official)
     assert specs["v1.3"] == "v1.3"  # the registry's model is not shadowed by a folder of its name
+    # another spelling of one folder is one model; a Hub repo id keeps its own name from a later folder's
+    again = str(tmp_path / "run1" / ".." / "run1" / "model")
+    specs = model_specs([first, again, second, "run2/model"])
+    assert list(specs)[:3] == ["model", f"{tmp_path.name}/run2/model", "run2/model"]
+    assert (specs["model"], specs["run2/model"]) == (first, "run2/model") and again not in specs.values()
 
 
 @pytest.mark.usefixtures("offline")

@@ -193,19 +193,23 @@ def model_specs(extra: Sequence[str]) -> dict[str, str]:
     (``run2/model``), so none is lost.
     """
     official = registry.choice_names("generator")
-    specs: dict[str, str] = {}
-    local_files: dict[str, Path] = {}  # the dropdown values of local models -> their absolute paths
-    for spec in extra:
+
+    def local(spec: str) -> bool:
         path = Path(spec).expanduser()
-        if spec in official or not (path.is_absolute() or path.exists()):
+        return spec not in official and (path.is_absolute() or path.exists())
+
+    reserved = {*official, *(spec for spec in extra if not local(spec))}  # names that are specs themselves
+    specs: dict[str, str] = {}
+    local_files: dict[str, Path] = {}  # the dropdown values of local models -> their real paths
+    for spec in extra:
+        if not local(spec):
             specs.setdefault(spec, spec)
             continue
-        full = path.absolute()
+        full = Path(os.path.realpath(Path(spec).expanduser()))
         for depth in range(1, len(full.parts)):  # parts[0] is the root
             name = "/".join(full.parts[-depth:])
-            taken = name in specs or name in official
-            if not taken or local_files.get(name) == full:  # free, or this very file given twice
-                break
+            if local_files.get(name) == full or (name not in specs and name not in reserved):
+                break  # this very file given again (any spelling), or a free name
         specs.setdefault(name, spec)
         local_files.setdefault(name, full)
     for name in official:
