@@ -263,6 +263,7 @@ def test_no_paths_cuts_folders_but_keeps_urls() -> None:
         == "(x.pth is not) `y.pth` 'z.pth' v.pth"
     )
     assert no_paths("owner/repo") == "owner/repo"  # a Hub repo id is no path
+    assert no_paths("dir:/srv/w/x.pth and file:///srv/w/y.pth") == "dir:x.pth and file:y.pth"
 
 
 def test_bad_device_is_a_clear_exit() -> None:

@@ -273,15 +273,19 @@ def check_weights(settings: AppSettings) -> WeightsCheck:
 
 
 _PART = r"[^/\s'\"():`]+"
-_PATH = re.compile(rf"(?<![\w:/.~-])[\w.~-]*(?:/{_PART})+/({_PART})")
+_PATH = re.compile(rf"(?<![\w/.~-])[\w.~-]*(?:/+{_PART})+/+({_PART})")
 """A file path with its folders (absolute, from ~ or .., or relative with two slashes or more: one slash is
-a Hub repo id) that starts a word; a URL's host and path follow "scheme:/" or the host, so are none."""
+a Hub repo id) that starts a word (or follows a colon: ``dir:/srv/...``, ``file:///srv/...``)."""
+_URL = re.compile(r"\bhttps?://[^\s'\"()`]+")
+"""A web address (a download's): kept whole, as it names no folder of the server."""
 
 
 def no_paths(text: str) -> str:
     """``text`` with every file path cut to its last part: what visitors see names files, never the
-    server's folders. URLs (a download's address) are kept whole."""
-    return _PATH.sub(r"\1", text)
+    server's folders. Web addresses (a download's) are kept whole."""
+    kept = _URL.findall(text)
+    cut = [_PATH.sub(r"\1", part) for part in _URL.split(text)]
+    return "".join(part + url for part, url in zip(cut, [*kept, ""], strict=True))
 
 
 def weights_banner(check: WeightsCheck) -> str:
