@@ -73,6 +73,7 @@ def test_values_at_the_edge_of_their_range_are_taken() -> None:
         "degradation.kernel_prob=[0, 1]",
         "loss.vgg_layers={conv1_2: 0}",
         "degradation.blur_kernel_size=1",
+        "optim.warmup_iter=-1",  # basicsr's (and the official GFPGAN configs') "no warm-up"
     ]
     cfg = load_config(TINY, edges)
     assert cfg["loss"]["vgg_layers"] == {"conv1_2": 0.0} and cfg["data"]["degrade_size"] == 64

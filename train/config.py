@@ -326,7 +326,7 @@ RANGES: dict[str, Span] = {
     "optim.lr_component": POSITIVE,
     "optim.gamma": POSITIVE,
     "optim.min_lr_ratio": FRACTION,
-    "optim.warmup_iter": ZERO_UP,
+    "optim.warmup_iter": Span(-1, words="-1 or 0 (no warm-up, as in basicsr's configs) or more"),
     "optim.clip_grad_norm": Span(0, words="0 (off) or more"),
     "train.total_iter": ONE_UP,
     "train.ema_decay": Span(0, 1, words="in [0, 1)", below_high=True),
