@@ -636,6 +636,60 @@ def test_sigterm_and_sighup_checkpoint_the_step_like_ctrl_c(faces, tmp_path, mon
     assert "interrupted" in capsys.readouterr().err
 
 
+def test_a_sighup_the_process_was_started_ignoring_stays_ignored(faces, tmp_path, monkeypatch):
+    """`nohup python -m train ...` ignores SIGHUP: logging out must not stop the run."""
+    import signal
+
+    from train.__main__ import main as cli
+
+    real = Trainer.train_step
+
+    def step_then_hangup(self, batch):
+        logs = real(self, batch)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGHUP)
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_hangup)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        run = tmp_path / "run"
+        args = ["train", "--config", str(TINY), f"data.train={faces}", f"output_dir={run}", *FAST]
+        assert cli([*args, "train.total_iter=4"]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000004.pt"]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_closed_terminal_stops_the_run_with_its_checkpoint(faces, tmp_path):
+    """The hangup of a closed terminal: the run's next log line would fail with EIO (writing to the gone
+    terminal) and kill it before its checkpoint; it stops after the step, checkpointed, exit 130."""
+    import pty
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "train", "train", "--config", str(TINY), f"data.train={faces}"]
+    args += [f"output_dir={run}", *FAST, "train.log_every=1", "train.total_iter=100000"]
+    master, terminal = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, stdin=terminal, stdout=terminal, stderr=terminal, cwd=ROOT, env=env)
+    os.close(terminal)
+    seen, deadline = b"", time.monotonic() + 120
+    while not re.search(rb"step \d+: l_", seen) and time.monotonic() < deadline:
+        try:
+            seen += os.read(master, 4096)  # until a log line is written: the loop is running
+        except OSError:
+            break
+    proc.send_signal(signal.SIGHUP)  # the hangup, as the terminal goes away
+    os.close(master)
+    assert proc.wait(timeout=120) == 130, seen[-2000:]
+    assert any((run / "checkpoints").glob("step_*.pt"))
+
+
 def test_resume_drops_the_log_records_of_steps_trained_again(faces, tmp_path):
     """Resumed from a checkpoint older than the last logged step, the steps after it are trained again: their
     earlier log records are dropped, so train_log.jsonl holds each step once, in order."""

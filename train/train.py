@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -852,14 +853,30 @@ def _interrupt_between_steps() -> Iterator[Callable[[], bool]]:
         if signum == signal.SIGINT:
             log.info("Ctrl-C: stopping after this step (press again to stop at once)")
         else:
+            if signum == getattr(signal, "SIGHUP", None):
+                _leave_the_terminal()
             log.info("%s: stopping after this step, with its checkpoint", signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, ask) for sig in STOP_SIGNALS}
+    # a signal the process was started ignoring stays ignored: nohup's SIGHUP must not stop the run
+    taken = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, ask) for sig in taken}
     try:
         yield asked.is_set
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _leave_the_terminal() -> None:
+    """After a hangup, writing to the closed terminal fails (EIO), and the run would die on its next log
+    line instead of checkpointing: output that went to a terminal goes nowhere from now on."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            if stat.S_ISCHR(os.fstat(fd).st_mode):  # a terminal (a hung-up one may no longer say isatty)
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
