@@ -878,9 +878,21 @@ def test_resting_discriminators_schedules_wait_without_a_warning(faces, tmp_path
 
     extra = ("loss.gan_from=3", "optim.warmup_iter=10")
     trainer = Trainer(_config(faces, tmp_path / "run", *extra))
+    used: dict[str, dict[int, float]] = {"g": {}, "d": {}}  # each one's rate at its steps, / its base
+
+    def recorder(key: str):  # noqa: ANN202
+        base = trainer.cfg["optim"][f"lr_{key}"]
+        return lambda optimizer, args, kwargs: used[key].update(
+            {trainer.step: optimizer.param_groups[0]["lr"] / base}
+        )
+
+    for key in used:
+        trainer.optimizers[key].register_step_pre_hook(recorder(key))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(5)
+    # its first step (4) has that step's rate, the generator's, not the one it had when the run began
+    assert list(used["d"]) == [4, 5] and used["d"] == pytest.approx({k: used["g"][k] for k in (4, 5)})
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [
         str(w.message) for w in caught
     ]

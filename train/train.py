@@ -378,8 +378,13 @@ class Trainer:
                 batch, output, gt, logs, fake_rois if use_comp else None, real_rois if use_comp else None
             )
         self.scaler.update()
-        for key in ["g", *(["d"] if adversarial else []), *(PARTS if use_comp else [])]:  # those that stepped
-            self.schedulers[key].step()
+        stepped = {"g", *(["d"] if adversarial else []), *(PARTS if use_comp else [])}
+        for key, scheduler in self.schedulers.items():
+            if key in stepped:
+                scheduler.step()
+            else:  # resting (before loss.gan_from): its rate keeps up, so that its first step has that step's
+                for group in scheduler.optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * self._lr_factor(self.step)
         reduced = self._reduce(logs)  # identical on every rank, so every rank stops together
         if not all(map(math.isfinite, reduced.values())):
             bad = sorted(k for k, v in reduced.items() if not math.isfinite(v))
