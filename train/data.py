@@ -66,16 +66,26 @@ def subfolders_with_images(folder: str | Path) -> list[Path]:
     ]
 
 
-def _one_per_stem(files: list[Path], written_as: str) -> None:
-    """Refuse two inputs of one name (``a.jpg`` and ``a.png``): their outputs are named by the stem
-    (``written_as`` with ``{}`` for it), so the second would overwrite the first."""
+def stem_clash(files: list[Path]) -> tuple[Path, Path] | None:
+    """The first two files of one name without extension (``a.jpg`` and ``a.png``; None: there are none),
+    which whatever is named by the stem would mix up."""
     stems: dict[str, Path] = {}
     for p in files:
         if stems.setdefault(p.stem, p) != p:
-            raise DataError(
-                f"{stems[p.stem].name} and {p.name} would both be written as {written_as.format(p.stem)}: "
-                "rename one"
-            )
+            return stems[p.stem], p
+    return None
+
+
+def _one_per_stem(files: list[Path], written_as: str) -> None:
+    """Refuse two inputs of one name: their outputs are named by the stem (``written_as`` with ``{}`` for
+    it), so the second would overwrite the first."""
+    clash = stem_clash(files)
+    if clash:
+        first, second = clash
+        raise DataError(
+            f"{first.name} and {second.name} would both be written as {written_as.format(first.stem)}: "
+            "rename one"
+        )
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the end chunk every complete PNG closes with

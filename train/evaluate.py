@@ -32,7 +32,7 @@ from gfp.imageio import ImageReadError, read_image, write_image
 from gfp.loading import WeightsError
 from gfp.messages import headline
 from train.config import DEFAULTS, ConfigError
-from train.data import DataError, degrade, list_images, sample_degradation
+from train.data import DataError, degrade, list_images, sample_degradation, stem_clash
 
 METRICS = ("psnr_y", "ssim_y", "psnr", "ssim", "id_cos", "niqe")
 NIQE_MIN_SIZE = 192  # basicsr's NIQE works on 96-px blocks at full and half resolution
@@ -78,12 +78,12 @@ def match(stem: str, files: list[Path]) -> Path | None:
 def _one_per_stem(files: list[Path], what: str) -> None:
     """Refuse two faces of one name (``e.jpg`` and ``e.png``): one would be scored against the other's HQ
     face, or the LQ of one against the restored face of the other."""
-    seen: dict[str, Path] = {}
-    for path in files:
-        if seen.setdefault(path.stem, path) != path:
-            raise EvaluationError(
-                f"{what} faces {seen[path.stem].name} and {path.name} share a name: keep one ({path.parent})"
-            )
+    clash = stem_clash(files)
+    if clash:
+        first, second = clash
+        raise EvaluationError(
+            f"{what} faces {first.name} and {second.name} share a name: keep one ({second.parent})"
+        )
 
 
 def make_lq(hq_files: list[Path], out: Path, size: int, seed: int, degradation: dict[str, Any]) -> None:
