@@ -660,10 +660,11 @@ class Trainer:
                     bar.total, sized_here = total_iter, True
                 if self.step < total_iter and self._past(deadline, now):
                     log.info("time budget of %s min spent at step %d: stopping there", budget, self.step)
-                    if not sized_here:
+                    if not self.sized:  # (a resumed run keeps the schedule its budget sized before)
                         log.warning(
-                            "the budget ran out before %d steps measured the speed: the learning-rate "
-                            "schedule was not fitted to it (give a longer budget, or train.total_iter)",
+                            "the budget ran out before its speed was measured (%d steps, then a tenth of "
+                            "the budget): the learning-rate schedule was not fitted to it (give a longer "
+                            "budget, or train.total_iter)",
                             BUDGET_PROBE[0],
                         )
                     total_iter = self.step
