@@ -152,6 +152,15 @@ def _open_header(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
             raise UnreadableImageError(
                 f"{name}: unsupported pixel type {pixel_type} (only 8- and 16-bit images)"
             ) from None
+        tiff = _tiff_header(data)
+        if tiff is not None:  # a TIFF, of a layout Pillow does not open (16-bit gray with alpha, say)
+            try:
+                layout = f"{tiff.values(data, 277)[0]} samples of {max(tiff.values(data, 258))} bits a pixel"
+            except (KeyError, struct.error, ValueError, IndexError):
+                layout = "its layout"
+            raise UnreadableImageError(
+                f"{name}: a TIFF that cannot be read here ({layout}, or a damaged file); save it as PNG"
+            ) from None
         raise UnreadableImageError(f"{name}: not an image or corrupt (no image format recognised)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"{name}: not an image or corrupt ({exc})") from None
@@ -304,12 +313,13 @@ def _as_stored(data: bytes) -> bytes | bytearray:
     if tiff is None:
         return data
     try:
-        if tiff.entries[_EXIF_ORIENTATION][:2] != (3, 1) or tiff.values(data, _EXIF_ORIENTATION) == (1,):
-            return data  # (a tag that is not one SHORT is not the Orientation OpenCV reads)
+        kind, count, field = tiff.entries[_EXIF_ORIENTATION]
+        if kind not in (3, 4) or count != 1 or tiff.values(data, _EXIF_ORIENTATION) == (1,):
+            return data  # (libtiff reads one SHORT or one LONG as the orientation; anything else it ignores)
     except (KeyError, struct.error):
         return data
     stored = bytearray(data)
-    struct.pack_into(tiff.order + "H", stored, tiff.entries[_EXIF_ORIENTATION][2], 1)
+    struct.pack_into(tiff.order + ("H" if kind == 3 else "I"), stored, field, 1)
     return stored
 
 

@@ -116,6 +116,33 @@ def test_orientation_matches_pil_in_tiff_and_jpeg(kind: str, orientation: int) -
         np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_an_orientation_stored_as_a_long_turns_a_tiff_once(orientation: int) -> None:
+    """The TIFF spec's Orientation is a SHORT, but writers may store a LONG, which libtiff (so OpenCV) reads
+    too: such files were turned twice."""
+    from gfp.imageio import _EXIF_ORIENTATION, _tiff_header
+
+    rgb = _smooth_bgr(30, 50)[:, :, ::-1].copy()
+    data = bytearray(_with_orientation(rgb, "TIFF", orientation))
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(bytes(data)))))[:, :, ::-1]
+    tiff = _tiff_header(bytes(data))
+    assert tiff is not None and tiff.order == "<"  # little-endian: the SHORT's value reads as the same LONG
+    entry = tiff.entries[_EXIF_ORIENTATION][2] - 8  # the entry's start: tag, then its type
+    struct.pack_into("<H", data, entry + 2, 4)
+    assert _tiff_header(bytes(data)).entries[_EXIF_ORIENTATION][:2] == (4, 1)
+    np.testing.assert_array_equal(read_image_bytes(bytes(data)), expected)
+
+
+def test_a_tiff_of_a_layout_no_decoder_reads_is_said_to_be_one() -> None:
+    """16-bit gray with alpha: neither Pillow nor OpenCV decodes it; it was called 'not an image'."""
+    tifffile = pytest.importorskip("tifffile")
+    buf = io.BytesIO()
+    gray_alpha = np.zeros((8, 6, 2), np.uint16)
+    tifffile.imwrite(buf, gray_alpha, photometric="minisblack", extrasamples=[2])
+    with pytest.raises(UnreadableImageError, match=r"a TIFF that cannot be read here \(2 samples of 16 bits"):
+        read_image_bytes(buf.getvalue(), name="la16.tif")
+
+
 def test_orientation_of_16bit_colour_and_tiled_tiff() -> None:
     tifffile = pytest.importorskip("tifffile")
     rgb = np.random.default_rng(2).integers(0, 65536, (32, 48, 3), dtype=np.uint16)
