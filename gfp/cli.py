@@ -368,6 +368,8 @@ def check_output_folder(output: str) -> None:
     file (every input would be restored, then fail to write), or a new name that looks like a file's
     (``-o result.png`` would make a folder of that name)."""
     path = Path(output)
+    if path.is_symlink() and not path.exists():  # mkdir would say "File exists" for every input
+        raise ValueError(f"-o {output!r} is a link to {os.readlink(path)!r}, which does not exist")
     if path.exists() and not path.is_dir():
         raise ValueError(f"-o takes a folder, and {output!r} is a file (give a folder name)")
     if not path.exists() and (is_video(path) or path.suffix.lower() in WRITE_FORMATS):

@@ -96,6 +96,10 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert f"-o takes a folder, and {str(output)!r} is a file" in err and "Restoring" not in err
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # a link to a folder that is not there
+    with pytest.raises(SystemExit) as exc:
+        main(["-i", str(img), "-o", str(tmp_path / "gone"), *_args(weights)])
+    assert exc.value.code == 2 and "which does not exist" in capsys.readouterr().err
 
 
 def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
