@@ -455,16 +455,39 @@ def plan(
     keys = {item.key for item in inputs}
     todo, complete, clashes = [], [], []
     for item in inputs:
+        group = output_group(item.key)
+        record = latest.get(item.key)
+        earlier = owners.get(group)
+        if earlier not in (None, item.key) and earlier not in keys and _same_file(earlier, item.key):
+            # the file an earlier job restored, named another way (a link, a file:// URL): this input
+            owners[group], record = item.key, record or latest.get(earlier)
         clash = output_clash(owners, item.key)
-        if clash and owners[output_group(item.key)] not in keys:
+        if clash and owners[group] not in keys:
             clash += f"; an earlier job restored it into {output}: give this input another -o"
         if clash:
             clashes.append(_record(item.key, "failed", error=clash))
-        elif not redo and is_complete(latest.get(item.key), output, settings):
+        elif not redo and is_complete(record, output, settings):
             complete.append(item)
         else:
             todo.append(item)
     return todo, complete, clashes
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether the keys ``a`` and ``b`` name one file on this machine (a path and a link to it, or its
+    file:// URL); keys of other file systems are compared as they are."""
+
+    def local(key: str) -> str | None:
+        path = key.removeprefix("file://")
+        return path if os.path.isabs(path) else None
+
+    first, second = local(a), local(b)
+    if first is None or second is None:
+        return a == b
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them is gone: not the same file as far as can be told
+        return False
 
 
 def _resources(args: argparse.Namespace, pending: int) -> tuple[int, float, float]:

@@ -311,6 +311,22 @@ def test_plan_keeps_an_earlier_jobs_outputs_and_gives_photos_their_names(tmp_pat
     assert [i.key for i in todo] == ["/in/a.png"] and [r["path"] for r in clashes] == ["/in/a.jpg"]
 
 
+def test_the_file_an_earlier_job_restored_is_no_clash_under_another_name(tmp_path: Path) -> None:
+    """Through a link to its folder, or as a file:// URL, it is the same input: complete, not 'its outputs
+    would overwrite those of' itself."""
+    photo = _photos(tmp_path / "in", 1) / "img00.png"
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    out = tmp_path / "out"
+    (out / "restored_imgs").mkdir(parents=True)
+    (out / "restored_imgs" / "img00.png").write_bytes(b"restored")
+    done = {"path": str(photo), "status": "done", "settings": "s1", "outputs": ["restored_imgs/img00.png"]}
+    for key in (str(tmp_path / "link" / "img00.png"), f"file://{photo}"):
+        todo, complete, clashes = batch.plan([batch.Input(key, key)], {str(photo): done}, out, "s1", False)
+        assert (todo, [i.key for i in complete], clashes) == ([], [key], []), key
+        todo, _, clashes = batch.plan([batch.Input(key, key)], {str(photo): done}, out, "s1", True)
+        assert [i.key for i in todo] == [key] and not clashes  # --redo restores it again
+
+
 def test_a_file_url_input_is_never_written_over(tmp_path: Path, weights: Path) -> None:
     """file://OUT/restored_imgs/ -o OUT: the input is read through pyarrow's local file system, and its
     output would be the input itself."""
