@@ -702,7 +702,7 @@ class Trainer:
 
     def _past(self, deadline: float, now: float) -> bool:
         """Whether the time budget is spent: rank 0's clock decides, every 50 steps when distributed (a
-        collective each step would cost more than the budget's precision is worth)."""
+        budget of minutes needs no finer check; the ranks' own clocks would disagree on the step)."""
         if self.world == 1:
             return now >= deadline
         if self.step % 50:
