@@ -41,8 +41,12 @@ def test_numbers_written_either_way_are_numbers() -> None:
         ("output_dir=", "config key 'output_dir' needs a value"),
         ("data.batch_size=[", "override 'data.batch_size=[': the value is not YAML"),
         ("data.batch_size=1e400", "'data.batch_size' must be a whole number, got inf"),
-        ("data.num_workers=-1", "data.num_workers must be 0"),
-        ("train.time_budget_min=-1", "train.time_budget_min must be a positive number of minutes"),
+        ("data.batch_size=0", "'data.batch_size' must be 1 or more, got 0"),
+        (
+            "data.num_workers=-1",
+            "'data.num_workers' must be 0 (load in the training process) or more, got -1",
+        ),
+        ("train.time_budget_min=-1", "'train.time_budget_min' must be a positive number of minutes, or null"),
         # values that failed with a traceback (Adam's checks, a division by zero, NaN probabilities)
         ("optim.lr_g=-1", "'optim.lr_g' must be above 0, got -1.0"),
         ("loss.vgg_layers.conv1_2=abc", "'loss.vgg_layers.conv1_2' must be a number, got 'abc'"),

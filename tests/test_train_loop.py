@@ -420,7 +420,10 @@ def test_generator_betas_pixel_loss_and_threads_reach_the_trainer(faces, tmp_pat
         ("optim.betas_g=[0.9]", "optim.betas_g must be two numbers"),
         ("optim.betas_g=[1.0, 0.99]", "optim.betas_g must be two numbers"),
         ("loss.pixel_type=l3", "loss.pixel_type must be 'l1' or 'l2'"),
-        ("train.threads=-1", "train.threads must be 0"),
+        (
+            "train.threads=-1",
+            "'train.threads' must be 0 \\(torch's default\\) or a number of threads, got -1",
+        ),
     ],
 )
 def test_bad_optimiser_loss_and_thread_settings_are_named(faces, tmp_path, override, message):

@@ -328,6 +328,10 @@ RANGES: dict[str, Span] = {
     "optim.min_lr_ratio": FRACTION,
     "optim.warmup_iter": Span(-1, words="-1 or 0 (no warm-up, as in basicsr's configs) or more"),
     "optim.clip_grad_norm": Span(0, words="0 (off) or more"),
+    "data.batch_size": ONE_UP,
+    "data.num_workers": Span(0, words="0 (load in the training process) or more"),
+    "train.threads": Span(0, words="0 (torch's default) or a number of threads"),
+    "train.time_budget_min": Span(0, words="a positive number of minutes, or null", above_low=True),
     "train.total_iter": ONE_UP,
     "train.ema_decay": Span(0, 1, words="in [0, 1)", below_high=True),
     "train.log_every": OFF_OR_EVERY,
@@ -362,13 +366,6 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(
             f"data.degrade_size must be data.out_size ({size}) or more, or null, got {degrade_size}"
         )
-    if cfg["data"]["batch_size"] < 1:
-        raise ConfigError("data.batch_size must be at least 1")
-    if cfg["data"]["num_workers"] < 0:
-        raise ConfigError("data.num_workers must be 0 (load in the training process) or more")
-    budget = cfg["train"]["time_budget_min"]
-    if budget is not None and not budget > 0:
-        raise ConfigError(f"train.time_budget_min must be a positive number of minutes or null, got {budget}")
     if cfg["data"]["components"]["source"] not in ("template", "file"):
         raise ConfigError("data.components.source must be 'template' or 'file'")
     if cfg["data"]["components"]["source"] == "file" and not cfg["data"]["components"]["file"]:
@@ -386,8 +383,6 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(
             f"degradation.kernel_prob must be 0 or more and not all 0, got {deg['kernel_prob']!r}"
         )
-    if cfg["train"]["threads"] < 0:
-        raise ConfigError("train.threads must be 0 (torch's default) or a number of threads")
     if cfg["loss"]["pixel_type"] not in ("l1", "l2"):
         raise ConfigError("loss.pixel_type must be 'l1' or 'l2'")
     betas = cfg["optim"]["betas_g"]
