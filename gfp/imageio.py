@@ -225,14 +225,17 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img
 
 
+def _tag(header: Image.Image, tag: int, default: int) -> tuple[int, ...]:
+    """A TIFF tag's values as a tuple (Pillow gives a lone value bare); ``(default,)`` when absent."""
+    value = header.tag_v2.get(tag, default)
+    return value if isinstance(value, tuple) else (value,)
+
+
 def _separate_wide_planes(header: Image.Image) -> bool:
     """A TIFF with more than one sample per pixel, stored plane by plane, above 8 bits per sample."""
     if header.format != "TIFF":
         return False
-    tags = header.tag_v2
-    bits = tags.get(258, (1,))
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    return tags.get(284, 1) == 2 and tags.get(277, 1) > 1 and max(bits) > 8
+    return _tag(header, 284, 1) == (2,) and _tag(header, 277, 1)[0] > 1 and max(_tag(header, 258, 1)) > 8
 
 
 def _unassociated_alpha_tiff(header: Image.Image) -> bool:
@@ -240,11 +243,9 @@ def _unassociated_alpha_tiff(header: Image.Image) -> bool:
     decoder gives its colours multiplied by the alpha (16-bit ones it reads as stored)."""
     if header.format != "TIFF" or header.mode not in ("RGBA", "LA"):
         return False
-    bits = header.tag_v2.get(258, (8,))
-    if max(bits if isinstance(bits, tuple) else (bits,)) > 8:  # Pillow would decode 16-bit ones to 8
+    if max(_tag(header, 258, 8)) > 8:  # Pillow would decode 16-bit ones to 8
         return False
-    extra = header.tag_v2.get(338, ())
-    return 2 in (extra if isinstance(extra, tuple) else (extra,))
+    return 2 in _tag(header, 338, 0)  # ExtraSamples 2: unassociated alpha
 
 
 class _TiffHeader(NamedTuple):
@@ -350,7 +351,7 @@ def encode_image(
     ``icc_profile`` (as :func:`read_icc_profile` gives it) is embedded in PNG, JPEG and WebP when its
     colour space is the written image's (RGB, or gray for gray PNG and JPEG); TIFF and BMP get none.
     """
-    fmt = WRITE_FORMATS.get(ext.lower() if ext.startswith(".") else "." + ext.lower())
+    fmt = _write_format(ext)
     if fmt is None:
         raise ValueError(f"cannot write '{ext}' images; use one of {sorted(WRITE_FORMATS)}")
     if not 1 <= int(quality) <= 100:
@@ -373,6 +374,12 @@ def encode_image(
     if icc_profile and icc_profile[16:20] == (b"GRAY" if gray else b"RGB ") and fmt in _EMBED_ICC:
         data = _EMBED_ICC[fmt](data, icc_profile)
     return data
+
+
+def _write_format(ext: str) -> str | None:
+    """The format :func:`encode_image` writes for the extension ``ext`` (with or without its dot)."""
+    ext = ext.lower()
+    return WRITE_FORMATS.get(ext if ext.startswith(".") else "." + ext)
 
 
 def _png_with_icc(png: bytes, profile: bytes) -> bytes:
@@ -477,7 +484,7 @@ def size_error(ext: str, width: int, height: int) -> str | None:
     """Why an image of ``width`` x ``height`` cannot be written as ``ext`` (None: it can), so that a caller
     refuses it before making it: JPEG holds at most 65500 px a side, WebP 16383 and PNG 1000000 (libpng's
     limit); OpenCV's encoders only print their refusal and return nothing."""
-    fmt = WRITE_FORMATS.get(ext.lower() if ext.startswith(".") else "." + ext.lower())
+    fmt = _write_format(ext)
     limits = {".jpg": ("JPEG", 65500), ".webp": ("WebP", 16383), ".png": ("PNG", 1_000_000)}
     if fmt not in limits or max(width, height) <= limits[fmt][1]:
         return None
