@@ -66,6 +66,14 @@ def subfolders_with_images(folder: str | Path) -> list[Path]:
     ]
 
 
+def same_folder(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one folder, also through a link or another spelling of it."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return a.samefile(b)
+    return a.resolve() == b.resolve()
+
+
 def stem_clash(files: list[Path]) -> tuple[Path, Path] | None:
     """The first two files of one name without extension (``a.jpg`` and ``a.png``; None: there are none),
     which whatever is named by the stem would mix up."""
@@ -695,7 +703,7 @@ def prepare_folder(src: str | Path, dst: str | Path, size: int, lmdb: bool = Fal
     files = list_images(src)
     out = Path(dst)
     target = out.with_suffix("") if lmdb else out
-    if target.resolve() == Path(src).resolve():
+    if same_folder(target, src):
         raise DataError(f"{dst} is the source folder: the resized faces would replace the originals")
     _one_per_stem(files, "{}.png")
     target.mkdir(parents=True, exist_ok=True)

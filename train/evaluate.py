@@ -32,7 +32,7 @@ from gfp.imageio import ImageReadError, read_image, write_image
 from gfp.loading import WeightsError
 from gfp.messages import headline
 from train.config import DEFAULTS, ConfigError
-from train.data import DataError, degrade, list_images, sample_degradation, stem_clash
+from train.data import DataError, degrade, list_images, same_folder, sample_degradation, stem_clash
 
 METRICS = ("psnr_y", "ssim_y", "psnr", "ssim", "id_cos", "niqe")
 NIQE_MIN_SIZE = 192  # basicsr's NIQE works on 96-px blocks at full and half resolution
@@ -316,14 +316,6 @@ def _data_dir() -> Path | None:
     return None
 
 
-def _same_folder(a: str | Path, b: str | Path) -> bool:
-    """Whether two paths name one folder, also through a link or another spelling of it."""
-    a, b = Path(a), Path(b)
-    if a.exists() and b.exists():
-        return a.samefile(b)
-    return a.resolve() == b.resolve()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.size < 16:
@@ -339,12 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     if above and not above[0].is_dir():  # found now, not after all the scoring
         print(f"error: --json {args.json}: {above[0]} is a file, not a folder", file=sys.stderr)
         return 2
-    if args.degrade and _same_folder(args.lq, args.hq):
+    if args.degrade and same_folder(args.lq, args.hq):
         print("error: --degrade writes into --lq, which is --hq: the HQ faces would be lost", file=sys.stderr)
         return 2
     for flag, faces in (("--lq", "LQ input"), ("--hq", "HQ")):
         # the restored faces are written as STEM.png: they would replace the faces they are scored against
-        if args.model and args.out and _same_folder(args.out, getattr(args, flag[2:])):
+        if args.model and args.out and same_folder(args.out, getattr(args, flag[2:])):
             print(
                 f"error: --out is {flag}: the restored faces would replace the {faces} faces", file=sys.stderr
             )
