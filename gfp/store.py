@@ -218,20 +218,29 @@ class ModelStore:
         return self.network(name)
 
     def parser(self, required: bool = False) -> Network | Unavailable:
-        """ParseNet in the store's backend, or :class:`Unavailable` (raised instead when ``required``)."""
+        """ParseNet in the store's backend, or :class:`Unavailable` (raised instead when ``required``). As for
+        the generator, a conversion OpenVINO has cached serves without the PyTorch network being built."""
         name = registry.DEFAULTS["parser"]
-        got = self.optional(name)
+        got = self._get(("parser", name), lambda: self._parser(name))
+        if isinstance(got, Unavailable) and required:
+            raise got.error
+        return got
+
+    def _parser(self, name: str) -> Network | Unavailable:
+        try:
+            path = str(self.resolve(name).path)
+        except WeightsError as err:
+            return Unavailable(name, err)
+        supports = registry.MODEL_ZOO[name].supports
+        placement = self.placement.for_model(supports)
+        cached = self._cached(path, "parser", PARSE_SIZE, placement)
+        if cached is not None:
+            return Network(cached, supports, placement)
+        got = self.optional(name)  # a file that does not fit is unavailable too
         if isinstance(got, Unavailable):
-            if required:
-                raise got.error
             return got
-        path = str(self.resolve(name).path)
-
-        def build() -> Network:
-            run = self._backend(path, "parser", lambda: got.run, lambda: got.run, PARSE_SIZE, got.placement)
-            return Network(run, got.supports, got.placement)
-
-        return self._get(("parser", path), build)
+        run = self._backend(path, "parser", lambda: got.run, lambda: got.run, PARSE_SIZE, got.placement)
+        return Network(run, got.supports, got.placement)
 
     def background(self, name: str) -> BackgroundUpsampler | None:
         """The background upsampler for choice ``name`` (None for "none"); its networks load on first use
@@ -257,14 +266,9 @@ class ModelStore:
         conversion a background process makes. A network OpenVINO cannot convert runs in PyTorch (warned)."""
         if placement.backend != "openvino":
             return fallback()
-        example = torch.zeros(2, 3, size, size)  # only its layout matters
+        example = _example(size)
         try:
-            options = {
-                "bf16": placement.bf16,
-                "cache_dir": cache_dir(),
-                "name": Path(path).name,
-                "role": role,
-            }
+            options = _openvino_options(path, role, placement)
             if self.convert == "now":
                 return openvino.compile_network(module, example, (0,), source=path, **options)
             found = openvino.cached_network(path, example, (0,), **options)
@@ -287,6 +291,20 @@ class ModelStore:
             return found
 
         return openvino.Switching(fallback(), converted)
+
+    def _cached(
+        self, path: str, role: str, size: int, placement: Placement
+    ) -> openvino.OpenVINONetwork | None:
+        """The ``role`` network of ``path`` as converted in the OpenVINO cache, found without reading its
+        weights; None for the PyTorch backend, when not converted, or when the lookup fails (the build that
+        follows then says why)."""
+        if placement.backend != "openvino":
+            return None
+        try:
+            options = _openvino_options(path, role, placement)
+            return openvino.cached_network(path, _example(size), (0,), **options)
+        except Exception:  # noqa: BLE001  (the PyTorch path that follows reports it)
+            return None
 
     def prepare(self, version: str, batch: int, parser: bool) -> list[threading.Thread]:
         """Start loading the generator of ``version`` (and the face parser when ``parser``) in background
@@ -317,6 +335,16 @@ class ModelStore:
         for thread in threads:
             thread.start()
         return threads
+
+
+def _example(size: int) -> Tensor:
+    """An input of the layout a network of ``size`` px converts for (only its shape matters)."""
+    return torch.zeros(2, 3, size, size)
+
+
+def _openvino_options(path: str, role: str, placement: Placement) -> dict[str, Any]:
+    """What the OpenVINO cache knows a converted network by, beside its file and input layout."""
+    return {"bf16": placement.bf16, "cache_dir": cache_dir(), "name": Path(path).name, "role": role}
 
 
 def conversion_network(role: str, source: str) -> nn.Module:
