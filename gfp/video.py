@@ -568,6 +568,9 @@ class _Decoded:
     frames: int = 0
     start: float | None = None
     end: float = 0.0
+    discarded: int = 0
+    """Video packets the container marks as dropped (before an edit list's start, as a clip cut without
+    re-encoding has them): the header counts them as frames, the decoder makes none of them."""
     seconds: float = 0.0
     """Wall time spent decoding."""
 
@@ -599,6 +602,7 @@ def _decode(
         if audio is not None and packet.stream is audio.source:
             audio.packet(packet)
             continue
+        facts.discarded += packet.is_discard
         for frame in packet.decode():
             pts = frame.pts
             if pts is None or (last_pts is not None and (by_count or pts <= last_pts)):
@@ -637,11 +641,12 @@ def _check_frame(
 def _check_complete(
     source: Path, info: VideoInfo, facts: _Decoded, audio: _Audio | None, container_seconds: float
 ) -> None:
-    """Refuse a clip that ended before its header said: fewer frames, or every stream ending early."""
+    """Refuse a clip that ended before its header said: fewer frames (besides those the container drops),
+    or every stream ending early."""
     if facts.frames == 0:
         raise VideoError(f"{source}: the video stream holds no frames")
-    expected = info.frames
-    if expected and facts.frames < expected - max(2, _MISSING_FRAMES_TOLERANCE * expected):
+    expected = info.frames - facts.discarded
+    if info.frames and facts.frames < expected - max(2, _MISSING_FRAMES_TOLERANCE * expected):
         raise VideoError(f"{source}: truncated or corrupt (decoded {facts.frames} of {expected} frames)")
     end = max(facts.end, audio.end if audio is not None else 0.0) - (facts.start or 0.0)
     if container_seconds and end < container_seconds * (1 - _MISSING_FRAMES_TOLERANCE) - 0.1:

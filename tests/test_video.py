@@ -516,6 +516,24 @@ def test_limits_hold_for_a_raw_stream_whose_header_says_nothing(blind: Path, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["both.h264", "l.h264", "long.h264", "s.h264"]
 
 
+def test_a_clip_cut_without_re_encoding_is_not_called_truncated(blind: Path, tmp_path: Path) -> None:
+    """A clip cut without re-encoding starts inside a group of pictures: its edit list drops the frames
+    before the cut, which the header still counts. They are not missing (the clip was refused as
+    "truncated or corrupt (decoded 20 of 25 frames)"); the frames shown are restored."""
+    times = [(i - 5) / 25 for i in range(25)]  # 5 frames before the cut
+    source = write_clip(tmp_path / "cut.mp4", [_scene(i=i) for i in range(25)], times=times, audio=None)
+    with av.open(str(source)) as clip:  # the premise: 25 frames in the header, 5 of them dropped
+        assert clip.streams.video[0].frames == 25 and len(list(clip.decode(video=0))) == 20
+    result = restore_video(
+        source, tmp_path / "out.mp4", _options(blind, upscale=1), restorer=_restorer(blind)
+    )
+    original, restored = read_clip(source), read_clip(result.path)
+    assert result.frames == len(restored.frames) == 20
+    np.testing.assert_allclose(restored.times, original.times, atol=1e-3)
+    for shown, out in zip(original.frames, restored.frames, strict=True):  # the same frames, in order
+        assert np.abs(out.astype(int) - shown).mean() < 3
+
+
 def test_failure_midway_keeps_the_earlier_output(blind: Path, tmp_path: Path) -> None:
     source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(30)], audio=None)
     target = tmp_path / "out" / "clip.mp4"
