@@ -571,8 +571,22 @@ class _Decoded:
     discarded: int = 0
     """Video packets the container marks as dropped (before an edit list's start, as a clip cut without
     re-encoding has them): the header counts them as frames, the decoder makes none of them."""
+    others_start: float | None = None
+    others_end: float = 0.0
+    """Where the packets of the other streams (sound, subtitles, more tracks) start and end, in seconds:
+    the container's duration spans every stream, which may begin before the video or end after it."""
     seconds: float = 0.0
     """Wall time spent decoding."""
+
+    def other(self, packet: av.Packet) -> None:
+        """Note the time span of a packet of a stream other than the video."""
+        if packet.pts is None or not packet.time_base:
+            return
+        start = float(packet.pts * packet.time_base)
+        self.others_start = start if self.others_start is None else min(self.others_start, start)
+        self.others_end = max(
+            self.others_end, float((packet.pts + (packet.duration or 0)) * packet.time_base)
+        )
 
 
 def _decode(
@@ -584,7 +598,8 @@ def _decode(
     info: VideoInfo,
     limits: VideoOptions,
 ) -> Iterator[tuple[np.ndarray, float, int]]:
-    """Yield (upright BGR frame, seconds, pts) in presentation order; audio packets go to ``audio``.
+    """Yield (upright BGR frame, seconds, pts) in presentation order; audio packets go to ``audio``, and
+    where the other streams' packets lie is noted in ``facts``.
 
     Frames without a timestamp, or out of order, get the previous one plus one frame period; in an AVI,
     which keeps no presentation times (with B-frames FFmpeg hands frames their neighbours'), every frame
@@ -592,15 +607,16 @@ def _decode(
     size and the limits are checked again on every frame (``VideoError``): a raw stream's header gives no
     duration, and its frame size may change midway.
     """
-    streams = [stream] + ([audio.source] if audio is not None else [])
     time_base = stream.time_base or Fraction(1, 1000)
     period = max(1, round(1 / (stream.average_rate or stream.guessed_rate or 25) / time_base))
     by_count = container.format.name == "avi"
     last_pts: int | None = None
     clock = time.perf_counter()
-    for packet in container.demux(streams):
-        if audio is not None and packet.stream is audio.source:
-            audio.packet(packet)
+    for packet in container.demux():  # every stream: where each ends tells a truncated file
+        if packet.stream is not stream:
+            facts.other(packet)
+            if audio is not None and packet.stream is audio.source:
+                audio.packet(packet)
             continue
         facts.discarded += packet.is_discard
         for frame in packet.decode():
@@ -648,7 +664,8 @@ def _check_complete(
     expected = info.frames - facts.discarded
     if info.frames and facts.frames < expected - max(2, _MISSING_FRAMES_TOLERANCE * expected):
         raise VideoError(f"{source}: truncated or corrupt (decoded {facts.frames} of {expected} frames)")
-    end = max(facts.end, audio.end if audio is not None else 0.0) - (facts.start or 0.0)
+    start = min(facts.start or 0.0, math.inf if facts.others_start is None else facts.others_start)
+    end = max(facts.end, facts.others_end, audio.end if audio is not None else 0.0) - start
     if container_seconds and end < container_seconds * (1 - _MISSING_FRAMES_TOLERANCE) - 0.1:
         raise VideoError(
             f"{source}: truncated or corrupt (the streams end at {end:.2f} s of {container_seconds:.2f} s)"

@@ -534,6 +534,47 @@ def test_a_clip_cut_without_re_encoding_is_not_called_truncated(blind: Path, tmp
         assert np.abs(out.astype(int) - shown).mean() < 3
 
 
+def _with_commentary(path: Path, frames: list[np.ndarray], seconds: float) -> Path:
+    """A Matroska clip at 25 fps with two sound tracks: silence as long as the video, then a commentary
+    of ``seconds``."""
+    with av.open(str(path), "w", format="matroska") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        tracks = [(out.add_stream("aac", rate=48000), length) for length in (len(frames) / 25, seconds)]
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        for sound, length in tracks:
+            for start in range(0, round(length * 48000), 1024):
+                chunk = av.AudioFrame.from_ndarray(
+                    np.zeros((2, 1024), np.float32), format="fltp", layout="stereo"
+                )
+                chunk.sample_rate, chunk.pts = 48000, start
+                out.mux(sound.encode(chunk))
+            out.mux(sound.encode(None))
+    return path
+
+
+def test_streams_beginning_before_or_ending_after_the_video_are_no_truncation(
+    blind: Path, tmp_path: Path
+) -> None:
+    """The container's duration spans every stream: sound that begins before the video, or a second sound
+    track that outlasts it, made the whole clip "truncated or corrupt (the streams end at 1.00 s of
+    1.40 s)". The video keeps its times and the sound its place."""
+    frames = [_scene(i=i) for i in range(25)]
+    late = write_clip(tmp_path / "late.mp4", frames, times=[0.4 + i / 25 for i in range(25)])
+    result = restore_video(late, tmp_path / "a.mp4", _options(blind, upscale=1), restorer=_restorer(blind))
+    original, restored = read_clip(late), read_clip(result.path)
+    assert result.frames == 25 and result.audio == "copied"
+    np.testing.assert_allclose(restored.times, original.times, atol=1e-3)
+    assert restored.audio.shape == original.audio.shape
+    both = _with_commentary(tmp_path / "commentary.mkv", frames, seconds=2.0)
+    result = restore_video(both, tmp_path / "b.mp4", _options(blind, upscale=1), restorer=_restorer(blind))
+    assert result.frames == len(read_clip(result.path).frames) == 25
+
+
 def test_failure_midway_keeps_the_earlier_output(blind: Path, tmp_path: Path) -> None:
     source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(30)], audio=None)
     target = tmp_path / "out" / "clip.mp4"
