@@ -9,9 +9,10 @@ stable.
 
 The output is an MP4 (H.264 by default) with the input's timestamps (variable frame rates survive), frame
 count and duration; rotation metadata is applied to the pixels (the output is upright, without rotation
-metadata). The audio is copied when MP4 can hold its codec, else re-encoded to AAC. The file is written
-under a temporary name next to the output and moved into place only when complete, so the output path
-never holds a half-written video. Decoding and encoding use PyAV, whose wheels carry the FFmpeg libraries.
+metadata); the input's colour matrix is kept and tagged (players guess an untagged one). The audio is
+copied when MP4 can hold its codec, else re-encoded to AAC. The file is written under a temporary name
+next to the output and moved into place only when complete, so the output path never holds a
+half-written video. Decoding and encoding use PyAV, whose wheels carry the FFmpeg libraries.
 
 Odd output sizes are padded by one edge pixel to even ones (4:2:0 video needs even sizes).
 
@@ -66,6 +67,9 @@ MAX_SIDE = {"h264": 16384, "av1": 16384}
 COPY_AUDIO_CODECS = frozenset({"aac", "mp3", "ac3", "eac3", "alac"})
 """Audio codecs copied into the MP4 as they are; any other audio is re-encoded to AAC."""
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+_MATRICES = frozenset({1, 4, 5, 6, 7, 9})
+"""FFmpeg's colour matrices (AVColorSpace: BT.709, FCC, BT.470BG, SMPTE 170M, SMPTE 240M, BT.2020) that its
+scaler converts with; frames of any other, or of none, are decoded as BT.601 (SMPTE 170M, 6)."""
 _MISSING_FRAMES_TOLERANCE = 0.01
 """Fewer decoded frames than the header announces, beyond this fraction (and 2 frames), = truncated."""
 
@@ -687,6 +691,18 @@ def _video_encoder(
     return out
 
 
+def _tag_colours(out: av.video.stream.VideoStream, source: av.video.stream.VideoStream) -> int:
+    """Give the output the input's colour matrix, primaries and transfer, in limited range (yuv420p), and
+    return the matrix its frames are to be converted with: the one the input was decoded with. Untagged,
+    a player guesses (BT.709 for HD), and an HD clip converted with BT.601 came out shifted in colour."""
+    tags = source.codec_context
+    matrix = tags.colorspace if tags.colorspace in _MATRICES else 6
+    out.codec_context.colorspace, out.codec_context.color_range = matrix, 1  # 1: limited ("tv") range
+    if matrix == tags.colorspace:  # the input's own: its primaries and transfer go with it
+        out.codec_context.color_primaries, out.codec_context.color_trc = tags.color_primaries, tags.color_trc
+    return matrix
+
+
 def _output_duration(path: Path) -> float:
     """Seconds the written video stream lasts, as a player will read it."""
     with av.open(str(path)) as written:
@@ -766,6 +782,7 @@ def restore_video(
                 time_base = stream.time_base or Fraction(1, 1000)
                 rate = stream.average_rate or stream.guessed_rate or Fraction(25)
                 out = _video_encoder(sink, video, rate, time_base, size)
+                matrix = _tag_colours(out, stream)
                 audio = _Audio(container.streams.audio[0], sink) if container.streams.audio else None
                 if len(container.streams) > 1 + (audio is not None):
                     notes.append(
@@ -785,6 +802,7 @@ def restore_video(
                     timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - clock
                     clock = time.perf_counter()
                     frame = av.VideoFrame.from_ndarray(_even(restored.image), format="bgr24")
+                    frame.colorspace = matrix  # what the encoder converts the BGR frame to YUV with
                     frame.pts, frame.time_base = pts_of.pop(restored.time), time_base
                     sink.mux(out.encode(frame))
                     faces += len(restored.restored_faces)

@@ -401,6 +401,45 @@ def test_rotation_is_applied_to_the_pixels(blind: Path, tmp_path: Path) -> None:
     assert error[1] < 5 and error[3] > 4 * error[1]
 
 
+def _tagged_clip(path: Path, bgr: tuple[int, int, int], matrix: int, full_range: bool) -> Path:
+    """Five flat frames of colour ``bgr`` converted with colour matrix ``matrix`` (FFmpeg's AVColorSpace:
+    1 BT.709, 6 BT.601) in full or limited range, with the matching colour tags, as a camera writes them."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.options = {"crf": "0"}
+        tags = video.codec_context
+        tags.colorspace = tags.color_primaries = tags.color_trc = matrix
+        tags.color_range = 2 if full_range else 1
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), bgr, np.uint8), format="bgr24")
+            frame.colorspace, frame.color_range, frame.pts = matrix, tags.color_range, i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(("matrix", "full_range"), [(1, False), (1, True), (6, True), (2, False)])
+def test_colours_are_tagged_as_converted(blind: Path, tmp_path: Path, matrix: int, full_range: bool) -> None:
+    """The output says which colour matrix its pixels were converted with: the input's, in limited range
+    (BT.601 for an untagged input, as it was decoded; 2 = unspecified). It was untagged and converted with
+    BT.601, whatever the input: players take untagged HD video for BT.709, so an HD clip came out shifted
+    in colour (a skin tone's red by 8 levels)."""
+    source = _tagged_clip(tmp_path / "in.mp4", (40, 120, 200), matrix, full_range)
+    result = restore_video(
+        source, tmp_path / "out.mp4", _options(blind, upscale=1), restorer=_restorer(blind)
+    )
+    with av.open(str(source)) as before, av.open(str(result.path)) as after:
+        frames = next(before.decode(video=0)), next(after.decode(video=0))
+        tags = after.streams.video[0].codec_context
+        converted = 6 if matrix == 2 else matrix
+        assert (tags.colorspace, tags.color_primaries, tags.color_trc) == (converted, matrix, matrix)
+        assert tags.color_range == frames[1].color_range == 1  # limited
+        if not full_range:  # the same matrix and range: the same YUV values (up to rounding)
+            planes = [[np.frombuffer(p, np.uint8).mean() for p in f.planes] for f in frames]  # all flat
+            np.testing.assert_allclose(planes[1], planes[0], atol=2.5)
+
+
 def test_odd_output_size_is_padded_and_noted(blind: Path, tmp_path: Path) -> None:
     source = write_clip(tmp_path / "odd.mp4", [_scene(50, 66, i) for i in range(5)], audio=None)
     result = restore_video(
