@@ -47,6 +47,7 @@ from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
 
 try:
     import av
+    from av.video.reformatter import Interpolation
 except ImportError:  # photos need no PyAV: only opening a video says what to install
     av = None
 
@@ -70,6 +71,12 @@ AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 1200
 _MATRICES = frozenset({1, 4, 5, 6, 7, 9})
 """FFmpeg's colour matrices (AVColorSpace: BT.709, FCC, BT.470BG, SMPTE 170M, SMPTE 240M, BT.2020) that its
 scaler converts with; frames of any other, or of none, are decoded as BT.601 (SMPTE 170M, 6)."""
+_EXACT = None
+if av is not None:
+    _EXACT = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
+    _EXACT |= Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP
+"""swscale's flags for converting between YUV and BGR without bias: with its default rounding each decode
+and encode made the picture darker, by 2 levels of 255 a pass through :func:`restore_video`."""
 _MISSING_FRAMES_TOLERANCE = 0.01
 """Fewer decoded frames than the header announces, beyond this fraction (and 2 frames), = truncated."""
 
@@ -502,7 +509,7 @@ def restore_frames(
 # ---------------------------------------------------------------------------------------------- files
 def _upright(frame: av.VideoFrame) -> np.ndarray:
     """The frame as uint8 BGR, turned as its display matrix says (so faces are upright)."""
-    img = frame.to_ndarray(format="bgr24")
+    img = frame.to_ndarray(format="bgr24", interpolation=_EXACT)
     turns = round(frame.rotation / 90) % 4
     return np.ascontiguousarray(np.rot90(img, turns)) if turns else img
 
@@ -802,7 +809,9 @@ def restore_video(
                     timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - clock
                     clock = time.perf_counter()
                     frame = av.VideoFrame.from_ndarray(_even(restored.image), format="bgr24")
-                    frame.colorspace = matrix  # what the encoder converts the BGR frame to YUV with
+                    frame.colorspace = matrix  # the matrix the BGR frame is converted to YUV with
+                    # converted here, exactly: the encoder's own conversion rounds with a bias
+                    frame = frame.reformat(format=out.pix_fmt, interpolation=_EXACT)
                     frame.pts, frame.time_base = pts_of.pop(restored.time), time_base
                     sink.mux(out.encode(frame))
                     faces += len(restored.restored_faces)
