@@ -26,6 +26,7 @@ detecting again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -692,7 +693,12 @@ def _video_encoder(
     out.width, out.height = size
     out.pix_fmt = "yuv420p"
     out.codec_context.time_base = time_base
-    out.options = {"crf": str(video.crf)} | ({"b": "0"} if video.codec == "vp9" else {})
+    options = {"crf": str(video.crf)} | ({"b": "0"} if video.codec == "vp9" else {})
+    if video.codec == "h264" and (cpu := _x264_cpu_without_avx512()):
+        # x264's AVX-512 code reads memory it never wrote (mb-tree with B-frames, at some frame widths), so
+        # the same frames came out as other bytes after a restore had left other data in freed memory.
+        options["x264-params"] = f"asm={cpu}"
+    out.options = options
     if video.codec == "h265":
         out.codec_tag = "hvc1"  # what Apple players expect for HEVC in MP4
     return out
@@ -708,6 +714,29 @@ def _tag_colours(out: av.video.stream.VideoStream, source: av.video.stream.Video
     if matrix == tags.colorspace:  # the input's own: its primaries and transfer go with it
         out.codec_context.color_primaries, out.codec_context.color_trc = tags.color_primaries, tags.color_trc
     return matrix
+
+
+@functools.cache
+def _x264_cpu_without_avx512() -> str | None:
+    """The CPU code x264 picks on this machine less AVX-512, as its ``asm`` parameter takes it
+    ("MMX2,SSE2Fast,...,AVX2"); None where x264 picks no AVX-512. Read from the line x264 logs when an
+    encoder opens: x264's own choice, since naming code this CPU lacks would crash the encoder."""
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.INFO)  # the level of that line
+    try:
+        with av.logging.Capture() as logs:
+            probe = av.CodecContext.create("libx264", "w")
+            probe.width, probe.height, probe.pix_fmt, probe.time_base = 16, 16, "yuv420p", Fraction(1, 25)
+            probe.open()
+    except (av.FFmpegError, av.codec.codec.UnknownCodecError):
+        return None  # no libx264 in this FFmpeg: opening the encoder will say so
+    finally:
+        av.logging.set_level(level)
+    for _, _, message in logs:
+        if message.startswith("using cpu capabilities:"):
+            names = message.split(":", 1)[1].split()
+            return ",".join(name for name in names if name != "AVX512") if "AVX512" in names else None
+    return None
 
 
 def _output_duration(path: Path) -> float:
