@@ -228,6 +228,22 @@ def test_size_is_checked_when_only_the_size_is_known(monkeypatch: pytest.MonkeyP
     assert _leftovers(isolated) == []
 
 
+def test_an_unverified_download_that_is_a_web_page_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    """GFPGANv1.pth has neither a known sha256 nor size: an error page a server sends with status 200 must
+    not be cached as it (every later run would load it and fail); a real checkpoint still downloads."""
+    page = b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>"
+    body = _checkpoint_bytes({"params_ema": tiny_generator(tiny_config("v1")).state_dict()})
+    with serve(FileServer(files={"/page.pth": page, "/v1.pth": body})) as server:
+        _point_at(monkeypatch, "v1", server.url("/page.pth"), None)
+        with pytest.raises(ChecksumMismatchError, match="no PyTorch checkpoint in it: it is a web page"):
+            resolve_weights("v1", progress=False)
+        assert _leftovers(isolated) == []
+        _point_at(monkeypatch, "v1", server.url("/v1.pth"), None)
+        assert resolve_weights("v1", progress=False).read_bytes() == body
+
+
 def test_interrupted_download_leaves_no_file(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
     body = bytes(range(256)) * 4096
     with serve(FileServer(files={"/x2.pth": body}, truncate={"/x2.pth": len(body) // 3})) as server:

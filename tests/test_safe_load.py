@@ -80,6 +80,20 @@ def test_unreadable_files_fail_clearly(tmp_path: Path, name: str, content: bytes
     assert name in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["GFPGANv1.4.pth", "model.safetensors"])
+def test_a_saved_web_page_or_text_is_named_as_such(tmp_path: Path, name: str) -> None:
+    """A server's error page saved under a weights name is said to be one, not the unpickler's riddle."""
+    path = tmp_path / name
+    for content, kind in (
+        (b"\n<!DOCTYPE html>\n<html>Not Found</html>", "a web page"),
+        (b"404: Not Found\n", "a text"),
+    ):
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{name} is not a readable .*: it is {kind}") as err:
+            load_state_dict(path)
+        assert "delete it and download it again" in str(err.value)
+
+
 def test_checkpoint_without_a_state_dict_is_rejected(tmp_path: Path) -> None:
     torch.save({"epoch": 3, "model_weights": {"w": torch.zeros(1)}}, tmp_path / "trainer.pth")
     with pytest.raises(CheckpointError, match="not a state dict of tensors.*epoch"):

@@ -14,8 +14,10 @@ from tqdm import tqdm
 from gfp.atomic import atomic_path
 from gfp.registry import ModelEntry
 from gfp.weights.errors import ChecksumMismatchError, DownloadError
+from gfp.weights.files import CHECKPOINT_STARTS, page_or_text
 
 _CHUNK = 1 << 20
+_HEAD = 512  # bytes kept from a download's start, to tell a checkpoint from a web page
 _TIMEOUT_S = 30.0
 
 
@@ -40,7 +42,7 @@ def download(entry: ModelEntry, dest: Path, progress: bool = True) -> Path:
     with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, atomic_path(dest) as tmp:
         total = int(response.headers.get("Content-Length") or 0) or None
         try:
-            sha256, size = _copy_with_progress(response, tmp, total, entry.file_name, progress)
+            sha256, size, head = _copy_with_progress(response, tmp, total, entry.file_name, progress)
             if total is not None and size != total:
                 raise DownloadError(f"connection closed after {size} of {total} bytes")
         except (OSError, http.client.HTTPException, DownloadError) as err:
@@ -49,32 +51,42 @@ def download(entry: ModelEntry, dest: Path, progress: bool = True) -> Path:
                 f"download of {entry.file_name} from {entry.url} was interrupted ({reason}); nothing was "
                 f"saved as {dest}. Try again, or download it yourself and pass its path."
             ) from err
-        verify(entry, sha256, size, dest)
+        verify(entry, sha256, size, dest, head)
     return dest
 
 
 def _copy_with_progress(
     response: IO[bytes], dest: Path, total: int | None, label: str, progress: bool
-) -> tuple[str, int]:
-    """Stream ``response`` into ``dest`` under a tqdm bar; return the sha256 and byte count written."""
+) -> tuple[str, int, bytes]:
+    """Stream ``response`` into ``dest`` under a tqdm bar; return the sha256, the byte count written and
+    the first bytes (up to 512)."""
     digest = hashlib.sha256()
     size = 0
+    head = b""
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress)
     with open(dest, "wb") as fh, bar:
         while chunk := response.read(_CHUNK):
             fh.write(chunk)
             digest.update(chunk)
+            if len(head) < _HEAD:
+                head += chunk[: _HEAD - len(head)]
             size += len(chunk)
             bar.update(len(chunk))
-    return digest.hexdigest(), size
+    return digest.hexdigest(), size, head
 
 
-def verify(entry: ModelEntry, sha256: str, size: int, dest: Path) -> None:
-    """Raise (so the temp file is discarded) when a download does not match the published file."""
+def verify(entry: ModelEntry, sha256: str, size: int, dest: Path, head: bytes) -> None:
+    """Raise (so the temp file is discarded) when a download does not match the published file; a file with
+    neither a known sha256 nor size must at least begin as a PyTorch checkpoint (``head``: its first
+    bytes), so that a server's error page sent as a success is not kept and loaded on every later run."""
     if entry.sha256 is not None and sha256 != entry.sha256:
         problem = f"sha256 {sha256}, expected {entry.sha256}"
     elif entry.size is not None and size != entry.size:
         problem = f"{size} bytes, expected {entry.size}"
+    elif entry.sha256 is None and entry.size is None and not head.startswith(CHECKPOINT_STARTS):
+        problem = (
+            f"no PyTorch checkpoint in it: it is {page_or_text(head) or f'a file that begins {head[:8]!r}'}"
+        )
     else:
         return
     raise ChecksumMismatchError(

@@ -12,7 +12,8 @@ class WeightsNotFoundError(WeightsError):
 
 
 class ChecksumMismatchError(WeightsError):
-    """A downloaded file does not have the official sha256 (it has been deleted)."""
+    """A downloaded file is not the published one: another sha256 or size, or, where neither is known, no
+    PyTorch checkpoint at all (it has been deleted)."""
 
 
 class DownloadError(WeightsError):

@@ -33,6 +33,19 @@ _FORMAT_KEYS = ("format", "format_version")
 # plain weights, then the MobileFaceNet identity checkpoint's and the common ``state_dict``.
 _STATE_DICT_KEYS = ("params_ema", "params", "net_state_dict", "state_dict")
 
+CHECKPOINT_STARTS = (b"PK\x03\x04", b"\x80")
+"""How a PyTorch checkpoint begins: ``torch.save``'s zip format, or a pickle (the legacy format)."""
+
+
+def page_or_text(head: bytes) -> str | None:
+    """What a would-be weights file is when its first bytes ``head`` show a web page or text (a server's
+    error page saved under the file's name is the usual case), else None."""
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if text.startswith(b"<"):
+        return "a web page (HTML or XML)"
+    decoded = text.decode("utf-8", errors="ignore")  # ignore: a character cut at the end of ``head``
+    return "a text file" if decoded and all(c.isprintable() or c.isspace() for c in decoded) else None
+
 
 def load_state_dict(path: str | os.PathLike[str], mapped: bool = False) -> dict[str, Tensor]:
     """Load a state dict without running pickled code.
@@ -49,6 +62,7 @@ def load_state_dict(path: str | os.PathLike[str], mapped: bool = False) -> dict[
         path = path / WEIGHTS_FILE
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} does not exist")
+    _refuse_page_or_text(path)
     if path.suffix == ".safetensors":
         try:
             tensors = load_file(path, device="cpu")  # views of the file, memory-mapped by safetensors
@@ -73,6 +87,22 @@ def load_state_dict(path: str | os.PathLike[str], mapped: bool = False) -> dict[
     if all(k.startswith("module.") for k in checkpoint):
         checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
     return checkpoint
+
+
+def _refuse_page_or_text(path: Path) -> None:
+    """Say what a weights file is when it is a web page or text, instead of the loader's riddle
+    (torch: "Unsupported operand 60")."""
+    try:
+        with open(path, "rb") as fh:
+            kind = page_or_text(fh.read(512))
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
+    if kind is not None:
+        what = "safetensors file" if path.suffix == ".safetensors" else "PyTorch checkpoint"
+        raise CheckpointError(
+            f"{path} is not a readable {what}: it is {kind}, not weights (a failed download can save a "
+            "server's error page under the file's name): delete it and download it again"
+        )
 
 
 def _torch_load(path: Path, mapped: bool) -> Any:
