@@ -259,7 +259,7 @@ def test_cli_train_export_load_and_publish(faces, tmp_path, monkeypatch, capsys)
             calls.append(("create", repo_id, private, repo_type, exist_ok))
             return f"https://huggingface.co/{repo_id}"
 
-        def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
+        def upload_folder(self, folder_path, repo_id, repo_type, commit_message, **patterns):
             calls.append(("upload", Path(folder_path), repo_id))
 
     import huggingface_hub
@@ -274,6 +274,48 @@ def test_cli_train_export_load_and_publish(faces, tmp_path, monkeypatch, capsys)
     (dry_dir / "config.json").unlink()
     assert cli(["publish", str(dry_dir), "--repo-id", "me/x", "--dry-run"]) == 2
     assert "missing config.json" in capsys.readouterr().err
+
+
+def test_publish_uploads_what_it_listed_and_drops_a_stale_official_pth(tmp_path, monkeypatch, capsys):
+    """The upload is the files the check and the dry run list: not a killed export's hidden temporary file
+    nor a sub-folder (upload_folder takes a whole tree), and an earlier export's generator_official.pth,
+    of other weights, is deleted from the repo when this export has none."""
+    import fnmatch
+
+    import huggingface_hub
+    from _zoo_helpers import save_tiny_generator
+
+    from train.__main__ import main as cli
+
+    folder = save_tiny_generator(tmp_path / "export")
+    (folder / "README.md").write_text("# tiny\n")
+    (folder / ".model.safetensors.1a2b3c4d.part").write_bytes(b"half a file")
+    (folder / "old").mkdir()
+    (folder / "old" / "model.safetensors").write_bytes(b"an older model")
+    remote = {"README.md", "config.json", "model.safetensors", "generator_official.pth", ".gitattributes"}
+
+    class HubRepo:  # applies upload_folder's patterns as huggingface_hub does (fnmatch on relative paths)
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private, repo_type, exist_ok):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, repo_type, commit_message, **patterns):
+            allow, delete = patterns.get("allow_patterns"), patterns.get("delete_patterns") or []
+            local = [
+                p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()
+            ]
+            sent = {f for f in local if allow is None or any(fnmatch.fnmatch(f, a) for a in allow)}
+            remote.difference_update(f for f in set(remote) if any(fnmatch.fnmatch(f, d) for d in delete))
+            remote.update(sent)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", HubRepo)
+    assert cli(["publish", str(folder), "--repo-id", "me/tiny", "--dry-run"]) == 0
+    listed = "README.md, config.json, model.safetensors"
+    assert f"would upload {listed} from" in capsys.readouterr().out
+    assert cli(["publish", str(folder), "--repo-id", "me/tiny"]) == 0
+    assert remote == {".gitattributes", *listed.split(", ")}
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):

@@ -19,11 +19,15 @@ import torch
 import yaml
 
 from gfp.archs import GeneratorConfig, build_generator
-from gfp.loading import save_pretrained
+from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 from gfp.messages import first_line
 from train.config import identity_start
 
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "id_cos": "Identity cosine similarity"}
+TRAINING_CONFIG_FILE = "training_config.yml"
+OFFICIAL_FILE = "generator_official.pth"
+EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, TRAINING_CONFIG_FILE, OFFICIAL_FILE)
+"""Every file an export may write (the official .pth only with ``--official-pth``)."""
 
 
 class ExportError(ValueError):
@@ -224,8 +228,8 @@ def export(
     if half:
         net = net.half()
     folder = save_pretrained(net, config, out_dir, card=card)
-    (Path(folder) / "training_config.yml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
-    official = Path(folder) / "generator_official.pth"
+    (Path(folder) / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(state["config"], sort_keys=False))
+    official = Path(folder) / OFFICIAL_FILE
     if official_pth:  # the official layout, for tools that read GFPGAN .pth files
         torch.save({"params_ema": net.state_dict()}, official)
     else:

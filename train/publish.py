@@ -10,11 +10,13 @@ The folder is checked first (all three files present, and it loads through ``gfp
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
 from pathlib import Path
 
 from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, WeightsError, load_generator
 from train.export import (
+    EXPORT_FILES,
     ExportError,
     export,
     find_checkpoint,
@@ -32,13 +34,15 @@ class PublishError(ValueError):
 
 
 def check_folder(folder: str | Path) -> list[str]:
-    """Raise unless ``folder`` holds the published format and loads as a generator; returns its files."""
+    """Raise unless ``folder`` holds the published format and loads as a generator; returns the files to
+    upload: the folder's own files, not hidden ones (such as a killed export's temporary file) nor its
+    sub-folders."""
     root = Path(folder)
     missing = [name for name in REQUIRED if not (root / name).is_file()]
     if missing:
         raise PublishError(f"{root} is not ready to publish: missing {', '.join(missing)}")
     load_generator(root)
-    return sorted(p.name for p in root.iterdir() if p.is_file())
+    return sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def prepare(source: str | Path, repo_id: str, out_dir: str | Path | None = None, **card_args) -> Path:
@@ -62,7 +66,8 @@ def prepare(source: str | Path, repo_id: str, out_dir: str | Path | None = None,
 def publish(
     folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False, token: str | None = None
 ) -> str:
-    """Create (if needed) the model repo and upload the folder; returns the repo URL (dry run: the folder)."""
+    """Create (if needed) the model repo and upload the folder's files (:func:`check_folder`), deleting from
+    the repo any export file the folder lacks; returns the repo URL (dry run: the folder)."""
     files = check_folder(folder)
     if dry_run:
         print(f"dry run: would upload {', '.join(files)} from {folder} to {repo_id} (private={private})")
@@ -77,6 +82,9 @@ def publish(
             repo_id=repo_id,
             repo_type="model",
             commit_message="Upload GFPGAN generator",
+            allow_patterns=[glob.escape(name) for name in files],  # what the check and the dry run listed
+            # an export's file this one lacks (an earlier --official-pth) is of other weights: not kept
+            delete_patterns=[name for name in EXPORT_FILES if name not in files],
         )
     except Exception as err:  # network, auth and permission errors all end the same way for the user
         raise PublishError(f"upload to {repo_id} failed: {type(err).__name__}: {err}") from err
