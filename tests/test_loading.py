@@ -254,6 +254,35 @@ def test_interrupted_download_leaves_no_file(monkeypatch: pytest.MonkeyPatch, is
     assert _leftovers(isolated) == []  # neither the final name nor a temp file
 
 
+def test_a_killed_downloads_temporary_file_is_removed_by_the_next_download(
+    monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    """A killed process runs no cleanup: its temporary file would stay in the cache for good. The next
+    download of that file removes it, but not one a live download holds (locked) or has just begun."""
+    import os
+    import time
+
+    fcntl = pytest.importorskip("fcntl")
+    body = bytes(range(256)) * 64
+    isolated.mkdir()
+    old = time.time() - 3600
+    parts = {
+        name: isolated / f".RealESRGAN_x2plus.pth.{name}.part"
+        for name in ("0dead000", "11ive111", "2new2222")
+    }
+    for name, part in parts.items():
+        part.write_bytes(b"half a download")
+        if name != "2new2222":
+            os.utime(part, (old, old))
+    with open(parts["11ive111"], "rb") as live, serve(FileServer(files={"/x2.pth": body})) as server:
+        fcntl.flock(live, fcntl.LOCK_EX)
+        _point_at(monkeypatch, "RealESRGAN_x2plus", server.url("/x2.pth"), body)
+        assert resolve_weights("RealESRGAN_x2plus", progress=False).read_bytes() == body
+    assert _leftovers(isolated) == sorted(
+        [parts["11ive111"].name, parts["2new2222"].name, "RealESRGAN_x2plus.pth"]
+    )
+
+
 def test_offline_error_names_the_file_every_place_and_the_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated: Path
 ) -> None:
