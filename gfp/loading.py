@@ -44,6 +44,7 @@ from gfp.weights.files import (
     FORMAT_NAME,
     FORMAT_VERSION,
     WEIGHTS_FILE,
+    embedded_config,
     load_state_dict,
     read_config,
     save_pretrained,
@@ -123,15 +124,16 @@ def read_generator(
 ) -> tuple[dict[str, Tensor], GeneratorConfig, Resolved]:
     """(state dict, config, where it was found) of a GFPGAN generator, without building it.
 
-    The config comes from a published folder's config.json, else it is recognised from the weights' keys
-    and shapes. A registry version (e.g. "1.4") must have that version's layout. ``mapped``: see
+    The config comes from a published folder's config.json, else from the copy our ``model.safetensors``
+    carries (:func:`gfp.weights.files.embedded_config`), else it is recognised from the weights' keys and
+    shapes. A registry version (e.g. "1.4") must have that version's layout. ``mapped``: see
     :func:`gfp.weights.files.load_state_dict` (the layout is known without reading the values).
     """
     found = _resolved(spec, weights_dir)
     state_dict = load_state_dict(found.path, mapped)
-    if found.format == "published":
-        config = read_config(found.path)
-    else:
+    # a published folder's config.json, else the one our model.safetensors carries out of its folder
+    config = read_config(found.path) if found.format == "published" else embedded_config(found.path)
+    if config is None:
         try:
             config = detect_config(state_dict)
         except UnknownArchitectureError as err:

@@ -456,6 +456,27 @@ def test_save_pretrained_round_trip(tmp_path: Path) -> None:
     assert all(torch.equal(loaded[k], v) for k, v in original.state_dict().items())
 
 
+def test_our_safetensors_file_out_of_its_folder_keeps_a_layout_its_weights_do_not_show(
+    tmp_path: Path,
+) -> None:
+    """input_is_latent has no weights of its own: -v FOLDER/model.safetensors (or the file copied out of its
+    folder) must load the layout the folder's config.json says, from the config the file carries, not the
+    default one that computes other faces with exit 0."""
+    config = dataclasses.replace(tiny_config(), input_is_latent=False)
+    assert detect_config(tiny_generator(config).state_dict()) != config  # the weights alone cannot tell
+    folder = save_pretrained(tiny_generator(config), config, tmp_path / "export")
+    alone = tmp_path / "elsewhere" / "mine.safetensors"
+    alone.parent.mkdir()
+    alone.write_bytes((folder / "model.safetensors").read_bytes())
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    reference, _ = load_generator(folder)
+    for path in (folder / "model.safetensors", alone):
+        generator, found = load_generator(path)
+        assert found == config, path
+        with torch.no_grad():
+            assert torch.equal(generator(x)[0], reference(x)[0]), path
+
+
 @pytest.mark.parametrize(
     ("meta", "message"),
     [

@@ -506,3 +506,31 @@ def test_the_card_says_how_to_use_the_model_with_what_the_commands_take() -> Non
     card = model_card(cfg, 10, {}, repo_name="my-faces")  # a bare name is no repo id -v or --model take
     assert "-v my-faces" not in card and "-v <this repo id or folder>" in card
     assert "# my-faces" in card
+
+
+def test_official_pth_export_of_a_layout_its_weights_do_not_show_is_refused(tmp_path: Path, capsys) -> None:
+    """A .pth carries no config: a generator with input_is_latent false would load from it as the default
+    layout and restore faces wrongly, so --official-pth refuses it before writing anything."""
+    import copy
+    import dataclasses
+
+    from _zoo_helpers import tiny_config, tiny_generator
+
+    from train.config import DEFAULTS
+    from train.export import main as export_main
+
+    config = dataclasses.replace(tiny_config(), input_is_latent=False)
+    weights = tiny_generator(config).state_dict()
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["name"], cfg["model"]["generator"] = "tiny", config.to_dict()
+    state = {
+        "step": 1,
+        "config": cfg,
+        "net_g": weights,
+        "net_g_ema": weights,
+    }
+    torch.save(state, tmp_path / "step_00000001.pt")
+    out = tmp_path / "export"
+    assert export_main([str(tmp_path / "step_00000001.pt"), str(out), "--official-pth"]) == 2
+    assert "input_is_latent False (read as True)" in capsys.readouterr().err
+    assert not out.exists()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from gfp.archs import GeneratorConfig, build_generator
+from gfp.archs import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
 from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 from gfp.messages import first_line
 from train.config import identity_start
@@ -28,6 +28,8 @@ TRAINING_CONFIG_FILE = "training_config.yml"
 OFFICIAL_FILE = "generator_official.pth"
 EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, TRAINING_CONFIG_FILE, OFFICIAL_FILE)
 """Every file an export may write (the official .pth only with ``--official-pth``)."""
+HIDDEN_FIELDS = ("input_is_latent",)
+"""GeneratorConfig fields that no weight shows, so a .pth cannot carry them (others are recognised)."""
 
 
 class ExportError(ValueError):
@@ -222,6 +224,8 @@ def export(
     config = GeneratorConfig.from_dict(state["config"]["model"]["generator"])
     net = build_generator(config)
     net.load_state_dict(state["net_g_ema" if use_ema else "net_g"], strict=True)
+    if official_pth:  # checked before anything is written
+        _check_official_layout(net, config)
     if card is None:
         metrics = validation_metrics(checkpoint, state["step"])
         card = model_card(state["config"], state["step"], metrics, ema=use_ema)
@@ -235,6 +239,27 @@ def export(
     else:
         official.unlink(missing_ok=True)  # an earlier export's, of other weights: publish would upload it
     return Path(folder)
+
+
+def _check_official_layout(net: torch.nn.Module, config: GeneratorConfig) -> None:
+    """``ExportError`` when a .pth, which carries no config, would load as another network than ``config``
+    (a layout may be recognised under other but equivalent numbers, e.g. channel multiplier × narrow; what
+    no weights show, :data:`HIDDEN_FIELDS`, is lost): it would restore faces wrongly, silently."""
+    try:
+        read_as = detect_config(net.state_dict())
+    except UnknownArchitectureError as err:
+        problem = str(err)
+    else:
+        problem = ", ".join(
+            f"{k} {getattr(config, k)} (read as {getattr(read_as, k)})"
+            for k in HIDDEN_FIELDS
+            if getattr(read_as, k) != getattr(config, k)
+        )
+    if problem:
+        raise ExportError(
+            "--official-pth: a .pth carries no config, and its weights would load as another layout: "
+            f"{problem}; leave out --official-pth and share the folder (its config.json keeps the layout)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

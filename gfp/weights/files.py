@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -28,6 +28,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 _FORMAT_KEYS = ("format", "format_version")
+_CONFIG_KEY = "gfp_config"  # model.safetensors metadata: config.json's content
 
 # Wrapper keys under which checkpoints keep their state dict, most preferred first: basicsr's EMA and
 # plain weights, then the MobileFaceNet identity checkpoint's and the common ``state_dict``.
@@ -148,18 +149,43 @@ def read_config(folder: str | os.PathLike[str]) -> GeneratorConfig:
         data = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {config_path}: {err}") from err
+    return _config_from(data, config_path)
+
+
+def embedded_config(path: str | os.PathLike[str]) -> GeneratorConfig | None:
+    """The GeneratorConfig that :func:`save_pretrained` writes into a ``model.safetensors``'s metadata, so
+    that the file alone, out of its folder, loads with its layout (``input_is_latent`` cannot be told from
+    the weights); None for a file without one (a .pth, another tool's, one written before it was embedded)."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    try:
+        with safe_open(path, framework="pt") as handle:
+            text = (handle.metadata() or {}).get(_CONFIG_KEY)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: its embedded {_CONFIG_KEY} is not JSON: {err}") from err
+    return _config_from(data, f"{path} (its embedded {_CONFIG_KEY})")
+
+
+def _config_from(data: Any, where: str | Path) -> GeneratorConfig:
+    """The GeneratorConfig of a published config (``where`` names it in errors), its markers checked."""
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise CheckpointError(f'{config_path} is not a {FORMAT_NAME} config (no "format": "{FORMAT_NAME}")')
+        raise CheckpointError(f'{where} is not a {FORMAT_NAME} config (no "format": "{FORMAT_NAME}")')
     version = data.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{config_path} has format_version {version!r}; this gfp reads versions 1 to {FORMAT_VERSION} "
+            f"{where} has format_version {version!r}; this gfp reads versions 1 to {FORMAT_VERSION} "
             "(a newer format needs a newer gfp)"
         )
     try:
         return GeneratorConfig.from_dict({k: v for k, v in data.items() if k not in _FORMAT_KEYS})
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{config_path} holds an invalid generator config: {err}") from err
+        raise CheckpointError(f"{where} holds an invalid generator config: {err}") from err
 
 
 def save_pretrained(
@@ -168,9 +194,10 @@ def save_pretrained(
     """Write our published format (config.json + model.safetensors [+ README.md card]) into ``folder``."""
     folder = Path(folder)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt", "gfp_format": FORMAT_NAME})
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **config.to_dict()}
+    embedded = {"format": "pt", "gfp_format": FORMAT_NAME, _CONFIG_KEY: json.dumps(meta)}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(tensors, tmp, metadata=embedded)
     with atomic_path(folder / CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     if card is not None:
