@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -49,7 +50,7 @@ from gfp.weights.files import (
     read_config,
     save_pretrained,
 )
-from gfp.weights.resolve import Resolved, cache_dir, resolve, resolve_weights
+from gfp.weights.resolve import Resolved, cache_dir, resolve, resolve_weights, size_problem
 
 __all__ = [
     "CARD_FILE",
@@ -119,6 +120,29 @@ def _resolved(spec: Spec, weights_dir: str | os.PathLike[str] | None) -> Resolve
     return spec if isinstance(spec, Resolved) else resolve(spec, weights_dir)
 
 
+def _read(found: Resolved, mapped: bool = False) -> dict[str, Tensor]:
+    """:func:`load_state_dict` of ``found``; when a registry model's file does not load, the error also says
+    what its size shows and what to do (a cached copy is downloaded again once deleted)."""
+    try:
+        return load_state_dict(found.path, mapped)
+    except CheckpointError as err:
+        entry = found.entry
+        if entry is None:
+            raise
+        problem = size_problem(found.path, entry)
+        what = f"it {problem}, so it is cut short or another file" if problem else ""
+        try:
+            cached = found.path.parent == Path(os.path.abspath(cache_dir()))  # as resolve() spells it
+        except WeightsError:  # no cache folder at all: the file is elsewhere
+            cached = False
+        fix = (
+            "it is the download cache's copy: delete it and it is downloaded again"
+            if cached
+            else f"replace it with {entry.file_name} from {entry.url or 'its source'}"
+        )
+        raise type(err)(f"{err} ({'; '.join(filter(None, (what, fix)))})") from err
+
+
 def read_generator(
     spec: Spec, weights_dir: str | os.PathLike[str] | None = None, mapped: bool = False
 ) -> tuple[dict[str, Tensor], GeneratorConfig, Resolved]:
@@ -130,7 +154,7 @@ def read_generator(
     :func:`gfp.weights.files.load_state_dict` (the layout is known without reading the values).
     """
     found = _resolved(spec, weights_dir)
-    state_dict = load_state_dict(found.path, mapped)
+    state_dict = _read(found, mapped)
     # a published folder's config.json, else the one our model.safetensors carries out of its folder
     config = read_config(found.path) if found.format == "published" else embedded_config(found.path)
     if config is None:
@@ -227,7 +251,7 @@ def load_network(
     """Load the weights of ``spec`` strictly into ``net`` (built by the caller); ready it for inference."""
     found = _resolved(spec, weights_dir)
     try:
-        net.load_state_dict(load_state_dict(found.path), strict=True)
+        net.load_state_dict(_read(found), strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{found.path} does not fit {type(net).__name__}: {misfit(err)}") from err
     return prepare_for_inference(net, placement)
@@ -255,7 +279,7 @@ def model_network(
     families (see :func:`gfp.registry.recognise`) and runs in float32.
     """
     found = _resolved(spec, weights_dir)
-    state_dict = load_state_dict(found.path)
+    state_dict = _read(found)
     if found.entry is not None:
         entry = found.entry
         make, what, supports = (lambda: build(entry)), entry.name, entry.supports

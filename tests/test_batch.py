@@ -30,6 +30,7 @@ from conftest import make_weights, shared_detector
 from PIL import Image, ImageCms
 
 from gfp import batch, cli
+from gfp.registry import MODEL_ZOO
 
 with contextlib.suppress(ImportError):  # without Ray its tests skip, the others run
     import ray.data  # noqa: F401  (here, not under a test's capsys: Ray's log handler keeps that stream)
@@ -58,7 +59,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local Ray instance with 2 CPUs for the whole module; yields its address (for ``--address``)."""
     ray = pytest.importorskip("ray")
     cache = tmp_path_factory.mktemp("cache")
-    (cache / "parsing_parsenet.pth").write_bytes(b"not a checkpoint")
+    with open(cache / "parsing_parsenet.pth", "wb") as fh:  # its official size (sparse), so not downloaded
+        fh.write(b"not a checkpoint")
+        fh.truncate(MODEL_ZOO["parsenet"].size)
     with pytest.MonkeyPatch.context() as env:  # the raylet, so every worker, inherits these
         env.setenv("GFP_BACKEND", "torch")
         env.setenv("GFP_CACHE_DIR", str(cache))

@@ -186,6 +186,39 @@ def test_an_empty_file_in_the_cache_is_downloaded_again_and_a_cut_one_is_named(
         load_state_dict(isolated / "cut.pth")
 
 
+def test_a_cached_file_of_the_wrong_size_is_downloaded_again_and_a_broken_one_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated: Path
+) -> None:
+    """A cut copy in the cache (a copy or download that died) is not the model: where the entry knows its
+    size it is downloaded again, not loaded and failed on every run. A user's weights folder file is never
+    replaced or deleted: when it does not load, the error says what its size shows."""
+    body = _checkpoint_bytes({"params_ema": tiny_generator(tiny_config()).state_dict()})
+    isolated.mkdir()
+    cut = isolated / "GFPGANv1.4.pth"
+    cut.write_bytes(body[:1000])
+    with serve(FileServer(files={"/GFPGANv1.4.pth": body})) as server:
+        _point_at(monkeypatch, "v1.4", server.url("/GFPGANv1.4.pth"), body)
+        assert resolve_weights("v1.4", progress=False).read_bytes() == body
+        assert server.count("/GFPGANv1.4.pth") == 1
+    expected = f"has 1000 bytes, not the official file's {len(body)}"
+    cut.write_bytes(body[:1000])
+    _point_at(monkeypatch, "v1.4", _closed_port_url("/GFPGANv1.4.pth"), body)
+    with pytest.raises(WeightsNotFoundError, match=f"{re.escape(str(cut))} {expected} .*not used"):
+        resolve_weights("v1.4", progress=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "GFPGANv1.4.pth").write_bytes(body[:1000])
+    with pytest.raises(CheckpointError, match=f"not a readable .*it {expected}.*replace it with GFPGANv1.4"):
+        load_generator("v1.4", weights_dir=mine)
+    assert (mine / "GFPGANv1.4.pth").read_bytes() == body[:1000]
+    monkeypatch.setitem(MODEL_ZOO, "v1.4", dataclasses.replace(MODEL_ZOO["v1.4"], url=None))
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(cut))} .*{expected}.*delete it"):
+        resolve_weights("v1.4", progress=False)
+    (isolated / "GFPGANv1.pth").write_bytes(body[:1000])  # no known size: said when it fails to load
+    with pytest.raises(CheckpointError, match="not a readable .*the download cache's copy: delete it"):
+        load_generator("v1")
+
+
 def test_without_a_home_folder_downloads_need_gfp_cache_dir(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -319,7 +352,7 @@ def test_http_error_is_reported_as_not_found(monkeypatch: pytest.MonkeyPatch) ->
 def test_weights_dir_argument_beats_env_which_beats_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated: Path
 ) -> None:
-    _point_at(monkeypatch, "v1.4", _closed_port_url("/never"), None)
+    _point_at(monkeypatch, "v1.4", _closed_port_url("/never"), None, size=None)  # any size goes
     folders = {name: tmp_path / name for name in ("arg", "env")}
     for folder in [*folders.values(), isolated]:
         folder.mkdir()

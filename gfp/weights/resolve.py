@@ -9,6 +9,11 @@
 5. for a registry model: its official release URL, downloaded into the cache (see
    :mod:`gfp.weights.download`).
 
+A cached registry file that is empty or not its entry's known size is not the model (a cut copy would fail
+to load on every run): it is downloaded again (5.), where there is a URL. A weights folder's file is the
+user's own and is used whatever its size (a re-saved copy of the same tensors loads); when it fails to
+load, :mod:`gfp.loading` says what its size shows.
+
 When nothing works, :class:`WeightsNotFoundError` names the file, every place looked and how to provide it.
 """
 
@@ -27,7 +32,7 @@ from tqdm import tqdm
 
 from gfp.registry import MODEL_ZOO, ModelEntry, zoo_entry
 from gfp.weights.download import describe, download
-from gfp.weights.errors import WeightsError, WeightsNotFoundError
+from gfp.weights.errors import CheckpointError, WeightsError, WeightsNotFoundError
 from gfp.weights.files import CONFIG_FILE, WEIGHTS_FILE
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -128,7 +133,7 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
     else:
         candidate = folder / entry.file_name
         if candidate.is_file():
-            return candidate
+            return candidate  # the user's own, whatever its size (a re-saved copy loads; see size_problem)
         if folder.is_dir():
             looked.append(f"weights folder ({origin}): {candidate} does not exist")
         else:  # the folder itself is wrong: say so, not that one file is missing from it
@@ -136,9 +141,19 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
                 f"weights folder ({origin}): {folder} {'is a file' if folder.exists() else 'does not exist'}"
             )
     cached = cache_dir() / entry.file_name
-    if cached.is_file() and cached.stat().st_size > 0:  # an empty file is no download: fetched again
+    if not cached.is_file():
+        looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cached} does not exist")
+    elif (problem := size_problem(cached, entry)) is None:
         return cached
-    looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cached} does not exist")
+    elif entry.url is None:
+        raise CheckpointError(
+            f"{cached} (the download cache) {problem}: it is cut short or another file; delete it and put "
+            f"{entry.file_name} there or in a weights folder"
+        )
+    else:  # a cut or failed copy is no download: fetched again (the download replaces it whole)
+        looked.append(
+            f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cached} {problem} (cut short or another copy), not used"
+        )
     if entry.url is None:
         looked.append("download: none (no public download of this file)")
     else:
@@ -154,6 +169,17 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
         f"in a folder and pass that folder as weights_dir (or set GFP_WEIGHTS_DIR to it), or copy it to "
         f"{cache_dir()}, or pass the file's path instead of the model name."
     )
+
+
+def size_problem(path: Path, entry: ModelEntry) -> str | None:
+    """Why ``path`` cannot be ``entry``'s official file, told by its size alone (a free stat; hashing hundreds
+    of MB on every run would not be): it is empty, or not the entry's known size. None when it may be."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty"
+    if entry.size is not None and size != entry.size:
+        return f"has {size} bytes, not the official file's {entry.size}"
+    return None
 
 
 def _resolve_hub(repo_id: str, weights_dir: str | os.PathLike[str] | None, progress: bool) -> Path:
