@@ -613,6 +613,37 @@ def test_model_card_names_every_training_folder():
     assert "`faces/hq`" in data_line and "`runs/photo-faces`" in data_line, data_line
 
 
+def test_an_export_publishes_no_local_paths(faces, tmp_path):
+    """The card and training_config.yml go to the Hub: absolute and home paths (folders, user names) are
+    cut to their last part and named in a comment; relative paths and model names stay as they were."""
+    from gfp.archs import GeneratorConfig, build_generator
+    from train.export import export
+
+    run = tmp_path / "home" / "alice" / "runs" / "tiny"
+    cfg = _config(
+        faces, run, "data.extra_train=[more/faces, ~/photos/crops]", "model.prior=/srv/alice/sg2.pth"
+    )
+    net = build_generator(GeneratorConfig.from_dict(cfg["model"]["generator"]))
+    ckpt = run / "checkpoints" / "step_00000010.pt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"step": 10, "config": cfg, "net_g_ema": net.state_dict()}, ckpt)
+    out = export(run, tmp_path / "export")
+    card = (out / "README.md").read_text()
+    text = (out / "training_config.yml").read_text()
+    for leak in (str(tmp_path), "alice", "~"):
+        assert leak not in card + text, leak
+    data_line = next(line for line in card.splitlines() if line.startswith("- data:"))
+    assert data_line.startswith(f"- data: `{faces.name}`, `more/faces`, `crops`"), data_line
+    assert "StyleGAN2 prior: sg2.pth" in card
+    public = yaml.safe_load(text)
+    assert public["data"]["train"] == faces.name and public["output_dir"] == "tiny"
+    assert public["data"]["extra_train"] == ["more/faces", "crops"]
+    assert public["model"]["identity"] == cfg["model"]["identity"]  # names, not paths: kept
+    assert text.startswith("# Local paths cut to their last part")
+    assert "folders: output_dir, data.train, data.extra_train, model.prior\n" in text
+    assert load_config(out / "training_config.yml")["data"]["train"] == faces.name  # still a config
+
+
 def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, monkeypatch, capsys, caplog):
     """A run always ends with a checkpoint (even with ckpt_every=0); a new run over it is refused, not
     mixed in; a Ctrl-C stops after the current step with its checkpoint, and --resume auto continues."""

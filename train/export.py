@@ -12,7 +12,7 @@ import argparse
 import json
 import pickle
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -99,6 +99,44 @@ def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
     return {"step": float(best["step"]), **found} if found else {}
 
 
+def shareable(cfg: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A copy of a training config fit to publish, and the keys it changed: an absolute or home path
+    (``/home/me/data/faces``, ``~/faces``, ``C:\\data\\faces``) names this machine's folders and often its
+    user, so only its last part (``faces``) is kept; relative paths, model names and repo ids stay."""
+    changed: list[str] = []
+
+    def walk(value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, key) for v in value]
+        if not (isinstance(value, str) and _local_path(value)):
+            return value
+        if key not in changed:
+            changed.append(key)
+        return PureWindowsPath(value).name or "."  # (a Windows path's parts are split at / and \\ both)
+
+    return walk(cfg, ""), changed
+
+
+def _local_path(value: str) -> bool:
+    """Whether ``value`` is an absolute or home path, on POSIX or Windows."""
+    return value.startswith("~") or PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()
+
+
+def training_config_text(cfg: dict[str, Any]) -> str:
+    """``training_config.yml`` of an export: the run's config, :func:`shareable` (a comment names the keys
+    cut to their last part, to point at one's own copies before training again)."""
+    public, changed = shareable(cfg)
+    note = (
+        f"# Local paths cut to their last part, not to publish this machine's folders: {', '.join(changed)}\n"
+        "# (set them to your own copies to train again; the run folder's config.yml has them whole)\n"
+        if changed
+        else ""
+    )
+    return note + yaml.safe_dump(public, sort_keys=False)
+
+
 def model_card(
     cfg: dict[str, Any],
     step: int,
@@ -110,7 +148,9 @@ def model_card(
     ema: bool = True,
 ) -> str:
     """README.md with Hugging Face YAML metadata (license, tags, base model, data, metrics) and usage;
-    ``ema`` False: the card of a raw (not EMA) generator, whose logged metrics are the EMA's."""
+    ``ema`` False: the card of a raw (not EMA) generator, whose logged metrics are the EMA's. Local paths
+    are cut to their last part (:func:`shareable`): a card is written to be published."""
+    cfg = shareable(cfg)[0]
     gen = cfg["model"]["generator"]
     name = repo_name or cfg["name"]
     # what -v and --model take: a repo id (owner/name), else the folder the card is in
@@ -232,7 +272,7 @@ def export(
     if half:
         net = net.half()
     folder = save_pretrained(net, config, out_dir, card=card)
-    (Path(folder) / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(state["config"], sort_keys=False))
+    (Path(folder) / TRAINING_CONFIG_FILE).write_text(training_config_text(state["config"]), encoding="utf-8")
     official = Path(folder) / OFFICIAL_FILE
     if official_pth:  # the official layout, for tools that read GFPGAN .pth files
         torch.save({"params_ema": net.state_dict()}, official)
