@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gfp.faces import resize_aligned
 from train.config import ConfigError, load_config
@@ -494,6 +495,29 @@ def test_a_validation_log_line_cut_short_is_passed_over(tmp_path: Path) -> None:
     assert "no identity loss" in model_card(cfg, 25, metrics) and "identity 10" not in model_card(
         cfg, 25, metrics
     )
+
+
+def test_the_card_shows_the_degraded_inputs_score_beside_the_models(tmp_path: Path) -> None:
+    """A model worse than the input it restores must show it: the card's table has the degraded input's
+    score from the same validation record, and says when the model is below it."""
+    from train.config import load_config
+    from train.export import model_card, validation_metrics
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "val_log.jsonl").write_text(
+        '{"step": 10, "psnr": 6.26, "ssim": 0.4, "psnr_lq": 18.35, "ssim_lq": 0.3, "s_val": 1.5}\n'
+    )
+    metrics = validation_metrics(tmp_path / "checkpoints" / "step_00000010.pt", 10)
+    assert metrics == {"step": 10.0, "psnr": 6.26, "ssim": 0.4, "psnr_lq": 18.35, "ssim_lq": 0.3}
+    card = model_card(load_config(None, []), 10, metrics | {"id_cos": 0.5})
+    assert "| metric | this model | degraded input |" in card
+    assert "| PSNR | 6.2600 | 18.3500 |" in card and "| SSIM | 0.4000 | 0.3000 |" in card
+    assert "| Identity cosine similarity | 0.5000 | (not logged) |" in card
+    assert "**Below its input** on PSNR:" in card
+    meta = yaml.safe_load(card.split("---")[1])  # the Hub's model-index: the model's own results only
+    assert {m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]} == {"psnr", "ssim", "id_cos"}
+    better = model_card(load_config(None, []), 10, metrics | {"psnr": 19.0})
+    assert "| PSNR | 19.0000 | 18.3500 |" in better and "Below its input" not in better
 
 
 def test_the_card_says_how_to_use_the_model_with_what_the_commands_take() -> None:

@@ -24,6 +24,9 @@ from gfp.messages import first_line
 from train.config import identity_start
 
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "id_cos": "Identity cosine similarity"}
+"""What the card shows (each higher is better); the validation log has them for the model's output and,
+with :data:`INPUT_SUFFIX`, for its degraded input."""
+INPUT_SUFFIX = "_lq"
 TRAINING_CONFIG_FILE = "training_config.yml"
 OFFICIAL_FILE = "generator_official.pth"
 EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, TRAINING_CONFIG_FILE, OFFICIAL_FILE)
@@ -84,8 +87,9 @@ def log_record(line: str) -> dict[str, Any] | None:
 
 
 def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
-    """The validation record logged at ``step`` (or the latest before it) in the checkpoint's run, with
-    the ``step`` it was logged at (the card names that step, not the checkpoint's)."""
+    """The validation record logged at ``step`` (or the latest before it) in the checkpoint's run: the
+    model's metrics, the degraded input's (``psnr_lq``, ...: the baseline it must beat) and the ``step`` it
+    was logged at (the card names that step, not the checkpoint's)."""
     run = run_folder(checkpoint)
     log = None if run is None else run / "val_log.jsonl"
     if log is None or not log.is_file():
@@ -95,8 +99,10 @@ def validation_metrics(checkpoint: str | Path, step: int) -> dict[str, float]:
         record = log_record(line)
         if record is not None and record["step"] <= step:
             best = record
-    found = {k: float(v) for k, v in best.items() if k in METRIC_NAMES}
-    return {"step": float(best["step"]), **found} if found else {}
+    if not any(k in METRIC_NAMES for k in best):
+        return {}
+    found = {k: float(v) for k, v in best.items() if k.removesuffix(INPUT_SUFFIX) in METRIC_NAMES}
+    return {"step": float(best["step"]), **found}
 
 
 def shareable(cfg: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -166,6 +172,7 @@ def model_card(
     if datasets:
         meta["datasets"] = datasets
     logged_at = int(metrics.get("step", step))
+    inputs = {k: metrics[k + INPUT_SUFFIX] for k in METRIC_NAMES if k + INPUT_SUFFIX in metrics}
     metrics = {k: v for k, v in metrics.items() if k in METRIC_NAMES}
     if metrics:
         meta["model-index"] = [
@@ -186,7 +193,17 @@ def model_card(
                 ],
             }
         ]
-    rows = "\n".join(f"| {METRIC_NAMES[k]} | {v:.4f} |" for k, v in metrics.items()) or "| (none logged) | |"
+    rows = "\n".join(
+        f"| {METRIC_NAMES[k]} | {v:.4f} | {f'{inputs[k]:.4f}' if k in inputs else '(not logged)'} |"
+        for k, v in metrics.items()
+    )
+    worse = [METRIC_NAMES[k] for k, v in metrics.items() if k in inputs and v < inputs[k]]
+    below = (
+        f"\n**Below its input** on {', '.join(worse)}: the restored faces score lower against the originals "
+        "than the degraded faces given to it did (an early or failed training).\n"
+        if worse
+        else ""
+    )
     loss = cfg["loss"]
     identity_from = identity_start(cfg)
     # no identity network (model.identity.arch none) or no weight: no identity loss was trained
@@ -240,10 +257,13 @@ python app.py --model {spec}
 
 ## Validation ({validated})
 
-| metric | value |
-| --- | --- |
-{rows}
-"""
+Scored against the original faces, beside the same score of the degraded input the model restored (the
+baseline a restoration must beat).
+
+| metric | this model | degraded input |
+| --- | --- | --- |
+{rows or "| (none logged) | | |"}
+{below}"""
 
 
 def export(
