@@ -332,6 +332,36 @@ def test_export_takes_the_newest_checkpoint_of_a_run_folder_and_stores_half(tmp_
     torch.testing.assert_close(load_generator(again)[0].state_dict(), nets[1].state_dict(), rtol=0, atol=0)
 
 
+def test_a_cut_newest_checkpoint_names_the_newest_readable_one(tmp_path: Path, capsys) -> None:
+    """A run killed while writing (or a full disk, a copy cut short) spoils its newest checkpoint: export
+    says so in one line and names the newest one beside it that reads, and does not take it silently."""
+    from gfp.archs import GeneratorConfig, build_generator
+    from train.__main__ import main
+
+    config = GeneratorConfig(
+        arch="clean", out_size=32, channel_multiplier=1, narrow=0.0625, num_style_feat=32
+    )
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    cfg = load_config(None, ["data.out_size=32"])
+    cfg["model"]["generator"] = config.to_dict()
+    state = {"config": cfg, "net_g_ema": build_generator(config).state_dict()}
+    for step in (5, 10, 15):
+        torch.save({"step": step, **state}, ckpts / f"step_{step:08d}.pt")
+    data = (ckpts / "step_00000015.pt").read_bytes()
+    (ckpts / "step_00000015.pt").write_bytes(data[: len(data) // 2])
+    (ckpts / "step_00000010.pt").write_bytes(b"")
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "miniz" not in err, err
+    assert err.startswith(f"error: {ckpts / 'step_00000015.pt'} is not a readable training checkpoint: ")
+    assert "cut short or damaged" in err
+    assert err.endswith(f"the newest checkpoint beside it that reads is {ckpts / 'step_00000005.pt'}: "
+                        "give that file instead (an earlier step)\n"), err  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    assert main(["export", str(ckpts / "step_00000005.pt"), str(tmp_path / "out")]) == 0
+
+
 def test_augmentation_moves_face_and_component_boxes_together(tmp_path: Path) -> None:
     """A bright dot at the template's left eye stays inside the left-eye box whatever warp is drawn."""
     from train.data import FaceDegradationDataset, template_components

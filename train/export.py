@@ -20,7 +20,7 @@ import yaml
 
 from gfp.archs import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
 from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, save_pretrained
-from gfp.messages import first_line
+from gfp.messages import load_failure
 from train.config import identity_start
 
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "id_cos": "Identity cosine similarity"}
@@ -29,6 +29,8 @@ with :data:`INPUT_SUFFIX`, for its degraded input."""
 INPUT_SUFFIX = "_lq"
 TRAINING_CONFIG_FILE = "training_config.yml"
 OFFICIAL_FILE = "generator_official.pth"
+CHECKPOINT_GLOB = "step_*.pt"
+"""A run's checkpoints, ``RUN/checkpoints/step_XXXXXXXX.pt``: the newest sorts last."""
 EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, TRAINING_CONFIG_FILE, OFFICIAL_FILE)
 """Every file an export may write (the official .pth only with ``--official-pth``)."""
 HIDDEN_FIELDS = ("input_is_latent",)
@@ -43,7 +45,7 @@ def find_checkpoint(path: str | Path) -> Path:
     """``path`` itself, or the newest checkpoint of a run folder (``RUN/checkpoints/step_*.pt``)."""
     p = Path(path)
     if p.is_dir():
-        found = sorted((p / "checkpoints").glob("step_*.pt"))
+        found = sorted((p / "checkpoints").glob(CHECKPOINT_GLOB))
         if not found:
             raise ExportError(f"no checkpoint in {p / 'checkpoints'} (is {p} a training run folder?)")
         return found[-1]
@@ -54,20 +56,45 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A training checkpoint written by ``train.train`` (loaded with ``weights_only=True``), its tensors
-    on ``map_location``; ``ExportError`` for a file that is none."""
+    on ``map_location``; ``ExportError`` for a file that is none, naming the newest older checkpoint beside
+    it that reads (a run killed while writing, a full disk or a copy cut short spoil the newest one only).
+    That one is named, never taken instead: it is another step's weights."""
     p = Path(path)
     if not p.is_file():
         raise ExportError(f"checkpoint not found: {p}")
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
+        return _load_checkpoint(p, map_location)
+    except ExportError as err:
+        older = (q for q in sorted(p.parent.glob(CHECKPOINT_GLOB), reverse=True) if q.name < p.name)
+        readable = next((q for q in older if _readable(q)), None)
+        if readable is None:
+            raise
+        newest = f"the newest checkpoint beside it that reads is {readable}"
+        raise ExportError(f"{err}; {newest}: give that file instead (an earlier step)") from err
+
+
+def _load_checkpoint(p: Path, map_location: str | torch.device, mmap: bool = False) -> dict[str, Any]:
+    """:func:`read_checkpoint` of an existing file, without the look at the others beside it; ``mmap``:
+    the tensors are not read (a quick test that the file is whole)."""
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:  # torch's text would advise loading it unsafely: never
         raise ExportError(f"{p} is not a readable training checkpoint: no pickle of tensors only") from None
     # Arbitrary bytes fail the unpickler in arbitrary ways (KeyError, IndexError, ...): one answer.
     except Exception as err:
-        raise ExportError(f"{p} is not a readable training checkpoint: {first_line(err)}") from err
+        raise ExportError(f"{p} is not a readable training checkpoint: {load_failure(err)}") from err
     if not isinstance(state, dict) or "net_g_ema" not in state or "config" not in state:
         raise ExportError(f"{p} is not a train.train checkpoint (no net_g_ema/config)")
     return state
+
+
+def _readable(p: Path) -> bool:
+    """Whether ``p`` reads as a training checkpoint (memory-mapped: its tensors are not read)."""
+    try:
+        _load_checkpoint(p, "cpu", mmap=True)
+    except ExportError:
+        return False
+    return True
 
 
 def run_folder(checkpoint: str | Path) -> Path | None:

@@ -49,13 +49,12 @@ from train.data import (
     split_indices,
     subfolders_with_images,
 )
-from train.export import ExportError, log_record, read_checkpoint
+from train.export import CHECKPOINT_GLOB, ExportError, log_record, read_checkpoint
 from train.metrics import cosine_similarity, psnr, ssim
 from train.networks import build_discriminators, build_identity, build_training_generator, build_vgg
 
 log = logging.getLogger("train")
 PARTS = ("left_eye", "right_eye", "mouth")
-CHECKPOINT_GLOB = "step_*.pt"
 # Steps (counted from where fit() starts) between which a time budget first measures the speed: after
 # start-up and the first loader batches, and short enough to fall inside a typical warm-up. After that the
 # steps are sized again every BUDGET_RESIZE steps from the speed since BUDGET_PROBE[0], so a machine that

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from gfp.archs import GeneratorConfig
 from gfp.atomic import atomic_path
+from gfp.messages import load_failure
 from gfp.weights.errors import CheckpointError, UnsafeCheckpointError, WeightsNotFoundError
 
 FORMAT_NAME = "gfp-generator"
@@ -122,7 +123,11 @@ def _torch_load(path: Path, mapped: bool) -> Any:
             "from sources you trust, saved as plain state dicts or safetensors."
         ) from err
     except Exception as err:  # arbitrary bytes make the unpickler fail in arbitrary ways (IndexError, ...)
-        reason = f"{type(err).__name__}: {err}" if str(err) else "the file ends early (empty or cut short)"
+        reason = (
+            f"{type(err).__name__}: {load_failure(err)}"
+            if str(err)
+            else "the file ends early (empty or cut short)"
+        )
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {reason}") from err
 
 
