@@ -161,11 +161,21 @@ def read_generator(
         try:
             config = detect_config(state_dict)
         except UnknownArchitectureError as err:
-            raise ForeignWeightsError(f"{found.path}: {err}") from err
+            raise ForeignWeightsError(f"{found.path}: {_recognised_as(state_dict) or err}") from err
     entry = found.entry
     if entry is not None and entry.config is not None and entry.config != config:
         raise CheckpointError(f"{found.path} is not GFPGAN {entry.name}: its layout is {config}")
     return state_dict, config, found
+
+
+def _recognised_as(state_dict: dict[str, Tensor]) -> str:
+    """What weights that are no generator are, when another registered family recognises them (a detector
+    or upsampler file given as the model), for the error to say instead of the keys it lacks; else ""."""
+    try:
+        family, _ = recognise(state_dict)
+    except UnknownArchitectureError:
+        return ""
+    return f"not a GFPGAN generator: it is a {family.label} {family.kind} file (family {family.name})"
 
 
 def load_generator(

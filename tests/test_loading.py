@@ -461,6 +461,22 @@ def test_unknown_layout_is_rejected_naming_the_file(tmp_path: Path) -> None:
         load_generator(path)
 
 
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [("retinaface_mobile0.25", "RetinaFace detector"), ("realesr-animevideov3", "Real-ESRGAN upsampler")],
+)
+def test_a_registered_networks_file_given_as_the_generator_is_named(
+    tmp_path: Path, name: str, what: str
+) -> None:
+    """A detector or upsampler file given as the model (-v, --model): the error says what it is."""
+    path = tmp_path / MODEL_ZOO[name].file_name
+    torch.save(registry.build(MODEL_ZOO[name]).state_dict(), path)
+    family = registry.family_of(MODEL_ZOO[name]).name
+    said = f"{path.name}: not a GFPGAN generator: it is a {what} file (family {family})"
+    with pytest.raises(UnknownArchitectureError, match=re.escape(said) + "$"):
+        load_generator(path)
+
+
 def test_zoo_name_loads_the_zoo_layout_and_rejects_another(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
