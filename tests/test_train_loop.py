@@ -644,6 +644,29 @@ def test_an_export_publishes_no_local_paths(faces, tmp_path):
     assert load_config(out / "training_config.yml")["data"]["train"] == faces.name  # still a config
 
 
+def test_publish_refuses_a_folder_that_names_local_paths(tmp_path, monkeypatch, capsys):
+    """A folder exported before export cut local paths (or edited since) is checked too: publish refuses
+    it, naming the keys and the card's home folder, before anything is uploaded."""
+    from _zoo_helpers import save_tiny_generator
+
+    from train.__main__ import main as cli
+
+    folder = save_tiny_generator(tmp_path / "export")
+    (folder / "README.md").write_text("# tiny\n")
+    (folder / "training_config.yml").write_text(yaml.safe_dump({"data": {"train": "faces"}}))
+    assert cli(["publish", str(folder), "--repo-id", "me/tiny", "--dry-run"]) == 0
+    capsys.readouterr()
+    home = tmp_path / "home" / "alice"
+    monkeypatch.setenv("HOME", str(home))
+    (folder / "README.md").write_text(f"# tiny\n- data: `{home}/faces`\n")
+    (folder / "training_config.yml").write_text(yaml.safe_dump({"data": {"train": "/data/faces"}}))
+    assert cli(["publish", str(folder), "--repo-id", "me/tiny", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not ready to publish: training_config.yml has absolute paths " in err
+    assert "(data.train); README.md names the home folder " + str(home) in err
+    assert "export it again" in err and "would upload" not in err
+
+
 def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, monkeypatch, capsys, caplog):
     """A run always ends with a checkpoint (even with ckpt_every=0); a new run over it is refused, not
     mixed in; a Ctrl-C stops after the current step with its checkpoint, and --resume auto continues."""

@@ -3,7 +3,8 @@
 ``python -m train.publish SOURCE --repo-id owner/name [--private] [--dry-run] [--out-dir DIR]``
 
 SOURCE is an export folder, a ``step_*.pt`` checkpoint or a training run folder (its newest checkpoint).
-The folder is checked first (all three files present, and it loads through ``gfp.loading.load_generator``);
+The folder is checked first (all three files present, it loads through ``gfp.loading.load_generator``, and
+its card and training config name no local folders);
 ``--dry-run`` stops there and only writes it.
 """
 
@@ -11,18 +12,23 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 from pathlib import Path
+
+import yaml
 
 from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, WeightsError, load_generator
 from train.export import (
     EXPORT_FILES,
+    TRAINING_CONFIG_FILE,
     ExportError,
     export,
     find_checkpoint,
     model_card,
     read_checkpoint,
     run_folder,
+    shareable,
     validation_metrics,
 )
 
@@ -42,7 +48,33 @@ def check_folder(folder: str | Path) -> list[str]:
     if missing:
         raise PublishError(f"{root} is not ready to publish: missing {', '.join(missing)}")
     load_generator(root)
+    leaks = _local_paths(root)
+    if leaks:
+        raise PublishError(
+            f"{root} is not ready to publish: {leaks}, which would name this machine's folders on the Hub; "
+            "export it again (python -m train export cuts them) or edit them out"
+        )
     return sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _local_paths(root: Path) -> str:
+    """Where an export folder (one written before export cut them, or edited) holds local paths: the keys
+    of its training_config.yml that :func:`train.export.shareable` would cut, and the card's mention of the
+    home folder; "" when none."""
+    found = []
+    config = root / TRAINING_CONFIG_FILE
+    if config.is_file():
+        try:
+            cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise PublishError(f"{config} is not a YAML file: {str(err).splitlines()[0]}") from None
+        keys = shareable(cfg)[1] if isinstance(cfg, dict) else []
+        if keys:
+            found.append(f"{TRAINING_CONFIG_FILE} has absolute paths ({', '.join(keys)})")
+    home = os.path.expanduser("~")
+    if home not in ("~", "/") and home in (root / CARD_FILE).read_text(encoding="utf-8", errors="replace"):
+        found.append(f"{CARD_FILE} names the home folder {home}")
+    return "; ".join(found)
 
 
 def prepare(source: str | Path, repo_id: str, out_dir: str | Path | None = None, **card_args) -> Path:
