@@ -10,8 +10,9 @@ stable.
 The output is an MP4 (H.264 by default) with the input's timestamps (variable frame rates survive), frame
 count and duration; rotation metadata is applied to the pixels (the output is upright, without rotation
 metadata); the input's colour matrix is kept and tagged (players guess an untagged one). The audio is
-copied when MP4 can hold its codec, else re-encoded to AAC. The file is written under a temporary name
-next to the output and moved into place only when complete, so the output path never holds a
+copied when MP4 can hold its codec, else re-encoded to AAC; it keeps its language and title, the video
+its own, and the clip keeps the tags MP4 holds (title, date ...). The file is written under a temporary
+name next to the output and moved into place only when complete, so the output path never holds a
 half-written video. Decoding and encoding use PyAV, whose wheels carry the FFmpeg libraries.
 
 Odd output sizes are padded by one edge pixel to even ones (4:2:0 video needs even sizes).
@@ -521,8 +522,17 @@ def _even(img: np.ndarray) -> np.ndarray:
     return np.pad(img, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else img
 
 
+def _labels(stream: av.stream.Stream) -> dict[str, str]:
+    """A stream's language and title, to keep on the stream that replaces it in the output (an MP4 or MOV
+    gives a track's title back as "name")."""
+    meta = stream.metadata
+    labels = {"language": meta.get("language"), "title": meta.get("title") or meta.get("name")}
+    return {key: value for key, value in labels.items() if value}
+
+
 class _Audio:
-    """Carries the first audio stream of the input over: packets copied, or decoded and re-encoded."""
+    """Carries the first audio stream of the input over: packets copied, or decoded and re-encoded, with
+    its language and title."""
 
     def __init__(self, source: av.audio.stream.AudioStream, output: av.container.OutputContainer) -> None:
         self.source = source
@@ -543,6 +553,7 @@ class _Audio:
             self.stream = output.add_stream("aac", rate=rate if rate in AAC_RATES else 48000)
             self.stream.layout = "stereo" if source.codec_context.layout.nb_channels > 1 else "mono"
             self.how = f"re-encoded ({name} → aac)"
+        self.stream.metadata.update(_labels(source))
 
     def packet(self, packet: av.Packet) -> None:
         """Copy or re-encode one demuxed packet (the muxer interleaves it with the video). Timestamps that
@@ -819,6 +830,10 @@ def restore_video(
                 rate = stream.average_rate or stream.guessed_rate or Fraction(25)
                 out = _video_encoder(sink, video, rate, time_base, size)
                 matrix = _tag_colours(out, stream)
+                out.metadata.update(_labels(stream))
+                # The clip's title, date, artist ...: the muxer writes the tags MP4 holds and drops the others
+                # (its own file type and "encoder" replace the input's).
+                sink.metadata.update(container.metadata)
                 audio = _Audio(container.streams.audio[0], sink) if container.streams.audio else None
                 if len(container.streams) > 1 + (audio is not None):
                     notes.append(

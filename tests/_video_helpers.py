@@ -30,12 +30,14 @@ def write_clip(
     codec: str = "libx264",
     rotation: int = 0,
     container: str | None = None,
+    metadata: dict[str, dict[str, str]] | None = None,
 ) -> Path:
     """Encode BGR ``frames`` (even sizes) at ``fps`` (or at explicit ``times``, for variable rates).
 
     ``audio`` is the codec of a 48 kHz stereo sine tone as long as the clip (``audio_seconds`` to
     change), or None for no audio track. ``rotation`` is stored as display metadata (degrees
-    counter-clockwise), the pixels are written as given.
+    counter-clockwise), the pixels are written as given. ``metadata`` maps "container", "video" or
+    "audio" to the tags (title, language ...) to write there.
     """
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), "w", format=container) as out:
@@ -52,6 +54,8 @@ def write_clip(
         if audio is not None:
             sound = out.add_stream(audio, rate=48000)
             sound.layout = "stereo"
+        for place, tags in (metadata or {}).items():
+            {"container": out, "video": video, "audio": sound}[place].metadata.update(tags)
         for i, img in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
             frame.pts = round(times[i] * 1000) if times is not None else i

@@ -293,6 +293,31 @@ def test_mp3_audio_is_copied_and_named_by_its_codec(blind: Path, tmp_path: Path)
         assert written.streams.audio[0].codec_context.codec.canonical_name == "mp3"
 
 
+@pytest.mark.parametrize(
+    ("container", "suffix", "audio", "how"),
+    [(None, ".mp4", "aac", "copied"), ("matroska", ".mkv", "pcm_s16le", "re-encoded (pcm_s16le → aac)")],
+)
+def test_stream_languages_and_titles_and_the_clips_tags_are_kept(
+    blind: Path, tmp_path: Path, container: str | None, suffix: str, audio: str, how: str
+) -> None:
+    """The audio's language and title were dropped (the output's audio said language=und), the video's
+    language and the clip's title, date and comment too. MP4 gives a stream's title back as "name"."""
+    tags = {
+        "container": {"title": "Holiday", "comment": "first day", "date": "2020"},
+        "video": {"language": "deu", "title": "main view"},
+        "audio": {"language": "fra", "title": "commentary"},
+    }
+    frames = [_scene(i=i) for i in range(10)]
+    source = write_clip(tmp_path / f"clip{suffix}", frames, audio=audio, container=container, metadata=tags)
+    result = restore_video(source, tmp_path / "out.mp4", _options(blind), restorer=_restorer(blind))
+    assert result.audio == how
+    with av.open(str(result.path)) as written:
+        video, sound = written.streams.video[0].metadata, written.streams.audio[0].metadata
+        assert (video["language"], video["name"]) == ("deu", "main view")
+        assert (sound["language"], sound["name"]) == ("fra", "commentary")
+        assert {key: written.metadata.get(key) for key in tags["container"]} == tags["container"]
+
+
 def _with_picture(path: Path, picture_first_in: str | None, frames: list[np.ndarray]) -> Path:
     """A file with a one-frame MJPEG picture: a cover ("attached pic") beside AAC audio when
     ``picture_first_in`` is None, else a plain picture stream ahead of ``frames`` as H.264, in that format."""
