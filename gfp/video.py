@@ -31,7 +31,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -612,6 +612,35 @@ class _Decoded:
         )
 
 
+@dataclass
+class _Counted:
+    """Progress in frames of one pass over a clip: each frame is reported with ``total()``, the frame count
+    as far as it is known then, and the end once more with the count decoded where that was not the last
+    total (a header that counts frames the container drops, or that says none), so a bar ends full."""
+
+    report: Progress
+    stage: str
+    total: Callable[[], int]
+    last: int = -1
+    """The total last reported."""
+
+    def __call__(self, done: int, total: int = 0, stage: str = "") -> None:
+        """Report ``done`` frames (a :data:`Progress`: the caller's total and stage give way to ours)."""
+        self.last = self.total()
+        self.report(done, self.last, self.stage)
+
+    def end(self, frames: int) -> None:
+        """The pass is over after ``frames`` frames: say so with that total where the last one differed."""
+        if self.last != frames:
+            self.report(frames, frames, self.stage)
+
+
+def _header_count(info: VideoInfo, facts: _Decoded) -> Callable[[], int]:
+    """The clip's frame count as far as its header says: less the frames the container drops (their packets
+    are read before the first frame after them decodes); 0 when the header gives none."""
+    return lambda: max(info.frames - facts.discarded, 0)
+
+
 def _decode(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
@@ -772,10 +801,12 @@ def restore_video(
     ``options`` are the photo options (model, upscale, background upsampler, strength, detector, batch
     size, face choice ...); ``video`` the codec, quality, smoothing and limits; ``restorer`` a shared
     :class:`~gfp.pipeline.Restorer` (one is made when None). ``progress(done, total, "frames")`` is
-    called after each frame (total 0 when the container does not say); a face choice first decodes and
-    detects the whole clip (:func:`plan_faces`), reported as ``"detect"``. Raises :class:`VideoError`
-    (naming the file) for unreadable, truncated, empty or too large clips; nothing is left at ``output``
-    then, and an earlier file there is kept.
+    called after each frame, ``total`` the frame count as far as known (the header's, less the frames the
+    container drops; 0 when the container does not say), and once more at the end with the count decoded
+    if that was not the last total; a face choice first decodes and detects the whole clip
+    (:func:`plan_faces`), reported so as ``"detect"``, and its count is the total of the second pass.
+    Raises :class:`VideoError` (naming the file) for unreadable, truncated, empty or too large clips;
+    nothing is left at ``output`` then, and an earlier file there is kept.
     """
     options = expect(options, RestoreOptions, "options", RestoreOptions)
     video = expect(video, VideoOptions, "video", VideoOptions)
@@ -817,11 +848,14 @@ def restore_video(
         try:
             if needs_plan(options):
                 clock = time.perf_counter()
+                planning = _Decoded()
+                detect = _Counted(report, "detect", _header_count(info, planning))
                 with _open(source) as container:
                     stream = _video_stream(container, source)
-                    frames = _decode(container, stream, None, _Decoded(), source, info, video)
+                    frames = _decode(container, stream, None, planning, source, info, video)
                     decoded = (img[:2] for img in frames)
-                    plan = plan_faces(restorer, decoded, options, video, report, info.frames)
+                    plan = plan_faces(restorer, decoded, options, video, detect, info.frames)
+                detect.end(planning.frames)
                 timings["plan"] = time.perf_counter() - clock
             with _open(source) as container, av.open(str(partial), "w", format="mp4") as sink:
                 stream = _video_stream(container, source)
@@ -846,6 +880,8 @@ def restore_video(
                         pts_of[seconds] = pts
                         yield img, seconds
 
+                known = _header_count(info, facts) if plan is None else functools.partial(len, plan.frames)
+                counted = _Counted(report, "frames", known)
                 clock = time.perf_counter()
                 for done, restored in enumerate(
                     restore_frames(restorer, timed_frames(), options, video, notes, plan), 1
@@ -861,9 +897,10 @@ def restore_video(
                     faces += len(restored.restored_faces)
                     tracks.update(restored.track_ids)
                     timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - clock
-                    report(done, info.frames, "frames")
+                    counted(done)
                     clock = time.perf_counter()
                 _check_complete(source, info, facts, audio, (container.duration or 0) / av.time_base)
+                counted.end(facts.frames)
                 sink.mux(out.encode(None))
                 if audio is not None:
                     audio.close()
