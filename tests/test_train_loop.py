@@ -667,7 +667,9 @@ def test_publish_refuses_a_folder_that_names_local_paths(tmp_path, monkeypatch, 
     assert "export it again" in err and "would upload" not in err
 
 
-def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, monkeypatch, capsys, caplog):
+def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(
+    faces, tmp_path, monkeypatch, capsys, caplog, request
+):
     """A run always ends with a checkpoint (even with ckpt_every=0); a new run over it is refused, not
     mixed in; a Ctrl-C stops after the current step with its checkpoint, and --resume auto continues."""
     import os
@@ -695,6 +697,10 @@ def test_a_run_is_kept_and_ctrl_c_checkpoints_its_last_step(faces, tmp_path, mon
         return logs
 
     monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    # as in a terminal: a test run started in the background by a shell has SIGINT ignored, and a run keeps
+    # ignoring what it was started ignoring
+    at_start = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, at_start))
     previous = signal.getsignal(signal.SIGINT)
     assert cli([*base, "--resume", "auto", "train.total_iter=10"]) == 130  # overrides after --resume too
     assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
