@@ -30,6 +30,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -756,22 +757,30 @@ def _tag_colours(out: av.video.stream.VideoStream, source: av.video.stream.Video
     return matrix
 
 
+_LOG_LEVEL = threading.Lock()
+"""Held while :func:`_x264_cpu_without_avx512` changes PyAV's log level, which is the whole process's: two
+clips starting at once (the app) would each restore the level the other set, leaving logging on for good,
+and one would read with logging off again (no line: x264 kept its AVX-512 code)."""
+
+
 @functools.cache
 def _x264_cpu_without_avx512() -> str | None:
     """The CPU code x264 picks on this machine less AVX-512, as its ``asm`` parameter takes it
     ("MMX2,SSE2Fast,...,AVX2"); None where x264 picks no AVX-512. Read from the line x264 logs when an
     encoder opens: x264's own choice, since naming code this CPU lacks would crash the encoder."""
-    level = av.logging.get_level()
-    av.logging.set_level(av.logging.INFO)  # the level of that line
-    try:
-        with av.logging.Capture() as logs:
-            probe = av.CodecContext.create("libx264", "w")
-            probe.width, probe.height, probe.pix_fmt, probe.time_base = 16, 16, "yuv420p", Fraction(1, 25)
-            probe.open()
-    except (av.FFmpegError, av.codec.codec.UnknownCodecError):
-        return None  # no libx264 in this FFmpeg: opening the encoder will say so
-    finally:
-        av.logging.set_level(level)
+    with _LOG_LEVEL:
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.INFO)  # the level of that line
+        try:
+            with av.logging.Capture() as logs:
+                probe = av.CodecContext.create("libx264", "w")
+                probe.width, probe.height, probe.pix_fmt = 16, 16, "yuv420p"
+                probe.time_base = Fraction(1, 25)
+                probe.open()
+        except (av.FFmpegError, av.codec.codec.UnknownCodecError):
+            return None  # no libx264 in this FFmpeg: opening the encoder will say so
+        finally:
+            av.logging.set_level(level)
     for _, _, message in logs:
         if message.startswith("using cpu capabilities:"):
             names = message.split(":", 1)[1].split()

@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -524,6 +525,63 @@ def test_a_clip_restored_again_in_one_process_gives_the_same_bytes(
         result = restore_video(source, tmp_path / f"{fill}.mp4", _options(blind), restorer=_restorer(blind))
         written.append(result.path.read_bytes())
     assert written[1] == written[0] and written[2] == written[0]
+
+
+def test_two_clips_starting_at_once_leave_pyav_logging_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading x264's CPU choice turns PyAV's process-wide logging on for a moment. Two clips starting at
+    once (two requests in the app) interleaved: the first turned it off again while the second read, so the
+    second found no line (None: x264 kept its AVX-512 code) and then left logging on for good, sending
+    every later FFmpeg message to the Python loggers."""
+    gfp.video._x264_cpu_without_avx512.cache_clear()
+    alone = gfp.video._x264_cpu_without_avx512()
+    gfp.video._x264_cpu_without_avx512.cache_clear()
+    before = av.logging.get_level()
+    changed = threading.Condition()
+    calls = {"get": 0, "set": 0}
+    real_get, real_set, real_capture = av.logging.get_level, av.logging.set_level, av.logging.Capture
+
+    def counted(name: str, call: Callable) -> Callable:
+        def wrapper(*args: object) -> object:
+            with changed:
+                calls[name] += 1
+                changed.notify_all()
+            return call(*args)
+
+        return wrapper
+
+    class Capture:
+        """PyAV's Capture, holding the first probe open until a second one has begun (at most 0.5 s: one
+        probe only begins once the other is over), and the second until the first set the level back."""
+
+        def __init__(self) -> None:
+            self.capture = real_capture()
+
+        def __enter__(self) -> list:
+            with changed:
+                changed.wait_for(lambda: calls["set"] != 2, timeout=0.5)  # 2: both probes raised it
+            return self.capture.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            self.capture.__exit__(*exc)
+            with changed:
+                changed.wait_for(lambda: calls["get"] > 1, timeout=0.5)
+
+    monkeypatch.setattr(av.logging, "get_level", counted("get", real_get))
+    monkeypatch.setattr(av.logging, "set_level", counted("set", real_set))
+    monkeypatch.setattr(av.logging, "Capture", Capture)
+    found: list[str | None] = []
+    threads = [
+        threading.Thread(target=lambda: found.append(gfp.video._x264_cpu_without_avx512())) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    gfp.video._x264_cpu_without_avx512.cache_clear()  # what a failure here found is not kept
+    left = real_get()
+    real_set(before)  # for the tests after this one, also when it fails
+    assert left == before
+    assert found == [alone, alone]
 
 
 def _broken(kind: str, folder: Path) -> Path:
