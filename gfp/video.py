@@ -74,6 +74,10 @@ AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 1200
 _MATRICES = frozenset({1, 4, 5, 6, 7, 9})
 """FFmpeg's colour matrices (AVColorSpace: BT.709, FCC, BT.470BG, SMPTE 170M, SMPTE 240M, BT.2020) that its
 scaler converts with; frames of any other, or of none, are decoded as BT.601 (SMPTE 170M, 6)."""
+_PRIMARIES = frozenset({1, *range(4, 13)})
+_TRANSFERS = frozenset({1, *range(4, 19)})
+"""Colour primaries and transfers (ITU-T H.273 values) that every output encoder takes: x265 refuses to
+open with others that FFmpeg knows (primaries 22, EBU Tech 3213-E), so those are left unspecified."""
 _EXACT = None
 if av is not None:
     _EXACT = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
@@ -746,14 +750,18 @@ def _video_encoder(
 
 
 def _tag_colours(out: av.video.stream.VideoStream, source: av.video.stream.VideoStream) -> int:
-    """Give the output the input's colour matrix, primaries and transfer, in limited range (yuv420p), and
-    return the matrix its frames are to be converted with: the one the input was decoded with. Untagged,
-    a player guesses (BT.709 for HD), and an HD clip converted with BT.601 came out shifted in colour."""
+    """Give the output the input's colour matrix, primaries and transfer (those every encoder takes:
+    :data:`_PRIMARIES`, :data:`_TRANSFERS`), in limited range (yuv420p), and return the matrix its frames
+    are to be converted with: the one the input was decoded with. Untagged, a player guesses (BT.709 for
+    HD), and an HD clip converted with BT.601 came out shifted in colour."""
     tags = source.codec_context
     matrix = tags.colorspace if tags.colorspace in _MATRICES else 6
     out.codec_context.colorspace, out.codec_context.color_range = matrix, 1  # 1: limited ("tv") range
     if matrix == tags.colorspace:  # the input's own: its primaries and transfer go with it
-        out.codec_context.color_primaries, out.codec_context.color_trc = tags.color_primaries, tags.color_trc
+        if tags.color_primaries in _PRIMARIES:
+            out.codec_context.color_primaries = tags.color_primaries
+        if tags.color_trc in _TRANSFERS:
+            out.codec_context.color_trc = tags.color_trc
     return matrix
 
 

@@ -36,6 +36,7 @@ from gfp.pipeline import RestoreOptions, Restorer
 from gfp.selection import FaceSelection
 from gfp.tracking import FaceTracker, OneEuroFilter, SmoothingOptions, box_iou, face_size
 from gfp.video import (
+    VIDEO_CODECS,
     FrameFaces,
     VideoError,
     VideoOptions,
@@ -488,6 +489,30 @@ def test_colours_survive_restoring_again_and_again(blind: Path, tmp_path: Path) 
     with av.open(str(source)) as before, av.open(str(clip)) as after:
         frames = next(before.decode(video=0)), next(after.decode(video=0))
         np.testing.assert_allclose(_plane_means(frames[1]), _plane_means(frames[0]), atol=1)
+
+
+@pytest.mark.parametrize("codec", list(VIDEO_CODECS))
+def test_colour_tags_an_encoder_refuses_are_left_out(blind: Path, tmp_path: Path, codec: str) -> None:
+    """x265 refuses to open with primaries 22 (EBU Tech 3213-E), which H.264 and FFmpeg know: a clip so
+    tagged failed as "cannot decode or encode this clip" with --video-codec h265 once the input's tags were
+    kept. Those tags are left unspecified; the matrix, which the pixels were converted with, stays."""
+    source = tmp_path / "in.mp4"
+    with av.open(str(source), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        tags = stream.codec_context
+        tags.colorspace, tags.color_primaries, tags.color_trc, tags.color_range = 1, 22, 1, 1
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(_scene(i=i), format="bgr24")
+            frame.colorspace, frame.pts = 1, i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    result = restore_video(
+        source, tmp_path / "out.mp4", _options(blind, upscale=1), VideoOptions(codec=codec), _restorer(blind)
+    )
+    with av.open(str(result.path)) as written:
+        tags = written.streams.video[0].codec_context
+        assert (tags.colorspace, tags.color_primaries, tags.color_trc) == (1, 2, 1)
 
 
 def test_odd_output_size_is_padded_and_noted(blind: Path, tmp_path: Path) -> None:
