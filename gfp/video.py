@@ -749,6 +749,23 @@ def _video_encoder(
     return out
 
 
+def _open_encoder(out: av.video.stream.VideoStream) -> None:
+    """Open the video encoder (its options and colour tags set), the calling thread's scheduling kept.
+    SVT-AV1 (``av1``), opened in a process of root (a container), switches the thread that opens it to
+    real-time SCHED_FIFO at priority 99: every later restore of that thread (the app's, a folder's next
+    clip) and every process it starts would run real-time, starving the rest of the machine. Opened here,
+    not by the first packet muxed (the sound's may come first), so that it is known which call to guard."""
+    if not hasattr(os, "sched_getscheduler"):  # no POSIX thread scheduling (Windows, macOS)
+        out.codec_context.open()
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        out.codec_context.open()
+    finally:
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, param)
+
+
 def _tag_colours(out: av.video.stream.VideoStream, source: av.video.stream.VideoStream) -> int:
     """Give the output the input's colour matrix, primaries and transfer (those every encoder takes:
     :data:`_PRIMARIES`, :data:`_TRANSFERS`), in limited range (yuv420p), and return the matrix its frames
@@ -881,6 +898,7 @@ def restore_video(
                 rate = stream.average_rate or stream.guessed_rate or Fraction(25)
                 out = _video_encoder(sink, video, rate, time_base, size)
                 matrix = _tag_colours(out, stream)
+                _open_encoder(out)
                 out.metadata.update(_labels(stream))
                 # The clip's title, date, artist ...: the muxer writes the tags MP4 holds and drops the others
                 # (its own file type and "encoder" replace the input's).

@@ -515,6 +515,28 @@ def test_colour_tags_an_encoder_refuses_are_left_out(blind: Path, tmp_path: Path
         assert (tags.colorspace, tags.color_primaries, tags.color_trc) == (1, 2, 1)
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="POSIX thread scheduling")
+def test_an_av1_clip_leaves_the_threads_scheduling_as_it_was(blind: Path, tmp_path: Path) -> None:
+    """SVT-AV1, opened in a process of root (a container), switched the thread that opened it to real-time
+    SCHED_FIFO for good: every later restore of that thread (the app's, a folder's next clip) and every
+    process it started then ran real-time, starving the others on the machine."""
+    # with sound: its first packet, muxed before any frame is encoded, opens the encoder
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(3)])
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        restore_video(
+            source,
+            tmp_path / "out.mp4",
+            _options(blind, upscale=1),
+            VideoOptions(codec="av1"),
+            _restorer(blind),
+        )
+        after = os.sched_getscheduler(0), os.sched_getparam(0)
+    finally:
+        os.sched_setscheduler(0, *before)  # for the tests after this one, also when it fails
+    assert after == before
+
+
 def test_odd_output_size_is_padded_and_noted(blind: Path, tmp_path: Path) -> None:
     source = write_clip(tmp_path / "odd.mp4", [_scene(50, 66, i) for i in range(5)], audio=None)
     result = restore_video(
