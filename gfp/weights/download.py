@@ -21,10 +21,9 @@ except ImportError:  # Windows, where a file open in a live download cannot be d
 from gfp.atomic import atomic_path
 from gfp.registry import ModelEntry
 from gfp.weights.errors import ChecksumMismatchError, DownloadError
-from gfp.weights.files import CHECKPOINT_STARTS, page_or_text
+from gfp.weights.files import CHECKPOINT_STARTS, HEAD_BYTES, page_or_text
 
 _CHUNK = 1 << 20
-_HEAD = 512  # bytes kept from a download's start, to tell a checkpoint from a web page
 _TIMEOUT_S = 30.0
 _PART = ".part"  # a download's temporary file: .NAME.XXXXXXXX.part beside NAME (gfp.atomic)
 _ABANDONED_AFTER_S = 60.0  # a temporary file this old, and unlocked, has lost its download
@@ -94,7 +93,7 @@ def _copy_with_progress(
     response: IO[bytes], dest: Path, total: int | None, label: str, progress: bool
 ) -> tuple[str, int, bytes]:
     """Stream ``response`` into ``dest`` under a tqdm bar; return the sha256, the byte count written and
-    the first bytes (up to 512)."""
+    the first bytes (up to :data:`~gfp.weights.files.HEAD_BYTES`)."""
     digest = hashlib.sha256()
     size = 0
     head = b""
@@ -105,8 +104,8 @@ def _copy_with_progress(
         while chunk := response.read(_CHUNK):
             fh.write(chunk)
             digest.update(chunk)
-            if len(head) < _HEAD:
-                head += chunk[: _HEAD - len(head)]
+            if len(head) < HEAD_BYTES:
+                head += chunk[: HEAD_BYTES - len(head)]
             size += len(chunk)
             bar.update(len(chunk))
     return digest.hexdigest(), size, head

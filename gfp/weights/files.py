@@ -35,6 +35,8 @@ _CONFIG_KEY = "gfp_config"  # model.safetensors metadata: config.json's content
 # plain weights, then the MobileFaceNet identity checkpoint's and the common ``state_dict``.
 _STATE_DICT_KEYS = ("params_ema", "params", "net_state_dict", "state_dict")
 
+HEAD_BYTES = 512
+"""Bytes read from a would-be weights file's start to tell a checkpoint from a web page or text."""
 CHECKPOINT_STARTS = (b"PK\x03\x04", b"\x80")
 """How a PyTorch checkpoint begins: ``torch.save``'s zip format, or a pickle (the legacy format)."""
 
@@ -96,7 +98,7 @@ def _refuse_page_or_text(path: Path) -> None:
     (torch: "Unsupported operand 60")."""
     try:
         with open(path, "rb") as fh:
-            kind = page_or_text(fh.read(512))
+            kind = page_or_text(fh.read(HEAD_BYTES))
     except OSError as err:
         raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
     if kind is not None:
