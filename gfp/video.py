@@ -936,7 +936,11 @@ def restore_video(
                     clock = time.perf_counter()
                 _check_complete(source, info, facts, audio, (container.duration or 0) / av.time_base)
                 counted.end(facts.frames)
+                # The encoder holds back the frames of its lookahead and threads until flushed: a short
+                # clip is mostly encoded here, a long one its last frames, so this is encoding time too.
+                clock = time.perf_counter()
                 sink.mux(out.encode(None))
+                timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - clock
                 if audio is not None:
                     audio.close()
             # Frames are decoded lazily inside the restore loop: report decoding on its own.

@@ -1118,3 +1118,16 @@ def test_without_pyav_photos_still_run_and_videos_say_what_to_install(tmp_path, 
     monkeypatch.setattr(gfp.video, "av", None)
     with pytest.raises(VideoError, match=r"videos need PyAV.*pip install av"):
         probe_video(clip)
+
+
+def test_encoding_time_counts_the_frames_the_encoder_held_back(blind: Path, tmp_path: Path) -> None:
+    """x264 encodes a short clip when it is flushed: that time is the encode stage's, not unaccounted."""
+    rng = np.random.default_rng(0)  # noise: costly to encode, so the flush is far above timer noise
+    frames = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(20)]
+    source = write_clip(tmp_path / "noise.mp4", frames, audio=None)
+    result = restore_video(
+        source, tmp_path / "out.mp4", _options(blind, upscale=2), restorer=_restorer(blind)
+    )
+    timings = result.timings
+    unaccounted = timings["total"] - sum(seconds for stage, seconds in timings.items() if stage != "total")
+    assert unaccounted < timings["encode"]
