@@ -63,7 +63,7 @@ from gfp.cli import (
 )
 from gfp.imageio import read_icc_profile, read_image_bytes
 from gfp.messages import first_line
-from gfp.video import is_video, restore_video
+from gfp.video import VideoError, is_video, restore_video
 from gfp.weights.errors import WeightsError
 
 INSTALL = "pip install -r requirements-batch.txt"
@@ -310,7 +310,10 @@ class RestoreWorker:
             check_not_input(target, Path(path))
         if is_video(path):
             with _local_copy(self.job.filesystem, path) as local:
-                result = restore_video(local, target, self.options, self.video, self.restorer)
+                try:
+                    result = restore_video(local, target, self.options, self.video, self.restorer)
+                except VideoError as err:  # it names the file PyAV read: a remote clip's is a deleted copy
+                    raise VideoError(str(err).replace(local, key)) from None
             written = [target]
         else:
             img = read_image_bytes(data, name=key)

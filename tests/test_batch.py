@@ -351,6 +351,19 @@ def test_a_clip_on_the_local_disk_is_read_where_it_is(tmp_path: Path) -> None:
         assert local == str(clip)
 
 
+def test_a_remote_clips_error_names_the_clip_not_its_temporary_copy(tmp_path: Path, weights: Path) -> None:
+    """A clip on object storage is restored from a local copy, deleted after: its failed record names it."""
+    pafs = pytest.importorskip("pyarrow.fs")
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    clip = write_clip(tmp_path / "clip.mkv", [_gradient(48, 64)] * 20, container="matroska")
+    (bucket / "cut.mkv").write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    store = pafs.SubTreeFileSystem(str(bucket), pafs.LocalFileSystem())  # not the local disk: copied first
+    record = _worker(weights, tmp_path / "out", store, "s3://bucket/").restore("cut.mkv", b"")
+    assert record["status"] == "failed"
+    assert record["error"].startswith("s3://bucket/cut.mkv: truncated or corrupt")
+
+
 def test_a_restored_image_too_large_for_its_format_is_a_failed_record(tmp_path: Path, weights: Path) -> None:
     photo = tmp_path / "wide.jpg"
     cv2.imwrite(str(photo), _gradient(8, 8200))
