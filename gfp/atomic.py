@@ -22,13 +22,16 @@ PARTIAL_GLOB = f".*{PARTIAL_SUFFIX}"
 
 _NAME_MAX = 255
 """Bytes in one file name on the usual file systems: a temporary name is cut to fit."""
+_TOKEN_BYTES = 4
+TEMP_TOKEN = "[0-9a-f]" * 2 * _TOKEN_BYTES
+"""A glob of the random part of a temporary name (hex), to find one file's temporary files and no other's."""
 
 
 def _temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
     """(open write descriptor, path) of a new file named ``.{dest.name}.{random}{suffix}`` beside ``dest``
     (the name cut short where the whole would be longer than a file name may be)."""
     while True:
-        token = f".{secrets.token_hex(4)}{suffix}"
+        token = f".{secrets.token_hex(_TOKEN_BYTES)}{suffix}"
         room = _NAME_MAX - len(f".{token}".encode())
         name = os.fsencode(dest.name)[:room].decode(errors="ignore") if room > 0 else ""
         tmp = dest.with_name(f".{name}{token}")

@@ -291,7 +291,8 @@ def test_a_killed_downloads_temporary_file_is_removed_by_the_next_download(
     monkeypatch: pytest.MonkeyPatch, isolated: Path
 ) -> None:
     """A killed process runs no cleanup: its temporary file would stay in the cache for good. The next
-    download of that file removes it, but not one a live download holds (locked) or has just begun."""
+    download of that file removes it, but not one a live download holds (locked) or has just begun, nor the
+    temporary file of another name that begins with this one's (RealESRGAN_x2plus.pth.bak)."""
     import os
     import time
 
@@ -301,19 +302,18 @@ def test_a_killed_downloads_temporary_file_is_removed_by_the_next_download(
     old = time.time() - 3600
     parts = {
         name: isolated / f".RealESRGAN_x2plus.pth.{name}.part"
-        for name in ("0dead000", "11ive111", "2new2222")
+        for name in ("0dead000", "1111aaaa", "2222bbbb", "bak.3333cccc")
     }
     for name, part in parts.items():
         part.write_bytes(b"half a download")
-        if name != "2new2222":
+        if name != "2222bbbb":
             os.utime(part, (old, old))
-    with open(parts["11ive111"], "rb") as live, serve(FileServer(files={"/x2.pth": body})) as server:
+    with open(parts["1111aaaa"], "rb") as live, serve(FileServer(files={"/x2.pth": body})) as server:
         fcntl.flock(live, fcntl.LOCK_EX)
         _point_at(monkeypatch, "RealESRGAN_x2plus", server.url("/x2.pth"), body)
         assert resolve_weights("RealESRGAN_x2plus", progress=False).read_bytes() == body
-    assert _leftovers(isolated) == sorted(
-        [parts["11ive111"].name, parts["2new2222"].name, "RealESRGAN_x2plus.pth"]
-    )
+    kept = [parts[name].name for name in ("1111aaaa", "2222bbbb", "bak.3333cccc")]
+    assert _leftovers(isolated) == sorted([*kept, "RealESRGAN_x2plus.pth"])
 
 
 def test_offline_error_names_the_file_every_place_and_the_fix(
