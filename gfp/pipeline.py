@@ -226,7 +226,7 @@ class Restorer:
         meanwhile waits for it; an error is left for that call to report."""
         options = expect(options, RestoreOptions, "options")
         parser = not options.aligned and options.use_parse is not False
-        return self.store.prepare(options.version, self.batch_size(options), parser)
+        return self.store.prepare(options.version, stages.batch_size(self.store, options), parser)
 
     def restore(
         self, img: np.ndarray, options: RestoreOptions | None = None, progress: Progress | None = None

@@ -888,7 +888,7 @@ def restore_video(
                     stream = _video_stream(container, source)
                     frames = _decode(container, stream, None, planning, source, info, video)
                     decoded = (img[:2] for img in frames)
-                    plan = plan_faces(restorer, decoded, options, video, detect, info.frames)
+                    plan = plan_faces(restorer, decoded, options, video, detect)  # detect knows its total
                 detect.end(planning.frames)
                 timings["plan"] = time.perf_counter() - clock
             with _open(source) as container, av.open(str(partial), "w", format="mp4") as sink:
