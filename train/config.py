@@ -344,18 +344,22 @@ RANGES: dict[str, Span] = {
 negative loss weight, an average that grows): refused up front, with the key named (null passes: off)."""
 
 
+def _value(cfg: dict[str, Any], key: str) -> Any:
+    """The value of the dotted ``key`` (``train.total_iter``) in ``cfg``."""
+    value: Any = cfg
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Reject values the trainer cannot use, with the key named."""
     for key in NOT_NULL:
-        value: Any = cfg
-        for part in key.split("."):
-            value = value[part]
+        value = _value(cfg, key)
         if value is None or value == "":
             raise ConfigError(f"config key '{key}' needs a value, got {value!r}")
     for key, span in RANGES.items():
-        value = cfg
-        for part in key.split("."):
-            value = value[part]
+        value = _value(cfg, key)
         if value is not None and value not in span:
             raise ConfigError(f"config key '{key}' must be {span.words}, got {value!r}")
     size = cfg["data"]["out_size"]
