@@ -333,9 +333,8 @@ def crop_faces(
     Returns the written files and the number of faces skipped.
     """
     files = list_images(photos)
-    _one_per_stem(
-        files, "{}_NN.png"
-    )  # before the detector loads: a face of one photo would replace another's
+    # before the detector loads: a face of one photo would replace another's
+    _one_per_stem(files, "{}_NN.png")
     net = _detector(detector, weights_dir)
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
