@@ -334,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.degrade and same_folder(args.lq, args.hq):
         print("error: --degrade writes into --lq, which is --hq: the HQ faces would be lost", file=sys.stderr)
         return 2
-    for flag, faces in (("--lq", "LQ input"), ("--hq", "HQ")):
-        # the restored faces are written as STEM.png: they would replace the faces they are scored against
-        if args.model and args.out and same_folder(args.out, getattr(args, flag[2:])):
+    # the restored faces are written as STEM.png: they would replace the faces they are scored against
+    for flag, folder, faces in (("--lq", args.lq, "LQ input"), ("--hq", args.hq, "HQ")):
+        if args.model and args.out and same_folder(args.out, folder):
             print(
                 f"error: --out is {flag}: the restored faces would replace the {faces} faces", file=sys.stderr
             )
