@@ -9,6 +9,7 @@ the user's other files.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import secrets
 from collections.abc import Iterator
@@ -22,25 +23,38 @@ PARTIAL_GLOB = f".*{PARTIAL_SUFFIX}"
 
 _NAME_MAX = 255
 """Bytes in one file name on the usual file systems: a temporary name is cut to fit."""
-_TOKEN_BYTES = 4
-TEMP_TOKEN = "[0-9a-f]" * 2 * _TOKEN_BYTES
-"""A glob of the random part of a temporary name (hex), to find one file's temporary files and no other's."""
+_TOKEN_HEX = 8
+"""Hex digits of the random part of a temporary name."""
 
 
 def _temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
     """(open write descriptor, path) of a new file named ``.{dest.name}.{random}{suffix}`` beside ``dest``
     (the name cut short where the whole would be longer than a file name may be)."""
     while True:
-        token = f".{secrets.token_hex(_TOKEN_BYTES)}{suffix}"
-        room = _NAME_MAX - len(f".{token}".encode())
-        name = os.fsencode(dest.name)[:room].decode(errors="ignore") if room > 0 else ""
-        tmp = dest.with_name(f".{name}{token}")
+        tmp = dest.with_name(_temp_name(dest, secrets.token_hex(_TOKEN_HEX // 2), suffix))
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:  # another writer drew the same name
             continue
         except OSError as err:  # say which file could not be written, not the temporary name
             raise type(err)(err.errno, err.strerror, str(dest)) from None
+
+
+def _temp_name(dest: Path, token: str, suffix: str) -> str:
+    """``.{dest.name}.{token}{suffix}``, ``dest.name`` cut short to fit a file name."""
+    tail = f".{token}{suffix}"
+    room = _NAME_MAX - len(f".{tail}".encode())
+    name = os.fsencode(dest.name)[:room].decode(errors="ignore") if room > 0 else ""
+    return f".{name}{tail}"
+
+
+def temp_files(dest: Path, suffix: str) -> list[Path]:
+    """The temporary files :func:`atomic_path` made for ``dest`` with ``suffix`` that are still there (a
+    killed writer's, or a running one's), and none of another file's."""
+    tail = f".{'0' * _TOKEN_HEX}{suffix}"
+    start = _temp_name(dest, "0" * _TOKEN_HEX, suffix)[: -len(tail)]
+    pattern = f"{glob.escape(start)}.{'[0-9a-f]' * _TOKEN_HEX}{glob.escape(suffix)}"
+    return sorted(dest.parent.glob(pattern))
 
 
 def make_folder(folder: Path) -> None:

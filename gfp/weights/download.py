@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import http.client
 import time
@@ -18,7 +17,7 @@ try:
 except ImportError:  # Windows, where a file open in a live download cannot be deleted anyway
     fcntl = None  # type: ignore[assignment]
 
-from gfp.atomic import TEMP_TOKEN, atomic_path
+from gfp.atomic import atomic_path, temp_files
 from gfp.registry import ModelEntry
 from gfp.weights.errors import ChecksumMismatchError, DownloadError
 from gfp.weights.files import CHECKPOINT_STARTS, HEAD_BYTES, page_or_text
@@ -68,7 +67,7 @@ def _remove_abandoned(dest: Path) -> None:
     """Delete the temporary files that downloads of ``dest`` left when their process was killed (no cleanup
     runs then), which would stay beside ``dest`` for good, hundreds of MB each. A live download locks its
     file, and a new file is left alone (its download may not have locked it yet)."""
-    for tmp in dest.parent.glob(f".{glob.escape(dest.name)}.{TEMP_TOKEN}{_PART}"):
+    for tmp in temp_files(dest, _PART):
         try:
             if time.time() - tmp.stat().st_mtime < _ABANDONED_AFTER_S or _locked(tmp):
                 continue
