@@ -59,11 +59,16 @@ def temp_files(dest: Path, suffix: str) -> list[Path]:
 
 def make_folder(folder: Path) -> None:
     """Make ``folder`` and its parents; a file in the way is a ``NotADirectoryError`` naming that file
-    (``mkdir`` says only "File exists", naming the folder it was asked for)."""
-    for part in (folder, *folder.parents):
-        if part.exists() and not part.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"{part} is a file, not a folder", str(part))
-    folder.mkdir(parents=True, exist_ok=True)
+    (``mkdir`` says only "File exists", naming the folder it was asked for). The folders are looked at
+    only when ``mkdir`` fails: every file written passes here."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        for part in (folder, *folder.parents):
+            if part.exists() and not part.is_dir():
+                why = f"{part} is a file, not a folder"
+                raise NotADirectoryError(errno.ENOTDIR, why, str(part)) from None
+        raise
 
 
 @contextmanager
