@@ -314,7 +314,7 @@ class RestoreWorker:
                     result = restore_video(local, target, self.options, self.video, self.restorer)
                 except VideoError as err:  # it names the file PyAV read: a remote clip's is a deleted copy
                     raise VideoError(str(err).replace(local, key)) from None
-            written = [target]
+            written, extra = [target], {"audio": result.audio}  # copied, re-encoded (how) or none
         else:
             img = read_image_bytes(data, name=key)
             check_output_size(target, img, self.options.upscale)
@@ -323,6 +323,7 @@ class RestoreWorker:
             written = save_outputs(
                 result, basename, in_ext, self.output, args.suffix, args.ext, args.aligned, profile
             )
+            extra = {}
         return {
             "status": "done",
             "faces_found": result.selection.found,  # faces of a photo, people (face tracks) of a clip
@@ -330,7 +331,7 @@ class RestoreWorker:
             "outputs": [p.relative_to(self.output).as_posix() for p in written],
             "notes": list(result.notes),
             "settings": self.job.settings,
-        }
+        } | extra
 
 
 def _is_local(filesystem: Any) -> bool:
@@ -419,18 +420,28 @@ class Tally:
     skipped: int = 0
     failed: int = 0
     faces: int = 0
+    """Faces restored in photos."""
+    people: int = 0
+    """People (face tracks) restored in clips: a person seen in 300 frames counts once, not as 300 faces."""
+    clips: int = 0
 
     def add(self, record: dict[str, Any]) -> None:
-        if record["status"] == "done":
-            self.done += 1
-            self.faces += record["faces_restored"]
-        else:
+        if record["status"] != "done":
             self.failed += 1
+            return
+        self.done += 1
+        if is_video(record["path"]):
+            self.clips += 1
+            self.people += record["faces_restored"]
+        else:
+            self.faces += record["faces_restored"]
 
     def line(self, seconds: float) -> str:
         rate = self.done / seconds if seconds > 0 else 0.0
+        person = "person" if self.people == 1 else "people"
+        people = f", {self.people} {person} in clips" if self.clips else ""
         return (
-            f"{self.done} done, {self.skipped} skipped, {self.failed} failed, {self.faces} faces, "
+            f"{self.done} done, {self.skipped} skipped, {self.failed} failed, {self.faces} faces{people}, "
             f"{rate:.2f} files/s ({seconds:.1f} s)"
         )
 

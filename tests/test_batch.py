@@ -428,9 +428,14 @@ def test_outputs_equal_the_cli_byte_for_byte_and_a_corrupt_file_is_a_failed_reco
         assert record["faces_found"] >= record["faces_restored"]
         faces = [n for n in ours if n.startswith("restored_faces/") and Path(n).stem.startswith(stem)]
         assert record["faces_restored"] == len(faces) or name == "clip.mp4"  # a clip writes no face files
+    assert records["clip.mp4"]["audio"] == "copied" and "audio" not in records["gray.png"]
+    # the summary counts photos' faces and clips' people (tracks) apart
+    faces = sum(r["faces_restored"] for name, r in records.items() if name not in ("clip.mp4", "broken.png"))
+    people = records["clip.mp4"]["faces_restored"]
+    assert f" {faces} faces, {people} {'person' if people == 1 else 'people'} in clips, " in printed.out
     if real:
         assert records[PHOTOS[0]]["faces_restored"] == 4 and records["turned.jpg"]["faces_restored"] == 1
-        assert records["clip.mp4"]["faces_restored"] == 1  # one person
+        assert people == 1  # one person
 
 
 def test_rerun_redoes_only_missing_outputs_and_a_finished_job_does_no_work(
