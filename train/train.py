@@ -612,8 +612,9 @@ class Trainer:
                 return self._steps(total_iter, bar, interrupted)
         except DataError:
             # An image that fails mid-run (the next batch's, or a validation face's): the steps since the
-            # last checkpoint are kept. Distributed, the other ranks cannot join the checkpoint's collectives.
-            if self.world == 1 and self.step > self.saved_step:
+            # last checkpoint are kept. Every rank raises it at the same step (_shared_error), so all of them
+            # join the checkpoint's collectives.
+            if self.step > self.saved_step:
                 self.save_checkpoint()
                 log.info("data error after step %d: checkpoint saved; --resume auto continues", self.step)
             raise
@@ -634,9 +635,28 @@ class Trainer:
         deadline = None if budget is None else time.perf_counter() + 60.0 * float(budget)
         probe_start, limit = 0.0, total_iter
         short, sized_here = 6.0 * float(budget or 0), False  # a tenth of the budget, in seconds
-        waited = time.perf_counter()
-        for batch in self._loader():
+        batches = iter(self._loader())  # endless: the sampler wraps around epochs
+        while True:
+            waited = time.perf_counter()
+            try:
+                batch, failed = next(batches), None
+            except DataError as err:  # an image that passed the check but fails now, on this rank alone
+                # its message only: the error kept in this frame would make a cycle with the one raised from
+                # it, and keep the loader's workers, which ignore SIGTERM, alive to hang the exit
+                batch, failed = None, str(err)
             self.timings["data"] = self.timings.get("data", 0.0) + time.perf_counter() - waited
+            # One exchange per step tells every rank whether any rank's data failed or was interrupted, so
+            # all stop after the same step: a rank left waiting in a collective would hang the run.
+            data_failed, stopping = self._anyone(failed is not None, interrupted())
+            if data_failed:
+                raise self._shared_error(failed)
+            if stopping:
+                if self.step > self.saved_step:
+                    self.save_checkpoint()
+                    if self.world > 1:
+                        dist.barrier()
+                log.info("interrupted at step %d: checkpoint saved; --resume auto continues", self.step)
+                raise KeyboardInterrupt
             logs = self.train_step(batch)
             bar.update(1)
             last = logs
@@ -650,7 +670,9 @@ class Trainer:
                     and (done - BUDGET_PROBE[1]) % BUDGET_RESIZE == 0
                     or (
                         # a budget too short to reach the second probe is sized once a tenth of it is measured
-                        not sized_here and done > BUDGET_PROBE[0] and self._anyone(now - probe_start >= short)
+                        not sized_here
+                        and done > BUDGET_PROBE[0]
+                        and self._anyone(now - probe_start >= short)[0]
                     )
                 ):
                     total_iter = self._size_to_budget(
@@ -675,29 +697,35 @@ class Trainer:
             if tcfg["val_every"] and (self.step % tcfg["val_every"] == 0 or self.step == total_iter):
                 self._run_validation()
                 self._lap("validation")
-            stopping = self._anyone(interrupted())
             every = tcfg["ckpt_every"] and self.step % tcfg["ckpt_every"] == 0
-            if every or self.step >= total_iter or stopping:  # always at the end, whatever ckpt_every says
+            if every or self.step >= total_iter:  # always at the end, whatever ckpt_every says
                 self.save_checkpoint()
                 if self.world > 1:
                     dist.barrier()
                 self._lap("checkpoint")
-            if stopping:
-                log.info("interrupted at step %d: checkpoint saved; --resume auto continues", self.step)
-                raise KeyboardInterrupt
             if self.step >= total_iter:
                 break
-            waited = time.perf_counter()
         return last
 
-    def _anyone(self, flag: bool) -> bool:
-        """Whether ``flag`` is set on any rank: a signal reaches the ranks between different steps, and all
-        must stop after the same one (one number exchanged per step, next to the step's own gradients)."""
+    def _anyone(self, *flags: bool) -> tuple[bool, ...]:
+        """Whether each flag is set on any rank: a signal or a bad image reaches one rank, or the ranks
+        between different steps, and all must stop after the same one (one exchange of a few numbers per
+        step, next to the step's own gradients)."""
         if self.world == 1:
-            return flag
-        value = torch.tensor(int(flag), device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value)
+            return flags
+        values = torch.tensor([int(flag) for flag in flags], device=self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in values.tolist())
+
+    def _shared_error(self, message: str | None) -> DataError:
+        """The data error of the rank whose data failed (``message`` on that rank), raised by every rank: each
+        says which image, not only the rank that read it (the one whose log the user reads may be another).
+        Called by all ranks together once :meth:`_anyone` has told them that one failed."""
+        if self.world > 1:
+            messages: list[str | None] = [None] * self.world
+            dist.all_gather_object(messages, message)
+            message = next(m for m in messages if m is not None)
+        return DataError(message)
 
     def _past(self, deadline: float, now: float) -> bool:
         """Whether the time budget is spent: rank 0's clock decides, every 50 steps when distributed (a
@@ -761,14 +789,20 @@ class Trainer:
         self.writer.add_image("train/lq_ema_gt", grid, self.step)
 
     def _run_validation(self) -> None:
+        failed = None
         if self.rank == 0 and self.val_set is not None:
-            metrics = self.validate()
-            for k, v in metrics.items():
-                self.writer.add_scalar(f"val/{k}", v, self.step)
-            self._append_jsonl("val_log.jsonl", {"step": self.step, **metrics})
-            tqdm.write(f"validation @ {self.step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if self.world > 1:
-            dist.barrier()
+            try:
+                metrics = self.validate()
+            except DataError as err:  # the other ranks wait below: they must hear of it, not hang
+                failed = str(err)
+            else:
+                for k, v in metrics.items():
+                    self.writer.add_scalar(f"val/{k}", v, self.step)
+                self._append_jsonl("val_log.jsonl", {"step": self.step, **metrics})
+                shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                tqdm.write(f"validation @ {self.step}: {shown}")
+        if self._anyone(failed is not None)[0]:  # the ranks wait here for rank 0's validation
+            raise self._shared_error(failed)
 
     def _drop_records_after(self, step: int) -> None:
         """Remove the log records of steps after ``step`` (a run stopped past its last checkpoint, or one
