@@ -944,6 +944,33 @@ def test_unreadable_images_are_named_before_training(faces, tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_an_lmdbs_unreadable_or_missing_entries_are_named_before_training(faces, tmp_path, capsys):
+    """An lmdb was not checked up front: an entry cut short, or a key its meta_info.txt lists that the
+    database lacks, failed when first sampled, maybe hours in. A PNG larger than the bytes first looked at
+    is judged by its end too: with bytes after its end it is an image, cut short it is not."""
+    import lmdb
+
+    from train.__main__ import main as cli
+    from train.data import write_lmdb
+
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8)  # a PNG of about 200 KB
+    large = [tmp_path / "large.png", tmp_path / "cut.png"]
+    for path in large:
+        cv2.imwrite(str(path), noise)
+    db = write_lmdb([*sorted(faces.iterdir()), *large], tmp_path / "faces.lmdb")
+    with lmdb.open(str(db)) as env, env.begin(write=True) as txn:
+        txn.put(b"00001", (faces / "00001.png").read_bytes()[:-40])
+        txn.put(b"large", large[0].read_bytes() + b"trailing")
+        txn.put(b"cut", large[1].read_bytes()[:-40])
+        txn.delete(b"00002")
+    args = ["train", "--config", str(TINY), *FAST, "train.total_iter=1", f"data.train={db}"]
+    assert cli([*args, f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    named = r"\S*faces.lmdb:00001, \S*faces.lmdb:00002, \S*faces.lmdb:cut"
+    assert re.search(rf"^error: unreadable image\(s\), remove or replace them: {named}$", err, re.M), err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(("broken", "workers"), [("training", 1), ("validation", 0)])
 def test_an_image_that_fails_mid_run_keeps_the_steps_done(
     faces, tmp_path, monkeypatch, capsys, broken, workers

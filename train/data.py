@@ -9,12 +9,13 @@ and resumes exactly, whatever the number of loader workers. The blur kernel and 
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -97,30 +98,51 @@ def _one_per_stem(files: list[Path], written_as: str) -> None:
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the end chunk every complete PNG closes with
+_LMDB_HEAD = 1 << 16  # a PNG's chunks before its pixels (size, colour profile) fit in it, as a rule
 
 
-def _openable(path: str | Path) -> bool:
-    """Whether ``path`` opens as an image without decoding it: its header parses and a PNG ends with its
-    end chunk (else all its chunks are read and their checksums checked, so one cut short fails while one
-    with bytes after the end passes). A cheap look, so a large dataset is checked in seconds."""
+def _opens(image: str | Path | IO[bytes], tail: Callable[[], bytes]) -> bool:
+    """Whether ``image`` opens as an image without decoding it: its header parses and a PNG ends with its
+    end chunk (``tail()``: its last bytes; else all its chunks are read and their checksums checked, so one
+    cut short fails while one with bytes after the end passes). A cheap look, so a large dataset is checked
+    in seconds."""
     try:
-        with Image.open(path) as img:
-            if img.format != "PNG":
+        with Image.open(image) as img:
+            if img.format != "PNG" or tail() == PNG_END:
                 return True
-            with open(path, "rb") as fh:
-                fh.seek(-len(PNG_END), 2)
-                if fh.read() == PNG_END:
-                    return True
             img.verify()
         return True
     except Exception:  # noqa: BLE001  (Pillow fails a broken file in many ways: one answer)
         return False
 
 
+def _openable(path: str | Path) -> bool:
+    """:func:`_opens` for an image file."""
+
+    def tail() -> bytes:
+        with open(path, "rb") as fh:
+            fh.seek(-len(PNG_END), 2)
+            return fh.read()
+
+    return _opens(path, tail)
+
+
+def _buffer_openable(buf: memoryview) -> bool:
+    """:func:`_opens` for an image held in an lmdb (a view of its memory map): a complete PNG is looked at
+    through its first bytes and its end, so the pre-check does not read a whole dataset of PNGs."""
+    tail = bytes(buf[-len(PNG_END) :])
+    if len(buf) > _LMDB_HEAD and _opens(io.BytesIO(bytes(buf[:_LMDB_HEAD])), lambda: tail):
+        return True  # a complete PNG, or any other format's header (it is not decoded whole here)
+    return _opens(io.BytesIO(bytes(buf)), lambda: tail)
+
+
 def check_images(files: list[str] | list[Path]) -> None:
     """Refuse unreadable images (not images, cut short) before training, rather than when one is first
     sampled, maybe hours in (and again at the same sample on every resume)."""
-    bad = [str(p) for p in files if not _openable(p)]
+    _refuse_unreadable([str(p) for p in files if not _openable(p)])
+
+
+def _refuse_unreadable(bad: list[str]) -> None:
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(f"unreadable image(s), remove or replace them: {', '.join(bad[:5])}{more}")
@@ -178,6 +200,24 @@ class _ImageSource:
     def files(self) -> list[str]:
         """The image files of the folders (an lmdb's images are inside it: not listed)."""
         return ([] if self.is_lmdb else self.keys) + self.extra
+
+    def check(self) -> None:
+        """:func:`check_images` for every image: the files, and an lmdb's entries (a key its meta_info.txt
+        lists but its database lacks, or bytes that do not open, named as ``DB.lmdb:key``)."""
+        bad = [path for path in self.files() if not _openable(path)]
+        if self.is_lmdb:
+            import lmdb
+
+            with (
+                lmdb.open(str(self.root), readonly=True, lock=False, readahead=False) as env,
+                env.begin(buffers=True) as txn,
+            ):
+                bad += [
+                    f"{self.root}:{key}"
+                    for key in self.keys
+                    if (buf := txn.get(key.encode("utf-8"))) is None or not _buffer_openable(buf)
+                ]
+        _refuse_unreadable(bad)
 
     def __len__(self) -> int:
         """Images of the main source (the extra folders' come after them)."""

@@ -186,7 +186,7 @@ class Trainer:
             raise ConfigError("data.train is not set: give a folder of aligned faces (or a .lmdb)")
         root, extra = Path(data["train"]), list(data["extra_train"] or [])
         source = FaceDegradationDataset(root, data, self.cfg["degradation"], extra=extra).source
-        check_images(source.files())
+        source.check()
         count = len(source)
         train_idx, held_idx = split_indices(count, int(data["val_holdout"]))
         train_idx += range(count, count + len(source.extra))  # extra faces are never held out
