@@ -217,6 +217,10 @@ def test_a_cached_file_of_the_wrong_size_is_downloaded_again_and_a_broken_one_sa
     (isolated / "GFPGANv1.pth").write_bytes(body[:1000])  # no known size: said when it fails to load
     with pytest.raises(CheckpointError, match="not a readable .*the download cache's copy: delete it"):
         load_generator("v1")
+    (isolated / "GFPGANv1.pth").write_bytes(b"<!DOCTYPE html><html>Not Found</html>")  # an error page
+    with pytest.raises(CheckpointError, match="it is a web page.*error page") as err:
+        load_generator("v1")
+    assert str(err.value).count("delete it") == 1, err.value  # one cure, for the cache's copy
 
 
 def test_without_a_home_folder_downloads_need_gfp_cache_dir(

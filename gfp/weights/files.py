@@ -103,9 +103,11 @@ def _refuse_page_or_text(path: Path) -> None:
         raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from err
     if kind is not None:
         what = "safetensors file" if path.suffix == ".safetensors" else "PyTorch checkpoint"
+        # no cure here: the loader of a registry model adds the one for where the file is (the download
+        # cache's copy is downloaded again once deleted; a user's copy is replaced)
         raise CheckpointError(
             f"{path} is not a readable {what}: it is {kind}, not weights (a failed download can save a "
-            "server's error page under the file's name): delete it and download it again"
+            "server's error page under the file's name)"
         )
 
 
