@@ -20,7 +20,6 @@ handling, 8/16-bit quantisation, final Lanczos resize) to within one grey level,
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -33,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gfp import registry
+from gfp.checks import is_real, is_whole
 from gfp.devices import Placement, prepare_for_inference
 from gfp.loading import load_model
 
@@ -345,18 +345,14 @@ def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
 
 def _check_outscale(outscale: float) -> None:
-    if (
-        isinstance(outscale, bool)
-        or not isinstance(outscale, numbers.Real)
-        or not (MIN_OUTSCALE <= outscale <= MAX_OUTSCALE)
-    ):
+    if not is_real(outscale) or not (MIN_OUTSCALE <= outscale <= MAX_OUTSCALE):
         raise ValueError(
             f"outscale must be a number in [{MIN_OUTSCALE:g}, {MAX_OUTSCALE:g}], got {outscale!r}"
         )
 
 
 def _check_tile(tile: int) -> int:
-    if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < 0:
+    if not is_whole(tile) or tile < 0:
         raise ValueError(f"tile must be an integer >= 0 (0 = no tiling), got {tile!r}")
     return int(tile)
 

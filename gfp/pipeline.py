@@ -17,7 +17,6 @@ faces rescaled to 16-bit values.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import threading
 import time
@@ -32,6 +31,7 @@ import torch
 from gfp import registry, stages
 from gfp.archs import GeneratorConfig
 from gfp.background import scaled_size
+from gfp.checks import is_real, is_whole
 from gfp.color import check_method
 from gfp.devices import Placement
 from gfp.faces import align_faces, resize_aligned
@@ -346,16 +346,6 @@ def expect(value: Any, kind: type[T], name: str, default: Callable[[], T] | None
     if not isinstance(value, kind):
         raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
     return value
-
-
-def is_whole(value: Any) -> bool:
-    """An integer (NumPy's too), and not a bool (``True`` is an int to Python, but no tile or batch size)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_real(value: Any) -> bool:
-    """A real number (int, float, Fraction, NumPy's too), not a bool or a string."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _work_image(img: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gfp.checks import is_whole
+
 FACE_CHOICES = ("all", "largest", "center")
 """The named face choices; anything else must be a list of face numbers ("2", "1,3")."""
 _NUMBERS = re.compile(r"\d+(\s*[,\s]\s*\d+)*")
@@ -30,7 +32,7 @@ def parse_faces(value: str | Sequence[int]) -> str:
     if not isinstance(value, str):
         listed = isinstance(value, Sequence | np.ndarray) and not isinstance(value, bytes)
         numbers = list(value) if listed else [None]  # 2, None, a generator ... are no list of numbers
-        if not all(isinstance(n, int | np.integer) and not isinstance(n, bool) for n in numbers):
+        if not all(is_whole(n) for n in numbers):
             raise ValueError(_faces_error(value))
         value = ",".join(str(int(n)) for n in numbers)
     text = value.strip().lower()

@@ -11,11 +11,12 @@ smoothed by elapsed time, not by frame count.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from gfp.checks import is_real
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class SmoothingOptions:
         }
         for name, (within, limits) in ranges.items():
             value = getattr(self, name)  # a bool or a string is no number here; NaN is within no range
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not within(value):
+            if not is_real(value) or not within(value):
                 raise ValueError(f"{name} must be a number {limits}, got {value!r}")
 
 

@@ -42,9 +42,10 @@ import numpy as np
 from gfp import stages
 from gfp.atomic import PARTIAL_SUFFIX, atomic_path
 from gfp.background import scaled_size
+from gfp.checks import is_real, is_whole
 from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
-from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect, is_real, is_whole
+from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
 
