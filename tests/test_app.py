@@ -179,6 +179,13 @@ def test_budget_and_display_helpers() -> None:
     assert big.shape == (PREVIEW_MAX_SIDE, 68, 3)
 
 
+def test_a_one_pixel_strip_is_fitted_to_the_budget_too() -> None:
+    """Scaling both sides by one factor rounds a 1 px side up to 1 again: the other side must still fit."""
+    for shape in ((1, 31_000, 3), (70_000, 1), (2, 40_000, 4)):
+        small, notice = fit_budget(np.zeros(shape, np.uint8), 30_000)
+        assert 0 < small.shape[0] * small.shape[1] <= 30_000 and notice, (shape, small.shape)
+
+
 def test_old_result_files_are_pruned() -> None:
     folder = OutputFolder()
     old = folder.new_file("old", ".png")

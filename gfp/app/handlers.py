@@ -348,7 +348,10 @@ def fit_budget(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str | None
     if h * w <= max_pixels:
         return img, None
     scale = math.sqrt(max_pixels / (h * w))
-    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    # a side rounded up to 1 pixel (a 1x31000 strip) leaves the other over the budget: it gets what is left
+    small_h = max(1, int(h * scale))
+    small_w = max(1, min(int(w * scale), max_pixels // small_h))
+    size = (small_w, min(small_h, max_pixels // small_w))
     small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     return small, (
         f"The photo ({w}x{h}) is above this app's budget of {max_pixels / 1e6:.3g} MP and was downscaled "
