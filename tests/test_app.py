@@ -379,6 +379,7 @@ def test_face_choice_and_colour_fix_through_the_api(client, server: Server) -> N
         ({"model": "../../etc/passwd"}, "Unknown model"),
         ({"detector": "yolo"}, "Unknown detector"),
         ({"output_format": "GIF"}, "Unknown output_format"),
+        ({"output_format": None}, "Unknown output_format None"),
         ({"rescale": 9}, "Rescale must be a number between 1 and 4"),
         ({"strength": "lots"}, "Strength must be a number between 0 and 1"),
         ({"color_fix": "sepia"}, "Unknown color_fix 'sepia'"),

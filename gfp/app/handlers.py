@@ -237,9 +237,10 @@ class Request:
         output_format: str | None = None,
     ) -> Request:
         """Check the request's choices (values the UI offers, numbers in range) and find its upload;
-        gradio errors that say what is allowed. ``output_format`` None: the request has none."""
+        gradio errors that say what is allowed. Only a photo has an ``output_format`` (an API caller's
+        None is refused like any other unknown format); a clip has none."""
         choices = {"model": model, "detector": detector, "background": background}
-        if output_format is not None:
+        if noun == "photo":
             choices["output_format"] = output_format
         choices["color_fix"] = color_fix
         for name, value in choices.items():
