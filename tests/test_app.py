@@ -13,6 +13,7 @@ import dataclasses
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -295,6 +296,25 @@ def test_restore_returns_input_size_times_rescale(client, server: Server) -> Non
         assert tile.shape[1] == 2 * tile.shape[0]  # aligned crop before | after, side by side
     if server.real_detector:
         assert len(gallery) == 1 and "1 face found" in status
+
+
+def test_the_slider_is_made_at_preview_size(client, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The before/after pair is shown at most PREVIEW_MAX_SIDE a side: the upload is not first resized to
+    the whole result (at 8 MP x 4 on a GPU Space, 128 MP: seconds of work and GBs for a preview)."""
+    import gfp.app.handlers as handlers
+
+    sizes: list[tuple[int, int]] = []
+
+    def resize(img: np.ndarray, size: tuple[int, int], **kwargs: object) -> np.ndarray:
+        sizes.append(size)
+        return cv2.resize(img, size, **kwargs)
+
+    monkeypatch.setattr(handlers, "PREVIEW_MAX_SIDE", 100)
+    monkeypatch.setattr(handlers, "cv2", SimpleNamespace(**{**vars(cv2), "resize": resize}))
+    slider, _, file, _ = call(client, server, EXAMPLES / "astronaut_lowres.png", rescale=4)
+    assert read(file).shape == (640, 640, 3)
+    assert [read(p).shape for p in slider] == [(100, 100, 3)] * 2
+    assert max(w * h for w, h in sizes) < 640 * 640, sizes  # no full-size copy of the result was made
 
 
 @pytest.mark.parametrize(("fmt", "magic", "channels"), [("JPEG", b"\xff\xd8", 3), ("WebP", b"RIFF", 4)])

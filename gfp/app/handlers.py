@@ -429,7 +429,8 @@ def handle_request(
     out = result.image
     with request.user_errors(), ctx.outputs.result_file(request.stem, FORMATS[output_format]) as path:
         write_image(path, out, icc_profile=read_icc_profile(request.path))  # the upload's colours
-    before = cv2.resize(img, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
+    after = as_display(out)  # the slider's pair at preview size: never a full-size copy of the result
+    before = cv2.resize(as_display(img), (after.shape[1], after.shape[0]), interpolation=cv2.INTER_CUBIC)
     notices = [notice] if notice else []
     if not result.selection.found:
         notices.append("No face found: the photo was only upscaled.")
@@ -437,7 +438,7 @@ def handle_request(
     height, width = out.shape[:2]
     headline = f"**{result.selection.summary()}** · output {width}x{height} {output_format}"
     pairs = face_pairs(result.face_numbers, result.cropped_faces, result.restored_faces)
-    return (as_display(before), as_display(out)), pairs, str(path), request.status(headline, result, notices)
+    return (before, after), pairs, str(path), request.status(headline, result, notices)
 
 
 def handle_video_request(
