@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import os
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -531,6 +532,36 @@ def test_concurrent_requests_get_their_own_results(server: Server, tmp_path: Pat
         assert isinstance(together, np.ndarray), together
         assert together.shape == (2 * (144 + 8 * i),) * 2 + (3,)
         np.testing.assert_array_equal(together, alone)
+
+
+def test_a_cancelled_request_stops_working(client, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gradio frees a cancelled request's place in the queue at once but cannot stop its thread: the work
+    must end at its next progress report, or it goes on beside the next request, past the concurrency
+    limit."""
+    from gfp.pipeline import Restorer
+
+    steps: list[int] = []
+
+    def slow_restore(self: Restorer, img: np.ndarray, options: object, progress: Any) -> None:
+        for step in range(100):
+            steps.append(step)
+            progress(step, 100, "restore")
+            time.sleep(0.05)
+        raise AssertionError("a cancelled request ran to the end")
+
+    monkeypatch.setattr(Restorer, "restore", slow_restore)
+    args = {"model": server.model, "background": "none", "detector": DETECTOR}
+    photo = gradio_client.handle_file(str(EXAMPLES / "astronaut_lowres.png"))
+    job = client.submit(photo, **args, api_name="/restore")
+    deadline = time.monotonic() + 30
+    while len(steps) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert steps, "the request never started"
+    job.cancel()
+    time.sleep(0.5)
+    stopped_at = len(steps)
+    time.sleep(0.5)
+    assert len(steps) == stopped_at < 100  # no more steps after the cancel
 
 
 def test_mcp_serves_the_restore_tool(server: Server) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import gradio as gr
 import numpy as np
+from gradio.context import LocalContext
 
 from gfp import registry
 from gfp.app.settings import AppSettings, background_defaults, model_specs, no_paths, video_limits
@@ -149,6 +150,24 @@ class RequestContext:
         return None if background == self.may_fall_back else background
 
 
+class Cancelled(Exception):
+    """Raised from a request's progress report when its event was cancelled, to end the work."""
+
+
+def queued_event() -> str | None:
+    """The id of the gradio event this thread runs while gradio's queue lists it; None once it is cancelled
+    (the UI's Stop, gradio_client's ``Job.cancel``), and outside a queued event: a direct call, or a ZeroGPU
+    worker process, whose copy of the queue never changes.
+
+    On a cancel gradio stops waiting and frees the request's place in the queue at once, but cannot stop
+    the thread that runs the handler: :meth:`Request.stop_if_cancelled` compares this with the id the
+    request started under, so the work ends instead of running on beside the next request.
+    """
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    running = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", None)  # gradio's queue
+    return event_id if isinstance(running, dict) and event_id in running else None
+
+
 def number(name: str, value: Any, low: float, high: float) -> float:
     """A numeric option from the request, or a gradio error that says what is allowed."""
     try:
@@ -215,6 +234,8 @@ class Request:
     fields: dict[str, Any]
     """The :class:`RestoreOptions` fields the request chose."""
     progress: Callable[..., Any] | None = None
+    event: str | None = None
+    """The queued gradio event the request runs under (:func:`queued_event`; None: not in the queue)."""
 
     @classmethod
     def check(
@@ -259,7 +280,7 @@ class Request:
             "min_face": min_face_pixels(min_face),
         }
         path, name = upload_path(upload, noun)
-        return cls(noun, path, name, model, fields, progress)
+        return cls(noun, path, name, model, fields, progress, queued_event())
 
     @property
     def stem(self) -> str:
@@ -277,10 +298,19 @@ class Request:
         return RestoreOptions(**(self.fields | changes))
 
     def report(self, done: int, total: int, stage: str) -> None:
-        """The pipeline's progress callback: gradio's progress bar (a clip's stages show a frame count)."""
+        """The pipeline's progress callback: gradio's progress bar (a clip's stages show a frame count);
+        :class:`Cancelled` when the request was cancelled, which ends the work at this stage."""
+        self.stop_if_cancelled()
         if self.progress is not None:
             desc = f"{stage}: {done}" if self.noun == "video" else stage
             self.progress((done, total) if total else None, desc=desc)
+
+    def stop_if_cancelled(self) -> None:
+        """:class:`Cancelled` when the request's event was cancelled (:func:`queued_event`): nobody waits.
+        Only in the thread gradio runs the event in: another thread has no gradio context to tell."""
+        in_event = self.event is not None and LocalContext.event_id.get(None) == self.event
+        if in_event and queued_event() is None:
+            raise Cancelled(f"{self.name}: request cancelled")
 
     @contextlib.contextmanager
     def user_errors(self) -> Iterator[None]:
@@ -427,6 +457,7 @@ def handle_request(
         result = ctx.restorer.restore(img, options, progress=request.report)
 
     out = result.image
+    request.stop_if_cancelled()  # before the write, which for a large PNG takes seconds
     with request.user_errors(), ctx.outputs.result_file(request.stem, FORMATS[output_format]) as path:
         write_image(path, out, icc_profile=read_icc_profile(request.path))  # the upload's colours
     after = as_display(out)  # the slider's pair at preview size: never a full-size copy of the result
