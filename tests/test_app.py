@@ -503,6 +503,23 @@ def test_missing_generator_weights_are_a_gradio_error(client, server: Server) ->
     assert "Weights missing or broken on this server" in str(err.value) and "/" not in str(err.value)
 
 
+@pytest.mark.parametrize("error", [MemoryError, torch.OutOfMemoryError])
+def test_running_out_of_memory_is_a_plain_sentence(
+    client, server: Server, monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    """A photo and rescale too large for the server (CUDA out of memory on a GPU Space) says what helps,
+    not gradio's 'has not enabled verbose error reporting'."""
+    from gfp.pipeline import Restorer
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise error("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Restorer, "restore", out_of_memory)
+    expected = "This server ran out of memory for astronaut_lowres.png: choose a smaller rescale or photo."
+    with pytest.raises(gradio_client.exceptions.AppError, match=expected):
+        call(client, server, EXAMPLES / "astronaut_lowres.png")
+
+
 def test_concurrent_requests_get_their_own_results(server: Server, tmp_path: Path) -> None:
     sources = ["astronaut_lowres.png", "astronaut_blur_jpeg.jpg", "astronaut_noise.jpg", "old_photo.jpg"]
     photos = []

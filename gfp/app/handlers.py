@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import gradio as gr
 import numpy as np
+import torch
 from gradio.context import LocalContext
 
 from gfp import registry
@@ -314,8 +315,8 @@ class Request:
 
     @contextlib.contextmanager
     def user_errors(self) -> Iterator[None]:
-        """Turn a bad file, missing or bad weights and refused options into gradio errors that name the
-        upload as the user named it, never a server path."""
+        """Turn a bad file, missing or bad weights, refused options and running out of memory into gradio
+        errors that name the upload as the user named it, never a server path."""
         try:
             yield
         except ImageTooLargeError as exc:  # its own text tells Python callers how to raise the limit
@@ -330,6 +331,11 @@ class Request:
             raise gr.Error(f"Weights missing or broken on this server: {no_paths(headline(exc))}") from None
         except gr.Error:  # already a message for the user (and a ValueError, whose str() quotes it)
             raise
+        except (MemoryError, torch.OutOfMemoryError):  # the request's size, not a fault: say what helps
+            message = (
+                f"This server ran out of memory for {self.name}: choose a smaller rescale or {self.noun}."
+            )
+            raise gr.Error(message) from None
         except OSError as exc:  # the server's own trouble (a full disk): its text is for the server's log
             print(f"app: {exc}", file=sys.stderr)
             raise gr.Error("Could not write the result on this server; please try again later.") from None
