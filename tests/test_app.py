@@ -581,6 +581,22 @@ def test_a_cancelled_request_stops_working(client, server: Server, monkeypatch: 
     assert len(steps) == stopped_at < 100  # no more steps after the cancel
 
 
+def test_the_queue_cannot_be_skipped(server: Server) -> None:
+    """gradio serves each endpoint at /gradio_api/run/NAME outside the queue unless the app says not to
+    (off a Space): a caller could run any number of restores at once, past --concurrency and max_size."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"data": [None]}).encode()
+    for route in ("run/restore", "run/restore_video"):
+        post = urllib.request.Request(f"{server.url}gradio_api/{route}", body, method="POST")
+        post.add_header("Content-Type", "application/json")
+        with pytest.raises(urllib.error.HTTPError, match="Error 404") as err:
+            urllib.request.urlopen(post, timeout=30)
+        assert "join the queue" in err.value.read().decode()
+
+
 def test_mcp_serves_the_restore_tool(server: Server) -> None:
     pytest.importorskip("mcp")
     import anyio

@@ -61,7 +61,9 @@ def build_app(
             _photo_tab(ctx, models, limit)
         with gr.Tab("Video"):
             _video_tab(ctx, models, limit)
-    demo.queue(default_concurrency_limit=limit, max_size=64)
+    # api_open=False: gradio otherwise serves POST /gradio_api/run/restore outside the queue (off a Space),
+    # where no concurrency limit or queue size applies
+    demo.queue(default_concurrency_limit=limit, max_size=64, api_open=False)
     return demo
 
 
