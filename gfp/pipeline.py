@@ -74,7 +74,8 @@ class RestoreOptions:
     aligned: bool = False
     """The input is already an FFHQ-aligned face: no detection, no paste-back."""
     strength: float = 1.0
-    """1 = the restored face as GFPGAN makes it; 0 = the input face; in between, a linear blend."""
+    """1 = the restored face as GFPGAN makes it; 0 = the aligned input crop (pasted back like a restored
+    face, so resampled twice); in between, a linear blend."""
     detector: str = "retinaface_resnet50"
     detect_max_side: int | None = None
     """Detect on a copy whose longer side is at most this (then scale back): much faster on big photos, and
