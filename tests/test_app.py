@@ -420,7 +420,7 @@ def test_yes_no_options_read_the_words_an_api_client_sends() -> None:
     """``bool("false")`` is True: an API client's "false" must not turn a photo into an aligned face."""
     import gradio as gr
 
-    from gfp.app.handlers import Request, flag
+    from gfp.app.handlers import Request, flag, number
 
     for value, expected in ((True, True), (False, False), (1, True), (0, False), ("false", False),
                             (" True ", True), ("0", False), ("1", True)):  # fmt: skip
@@ -428,6 +428,10 @@ def test_yes_no_options_read_the_words_an_api_client_sends() -> None:
     for value in ("no thanks", 2, None, 0.5):
         with pytest.raises(gr.Error, match="Aligned must be true or false"):
             flag("Aligned", value)
+    assert number("Strength", "0.5", 0, 1) == 0.5 and number("Strength", 1, 0, 1) == 1.0
+    for value in (True, False, "much", None, 1.5):  # a yes/no is no number, as for the CLI and Python
+        with pytest.raises(gr.Error, match="Strength must be a number between 0 and 1"):
+            number("Strength", value, 0, 1)
     # results are named after the upload, never as a hidden file
     assert Request("photo", "/tmp/x", ".jpg", "v1.4", {}).stem == "jpg"
     assert Request("photo", "/tmp/x", "..", "v1.4", {}).stem == "photo"

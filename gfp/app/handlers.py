@@ -170,9 +170,10 @@ def queued_event() -> str | None:
 
 
 def number(name: str, value: Any, low: float, high: float) -> float:
-    """A numeric option from the request, or a gradio error that says what is allowed."""
+    """A numeric option from the request, or a gradio error that says what is allowed (an API client's
+    ``true`` is no strength of 1)."""
     try:
-        found = float(value)
+        found = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         found = math.nan
     if not low <= found <= high:
