@@ -971,6 +971,23 @@ def test_an_lmdbs_unreadable_or_missing_entries_are_named_before_training(faces,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_run_trains_and_validates_from_an_lmdb(faces, tmp_path, workers):
+    """Each dataset opened its own lmdb environment, which lmdb refuses twice in one process: training
+    from an lmdb failed at the first validation on its held-out faces (no loader worker) or at the first
+    batch (a worker forked after the run had read the first face)."""
+    from train.data import write_lmdb
+
+    db = write_lmdb(sorted(faces.iterdir()), tmp_path / "faces.lmdb")
+    run = tmp_path / "run"
+    trainer = Trainer(
+        load_config(TINY, [f"data.train={db}", f"output_dir={run}", *FAST, f"data.num_workers={workers}"])
+    )
+    trainer.fit(1)
+    assert trainer.step == 1
+    assert {"psnr", "ssim"} <= set(trainer.validate())
+
+
 @pytest.mark.parametrize(("broken", "workers"), [("training", 1), ("validation", 0)])
 def test_an_image_that_fails_mid_run_keeps_the_steps_done(
     faces, tmp_path, monkeypatch, capsys, broken, workers

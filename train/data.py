@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -174,12 +175,37 @@ def write_lmdb(files: list[Path], lmdb_path: str | Path, compress_level: int = 1
     return out
 
 
+_LMDB_ENVS: dict[Path, Any] = {}
+
+
+def _lmdb_env(root: Path) -> Any:
+    """The read-only environment of an lmdb, opened once per process and shared by all its readers: lmdb
+    refuses a second open in one process, and the training and validation faces of one lmdb (and the
+    run's first read and its check) are read through different datasets."""
+    key = root.resolve()
+    if key not in _LMDB_ENVS:
+        import lmdb
+
+        _LMDB_ENVS[key] = lmdb.open(str(root), readonly=True, lock=False, readahead=False)
+    return _LMDB_ENVS[key]
+
+
+def _close_inherited_lmdb_envs() -> None:
+    """In a forked process (a loader worker), close the parent's environments: lmdb forbids using them
+    after a fork, and counts their files as open in this process too, so it would refuse to reopen them."""
+    for env in _LMDB_ENVS.values():
+        env.close()
+    _LMDB_ENVS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_lmdb_envs)
+
+
 class _ImageSource:
     """Reads encoded image bytes from a folder or a basicsr-style lmdb (opened lazily per worker)."""
 
     def __init__(self, root: str | Path, extra: list[str | Path] | tuple = ()) -> None:
         self.root = Path(root)
-        self._env = None
         # Folders of faces that are only ever trained on: they follow the main source's images, so the
         # hold-out (the last main files) and every main index stay what they are without them.
         self.extra = [str(p) for folder in extra for p in list_images(folder)]
@@ -206,12 +232,7 @@ class _ImageSource:
         lists but its database lacks, or bytes that do not open, named as ``DB.lmdb:key``)."""
         bad = [path for path in self.files() if not _openable(path)]
         if self.is_lmdb:
-            import lmdb
-
-            with (
-                lmdb.open(str(self.root), readonly=True, lock=False, readahead=False) as env,
-                env.begin(buffers=True) as txn,
-            ):
+            with _lmdb_env(self.root).begin(buffers=True) as txn:
                 bad += [
                     f"{self.root}:{key}"
                     for key in self.keys
@@ -235,11 +256,7 @@ class _ImageSource:
         else:
             key, from_lmdb = self.keys[index], self.is_lmdb
         if from_lmdb:
-            if self._env is None:
-                import lmdb
-
-                self._env = lmdb.open(str(self.root), readonly=True, lock=False, readahead=False)
-            with self._env.begin(write=False) as txn:
+            with _lmdb_env(self.root).begin(write=False) as txn:
                 buf = txn.get(key.encode("utf-8"))
             if buf is None:
                 raise DataError(f"key {key!r} missing from {self.root}")
@@ -249,11 +266,6 @@ class _ImageSource:
         if img is None:
             raise DataError(f"unreadable image: {key}")
         return img.astype(np.float32) / 255.0
-
-    def __getstate__(self) -> dict[str, Any]:  # lmdb handles do not cross process boundaries
-        state = self.__dict__.copy()
-        state["_env"] = None
-        return state
 
 
 # ------------------------------------------------------------------------------ facial component boxes
