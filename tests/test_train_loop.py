@@ -838,6 +838,26 @@ def test_a_closed_terminal_stops_the_run_with_its_checkpoint(faces, tmp_path):
     assert any((run / "checkpoints").glob("step_*.pt"))
 
 
+def test_an_unexpected_error_with_loader_workers_ends_the_process(faces, tmp_path):
+    """An error other than a data error (a bug, memory) left the loop's frame, and so the loader's
+    workers, alive with its traceback until the exit, where waiting for the workers (which ignore
+    SIGTERM) hung the process for ever after printing the traceback."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, train.train as t\n"
+        "def fail(self, batch): raise RuntimeError('no memory')\n"
+        "t.Trainer.train_step = fail\n"
+        "sys.exit(t.main(sys.argv[1:]))\n"
+    )
+    args = [sys.executable, "-c", script, "--config", str(TINY), f"data.train={faces}"]
+    args += [f"output_dir={tmp_path / 'run'}", *FAST, "data.num_workers=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "RuntimeError: no memory" in done.stderr, done.stderr[-2000:]
+
+
 def test_resume_drops_the_log_records_of_steps_trained_again(faces, tmp_path):
     """Resumed from a checkpoint older than the last logged step, the steps after it are trained again: their
     earlier log records are dropped, so train_log.jsonl holds each step once, in order."""

@@ -608,8 +608,8 @@ class Trainer:
             return last
         bar = tqdm(total=total_iter, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
         try:
-            with _interrupt_between_steps() as interrupted:
-                return self._steps(total_iter, bar, interrupted)
+            with _interrupt_between_steps() as interrupted, _batches(self._loader()) as batches:
+                return self._steps(total_iter, bar, interrupted, batches)
         except DataError:
             # An image that fails mid-run (the next batch's, or a validation face's): the steps since the
             # last checkpoint are kept. Every rank raises it at the same step (_shared_error), so all of them
@@ -623,7 +623,9 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
 
-    def _steps(self, total_iter: int, bar: tqdm, interrupted: Callable[[], bool]) -> dict[str, float]:
+    def _steps(
+        self, total_iter: int, bar: tqdm, interrupted: Callable[[], bool], batches: Iterator[Any]
+    ) -> dict[str, float]:
         """The loop of :meth:`fit`: step, log, validate and checkpoint until ``total_iter`` (or the budget);
         a Ctrl-C, SIGTERM or SIGHUP is taken between steps, after a checkpoint of the last one
         (``KeyboardInterrupt``)."""
@@ -635,7 +637,6 @@ class Trainer:
         deadline = None if budget is None else time.perf_counter() + 60.0 * float(budget)
         probe_start, limit = 0.0, total_iter
         short, sized_here = 6.0 * float(budget or 0), False  # a tenth of the budget, in seconds
-        batches = iter(self._loader())  # endless: the sampler wraps around epochs
         while True:
             waited = time.perf_counter()
             try:
@@ -916,6 +917,20 @@ def _leave_the_terminal() -> None:
                 os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+@contextmanager
+def _batches(loader: DataLoader) -> Iterator[Iterator[Any]]:
+    """The loader's batches (endless: the sampler wraps around epochs), its worker processes stopped however
+    the loop ends: an error keeps the loop's frame, and so the iterator, alive with its traceback (an
+    uncaught one until the exit), and the workers, which ignore SIGTERM, would then hang the exit."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        stop = getattr(batches, "_shutdown_workers", None)  # (an iterator without workers has none)
+        if stop is not None:
+            stop()
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
