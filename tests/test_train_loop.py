@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 import cv2
@@ -194,12 +195,16 @@ def _ddp_data_error_worker(rank: int, world: int, port: int, cfg: dict, out: str
                 return read(self, index)
 
             type(data).__getitem__ = failing
+        if rank == 0:  # a slow disk: a rank that does not wait for the checkpoint leaves before it exists
+            save = trainer.save_checkpoint
+            trainer.save_checkpoint = lambda: time.sleep(1.0) or save()
         try:
             trainer.fit(6)
             message = "finished"
         except DataError as err:
             message = str(err)
-        (Path(out) / f"rank{rank}.txt").write_text(message)
+        saved = any((Path(cfg["output_dir"]) / "checkpoints").glob("step_*.pt"))
+        (Path(out) / f"rank{rank}.txt").write_text(f"{message}, checkpoint written: {saved}")
     finally:
         dist.destroy_process_group()
 
@@ -216,7 +221,10 @@ def test_a_bad_image_on_one_rank_stops_every_rank_after_a_checkpoint(faces, tmp_
     cfg = _config(faces, run, "train.ckpt_every=100", "train.val_every=2", "data.batch_size=2")
     mp.spawn(_ddp_data_error_worker, args=(2, port, cfg, str(tmp_path), where), nprocs=2, join=True)
     for rank in (0, 1):
-        assert (tmp_path / f"rank{rank}.txt").read_text() == f"unreadable image: /faces/broken_{where}.png"
+        # torchrun stops the other ranks as soon as one exits: none may leave before the checkpoint is written
+        assert (tmp_path / f"rank{rank}.txt").read_text() == (
+            f"unreadable image: /faces/broken_{where}.png, checkpoint written: True"
+        )
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002.pt"]
 
 

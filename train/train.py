@@ -616,6 +616,8 @@ class Trainer:
             # join the checkpoint's collectives.
             if self.step > self.saved_step:
                 self.save_checkpoint()
+                if self.world > 1:  # a launcher (torchrun) stops every rank once one exits with an error:
+                    dist.barrier()  # none may leave before rank 0 has written the checkpoint
                 log.info("data error after step %d: checkpoint saved; --resume auto continues", self.step)
             raise
         finally:
