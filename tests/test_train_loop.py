@@ -1016,6 +1016,22 @@ def test_a_run_trains_and_validates_from_an_lmdb(faces, tmp_path, workers):
     assert {"psnr", "ssim"} <= set(trainer.validate())
 
 
+def test_validating_on_the_folder_an_lmdb_was_made_from_is_warned(faces, tmp_path, caplog):
+    """A folder that shares faces with the training folder is refused, but an lmdb has no paths to compare:
+    given the folder it was made from as data.val, the run validated on trained faces without a word."""
+    from train.data import write_lmdb
+
+    db = write_lmdb(sorted(faces.iterdir()), tmp_path / "faces.lmdb")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "unseen.png").write_bytes((faces / "00000.png").read_bytes())
+    for val, warned in ((faces, True), (other, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            Trainer(load_config(TINY, [f"data.train={db}", f"data.val={val}", "data.val_holdout=0", *FAST]))
+        assert ("named like faces trained on from faces.lmdb" in caplog.text) is warned, caplog.text
+
+
 @pytest.mark.parametrize(("broken", "workers"), [("training", 1), ("validation", 0)])
 def test_an_image_that_fails_mid_run_keeps_the_steps_done(
     faces, tmp_path, monkeypatch, capsys, broken, workers

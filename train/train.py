@@ -207,6 +207,8 @@ class Trainer:
             check_images(val_files)  # clear error now rather than at the first validation
             held = {source.keys[i] for i in held_idx}  # held out, so not trained on (a folder's: paths)
             _refuse_trained_on(val_files, [f for f in source.files() if f not in held], data["val"])
+            if source.is_lmdb:
+                _warn_named_like(val_files, [k for k in source.keys if k not in held], root, data["val"])
             if held_idx:
                 log.warning(
                     "data.val_holdout=%d holds the last %d training faces out, but validation uses data.val: "
@@ -848,6 +850,20 @@ def _refuse_trained_on(val_files: list[Path], train_files: list[str], val: str |
             f"data.val {val} {what} (e.g. {shared[0].name}): validation must be on "
             "held-out faces (another folder, or data.val_holdout)"
         )
+
+
+def _warn_named_like(val_files: list[Path], keys: list[str], lmdb: Path, val: str | Path) -> None:
+    """Warn when validation faces are named like trained lmdb entries: an lmdb keeps no paths to compare,
+    and the folder it was prepared from, given as data.val, would be validated on trained faces (a name
+    alone does not prove it: other datasets number their faces alike, so this is no refusal)."""
+    trained = set(keys)
+    shared = [p for p in val_files if p.stem in trained]
+    if shared:
+        log.warning(
+            "data.val %s has %d of its %d faces named like faces trained on from %s (e.g. %s): if %s was "
+            "made from this folder, validation is on trained faces (give held-out faces or data.val_holdout)",
+            val, len(shared), len(val_files), lmdb.name, shared[0].name, lmdb.name,
+        )  # fmt: skip
 
 
 def _dump_yaml(cfg: dict[str, Any]) -> str:
