@@ -356,13 +356,9 @@ def encode_image(
         raise ValueError(f"cannot write '{ext}' images; use one of {sorted(WRITE_FORMATS)}")
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be in [1, 100], got {quality}")
-    img = _validated(img)
+    img = as_written(_validated(img), fmt)
     params: list[int] = []
-    if fmt in (".jpg", ".webp", ".bmp") and img.dtype == np.uint16:
-        img = np.round(img / 257.0).astype(np.uint8)
     if fmt == ".jpg":
-        if img.ndim == 3 and img.shape[2] == 4:
-            img = _over_white(img)
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     elif fmt == ".webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, 101 if quality == 100 else int(quality)]
@@ -374,6 +370,18 @@ def encode_image(
     if icc_profile and icc_profile[16:20] == (b"GRAY" if gray else b"RGB ") and fmt in _EMBED_ICC:
         data = _EMBED_ICC[fmt](data, icc_profile)
     return data
+
+
+def as_written(img: np.ndarray, ext: str) -> np.ndarray:
+    """``img`` (cv2 layout) as a file of format ``ext`` will hold it, before lossy compression: 16-bit
+    rounded to 8-bit for JPEG, WebP and BMP, and BGRA composited over white for JPEG, which has no alpha.
+    What a preview of the download should show."""
+    fmt = _write_format(ext)
+    if fmt in (".jpg", ".webp", ".bmp") and img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
+    if fmt == ".jpg" and img.ndim == 3 and img.shape[2] == 4:
+        img = _over_white(img)
+    return img
 
 
 def _write_format(ext: str) -> str | None:

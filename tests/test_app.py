@@ -324,10 +324,11 @@ def test_download_formats(
 ) -> None:
     path = tmp_path / "cutout.png"
     cv2.imwrite(str(path), cv2.resize(read(EXAMPLES / "astronaut_alpha.png"), (112, 112)))
-    _, _, file, _ = call(client, server, path, rescale=1, fmt=fmt)
+    slider, _, file, _ = call(client, server, path, rescale=1, fmt=fmt)
     assert Path(file).read_bytes()[: len(magic)] == magic
     assert Path(file).suffix == {"JPEG": ".jpg", "WebP": ".webp"}[fmt]
     assert read(file).shape == (112, 112, channels)  # JPEG drops alpha (over white), WebP keeps it
+    assert read(slider[1]).shape[2] == channels  # the preview shows what was downloaded
 
 
 def test_alpha_and_16_bit_survive(client, server: Server, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from gfp.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
     ImageTooLargeError,
+    as_written,
     megapixels,
     read_icc_profile,
     read_image,
@@ -467,7 +468,9 @@ def handle_request(
     request.stop_if_cancelled()  # before the write, which for a large PNG takes seconds
     with request.user_errors(), ctx.outputs.result_file(request.stem, FORMATS[output_format]) as path:
         write_image(path, out, icc_profile=read_icc_profile(request.path))  # the upload's colours
-    after = as_display(out)  # the slider's pair at preview size: never a full-size copy of the result
+    # the slider's pair at preview size (never a full-size copy of the result), the result as its file holds
+    # it: a JPEG download has no transparency to show
+    after = as_display(as_written(out, FORMATS[output_format]))
     before = cv2.resize(as_display(img), (after.shape[1], after.shape[0]), interpolation=cv2.INTER_CUBIC)
     notices = [notice] if notice else []
     if not result.selection.found:
