@@ -552,20 +552,26 @@ class Trainer:
             torch.manual_seed(self.cfg["seed"] * 1000 + self.rank + self.step)
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step_XXXXXXXX.pt`` atomically (rank 0; all ranks call) and prune old ones."""
+        """Write ``checkpoints/step_XXXXXXXX.pt`` atomically (rank 0; all ranks call) and prune old ones.
+
+        Every rank records the step as saved, so all decide alike whether a stop needs a checkpoint (a rank
+        that called alone would wait in the state's collectives for ever), and waits until it is written: a
+        launcher (torchrun) stops every rank once one exits, maybe before rank 0 has written it."""
         state = self.state_dict()
-        if self.rank != 0:
-            return None
-        folder = self.out_dir / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step_{self.step:08d}.pt"
-        tmp = path.with_suffix(".pt.part")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
         self.saved_step = self.step
-        keep = int(self.cfg["train"]["keep_checkpoints"])
-        for old in sorted(folder.glob(CHECKPOINT_GLOB))[:-keep] if keep > 0 else []:
-            old.unlink()
+        path = None
+        if self.rank == 0:
+            folder = self.out_dir / "checkpoints"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"step_{self.step:08d}.pt"
+            tmp = path.with_suffix(".pt.part")
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+            keep = int(self.cfg["train"]["keep_checkpoints"])
+            for old in sorted(folder.glob(CHECKPOINT_GLOB))[:-keep] if keep > 0 else []:
+                old.unlink()
+        if self.world > 1:
+            dist.barrier()
         return path
 
     def resume(self, path: str | Path) -> None:
@@ -618,8 +624,6 @@ class Trainer:
             # join the checkpoint's collectives.
             if self.step > self.saved_step:
                 self.save_checkpoint()
-                if self.world > 1:  # a launcher (torchrun) stops every rank once one exits with an error:
-                    dist.barrier()  # none may leave before rank 0 has written the checkpoint
                 log.info("data error after step %d: checkpoint saved; --resume auto continues", self.step)
             raise
         finally:
@@ -646,9 +650,7 @@ class Trainer:
             try:
                 batch, failed = next(batches), None
             except DataError as err:  # an image that passed the check but fails now, on this rank alone
-                # its message only: the error kept in this frame would make a cycle with the one raised from
-                # it, and keep the loader's workers, which ignore SIGTERM, alive to hang the exit
-                batch, failed = None, str(err)
+                batch, failed = None, str(err)  # its message, which _shared_error hands to every rank
             self.timings["data"] = self.timings.get("data", 0.0) + time.perf_counter() - waited
             # One exchange per step tells every rank whether any rank's data failed or was interrupted, so
             # all stop after the same step: a rank left waiting in a collective would hang the run.
@@ -658,8 +660,6 @@ class Trainer:
             if stopping:
                 if self.step > self.saved_step:
                     self.save_checkpoint()
-                    if self.world > 1:
-                        dist.barrier()
                 log.info("interrupted at step %d: checkpoint saved; --resume auto continues", self.step)
                 raise KeyboardInterrupt
             logs = self.train_step(batch)
@@ -705,8 +705,6 @@ class Trainer:
             every = tcfg["ckpt_every"] and self.step % tcfg["ckpt_every"] == 0
             if every or self.step >= total_iter:  # always at the end, whatever ckpt_every says
                 self.save_checkpoint()
-                if self.world > 1:
-                    dist.barrier()
                 self._lap("checkpoint")
             if self.step >= total_iter:
                 break
