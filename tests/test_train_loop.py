@@ -851,6 +851,56 @@ def test_a_closed_terminal_stops_the_run_with_its_checkpoint(faces, tmp_path):
     assert any((run / "checkpoints").glob("step_*.pt"))
 
 
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_while_a_batch_is_loading_stops_cleanly(faces, tmp_path, presses, request):
+    """A terminal's Ctrl-C reaches the whole process group, loader workers too, which had the training
+    process's handler: each worker said "stopping after this step" as well, and a second press ended the
+    workers as the loop waited for their batch (at times "DataLoader worker exited unexpectedly", a
+    traceback). The workers leave stopping to the training process: one press checkpoints, two stop at
+    once; the message is said once, and both end with "interrupted" and exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    script = (
+        "import sys, time, train.data as d, train.train as t\n"
+        "real = d.FaceDegradationDataset.__getitem__\n"
+        "def slow(self, item):\n"
+        "    time.sleep(1.5)  # the loop waits for its batches, as on slow storage\n"
+        "    return real(self, item)\n"
+        "d.FaceDegradationDataset.__getitem__ = slow\n"
+        "sys.exit(t.main(sys.argv[1:]))\n"
+    )
+    run = tmp_path / "run"
+    args = [sys.executable, "-c", script, "--config", str(TINY), f"data.train={faces}"]
+    args += [f"output_dir={run}", *FAST, "data.num_workers=1", "train.log_every=1", "train.total_iter=1000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    watchdog = threading.Timer(180, proc.kill)  # a run that hangs fails the test instead of hanging it
+    watchdog.start()
+    request.addfinalizer(watchdog.cancel)
+    seen = b""
+    while b"step 2:" not in seen:  # (each step waits 3 s for its batch: the loop is running)
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+    time.sleep(0.5)  # the loop is waiting for the next batch
+    for _ in range(presses):
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to every process of the group
+        time.sleep(0.3)
+    rest = proc.communicate(timeout=60)[0]
+    output = (seen + rest).decode(errors="replace")
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and output.rstrip().endswith("interrupted"), output[-3000:]
+    assert output.count("Ctrl-C: stopping after this step") == 1, output[-3000:]  # not once per worker
+    assert any((run / "checkpoints").glob("step_*.pt")) == (presses == 1)
+
+
 def test_an_unexpected_error_with_loader_workers_ends_the_process(faces, tmp_path):
     """An error other than a data error (a bug, memory) left the loop's frame, and so the loader's
     workers, alive with its traceback until the exit, where waiting for the workers (which ignore

@@ -950,11 +950,11 @@ def _batches(loader: DataLoader) -> Iterator[Iterator[Any]]:
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
-    """In a data loader worker: SIGTERM and SIGHUP sent to the whole job are the training process's to act
-    on (it stops its workers itself); a worker they killed would fail the step that checkpoints."""
+    """In a data loader worker: a terminal's Ctrl-C and a SIGTERM or SIGHUP sent to the whole job are the
+    training process's to act on (it stops its workers itself, and they end with it if it dies); a worker
+    they ended would fail the batch the loop is waiting for, and with it the step that checkpoints."""
     for sig in STOP_SIGNALS:
-        if sig != signal.SIGINT:  # the worker ends quietly on its own KeyboardInterrupt
-            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
