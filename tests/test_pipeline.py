@@ -444,8 +444,9 @@ def test_half_runs_float16_where_declared_and_stays_close(
 
 def test_bf16_is_declared_only_where_it_was_measured() -> None:
     bf16 = torch.bfloat16
-    # ParseNet's labels flip in bf16 near region borders: whole photos lost 1.7-3.2 dB against the official
-    assert bf16 not in registry.MODEL_ZOO["parsenet"].supports.precisions
+    # ParseNet in bf16: whole photos 46.1-49.6 dB from the official output (49.2-52.3 in float32), 0.30 of its
+    # time on the 3-face photo instead of 0.35 (README, "Speed")
+    assert bf16 in registry.MODEL_ZOO["parsenet"].supports.precisions
     assert bf16 in registry.MODEL_ZOO["realesr-general-x4v3"].supports.precisions
     assert bf16 in registry.MODEL_ZOO["realesr-animevideov3"].supports.precisions
     assert bf16 not in registry.MODEL_ZOO["RealESRGAN_x2plus"].supports.precisions  # RRDB: 48.6 dB, thin
@@ -456,7 +457,12 @@ def test_bf16_is_declared_only_where_it_was_measured() -> None:
     store = Restorer(device="cpu", bf16=True).store
     assert store.background("realesr-general-x4v3").placement.bf16
     assert not store.background("realesrgan").placement.bf16  # its x2plus member would run in bf16
-    assert not store.placement.for_model(registry.MODEL_ZOO["parsenet"].supports).bf16
+    assert store.placement.for_model(registry.MODEL_ZOO["parsenet"].supports).bf16
+    assert (
+        not Restorer(device="cpu", bf16=False)
+        .store.placement.for_model(registry.MODEL_ZOO["parsenet"].supports)
+        .bf16
+    )
     generator = registry.generator_supports(trained)
     assert store.placement.for_model(generator).bf16
     assert not Restorer(device="cpu", bf16=False).store.placement.for_model(generator).bf16
