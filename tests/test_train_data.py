@@ -311,7 +311,8 @@ def test_components_from_retinaface_landmarks_on_real_faces(shared_data, tmp_pat
         assert parts["left_eye"][0] < parts["right_eye"][0] and parts["mouth"][1] > parts["left_eye"][1]
 
 
-def test_extra_faces_are_trained_on_and_never_held_out(faces, tmp_path):
+def test_extra_faces_are_trained_on_and_never_held_out(faces, tmp_path, monkeypatch):
+    import train.data
     from train.data import FaceDegradationDataset
 
     extra = tmp_path / "extra"
@@ -329,9 +330,16 @@ def test_extra_faces_are_trained_on_and_never_held_out(faces, tmp_path):
     trainer.rank = 0
     trainer.cfg = load_config(None, ["data.out_size=64", "data.val_holdout=2", "data.num_workers=0"])
     trainer.cfg["data"].update(train=str(faces), extra_train=[str(extra)])
+    listed = []
+    real_list = train.data.list_images
+    monkeypatch.setattr(train.data, "list_images", lambda folder: listed.append(folder) or real_list(folder))
     trainer._build_data()
     assert trainer.train_set.indices == [0, 1, 2, 3, 6, 7]
     assert trainer.val_set.indices == [4, 5]
+    # each folder listed once for the check, the training set and the held-out set (it was three times: on
+    # shared storage, a stat per file of 70,000 faces each time)
+    assert sorted(map(str, listed)) == sorted([str(faces), str(extra)])
+    assert trainer.val_set.source is trainer.train_set.source
 
 
 @pytest.mark.shared

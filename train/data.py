@@ -48,7 +48,12 @@ def list_images(folder: str | Path) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    with os.scandir(root) as entries:  # an entry's type comes with the listing: no stat per file
+        files = sorted(
+            Path(e.path)
+            for e in entries
+            if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()
+        )
     if not files:
         nested = subfolders_with_images(root)
         held = f": {', '.join(p.name for p in nested[:3])}{', ...' if len(nested) > 3 else ''} hold images"
@@ -61,9 +66,11 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def subfolders_with_images(folder: str | Path) -> list[Path]:
     """The subfolders of ``folder`` with images somewhere inside: :func:`list_images` does not look there."""
+    with os.scandir(folder) as entries:
+        subfolders = sorted(Path(e.path) for e in entries if e.is_dir())
     return [
         sub
-        for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir())
+        for sub in subfolders
         if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in sub.rglob("*"))  # stops at the first image
     ]
 
@@ -611,8 +618,11 @@ class FaceDegradationDataset(Dataset):
         indices: list[int] | None = None,
         train: bool = True,
         extra: list[str | Path] | tuple = (),
+        source: _ImageSource | None = None,
     ) -> None:
-        self.source = _ImageSource(root, extra)
+        # ``source``: the images of ``root`` and ``extra`` as another dataset of them listed them (a folder of
+        # 70,000 faces on shared storage is listed once, not once per dataset)
+        self.source = source if source is not None else _ImageSource(root, extra)
         self.indices = list(range(len(self.source))) if indices is None else list(indices)
         if not self.indices:
             raise DataError(f"no training images left in {root} after holding out validation images")

@@ -191,7 +191,7 @@ class Trainer:
         train_idx, held_idx = split_indices(count, int(data["val_holdout"]))
         train_idx += range(count, count + len(source.extra))  # extra faces are never held out
         self.train_set = FaceDegradationDataset(
-            root, data, self.cfg["degradation"], train_idx, train=True, extra=extra
+            root, data, self.cfg["degradation"], train_idx, train=True, extra=extra, source=source
         )
         size = self.train_set.degrade_size
         width, height = self.train_set.stored_size() if self.rank == 0 else (size, size)
@@ -217,7 +217,9 @@ class Trainer:
                 )  # fmt: skip
             self.val_set = FaceDegradationDataset(data["val"], data, self.cfg["degradation"], train=False)
         elif held_idx:
-            self.val_set = FaceDegradationDataset(root, data, self.cfg["degradation"], held_idx, train=False)
+            self.val_set = FaceDegradationDataset(
+                root, data, self.cfg["degradation"], held_idx, train=False, source=source
+            )
         extra_note = f" (+{len(source.extra)} from data.extra_train)" if source.extra else ""
         log.info(
             "training on %d faces from %s%s; %s",
