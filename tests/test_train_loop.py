@@ -3,6 +3,7 @@ export → gfp loading, publish (dry run and a stand-in Hub client), and the com
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import multiprocessing
 import os
@@ -851,24 +852,25 @@ def test_a_closed_terminal_stops_the_run_with_its_checkpoint(faces, tmp_path):
     assert any((run / "checkpoints").glob("step_*.pt"))
 
 
-@pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_while_a_batch_is_loading_stops_cleanly(faces, tmp_path, presses, request):
+@pytest.mark.parametrize(("presses", "stuck"), [(1, False), (2, True)])
+def test_ctrl_c_while_a_batch_is_loading_stops_cleanly(faces, tmp_path, presses, stuck):
     """A terminal's Ctrl-C reaches the whole process group, loader workers too, which had the training
     process's handler: each worker said "stopping after this step" as well, and a second press ended the
     workers as the loop waited for their batch (at times "DataLoader worker exited unexpectedly", a
     traceback). The workers leave stopping to the training process: one press checkpoints, two stop at
-    once; the message is said once, and both end with "interrupted" and exit 130."""
+    once, also with a worker stuck in a read (it ignores the signals, so it is killed: the exit waited for
+    it); the message is said once, and both end with "interrupted" and exit 130."""
     import signal
     import subprocess
     import sys
-    import threading
     import time
 
     script = (
         "import sys, time, train.data as d, train.train as t\n"
-        "real = d.FaceDegradationDataset.__getitem__\n"
+        "real, reads = d.FaceDegradationDataset.__getitem__, []\n"
         "def slow(self, item):\n"
-        "    time.sleep(1.5)  # the loop waits for its batches, as on slow storage\n"
+        "    reads.append(item)  # slow storage, or (stuck) a read that never ends after two batches\n"
+        f"    time.sleep(3600 if {stuck} and len(reads) > 4 else 1.5)\n"
         "    return real(self, item)\n"
         "d.FaceDegradationDataset.__getitem__ = slow\n"
         "sys.exit(t.main(sys.argv[1:]))\n"
@@ -880,20 +882,21 @@ def test_ctrl_c_while_a_batch_is_loading_stops_cleanly(faces, tmp_path, presses,
     proc = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
-    watchdog = threading.Timer(180, proc.kill)  # a run that hangs fails the test instead of hanging it
-    watchdog.start()
-    request.addfinalizer(watchdog.cancel)
-    seen = b""
-    while b"step 2:" not in seen:  # (each step waits 3 s for its batch: the loop is running)
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen += line
-    time.sleep(0.5)  # the loop is waiting for the next batch
-    for _ in range(presses):
-        os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to every process of the group
-        time.sleep(0.3)
-    rest = proc.communicate(timeout=60)[0]
+    try:
+        seen = b""
+        while b"step 2:" not in seen:  # (each step waits 3 s for its batch: the loop is running)
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+        time.sleep(0.5)  # the loop is waiting for the next batch
+        for _ in range(presses):
+            os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to every process of the group
+            time.sleep(0.3)
+        rest = proc.communicate(timeout=60)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a run that hung, and its workers, go with the test
     output = (seen + rest).decode(errors="replace")
     assert proc.returncode == 130, output[-3000:]
     assert "Traceback" not in output and output.rstrip().endswith("interrupted"), output[-3000:]

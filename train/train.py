@@ -949,6 +949,11 @@ def _batches(loader: DataLoader) -> Iterator[Iterator[Any]]:
         stop = getattr(batches, "_shutdown_workers", None)  # (an iterator without workers has none)
         if stop is not None:
             stop()
+            # A worker stuck in a read outlives its stop (it ignores SIGTERM, see _ignore_stop_signals) and
+            # would hang the exit, which waits for every child process.
+            for worker in getattr(batches, "_workers", ()):
+                if worker.is_alive():
+                    worker.kill()
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
