@@ -643,6 +643,10 @@ def test_mcp_serves_the_restore_tool(server: Server) -> None:
     assert described["restore_video"]["faces"].endswith('e.g. "1,3".'), described["restore_video"]["faces"]
     for tool in described:
         assert described[tool]["background"].endswith("plain Lanczos resize."), described[tool]["background"]
+        # an optional parameter says its default: gradio leaves a falsy one (false, 0) out of the schema
+        required = set(schemas[tool].get("required", ()))
+        for name, prop in schemas[tool]["properties"].items():
+            assert name in required or "default" in prop or "default" in prop.get("description", ""), name
 
 
 @pytest.mark.usefixtures("offline")

@@ -550,13 +550,13 @@ def build_handler(ctx: RequestContext) -> Callable[..., Any]:
             rescale: final upscaling factor of the whole photo, 1 to 4.
             background: background upsampler, one of the listed choices; "none" is a plain Lanczos resize.
             strength: 0 keeps the original faces, 1 uses the restored faces fully.
-            only_center_face: restore only the face nearest the centre (the same as faces "center").
-            aligned: the input is already an aligned 512x512 face crop (no detection).
+            only_center_face: restore only the face nearest the centre (as faces "center"); default false.
+            aligned: the input is already an aligned 512x512 face crop (no detection); default false.
             detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
             output_format: file format of the download, "PNG", "JPEG" or "WebP".
             color_fix: give restored faces their input's colours: "none", "wavelet" or "adain".
             faces: "all", "largest", "center" or face numbers from 1, left to right, e.g. "1,3"; others stay.
-            min_face: skip faces smaller than this many pixels (shorter side of the face's box); 0 = any size.
+            min_face: skip faces under this many pixels (shorter side of the face's box); default 0: any.
 
         Returns:
             the before/after pair, the faces before and after, the full-resolution file, a status line.
@@ -596,12 +596,12 @@ def build_video_handler(ctx: RequestContext) -> Callable[..., Any]:
             rescale: final upscaling factor of the frames, 1 to 4.
             background: background upsampler, one of the listed choices; "none" is a plain Lanczos resize.
             strength: 0 keeps the original faces, 1 uses the restored faces fully.
-            only_center_face: restore only the person nearest the centre (the same as faces "center").
+            only_center_face: restore only the person nearest the centre (as faces "center"); default false.
             detector: face detector, "retinaface_resnet50" or "retinaface_mobile0.25".
             smooth: smooth the face landmarks from frame to frame so restored faces do not jitter.
             color_fix: give restored faces their input's colours: "none", "wavelet" or "adain".
             faces: people: "all", "largest", "center" or numbers in order of appearance, e.g. "1,3".
-            min_face: skip people whose face is smaller than this many pixels (median over the clip).
+            min_face: skip people whose face is under this many pixels (median over the clip); default 0.
 
         Returns:
             the input clip, the restored MP4 (same frame rate, duration and sound), its download, a status.
