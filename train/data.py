@@ -208,7 +208,7 @@ def _close_inherited_lmdb_envs() -> None:
 os.register_at_fork(after_in_child=_close_inherited_lmdb_envs)
 
 
-class _ImageSource:
+class ImageSource:
     """Reads encoded image bytes from a folder or a basicsr-style lmdb (opened lazily per worker)."""
 
     def __init__(self, root: str | Path, extra: list[str | Path] | tuple = ()) -> None:
@@ -618,11 +618,11 @@ class FaceDegradationDataset(Dataset):
         indices: list[int] | None = None,
         train: bool = True,
         extra: list[str | Path] | tuple = (),
-        source: _ImageSource | None = None,
+        source: ImageSource | None = None,
     ) -> None:
-        # ``source``: the images of ``root`` and ``extra`` as another dataset of them listed them (a folder of
-        # 70,000 faces on shared storage is listed once, not once per dataset)
-        self.source = source if source is not None else _ImageSource(root, extra)
+        # ``source``: the ImageSource of ``root`` and ``extra`` when the caller has it (a folder of 70,000
+        # faces on shared storage is listed once, not once per dataset)
+        self.source = source if source is not None else ImageSource(root, extra)
         self.indices = list(range(len(self.source))) if indices is None else list(indices)
         if not self.indices:
             raise DataError(f"no training images left in {root} after holding out validation images")

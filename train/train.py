@@ -43,6 +43,7 @@ from train.config import ConfigError, identity_start, load_config
 from train.data import (
     DataError,
     FaceDegradationDataset,
+    ImageSource,
     ResumableSampler,
     check_images,
     list_images,
@@ -185,7 +186,7 @@ class Trainer:
         if not data["train"]:
             raise ConfigError("data.train is not set: give a folder of aligned faces (or a .lmdb)")
         root, extra = Path(data["train"]), list(data["extra_train"] or [])
-        source = FaceDegradationDataset(root, data, self.cfg["degradation"], extra=extra).source
+        source = ImageSource(root, extra)  # listed once, shared by the training and held-out sets
         source.check()
         count = len(source)
         train_idx, held_idx = split_indices(count, int(data["val_holdout"]))
