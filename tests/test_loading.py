@@ -11,12 +11,12 @@ import hashlib
 import io
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 from _zoo_helpers import FileServer, save_tiny_generator, serve, tiny_config, tiny_generator
+from conftest import free_port
 
 from gfp import loading, registry
 from gfp.archs import UnknownArchitectureError, detect_config
@@ -80,10 +80,7 @@ def _point_at(monkeypatch: pytest.MonkeyPatch, name: str, url: str, body: bytes 
 
 
 def _closed_port_url(path: str) -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"
+    return f"http://127.0.0.1:{free_port()}{path}"
 
 
 def _leftovers(folder: Path) -> list[str]:

@@ -8,7 +8,6 @@ import copy
 import multiprocessing
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from conftest import free_port
 
 from gfp.loading import load_generator
 from train.config import DEFAULTS, ConfigError, load_config
@@ -165,11 +165,8 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
 
 
 def test_two_process_ddp_ranks_agree(faces, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cfg = _config(faces, tmp_path / "ddp", "train.ckpt_every=3", "data.batch_size=2")
-    mp.spawn(_ddp_worker, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for name in r0["net_g"]:
         assert torch.equal(r0["net_g"][name], r1["net_g"][name]), name
@@ -220,12 +217,9 @@ def test_a_bad_image_on_one_rank_stops_every_rank_after_a_checkpoint(faces, tmp_
     others waiting in a collective, and no checkpoint was written: every rank now stops at the same step,
     naming the image, after a checkpoint of the steps done. Right after a regular checkpoint (every=2) no
     rank writes another: all know the step is saved, so none waits alone in the checkpoint's collectives."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run = tmp_path / "ddp"
     cfg = _config(faces, run, f"train.ckpt_every={every}", "train.val_every=2", "data.batch_size=2")
-    mp.spawn(_ddp_data_error_worker, args=(2, port, cfg, str(tmp_path), where), nprocs=2, join=True)
+    mp.spawn(_ddp_data_error_worker, args=(2, free_port(), cfg, str(tmp_path), where), nprocs=2, join=True)
     for rank in (0, 1):
         # torchrun stops the other ranks as soon as one exits: none may leave before the checkpoint is written
         assert (tmp_path / f"rank{rank}.txt").read_text() == (
@@ -852,6 +846,16 @@ def test_a_closed_terminal_stops_the_run_with_its_checkpoint(faces, tmp_path):
     assert any((run / "checkpoints").glob("step_*.pt"))
 
 
+def _training_process(faces: Path, run: Path, *overrides: str, patch: str = "") -> tuple[list[str], dict]:
+    """The command line and environment of a training process on the tiny config, as a user starts one;
+    ``patch``: Python run first, with ``train.train`` as ``t`` (a slow read, a failing step)."""
+    import sys
+
+    script = f"import sys, train.train as t\n{patch}sys.exit(t.main(sys.argv[1:]))\n"
+    args = [sys.executable, "-c", script, "--config", str(TINY), f"data.train={faces}", f"output_dir={run}"]
+    return [*args, *FAST, *overrides], {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 @pytest.mark.parametrize(("presses", "stuck"), [(1, False), (2, True)])
 def test_ctrl_c_while_a_batch_is_loading_stops_cleanly(faces, tmp_path, presses, stuck):
     """A terminal's Ctrl-C reaches the whole process group, loader workers too, which had the training
@@ -862,23 +866,19 @@ def test_ctrl_c_while_a_batch_is_loading_stops_cleanly(faces, tmp_path, presses,
     it); the message is said once, and both end with "interrupted" and exit 130."""
     import signal
     import subprocess
-    import sys
-    import time
 
-    script = (
-        "import sys, time, train.data as d, train.train as t\n"
+    patch = (
+        "import time, train.data as d\n"
         "real, reads = d.FaceDegradationDataset.__getitem__, []\n"
         "def slow(self, item):\n"
         "    reads.append(item)  # slow storage, or (stuck) a read that never ends after two batches\n"
         f"    time.sleep(3600 if {stuck} and len(reads) > 4 else 1.5)\n"
         "    return real(self, item)\n"
         "d.FaceDegradationDataset.__getitem__ = slow\n"
-        "sys.exit(t.main(sys.argv[1:]))\n"
     )
     run = tmp_path / "run"
-    args = [sys.executable, "-c", script, "--config", str(TINY), f"data.train={faces}"]
-    args += [f"output_dir={run}", *FAST, "data.num_workers=1", "train.log_every=1", "train.total_iter=1000"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    overrides = ["data.num_workers=1", "train.log_every=1", "train.total_iter=1000"]
+    args, env = _training_process(faces, run, *overrides, patch=patch)
     proc = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -909,17 +909,9 @@ def test_an_unexpected_error_with_loader_workers_ends_the_process(faces, tmp_pat
     workers, alive with its traceback until the exit, where waiting for the workers (which ignore
     SIGTERM) hung the process for ever after printing the traceback."""
     import subprocess
-    import sys
 
-    script = (
-        "import sys, train.train as t\n"
-        "def fail(self, batch): raise RuntimeError('no memory')\n"
-        "t.Trainer.train_step = fail\n"
-        "sys.exit(t.main(sys.argv[1:]))\n"
-    )
-    args = [sys.executable, "-c", script, "--config", str(TINY), f"data.train={faces}"]
-    args += [f"output_dir={tmp_path / 'run'}", *FAST, "data.num_workers=1"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    patch = "def fail(self, batch): raise RuntimeError('no memory')\nt.Trainer.train_step = fail\n"
+    args, env = _training_process(faces, tmp_path / "run", "data.num_workers=1", patch=patch)
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "RuntimeError: no memory" in done.stderr, done.stderr[-2000:]
 
