@@ -377,11 +377,16 @@ def as_written(img: np.ndarray, ext: str) -> np.ndarray:
     rounded to 8-bit for JPEG, WebP and BMP, and BGRA composited over white for JPEG, which has no alpha.
     What a preview of the download should show."""
     fmt = _write_format(ext)
-    if fmt in (".jpg", ".webp", ".bmp") and img.dtype == np.uint16:
-        img = np.round(img / 257.0).astype(np.uint8)
+    if fmt in (".jpg", ".webp", ".bmp"):
+        img = to_8bit(img)
     if fmt == ".jpg" and img.ndim == 3 and img.shape[2] == 4:
         img = _over_white(img)
     return img
+
+
+def to_8bit(img: np.ndarray) -> np.ndarray:
+    """16-bit values rounded to 8-bit (``img`` itself when it is 8-bit already): what 8-bit formats hold."""
+    return np.round(img / 257.0).astype(np.uint8) if img.dtype == np.uint16 else img
 
 
 def _write_format(ext: str) -> str | None:

@@ -310,8 +310,13 @@ def test_the_slider_is_made_at_preview_size(client, server: Server, monkeypatch:
         sizes.append(size)
         return cv2.resize(img, size, **kwargs)
 
+    def cvt_color(img: np.ndarray, code: int) -> np.ndarray:
+        sizes.append((img.shape[1], img.shape[0]))
+        return cv2.cvtColor(img, code)
+
     monkeypatch.setattr(handlers, "PREVIEW_MAX_SIDE", 100)
-    monkeypatch.setattr(handlers, "cv2", SimpleNamespace(**{**vars(cv2), "resize": resize}))
+    fake = SimpleNamespace(**{**vars(cv2), "resize": resize, "cvtColor": cvt_color})
+    monkeypatch.setattr(handlers, "cv2", fake)
     slider, _, file, _ = call(client, server, EXAMPLES / "astronaut_lowres.png", rescale=4)
     assert read(file).shape == (640, 640, 3)
     assert [read(p).shape for p in slider] == [(100, 100, 3)] * 2

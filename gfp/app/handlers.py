@@ -41,6 +41,7 @@ from gfp.imageio import (
     read_icc_profile,
     read_image,
     size_error,
+    to_8bit,
     write_image,
 )
 from gfp.messages import headline
@@ -365,20 +366,15 @@ class Request:
 
 def as_display(img: np.ndarray) -> np.ndarray:
     """cv2 layout (any depth) -> 8-bit RGB/RGBA for gradio's image widgets, at most PREVIEW_MAX_SIDE."""
-    if img.dtype == np.uint16:
-        img = np.round(img / 257.0).astype(np.uint8)
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-    else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    img = to_8bit(img)
     side = max(img.shape[:2])
-    if side > PREVIEW_MAX_SIDE:
+    if side > PREVIEW_MAX_SIDE:  # before the channels are reordered: the same pixels, on a small copy
         scale = PREVIEW_MAX_SIDE / side
         size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-    return img
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
 
 
 def fit_budget(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, str | None]:
