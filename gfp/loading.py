@@ -48,6 +48,7 @@ from gfp.weights.files import (
     embedded_config,
     load_state_dict,
     read_config,
+    read_weights,
     save_pretrained,
 )
 from gfp.weights.resolve import Resolved, cache_dir, resolve, resolve_weights, size_problem
@@ -120,11 +121,11 @@ def _resolved(spec: Spec, weights_dir: str | os.PathLike[str] | None) -> Resolve
     return spec if isinstance(spec, Resolved) else resolve(spec, weights_dir)
 
 
-def _read(found: Resolved, mapped: bool = False) -> dict[str, Tensor]:
-    """:func:`load_state_dict` of ``found``; when a registry model's file does not load, the error also says
+def _read(found: Resolved, mapped: bool = False) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """:func:`read_weights` of ``found``; when a registry model's file does not load, the error also says
     what its size shows and what to do (a cached copy is downloaded again once deleted)."""
     try:
-        return load_state_dict(found.path, mapped)
+        return read_weights(found.path, mapped)
     except CheckpointError as err:
         entry = found.entry
         if entry is None:
@@ -151,12 +152,12 @@ def read_generator(
     The config comes from a published folder's config.json, else from the copy our ``model.safetensors``
     carries (:func:`gfp.weights.files.embedded_config`), else it is recognised from the weights' keys and
     shapes. A registry version (e.g. "1.4") must have that version's layout. ``mapped``: see
-    :func:`gfp.weights.files.load_state_dict` (the layout is known without reading the values).
+    :func:`gfp.weights.files.read_weights` (the layout is known without reading the values).
     """
     found = _resolved(spec, weights_dir)
-    state_dict = _read(found, mapped)
+    state_dict, metadata = _read(found, mapped)
     # a published folder's config.json, else the one our model.safetensors carries out of its folder
-    config = read_config(found.path) if found.format == "published" else embedded_config(found.path)
+    config = read_config(found.path) if found.format == "published" else embedded_config(metadata, found.path)
     if config is None:
         try:
             config = detect_config(state_dict)
@@ -261,7 +262,7 @@ def load_network(
     """Load the weights of ``spec`` strictly into ``net`` (built by the caller); ready it for inference."""
     found = _resolved(spec, weights_dir)
     try:
-        net.load_state_dict(_read(found), strict=True)
+        net.load_state_dict(_read(found)[0], strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{found.path} does not fit {type(net).__name__}: {misfit(err)}") from err
     return prepare_for_inference(net, placement)
@@ -289,7 +290,7 @@ def model_network(
     families (see :func:`gfp.registry.recognise`) and runs in float32.
     """
     found = _resolved(spec, weights_dir)
-    state_dict = _read(found)
+    state_dict = _read(found)[0]
     if found.entry is not None:
         entry = found.entry
         make, what, supports = (lambda: build(entry)), entry.name, entry.supports

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _zoo_helpers import save_tiny_generator, tiny_config, tiny_generator
 from safetensors.torch import save_file
 
 from gfp.loading import CheckpointError, UnsafeCheckpointError, WeightsNotFoundError, load_state_dict
@@ -87,6 +88,7 @@ def test_a_saved_web_page_or_text_is_named_as_such(tmp_path: Path, name: str) ->
     for content, kind in (
         (b"\n<!DOCTYPE html>\n<html>Not Found</html>", "a web page"),
         (b"404: Not Found\n", "a text"),
+        (b"cannot find that file\n", "a text"),  # "c" starts a pickle GLOBAL: the unpickler calls it unsafe
     ):
         path.write_bytes(content)
         with pytest.raises(CheckpointError, match=f"{name} is not a readable .*: it is {kind}") as err:
@@ -155,3 +157,39 @@ def test_both_torch_save_formats_load_the_zip_one_memory_mapped(
     assert calls == ([True, False] if legacy else [True])
     calls.clear()  # unasked, read whole: what a network keeps must not be the file's pages
     assert load_state_dict(path).keys() == weights.keys() and calls == [False]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "GFPGANv1.4.pth"])
+def test_a_generators_file_is_opened_once_to_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Reading a generator opens its file once: our safetensors' tensors and the config its header carries
+    come from one handle, and the look for a saved web page is only taken when a file does not load."""
+    import builtins
+
+    import gfp.weights.files
+    from gfp.loading import read_generator
+
+    config = tiny_config()
+    folder = save_tiny_generator(tmp_path / "tiny", config)
+    path = tmp_path / name
+    if name.endswith(".pth"):
+        torch.save({"params_ema": tiny_generator(config).state_dict()}, path)
+    else:
+        (folder / "model.safetensors").rename(path)  # out of its folder: the embedded config gives the layout
+    opened: list[str] = []
+
+    def counted(real):  # noqa: ANN001, ANN202
+        def open_(file, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if Path(str(file)) == path:
+                opened.append(real.__name__)
+            return real(file, *args, **kwargs)
+
+        open_.__name__ = real.__name__
+        return open_
+
+    monkeypatch.setattr(builtins, "open", counted(builtins.open))
+    monkeypatch.setattr(gfp.weights.files, "safe_open", counted(gfp.weights.files.safe_open))
+    state_dict, found_config, _ = read_generator(str(path))
+    assert found_config == config and state_dict
+    assert len(opened) == 1, opened

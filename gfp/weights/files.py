@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from gfp.archs import GeneratorConfig
@@ -52,28 +52,51 @@ def page_or_text(head: bytes) -> str | None:
 
 
 def load_state_dict(path: str | os.PathLike[str], mapped: bool = False) -> dict[str, Tensor]:
-    """Load a state dict without running pickled code.
+    """Load a state dict without running pickled code (:func:`read_weights` without the metadata)."""
+    return read_weights(path, mapped)[0]
+
+
+def read_weights(
+    path: str | os.PathLike[str], mapped: bool = False
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(state dict, metadata) of a weights file, opened once; the metadata is a safetensors header's
+    (where our format embeds its config: :func:`embedded_config`), empty for a ``.pth``.
 
     A folder means its ``model.safetensors``. Unwraps ``params_ema`` (preferred), ``params``,
     ``net_state_dict`` or ``state_dict`` and drops a ``module.`` prefix that every key carries.
     ``mapped``: the tensors are the file's pages, memory-mapped (a ``.pth`` where torch can; safetensors
     always maps), so nothing is read until their values are (README "Speed"); they must be copied before
     they are kept, or a file rewritten in place changes them or kills the process with SIGBUS. Otherwise
-    the tensors have memory of their own.
+    the tensors have memory of their own. A file that does not load is looked at once more, to say when it
+    is a web page or text rather than weights.
     """
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILE
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} does not exist")
-    _refuse_page_or_text(path)
-    if path.suffix == ".safetensors":
-        try:
-            tensors = load_file(path, device="cpu")  # views of the file, memory-mapped by safetensors
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
-        return tensors if mapped else {key: tensor.clone() for key, tensor in tensors.items()}
-    checkpoint = _torch_load(path, mapped)
+    try:
+        if path.suffix == ".safetensors":
+            return _read_safetensors(path, mapped)
+        return _state_dict(_torch_load(path, mapped), path), {}
+    except (CheckpointError, UnsafeCheckpointError):
+        _refuse_page_or_text(path)  # the cause when it is a saved error page, rather than the loader's riddle
+        raise
+
+
+def _read_safetensors(path: Path, mapped: bool) -> tuple[dict[str, Tensor], dict[str, str]]:
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            keys = handle.keys()
+            tensors = {key: handle.get_tensor(key) for key in keys}  # views of the mapped file
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    return (tensors if mapped else {key: tensor.clone() for key, tensor in tensors.items()}), metadata
+
+
+def _state_dict(checkpoint: Any, path: Path) -> dict[str, Tensor]:
+    """The state dict in a loaded ``.pth`` (unwrapped, ``module.`` prefixes dropped), checked."""
     if isinstance(checkpoint, dict):
         for key in _STATE_DICT_KEYS:
             if isinstance(checkpoint.get(key), dict):
@@ -161,17 +184,12 @@ def read_config(folder: str | os.PathLike[str]) -> GeneratorConfig:
     return _config_from(data, config_path)
 
 
-def embedded_config(path: str | os.PathLike[str]) -> GeneratorConfig | None:
-    """The GeneratorConfig that :func:`save_pretrained` writes into a ``model.safetensors``'s metadata, so
-    that the file alone, out of its folder, loads with its layout (``input_is_latent`` cannot be told from
-    the weights); None for a file without one (a .pth, another tool's, one written before it was embedded)."""
-    if Path(path).suffix != ".safetensors":
-        return None
-    try:
-        with safe_open(path, framework="pt") as handle:
-            text = (handle.metadata() or {}).get(_CONFIG_KEY)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+def embedded_config(metadata: dict[str, str], path: str | os.PathLike[str]) -> GeneratorConfig | None:
+    """The GeneratorConfig that :func:`save_pretrained` writes into a ``model.safetensors``'s ``metadata``
+    (:func:`read_weights`), so that the file alone, out of its folder, loads with its layout
+    (``input_is_latent`` cannot be told from the weights); None for a file without one (a .pth, another
+    tool's, one written before it was embedded). ``path`` names the file in errors."""
+    text = metadata.get(_CONFIG_KEY)
     if text is None:
         return None
     try:
