@@ -233,14 +233,15 @@ class ModelStore:
             return Unavailable(name, err)
         supports = registry.MODEL_ZOO[name].supports
         placement = self.placement.for_model(supports)
-        cached = self._cached(path, "parser", PARSE_SIZE, placement)
-        if cached is not None:
-            return Network(cached, supports, placement)
-        got = self.optional(name)  # a file that does not fit is unavailable too
-        if isinstance(got, Unavailable):
-            return got
-        run = self._backend(path, "parser", lambda: got.run, lambda: got.run, PARSE_SIZE, got.placement)
-        return Network(run, got.supports, got.placement)
+
+        def module() -> nn.Module:
+            return self.required(name)  # a file that does not fit is unavailable too
+
+        try:
+            run = self._backend(path, "parser", module, module, PARSE_SIZE, placement)
+        except WeightsError as err:
+            return Unavailable(name, err)
+        return Network(run, supports, placement)
 
     def background(self, name: str) -> BackgroundUpsampler | None:
         """The background upsampler for choice ``name`` (None for "none"); its networks load on first use
@@ -275,6 +276,8 @@ class ModelStore:
             if found is not None:
                 return found
             started = openvino.convert_in_background(path, role, example, (0,), options["cache_dir"])
+        except WeightsError:  # the network's own weights do not load (building it for a conversion): no
+            raise  # OpenVINO fault, and PyTorch would fail alike
         except Exception as err:  # noqa: BLE001  (a foreign converter failed: use the reference path)
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             warnings.warn(
@@ -291,20 +294,6 @@ class ModelStore:
             return found
 
         return openvino.Switching(fallback(), converted)
-
-    def _cached(
-        self, path: str, role: str, size: int, placement: Placement
-    ) -> openvino.OpenVINONetwork | None:
-        """The ``role`` network of ``path`` as converted in the OpenVINO cache, found without reading its
-        weights; None for the PyTorch backend, when not converted, or when the lookup fails (the build that
-        follows then says why)."""
-        if placement.backend != "openvino":
-            return None
-        try:
-            options = _openvino_options(path, role, placement)
-            return openvino.cached_network(path, _example(size), (0,), **options)
-        except Exception:  # noqa: BLE001  (the PyTorch path that follows reports it)
-            return None
 
     def prepare(self, version: str, batch: int, parser: bool) -> list[threading.Thread]:
         """Start loading the generator of ``version`` (and the face parser when ``parser``) in background

@@ -689,6 +689,41 @@ def test_a_running_store_starts_a_conversion_that_died_again(
     assert len(asked) == 2 and switching.converted is None
 
 
+def test_a_parser_not_yet_converted_is_looked_for_in_the_cache_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store looks for the parser's conversion before reading its weights, and not again when it is
+    not there: the PyTorch parser then serves while another process converts it."""
+    from gfp.archs.parsenet import ParseNet
+
+    monkeypatch.setenv(CONVERT_ENV, "background")
+    looked: list[str] = []
+    monkeypatch.setattr(openvino, "cached_network", lambda source, *args, **kwargs: looked.append(source))
+    monkeypatch.setattr(openvino, "convert_in_background", lambda *args: True)
+    torch.save(ParseNet().state_dict(), tmp_path / "parsing_parsenet.pth")
+    parser = Restorer(tmp_path, device="cpu", backend="openvino", bf16=False).store.parser(required=True)
+    assert isinstance(parser.run, openvino.Switching)
+    assert looked == [str(tmp_path / "parsing_parsenet.pth")]
+
+
+def test_a_parser_file_that_does_not_load_is_unavailable_not_an_openvino_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Converting now builds the PyTorch parser first: weights that do not load make it unavailable (the
+    photo is pasted without parsing, said so), with no warning that OpenVINO failed."""
+    import warnings
+
+    from gfp.store import Unavailable
+
+    monkeypatch.setenv(CONVERT_ENV, "now")
+    (tmp_path / "parsing_parsenet.pth").write_bytes(b"PK\x03\x04" + bytes(100))  # a cut-short download
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = Restorer(tmp_path, device="cpu", backend="openvino", bf16=False).store.parser()
+    assert isinstance(got, Unavailable) and "not a readable PyTorch checkpoint" in got.reason
+    assert not [w for w in caught if "OpenVINO" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_one_background_conversion_per_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One conversion per network at a time; the lock of a converter that is gone (killed: its pid no
     longer runs, or the lock is old) is taken over at once, not after half an hour; a conversion that failed
