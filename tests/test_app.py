@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -98,6 +99,23 @@ def test_flags_and_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (flags.server_name, flags.port, flags.device, flags.background) == ("0.0.0.0", 1, "cuda", "none")
     with pytest.raises(SystemExit):
         parse_args(["--concurrency", "0"])
+
+
+def test_every_flag_names_its_environment_variable_and_reads_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Space is configured by its variables: ``--help`` names each flag's, and that variable sets it."""
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse then keeps each flag's help on one line
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    entries = re.split(r"\n  (?=--)", capsys.readouterr().out.split("options:", 1)[1])[1:]  # one per flag
+    named = {entry.split()[0]: re.search(r"\(env ([A-Z_]+)", entry) for entry in entries}
+    assert named.keys() >= {"--model", "--share", "--no-mcp", "--port"}, named
+    assert all(named.values()), [flag for flag, found in named.items() if not found]
+    variables = {flag: found.group(1) for flag, found in named.items() if found}
+    assert variables["--share"] == "GRADIO_SHARE"
+    monkeypatch.setenv("GRADIO_SHARE", "1")
+    assert parse_args([]).share
 
 
 def test_bad_detector_or_background_in_the_environment_is_a_usage_error(

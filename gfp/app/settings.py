@@ -88,7 +88,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
         help="port; default the first free one from 7860 (env GRADIO_SERVER_PORT)",
     )
     parser.add_argument(
-        "--share", action="store_true", default=_env_flag("GRADIO_SHARE"), help="public gradio.live link"
+        "--share",
+        action="store_true",
+        default=_env_flag("GRADIO_SHARE"),
+        help="public gradio.live link (env GRADIO_SHARE=1)",
     )
     parser.add_argument(
         "--device", default=env("GFP_DEVICE", "auto"), help="auto, cpu, cuda, cuda:1, mps (env GFP_DEVICE)"
