@@ -473,8 +473,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _unwinding_on_termination(), _one_line_warnings():
             return _main(argv)
     except KeyboardInterrupt:
-        tqdm.write("gfp: interrupted", file=sys.stderr)
+        _interrupted()
         return 130
+
+
+def _interrupted() -> None:
+    """Say so after Ctrl-C, and wait for the threads still preparing networks (with
+    ``GFP_OPENVINO_CONVERT=now`` a conversion can take a while), saying that too; a second Ctrl-C leaves at
+    once, without the traceback Python prints when it is pressed while the interpreter waits for threads at
+    its exit (which it must not tear down under a running OpenVINO compilation: it aborts). Everything is
+    said inside the ``try``, so a second Ctrl-C that follows what the user reads is always caught."""
+    try:
+        tqdm.write("gfp: interrupted", file=sys.stderr)
+        busy = [t for t in threading.enumerate() if t.name == "gfp-prepare" and t.is_alive()]
+        if busy:
+            tqdm.write(
+                "gfp: finishing the networks being prepared (Ctrl-C again to stop at once)", file=sys.stderr
+            )
+            for thread in busy:
+                thread.join()
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def _main(argv: Sequence[str] | None) -> int:

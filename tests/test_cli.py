@@ -435,3 +435,47 @@ def test_color_fix_reaches_the_restored_faces(tmp_path: Path) -> None:
     for fix in ("wavelet", "adain"):  # the random tiny generator's colours give way to the input's
         mean_error = np.abs(faces[fix].mean(axis=(0, 1)) - source.mean(axis=(0, 1))).max()
         assert mean_error < 0.2 * np.abs(faces["none"].mean(axis=(0, 1)) - source.mean(axis=(0, 1))).max()
+
+
+def test_a_second_ctrl_c_while_networks_are_prepared_leaves_at_once(tmp_path: Path) -> None:
+    """Ctrl-C while a network is still being prepared (converted for OpenVINO on the spot, which takes a
+    while): the CLI says it finishes that, and a second Ctrl-C leaves at once, without the traceback Python
+    prints when it is pressed while the interpreter waits for threads at its exit."""
+    import signal
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys, threading, time
+        from gfp import cli
+
+        def prepare(self, options):
+            thread = threading.Thread(target=time.sleep, args=(20,), name="gfp-prepare")
+            thread.start()
+            return [thread]
+
+        def restore(self, img, options=None, progress=None):
+            raise KeyboardInterrupt  # the first Ctrl-C
+
+        cli.Restorer.prepare, cli.Restorer.restore = prepare, restore
+        sys.exit(cli.main(sys.argv[1:]))
+        """
+    )
+    cv2.imwrite(str(tmp_path / "face.png"), np.zeros((64, 64, 3), np.uint8))
+    model = save_tiny_generator(tmp_path / "tiny")
+    args = ["-i", str(tmp_path / "face.png"), "-o", str(tmp_path / "out"), "-v", str(model), "--aligned"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    said = ""
+    while "Ctrl-C again" not in said and (line := proc.stderr.readline()):  # the bar's lines, "interrupted"
+        said += line
+    assert "gfp: interrupted" in said and "finishing the networks being prepared" in said, said
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130 and "Traceback" not in rest, rest
