@@ -145,8 +145,9 @@ def decide_backend(device: torch.device, requested: str | None = None) -> str:
     "openvino" asked for explicitly must be installed and the device must be the CPU.
     """
     choice = (requested or os.environ.get(BACKEND_ENV) or "auto").strip().lower()
-    if choice not in BACKENDS:
-        raise ValueError(f"unknown backend {choice!r}: use {', '.join(BACKENDS)}")
+    if choice not in BACKENDS:  # one set in the environment is named: the command line may not show it
+        where = "" if requested else f" (env {BACKEND_ENV})"
+        raise ValueError(f"unknown backend {choice!r}{where}: use {', '.join(BACKENDS)}")
     if choice == "auto":
         return "openvino" if device.type == "cpu" and openvino_installed() else "torch"
     if choice == "openvino":

@@ -48,6 +48,8 @@ FORMAT = 2
 SUBDIR = "openvino"
 MAX_SHAPES = 2
 """Input shapes an :class:`OpenVINONetwork` compiles for exactly; others share one compilation."""
+Stamp = tuple[tuple[str, int, int, int, int], ...]
+"""A weight file as :func:`stamp` knows it."""
 
 
 class OpenVINONetwork(nn.Module):
@@ -151,8 +153,23 @@ def _header(net: nn.Module, example: Tensor, dynamic: Sequence[int]) -> Any:
     return h
 
 
+def stamp(source: str | os.PathLike[str]) -> Stamp:
+    """What a weight file (or each file of a published folder) is known by in :func:`_memo`: its path, size,
+    inode, modification and change times. Taken when the weights are read, it names what was read even
+    if the file is replaced afterwards."""
+    path = os.path.abspath(source)
+    files = sorted(e.path for e in os.scandir(path) if e.is_file()) if os.path.isdir(path) else [path]
+    stats = [(f, os.stat(f)) for f in files]
+    return tuple((f, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) for f, st in stats)
+
+
 def _memo(
-    cache: Path, source: str | os.PathLike[str], role: str, example: Tensor, dynamic: Sequence[int]
+    cache: Path,
+    source: str | os.PathLike[str],
+    role: str,
+    example: Tensor,
+    dynamic: Sequence[int],
+    stamped: Stamp | None = None,
 ) -> Path:
     """Where the fingerprint of the ``role`` network built from the weight file (or published folder)
     ``source`` is remembered: a name made of each file's path, size, inode, modification and change
@@ -164,13 +181,11 @@ def _memo(
     gets a new change time (which, unlike the modification time, a copy that keeps times — ``cp -p``,
     ``rsync -a``, an archive — cannot set back) and edited code a new digest, so either is hashed again;
     models stay named by their weights, so copies of the same weights at other paths share one converted
-    model.
+    model. ``stamped``: the file's :func:`stamp` when its weights were read (None: as it is now).
     """
-    path = os.path.abspath(source)
-    files = sorted(e.path for e in os.scandir(path) if e.is_file()) if os.path.isdir(path) else [path]
     versions = (FORMAT, _openvino().__version__, torch.__version__, _code_digest())
     key = (versions, role, tuple(example.shape), sorted(dynamic))
-    stats = [(f, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) for f in files for st in [os.stat(f)]]
+    stats = list(stamp(source) if stamped is None else stamped)
     return cache / "files" / hashlib.sha256(repr((key, stats)).encode()).hexdigest()[:32]
 
 
@@ -210,6 +225,7 @@ def compile_network(
     name: str = "",
     source: str | os.PathLike[str] | None = None,
     role: str = "",
+    stamped: Stamp | None = None,
 ) -> OpenVINONetwork:
     """``net`` (float32, CPU, eval; called with one tensor) converted for OpenVINO on the CPU.
 
@@ -221,8 +237,11 @@ def compile_network(
     ``cache_dir`` keeps converted models (None: convert every time), named by :func:`fingerprint`.
     ``source``, the weight file or published folder the network is loaded from unchanged, with ``role``
     telling apart the networks built from one file, lets a new process skip building and hashing it
-    (see :func:`_memo`). ``threads`` defaults to PyTorch's intra-op thread count, so both backends use the
-    same cores. Compiling happens on the first call of each input shape (see :class:`OpenVINONetwork`).
+    (see :func:`_memo`); ``stamped`` is its :func:`stamp` when ``net`` read it (None: ``net`` is built
+    here, and the file is remembered only if it did not change meanwhile, so that a file replaced while
+    it was read is never taken for what was converted). ``threads`` defaults to PyTorch's intra-op thread
+    count, so both backends use the same cores. Compiling happens on the first call of each input shape
+    (see :class:`OpenVINONetwork`).
     """
     built: list[nn.Module] = [net] if isinstance(net, nn.Module) else []
 
@@ -235,12 +254,12 @@ def compile_network(
     folder = None
     if cache_dir is not None:
         cache = Path(cache_dir) / SUBDIR
-        memo = None if source is None else _memo(cache, source, role, example, dynamic)
+        memo = None if source is None else _memo(cache, source, role, example, dynamic, stamped)
         entry = None if memo is None else _recall(memo)
         if entry is None:
             entry = fingerprint(module(), example, dynamic)
-            if memo is not None:
-                _remember(memo, entry)
+            if memo is not None and (stamped or _memo(cache, source, role, example, dynamic) == memo):
+                _remember(memo, entry)  # (source is not None here)
         folder = cache / entry
         model = _read(folder)
     if model is None:
@@ -279,12 +298,14 @@ def cached_network(
     threads: int | None = None,
     name: str = "",
     role: str = "",
+    stamped: Stamp | None = None,
 ) -> OpenVINONetwork | None:
     """The ``role`` network of the weight file ``source`` as :func:`compile_network` would return it, if it
-    is already converted in ``cache_dir`` and known by the file (:func:`_memo`); else None, without
-    converting, building or hashing anything."""
+    is already converted in ``cache_dir`` and known by the file (:func:`_memo`; ``stamped``: by its
+    :func:`stamp` when the caller read it, so that the conversion of a replacement is not taken for it);
+    else None, without converting, building or hashing anything."""
     cache = Path(cache_dir) / SUBDIR
-    entry = _recall(_memo(cache, source, role, example, dynamic))
+    entry = _recall(_memo(cache, source, role, example, dynamic, stamped))
     model = None if entry is None else _read(cache / entry)
     if model is None:
         return None
@@ -298,6 +319,7 @@ def convert_in_background(
     dynamic: Sequence[int],
     cache_dir: str | os.PathLike[str],
     builder: str = "gfp.store:conversion_network",
+    stamped: Stamp | None = None,
 ) -> bool:
     """Start a process that converts the ``role`` network of ``source`` into ``cache_dir``; whether one runs.
 
@@ -307,10 +329,12 @@ def convert_in_background(
     time: a lock file names its process, and the lock of a process that is gone (killed, say by the
     out-of-memory killer) or older than :data:`STALE_LOCK_S` is taken over. A conversion that failed is
     not tried again for :data:`FAILED_RETRY_S` (a marker beside the locks), nor at all for the same
-    weights, code and libraries until then.
+    weights, code and libraries until then. ``stamped``: the file's :func:`stamp` when the caller read it;
+    a file replaced since is not converted for this caller (it is marked failed for that stamp, so that the
+    caller does not start the process again and again: the next process converts the new file).
     """
     cache = Path(cache_dir) / SUBDIR
-    memo = _memo(cache, source, role, example, dynamic)
+    memo = _memo(cache, source, role, example, dynamic, stamped)
     lock, failed = cache / "converting" / memo.name, cache / "failed" / memo.name
     with contextlib.suppress(OSError):
         if time.time() - failed.stat().st_mtime < FAILED_RETRY_S:
@@ -322,7 +346,7 @@ def convert_in_background(
     try:
         if _stale(lock):
             lock.unlink(missing_ok=True)
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # a plain file, not executable
     except FileExistsError:
         return True  # another process is converting it
     except OSError:
@@ -429,6 +453,10 @@ def _convert_main(argv: list[str]) -> int:
         build = getattr(importlib.import_module(module_name), function)
         example = torch.zeros(*map(int, shape.split("x")))
         dims = [int(d) for d in dynamic.split(",") if d]
+        # The lock is named by the file (and code) as the caller read it: a conversion of what is there now
+        # would never be found by that caller, which would start this process again and again.
+        if _memo(Path(cache) / SUBDIR, source, role, example, dims).name != Path(lock).name:
+            raise RuntimeError("the weights (or gfp, or a library) changed after the caller read them")
         compile_network(lambda: build(role, source), example, dims, cache_dir=cache, source=source, role=role)
     except Exception as err:  # remembered, so later runs do not pay for the same failure again
         with contextlib.suppress(OSError):
@@ -457,21 +485,42 @@ def _convert(net: nn.Module, example: Tensor, dynamic: Sequence[int]) -> Any:
 
 def _save(model: Any, folder: Path) -> bool:
     """Write the IR into ``folder`` atomically (a temporary folder renamed into place); whether ``folder``
-    now holds it. A cache that cannot be written only costs the next process a conversion."""
+    now holds it. A cache that cannot be written only costs the next process a conversion.
+
+    The temporary folder names its process (a file like a conversion lock), so that the next save removes
+    one left by a process killed while saving (the next process converts that network again): a model's
+    size of disk each, never used."""
     openvino = _openvino()
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(folder.parent)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+        (tmp / _OWNER).write_text(f"{socket.gethostname()} {os.getpid()}", encoding="utf-8")
     except OSError:
         return False
     try:
         openvino.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+        (tmp / _OWNER).unlink()
         os.replace(tmp, folder)
     except OSError:
         pass  # another process saved the same model first, or the disk is full
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return (folder / "model.xml").is_file()
+
+
+_OWNER = "owner"
+"""The file in a temporary folder of :func:`_save` that names the process writing it."""
+
+
+def _remove_abandoned(cache: Path) -> None:
+    """Remove the temporary folders of :func:`_save` in ``cache`` whose process is gone (see :func:`_stale`;
+    one without its owner file yet, when older than :data:`STALE_LOCK_S`)."""
+    for tmp in cache.glob(".tmp-*"):
+        with contextlib.suppress(OSError):
+            owner = tmp / _OWNER
+            if _stale(owner) or (not owner.exists() and time.time() - tmp.stat().st_mtime > STALE_LOCK_S):
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fixed_ir(folder: Path, shape: tuple[int, ...]) -> Path | None:

@@ -69,11 +69,16 @@ class _Checkpoint:
     memory-mapped, so its values are read only if a build asks, and the build gets them copied, so that a
     file rewritten in place cannot change or crash a loaded network. Otherwise it is read whole (cheaper
     than mapping and copying when a build follows).
+
+    ``stamp`` is the file's :func:`gfp.openvino.stamp` while it was read (None: it changed meanwhile), which
+    its OpenVINO conversion is looked up by: a file replaced later is not the network this one builds.
     """
 
     def __init__(self, found: Resolved, mapped: bool) -> None:
         self.mapped = mapped
+        before = _stamp(found.path)
         self.state_dict, self.config, self.found = read_generator(found, mapped=mapped)
+        self.stamp = before if before is not None and _stamp(found.path) == before else None
 
     def take(self) -> dict[str, Tensor]:
         """The tensors (read again if already handed over or released: only a rare second build asks)."""
@@ -105,8 +110,10 @@ class ModelStore:
         self.placement = placement or Placement()
         self.convert = (convert or os.environ.get(CONVERT_ENV) or "background").strip().lower()
         if self.convert not in ("background", "now") and self.placement.backend == "openvino":
-            # checked only where it is used: a stale variable must not stop a PyTorch run
-            raise ValueError(f"unknown conversion mode {self.convert!r}: use background or now")
+            # checked only where it is used: a stale variable must not stop a PyTorch run; named, since the
+            # command line does not show it
+            where = "" if convert else f" (env {CONVERT_ENV})"
+            raise ValueError(f"unknown conversion mode {self.convert!r}{where}: use background or now")
         self._lock = threading.Lock()
         self._items: dict[tuple[str, str], Any] = {}
         self._item_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -182,7 +189,8 @@ class ModelStore:
             def module() -> nn.Module:
                 return FacesOnly(self.generator(spec).run)
 
-            run = self._backend(path, "faces", module, torch_faces, config.out_size, placement)
+            size = config.out_size
+            run = self._backend(path, "faces", module, torch_faces, size, placement, checkpoint.stamp)
             checkpoint.release()  # taken by the PyTorch build, or not needed: the conversion serves
             return Network(run, supports, placement, config)
 
@@ -238,7 +246,7 @@ class ModelStore:
             return self.required(name)  # a file that does not fit is unavailable too
 
         try:
-            run = self._backend(path, "parser", module, module, PARSE_SIZE, placement)
+            run = self._backend(path, "parser", module, module, PARSE_SIZE, placement, _stamp(path))
         except WeightsError as err:
             return Unavailable(name, err)
         return Network(run, supports, placement)
@@ -261,21 +269,26 @@ class ModelStore:
         fallback: Callable[[], Callable[[Tensor], Any]],
         size: int,
         placement: Placement,
+        stamp: openvino.Stamp | None,
     ) -> Callable[[Tensor], Any]:
         """The ``role`` network loaded from ``path`` in the store's backend: converted for OpenVINO when it is
         (or, with ``convert="now"``, once converted here), else ``fallback()`` in PyTorch, switching to the
-        conversion a background process makes. A network OpenVINO cannot convert runs in PyTorch (warned)."""
-        if placement.backend != "openvino":
+        conversion a background process makes. A network OpenVINO cannot convert runs in PyTorch (warned).
+        Conversions are looked up by ``stamp``, the file as it was read (see :class:`_Checkpoint`), so that
+        one made of a file that replaced it meanwhile is not taken for it; None (it changed while it was
+        read, or cannot be looked at): PyTorch only."""
+        if placement.backend != "openvino" or stamp is None:
             return fallback()
         example = _example(size)
         try:
             options = _openvino_options(path, role, placement)
             if self.convert == "now":
-                return openvino.compile_network(module, example, (0,), source=path, **options)
-            found = openvino.cached_network(path, example, (0,), **options)
+                return openvino.compile_network(module, example, (0,), source=path, stamped=stamp, **options)
+            found = openvino.cached_network(path, example, (0,), stamped=stamp, **options)
             if found is not None:
                 return found
-            started = openvino.convert_in_background(path, role, example, (0,), options["cache_dir"])
+            cache = options["cache_dir"]
+            started = openvino.convert_in_background(path, role, example, (0,), cache, stamped=stamp)
         except WeightsError:  # the network's own weights do not load (building it for a conversion): no
             raise  # OpenVINO fault, and PyTorch would fail alike
         except Exception as err:  # noqa: BLE001  (a foreign converter failed: use the reference path)
@@ -288,9 +301,9 @@ class ModelStore:
             return fallback()
 
         def converted() -> openvino.OpenVINONetwork | None:
-            found = openvino.cached_network(path, example, (0,), **options)
+            found = openvino.cached_network(path, example, (0,), stamped=stamp, **options)
             if found is None:  # a conversion that died (killed, say) is started again
-                openvino.convert_in_background(path, role, example, (0,), options["cache_dir"])
+                openvino.convert_in_background(path, role, example, (0,), cache, stamped=stamp)
             return found
 
         return openvino.Switching(fallback(), converted)
@@ -324,6 +337,14 @@ class ModelStore:
         for thread in threads:
             thread.start()
         return threads
+
+
+def _stamp(path: str | os.PathLike[str]) -> openvino.Stamp | None:
+    """:func:`gfp.openvino.stamp`, or None where the file cannot be looked at (the read says why)."""
+    try:
+        return openvino.stamp(path)
+    except OSError:
+        return None
 
 
 def _example(size: int) -> Tensor:

@@ -763,8 +763,10 @@ def test_the_conversion_mode_is_checked_only_where_openvino_uses_it(monkeypatch:
 
     monkeypatch.setenv(CONVERT_ENV, "bogus")
     assert ModelStore(placement=Placement(backend="torch")).placement.backend == "torch"
-    with pytest.raises(ValueError, match="unknown conversion mode 'bogus': use background or now"):
+    with pytest.raises(ValueError, match=r"mode 'bogus' \(env GFP_OPENVINO_CONVERT\): use background"):
         ModelStore(placement=Placement(backend="openvino"))
+    with pytest.raises(ValueError, match="unknown conversion mode 'later': use background or now"):
+        ModelStore(placement=Placement(backend="openvino"), convert="later")
 
 
 @pytest.mark.parametrize("backend", ["torch", "openvino"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import threading
 import time
 import warnings
@@ -20,7 +21,7 @@ from _zoo_helpers import save_tiny_generator, tiny_config, tiny_generator
 
 from gfp import openvino, stages
 from gfp.archs import FacesOnly
-from gfp.devices import decide_backend, openvino_installed
+from gfp.devices import Placement, decide_backend, openvino_installed
 from gfp.pipeline import RestoreOptions, Restorer, RunLog
 from gfp.store import CONVERT_ENV, ModelStore
 from gfp.weights.errors import WeightsError
@@ -70,8 +71,11 @@ def test_backend_choice_is_checked_and_read_from_the_environment(monkeypatch: py
     assert decide_backend(CPU, "openvino") == "openvino"  # an argument wins over the environment
     with pytest.raises(ValueError, match="CPU only"):
         decide_backend(torch.device("cuda"), "openvino")
-    with pytest.raises(ValueError, match="unknown backend 'onnx'"):
+    with pytest.raises(ValueError, match="unknown backend 'onnx': use"):
         decide_backend(CPU, "onnx")
+    monkeypatch.setenv("GFP_BACKEND", "onnx")  # a stale variable is named: the command line does not show it
+    with pytest.raises(ValueError, match=r"unknown backend 'onnx' \(env GFP_BACKEND\): use"):
+        decide_backend(CPU)
 
 
 @pytest.mark.parametrize("arch", ["clean", "v1"])
@@ -151,6 +155,31 @@ def test_a_damaged_cache_entry_is_converted_again_and_replaced(tiny, tmp_path: P
     with torch.no_grad():
         assert _rel(compiled(x), net(x)) < 1e-5
     assert (folder / "model.bin").is_file() and "truncated" not in (folder / "model.xml").read_text()
+
+
+def test_a_save_cut_short_by_a_killed_process_is_removed_by_the_next(tiny, tmp_path: Path) -> None:
+    """A converter killed while saving (the out-of-memory killer, say) leaves its temporary folder, a
+    model's size of disk that nothing reads: the next save removes it, and no folder a process is writing."""
+    import subprocess
+
+    net, size = tiny
+    example = torch.zeros(2, 3, size, size)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    cache = tmp_path / openvino.SUBDIR
+    host = socket.gethostname()
+    owners = {"killed": f"{host} {gone.pid}", "running": f"{host} {os.getpid()}", "starting": "", "old": ""}
+    for name, owner in owners.items():
+        (cache / f".tmp-{name}").mkdir(parents=True)
+        (cache / f".tmp-{name}" / "model.bin").write_bytes(b"half a model")
+        if owner:
+            (cache / f".tmp-{name}" / "owner").write_text(owner)
+    old = time.time() - openvino.STALE_LOCK_S - 1
+    os.utime(cache / ".tmp-old", (old, old))  # one without its owner file: its age tells
+    openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
+    assert sorted(p.name for p in cache.glob(".tmp-*")) == [".tmp-running", ".tmp-starting"]
+    entry = cache / openvino.fingerprint(net, example, (0,))
+    assert sorted(p.name for p in entry.iterdir()) == ["model.bin", "model.xml"]  # no owner file kept
 
 
 def test_fingerprint_follows_weights_layout_and_dynamic_dims(tiny) -> None:
@@ -681,12 +710,87 @@ def test_a_running_store_starts_a_conversion_that_died_again(
     monkeypatch.setattr(openvino, "RECHECK_S", 0.0)
     asked: list[str] = []
     monkeypatch.setattr(openvino, "cached_network", lambda *args, **kwargs: None)
-    monkeypatch.setattr(openvino, "convert_in_background", lambda source, *args: asked.append(source) or True)
+    monkeypatch.setattr(openvino, "convert_in_background", lambda path, *_, **__: asked.append(path) or True)
     folder = save_tiny_generator(tmp_path / "tiny")
     switching = Restorer(device="cpu", backend="openvino", bf16=False).store.face_network(str(folder)).run
     assert isinstance(switching, openvino.Switching) and len(asked) == 1
     switching(_faces(1, tiny_config().out_size))
     assert len(asked) == 2 and switching.converted is None
+
+
+def _replaceable(tmp_path: Path) -> tuple[Path, Path, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a live generator folder, a replacement's weights file, faces, the live and the replacement's
+    PyTorch restorations of them)."""
+    live = save_tiny_generator(tmp_path / "live", seed=0)
+    other = save_tiny_generator(tmp_path / "other", seed=1)
+    x = _faces(1, tiny_config().out_size)
+    with torch.no_grad():
+        restored = [ModelStore(placement=Placement()).face_network(str(f)).run(x) for f in (live, other)]
+    return live, other / "model.safetensors", x, *restored
+
+
+def test_weights_replaced_after_they_were_read_are_not_taken_for_their_conversion(tmp_path: Path) -> None:
+    """A file replaced (a new checkpoint moved into place) between the store reading it and converting
+    what it read: the conversion is remembered for the file as it was read, so the next process, which
+    finds the new file, does not run the old weights."""
+    live, replacement, x, expected, replaced = _replaceable(tmp_path)
+    store = ModelStore(placement=Placement(backend="openvino"))  # converts before the first call
+    store.generator_config(str(live))  # read first, as the CLI does to say early what is wrong
+    os.replace(replacement, live / "model.safetensors")
+    assert _rel(store.face_network(str(live)).run(x), expected) < 1e-5
+    fresh = ModelStore(placement=Placement(backend="openvino")).face_network(str(live)).run
+    assert isinstance(fresh, openvino.OpenVINONetwork)
+    assert _rel(fresh(x), replaced) < 1e-5
+
+
+def test_a_running_store_does_not_switch_to_the_conversion_of_a_replacing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file replaced while a store runs it in PyTorch (a checkpoint written over the one a folder is
+    being restored with): the store keeps the weights it read, not switching part way through to the
+    conversion that another process made of the new file."""
+    monkeypatch.setenv(CONVERT_ENV, "background")
+    monkeypatch.setattr(openvino, "RECHECK_S", 0.0)
+    monkeypatch.setattr(openvino, "convert_in_background", lambda *args, **kwargs: True)
+    live, replacement, x, expected, _ = _replaceable(tmp_path)
+    switching = ModelStore(placement=Placement(backend="openvino")).face_network(str(live)).run
+    assert isinstance(switching, openvino.Switching)
+    os.replace(replacement, live / "model.safetensors")
+    ModelStore(placement=Placement(backend="openvino"), convert="now").face_network(str(live))
+    with torch.no_grad():
+        assert torch.equal(switching(x), expected)
+    assert switching.converted is None
+
+
+def test_a_converter_started_for_a_file_that_changed_since_converts_nothing_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background converter of a file replaced after its caller read it marks the caller's conversion
+    failed (the caller runs PyTorch, and does not start it again and again), converting nothing for it."""
+    source = save_tiny_generator(tmp_path / "tiny")
+    size = tiny_config().out_size
+    cache = tmp_path / "cache"
+    memo = openvino._memo(cache / openvino.SUBDIR, source, "faces", torch.zeros(2, 3, size, size), (0,))
+    time.sleep(0.05)  # past the file system clock's tick, so the change time differs
+    (source / "config.json").write_text((source / "config.json").read_text())
+    lock, failed = (cache / openvino.SUBDIR / folder / memo.name for folder in ("converting", "failed"))
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    monkeypatch.setattr(openvino, "_convert", lambda *args: pytest.fail("converted other weights"))
+    shape = f"2x3x{size}x{size}"
+    args = [
+        "gfp.store:conversion_network",
+        "faces",
+        str(source),
+        shape,
+        "0",
+        str(cache),
+        str(lock),
+        str(failed),
+    ]
+    with pytest.raises(RuntimeError, match="changed"):
+        openvino._convert_main(args)
+    assert "changed after the caller read them" in failed.read_text() and not lock.exists()
 
 
 def test_a_parser_not_yet_converted_is_looked_for_in_the_cache_once(
@@ -699,7 +803,7 @@ def test_a_parser_not_yet_converted_is_looked_for_in_the_cache_once(
     monkeypatch.setenv(CONVERT_ENV, "background")
     looked: list[str] = []
     monkeypatch.setattr(openvino, "cached_network", lambda source, *args, **kwargs: looked.append(source))
-    monkeypatch.setattr(openvino, "convert_in_background", lambda *args: True)
+    monkeypatch.setattr(openvino, "convert_in_background", lambda *args, **kwargs: True)
     torch.save(ParseNet().state_dict(), tmp_path / "parsing_parsenet.pth")
     parser = Restorer(tmp_path, device="cpu", backend="openvino", bf16=False).store.parser(required=True)
     assert isinstance(parser.run, openvino.Switching)
@@ -746,6 +850,7 @@ def test_one_background_conversion_per_network(tmp_path: Path, monkeypatch: pyte
         assert openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
     assert len(started) == 1 and started[0][-10:-8] == ["-m", "gfp.openvino"]
     lock = next((tmp_path / openvino.SUBDIR / "converting").iterdir())
+    assert not lock.stat().st_mode & 0o111  # a plain file (os.open's default mode is executable)
     old = lock.stat().st_mtime - openvino.STALE_LOCK_S - 1
     os.utime(lock, (old, old))  # its process was killed long ago: the lock is taken over
     assert openvino.convert_in_background(source, "faces", example, (0,), tmp_path)
