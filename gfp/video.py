@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from gfp import stages
-from gfp.atomic import PARTIAL_SUFFIX, atomic_path
+from gfp.atomic import PARTIAL_SUFFIX, atomic_path, temp_files
 from gfp.background import scaled_size
 from gfp.checks import is_real, is_whole
 from gfp.faces import align_faces
@@ -49,6 +49,10 @@ from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a killed run's partial clip stays (gfp batch clears it)
+    fcntl = None  # type: ignore[assignment]
 try:
     import av
     from av.video.reformatter import Interpolation
@@ -87,6 +91,11 @@ if av is not None:
 and encode made the picture darker, by 2 levels of 255 a pass through :func:`restore_video`."""
 _MISSING_FRAMES_TOLERANCE = 0.01
 """Fewer decoded frames than the header announces, beyond this fraction (and 2 frames), = truncated."""
+_AUDIO_JITTER = Fraction(1, 50)
+"""Seconds that re-encoded sound may begin before the sound before it ends and still be taken as whole, its
+timestamps jittering (a capture's): it follows on, so the sound is late by at most this much."""
+_ABANDONED_AFTER_S = 60.0
+"""A partial clip this old (unwritten for so long), and unlocked, has lost the restore that wrote it."""
 
 
 class VideoError(ValueError):
@@ -460,7 +469,9 @@ def restore_frames(
 
     The streaming core of :func:`restore_video`, without any file: frames are detected and tracked one by
     one, their faces restored in generator batches spanning frames, each frame pasted and yielded in
-    order. With ``video.smooth=False`` every frame equals ``restorer.restore(frame, options).image``.
+    order. With ``video.smooth=False`` every frame equals ``restorer.restore(frame, options).image``, in
+    float32; in bf16 (the default on CPUs that compute it natively) a face batched with other frames'
+    faces (``batch_size`` > 1) comes out up to a few levels from the same face run alone.
     Notes for the caller (e.g. why the face parser was not used) are appended to ``notes``.
 
     A face choice (:func:`needs_plan`) needs ``plan``, made by :func:`plan_faces` over the same frames:
@@ -547,8 +558,13 @@ class _Audio:
         """End time (s) of the last audio packet read: with the video's, it tells a truncated file."""
         self.shift = 0
         """Added to every timestamp after one went back (concatenated segments start again at 0)."""
+        self.last: int | None = None
+        """The last packet's timestamp: the next one's must be later, or the muxer refuses it."""
         self.next: int | None = None
-        """The timestamp the next packet should have at the earliest (the last one's end)."""
+        """Where the last packet ends: a packet whose timestamp goes back continues from there."""
+        self.heard: Fraction | None = None
+        """Where the sound re-encoded so far ends (s): a decoded frame that begins before it follows on, or
+        is cut there (:meth:`_encode`)."""
         name = _codec_name(source)
         self.copy = name in COPY_AUDIO_CODECS
         if self.copy:
@@ -568,26 +584,60 @@ class _Audio:
         if packet.dts is None:  # the demuxer's end-of-stream marker (it flushes a decoder)
             if not self.copy:
                 for frame in packet.decode():
-                    self.output.mux(self.stream.encode(frame))
+                    self._encode(frame)
             return
-        if self.next is not None and packet.dts + self.shift < self.next:
+        # A packet that only begins before the last one ends (timestamps jittering by a millisecond) keeps its
+        # time: moved, every later packet was late by as much, and the sound drifted behind the picture.
+        if self.last is not None and packet.dts + self.shift <= self.last:
             self.shift = self.next - packet.dts
         packet.dts += self.shift
         if packet.pts is not None:
             packet.pts += self.shift
-        self.next = packet.dts + max(packet.duration or 0, 1)
+        self.last, self.next = packet.dts, packet.dts + max(packet.duration or 0, 1)
         if packet.pts is not None and packet.time_base:
             self.end = max(self.end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
         if not self.copy:
             for frame in packet.decode():
-                self.output.mux(self.stream.encode(frame))
+                self._encode(frame)
         else:
             packet.stream = self.stream
             self.output.mux(packet)
 
+    def _encode(self, frame: av.AudioFrame) -> None:
+        """Re-encode one decoded frame that may begin before the sound before it ends: encoded so, the
+        encoder's timestamps went back, which the muxer refuses (the whole clip failed). Up to
+        :data:`_AUDIO_JITTER` late, it is timestamps jittering: the frame follows on, all of it; more, a
+        corrupt packet decoded to more sound than its place holds: the samples there already are cut.
+        Less than a tick of the time base is the timestamps' rounding, and left as it is."""
+        if frame.pts is not None and frame.time_base and frame.sample_rate:
+            start = frame.pts * frame.time_base
+            if self.heard is not None and self.heard - start > frame.time_base:
+                if self.heard - start <= _AUDIO_JITTER:
+                    frame.pts = math.ceil(self.heard / frame.time_base)
+                else:
+                    skip = math.ceil((self.heard - start) * frame.sample_rate)
+                    if skip >= frame.samples:
+                        return
+                    frame = _cut(frame, skip)
+                start = frame.pts * frame.time_base
+            self.heard = start + Fraction(frame.samples, frame.sample_rate)
+        self.output.mux(self.stream.encode(frame))
+
     def close(self) -> None:
         if not self.copy:
             self.output.mux(self.stream.encode(None))
+
+
+def _cut(frame: av.AudioFrame, skip: int) -> av.AudioFrame:
+    """``frame`` less its first ``skip`` samples, timed where the rest begins (to a tick of its time base:
+    the encoder takes every frame in the first one's)."""
+    samples = frame.to_ndarray()  # (channels, samples) planar, (1, samples x channels) packed
+    step = 1 if frame.format.is_planar else len(frame.layout.channels)
+    rest = np.ascontiguousarray(samples[:, skip * step :])
+    cut = av.AudioFrame.from_ndarray(rest, format=frame.format.name, layout=frame.layout.name)
+    cut.sample_rate, cut.time_base = frame.sample_rate, frame.time_base
+    cut.pts = frame.pts + round(Fraction(skip, frame.sample_rate) / frame.time_base)
+    return cut
 
 
 @dataclass
@@ -744,6 +794,10 @@ def _video_encoder(
         # x264's AVX-512 code reads memory it never wrote (mb-tree with B-frames, at some frame widths), so
         # the same frames came out as other bytes after a restore had left other data in freed memory.
         options["x264-params"] = f"asm={cpu}"
+    if video.codec == "h265":  # x265 and SVT-AV1 wrote ~25 lines of their settings to stderr for every clip
+        options["x265-params"] = "log-level=error"
+    elif video.codec == "av1":  # read when an encoder opens; a level the user set is kept
+        os.environ.setdefault("SVT_LOG", "1")  # errors only
     out.options = options
     if video.codec == "h265":
         out.codec_tag = "hvc1"  # what Apple players expect for HEVC in MP4
@@ -814,6 +868,33 @@ def _x264_cpu_without_avx512() -> str | None:
     return None
 
 
+def _hold(partial: Path) -> object:
+    """An open handle on ``partial``, its lock held: :func:`_remove_abandoned` leaves the file alone."""
+    handle = open(partial, "rb")  # noqa: SIM115  (held open: the lock lives as long as the handle)
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # a file system without locks: its recent writes guard it
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+    return handle
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Delete the partial clips that restores of ``target`` left when they were killed (SIGKILL, the
+    out-of-memory killer: no cleanup runs then), which stayed hidden beside it for good, as large as
+    the clip written so far. A running restore holds its file's lock (:func:`_hold`), and a new file is
+    left alone (its restore may not have locked it yet)."""
+    if fcntl is None or not target.parent.is_dir():
+        return
+    for tmp in temp_files(target, PARTIAL_SUFFIX):
+        try:
+            if time.time() - tmp.stat().st_mtime < _ABANDONED_AFTER_S:
+                continue
+            with open(tmp, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a restore holds it
+                tmp.unlink()
+        except OSError:  # held, gone meanwhile, or not ours to delete: the new restore does not need it gone
+            continue
+
+
 def _output_duration(path: Path) -> float:
     """Seconds the written video stream lasts, as a player will read it."""
     with av.open(str(path)) as written:
@@ -875,11 +956,15 @@ def restore_video(
     try:
         # Written beside the target under a temporary name (what gfp batch clears after a killed run),
         # moved into place when whole: a target that cannot be written fails here, before any work.
+        _remove_abandoned(target)
         stack = contextlib.ExitStack()
+        held: list = []  # the partial clip's lock, released after it is moved into place or removed
+        stack.callback(lambda: held and held[0].close())
         partial = stack.enter_context(atomic_path(target, PARTIAL_SUFFIX))
     except OSError as exc:
         raise VideoError(f"{target}: cannot write the restored clip there ({_reason(exc)})") from None
     with stack:
+        held.append(_hold(partial))
         try:
             if needs_plan(options):
                 clock = time.perf_counter()

@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from _video_helpers import read_clip, write_clip
+from _video_helpers import read_clip, tone, write_clip
 from conftest import MOBILE, make_weights
 
 import gfp.video
@@ -419,6 +419,86 @@ def test_segments_joined_end_to_end_keep_their_sound(blind: Path, tmp_path: Path
     assert np.all(np.diff(restored.times) > 0)
 
 
+def _sound_end(path: Path) -> float:
+    """Where the last audio packet of ``path`` ends (seconds)."""
+    with av.open(str(path)) as clip:
+        packets = [p for p in clip.demux(clip.streams.audio[0]) if p.pts is not None]
+    return float((packets[-1].pts + packets[-1].duration) * packets[-1].time_base)
+
+
+@pytest.mark.parametrize(("audio", "how"), [("aac", "copied"), ("mp2", "re-encoded (mp2 → aac)")])
+def test_sound_whose_timestamps_jitter_stays_with_the_picture(
+    blind: Path, tmp_path: Path, audio: str, how: str
+) -> None:
+    """Audio timestamps jittering by a millisecond (a capture's MPEG-TS) make some packets begin before
+    the one before ends: each was moved after it, so the sound fell behind the picture, for good and
+    more and more (0.47 s after 10 s). Only timestamps that go back are moved; no sound is lost."""
+    source = tmp_path / "capture.ts"
+    with av.open(str(source), "w", format="mpegts") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = out.add_stream(audio, rate=48000)
+        sound.layout = "stereo"
+        for i in range(100):
+            frame = av.VideoFrame.from_ndarray(_scene(i=i), format="bgr24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        samples = tone(4.0)
+        if audio == "mp2":  # packed 16-bit
+            samples = (samples * 32767).astype(np.int16).T.reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format=sound.codec_context.format.name, layout="stereo")
+        frame.sample_rate = 48000
+        size = sound.codec_context.frame_size
+        for n, packet in enumerate([*sound.encode(frame), *sound.encode(None)]):
+            packet.pts = packet.dts = size * n + (96 if n % 2 else 0)  # every other packet 2 ms late
+            packet.time_base = Fraction(1, 48000)
+            out.mux(packet)
+    result = restore_video(
+        source, tmp_path / "out.mp4", _options(blind, upscale=1), restorer=_restorer(blind)
+    )
+    assert result.audio == how
+    assert _sound_end(result.path) == pytest.approx(_sound_end(source), abs=0.03)
+    heard, given = read_clip(result.path).audio.shape[1], read_clip(source).audio.shape[1]
+    assert heard == pytest.approx(given, abs=2048)
+
+
+def test_sound_that_decodes_longer_than_its_place_is_cut_not_refused(blind: Path, tmp_path: Path) -> None:
+    """A packet that decodes to more sound than its time slot (measured: garbled Opus packets of a WebM)
+    was re-encoded whole, the AAC encoder's timestamps went back and the whole clip failed ("Invalid
+    argument"); the sound that overlaps what came before is cut. Here FLAC frames of 96 ms, 60 ms apart."""
+    source = tmp_path / "overlap.nut"
+    with av.open(str(source), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = out.add_stream("flac", rate=48000)
+        sound.layout = "stereo"
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(_scene(i=i), format="bgr24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        frame = av.AudioFrame.from_ndarray(
+            (tone(1.0) * 32767).astype(np.int16).T.reshape(1, -1), layout="stereo"
+        )
+        frame.sample_rate = 48000
+        packets = [
+            p for p in [*sound.encode(frame), *sound.encode(None)] if p.size
+        ]  # 4608 samples, last 1920
+        for n, packet in enumerate(packets):
+            packet.pts = packet.dts = round(n * 0.06 * 48000)
+            packet.time_base = Fraction(1, 48000)
+            out.mux(packet)
+    result = restore_video(
+        source, tmp_path / "out.mp4", _options(blind, upscale=1), restorer=_restorer(blind)
+    )
+    assert result.audio == "re-encoded (flac → aac)"
+    restored = read_clip(result.path)
+    assert len(restored.frames) == 25
+    expected = (len(packets) - 1) * 0.06 + 1920 / 48000
+    assert restored.audio.shape[1] / restored.audio_rate == pytest.approx(expected, abs=0.05)
+
+
 def test_rotation_is_applied_to_the_pixels(blind: Path, tmp_path: Path) -> None:
     frames = [_scene(i=i) for i in range(10)]
     source = write_clip(tmp_path / "phone.mp4", frames, rotation=90)  # shown turned 90° counter-clockwise
@@ -535,6 +615,21 @@ def test_an_av1_clip_leaves_the_threads_scheduling_as_it_was(blind: Path, tmp_pa
     finally:
         os.sched_setscheduler(0, *before)  # for the tests after this one, also when it fails
     assert after == before
+
+
+@pytest.mark.parametrize(("codec", "chatter"), [("h265", "x265 [info]"), ("av1", "Svt[info]")])
+def test_encoders_say_nothing_on_success(blind: Path, tmp_path: Path, codec: str, chatter: str) -> None:
+    """x265 and SVT-AV1 printed their settings (about 25 lines) to stderr for every clip, between the
+    progress bars; only their errors are shown now."""
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(3)], audio=None)
+    command = [sys.executable, "-m", "gfp", "-i", str(source), "-o", str(tmp_path / "out"), "-s", "1",
+               "-v", str(blind / "tiny"), "--weights-dir", str(blind), "--bg_upsampler", "none",
+               "--detector", "retinaface_mobile0.25", "--device", "cpu", "--video-codec", codec]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "SVT_LOG"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert chatter not in done.stderr and "Svt[warn]" not in done.stderr, done.stderr[-2000:]
 
 
 def test_odd_output_size_is_padded_and_noted(blind: Path, tmp_path: Path) -> None:
@@ -857,6 +952,45 @@ def test_a_terminated_cli_removes_its_half_written_clip(blind: Path, tmp_path: P
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "gfp: interrupted" in err and "Traceback" not in err, err[-2000:]
     assert os.listdir(out) == ["clip.mp4"] and (out / "clip.mp4").read_bytes() == b"an earlier result"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory file locks")
+def test_the_partial_clip_of_a_killed_restore_is_removed_by_the_next(blind: Path, tmp_path: Path) -> None:
+    """SIGKILL (the out-of-memory killer) runs no cleanup: the partial clip stayed hidden beside the output
+    for good, as large as the clip written so far, rerun or not. The next restore of that clip removes it,
+    but not the locked file of a restore still running, a new one, or another clip's."""
+    import fcntl
+    import time
+
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(6)], audio=None)
+    out = tmp_path / "out"
+    out.mkdir()
+    hour_ago = time.time() - 3600
+
+    def partial(name: str, age: float = hour_ago) -> Path:
+        path = out / name
+        path.write_bytes(b"half a clip")
+        os.utime(path, (age, age))
+        return path
+
+    killed = partial(".clip.mp4.0badc0de.tmp")
+    kept = [partial(".clip.mp4.12345678.tmp"), partial(".clip.mp4.abcdef01.tmp", time.time())]
+    kept.append(partial(".other.mp4.0badc0de.tmp"))
+    locked: list[bool] = []
+
+    def try_lock(done: int, total: int, stage: str) -> None:  # the running restore holds its own file's lock
+        (mine,) = set(fnmatch.filter(os.listdir(out), PARTIAL_GLOB)) - {p.name for p in [*kept, killed]}
+        with open(out / mine, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                locked.append(True)
+
+    with open(kept[0], "rb") as running:
+        fcntl.flock(running, fcntl.LOCK_EX)
+        restore_video(source, out / "clip.mp4", _options(blind), restorer=_restorer(blind), progress=try_lock)
+    assert not killed.exists() and locked and all(locked)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["clip.mp4", *(p.name for p in kept)])
 
 
 def test_an_output_that_cannot_be_written_fails_before_any_work(blind: Path, tmp_path: Path) -> None:
