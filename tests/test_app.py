@@ -101,6 +101,29 @@ def test_flags_and_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_args(["--concurrency", "0"])
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("GFP_MAX_VIDEO_SECONDS", "nan", "--max-video-seconds must be at least 1, got nan"),
+        ("GRADIO_SERVER_PORT", "99999", "--port must be from 1 to 65535 (env GRADIO_SERVER_PORT), got 99999"),
+        ("GRADIO_SERVER_PORT", "0", "--port must be from 1 to 65535 (env GRADIO_SERVER_PORT), got 0"),
+    ],
+)
+def test_a_limit_of_nan_or_a_port_out_of_range_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    """Both passed the settings and the app died later with a bare traceback (NaN in the video limits while
+    the UI was built; the port in gradio's launch, after the weights check)."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_:
+        parse_args([])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_every_flag_names_its_environment_variable_and_reads_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -607,6 +630,46 @@ def test_a_cancelled_request_stops_working(client, server: Server, monkeypatch: 
     stopped_at = len(steps)
     time.sleep(0.5)
     assert len(steps) == stopped_at < 100  # no more steps after the cancel
+
+
+def test_a_request_whose_client_went_away_stops_working(
+    server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A closed tab or a killed client is no cancel: gradio keeps the running event listed, only marked not
+    alive, and the work ran to the end for nobody, holding the queue's place (a 3 s clip: a minute on a
+    CPU, the next request waiting behind it). It stops, and quietly: no traceback in the server's log."""
+    import httpx
+
+    from gfp.pipeline import Restorer
+
+    steps: list[int] = []
+
+    def slow_restore(self: Restorer, img: np.ndarray, options: object, progress: Any) -> None:
+        for step in range(100):
+            steps.append(step)
+            progress(step, 100, "restore")
+            time.sleep(0.05)
+        raise AssertionError("a request nobody waits for ran to the end")
+
+    monkeypatch.setattr(Restorer, "restore", slow_restore)
+    api = f"{server.url}gradio_api"
+    restore = next(fn._id for fn in server.demo.fns.values() if fn.api_name == "restore")
+    with httpx.Client(timeout=30) as http:  # as the browser's page calls it: join the queue, then listen
+        with (EXAMPLES / "astronaut_lowres.png").open("rb") as photo:
+            path = http.post(f"{api}/upload", files={"files": photo}).json()[0]
+        data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, server.model, 2, "none", 1.0, False]
+        data += [False, DETECTOR, "PNG", "none", "all", 0]
+        joined = {"data": data, "fn_index": restore, "session_hash": "went-away"}
+        http.post(f"{api}/queue/join", json=joined).raise_for_status()
+        with http.stream("GET", f"{api}/queue/data", params={"session_hash": "went-away"}) as stream:
+            for _ in stream.iter_lines():  # progress messages come with each step
+                if len(steps) >= 3:
+                    break  # the tab is closed: its connection ends
+    time.sleep(0.5)
+    stopped_at = len(steps)
+    time.sleep(0.5)
+    assert len(steps) == stopped_at < 100  # no more steps once the client has gone
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_the_queue_cannot_be_skipped(server: Server) -> None:

@@ -153,22 +153,31 @@ class RequestContext:
         return None if background == self.may_fall_back else background
 
 
-class Cancelled(Exception):
-    """Raised from a request's progress report when its event was cancelled, to end the work."""
+class Cancelled(gr.Error):
+    """Raised from a request's progress report when its event was cancelled, to end the work. A gradio
+    error that prints no traceback: nobody waits for it, and a client that went away is no fault of the
+    server's (its log got a traceback for each closed tab)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, print_exception=False)
 
 
 def queued_event() -> str | None:
-    """The id of the gradio event this thread runs while gradio's queue lists it; None once it is cancelled
-    (the UI's Stop, gradio_client's ``Job.cancel``), and outside a queued event: a direct call, or a ZeroGPU
-    worker process, whose copy of the queue never changes.
+    """The id of the gradio event this thread runs while gradio's queue lists it alive; None once it is
+    cancelled (the UI's Stop, gradio_client's ``Job.cancel``) or its client has gone (a closed tab, a killed
+    client), and outside a queued event: a direct call, or a ZeroGPU worker process, whose copy of the queue
+    never changes.
 
     On a cancel gradio stops waiting and frees the request's place in the queue at once, but cannot stop
     the thread that runs the handler: :meth:`Request.stop_if_cancelled` compares this with the id the
-    request started under, so the work ends instead of running on beside the next request.
+    request started under, so the work ends instead of running on beside the next request. A client that
+    goes away leaves its running event listed, only marked not alive: the work would run to the end for
+    nobody, holding the queue's place.
     """
     blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
     running = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", None)  # gradio's queue
-    return event_id if isinstance(running, dict) and event_id in running else None
+    event = running.get(event_id) if isinstance(running, dict) else None
+    return event_id if event is not None and getattr(event, "alive", True) else None
 
 
 def number(name: str, value: Any, low: float, high: float) -> float:

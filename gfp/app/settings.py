@@ -167,8 +167,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
         ("--max-video-seconds", args.max_video_seconds),
         ("--max-video-pixels", args.max_video_pixels),
     ):
-        if value is not None and value < 1:
+        if value is not None and not value >= 1:  # "nan" is a float, and not < 1: it failed later
             parser.error(f"{name} must be at least 1, got {value}")
+    if args.port is not None and not 1 <= args.port <= 65535:  # gradio fails late on it, with a traceback
+        parser.error(f"--port must be from 1 to 65535 (env GRADIO_SERVER_PORT), got {args.port}")
     return AppSettings(
         models=tuple(m.strip() for m in models if m.strip()),
         weights_dir=args.weights_dir,
