@@ -15,11 +15,13 @@ itself is the package :mod:`gfp.app`; this file starts it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 
 from gfp.app.settings import check_weights, default_model_spec, parse_args
 from gfp.app.ui import build_app, launch
+from gfp.atomic import unwinding_on_termination
 from gfp.pipeline import RestoreOptions, Restorer
 
 
@@ -35,7 +37,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"app.py: {message}")
     if not weights.missing:
         warm_up(restorer, default_model_spec(settings))
-    launch(build_app(settings, restorer, weights), settings)
+    # A stopped service (SIGTERM) ends as Ctrl-C does: the server closes and the results' folder is removed;
+    # during gradio's start-up (after it listens, before it waits) either leaves quietly too.
+    with unwinding_on_termination(), contextlib.suppress(KeyboardInterrupt):
+        launch(build_app(settings, restorer, weights), settings)
 
 
 def warm_up(restorer: Restorer, spec: str) -> list[threading.Thread]:

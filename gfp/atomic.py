@@ -3,7 +3,8 @@
 A reader never sees half a file under the final name, even if the writer dies. The temporary file is
 created with the permissions any new file gets (0666 less the umask, as ``open`` would give), not
 ``tempfile.mkstemp``'s owner-only 0600, so outputs, downloads and published models are as readable as
-the user's other files.
+the user's other files. :func:`unwinding_on_termination` makes a killed job (SIGTERM, SIGHUP) clean up
+as Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import errno
 import glob
 import os
 import secrets
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,3 +93,24 @@ def atomic_path(dest: Path, suffix: str = ".part") -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def unwinding_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a killed job, a stopped service, a closed terminal) unwind like Ctrl-C, so a
+    half-written output's temporary file is removed, an earlier output kept and exit handlers run (Python
+    runs none for a signal it does not handle); the previous handlers are put back after."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    wanted = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, stop) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

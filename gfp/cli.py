@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import signal
 import sys
 import threading
 import warnings
@@ -33,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gfp import registry
+from gfp.atomic import unwinding_on_termination
 from gfp.background import scaled_size
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
@@ -431,26 +431,6 @@ def face_summary(result: RestoreResult | VideoResult) -> str:
 
 
 @contextmanager
-def _unwinding_on_termination() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a killed job, a closed terminal) unwind like Ctrl-C, so a half-written output's
-    temporary file is removed and an earlier output kept; the previous handlers are put back after."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    wanted = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None]
-    previous = {sig: signal.signal(sig, stop) for sig in wanted}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextmanager
 def _one_line_warnings() -> Iterator[None]:
     """Warnings (OpenVINO falling back to PyTorch, say) as ``gfp: warning: ...`` lines, not Python's
     file:line text with a line of our source; the previous display is put back after."""
@@ -470,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (130 when interrupted: Ctrl-C, SIGTERM, SIGHUP). ``export-onnx``
     as first argument runs :mod:`gfp.onnx`, ``batch`` runs :mod:`gfp.batch`."""
     try:
-        with _unwinding_on_termination(), _one_line_warnings():
+        with unwinding_on_termination(), _one_line_warnings():
             return _main(argv)
     except KeyboardInterrupt:
         _interrupted()

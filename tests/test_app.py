@@ -321,6 +321,51 @@ def test_bad_device_is_a_clear_exit() -> None:
         app.main(["--device", "cuda:7", "--no-mcp"])
 
 
+def test_a_stopped_app_removes_its_results(tmp_path: Path) -> None:
+    """A service stops the app with SIGTERM (``docker stop``, systemd, a Space restarting): it ends as Ctrl-C
+    does, closing the server, and its folder of results (every download of the last hour) is removed, where
+    Python ran no exit handler for the signal and left it in the temporary folder."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import free_port, make_weights
+
+    weights = make_weights(tmp_path / "weights")
+    (tmp_path / "tmp").mkdir()
+    port = free_port()
+    args = ["--model", str(weights / "tiny"), "--weights-dir", str(weights), "--port", str(port)]
+    args += ["--device", "cpu", "--backend", "torch", "--detector", DETECTOR, "--bg-upsampler", "none"]
+    env = os.environ | {"TMPDIR": str(tmp_path / "tmp"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", *args, "--no-mcp"],
+        cwd=Path(app.__file__).parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # serving once it accepts connections
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr and proc.stderr.read()
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        assert list((tmp_path / "tmp").glob("gfp-app-*"))  # the results' folder is made at launch
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert not list((tmp_path / "tmp").glob("gfp-app-*"))
+
+
 # --- through the server ------------------------------------------------------------------------------
 
 
