@@ -144,10 +144,11 @@ def test_every_flag_names_its_environment_variable_and_reads_it(
 def test_bad_detector_or_background_in_the_environment_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """argparse checks the choices of flags only: a mistyped variable must not start an app that fails."""
+    """argparse checks the choices of flags only: a mistyped variable must not start an app that fails, or
+    fail naming no variable (the backend's did, as if it were a flag)."""
     monkeypatch.setenv("GFP_BG_UPSAMPLER", "")  # empty: unset
     assert parse_args([]).background is None
-    for variable, value in (("GFP_DETECTOR", "foo"), ("GFP_BG_UPSAMPLER", "bar")):
+    for variable, value in (("GFP_DETECTOR", "foo"), ("GFP_BG_UPSAMPLER", "bar"), ("GFP_BACKEND", "onnx")):
         monkeypatch.setenv(variable, value)
         with pytest.raises(SystemExit) as exit_:
             parse_args([])

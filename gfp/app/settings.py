@@ -98,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     )
     parser.add_argument(
         "--backend",
-        default=env("GFP_BACKEND", "auto"),
+        default=(env("GFP_BACKEND") or "auto").strip().lower(),  # as gfp.devices reads it
         choices=BACKENDS,
         help="auto: OpenVINO on a CPU when installed, else PyTorch; torch; openvino (env GFP_BACKEND)",
     )
@@ -154,6 +154,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AppSettings:
     for variable, value, choices in (
         ("GFP_DETECTOR", args.detector, detectors),
         ("GFP_BG_UPSAMPLER", args.background, upsamplers),
+        ("GFP_BACKEND", args.backend, BACKENDS),
     ):
         if value is not None and value not in choices:  # argparse checks flags given, not env defaults
             listed = ", ".join(map(repr, choices))
