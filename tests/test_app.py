@@ -295,7 +295,8 @@ def test_missing_weights_banner_names_the_files_and_the_fallbacks(tmp_path: Path
     banner = weights_banner(check)
     assert "nope.pth" in banner and "--weights-dir" in banner
     assert "Running with fallbacks" in banner and "Lanczos" in banner and "realesr-general-x4v3.pth" in banner
-    assert str(tmp_path) not in banner and "/.cache/" not in banner  # visitors see no server folder
+    assert str(tmp_path) not in banner  # visitors see no server folder (~/.cache/gfp, the default, is none)
+    assert "/.cache/" not in banner.replace("~/.cache/gfp", "")
     assert weights_banner(WeightsCheck()) == ""
     explicit = check_weights(dataclasses.replace(settings, background="realesr-general-x4v3"))
     assert any("realesr-general-x4v3.pth" in m for m in explicit.missing)  # asked for at launch: required
@@ -315,6 +316,27 @@ def test_no_paths_cuts_folders_but_keeps_urls() -> None:
     )
     assert no_paths("owner/repo") == "owner/repo"  # a Hub repo id is no path
     assert no_paths("dir:/srv/w/x.pth and file:///srv/w/y.pth") == "dir:x.pth and file:y.pth"
+
+
+@pytest.mark.usefixtures("offline")
+def test_the_banner_names_the_download_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The missing-weights message names the download cache as its user knows it; cut to its last part it
+    read "cache (GFP_CACHE_DIR or gfp)" and "copy it to gfp"."""
+    from gfp.weights.errors import WeightsNotFoundError
+    from gfp.weights.resolve import resolve
+
+    monkeypatch.delenv("GFP_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(WeightsNotFoundError) as err:
+        resolve("parsenet", tmp_path)
+    shown = no_paths(str(err.value))
+    assert "cache (GFP_CACHE_DIR or ~/.cache/gfp): ~/.cache/gfp/parsing_parsenet.pth does not" in shown
+    assert "or copy it to ~/.cache/gfp," in shown and str(tmp_path) not in shown
+    monkeypatch.setenv("GFP_CACHE_DIR", str(tmp_path / "server" / "models"))  # a server's folder: not shown
+    with pytest.raises(WeightsNotFoundError) as err:
+        resolve("parsenet", tmp_path)
+    shown = no_paths(str(err.value))
+    assert "or copy it to GFP_CACHE_DIR's folder," in shown and "server" not in shown
 
 
 def test_bad_device_is_a_clear_exit() -> None:

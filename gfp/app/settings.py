@@ -20,7 +20,7 @@ from gfp import registry
 from gfp.devices import BACKENDS, select_device
 from gfp.video import VideoOptions
 from gfp.weights.errors import WeightsError
-from gfp.weights.resolve import resolve
+from gfp.weights.resolve import cache_dir, resolve
 
 
 def _env_number(name: str, kind: type[int] | type[float] = int) -> int | float | None:
@@ -282,16 +282,31 @@ _PART = r"[^/\s'\"():`]+"
 _PATH = re.compile(rf"(?<![\w/.~-])[\w.~-]*(?:/+{_PART})+/+({_PART})")
 """A file path with its folders (absolute, from ~ or .., or relative with two slashes or more: one slash is
 a Hub repo id) that starts a word (or follows a colon: ``dir:/srv/...``, ``file:///srv/...``)."""
-_URL = re.compile(r"\bhttps?://[^\s'\"()`]+")
-"""A web address (a download's): kept whole, as it names no folder of the server."""
+_KEPT = re.compile(r"\bhttps?://[^\s'\"()`]+|~/\.cache/gfp\b")
+"""Kept whole: a web address (a download's), and the download cache's default folder, which name no
+folder of this server (cut to its last part, the cache read "GFP_CACHE_DIR or gfp")."""
 
 
 def no_paths(text: str) -> str:
     """``text`` with every file path cut to its last part: what visitors see names files, never the
-    server's folders. Web addresses (a download's) are kept whole."""
-    kept = _URL.findall(text)
-    cut = [_PATH.sub(r"\1", part) for part in _URL.split(text)]
+    server's folders. Web addresses (a download's) are kept whole, and the download cache is named as its
+    user set it (``~/.cache/gfp``, or GFP_CACHE_DIR's folder)."""
+    text = _cache_named(text)
+    kept = _KEPT.findall(text)
+    cut = [_PATH.sub(r"\1", part) for part in _KEPT.split(text)]
     return "".join(part + url for part, url in zip(cut, [*kept, ""], strict=True))
+
+
+def _cache_named(text: str) -> str:
+    """``text`` with the download cache's folder written as ``~/.cache/gfp`` (the default) or "GFP_CACHE_DIR's
+    folder" (one set: a server folder)."""
+    try:
+        folder = str(cache_dir())
+    except WeightsError:  # no home folder: no cache folder to name
+        return text
+    return text.replace(
+        folder, "GFP_CACHE_DIR's folder" if os.environ.get("GFP_CACHE_DIR") else "~/.cache/gfp"
+    )
 
 
 def weights_banner(check: WeightsCheck) -> str:
