@@ -670,44 +670,8 @@ def test_concurrent_requests_get_their_own_results(server: Server, tmp_path: Pat
         np.testing.assert_array_equal(together, alone)
 
 
-def test_a_cancelled_request_stops_working(client, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """gradio frees a cancelled request's place in the queue at once but cannot stop its thread: the work
-    must end at its next progress report, or it goes on beside the next request, past the concurrency
-    limit."""
-    from gfp.pipeline import Restorer
-
-    steps: list[int] = []
-
-    def slow_restore(self: Restorer, img: np.ndarray, options: object, progress: Any) -> None:
-        for step in range(100):
-            steps.append(step)
-            progress(step, 100, "restore")
-            time.sleep(0.05)
-        raise AssertionError("a cancelled request ran to the end")
-
-    monkeypatch.setattr(Restorer, "restore", slow_restore)
-    args = {"model": server.model, "background": "none", "detector": DETECTOR}
-    photo = gradio_client.handle_file(str(EXAMPLES / "astronaut_lowres.png"))
-    job = client.submit(photo, **args, api_name="/restore")
-    deadline = time.monotonic() + 30
-    while len(steps) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert steps, "the request never started"
-    job.cancel()
-    time.sleep(0.5)
-    stopped_at = len(steps)
-    time.sleep(0.5)
-    assert len(steps) == stopped_at < 100  # no more steps after the cancel
-
-
-def test_a_request_whose_client_went_away_stops_working(
-    server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A closed tab or a killed client is no cancel: gradio keeps the running event listed, only marked not
-    alive, and the work ran to the end for nobody, holding the queue's place (a 3 s clip: a minute on a
-    CPU, the next request waiting behind it). It stops, and quietly: no traceback in the server's log."""
-    import httpx
-
+def _slow_restores(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``Restorer.restore`` made 100 slow progress reports that never end in a result; the steps reached."""
     from gfp.pipeline import Restorer
 
     steps: list[int] = []
@@ -720,6 +684,42 @@ def test_a_request_whose_client_went_away_stops_working(
         raise AssertionError("a request nobody waits for ran to the end")
 
     monkeypatch.setattr(Restorer, "restore", slow_restore)
+    return steps
+
+
+def _assert_stopped(steps: list[int]) -> None:
+    """No more steps come (after a moment for the one under way)."""
+    time.sleep(0.5)
+    stopped_at = len(steps)
+    time.sleep(0.5)
+    assert len(steps) == stopped_at < 100
+
+
+def test_a_cancelled_request_stops_working(client, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gradio frees a cancelled request's place in the queue at once but cannot stop its thread: the work
+    must end at its next progress report, or it goes on beside the next request, past the concurrency
+    limit."""
+    steps = _slow_restores(monkeypatch)
+    args = {"model": server.model, "background": "none", "detector": DETECTOR}
+    photo = gradio_client.handle_file(str(EXAMPLES / "astronaut_lowres.png"))
+    job = client.submit(photo, **args, api_name="/restore")
+    deadline = time.monotonic() + 30
+    while len(steps) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert steps, "the request never started"
+    job.cancel()
+    _assert_stopped(steps)
+
+
+def test_a_request_whose_client_went_away_stops_working(
+    server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A closed tab or a killed client is no cancel: gradio keeps the running event listed, only marked not
+    alive, and the work ran to the end for nobody, holding the queue's place (a 3 s clip: a minute on a
+    CPU, the next request waiting behind it). It stops, and quietly: no traceback in the server's log."""
+    import httpx
+
+    steps = _slow_restores(monkeypatch)
     api = f"{server.url}gradio_api"
     restore = next(fn._id for fn in server.demo.fns.values() if fn.api_name == "restore")
     with httpx.Client(timeout=30) as http:  # as the browser's page calls it: join the queue, then listen
@@ -733,10 +733,7 @@ def test_a_request_whose_client_went_away_stops_working(
             for _ in stream.iter_lines():  # progress messages come with each step
                 if len(steps) >= 3:
                     break  # the tab is closed: its connection ends
-    time.sleep(0.5)
-    stopped_at = len(steps)
-    time.sleep(0.5)
-    assert len(steps) == stopped_at < 100  # no more steps once the client has gone
+    _assert_stopped(steps)
     assert "Traceback" not in capsys.readouterr().err
 
 

@@ -426,6 +426,21 @@ def _sound_end(path: Path) -> float:
     return float((packets[-1].pts + packets[-1].duration) * packets[-1].time_base)
 
 
+def _small_video_with(out: av.container.OutputContainer, frames: int, audio: str) -> av.audio.AudioStream:
+    """``frames`` small frames at 25 fps written into ``out``, and an ``audio`` stream (48 kHz stereo) added
+    for the caller to fill."""
+    video = out.add_stream("libx264", rate=25)
+    video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+    sound = out.add_stream(audio, rate=48000)
+    sound.layout = "stereo"
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(_scene(i=i), format="bgr24")
+        frame.pts = i
+        out.mux(video.encode(frame))
+    out.mux(video.encode(None))
+    return sound
+
+
 @pytest.mark.parametrize(("audio", "how"), [("aac", "copied"), ("mp2", "re-encoded (mp2 → aac)")])
 def test_sound_whose_timestamps_jitter_stays_with_the_picture(
     blind: Path, tmp_path: Path, audio: str, how: str
@@ -435,15 +450,7 @@ def test_sound_whose_timestamps_jitter_stays_with_the_picture(
     more and more (0.47 s after 10 s). Only timestamps that go back are moved; no sound is lost."""
     source = tmp_path / "capture.ts"
     with av.open(str(source), "w", format="mpegts") as out:
-        video = out.add_stream("libx264", rate=25)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        sound = out.add_stream(audio, rate=48000)
-        sound.layout = "stereo"
-        for i in range(100):
-            frame = av.VideoFrame.from_ndarray(_scene(i=i), format="bgr24")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
+        sound = _small_video_with(out, 100, audio)
         samples = tone(4.0)
         if audio == "mp2":  # packed 16-bit
             samples = (samples * 32767).astype(np.int16).T.reshape(1, -1)
@@ -469,15 +476,7 @@ def test_sound_that_decodes_longer_than_its_place_is_cut_not_refused(blind: Path
     argument"); the sound that overlaps what came before is cut. Here FLAC frames of 96 ms, 60 ms apart."""
     source = tmp_path / "overlap.nut"
     with av.open(str(source), "w") as out:
-        video = out.add_stream("libx264", rate=25)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        sound = out.add_stream("flac", rate=48000)
-        sound.layout = "stereo"
-        for i in range(25):
-            frame = av.VideoFrame.from_ndarray(_scene(i=i), format="bgr24")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
+        sound = _small_video_with(out, 25, "flac")
         frame = av.AudioFrame.from_ndarray(
             (tone(1.0) * 32767).astype(np.int16).T.reshape(1, -1), layout="stereo"
         )
