@@ -19,7 +19,7 @@ import contextlib
 import threading
 from collections.abc import Sequence
 
-from gfp.app.settings import check_weights, default_model_spec, parse_args
+from gfp.app.settings import check_weights, default_model_spec, listen_problem, parse_args
 from gfp.app.ui import build_app, launch
 from gfp.atomic import unwinding_on_termination
 from gfp.pipeline import RestoreOptions, Restorer
@@ -28,6 +28,9 @@ from gfp.pipeline import RestoreOptions, Restorer
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: parse flags, check (and on a Space download) the weights, build, serve."""
     settings = parse_args(argv)
+    problem = listen_problem(settings)
+    if problem:  # said now, not after the weights are checked (downloaded, on a Space)
+        raise SystemExit(f"app.py: error: {problem}")
     try:
         restorer = Restorer(settings.weights_dir, settings.device, backend=settings.backend)
     except ValueError as exc:  # e.g. --device cuda on a machine without CUDA, --backend openvino on a GPU

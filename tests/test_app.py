@@ -344,6 +344,23 @@ def test_bad_device_is_a_clear_exit() -> None:
         app.main(["--device", "cuda:7", "--no-mcp"])
 
 
+def test_a_port_in_use_is_said_before_the_weights_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gradio found a taken port only when it started serving, after the weights check (downloads, on a
+    Space), and said so with a traceback."""
+    import socket
+
+    def no_check(*args: object) -> None:
+        raise AssertionError("the weights were checked first")
+
+    monkeypatch.setattr(app, "check_weights", no_check)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"app.py: error: cannot listen on 127.0.0.1:{port} .*--port"):
+            app.main(["--port", str(port), "--no-mcp"])
+
+
 def test_a_stopped_app_removes_its_results(tmp_path: Path) -> None:
     """A service stops the app with SIGTERM (``docker stop``, systemd, a Space restarting): it ends as Ctrl-C
     does, closing the server, and its folder of results (every download of the last hour) is removed, where

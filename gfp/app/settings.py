@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,6 +286,22 @@ a Hub repo id) that starts a word (or follows a colon: ``dir:/srv/...``, ``file:
 _KEPT = re.compile(r"\bhttps?://[^\s'\"()`]+|~/\.cache/gfp\b")
 """Kept whole: a web address (a download's), and the download cache's default folder, which name no
 folder of this server (cut to its last part, the cache read "GFP_CACHE_DIR or gfp")."""
+
+
+def listen_problem(settings: AppSettings) -> str | None:
+    """Why the app cannot listen on its ``--server-name`` and ``--port`` (taken by another program, an
+    address not of this machine), found before the weights are checked (on a Space, downloaded): gradio
+    finds it only then, with a traceback. None when it can, or when no port is set (gradio picks one)."""
+    if settings.port is None:
+        return None
+    with socket.socket(socket.AF_INET6 if ":" in settings.server_name else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
+        try:
+            sock.bind((settings.server_name, settings.port))
+        except OSError as err:
+            why = err.strerror or str(err)
+            return f"cannot listen on {settings.server_name}:{settings.port} ({why}); choose another --port"
+    return None
 
 
 def no_paths(text: str) -> str:
