@@ -3,7 +3,9 @@
 A reader never sees half a file under the final name, even if the writer dies. The temporary file is
 created with the permissions any new file gets (0666 less the umask, as ``open`` would give), not
 ``tempfile.mkstemp``'s owner-only 0600, so outputs, downloads and published models are as readable as
-the user's other files. :func:`unwinding_on_termination` makes a killed job (SIGTERM, SIGHUP) clean up
+the user's other files. A writer killed outright (SIGKILL, the out-of-memory killer) runs no cleanup: a
+temporary file it held (``atomic_path(..., held=True)``) is removed by the next writer of the same file
+(:func:`remove_abandoned`). :func:`unwinding_on_termination` makes a killed job (SIGTERM, SIGHUP) clean up
 as Ctrl-C does.
 """
 
@@ -15,9 +17,15 @@ import os
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows, where a file open in a live writer cannot be deleted anyway
+    fcntl = None  # type: ignore[assignment]
 
 # The temporary file of an output (".NAME.XXXX.tmp" beside NAME: write_image's, and gfp.video's for a clip)
 # until it is renamed over NAME: what a killed writer leaves behind, and how a later run finds it.
@@ -28,6 +36,8 @@ _NAME_MAX = 255
 """Bytes in one file name on the usual file systems: a temporary name is cut to fit."""
 _TOKEN_HEX = 8
 """Hex digits of the random part of a temporary name."""
+ABANDONED_AFTER_S = 60.0
+"""A held temporary file this old, and unlocked, has lost its writer (:func:`remove_abandoned`)."""
 
 
 def _temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
@@ -75,24 +85,59 @@ def make_folder(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_path(dest: Path, suffix: str = ".part") -> Iterator[Path]:
+def atomic_path(dest: Path, suffix: str = ".part", held: bool = False) -> Iterator[Path]:
     """Yield a temp path beside ``dest``: renamed to ``dest`` if the block succeeds, else deleted.
 
     A ``dest`` that is a folder, or one that cannot be written, raises ``OSError`` naming ``dest`` before
-    the block runs, so no work is done for a file that could not be kept.
+    the block runs, so no work is done for a file that could not be kept. ``held``: the temporary file is
+    locked until it is renamed or deleted, so that :func:`remove_abandoned` leaves it alone (for long
+    writes, whose writer may be killed outright: downloads, clips; the block must write the file in place,
+    not make it anew).
     """
     make_folder(dest.parent)
     if dest.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder is there", str(dest))
     fd, tmp = _temp_beside(dest, suffix)
     mode = os.fstat(fd).st_mode & 0o777
-    os.close(fd)
+    if held and fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+    else:
+        os.close(fd)
+        fd = -1
     try:
         yield tmp
         os.chmod(tmp, mode)  # a writer that made the file anew (safetensors' save_file) made it 0600
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+        if fd >= 0:
+            os.close(fd)  # the lock goes with it, once the file is in place or gone
+
+
+def remove_abandoned(dest: Path, suffix: str) -> None:
+    """Delete the temporary files that held writes of ``dest`` (:func:`atomic_path`) left when their process
+    was killed outright, which would stay hidden beside ``dest`` for good, as large as what was written. A
+    live writer holds its file's lock, and a new file is left alone (its writer may not have locked it
+    yet)."""
+    for tmp in temp_files(dest, suffix):
+        try:
+            if time.time() - tmp.stat().st_mtime < ABANDONED_AFTER_S or _locked(tmp):
+                continue
+            tmp.unlink()
+        except OSError:  # gone meanwhile, or not ours to delete: the new writer does not need it gone
+            continue
+
+
+def _locked(path: Path) -> bool:
+    """Whether a live writer holds ``path``'s lock (never, where there are no such locks)."""
+    if fcntl is None:
+        return False
+    with open(path, "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
 
 @contextmanager

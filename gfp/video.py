@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from gfp import stages
-from gfp.atomic import PARTIAL_SUFFIX, atomic_path, temp_files
+from gfp.atomic import PARTIAL_SUFFIX, atomic_path, remove_abandoned
 from gfp.background import scaled_size
 from gfp.checks import is_real, is_whole
 from gfp.faces import align_faces
@@ -49,10 +49,6 @@ from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; a killed run's partial clip stays (gfp batch clears it)
-    fcntl = None  # type: ignore[assignment]
 try:
     import av
     from av.video.reformatter import Interpolation
@@ -94,8 +90,6 @@ _MISSING_FRAMES_TOLERANCE = 0.01
 _AUDIO_JITTER = Fraction(1, 50)
 """Seconds that re-encoded sound may begin before the sound before it ends and still be taken as whole, its
 timestamps jittering (a capture's): it follows on, so the sound is late by at most this much."""
-_ABANDONED_AFTER_S = 60.0
-"""A partial clip this old (unwritten for so long), and unlocked, has lost the restore that wrote it."""
 
 
 class VideoError(ValueError):
@@ -868,33 +862,6 @@ def _x264_cpu_without_avx512() -> str | None:
     return None
 
 
-def _hold(partial: Path) -> object:
-    """An open handle on ``partial``, its lock held: :func:`_remove_abandoned` leaves the file alone."""
-    handle = open(partial, "rb")  # noqa: SIM115  (held open: the lock lives as long as the handle)
-    if fcntl is not None:
-        with contextlib.suppress(OSError):  # a file system without locks: its recent writes guard it
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
-    return handle
-
-
-def _remove_abandoned(target: Path) -> None:
-    """Delete the partial clips that restores of ``target`` left when they were killed (SIGKILL, the
-    out-of-memory killer: no cleanup runs then), which stayed hidden beside it for good, as large as
-    the clip written so far. A running restore holds its file's lock (:func:`_hold`), and a new file is
-    left alone (its restore may not have locked it yet)."""
-    if fcntl is None or not target.parent.is_dir():
-        return
-    for tmp in temp_files(target, PARTIAL_SUFFIX):
-        try:
-            if time.time() - tmp.stat().st_mtime < _ABANDONED_AFTER_S:
-                continue
-            with open(tmp, "rb") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a restore holds it
-                tmp.unlink()
-        except OSError:  # held, gone meanwhile, or not ours to delete: the new restore does not need it gone
-            continue
-
-
 def _output_duration(path: Path) -> float:
     """Seconds the written video stream lasts, as a player will read it."""
     with av.open(str(path)) as written:
@@ -954,17 +921,15 @@ def restore_video(
     tracks: set[int] = set()
     plan = None
     try:
-        # Written beside the target under a temporary name (what gfp batch clears after a killed run),
-        # moved into place when whole: a target that cannot be written fails here, before any work.
-        _remove_abandoned(target)
+        # Written beside the target under a temporary name, held while written and moved into place when
+        # whole (a killed run's is removed here: remove_abandoned); a target that cannot be written fails
+        # here, before any work.
+        remove_abandoned(target, PARTIAL_SUFFIX)
         stack = contextlib.ExitStack()
-        held: list = []  # the partial clip's lock, released after it is moved into place or removed
-        stack.callback(lambda: held and held[0].close())
-        partial = stack.enter_context(atomic_path(target, PARTIAL_SUFFIX))
+        partial = stack.enter_context(atomic_path(target, PARTIAL_SUFFIX, held=True))
     except OSError as exc:
         raise VideoError(f"{target}: cannot write the restored clip there ({_reason(exc)})") from None
     with stack:
-        held.append(_hold(partial))
         try:
             if needs_plan(options):
                 clock = time.perf_counter()

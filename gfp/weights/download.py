@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,12 +11,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-try:
-    import fcntl
-except ImportError:  # Windows, where a file open in a live download cannot be deleted anyway
-    fcntl = None  # type: ignore[assignment]
-
-from gfp.atomic import atomic_path, temp_files
+from gfp.atomic import atomic_path, remove_abandoned
 from gfp.registry import ModelEntry
 from gfp.weights.errors import ChecksumMismatchError, DownloadError
 from gfp.weights.files import CHECKPOINT_STARTS, HEAD_BYTES, page_or_text
@@ -25,7 +19,6 @@ from gfp.weights.files import CHECKPOINT_STARTS, HEAD_BYTES, page_or_text
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30.0
 _PART = ".part"  # a download's temporary file: .NAME.XXXXXXXX.part beside NAME (gfp.atomic)
-_ABANDONED_AFTER_S = 60.0  # a temporary file this old, and unlocked, has lost its download
 
 
 def describe(err: BaseException) -> str:
@@ -45,9 +38,12 @@ def download(entry: ModelEntry, dest: Path, progress: bool = True) -> Path:
     """
     if entry.url is None:
         raise urllib.error.URLError(f"{entry.name} has no public download")
-    _remove_abandoned(dest)
+    remove_abandoned(dest, _PART)  # what downloads killed outright left, hundreds of MB each
     request = urllib.request.Request(entry.url, headers={"User-Agent": "gfp"})
-    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, atomic_path(dest, _PART) as tmp:
+    with (
+        urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response,
+        atomic_path(dest, _PART, held=True) as tmp,
+    ):
         total = int(response.headers.get("Content-Length") or 0) or None
         try:
             sha256, size, head = _copy_with_progress(response, tmp, total, entry.file_name, progress)
@@ -63,31 +59,6 @@ def download(entry: ModelEntry, dest: Path, progress: bool = True) -> Path:
     return dest
 
 
-def _remove_abandoned(dest: Path) -> None:
-    """Delete the temporary files that downloads of ``dest`` left when their process was killed (no cleanup
-    runs then), which would stay beside ``dest`` for good, hundreds of MB each. A live download locks its
-    file, and a new file is left alone (its download may not have locked it yet)."""
-    for tmp in temp_files(dest, _PART):
-        try:
-            if time.time() - tmp.stat().st_mtime < _ABANDONED_AFTER_S or _locked(tmp):
-                continue
-            tmp.unlink()
-        except OSError:  # gone meanwhile, or not ours to delete: a new download does not need it gone
-            continue
-
-
-def _locked(path: Path) -> bool:
-    """Whether a live download holds ``path``'s lock (never, where there are no such locks)."""
-    if fcntl is None:
-        return False
-    with open(path, "rb") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-    return False
-
-
 def _copy_with_progress(
     response: IO[bytes], dest: Path, total: int | None, label: str, progress: bool
 ) -> tuple[str, int, bytes]:
@@ -98,8 +69,6 @@ def _copy_with_progress(
     head = b""
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress)
     with open(dest, "wb") as fh, bar:
-        if fcntl is not None:  # held while the file is written: _remove_abandoned leaves it alone
-            fcntl.flock(fh, fcntl.LOCK_EX)
         while chunk := response.read(_CHUNK):
             fh.write(chunk)
             digest.update(chunk)
