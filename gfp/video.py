@@ -260,6 +260,10 @@ def probe_video(path: str | os.PathLike[str], options: VideoOptions | None = Non
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
     if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg's still images
+        streams = container.streams.video
+        if not streams or streams[0].codec_context is None or not streams[0].codec_context.width:
+            # taken for a picture by its name alone (a text file named .png): it is neither
+            raise VideoError(f"{path}: not a video or corrupt (nor a picture, as its name says)")
         raise VideoError(f"{path}: a still image, not a video; restore it as a photo")
     # A cover picture (an "attached pic": music and podcast files carry one) is no video of the clip.
     moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]

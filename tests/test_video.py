@@ -731,6 +731,9 @@ def _broken(kind: str, folder: Path) -> Path:
     if kind == "not a video":
         (folder / "notes.mp4").write_bytes(b"this is text, not a video " * 40)
         return folder / "notes.mp4"
+    if kind == "text named as a picture":  # FFmpeg takes it for one by its name alone
+        (folder / "holiday.png").write_bytes(b"this is text, not a picture " * 40)
+        return folder / "holiday.png"
     if kind == "photo":
         (folder / "holiday.mp4").write_bytes(cv2.imencode(".jpg", _scene())[1].tobytes())  # named as a clip
         return folder / "holiday.mp4"
@@ -775,6 +778,7 @@ def _broken(kind: str, folder: Path) -> Path:
     ("kind", "message"),
     [
         ("not a video", "not a video or corrupt"),
+        ("text named as a picture", r"not a video or corrupt \(nor a picture"),
         ("photo", "a still image, not a video; restore it as a photo"),
         ("empty", "not a video or corrupt"),
         ("truncated mp4", "not a video or corrupt"),
