@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         restorer = Restorer(settings.weights_dir, settings.device, backend=settings.backend)
     except ValueError as exc:  # e.g. --device cuda on a machine without CUDA, --backend openvino on a GPU
         raise SystemExit(f"app.py: error: {exc}") from None
-    weights = check_weights(settings)
+    weights = check_weights(settings, restorer)
     for message in weights.missing + weights.fallbacks:  # whole, for the owner: where it looked, how to fix
         print(f"app.py: {message}")
     if not weights.missing:

@@ -305,6 +305,36 @@ def test_missing_weights_banner_names_the_files_and_the_fallbacks(tmp_path: Path
     assert len(shown) == 1 and shown[0].visible and "nope.pth" in shown[0].value
 
 
+@pytest.mark.usefixtures("offline")
+def test_a_default_model_that_does_not_load_is_in_the_banner(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A default model file that is there but does not load (a download cut short) passed the check, which
+    only looked for it: the owner learnt of it from the first visitor's failed request. The read is the
+    store's, kept for the warm-up."""
+    from conftest import make_weights
+
+    import gfp.store
+    from gfp.pipeline import Restorer
+
+    reads = []
+    read = gfp.store.read_generator
+    monkeypatch.setattr(gfp.store, "read_generator", lambda *a, **k: reads.append(a) or read(*a, **k))
+    weights = make_weights(tmp_path / "weights")
+    whole = weights / "tiny" / "model.safetensors"
+    settings = AppSettings(models=(str(weights / "tiny"),), weights_dir=str(weights), detector=DETECTOR)
+    restorer = Restorer(weights, "cpu", backend="torch")
+    assert check_weights(settings, restorer).missing == () and len(reads) == 1
+    for thread in app.warm_up(restorer, str(weights / "tiny")):
+        thread.join()
+    assert len(reads) == 1  # the warm-up built the generator from the check's read
+    whole.write_bytes(whole.read_bytes()[:1000])  # cut short
+    check = check_weights(settings, Restorer(weights, "cpu", backend="torch"))
+    assert len(check.missing) == 1 and "model.safetensors" in check.missing[0]
+    banner = weights_banner(check)
+    assert "do not load" in banner and "model.safetensors" in banner and str(tmp_path) not in banner
+
+
 def test_no_paths_cuts_folders_but_keeps_urls() -> None:
     """The banner's download addresses must stay whole; server folders go."""
     url = "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth"

@@ -19,6 +19,7 @@ import torch
 
 from gfp import registry
 from gfp.devices import BACKENDS, select_device
+from gfp.pipeline import Restorer
 from gfp.video import VideoOptions
 from gfp.weights.errors import WeightsError
 from gfp.weights.resolve import cache_dir, resolve
@@ -257,12 +258,14 @@ class WeightsCheck:
     """Error messages of default optional models (background upsampler, face parser) that are replaced."""
 
 
-def check_weights(settings: AppSettings) -> WeightsCheck:
+def check_weights(settings: AppSettings, restorer: Restorer | None = None) -> WeightsCheck:
     """Try to get the default model, detector, background upsampler and face parser weights.
 
     On a Space this downloads them at startup (before the first request); offline it explains what to put
-    where: the messages come from :class:`gfp.weights.errors.WeightsNotFoundError`. Run by the app's
-    ``main``, so building the UI (tests) stays cheap.
+    where: the messages come from :class:`gfp.weights.errors.WeightsNotFoundError`. With ``restorer`` the
+    default model is also read through it (a file that is there but cut short or no generator is found
+    now, not by the first request; the read is kept for the warm-up). Run by the app's ``main``, so
+    building the UI (tests) stays cheap.
     """
     default_model = default_model_spec(settings)
     background, may_fall_back = background_defaults(settings, select_device(settings.device))
@@ -274,6 +277,8 @@ def check_weights(settings: AppSettings) -> WeightsCheck:
     for spec, optional in wanted:
         try:
             resolve(spec, settings.weights_dir)
+            if restorer is not None and spec == default_model:
+                restorer.generator_config(spec)
         except WeightsError as exc:
             (fallbacks if optional else missing).append(str(exc))
     return WeightsCheck(tuple(missing), tuple(fallbacks))
@@ -332,7 +337,7 @@ def weights_banner(check: WeightsCheck) -> str:
     parts = []
     if check.missing:
         parts.append(
-            "### ⚠️ Some weights are missing\n"
+            "### ⚠️ Some weights are missing or do not load\n"
             "The app runs, but requests that need these files will fail until you provide them: put the "
             "files in the weights folder (`--weights-dir` / `GFP_WEIGHTS_DIR`), pass a path or Hub repo id "
             "with `--model`, or give the machine internet access so they download.\n\n"
