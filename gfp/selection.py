@@ -104,9 +104,20 @@ class FaceSelection:
             why = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
             text += f", {len(self.skipped)} skipped ({why})"
         if self.missing:
-            listed = ", ".join(map(str, self.missing))
-            text += f"; no {noun} {listed} (numbers go up to {self.found})"
+            text += f"; no {noun} {_spans(self.missing)} (numbers go up to {self.found})"
         return text
+
+
+def _spans(numbers: Sequence[int]) -> str:
+    """Ascending numbers with each run of three or more as one span: (4, 5, 6, 7, 9) → "4-7, 9", so that
+    a long list of faces that are not there ("1-5000") stays a short line."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
 
 
 def select_faces(

@@ -89,3 +89,7 @@ def test_summary_says_found_restored_skipped_and_why() -> None:
         "(numbers go up to 3)"
     )
     assert FaceSelection(1, (1,)).summary() == "1 face found, 1 restored"
+    # faces asked for that are not there, as spans: "1,...,5000" made a line of 24 KB
+    many = _select(",".join(map(str, range(1, 5001))) + ",7000,7002").summary()
+    assert many.endswith("3 restored; no face 4-5000, 7000, 7002 (numbers go up to 3)")
+    assert _select("4,5,9").summary().endswith("no face 4, 5, 9 (numbers go up to 3)")
