@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from gfp.atomic import PARTIAL_SUFFIX, atomic_path
 
@@ -43,6 +43,14 @@ WRITE_FORMATS = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg", ".webp": ".web
 WRITE_FORMATS |= {".tif": ".tiff", ".tiff": ".tiff"}
 
 _EXIF_ORIENTATION = 0x0112
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
+"""ISO base media file brands of HEIF images (an iPhone's HEIC photos; AVIF where Pillow lacks it)."""
+_FRAMED_FORMATS = {"GIF", "PNG", "WEBP", "TIFF"}
+"""Formats whose further frames are an animation or pages (a JPEG's MPO frames are previews or depth)."""
+
+# Pillow refuses a PNG whose colour profile (or a text chunk) is above 1 MB once decompressed: a LUT
+# profile of a few MB, which write_image copies from a JPEG into a PNG, made our own output unreadable.
+PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, 16 * 2**20)
 _TIFF_INTEGERS = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
 """TIFF field types that hold unsigned integers (SHORT, LONG, LONG8): struct code and size."""
 
@@ -161,9 +169,34 @@ def _open_header(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
             raise UnreadableImageError(
                 f"{name}: a TIFF that cannot be read here ({layout}, or a damaged file); save it as PNG"
             ) from None
-        raise UnreadableImageError(f"{name}: not an image or corrupt (no image format recognised)") from None
+        kind = _unsupported_kind(data)
+        why = f"{kind} images cannot be read here; save it as JPEG or PNG" if kind else None
+        raise UnreadableImageError(
+            f"{name}: {why or 'not an image or corrupt (no image format recognised)'}"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"{name}: not an image or corrupt ({exc})") from None
+
+
+def _unsupported_kind(data: bytes) -> str | None:
+    """The format of an image no decoder here opens (HEIC, SVG), so that it is not called corrupt."""
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "HEIC/HEIF"
+    if re.match(rb"(\s|<\?xml[^>]*>|<!--.*?-->|<!DOCTYPE[^>]*>)*<svg[\s>]", data[:4096], re.DOTALL):
+        return "SVG (vector)"
+    return None
+
+
+def frame_count(path: str | os.PathLike) -> int:
+    """How many frames or pages an animated GIF, PNG or WebP or a multi-page TIFF holds (1 for a still and
+    for what cannot be read): :func:`read_image` decodes the first only, which callers say."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as header:
+                return int(getattr(header, "n_frames", 1)) if header.format in _FRAMED_FORMATS else 1
+    except Exception:  # (reading its pixels says what is wrong with it)
+        return 1
 
 
 def megapixels(pixels: int, limit: int) -> tuple[str, str]:

@@ -528,6 +528,19 @@ def test_over_budget_input_is_downscaled_with_notice(client, server: Server, tmp
     assert "downscaled" in status and "200x200" in status
 
 
+def test_an_animation_is_said_to_be_restored_from_its_first_frame(
+    client, server: Server, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    first = read(EXAMPLES / "astronaut_lowres.png")
+    frames = [Image.fromarray(np.roll(first, shift, axis=1)) for shift in (0, 20)]
+    frames[0].save(tmp_path / "wave.gif", save_all=True, append_images=frames[1:])
+    _, _, file, status = call(client, server, tmp_path / "wave.gif", rescale=1)
+    assert read(file).shape[:2] == first.shape[:2]
+    assert "wave.gif holds 2 frames; only the first was restored" in status
+
+
 def test_no_face_is_a_notice_not_an_error(client, server: Server, tmp_path: Path) -> None:
     path = tmp_path / "wall.png"
     cv2.imwrite(str(path), np.full((80, 120, 3), 128, np.uint8))

@@ -213,6 +213,22 @@ def test_folder_with_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "Restored 2 of 3" in captured.out
 
 
+def test_an_animation_is_said_to_be_restored_from_its_first_frame(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    weights = make_weights(tmp_path / "w")
+    frames = [Image.fromarray(np.roll(_gradient(), shift, axis=1)) for shift in (0, 8, 16)]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "still.gif")
+    for name in ("clip.gif", "still.gif"):
+        assert main(["-i", str(tmp_path / name), "-o", str(tmp_path / "out"), *_args(weights)]) == 0
+    err = capsys.readouterr().err
+    assert "gfp: note: clip.gif holds 3 frames; only the first was restored" in err
+    assert "still.gif holds" not in err
+
+
 def test_ext_and_suffix_for_images(tmp_path: Path) -> None:
     weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "a.jpg"), _gradient())

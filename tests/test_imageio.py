@@ -17,6 +17,7 @@ from gfp.imageio import (
     ImageTooLargeError,
     UnreadableImageError,
     encode_image,
+    frame_count,
     read_icc_profile,
     read_image,
     read_image_bytes,
@@ -291,6 +292,45 @@ def test_truncated_and_missing(tmp_path: Path) -> None:
         read_image(tmp_path / "cut.png")
     with pytest.raises(UnreadableImageError, match="nope.png"):
         read_image(tmp_path / "nope.png")
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (struct.pack(">I", 24) + b"ftypheic" + bytes(4) + b"mif1heic" + bytes(64), "HEIC/HEIF"),
+        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="9"/>', "SVG"),
+    ],
+    ids=["heic", "svg"],
+)
+def test_a_known_format_no_decoder_opens_is_named_not_called_corrupt(
+    tmp_path: Path, content: bytes, kind: str
+) -> None:
+    """An iPhone's HEIC photo is an image, not a corrupt file: the message says what to convert it to."""
+    (tmp_path / "IMG_0001.heic").write_bytes(content)
+    with pytest.raises(UnreadableImageError, match=f"IMG_0001.heic: {kind}.*save it as JPEG or PNG"):
+        read_image(tmp_path / "IMG_0001.heic")
+
+
+def test_frame_count_of_animations_and_pages(tmp_path: Path) -> None:
+    """read_image decodes the first frame only; frame_count lets its callers say so."""
+    frames = [Image.fromarray(_smooth_bgr(seed=seed)) for seed in range(3)]
+    for name in ("anim.gif", "anim.webp", "anim.png", "pages.tif"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+        assert frame_count(tmp_path / name) == 3, name
+        assert read_image(tmp_path / name).shape[:2] == (48, 64)
+    frames[0].save(tmp_path / "still.gif")
+    frames[0].save(tmp_path / "still.jpg")
+    assert frame_count(tmp_path / "still.gif") == frame_count(tmp_path / "still.jpg") == 1
+    assert frame_count(tmp_path / "missing.gif") == 1
+
+
+def test_a_png_with_a_colour_profile_above_1_mb_is_read(tmp_path: Path) -> None:
+    """Pillow refuses an iCCP chunk above 1 MB by default: a JPEG's large LUT profile, written into our PNG
+    output, made that output unreadable here."""
+    profile = _rgb_profile()[:16] + b"RGB " + bytes(range(256)) * 8000  # 2 MB
+    jpeg = encode_image(_smooth_bgr(), ".jpg", icc_profile=profile)
+    out = write_image(tmp_path / "out.png", read_image_bytes(jpeg), icc_profile=read_icc_profile(jpeg))
+    assert read_image(out).shape == (48, 64, 3) and read_icc_profile(out) == profile
 
 
 def test_fallback_decoder_for_formats_cv2_lacks() -> None:
