@@ -61,7 +61,7 @@ from gfp.cli import (
     save_outputs,
     video_options,
 )
-from gfp.imageio import read_icc_profile, read_image_bytes
+from gfp.imageio import first_frame_note, read_icc_profile, read_image_bytes
 from gfp.messages import first_line
 from gfp.video import VideoError, is_video, restore_video
 from gfp.weights.errors import WeightsError
@@ -315,6 +315,7 @@ class RestoreWorker:
                 except VideoError as err:  # it names the file PyAV read: a remote clip's is a deleted copy
                     raise VideoError(str(err).replace(local, key)) from None
             written, extra = [target], {"audio": result.audio}  # copied, re-encoded (how) or none
+            animated = None
         else:
             img = read_image_bytes(data, name=key)
             check_output_size(target, img, self.options.upscale)
@@ -324,12 +325,13 @@ class RestoreWorker:
                 result, basename, in_ext, self.output, args.suffix, args.ext, args.aligned, profile
             )
             extra = {}
+            animated = first_frame_note(data, posixpath.basename(path))
         return {
             "status": "done",
             "faces_found": result.selection.found,  # faces of a photo, people (face tracks) of a clip
             "faces_restored": len(result.selection.restored),
             "outputs": [p.relative_to(self.output).as_posix() for p in written],
-            "notes": list(result.notes),
+            "notes": [*result.notes, *filter(None, [animated])],
             "settings": self.job.settings,
         } | extra
 

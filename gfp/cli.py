@@ -39,7 +39,7 @@ from gfp.devices import BACKENDS
 from gfp.imageio import (
     WRITE_FORMATS,
     ImageReadError,
-    frame_count,
+    first_frame_note,
     is_image_name,
     read_icc_profile,
     read_image,
@@ -520,7 +520,7 @@ def _main(argv: Sequence[str] | None) -> int:
     for path in tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr):
         basename, in_ext = os.path.splitext(path.name)
         unwritten = False  # a failure while set wrote nothing: its outputs' names go to a later input
-        frames = 1  # an animation's or a multi-page file's: only the first is read
+        animated = None  # an animation's or a multi-page file's note: only the first frame is read
         try:
             clash = output_clash(owners, path.name)
             if clash:
@@ -532,7 +532,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 result = restore_video_file(path, target, options, clip_options, restorer)
             else:
                 img = read_image(path)
-                frames = frame_count(path)
+                animated = first_frame_note(path, path.name)
                 check_output_size(target, img, options.upscale)
                 result = restorer.restore(img, options)
                 unwritten = False
@@ -554,9 +554,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 tqdm.write(f"gfp: note: {note}", file=sys.stderr)
         if not args.aligned:
             tqdm.write(f"gfp: {path.name}: {face_summary(result)}", file=sys.stderr)
-        if frames > 1:
-            note = f"{path.name} holds {frames} frames; only the first was restored"
-            tqdm.write(f"gfp: note: {note}", file=sys.stderr)
+        if animated:
+            tqdm.write(f"gfp: note: {animated}", file=sys.stderr)
     done = len(inputs) - len(failed)
     print(f"Restored {done} of {len(inputs)} file(s); results are in the [{output}] folder.")
     if failed:

@@ -187,16 +187,23 @@ def _unsupported_kind(data: bytes) -> str | None:
     return None
 
 
-def frame_count(path: str | os.PathLike) -> int:
-    """How many frames or pages an animated GIF, PNG or WebP or a multi-page TIFF holds (1 for a still and
-    for what cannot be read): :func:`read_image` decodes the first only, which callers say."""
+def frame_count(source: str | os.PathLike | bytes) -> int:
+    """How many frames or pages an animated GIF, PNG or WebP or a multi-page TIFF holds (a path or its
+    bytes; 1 for a still and for what cannot be read): :func:`read_image` decodes the first only."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as header:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as header:
                 return int(getattr(header, "n_frames", 1)) if header.format in _FRAMED_FORMATS else 1
     except Exception:  # (reading its pixels says what is wrong with it)
         return 1
+
+
+def first_frame_note(source: str | os.PathLike | bytes, name: str) -> str | None:
+    """The note the CLI, the app and the batch job give for an animation or a multi-page file ``name``
+    (``source``: its path or bytes), whose first frame alone is restored; None for a still."""
+    frames = frame_count(source)
+    return f"{name} holds {frames} frames; only the first was restored" if frames > 1 else None
 
 
 def megapixels(pixels: int, limit: int) -> tuple[str, str]:

@@ -373,6 +373,21 @@ def test_a_restored_image_too_large_for_its_format_is_a_failed_record(tmp_path: 
     assert not (tmp_path / "out").exists()  # nothing written, no face file either
 
 
+def test_an_animation_is_noted_as_restored_from_its_first_frame(tmp_path: Path, weights: Path) -> None:
+    """As the CLI and the app say it: the batch job's record notes that only the first frame was restored."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.roll(_gradient(64, 64), shift, axis=1)) for shift in (0, 8)]
+    frames[0].save(tmp_path / "wave.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "still.gif")
+    worker = _worker(weights, tmp_path / "out", None, "")
+    moving = worker.restore(str(tmp_path / "wave.gif"), (tmp_path / "wave.gif").read_bytes())
+    still = worker.restore(str(tmp_path / "still.gif"), (tmp_path / "still.gif").read_bytes())
+    assert moving["status"] == still["status"] == "done"
+    assert "wave.gif holds 2 frames; only the first was restored" in moving["notes"]
+    assert not any("holds" in note for note in still["notes"])
+
+
 # -------------------------------------------------------------------------------------------- with Ray
 def test_outputs_equal_the_cli_byte_for_byte_and_a_corrupt_file_is_a_failed_record(
     tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]

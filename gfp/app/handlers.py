@@ -37,7 +37,7 @@ from gfp.imageio import (
     ImageReadError,
     ImageTooLargeError,
     as_written,
-    frame_count,
+    first_frame_note,
     megapixels,
     read_icc_profile,
     read_image,
@@ -453,7 +453,7 @@ def handle_request(
         raise gr.Error(f"{request.name} is a video: restore it in the Video tab (API /restore_video).")
     with request.user_errors():
         img = read_image(request.path, max_pixels=ctx.read_limit)
-    frames = frame_count(request.path)
+    animated = first_frame_note(request.path, request.name)
     uploaded_width = img.shape[1]
     img, notice = fit_budget(img, ctx.max_pixels)
     min_face = request.min_face
@@ -480,8 +480,8 @@ def handle_request(
     after = as_display(as_written(out, FORMATS[output_format]))
     before = cv2.resize(as_display(img), (after.shape[1], after.shape[0]), interpolation=cv2.INTER_CUBIC)
     notices = [notice] if notice else []
-    if frames > 1:  # an animated GIF, WebP or PNG, or a multi-page TIFF
-        notices.append(f"{request.name} holds {frames} frames; only the first was restored.")
+    if animated:  # an animated GIF, WebP or PNG, or a multi-page TIFF
+        notices.append(f"{animated}.")
         gr.Info(notices[-1])
     if not result.selection.found:
         notices.append("No face found: the photo was only upscaled.")
