@@ -130,7 +130,7 @@ def face_masks(
 def background(store: ModelStore, img: np.ndarray, options: RestoreOptions, run: RunLog) -> np.ndarray:
     """The whole image upscaled; the default upsampler falls back to Lanczos (noted) without weights."""
     choice = options.background_on(store.placement.device)
-    upsampler = store.background(choice)
+    upsampler = store.background(choice, named=options.bg_upsampler is not None)
     run.lap("load")
     if upsampler is None:
         return lanczos_upsample(img, options.upscale)

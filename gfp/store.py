@@ -214,6 +214,15 @@ class ModelStore:
 
         return self._get(("optional", name), load)
 
+    def forget(self, *names: str) -> None:
+        """Forget that the weights of the registry models ``names`` could not be had, so that they are looked
+        for again: before a request that names one (the error it had said how to provide the file, which a
+        shared store must then find without a restart). Networks loaded stay."""
+        with self._lock:
+            for key in [(kind, name) for name in names for kind in ("optional", "parser")]:
+                if isinstance(self._items.get(key), Unavailable):
+                    del self._items[key]
+
     def required(self, name: str) -> nn.Module:
         """The module of registry model ``name``; raises its :class:`WeightsError` when it cannot be had."""
         got = self.optional(name)
@@ -229,6 +238,8 @@ class ModelStore:
         """ParseNet in the store's backend, or :class:`Unavailable` (raised instead when ``required``). As for
         the generator, a conversion OpenVINO has cached serves without the PyTorch network being built."""
         name = registry.DEFAULTS["parser"]
+        if required:
+            self.forget(name)
         got = self._get(("parser", name), lambda: self._parser(name))
         if isinstance(got, Unavailable) and required:
             raise got.error
@@ -251,9 +262,13 @@ class ModelStore:
             return Unavailable(name, err)
         return Network(run, supports, placement)
 
-    def background(self, name: str) -> BackgroundUpsampler | None:
+    def background(self, name: str, named: bool = False) -> BackgroundUpsampler | None:
         """The background upsampler for choice ``name`` (None for "none"); its networks load on first use
-        (a network whose weights cannot be had raises then) and are shared with every other choice."""
+        (a network whose weights cannot be had raises then) and are shared with every other choice.
+        ``named``: the request asked for it by name, so its networks that were missing are looked for again
+        (a default one stays remembered as missing: its request falls back)."""
+        if named:
+            self.forget(*registry.members("upsampler", name))
 
         def build() -> BackgroundUpsampler | None:
             return build_background_upsampler(name, placement=self.placement, load=self.required)

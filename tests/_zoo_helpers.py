@@ -54,13 +54,15 @@ def save_tiny_generator(folder: Path, config: GeneratorConfig | None = None, see
 class FileServer:
     """Serves ``files`` (URL path → bytes); records every request; can cut a response short.
 
-    ``truncate[path] = n`` sends the full Content-Length but only ``n`` bytes, then drops the connection.
+    ``truncate[path] = n`` sends the full Content-Length but only ``n`` bytes, then drops the connection;
+    paths in ``unsized`` are sent without a Content-Length (the body ends where the connection closes).
     Every response carries the headers ``hf_hub_download`` needs (X-Repo-Commit, ETag), so the same server
     also plays a Hugging Face Hub endpoint for ``/{repo}/resolve/{revision}/{file}`` paths.
     """
 
     files: dict[str, bytes] = field(default_factory=dict)
     truncate: dict[str, int] = field(default_factory=dict)
+    unsized: set[str] = field(default_factory=set)
     requests: list[tuple[str, str]] = field(default_factory=list)
     base_url: str = ""
 
@@ -85,7 +87,8 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 return None
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            if self.path not in server.unsized:
+                self.send_header("Content-Length", str(len(body)))
             self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
             self.send_header("X-Repo-Commit", HUB_COMMIT)
             self.end_headers()

@@ -288,6 +288,23 @@ def test_interrupted_download_leaves_no_file(monkeypatch: pytest.MonkeyPatch, is
     assert _leftovers(isolated) == []  # neither the final name nor a temp file
 
 
+def test_an_unverified_download_cut_short_without_a_length_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    """A server that gives no Content-Length ends the body by closing the connection, so a cut looks like
+    the end; GFPGANv1.pth has no known sha256 or size to tell, but a zip checkpoint without its end is no
+    checkpoint: not kept for every later run to fail on."""
+    body = _checkpoint_bytes({"params_ema": tiny_generator(tiny_config("v1")).state_dict()})
+    files = {"/cut.pth": body[: len(body) // 2], "/v1.pth": body}
+    with serve(FileServer(files=files, unsized=set(files))) as server:
+        _point_at(monkeypatch, "v1", server.url("/cut.pth"), None)
+        with pytest.raises(ChecksumMismatchError, match="only the start of a PyTorch checkpoint"):
+            resolve_weights("v1", progress=False)
+        assert _leftovers(isolated) == []
+        _point_at(monkeypatch, "v1", server.url("/v1.pth"), None)
+        assert resolve_weights("v1", progress=False).read_bytes() == body
+
+
 def test_a_killed_downloads_temporary_file_is_removed_by_the_next_download(
     monkeypatch: pytest.MonkeyPatch, isolated: Path
 ) -> None:
@@ -315,6 +332,28 @@ def test_a_killed_downloads_temporary_file_is_removed_by_the_next_download(
         assert resolve_weights("RealESRGAN_x2plus", progress=False).read_bytes() == body
     kept = [parts[name].name for name in ("1111aaaa", "2222bbbb", "bak.3333cccc")]
     assert _leftovers(isolated) == sorted([*kept, "RealESRGAN_x2plus.pth"])
+
+
+def test_a_killed_downloads_temporary_file_is_removed_once_the_cache_has_the_file(
+    monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    """A download run again at once after one was killed finds the killed one's file too new to remove, and
+    then no download of that file follows: the cache's next use of the file removes it."""
+    import os
+    import time
+
+    body = bytes(range(256)) * 64
+    isolated.mkdir()
+    (isolated / "RealESRGAN_x2plus.pth").write_bytes(body)
+    part = isolated / ".RealESRGAN_x2plus.pth.0dead000.part"
+    part.write_bytes(b"half a download")
+    _point_at(monkeypatch, "RealESRGAN_x2plus", _closed_port_url("/x2.pth"), body)
+    assert resolve_weights("RealESRGAN_x2plus", progress=False).read_bytes() == body
+    assert part.exists()  # new: its writer may be alive
+    old = time.time() - 3600
+    os.utime(part, (old, old))
+    assert resolve_weights("RealESRGAN_x2plus", progress=False).read_bytes() == body
+    assert _leftovers(isolated) == ["RealESRGAN_x2plus.pth"]
 
 
 def test_offline_error_names_the_file_every_place_and_the_fix(

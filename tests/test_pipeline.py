@@ -274,6 +274,38 @@ def test_a_background_asked_for_by_name_must_be_had(blind_weights: Path, name: s
     assert file_name in str(err.value) and str(blind_weights / file_name) in str(err.value)
 
 
+def test_a_model_asked_for_by_name_is_looked_for_again_after_it_was_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A named model's error says how to provide the file: a shared Restorer (the app's) must then find it,
+    not repeat the error until a restart. A default one stays remembered as missing (not retried)."""
+    tried: list[str] = []
+
+    def no_network(request: urllib.request.Request, *args: object, **kwargs: object) -> None:
+        tried.append(request.full_url)
+        raise urllib.error.URLError("offline test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    folder = make_weights(tmp_path / "w")
+    restorer = Restorer(folder, device="cpu")
+    entry = registry.MODEL_ZOO["realesr-animevideov3"]
+    named = _options(folder, bg_upsampler=entry.name)
+    with pytest.raises(WeightsNotFoundError, match=entry.file_name):
+        restorer.restore(_gradient(), named)
+    torch.manual_seed(0)
+    torch.save({"params": registry.build(entry).state_dict()}, folder / entry.file_name)
+    assert restorer.restore(_gradient(), named).image.shape == (120, 160, 3)
+    parser = registry.MODEL_ZOO["parsenet"].url
+    tried.clear()
+    for required, attempts in ((False, 1), (False, 1), (True, 2), (True, 3)):
+        if required:
+            with pytest.raises(WeightsNotFoundError, match="parsing_parsenet.pth"):
+                restorer.store.parser(required=True)
+        else:
+            assert isinstance(restorer.store.parser(), Unavailable)
+        assert tried.count(parser) == attempts, required
+
+
 @pytest.mark.shared
 def test_background_model_is_used(real_weights: Path) -> None:
     img = _gradient(24, 32)  # no face: the output is the background upsampler's output

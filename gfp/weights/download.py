@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +31,14 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def remove_killed(dest: Path) -> None:
+    """Delete the temporary files that downloads of ``dest`` killed outright left, hundreds of MB each
+    (:func:`gfp.atomic.remove_abandoned`). Before each download, and when the cache has the file: one killed
+    less than a minute before the next download began is too new to be taken for abandoned then, and no
+    download of that file follows."""
+    remove_abandoned(dest, _PART)
+
+
 def download(entry: ModelEntry, dest: Path, progress: bool = True) -> Path:
     """Download ``entry`` to ``dest`` atomically with a progress bar, verifying its sha256 when known.
 
@@ -38,7 +47,7 @@ def download(entry: ModelEntry, dest: Path, progress: bool = True) -> Path:
     """
     if entry.url is None:
         raise urllib.error.URLError(f"{entry.name} has no public download")
-    remove_abandoned(dest, _PART)  # what downloads killed outright left, hundreds of MB each
+    remove_killed(dest)
     request = urllib.request.Request(entry.url, headers={"User-Agent": "gfp"})
     with (
         urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response,
@@ -55,7 +64,10 @@ def download(entry: ModelEntry, dest: Path, progress: bool = True) -> Path:
                 f"download of {entry.file_name} from {entry.url} was interrupted ({reason}); nothing was "
                 f"saved as {dest}. Try again, or download it yourself and pass its path."
             ) from err
-        verify(entry, sha256, size, dest, head)
+        # torch.save's zip format ends with its directory: without one, a server that gave no length
+        # closed the connection early, which only the file itself shows where no size is known
+        whole = not head.startswith(CHECKPOINT_STARTS[0]) or zipfile.is_zipfile(tmp)
+        verify(entry, sha256, size, dest, head, whole)
     return dest
 
 
@@ -79,10 +91,11 @@ def _copy_with_progress(
     return digest.hexdigest(), size, head
 
 
-def verify(entry: ModelEntry, sha256: str, size: int, dest: Path, head: bytes) -> None:
+def verify(entry: ModelEntry, sha256: str, size: int, dest: Path, head: bytes, whole: bool = True) -> None:
     """Raise (so the temp file is discarded) when a download does not match the published file; a file with
     neither a known sha256 nor size must at least begin as a PyTorch checkpoint (``head``: its first
-    bytes), so that a server's error page sent as a success is not kept and loaded on every later run."""
+    bytes) and, in the zip format, end as one (``whole``), so that a server's error page sent as a success,
+    or a download cut short, is not kept and loaded on every later run."""
     if entry.sha256 is not None and sha256 != entry.sha256:
         problem = f"sha256 {sha256}, expected {entry.sha256}"
     elif entry.size is not None and size != entry.size:
@@ -91,6 +104,8 @@ def verify(entry: ModelEntry, sha256: str, size: int, dest: Path, head: bytes) -
         problem = (
             f"no PyTorch checkpoint in it: it is {page_or_text(head) or f'a file that begins {head[:8]!r}'}"
         )
+    elif entry.sha256 is None and entry.size is None and not whole:
+        problem = f"only the start of a PyTorch checkpoint ({size} bytes): the connection closed early"
     else:
         return
     raise ChecksumMismatchError(

@@ -31,7 +31,7 @@ from typing import Any
 from tqdm import tqdm
 
 from gfp.registry import MODEL_ZOO, ModelEntry, zoo_entry
-from gfp.weights.download import describe, download
+from gfp.weights.download import describe, download, remove_killed
 from gfp.weights.errors import CheckpointError, WeightsError, WeightsNotFoundError
 from gfp.weights.files import CONFIG_FILE, WEIGHTS_FILE
 
@@ -144,6 +144,7 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
     if not cached.is_file():
         looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cached} does not exist")
     elif (problem := size_problem(cached, entry)) is None:
+        remove_killed(cached)
         return cached
     elif entry.url is None:
         raise CheckpointError(
