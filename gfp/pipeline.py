@@ -31,7 +31,7 @@ import torch
 from gfp import registry, stages
 from gfp.archs import GeneratorConfig
 from gfp.background import scaled_size
-from gfp.checks import is_real, is_whole
+from gfp.checks import is_bool, is_real, is_whole
 from gfp.color import check_method
 from gfp.devices import Placement
 from gfp.faces import align_faces, resize_aligned
@@ -118,10 +118,13 @@ class RestoreOptions:
         if not is_real(self.weight) or not math.isfinite(self.weight):
             raise ValueError(f"weight must be a number, got {self.weight!r}")
         for name in ("only_center_face", "aligned"):
-            if not isinstance(getattr(self, name), bool):
+            if not is_bool(getattr(self, name)):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if not isinstance(self.use_parse, bool | None):
+            object.__setattr__(self, name, bool(getattr(self, name)))  # NumPy's kept as Python's
+        if not (self.use_parse is None or is_bool(self.use_parse)):
             raise ValueError(f"use_parse must be None, True or False, got {self.use_parse!r}")
+        if self.use_parse is not None:
+            object.__setattr__(self, "use_parse", bool(self.use_parse))
         if self.detector not in registry.choice_names("detector"):
             choices = ", ".join(registry.choice_names("detector"))
             raise ValueError(f"unknown face detector {self.detector!r}; choose one of: {choices}")

@@ -42,7 +42,7 @@ import numpy as np
 from gfp import stages
 from gfp.atomic import PARTIAL_SUFFIX, atomic_path, remove_abandoned
 from gfp.background import scaled_size
-from gfp.checks import is_real, is_whole
+from gfp.checks import is_bool, is_real, is_whole
 from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect
@@ -126,8 +126,9 @@ class VideoOptions:
             raise ValueError(f"max_pixels must be a positive integer or None, got {self.max_pixels!r}")
         if self.max_seconds is not None and not (is_real(self.max_seconds) and self.max_seconds > 0):
             raise ValueError(f"max_seconds must be a positive number or None, got {self.max_seconds!r}")
-        if not isinstance(self.smooth, bool) or not isinstance(self.smoothing, SmoothingOptions):
+        if not is_bool(self.smooth) or not isinstance(self.smoothing, SmoothingOptions):
             raise ValueError("smooth must be True or False, and smoothing a SmoothingOptions")
+        object.__setattr__(self, "smooth", bool(self.smooth))  # NumPy's kept as Python's
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,12 @@ def test_numpy_numbers_are_numbers_for_every_option() -> None:
     options = RestoreOptions(upscale=np.float32(1.5), strength=np.float64(0.5), bg_tile=np.int64(0))
     assert (options.upscale, options.strength) == (1.5, 0.5)
     assert RestoreOptions(upscale=np.int64(3)).upscale == 3
+    # NumPy's bools too (an array's element or comparison), kept as Python's; an array of one is no bool
+    flags = RestoreOptions(aligned=np.True_, only_center_face=np.False_, use_parse=np.bool_(True))
+    assert [type(v) for v in (flags.aligned, flags.only_center_face, flags.use_parse)] == [bool] * 3
+    assert (flags.aligned, flags.only_center_face, flags.use_parse) == (True, False, True)
+    with pytest.raises(ValueError, match="aligned must be True or False"):
+        RestoreOptions(aligned=np.array([True]))
 
 
 @pytest.mark.parametrize(

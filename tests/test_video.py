@@ -216,6 +216,10 @@ def test_bad_video_options(kwargs: dict, message: str) -> None:
         VideoOptions(**kwargs)
 
 
+def test_a_numpy_bool_is_a_bool_for_smooth() -> None:
+    assert type(VideoOptions(smooth=np.False_).smooth) is bool and not VideoOptions(smooth=np.False_).smooth
+
+
 def test_bad_smoothing_options() -> None:
     with pytest.raises(ValueError, match="min_cutoff"):
         SmoothingOptions(min_cutoff=0)
