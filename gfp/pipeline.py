@@ -237,7 +237,7 @@ class Restorer:
     ) -> RestoreResult:
         """Restore every face of ``img`` (HxW gray, HxWx3 BGR or HxWx4 BGRA; uint8 or uint16)."""
         options = expect(options, RestoreOptions, "options", RestoreOptions)
-        _check_input(img)
+        img = _checked_input(img)
         run = RunLog(progress)
         config = self.generator_config(options.version)  # missing weights fail here, before any work
         restore = self._restore_aligned if options.aligned else self._restore_photo
@@ -360,13 +360,18 @@ def _work_image(img: np.ndarray) -> np.ndarray:
     return color.astype(np.float32) * np.float32(255.0 / stages.max_value_of(img))
 
 
-def _check_input(img: Any) -> None:
+def _checked_input(img: Any) -> np.ndarray:
+    """``img`` if it is an image the pipeline takes (a big-endian uint16 one as a native copy: OpenCV takes
+    no other byte order), else a ``TypeError``/``ValueError`` saying what is expected."""
     if not isinstance(img, np.ndarray):
         raise TypeError(f"expected a numpy image (as cv2 reads it), got {type(img).__name__}")
+    if img.dtype.kind == "u" and not img.dtype.isnative:
+        img = img.astype(img.dtype.newbyteorder("="))
     if img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"expected a uint8 or uint16 image, got dtype {img.dtype}")
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))) or min(img.shape[:2]) < 1:
         raise ValueError(f"expected an HxW, HxWx3 (BGR) or HxWx4 (BGRA) image, got shape {img.shape}")
+    return img
 
 
 def _aligned_output(img: np.ndarray, face: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -143,6 +143,18 @@ def test_no_face_image_is_only_upscaled(blind_weights: Path, layout: str) -> Non
     assert result.device == "cpu" and result.timings["total"] >= result.timings["detect"] > 0
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+def test_a_big_endian_16_bit_image_is_restored_as_its_native_copy(blind_weights: Path, aligned: bool) -> None:
+    """A big-endian uint16 array (as some TIFF and FITS readers give) is uint16: it was refused as "expected
+    a uint8 or uint16 image, got dtype >u2"."""
+    img = _layouts(_gradient(96, 96))["bgr16"]
+    swapped = img.astype(">u2")
+    restorer, options = Restorer(blind_weights, device="cpu"), _options(blind_weights, aligned=aligned)
+    np.testing.assert_array_equal(
+        restorer.restore(swapped, options).image, restorer.restore(img, options).image
+    )
+
+
 def test_fractional_upscale_sizes(blind_weights: Path) -> None:
     img = _gradient(61, 83)
     result = Restorer(blind_weights, device="cpu").restore(img, _options(blind_weights, upscale=1.5))
