@@ -379,6 +379,22 @@ def test_offline_error_names_the_file_every_place_and_the_fix(
     assert _leftovers(isolated) == []
 
 
+def test_a_cache_that_is_a_file_is_said_and_no_download_is_tried(
+    monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    """GFP_CACHE_DIR naming a file: it was called a missing file in it, a download was made and failed,
+    and the error said to copy the weights to that file."""
+    isolated.write_bytes(b"not a folder")
+    with serve(FileServer(files={"/v1.3.pth": b"never sent"})) as server:
+        _point_at(monkeypatch, "v1.3", server.url("/v1.3.pth"), None)
+        with pytest.raises(WeightsNotFoundError) as err:
+            resolve_weights("v1.3", progress=False)
+        assert server.requests == []
+    message = str(err.value)
+    assert f"{isolated} is a file, not a folder" in message and "not tried" in message
+    assert f"copy it to {isolated}" not in message and "copy it to a folder GFP_CACHE_DIR names" in message
+
+
 def test_http_error_is_reported_as_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
     with serve(FileServer()) as server:
         _point_at(monkeypatch, "v1", server.url("/missing.pth"), None)

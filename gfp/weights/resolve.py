@@ -140,8 +140,12 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
             looked.append(
                 f"weights folder ({origin}): {folder} {'is a file' if folder.exists() else 'does not exist'}"
             )
-    cached = cache_dir() / entry.file_name
-    if not cached.is_file():
+    cache = cache_dir()
+    cached = cache / entry.file_name
+    unusable = cache.exists() and not cache.is_dir()  # a file: nothing can be kept or downloaded there
+    if unusable:
+        looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cache} is a file, not a folder")
+    elif not cached.is_file():
         looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cached} does not exist")
     elif (problem := size_problem(cached, entry)) is None:
         remove_killed(cached)
@@ -157,6 +161,8 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
         )
     if entry.url is None:
         looked.append("download: none (no public download of this file)")
+    elif unusable:
+        looked.append(f"download {entry.url}: not tried (the cache is no folder to save it in)")
     else:
         try:
             return download(entry, cached, progress=progress)
@@ -168,7 +174,8 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
         + "\n  - ".join(looked)
         + f"\nTo provide it: {source} on a machine with internet, put it "
         f"in a folder and pass that folder as weights_dir (or set GFP_WEIGHTS_DIR to it), or copy it to "
-        f"{cache_dir()}, or pass the file's path instead of the model name."
+        f"{'a folder GFP_CACHE_DIR names' if unusable else cache}, or pass the file's path instead of the "
+        "model name."
     )
 
 
