@@ -38,6 +38,8 @@ _TOKEN_HEX = 8
 """Hex digits of the random part of a temporary name."""
 ABANDONED_AFTER_S = 60.0
 """A held temporary file this old, and unlocked, has lost its writer (:func:`remove_abandoned`)."""
+_STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+"""What a stopped job or service, or a closed terminal, sends (Windows has no SIGHUP)."""
 
 
 def _temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
@@ -152,10 +154,26 @@ def unwinding_on_termination() -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    wanted = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None]
-    previous = {sig: signal.signal(sig, stop) for sig in wanted}
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def termination_handlers_kept() -> Iterator[None]:
+    """The SIGTERM and SIGHUP handlers as they were before the block: a library that sets its own in it
+    (``ray.init`` makes SIGTERM exit at once, without a word) does not undo
+    :func:`unwinding_on_termination`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from gfp.atomic import PARTIAL_GLOB
+from gfp.atomic import PARTIAL_GLOB, termination_handlers_kept, unwinding_on_termination
 from gfp.cli import (
     CLASH,
     LOCK_FILE,
@@ -215,17 +215,53 @@ class Manifest:
         return records
 
     def append(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Append each record as it comes (one write per line, flushed), yielding it after it is written."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a+b") as fh:
-            if fh.tell():  # a line cut short by a kill must not swallow the next record
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
+        """Append each record as it comes (one unbuffered write per line), yielding it after it is written.
+        A manifest that cannot be written (a full disk) is a :class:`FatalError`: the job stops, its
+        outputs kept, rather than restoring inputs it could not record."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = self.path.open("r+b" if self.path.exists() else "w+b", buffering=0)
+        except OSError as err:
+            raise FatalError(self._cannot(err)) from None
+        with fh:
             for record in records:
-                fh.write(json.dumps(record, sort_keys=True).encode() + b"\n")
-                fh.flush()
+                line = memoryview(json.dumps(record, sort_keys=True).encode() + b"\n")
+                try:
+                    _cut_torn_line(fh)
+                    while line:
+                        line = line[fh.write(line) :]
+                except OSError as err:
+                    with contextlib.suppress(OSError):
+                        _cut_torn_line(fh)  # the part of this line a full disk let through
+                    raise FatalError(self._cannot(err)) from None
                 yield record
+
+    def _cannot(self, err: OSError) -> str:
+        return f"cannot write {self.path}: {first_line(err)}; rerun the same command when it can be written"
+
+
+def _cut_torn_line(fh: IO[bytes]) -> None:
+    """Leave ``fh`` at the end of its last whole line, dropping a line a kill or a full disk cut short (its
+    input has no record, so it is restored again): the manifest stays valid JSON Lines for other readers,
+    and the next record starts a line of its own."""
+    end = fh.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    fh.seek(end - 1)
+    if fh.read(1) == b"\n":  # the usual case: whole lines, one byte read
+        return
+    start = end
+    while start > 0:
+        step = min(start, 1 << 16)
+        fh.seek(start - step)
+        newline = fh.read(step).rfind(b"\n")
+        if newline >= 0:
+            start -= step - newline - 1
+            break
+        start -= step
+    if start < end:
+        fh.truncate(start)
+    fh.seek(start)
 
 
 def settings_of(args: argparse.Namespace) -> str:
@@ -617,10 +653,11 @@ def _connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from an instance we start
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", include_dashboard=False)
+    with termination_handlers_kept():  # SIGTERM stops the job as Ctrl-C does, not as Ray's exit(15)
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(address="local", include_dashboard=False)
     return True
 
 
@@ -679,7 +716,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
         args.version = os.path.abspath(args.version)
 
     output = Path(args.output).resolve()
-    claim = claim_output(output)
+    try:
+        claim = claim_output(output)
+    except OSError as err:  # a read-only or full disk: said before any work, not as a traceback
+        print(f"{prog}: error: cannot write to {output}: {first_line(err)}", file=sys.stderr)
+        return 2
     if claim is None:
         print(
             f"{prog}: error: another gfp batch job is writing to {output}: wait for it to end, or give "
@@ -687,7 +728,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
             file=sys.stderr,
         )
         return 2
-    with claim:
+    with claim, unwinding_on_termination():  # (python -m gfp.batch: gfp's CLI is not around it)
         return _run(args, prog, inputs, output)
 
 
@@ -702,13 +743,15 @@ def _run(args: argparse.Namespace, prog: str, inputs: Inputs, output: Path) -> i
     job = Job(args, str(output), inputs.filesystem, inputs.prefix, settings, threads)
     start = time.perf_counter()
     started = False
+    results: Iterator[dict[str, Any]] | None = None
     noted: set[str] = set()
     try:
         records: Iterable[dict[str, Any]] = clashes
         if pending:
             started = _connect(args.address)
             start = time.perf_counter()
-            records = itertools.chain(clashes, execute(job, pending, args))
+            results = execute(job, pending, args)
+            records = itertools.chain(clashes, results)
         for record in manifest.append(records):
             tally.add(record)
             if record["status"] != "done":
@@ -733,6 +776,8 @@ def _run(args: argparse.Namespace, prog: str, inputs: Inputs, output: Path) -> i
         )
         return 130
     finally:
+        if results is not None:  # a job stopped midway: its Ray Data iterator ends while Ray is up
+            results.close()
         if started:
             import ray
 

@@ -255,13 +255,15 @@ def _file_name_part(text: str) -> str:
 
 def list_inputs(path: str) -> list[Path]:
     """The input file, or the files of an input folder in sorted order (as the official script globs), but
-    ``gfp batch``'s own files (:data:`JOB_FILES`)."""
+    ``gfp batch``'s own files (:data:`JOB_FILES`). A link to nothing (a photo on a drive not mounted) is
+    listed, so that it is a failed file the summary names, not one left out without a word."""
     path = path.rstrip("/\\") or path
     if os.path.isfile(path):
         return [Path(path)]
     if os.path.isdir(path):
         listed = sorted(glob.glob(os.path.join(glob.escape(path), "*")))
-        return [Path(p) for p in listed if os.path.isfile(p) and not is_job_file(p)]
+        files = [p for p in listed if os.path.isfile(p) or (os.path.islink(p) and not os.path.exists(p))]
+        return [Path(p) for p in files if not is_job_file(p)]
     raise FileNotFoundError(f"input {path!r} is neither a file nor a folder")
 
 
@@ -283,19 +285,25 @@ def save_outputs(
     """Write faces, comparisons and the restored image with the official names; returns the files written
     (each appears atomically). A face's index in its file name is its face number - 1
     (:mod:`gfp.selection`), whichever faces were chosen. ``icc_profile``, the input's colour profile, goes
-    into every file whose format holds one: all their pixels are in the input's colour space."""
+    into every file whose format holds one: all their pixels are in the input's colour space. A write that
+    fails (a full disk, Ctrl-C) deletes the files this call wrote before it: a failed input leaves no
+    faces without their image."""
     write = partial(write_image, icc_profile=icc_profile)
     written: list[Path] = []
-    faces = zip(result.face_numbers, result.cropped_faces, result.restored_faces, strict=True)
-    for number, cropped, restored in faces:
-        face = f"{basename}_{number - 1:02d}"
-        written.append(write(output / "cropped_faces" / f"{face}.png", cropped))
-        written.append(write(output / "restored_faces" / f"{_suffixed(face, suffix)}.png", restored))
-        comparison = np.concatenate((cropped, restored), axis=1)
-        written.append(write(output / "cmp" / f"{face}.png", comparison))
-    if aligned:
-        return written
-    written.append(write(image_target(output, basename, in_ext, suffix, ext), result.image))
+    try:
+        faces = zip(result.face_numbers, result.cropped_faces, result.restored_faces, strict=True)
+        for number, cropped, restored in faces:
+            face = f"{basename}_{number - 1:02d}"
+            written.append(write(output / "cropped_faces" / f"{face}.png", cropped))
+            written.append(write(output / "restored_faces" / f"{_suffixed(face, suffix)}.png", restored))
+            comparison = np.concatenate((cropped, restored), axis=1)
+            written.append(write(output / "cmp" / f"{face}.png", comparison))
+        if not aligned:
+            written.append(write(image_target(output, basename, in_ext, suffix, ext), result.image))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return written
 
 
@@ -366,8 +374,8 @@ def give_back(owners: dict[str, str], name: str) -> None:
 
 def check_output_folder(output: str) -> None:
     """Refuse an ``-o`` that cannot be the output folder (``ValueError``), before any work: an existing
-    file (every input would be restored, then fail to write), or a new name that looks like a file's
-    (``-o result.png`` would make a folder of that name)."""
+    file (every input would be restored, then fail to write), a new name that looks like a file's
+    (``-o result.png`` would make a folder of that name), or a folder this user cannot write (nor make)."""
     path = Path(output)
     if path.is_symlink() and not path.exists():  # mkdir would say "File exists" for every input
         raise ValueError(f"-o {output!r} is a link to {os.readlink(path)!r}, which does not exist")
@@ -378,6 +386,10 @@ def check_output_folder(output: str) -> None:
             f"-o takes a folder, and {output!r} looks like a file name: the results go into it as "
             "restored_imgs/, restored_faces/ and restored_videos/ (give a folder name)"
         )
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        # every input would be restored, then fail to write; said once, before the work
+        raise ValueError(f"cannot write to -o {output!r}: {existing} is not writable")
 
 
 def check_output_size(target: Path | None, img: np.ndarray, upscale: float) -> None:

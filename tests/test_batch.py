@@ -10,6 +10,8 @@ the CLI runs here: the thread count changes float rounding on a CPU.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import signal
@@ -19,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -193,6 +196,27 @@ def test_an_output_that_is_a_file_or_named_like_one_is_refused_as_by_the_cli(
     assert (tmp_path / "results").is_file() and not (tmp_path / "out.png").exists()
 
 
+def test_an_output_that_cannot_be_written_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused before Ray starts, as the CLI refuses it; a folder that cannot be made says why."""
+    pytest.importorskip("ray")
+    inputs = _photos(tmp_path / "in", 1)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    allowed = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and allowed(path, mode))
+    with pytest.raises(SystemExit) as exc:
+        batch.main([str(inputs), "-o", str(locked / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{locked} is not writable" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("not a folder")
+    assert batch.main([str(inputs), "-o", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write to {tmp_path / 'file' / 'out'}: " in err and "Traceback" not in err
+
+
 def test_a_second_job_over_the_same_output_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -258,6 +282,8 @@ def test_manifest_torn_line_settings_and_clashes(tmp_path: Path) -> None:
     later = {"path": "/in/c.png", "status": "failed", "error": "bad"}
     list(manifest.append([later]))
     assert manifest.latest() == {"/in/a.png": done, "/in/c.png": later}
+    # the cut line is gone, not kept beside the next record: every line is JSON for any other reader
+    assert [json.loads(line) for line in manifest.path.read_text().splitlines()] == [done, later]
     assert batch.is_complete(done, out, "s1")
     assert not batch.is_complete(done, out, "s2")  # other settings: redo
     assert not batch.is_complete(later, out, "s1")
@@ -278,6 +304,27 @@ def test_manifest_torn_line_settings_and_clashes(tmp_path: Path) -> None:
     assert [i.key for i in todo] == ["/in/a.jpg", "/in/b.png", "/in/a.mp4"] and not complete
     assert [(r["path"], r["status"]) for r in clashes] == [("/in/a.png", "failed")]
     assert "/in/a.jpg" in clashes[0]["error"]
+
+
+def test_a_manifest_that_cannot_be_written_stops_the_job_and_stays_json_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk lets half a record through: the job stops (a FatalError, exit 2, not a traceback) and
+    the half line is taken back."""
+    manifest = batch.Manifest(tmp_path / batch.MANIFEST)
+    first = {"path": "/in/a.png", "status": "done"}
+    list(manifest.append([first]))
+
+    class FullDisk(io.FileIO):
+        def write(self, data: Any) -> int:
+            super().write(bytes(data)[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "open", lambda self, mode, buffering=-1: FullDisk(self, mode.replace("b", "")))
+    records = manifest.append([{"path": "/in/b.png", "status": "done"}])
+    with pytest.raises(batch.FatalError, match="cannot write .*manifest.jsonl: .*No space left on device"):
+        next(records)
+    assert manifest.path.read_bytes() == json.dumps(first, sort_keys=True).encode() + b"\n"
 
 
 def test_plan_keeps_an_earlier_jobs_outputs_and_gives_photos_their_names(tmp_path: Path) -> None:
@@ -516,6 +563,31 @@ def test_a_job_killed_midway_and_rerun_does_each_input_once(
     assert Counter(Path(r["path"]).name for r in records) == {p.name: 1 for p in inputs.iterdir()}
     assert _cli(inputs, tmp_path / "cli", weights, "-s", "4") == 0
     assert _files(out) == _files(tmp_path / "cli")
+
+
+def test_a_job_stopped_with_sigterm_says_so_and_exits_130(
+    tmp_path: Path, cluster: str, weights: Path
+) -> None:
+    """ray.init put its own SIGTERM handler in place (exit 15, without a word): a stopped job must end as
+    Ctrl-C ends it, saying how to go on."""
+    inputs = _photos(tmp_path / "in", 24, size=192)
+    out = tmp_path / "out"
+    argv = [str(inputs), "-o", str(out), "--workers", "1", "-s", "4", *_args(weights), "--address", cluster]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gfp.batch", *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    manifest = out / batch.MANIFEST
+    deadline = time.monotonic() + 240
+    while not (manifest.is_file() and manifest.read_bytes().count(b"\n")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no record within 4 minutes"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted; the manifest keeps what finished" in err and b"Traceback" not in err
 
 
 def test_a_worker_no_node_can_hold_is_a_one_line_error(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,9 @@ import pytest
 from _zoo_helpers import save_tiny_generator
 from conftest import MOBILE, make_weights
 
+from gfp import cli
 from gfp.cli import list_inputs, main
+from gfp.pipeline import Restorer, RestoreResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +49,8 @@ def test_list_inputs(tmp_path: Path) -> None:
     for name in ("b.png", "a.jpg", "manifest.jsonl", ".gfp-batch.lock"):  # and gfp batch's own files
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub").mkdir()
-    assert [p.name for p in list_inputs(str(tmp_path) + "/")] == ["a.jpg", "b.png"]
+    (tmp_path / "c.jpg").symlink_to(tmp_path / "gone.jpg")  # a link to nothing: listed, fails when read
+    assert [p.name for p in list_inputs(str(tmp_path) + "/")] == ["a.jpg", "b.png", "c.jpg"]
     assert list_inputs(str(tmp_path / "a.jpg")) == [tmp_path / "a.jpg"]
     with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
         list_inputs(str(tmp_path / "missing"))
@@ -100,6 +105,59 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(
     with pytest.raises(SystemExit) as exc:
         main(["-i", str(img), "-o", str(tmp_path / "gone"), *_args(weights)])
     assert exc.value.code == 2 and "which does not exist" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not every input restored, then each failing to write: one line, exit 2, before the work."""
+    weights = make_weights(tmp_path / "w")
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), _gradient())
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    allowed = os.access
+    # a read-only folder as a user sees it (the tests may run as root, which may write anywhere)
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and allowed(path, mode))
+    for output in (locked, locked / "new" / "deeper"):
+        with pytest.raises(SystemExit) as exc:
+            main(["-i", str(img), "-o", str(output), *_args(weights)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"cannot write to -o {str(output)!r}: {locked} is not writable" in err
+        assert "Restoring" not in err
+
+
+def test_a_photo_whose_last_write_fails_leaves_none_of_its_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at the restored image: its faces, written just before, go too (no faces of a photo
+    the summary calls failed), and the next photo still comes out whole."""
+    weights = make_weights(tmp_path / "w")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "a.png"), _gradient())
+    cv2.imwrite(str(inputs / "b.png"), _gradient())
+    face = np.zeros((8, 8, 3), np.uint8)
+    result = RestoreResult(
+        image=_gradient(), cropped_faces=[face], restored_faces=[face], boxes=np.zeros((1, 5), np.float32),
+        landmarks=np.zeros((1, 5, 2), np.float32), timings={}, device="cpu", face_numbers=[1],
+    )  # fmt: skip
+    monkeypatch.setattr(Restorer, "restore", lambda self, img, options: result)
+    real_write = cli.write_image
+
+    def write(path: Path, img: np.ndarray, **kwargs: object) -> Path:
+        if path.name == "a.png" and path.parent.name == "restored_imgs":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, img, **kwargs)
+
+    monkeypatch.setattr(cli, "write_image", write)
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), *_args(weights)]) == 1
+    assert "a.png: [Errno 28] No space left on device" in capsys.readouterr().err
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    b = {"cropped_faces/b_00.png", "restored_faces/b_00.png", "cmp/b_00.png", "restored_imgs/b.png"}
+    assert names == b
 
 
 def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
