@@ -369,6 +369,19 @@ def test_crop_cuts_aligned_faces_from_whole_photos(shared_data, tmp_path):
     assert main([*args[:2], str(tmp_path / "none"), *args[3:], *weights, "--min-size", "5000"]) == 1
 
 
+def test_crop_refuses_to_write_faces_into_the_photo_folder(tmp_path):
+    """A face PHOTO_00.png would replace a photo of that name there (and be taken for a photo next time):
+    refused before the detector loads, nothing written."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "a_00.png"):
+        cv2.imwrite(str(photos / name), np.full((64, 64, 3), 120, np.uint8))
+    kept = {p.name: p.read_bytes() for p in photos.iterdir()}
+    with pytest.raises(DataError, match="is the photo folder"):
+        crop_faces(photos, photos, weights_dir=str(tmp_path / "no-weights"))
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == kept
+
+
 def test_crop_refuses_photos_that_share_a_name(tmp_path):
     """a.jpg and a.png would both write a_00.png: refused before the detector loads, nothing written."""
     photos = tmp_path / "photos"

@@ -116,6 +116,22 @@ def test_resume_continues_exactly(faces, tmp_path):
     )
 
 
+def test_resume_with_a_lower_learning_rate_trains_at_it(faces, tmp_path):
+    """A diverged run is told to resume with a lower optim.lr_g / optim.lr_d: the saved optimiser state
+    would bring back the old rates, so the ones asked for must replace them (and unchanged ones stay)."""
+    torch.manual_seed(0)
+    first = Trainer(_config(faces, tmp_path / "run", "train.ckpt_every=2"))
+    first.fit(2)
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000002.pt"
+    resumed = Trainer(_config(faces, tmp_path / "run", "optim.lr_g=1e-4", "optim.lr_d=2e-4"))
+    resumed.resume(ckpt)
+    rates = {k: o.param_groups[0]["lr"] for k, o in resumed.optimizers.items()}
+    assert (rates["g"], rates["d"]) == (1e-4, 2e-4)
+    assert rates["left_eye"] == first.cfg["optim"]["lr_component"]
+    resumed.fit(3)
+    assert resumed.optimizers["g"].param_groups[0]["lr"] == 1e-4
+
+
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_cpu_autocast_is_bf16_where_asked_and_the_cpu_has_it(faces, tmp_path, monkeypatch, caplog, has_bf16):
     from train import train as train_mod
@@ -933,6 +949,35 @@ def test_resume_drops_the_log_records_of_steps_trained_again(faces, tmp_path):
     older = run / "checkpoints" / "step_00000002.pt"
     assert cli([*base, "--resume", str(older), "train.total_iter=4"]) == 0
     assert [json.loads(line)["step"] for line in log_file.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error_and_leaves_no_part(
+    faces, tmp_path, monkeypatch, capsys
+):
+    """A full disk fails torch.save part-way ("unexpected pos"): the run says so in one line, naming the
+    checkpoint kept, and deletes its half-written file, which would hold the space. A part file left by a
+    run killed while saving (kill -9) goes at the next save."""
+    from train.__main__ import main as cli
+
+    run = tmp_path / "run"
+    args = ["train", "--config", str(TINY), f"data.train={faces}", f"output_dir={run}", *FAST]
+    assert cli([*args, "train.total_iter=1", "train.ckpt_every=1"]) == 0
+    folder = run / "checkpoints"
+    (folder / "step_00000001.pt.part").write_bytes(b"\0" * 64)  # a save killed outright
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        Path(f).write_bytes(b"\0" * 64)  # part of the file went out before the disk filled
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 18134208 vs 18134096")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert cli([*args, "--resume", "auto", "train.total_iter=2", "train.ckpt_every=1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the checkpoint" in err and "the newest one kept is step_00000001.pt" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in folder.iterdir()) == ["step_00000001.pt"]
+    monkeypatch.setattr(torch, "save", real_save)
+    assert cli([*args, "--resume", "auto", "train.total_iter=2", "train.ckpt_every=1"]) == 0
 
 
 def test_a_fresh_run_drops_the_logs_of_a_run_that_left_no_checkpoint(faces, tmp_path, caplog):

@@ -392,6 +392,8 @@ def crop_faces(
     Returns the written files and the number of faces skipped.
     """
     files = list_images(photos)
+    if same_folder(out, photos):  # a face STEM_NN.png would replace a photo of that name, and be cut again
+        raise DataError(f"{out} is the photo folder: give the faces a folder of their own")
     # before the detector loads: a face of one photo would replace another's
     _one_per_stem(files, "{}_NN.png")
     net = _detector(detector, weights_dir)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -66,6 +67,10 @@ BUDGET_RESIZE = 100
 
 class TrainingDivergedError(RuntimeError):
     """Losses went NaN/inf; raised before the broken weights are checkpointed."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, as a rule); the earlier ones are kept."""
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -542,6 +547,7 @@ class Trainer:
             o.load_state_dict(state["optimizers"][k])
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
+        self._apply_changed_rates((state.get("config") or {}).get("optim") or {})
         self.scaler.load_state_dict(state["scaler"])
         states = state["rng"]
         if len(states) == self.world:
@@ -553,6 +559,21 @@ class Trainer:
                 "checkpoint was written by %d processes, now %d: noise RNG reseeded", len(states), self.world
             )
             torch.manual_seed(self.cfg["seed"] * 1000 + self.rank + self.step)
+
+    def _apply_changed_rates(self, saved: dict[str, Any]) -> None:
+        """Give each optimiser the base learning rate the config asks for where it differs from the
+        checkpoint's (the saved state would bring back the old one): resuming with a lower rate is how a
+        diverged run goes on. The schedule's factor at this step is kept."""
+        opt = self.cfg["optim"]
+        keys = {"g": "lr_g", "d": "lr_d", **{part: "lr_component" for part in PARTS}}
+        for k, scheduler in self.schedulers.items():
+            new = float(opt[keys[k]])
+            if keys[k] not in saved or float(saved[keys[k]]) == new:
+                continue  # unchanged: the saved state as it is, so a resumed run equals a straight one
+            scheduler.base_lrs = [new] * len(scheduler.base_lrs)
+            for group in scheduler.optimizer.param_groups:
+                group["lr"] = new * group["lr"] / group["initial_lr"] if group["initial_lr"] else new
+                group["initial_lr"] = new
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step_XXXXXXXX.pt`` atomically (rank 0; all ranks call) and prune old ones.
@@ -568,8 +589,23 @@ class Trainer:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"step_{self.step:08d}.pt"
             tmp = path.with_suffix(".pt.part")
-            torch.save(state, tmp)
-            os.replace(tmp, path)
+            for stale in folder.glob(CHECKPOINT_GLOB + ".part"):  # of a run killed while saving (kill -9)
+                stale.unlink(missing_ok=True)
+            try:
+                torch.save(state, tmp)
+                os.replace(tmp, path)
+            except BaseException as err:  # a full disk, or a second Ctrl-C: no half file stays behind
+                tmp.unlink(missing_ok=True)
+                if not isinstance(err, OSError | RuntimeError):
+                    raise
+                # torch reports a full disk as "unexpected pos": say what is free, and what is kept
+                free = shutil.disk_usage(folder).free / 2**20
+                kept = latest_checkpoint(self.out_dir)
+                raise CheckpointWriteError(
+                    f"cannot write the checkpoint {path} ({first_line(err)}; {free:.0f} MiB free there): "
+                    f"the newest one kept is {kept.name if kept else 'none'}; free some space and "
+                    "--resume auto continues from it"
+                ) from err
             keep = int(self.cfg["train"]["keep_checkpoints"])
             for old in sorted(folder.glob(CHECKPOINT_GLOB))[:-keep] if keep > 0 else []:
                 old.unlink()
@@ -580,7 +616,7 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Continue from the checkpoint ``path``; ``ConfigError`` (one line) for a file that is no readable
         checkpoint or holds networks of another layout. Settings that differ from the checkpoint's are
-        logged: the optimisers and the schedule continue as saved."""
+        logged: the optimisers and the schedule continue as saved, at the base learning rates asked for."""
         try:
             state = read_checkpoint(path, map_location=self.device)
         except ExportError as err:
@@ -588,7 +624,8 @@ class Trainer:
         changed = _changed_settings(state.get("config") or {}, self.cfg)
         if changed:
             log.warning("resuming with settings other than the checkpoint's (%s); the optimisers and the "
-                        "learning-rate schedule continue as saved", "; ".join(changed))  # fmt: skip
+                        "learning-rate schedule continue as saved, from the base rates now asked for",
+                        "; ".join(changed))  # fmt: skip
         try:
             self.load_state_dict(state)
         except RuntimeError as err:  # shapes or keys of another model layout
@@ -1046,7 +1083,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         run(cfg, rank, world, args.resume, local_rank)
-    except (ConfigError, DataError, WeightsError, UnknownArchitectureError, TrainingDivergedError) as err:
+    except (
+        ConfigError,
+        DataError,
+        WeightsError,
+        UnknownArchitectureError,
+        TrainingDivergedError,
+        CheckpointWriteError,
+    ) as err:
         message = str(err).strip()
         if message.startswith("Caught ") and "Traceback" in message:  # re-raised from a loader worker
             message = message.splitlines()[-1].split(": ", 1)[-1]  # the worker's own error, not its trace
