@@ -5,7 +5,8 @@ paths (``.txt``) or an object-storage URL Ray Data reads (``s3://``, ``gs://``, 
 CLI's layout and file names (:mod:`gfp.cli`), on a file system every worker sees (a local disk for a local
 instance, a shared mount on a cluster). Photos are read by Ray Data's binary-file reader and decoded by
 :func:`gfp.imageio.read_image_bytes`, as the CLI reads them (alpha, 16-bit, EXIF orientation); each clip
-is one call of :func:`gfp.video.restore_video`. One :class:`RestoreWorker` per Ray worker holds one
+is one call of :func:`gfp.video.restore_video`, and a photo whose path holds a control character (which Ray
+Data's reader drops from paths) is read by its worker too. One :class:`RestoreWorker` per Ray worker holds one
 :class:`~gfp.pipeline.Restorer`, so the networks load once per worker.
 
 Nothing is lost and nothing is done twice: every output is written atomically by the worker, which then
@@ -50,6 +51,7 @@ from gfp.cli import (
     check_not_input,
     check_output_folder,
     check_output_size,
+    is_input_file,
     is_job_file,
     list_inputs,
     main_output,
@@ -59,10 +61,11 @@ from gfp.cli import (
     output_owners,
     restore_options,
     save_outputs,
+    unwritable,
     video_options,
 )
 from gfp.imageio import first_frame_note, read_icc_profile, read_image_bytes
-from gfp.messages import first_line
+from gfp.messages import first_line, is_plain, shown
 from gfp.video import VideoError, is_video, restore_video
 from gfp.weights.errors import WeightsError
 
@@ -130,7 +133,7 @@ def list_batch_inputs(spec: str) -> Inputs:
         listed = _list_remote(filesystem, path, prefix)
         return Inputs(list(dict.fromkeys(Input(prefix + p, p) for p in listed)), filesystem, prefix)
     if glob.has_magic(spec) and not os.path.exists(spec):
-        found = sorted(p for p in glob.glob(spec) if os.path.isfile(p) and not is_job_file(p))
+        found = sorted(p for p in glob.glob(spec) if is_input_file(p) and not is_job_file(p))
         if not found:
             raise FileNotFoundError(f"no file matches {spec!r}")
         return Inputs(_local(found), None)
@@ -305,8 +308,9 @@ class Job:
 class RestoreWorker:
     """The callable class of ``map_batches``: one per Ray worker, holding one :class:`Restorer` whose
     networks load once, here, while the first inputs are read. Each call restores the rows of a batch
-    (``path``, ``bytes``; clips come without bytes), writes their outputs as the CLI does and returns one
-    JSON record per row. Missing weights are a ``fatal`` record: the driver stops the job (exit 2)."""
+    (``path``, ``bytes``; clips come without bytes, and so do photos :func:`execute` leaves to the worker),
+    writes their outputs as the CLI does and returns one JSON record per row. Missing weights and a full or
+    read-only output disk are a ``fatal`` record: the driver stops the job (exit 2)."""
 
     def __init__(self, job: Job) -> None:
         import torch
@@ -327,7 +331,7 @@ class RestoreWorker:
 
     def restore(self, path: str, data: bytes) -> dict[str, Any]:
         """Restore the input at ``path`` (on the job's file system; ``data``: a photo's bytes) and write its
-        outputs; its record (done, failed, or fatal for missing weights)."""
+        outputs; its record (done, failed, or fatal for missing weights and a full or read-only disk)."""
         start = time.perf_counter()
         key = self.job.prefix + path
         try:
@@ -335,7 +339,11 @@ class RestoreWorker:
         except WeightsError as err:
             record = {"status": "fatal", "error": str(err)}
         except Exception as err:  # one bad file must not stop the others: it becomes a failed record
-            record = {"status": "failed", "error": first_line(err)}
+            full = unwritable(err)  # ... but a full disk would fail every later one: the job stops
+            record = {"status": "failed", "error": first_line(err, key)}
+            if full is not None:
+                why = f"cannot write the outputs of {shown(key)}: {first_line(full)}"
+                record = {"status": "fatal", "error": why, "unwritable": True}
         return _record(key, seconds=time.perf_counter() - start, worker=self.worker, **record)
 
     def _restore(self, path: str, key: str, data: bytes) -> dict[str, Any]:
@@ -353,6 +361,8 @@ class RestoreWorker:
             written, extra = [target], {"audio": result.audio}  # copied, re-encoded (how) or none
             animated = None
         else:
+            if not data:  # left to the worker (see execute), or an empty file, read again at no cost
+                data = _read_bytes(self.job.filesystem, path)
             img = read_image_bytes(data, name=key)
             check_output_size(target, img, self.options.upscale)
             result = self.restorer.restore(img, self.options)
@@ -361,7 +371,7 @@ class RestoreWorker:
                 result, basename, in_ext, self.output, args.suffix, args.ext, args.aligned, profile
             )
             extra = {}
-            animated = first_frame_note(data, posixpath.basename(path))
+            animated = first_frame_note(data, shown(posixpath.basename(path)))
         return {
             "status": "done",
             "faces_found": result.selection.found,  # faces of a photo, people (face tracks) of a clip
@@ -370,6 +380,14 @@ class RestoreWorker:
             "notes": [*result.notes, *filter(None, [animated])],
             "settings": self.job.settings,
         } | extra
+
+
+def _read_bytes(filesystem: Any, path: str) -> bytes:
+    """The bytes of the file ``path`` on ``filesystem`` (None: the local disk)."""
+    if filesystem is None:
+        return Path(path).read_bytes()
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def _is_local(filesystem: Any) -> bool:
@@ -577,12 +595,14 @@ def _resources(args: argparse.Namespace, pending: int) -> tuple[int, float, floa
 def execute(job: Job, pending: Sequence[Input], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Run the Ray Data job over ``pending``: each input's record as its worker returns it, then a failed
     record for every input whose read or worker failed in Ray (dropped blocks). Raises
-    :class:`FatalError` at once, before any work, when no node can hold a worker."""
+    :class:`FatalError` at once, before any work, when no node can hold a worker. Clips, and photos whose
+    path holds a control character (Ray Data's reader drops a newline or a tab from a path, so it would
+    never find them), are read by their workers."""
     from ray import data as rd
 
     workers, cpus, gpus = _resources(args, len(pending))
-    images = [item.path for item in pending if not is_video(item.path)]
-    clips = [item.path for item in pending if is_video(item.path)]
+    images = [item.path for item in pending if not is_video(item.path) and is_plain(item.path)]
+    own = [item.path for item in pending if is_video(item.path) or not is_plain(item.path)]
     parts = []
     if images:  # one block per photo, so each record comes back as soon as its photo is done
         parts.append(
@@ -596,8 +616,8 @@ def execute(job: Job, pending: Sequence[Input], args: argparse.Namespace) -> Ite
                 concurrency=min(max(2, workers), len(images)),
             )
         )
-    if clips:  # a clip is one task; its worker opens it itself (no clip in the object store)
-        rows = [{"bytes": b"", "path": path} for path in clips]
+    if own:  # a clip is one task; its worker opens it itself (no clip in the object store)
+        rows = [{"bytes": b"", "path": path} for path in own]
         parts.append(rd.from_items(rows, override_num_blocks=len(rows)))
     dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     dataset = dataset.map_batches(
@@ -623,6 +643,12 @@ def _results(dataset: Any, job: Job, pending: Sequence[Input]) -> Iterator[dict[
     try:
         for row in dataset.iter_rows():
             record = json.loads(row["record"])
+            if record["status"] == "fatal" and record.get("unwritable"):
+                left = f"{len(missing)} of {len(pending)} input(s) not restored"
+                raise FatalError(
+                    f"{record['error']}; stopped with {left}: rerun the same command to go on once "
+                    f"{job.output!r} can be written"
+                )
             if record["status"] == "fatal":
                 raise FatalError(record["error"])
             missing.pop(record["path"], None)
@@ -685,7 +711,8 @@ def remove_partial(output: Path) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
     """Run the batch job; returns the exit status: 0 all done, 1 some input failed, 2 usage errors,
-    missing Ray or missing weights, 130 interrupted (the manifest keeps what finished)."""
+    missing Ray, missing weights or a full or read-only output disk, 130 interrupted (the manifest keeps
+    what finished)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
@@ -755,7 +782,7 @@ def _run(args: argparse.Namespace, prog: str, inputs: Inputs, output: Path) -> i
         for record in manifest.append(records):
             tally.add(record)
             if record["status"] != "done":
-                error, path = record["error"], record["path"]
+                error, path = record["error"], shown(record["path"])
                 print(f"{prog}: error: {error if path in error else f'{path}: {error}'}", file=sys.stderr)
             for note in set(record["notes"]) - noted:
                 noted.add(note)

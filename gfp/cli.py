@@ -12,12 +12,14 @@ Outputs (as the official script writes them) under ``--output``::
     restored_videos/{name}[_{suffix}].mp4         a restored video clip (see gfp.video)
 
 A file that cannot be read or restored is reported in one line and skipped; the exit status is 1 if any
-file failed, 2 for usage errors and missing weights, 0 otherwise.
+file failed, 2 for usage errors, missing weights and an output disk that is full or read-only (the run stops
+at the first file it cannot write), 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import os
 import sys
@@ -46,7 +48,7 @@ from gfp.imageio import (
     size_error,
     write_image,
 )
-from gfp.messages import first_line
+from gfp.messages import first_line, shown
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VIDEO_CODECS, VideoError, VideoOptions, VideoResult, is_video, restore_video
 from gfp.weights.errors import WeightsError
@@ -262,9 +264,14 @@ def list_inputs(path: str) -> list[Path]:
         return [Path(path)]
     if os.path.isdir(path):
         listed = sorted(glob.glob(os.path.join(glob.escape(path), "*")))
-        files = [p for p in listed if os.path.isfile(p) or (os.path.islink(p) and not os.path.exists(p))]
-        return [Path(p) for p in files if not is_job_file(p)]
+        return [Path(p) for p in listed if is_input_file(p) and not is_job_file(p)]
     raise FileNotFoundError(f"input {path!r} is neither a file nor a folder")
+
+
+def is_input_file(path: str) -> bool:
+    """Whether ``path``, found in a folder or by a glob, is an input: a file, or a link to nothing (a photo
+    on a drive not mounted), which fails when read and so is named, not left out without a word."""
+    return os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path))
 
 
 def is_job_file(path: str) -> bool:
@@ -361,7 +368,7 @@ def output_clash(owners: dict[str, str], name: str) -> str | None:
     first = owners.setdefault(output_group(name), name)
     if first == name:
         return None
-    return f"{CLASH} {first} (same name without extension)"
+    return f"{CLASH} {shown(first)} (same name without extension)"
 
 
 def give_back(owners: dict[str, str], name: str) -> None:
@@ -392,6 +399,22 @@ def check_output_folder(output: str) -> None:
         raise ValueError(f"cannot write to -o {output!r}: {existing} is not writable")
 
 
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+"""What a write fails with when the output disk is full (or over quota) or read-only: every later input
+would be restored, then fail the same way, so the run stops there."""
+
+
+def unwritable(err: BaseException) -> OSError | None:
+    """The full or read-only disk's error (:data:`UNWRITABLE`) behind ``err``, itself or an error it was
+    raised in (a clip's :class:`VideoError` holds PyAV's); None for any other failure."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in UNWRITABLE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def check_output_size(target: Path | None, img: np.ndarray, upscale: float) -> None:
     """Refuse (``ValueError``) a photo whose restored image, ``img`` upscaled, is larger than the format of
     ``target`` holds (-s 8 on a 2100 px wide photo makes a WebP wider than 16383 px): said before the work,
@@ -420,14 +443,16 @@ def restore_video_file(
 ) -> VideoResult:
     """Restore one clip with a progress bar in frames (with ETA when the container gives a frame count);
     a face choice's first pass over the clip has a bar of its own ("detect")."""
-    with tqdm(desc=path.name, unit="frame", leave=False, file=sys.stderr) as bar:
+    with tqdm(desc=shown(path.name), unit="frame", leave=False, file=sys.stderr) as bar:
         stages = ["frames"]
 
         def progress(done: int, total: int, stage: str) -> None:
             if stage != stages[-1]:
                 stages.append(stage)
                 bar.reset()
-                bar.set_description(f"{path.name} ({stage})" if stage != "frames" else path.name)
+                bar.set_description(
+                    f"{shown(path.name)} ({stage})" if stage != "frames" else shown(path.name)
+                )
             if total and bar.total != total:
                 bar.total = total
                 bar.refresh()
@@ -529,7 +554,7 @@ def _main(argv: Sequence[str] | None) -> int:
     failed: list[Path] = []
     noted: set[str] = set()
     owners = output_owners(p.name for p in inputs)
-    for path in tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr):
+    for index, path in enumerate(tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr)):
         basename, in_ext = os.path.splitext(path.name)
         unwritten = False  # a failure while set wrote nothing: its outputs' names go to a later input
         animated = None  # an animation's or a multi-page file's note: only the first frame is read
@@ -544,7 +569,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 result = restore_video_file(path, target, options, clip_options, restorer)
             else:
                 img = read_image(path)
-                animated = first_frame_note(path, path.name)
+                animated = first_frame_note(path, shown(path.name))
                 check_output_size(target, img, options.upscale)
                 result = restorer.restore(img, options)
                 unwritten = False
@@ -554,23 +579,34 @@ def _main(argv: Sequence[str] | None) -> int:
             tqdm.write(f"gfp: error: {err}", file=sys.stderr)
             return 2
         except Exception as err:  # one bad file must not stop the others: report it in one line
+            full = unwritable(err)
+            if full is not None:  # a full or read-only disk: every later input would fail to write too
+                left = len(inputs) - index - 1
+                tqdm.write(
+                    f"gfp: error: cannot write the outputs of {shown(path.name)}: {first_line(full)}; "
+                    f"stopped with {left} of {len(inputs)} file(s) not tried: rerun the same command once "
+                    f"{str(output)!r} can be written",
+                    file=sys.stderr,
+                )
+                return 2
             if unwritten:
                 give_back(owners, path.name)
             failed.append(path)
             named = isinstance(err, ImageReadError | VideoError)  # their messages begin with the file
-            tqdm.write(f"gfp: error: {'' if named else f'{path}: '}{first_line(err)}", file=sys.stderr)
+            why = first_line(err, str(path))
+            tqdm.write(f"gfp: error: {why if named else f'{shown(str(path))}: {why}'}", file=sys.stderr)
             continue
         for note in result.notes:
             if note not in noted:  # e.g. the missing parser: say it once, not for every file
                 noted.add(note)
                 tqdm.write(f"gfp: note: {note}", file=sys.stderr)
         if not args.aligned:
-            tqdm.write(f"gfp: {path.name}: {face_summary(result)}", file=sys.stderr)
+            tqdm.write(f"gfp: {shown(path.name)}: {face_summary(result)}", file=sys.stderr)
         if animated:
             tqdm.write(f"gfp: note: {animated}", file=sys.stderr)
     done = len(inputs) - len(failed)
     print(f"Restored {done} of {len(inputs)} file(s); results are in the [{output}] folder.")
     if failed:
-        print(f"{len(failed)} file(s) failed: {', '.join(p.name for p in failed)}", file=sys.stderr)
+        print(f"{len(failed)} file(s) failed: {', '.join(shown(p.name) for p in failed)}", file=sys.stderr)
         return 1
     return 0

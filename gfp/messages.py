@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import unicodedata
 
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    lines = str(err).strip().splitlines()
+_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+"""Unicode categories of the characters that break or garble a printed line (newline, tab, escape ...)."""
+
+
+def is_plain(name: str) -> bool:
+    """Whether ``name`` (a file name or path) holds no control character (a newline, a tab, an escape)."""
+    return not any(unicodedata.category(char) in _LINE_BREAKING for char in name)
+
+
+def shown(name: str) -> str:
+    """``name`` as a message shows it: as it is, or as Python's repr of it when it holds a control
+    character, so that every message stays one line and says what the name holds."""
+    return name if is_plain(name) else repr(name)
+
+
+def first_line(err: BaseException, name: str | None = None) -> str:
+    """The first line of an error's message (its type's name when it has none); ``name``, a file the
+    message may name (an image or video error begins with it), is :func:`shown`, so that a newline in it
+    does not end the line there."""
+    text = str(err) if name is None else str(err).replace(name, shown(name))
+    lines = text.strip().splitlines()
     return lines[0] if lines else type(err).__name__
 
 

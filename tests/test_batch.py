@@ -9,6 +9,7 @@ the CLI runs here: the thread count changes float rounding on a CPU.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import io
@@ -246,21 +247,23 @@ def test_inputs_folder_glob_list_and_url(tmp_path: Path) -> None:
     for name in ("b.png", "a.jpg", "c.mp4", ".hidden.png", batch.MANIFEST, batch.LOCK_FILE):
         (photos / name).write_bytes(b"x")
     (photos / "sub").mkdir()
-    a, b, c = (str(photos / n) for n in ("a.jpg", "b.png", "c.mp4"))
+    (photos / "d.jpg").symlink_to(tmp_path / "gone.jpg")  # a link to nothing: listed, a failed record
+    a, b, c, d = (str(photos / n) for n in ("a.jpg", "b.png", "c.mp4", "d.jpg"))
 
     def keys(spec: str) -> list[str]:
         return [item.key for item in batch.list_batch_inputs(spec).items]
 
     # what the CLI lists: not the files of a job that wrote into this folder (-o the input folder)
-    assert keys(str(photos)) == [a, b, c]
-    assert keys(str(photos / "*")) == [a, b, c]
+    assert keys(str(photos)) == [a, b, c, d]
+    assert keys(str(photos / "*")) == [a, b, c, d]
     assert keys(str(photos / "*.p*")) == [b]
+    assert keys(str(photos / "d.*")) == [d]
     (tmp_path / "list.txt").write_text(f"# chosen\nphotos/b.png\n\n{a}\nphotos/b.png\n")
     assert keys(str(tmp_path / "list.txt")) == [b, a]  # relative to the list, in its order, once each
     url = batch.list_batch_inputs(f"file://{photos}/*.jpg")
     assert [(i.key, i.path) for i in url.items] == [(f"file://{a}", a)]
     assert url.prefix == "file://" and url.filesystem is not None
-    assert keys(f"file://{photos}") == [f"file://{p}" for p in (a, b, c)]
+    assert keys(f"file://{photos}") == [f"file://{p}" for p in (a, b, c)]  # what the store lists
     (tmp_path / "urls.txt").write_text(f"file://{c}\nphotos/a.jpg\n")
     with pytest.raises(ValueError, match="mixes file systems"):
         batch.list_batch_inputs(str(tmp_path / "urls.txt"))
@@ -411,6 +414,41 @@ def test_a_remote_clips_error_names_the_clip_not_its_temporary_copy(tmp_path: Pa
     assert record["error"].startswith("s3://bucket/cut.mkv: truncated or corrupt")
 
 
+def test_a_full_disk_is_a_fatal_record_and_stops_the_job(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every later input would be restored, then fail to write: the worker's record stops the job (exit 2)
+    in one line saying how many inputs are left; the photo's record is not written, so a rerun does it."""
+    pytest.importorskip("ray.data")
+    photo = _photos(tmp_path / "in", 1) / "img00.png"
+
+    def full(path: Path, *args: object, **kwargs: object) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "write_image", full)
+    out = tmp_path / "out"
+    record = _worker(weights, out, None, "").restore(str(photo), photo.read_bytes())
+    assert record["status"] == "fatal" and record["unwritable"]
+    assert record["error"] == f"cannot write the outputs of {photo}: [Errno 28] No space left on device"
+
+    class Rows:
+        def iter_rows(self) -> Iterator[dict[str, str]]:
+            yield {"record": json.dumps(record)}
+
+    pending = [batch.Input(str(tmp_path / f"in/img0{i}.png"), "") for i in range(3)]
+    job = batch.Job(argparse.Namespace(), str(out), None, "", "s1", 1)
+    with pytest.raises(batch.FatalError) as exc:
+        next(batch._results(Rows(), job, pending))
+    assert str(exc.value) == (
+        f"{record['error']}; stopped with 3 of 3 input(s) not restored: rerun the same command to go on "
+        f"once {str(out)!r} can be written"
+    )
+    monkeypatch.undo()  # another error (a corrupt photo) fails that input only
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert _worker(weights, out, None, "").restore(str(broken), broken.read_bytes())["status"] == "failed"
+
+
 def test_a_restored_image_too_large_for_its_format_is_a_failed_record(tmp_path: Path, weights: Path) -> None:
     photo = tmp_path / "wide.jpg"
     cv2.imwrite(str(photo), _gradient(8, 8200))
@@ -498,6 +536,32 @@ def test_outputs_equal_the_cli_byte_for_byte_and_a_corrupt_file_is_a_failed_reco
     if real:
         assert records[PHOTOS[0]]["faces_restored"] == 4 and records["turned.jpg"]["faces_restored"] == 1
         assert people == 1  # one person
+
+
+def test_names_holding_a_newline_or_a_tab_are_restored_and_printed_in_one_line(
+    tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ray Data's reader drops a newline or a tab from a path (it never found such a photo: 'its Ray task
+    failed' on every rerun): their workers read them, and every message names them in one line."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "new\nline.png"), _gradient(40, 56))
+    cv2.imwrite(str(inputs / "tab\tname.png"), _gradient(40, 56))
+    cv2.imwrite(str(inputs / "plain.png"), _gradient(40, 56))
+    (inputs / "bad\nname.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert batch.main([str(inputs), "-o", str(out), "--workers", "1", *_args(weights)]) == 1
+    printed = capsys.readouterr()
+    records = {Path(r["path"]).name: r for r in _records(out)}
+    assert {name: r["status"] for name, r in records.items()} == {
+        "new\nline.png": "done", "tab\tname.png": "done", "plain.png": "done", "bad\nname.png": "failed"
+    }  # fmt: skip
+    assert (
+        out / "restored_imgs" / "new\nline.png"
+    ).is_file() and "3 done, 0 skipped, 1 failed" in printed.out
+    bad = repr(str(inputs / "bad\nname.png"))
+    errors = [line for line in printed.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"gfp batch: error: {bad}: not an image"), errors
 
 
 def test_rerun_redoes_only_missing_outputs_and_a_finished_job_does_no_work(

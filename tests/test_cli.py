@@ -128,16 +128,18 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
         assert "Restoring" not in err
 
 
-def test_a_photo_whose_last_write_fails_leaves_none_of_its_files(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_stops_the_run_and_leaves_no_half_photo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
     """A full disk at the restored image: its faces, written just before, go too (no faces of a photo
-    the summary calls failed), and the next photo still comes out whole."""
+    the summary calls failed), and the run stops there in one line (exit 2) rather than restoring every
+    later photo only to fail to write it."""
     weights = make_weights(tmp_path / "w")
     inputs = tmp_path / "in"
     inputs.mkdir()
-    cv2.imwrite(str(inputs / "a.png"), _gradient())
-    cv2.imwrite(str(inputs / "b.png"), _gradient())
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(inputs / name), _gradient())
     face = np.zeros((8, 8, 3), np.uint8)
     result = RestoreResult(
         image=_gradient(), cropped_faces=[face], restored_faces=[face], boxes=np.zeros((1, 5), np.float32),
@@ -147,17 +149,57 @@ def test_a_photo_whose_last_write_fails_leaves_none_of_its_files(
     real_write = cli.write_image
 
     def write(path: Path, img: np.ndarray, **kwargs: object) -> Path:
-        if path.name == "a.png" and path.parent.name == "restored_imgs":
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if path.name == "b.png" and path.parent.name == "restored_imgs":
+            raise OSError(code, os.strerror(code))
         return real_write(path, img, **kwargs)
 
     monkeypatch.setattr(cli, "write_image", write)
     out = tmp_path / "out"
-    assert main(["-i", str(inputs), "-o", str(out), *_args(weights)]) == 1
-    assert "a.png: [Errno 28] No space left on device" in capsys.readouterr().err
+    assert main(["-i", str(inputs), "-o", str(out), *_args(weights)]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert errors == [
+        f"gfp: error: cannot write the outputs of b.png: [Errno {code}] {os.strerror(code)}; stopped with 1 "
+        f"of 3 file(s) not tried: rerun the same command once {str(out)!r} can be written"
+    ]
+    assert "Restored" not in captured.out
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    b = {"cropped_faces/b_00.png", "restored_faces/b_00.png", "cmp/b_00.png", "restored_imgs/b.png"}
-    assert names == b
+    a = {"cropped_faces/a_00.png", "restored_faces/a_00.png", "cmp/a_00.png", "restored_imgs/a.png"}
+    assert names == a  # none of b's, and c not tried
+
+
+def test_a_clips_full_disk_is_found_behind_its_video_error() -> None:
+    """PyAV's error is an OSError with the errno; gfp.video raises a VideoError in its place."""
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise ValueError("clip.mp4: cannot decode or encode this clip") from None
+    except ValueError as err:
+        assert cli.unwritable(err) is not None and cli.unwritable(err).errno == errno.ENOSPC
+    assert cli.unwritable(OSError(errno.ENOENT, "No such file")) is None
+
+
+def test_names_holding_a_newline_or_a_tab_are_printed_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each message stays one line, and says what the name holds (as Python writes it); a name without
+    such characters is printed as it is."""
+    weights = make_weights(tmp_path / "w")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "new\nline.png"), _gradient())
+    cv2.imwrite(str(inputs / "plain.png"), _gradient())
+    (inputs / "bad\tname.png").write_bytes(b"not an image")
+    assert main(["-i", str(inputs), "-o", str(tmp_path / "out"), *_args(weights)]) == 1
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.startswith("gfp:")]
+    assert "gfp: 'new\\nline.png': no face found, image only upscaled" in err
+    assert "gfp: plain.png: no face found, image only upscaled" in err
+    bad = repr(str(inputs / "bad\tname.png"))
+    assert any(line.startswith(f"gfp: error: {bad}: not an image") for line in err), err
+    assert "1 file(s) failed: 'bad\\tname.png'\n" in captured.err
+    assert (tmp_path / "out" / "restored_imgs" / "new\nline.png").is_file()
 
 
 def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
