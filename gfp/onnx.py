@@ -7,28 +7,40 @@ dynamic (``--dynamic-batch``). Opset :data:`OPSET` (18: ONNX Runtime 1.14+, Tens
 modulated convolutions are exported in their shared-weight form (:func:`gfp.archs.set_modulation_mode`
 "shared"): plain convolutions whose weights do not depend on the input, which a dynamic batch needs and
 inference engines fold best. Export uses PyTorch's exporter (``torch.onnx.export(dynamo=True)``), which
-needs the ``onnx`` and ``onnxscript`` packages; the weights are stored inside the one ``.onnx`` file.
+needs the ``onnx`` and ``onnxscript`` packages; the weights are stored inside the one ``.onnx`` file. The file
+appears whole or not at all (an earlier one is kept until then), and its metadata say which model, config
+and gfp version made it (:func:`export_metadata`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from gfp.archs import FacesOnly
-from gfp.atomic import make_folder
+from gfp import __version__
+from gfp.archs import FacesOnly, GeneratorConfig
+from gfp.atomic import atomic_path, remove_abandoned, unwinding_on_termination
 from gfp.loading import WeightsError, load_generator
 from gfp.messages import first_line
 
 OPSET = 18
 EXPORT_PACKAGES = ("onnx", "onnxscript")
+_PART = ".part"
+"""Suffix of the temporary file an export writes beside its ``.onnx`` until it is whole."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+"""Terminal colour codes, which the exporter puts in its error messages."""
 
 
 def missing_export_packages() -> list[str]:
@@ -43,12 +55,16 @@ def export_onnx(
     batch_size: int = 1,
     dynamic_batch: bool = False,
     opset: int = OPSET,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``generator`` (a GFPGAN generator of ``out_size`` px) to ``path`` as ONNX; returns the path.
 
     Exports a float32 CPU copy in shared-weight modulation mode; ``generator`` itself is not changed.
     ``dynamic_batch`` makes the batch dimension symbolic (``batch``), else it is ``batch_size``.
-    Raises ``RuntimeError`` naming the packages when the exporter's dependencies are missing.
+    ``metadata`` goes into the file's metadata_props (:func:`export_metadata`). ``path`` is written
+    atomically: a folder or an unwritable place is an ``OSError`` before the export, and a
+    failed or interrupted one leaves an earlier file as it was. Raises ``RuntimeError`` naming the packages
+    when the exporter's dependencies are missing.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -65,21 +81,71 @@ def export_onnx(
     example = torch.rand(example_batch, 3, out_size, out_size, generator=torch.Generator().manual_seed(0))
     shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
     path = Path(path)
-    make_folder(path.parent)
-    with torch.no_grad():
-        torch.onnx.export(
+    remove_abandoned(path, _PART)  # what an export killed outright (out of memory) left
+    # The temporary name's ".part" also makes onnx write protobuf whatever OUT is called (it picks the format
+    # from the extension: an OUT.json would have been JSON).
+    with atomic_path(path, _PART, held=True) as tmp, _interrupts_kept(), torch.no_grad():
+        program = torch.onnx.export(
             net,
             (example * 2 - 1,),
-            path,
             input_names=["input"],
             output_names=["output"],
             opset_version=opset,
             dynamo=True,
             dynamic_shapes=shapes,
-            external_data=False,
             verbose=False,
         )
+        program.model.metadata_props.update(metadata or {})
+        program.save(tmp, external_data=False)
     return path
+
+
+def export_metadata(model: str, config: GeneratorConfig) -> dict[str, str]:
+    """The metadata_props an exported file carries, so that it says what it is among other ``.onnx`` files:
+    the model as given, its config (JSON) and the gfp version, with the input convention."""
+    return {
+        "gfp.model": model,
+        "gfp.config": json.dumps(config.to_dict()),
+        "gfp.version": __version__,
+        "gfp.io": "input and output: float32 N×3×S×S RGB in [-1, 1] (face / 127.5 - 1), output not clamped",
+    }
+
+
+@contextmanager
+def _interrupts_kept() -> Iterator[None]:
+    """Ctrl-C (or a SIGTERM or SIGHUP that unwinds like it) during the block raises ``KeyboardInterrupt``
+    when the block ends, even where PyTorch's exporter swallowed it: an interrupt inside its tracing can
+    break a lazy import, which it reports as a failed export, or fails one capture strategy, after which it
+    tries the next one and finishes the export the user stopped."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+    seen: list[int] = []
+
+    def noted(handler: Callable[[int, object], object]) -> Callable[[int, object], None]:
+        def on_signal(signum: int, frame: object) -> None:
+            seen.append(signum)
+            handler(signum, frame)
+
+        return on_signal
+
+    signals = [signal.SIGINT, *(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))]
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig, handler in previous.items():
+        if callable(handler):  # one that raises; the default action ends the process anyway
+            signal.signal(sig, noted(handler))
+    try:
+        yield
+    except Exception:
+        if seen:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            if callable(handler):
+                signal.signal(sig, handler)
+    if seen:
+        raise KeyboardInterrupt
 
 
 def check_opset(opset: int) -> None:
@@ -120,7 +186,7 @@ def build_parser(prog: str = "python -m gfp.onnx") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") -> int:
     """Run the export command; returns the exit status (2 for bad input and missing weights, 1 when the
-    exporter fails)."""
+    exporter fails, 130 when interrupted: Ctrl-C, SIGTERM, SIGHUP)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -137,6 +203,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") ->
     except ValueError as err:
         parser.error(f"--{err}")
     try:
+        with unwinding_on_termination():  # (python -m gfp.onnx: gfp's CLI is not around it)
+            return _export(args, prog)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written to {args.output}", file=sys.stderr)
+        return 130
+
+
+def _export(args: argparse.Namespace, prog: str) -> int:
+    """Load the model and export it: :func:`main` after its checks of the arguments."""
+    try:
         generator, config = load_generator(args.model, weights_dir=args.weights_dir)
     except WeightsError as err:  # whole: where it looked and how to provide the weights
         print(f"{prog}: error: {err}", file=sys.stderr)
@@ -146,13 +222,19 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m gfp.onnx") ->
         return 2
     try:
         path = export_onnx(
-            generator, args.output, config.out_size, args.batch_size, args.dynamic_batch, args.opset
+            generator,
+            args.output,
+            config.out_size,
+            args.batch_size,
+            args.dynamic_batch,
+            args.opset,
+            export_metadata(args.model, config),
         )
     except OSError as err:
         print(f"{prog}: error: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
         return 2
     except Exception as err:  # the exporter's own failures: one line, not its traceback
-        print(f"{prog}: error: export failed: {first_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: export failed: {_ANSI.sub('', first_line(err))}", file=sys.stderr)
         return 1
     batch = "dynamic" if args.dynamic_batch else str(args.batch_size)
     size = config.out_size
