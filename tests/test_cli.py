@@ -221,7 +221,8 @@ def test_missing_weights_offline_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     # a weights folder that is no folder is said to be wrong, not only the file missing from it
     for folder, why in ((img, "is a file"), (tmp_path / "typo", "does not exist")):
         assert main(["-i", str(img), "-o", str(tmp_path / "out"), "--weights-dir", str(folder)]) == 2
-        assert f"weights folder (weights_dir argument): {folder} {why}" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"weights folder (--weights-dir / weights_dir argument): {folder} {why}" in err
 
 
 def test_warnings_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:

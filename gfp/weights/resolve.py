@@ -73,7 +73,7 @@ def cache_dir() -> Path:
 def _weights_dir(weights_dir: str | os.PathLike[str] | None) -> tuple[Path | None, str]:
     """The weights folder to search and where that choice came from (for error messages)."""
     if weights_dir is not None:
-        return Path(weights_dir).expanduser(), "weights_dir argument"
+        return Path(weights_dir).expanduser(), "--weights-dir / weights_dir argument"
     env = os.environ.get("GFP_WEIGHTS_DIR")
     return (Path(env).expanduser(), "GFP_WEIGHTS_DIR") if env else (None, "")
 
@@ -129,7 +129,7 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
     looked: list[str] = []
     folder, origin = _weights_dir(weights_dir)
     if folder is None:
-        looked.append("weights folder: none given (weights_dir argument / GFP_WEIGHTS_DIR not set)")
+        looked.append("weights folder: none given (--weights-dir / weights_dir argument, or GFP_WEIGHTS_DIR)")
     else:
         candidate = folder / entry.file_name
         if candidate.is_file():
@@ -173,7 +173,7 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
         f"could not find weights {entry.name!r} (file {entry.file_name}). Looked in:\n  - "
         + "\n  - ".join(looked)
         + f"\nTo provide it: {source} on a machine with internet, put it "
-        f"in a folder and pass that folder as weights_dir (or set GFP_WEIGHTS_DIR to it), or copy it to "
+        f"in a folder and pass it as --weights-dir (weights_dir in Python) or GFP_WEIGHTS_DIR, or copy it to "
         f"{'a folder GFP_CACHE_DIR names' if unusable else cache}, or pass the file's path instead of the "
         "model name."
     )
