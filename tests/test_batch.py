@@ -597,23 +597,29 @@ def test_rerun_redoes_only_missing_outputs_and_a_finished_job_does_no_work(
     }  # fmt: skip
 
 
-def test_a_job_killed_midway_and_rerun_does_each_input_once(
-    tmp_path: Path, cluster: str, weights: Path
-) -> None:
+def _job_midway(tmp_path: Path, weights: Path, cluster: str) -> tuple[subprocess.Popen, list[str]]:
+    """A ``python -m gfp.batch`` job over 24 photos into ``tmp_path / "out"``, once its first record is
+    written; returns the process (its stderr goes to ``tmp_path / "stderr"``) and its arguments."""
     inputs = _photos(tmp_path / "in", 24, size=192)
     out = tmp_path / "out"
-    argv = [str(inputs), "-o", str(out), "--workers", "1", "-s", "4", *_args(weights)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gfp.batch", *argv, "--address", cluster],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    argv = [str(inputs), "-o", str(out), "--workers", "1", "-s", "4", *_args(weights), "--address", cluster]
+    with open(tmp_path / "stderr", "wb") as err:  # (a pipe nobody reads could fill and stop the job)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gfp.batch", *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err
+        )
     manifest = out / batch.MANIFEST
     deadline = time.monotonic() + 240
     while not (manifest.is_file() and manifest.read_bytes().count(b"\n")) and proc.poll() is None:
         assert time.monotonic() < deadline, "no record within 4 minutes"
         time.sleep(0.02)
+    return proc, argv
+
+
+def test_a_job_killed_midway_and_rerun_does_each_input_once(
+    tmp_path: Path, cluster: str, weights: Path
+) -> None:
+    proc, argv = _job_midway(tmp_path, weights, cluster)
+    inputs, out = tmp_path / "in", tmp_path / "out"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 0 < len(_records(out)) < 24  # killed midway
@@ -621,7 +627,7 @@ def test_a_job_killed_midway_and_rerun_does_each_input_once(
     (out / "restored_imgs").mkdir(exist_ok=True)
     (out / "restored_imgs" / ".img00.png.k1ll3d.tmp").write_bytes(b"\x89PNG half")
 
-    assert batch.main([*argv, "--address", cluster]) == 0
+    assert batch.main(argv) == 0
     records = _records(out)
     assert all(r["status"] == "done" for r in records)
     assert Counter(Path(r["path"]).name for r in records) == {p.name: 1 for p in inputs.iterdir()}
@@ -634,22 +640,10 @@ def test_a_job_stopped_with_sigterm_says_so_and_exits_130(
 ) -> None:
     """ray.init put its own SIGTERM handler in place (exit 15, without a word): a stopped job must end as
     Ctrl-C ends it, saying how to go on."""
-    inputs = _photos(tmp_path / "in", 24, size=192)
-    out = tmp_path / "out"
-    argv = [str(inputs), "-o", str(out), "--workers", "1", "-s", "4", *_args(weights), "--address", cluster]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gfp.batch", *argv],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    manifest = out / batch.MANIFEST
-    deadline = time.monotonic() + 240
-    while not (manifest.is_file() and manifest.read_bytes().count(b"\n")) and proc.poll() is None:
-        assert time.monotonic() < deadline, "no record within 4 minutes"
-        time.sleep(0.02)
+    proc, _ = _job_midway(tmp_path, weights, cluster)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    err = (tmp_path / "stderr").read_bytes()
     assert proc.returncode == 130, err.decode()
     assert b"interrupted; the manifest keeps what finished" in err and b"Traceback" not in err
 
