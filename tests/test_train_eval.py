@@ -273,6 +273,53 @@ def test_evaluate_bad_folders_are_one_line_errors(tmp_path: Path, capsys) -> Non
     assert "a-file is a file, not a folder" in capsys.readouterr().err
 
 
+def test_evaluate_checks_every_face_before_any_work(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A face that is not square was found only when its turn to be scored came, after the others (hours on
+    a large set), or after degrading and restoring: every face's header is looked at first."""
+    import train.evaluate as evaluation
+
+    def scored(*args, **kwargs):
+        raise AssertionError("a face was scored before every face was checked")
+
+    monkeypatch.setattr(evaluation, "score", scored)
+    _faces(tmp_path / "hq")
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    for p in (tmp_path / "hq").iterdir():
+        (restored / p.name).write_bytes(p.read_bytes())
+    cv2.imwrite(str(restored / "face2.png"), np.zeros((48, 64, 3), np.uint8))
+    args = ["--hq", str(tmp_path / "hq"), "--lq", str(tmp_path / "hq"), "--restored", str(restored)]
+    assert evaluation.main(args) == 2
+    assert "face2.png is 64x48, not a square aligned face" in capsys.readouterr().err
+    cv2.imwrite(str(tmp_path / "hq" / "face2.png"), np.zeros((48, 64, 3), np.uint8))
+    args = ["--hq", str(tmp_path / "hq"), "--lq", str(tmp_path / "lq"), "--degrade"]
+    args += ["--restored", str(restored)]
+    assert evaluation.main(args) == 2 and not (tmp_path / "lq").exists()  # said before degrading
+    assert "face2.png is 64x48, not a square aligned face" in capsys.readouterr().err
+
+
+def test_evaluate_says_when_faces_are_identical_to_their_hq(tmp_path: Path, capsys) -> None:
+    """PSNR of identical images is inf: the report said `least gain: face0 -inf dB` (or +nan dB)."""
+    from train.evaluate import main
+
+    hq = tmp_path / "hq"
+    _faces(hq)
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    for i, p in enumerate(sorted(hq.iterdir())):
+        img = cv2.imread(str(p)).astype(int)
+        cv2.imwrite(str(restored / p.name), np.clip(img + (i + 1), 0, 255).astype(np.uint8))
+    assert main(["--hq", str(hq), "--lq", str(hq), "--restored", str(restored), "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "-inf" not in out and "least gain" not in out, out
+    assert "3 LQ face(s) identical to their HQ face, e.g. face0 (PSNR inf: nothing to restore" in out
+    assert re.search(r"\| lq \(input\) \| inf \| 1.0000 \| inf \|", out) and "| restored − lq | n/a |" in out
+    assert main(["--hq", str(hq), "--lq", str(restored), "--restored", str(hq), "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "least gain: none to measure, every restored face is identical to its HQ face" in out, out
+    assert "3 restored face(s) identical to their HQ face" in out
+
+
 def test_identity_metric_uses_mobilefacenet_when_arcface_is_missing(shared_data: Path, offline) -> None:
     from train.evaluate import Identity
 
@@ -479,6 +526,47 @@ def test_source_faces_are_never_overwritten(tmp_path: Path, capsys) -> None:
         prepare_folder(faces, tmp_path / "out", 32)
 
 
+def test_prepare_checks_every_face_before_writing_any(tmp_path: Path, capsys) -> None:
+    """A fake .png or a photo late in the folder was found after the faces before it were written: the
+    output folder was left part-done. Every header is looked at first, and nothing is written."""
+    from train.__main__ import main
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(faces / name), np.full((64, 64, 3), 120, np.uint8))
+    (faces / "y.png").write_text("not an image")
+    cv2.imwrite(str(faces / "z.png"), np.full((48, 64, 3), 90, np.uint8))
+    assert main(["prepare", str(faces), str(tmp_path / "out"), "--size", "32"]) == 2
+    assert re.search(r"unreadable image\(s\).*y.png$", capsys.readouterr().err.strip())
+    (faces / "y.png").unlink()
+    assert main(["prepare", str(faces), str(tmp_path / "out"), "--size", "32", "--lmdb"]) == 2
+    assert "z.png is 64x48, not a square aligned face" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.lmdb").exists()
+
+
+def test_prepare_refuses_an_existing_lmdb(tmp_path: Path, capsys) -> None:
+    """Packing into an existing lmdb kept its old entries beside the new ones (meta_info.txt listed the new
+    ones only): it is refused, and the lmdb is left as it was."""
+    import lmdb
+
+    from train.__main__ import main
+
+    many, few = tmp_path / "many", tmp_path / "few"
+    for folder, count in ((many, 4), (few, 2)):
+        folder.mkdir()
+        for i in range(count):
+            cv2.imwrite(str(folder / f"{folder.name}{i}.png"), np.full((64, 64, 3), i, np.uint8))
+    db = tmp_path / "faces.lmdb"
+    assert main(["prepare", str(many), str(db), "--size", "32", "--lmdb"]) == 0
+    capsys.readouterr()
+    assert main(["prepare", str(few), str(db), "--size", "32", "--lmdb"]) == 2
+    assert "faces.lmdb already exists: remove it or give another name" in capsys.readouterr().err
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    assert env.stat()["entries"] == 4 and len((db / "meta_info.txt").read_text().splitlines()) == 4
+    env.close()
+
+
 def test_command_mistakes_are_one_line_errors(tmp_path: Path, capsys) -> None:
     """A components file that is none, an export or a crop into a path that is a file, a crop size of 0."""
     from train.__main__ import main
@@ -548,6 +636,35 @@ def test_the_card_shows_the_degraded_inputs_score_beside_the_models(tmp_path: Pa
     assert {m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]} == {"psnr", "ssim", "id_cos"}
     better = model_card(load_config(None, []), 10, metrics | {"psnr": 19.0})
     assert "| PSNR | 19.0000 | 18.3500 |" in better and "Below its input" not in better
+
+
+def test_every_claim_of_the_card_is_true(tmp_path: Path) -> None:
+    """The card named a validation step when nothing was logged, said the faces were degraded as in the
+    official recipe whatever the degradation section, and did not say that --half weights are float16."""
+    from train.config import load_config
+    from train.export import main, model_card
+
+    cfg = load_config(None, [])
+    card = model_card(cfg, 30, {})
+    assert "Validation (EMA generator" not in card and "None logged up to step 30" in card
+    assert "degraded on the fly as in the official GFPGAN recipe" in card and "float16" not in card
+    assert "## Validation (EMA generator, step 20)" in model_card(cfg, 30, {"step": 20.0, "psnr": 21.0})
+    changed = load_config(None, ["degradation.blur_sigma=[0.1, 3.0]", "degradation.gray_prob=0"])
+    card = model_card(changed, 30, {})
+    assert "as in the official GFPGAN recipe" not in card
+    assert "settings changed: blur_sigma [0.1, 3.0] (official [0.1, 10.0]), gray_prob 0" in card
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    from gfp.archs import GeneratorConfig, build_generator
+
+    gen = {"arch": "clean", "out_size": 32, "channel_multiplier": 1, "narrow": 0.0625, "num_style_feat": 32}
+    net = build_generator(GeneratorConfig.from_dict(gen))
+    cfg["model"]["generator"] = gen
+    torch.save({"step": 5, "config": cfg, "net_g_ema": net.state_dict()}, run / "checkpoints" / "step_5.pt")
+    assert main([str(run), str(tmp_path / "half"), "--half"]) == 0
+    assert "its weights stored as float16" in (tmp_path / "half" / "README.md").read_text()
+    assert main([str(run), str(tmp_path / "full")]) == 0
+    assert "float16" not in (tmp_path / "full" / "README.md").read_text()
 
 
 def test_the_card_says_how_to_use_the_model_with_what_the_commands_take() -> None:

@@ -301,7 +301,8 @@ def test_cli_train_export_load_and_publish(faces, tmp_path, monkeypatch, capsys)
     lone.write_bytes(ckpt.read_bytes())
     assert cli(["publish", str(lone), "--repo-id", "me/x", "--dry-run"]) == 0
     assert (lone.parent / "ckpt_export" / "model.safetensors").is_file()
-    assert "| (none logged) | |" in (lone.parent / "ckpt_export" / "README.md").read_text()  # no run: no log
+    card = (lone.parent / "ckpt_export" / "README.md").read_text()
+    assert "None logged up to step 2" in card  # no run: no log
     assert cli(["publish", str(dry_dir), "--repo-id", "not a valid id!!", "--dry-run"]) == 2
     assert "is not a Hub repo id" in capsys.readouterr().err
 
@@ -1030,7 +1031,8 @@ def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys, caplog):
         (
             [f"output_dir={tmp_path / 'r2'}", "model.generator.narrow=0.125", "--resume",
              str(run / "checkpoints" / "step_00000001.pt")],
-            "cannot resume from .*: its networks do not fit this config's model",
+            "cannot resume from .*: its networks do not fit this config's model "
+            r"\(model.generator.narrow: 0.0625 → 0.125\); a checkpoint continues only the model it was",
         ),
         ([f"output_dir={tmp_path / 'r3'}", "device=gpu"], "device: "),
         ([f"output_dir={tmp_path / 'a-file'}"], "is a file, not a folder"),
@@ -1043,6 +1045,24 @@ def test_training_mistakes_are_one_line_errors(faces, tmp_path, capsys, caplog):
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and re.search(message, lines[0]), err[-2000:]
         assert "Traceback" not in err, err[-2000:]
+
+
+def test_the_data_is_checked_before_any_network_is_built(faces, tmp_path, monkeypatch):
+    """A config without data.train tried to download ArcFace first, and a missing or empty folder was said
+    only after every network was built: the data is checked before any network or weight."""
+    import train.train as training
+
+    def built(*args, **kwargs):
+        raise AssertionError("a network was built before the data was checked")
+
+    for name in ("build_training_generator", "build_discriminators", "build_identity", "build_vgg"):
+        monkeypatch.setattr(training, name, built)
+    with pytest.raises(ConfigError, match="data.train is not set"):
+        Trainer(load_config(None, [f"output_dir={tmp_path / 'run'}"]))  # the official recipe, ArcFace too
+    (tmp_path / "empty").mkdir()
+    for folder, message in ((tmp_path / "empty", "no images"), (tmp_path / "nope", "image folder not found")):
+        with pytest.raises(DataError, match=message):
+            Trainer(_config(folder, tmp_path / "run"))
 
 
 def test_unreadable_images_are_named_before_training(faces, tmp_path, capsys):

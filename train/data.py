@@ -150,6 +150,22 @@ def check_images(files: list[str] | list[Path]) -> None:
     _refuse_unreadable([str(p) for p in files if not _openable(p)])
 
 
+def check_faces(files: list[str] | list[Path]) -> None:
+    """:func:`check_images`, and refuse faces that are not square (from their headers): before a command
+    writes or scores anything, so a bad file late in a folder leaves no part of the work done."""
+    check_images(files)
+    oblong = []
+    for path in files:
+        with Image.open(path) as img:
+            width, height = img.size
+        if width != height:
+            oblong.append(f"{Path(path).name} is {width}x{height}")
+    if oblong:
+        more = f" and {len(oblong) - 5} more" if len(oblong) > 5 else ""
+        what = "not a square aligned face" if len(oblong) == 1 else "not square aligned faces"
+        raise DataError(f"{', '.join(oblong[:5])}{more}, {what} (python -m train crop aligns photos)")
+
+
 def _refuse_unreadable(bad: list[str]) -> None:
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
@@ -164,6 +180,7 @@ def write_lmdb(files: list[Path], lmdb_path: str | Path, compress_level: int = 1
     out = Path(lmdb_path)
     if out.suffix != ".lmdb":
         raise DataError(f"lmdb folder name must end with .lmdb, got {out}")
+    _refuse_existing(out)
     total = sum(p.stat().st_size for p in files)
     env = lmdb.open(str(out), map_size=max(total * 10, 1 << 24))
     lines = []
@@ -180,6 +197,15 @@ def write_lmdb(files: list[Path], lmdb_path: str | Path, compress_level: int = 1
     env.close()
     (out / "meta_info.txt").write_text("".join(lines), encoding="utf-8")
     return out
+
+
+def _refuse_existing(lmdb_path: Path) -> None:
+    """Refuse an lmdb folder that holds anything: writing into it would keep its old entries beside the new
+    ones (its meta_info.txt would list the new ones only), and replacing it could delete a dataset."""
+    if lmdb_path.is_dir() and any(lmdb_path.iterdir()):
+        raise DataError(
+            f"{lmdb_path} already exists: remove it or give another name (its old entries would stay)"
+        )
 
 
 _LMDB_ENVS: dict[Path, Any] = {}
@@ -769,6 +795,10 @@ def prepare_folder(src: str | Path, dst: str | Path, size: int, lmdb: bool = Fal
     if same_folder(target, src):
         raise DataError(f"{dst} is the source folder: the resized faces would replace the originals")
     _one_per_stem(files, "{}.png")
+    db = out if out.suffix == ".lmdb" else out.with_suffix(".lmdb")
+    if lmdb:
+        _refuse_existing(db)
+    check_faces(files)  # a bad file late in the folder would leave part of the output written
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for p in tqdm(files, desc="resize", unit="img"):
@@ -780,5 +810,5 @@ def prepare_folder(src: str | Path, dst: str | Path, size: int, lmdb: bool = Fal
         cv2.imwrite(str(dest), img)
         written.append(dest)
     if lmdb:
-        return write_lmdb(written, out if out.suffix == ".lmdb" else out.with_suffix(".lmdb"))
+        return write_lmdb(written, db)
     return target

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import tempfile
@@ -32,7 +33,15 @@ from gfp.imageio import ImageReadError, read_image, write_image
 from gfp.loading import WeightsError
 from gfp.messages import headline
 from train.config import DEFAULTS, ConfigError
-from train.data import DataError, degrade, list_images, same_folder, sample_degradation, stem_clash
+from train.data import (
+    DataError,
+    check_faces,
+    degrade,
+    list_images,
+    same_folder,
+    sample_degradation,
+    stem_clash,
+)
 
 METRICS = ("psnr_y", "ssim_y", "psnr", "ssim", "id_cos", "niqe")
 NIQE_MIN_SIZE = 192  # basicsr's NIQE works on 96-px blocks at full and half resolution
@@ -178,6 +187,7 @@ def evaluate(
             f"no face of {hq} has both an LQ file in {lq} and a restored file in {restored} "
             "(matched by stem: STEM.* or STEM_*)"
         )
+    check_faces([path for pair in pairs for path in pair])  # all of them before hours of scoring
     identity = Identity(weights_dir, data_dir)
     images, sums = [], {"restored": {}, "lq": {}}
     for gt_path, lq_path, out_path in tqdm(pairs, desc="score", unit="face"):
@@ -216,12 +226,18 @@ def format_table(report: dict[str, Any], verbose: bool = False) -> str:
     head = "| | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
     fmt = {"psnr_y": "{:.2f}", "psnr": "{:.2f}", "niqe": "{:.2f}"}
 
+    def cell(column: str, value: float) -> str:
+        """A number; PSNR of identical images is inf (said in the notes), and a gain from it none."""
+        if math.isfinite(value):
+            return fmt.get(column, "{:.4f}").format(value)
+        return "inf" if value == math.inf else "n/a"
+
     def line(name: str, values: dict[str, float]) -> str:
-        return f"| {name} | " + " | ".join(fmt.get(c, "{:.4f}").format(values[c]) for c in cols) + " |\n"
+        return f"| {name} | " + " | ".join(cell(c, values[c]) for c in cols) + " |\n"
 
     body = line("restored", report["mean"]["restored"]) + line("lq (input)", report["mean"]["lq"])
     gain = {c: report["mean"]["restored"][c] - report["mean"]["lq"][c] for c in cols}
-    body += line("restored − lq", gain)
+    body += line("restored − lq", {c: v if math.isfinite(v) else math.nan for c, v in gain.items()})
     if verbose:
         for row in report["images"]:
             body += line(f"{row['name']} restored", row["restored"]) + line(f"{row['name']} lq", row["lq"])
@@ -229,9 +245,24 @@ def format_table(report: dict[str, Any], verbose: bool = False) -> str:
     if report.get("degradation"):
         notes += f"; LQ: {report['degradation']}"
     if "psnr_y" in cols:
-        worst = min(report["images"], key=lambda r: r["restored"]["psnr_y"] - r["lq"]["psnr_y"])
-        drop = worst["restored"]["psnr_y"] - worst["lq"]["psnr_y"]
-        notes += f"\nleast gain: {worst['name']} {drop:+.2f} dB PSNR-Y against its own input"
+        # an LQ face identical to its HQ face (PSNR inf) has nothing to restore: no gain to rank it by
+        gains = {
+            r["name"]: r["restored"]["psnr_y"] - r["lq"]["psnr_y"]
+            for r in report["images"]
+            if r["lq"]["psnr_y"] != math.inf
+        }
+        worst = min(gains, key=gains.__getitem__) if gains else None
+        if worst is not None and math.isfinite(gains[worst]):
+            notes += f"\nleast gain: {worst} {gains[worst]:+.2f} dB PSNR-Y against its own input"
+        elif worst is not None:
+            notes += "\nleast gain: none to measure, every restored face is identical to its HQ face"
+        for key, what in (("lq", "LQ"), ("restored", "restored")):
+            identical = [r["name"] for r in report["images"] if r[key]["psnr_y"] == math.inf]
+            if identical:
+                notes += (
+                    f"\n{len(identical)} {what} face(s) identical to their HQ face, e.g. {identical[0]} "
+                    f"(PSNR inf{': nothing to restore, no gain to measure' if key == 'lq' else ''})"
+                )
     notes += f"; identity: {report['identity_net'] or 'skipped'}"
     notes += "".join(f"\n- {k} skipped: {v}" for k, v in report["skipped"].items())
     return head + body + notes
@@ -344,12 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hq, lq = Path(args.hq), Path(args.lq)
         hq_files = list_images(hq)
+        check_faces(hq_files)  # before degrading or restoring: a bad face is said now, not hours in
         if args.degrade:
             degradation = _degradation(args.degradation_config, args.color_augmentations)
             make_lq(hq_files, lq, args.size, args.seed, degradation)
         elif not lq.is_dir():
             raise EvaluationError(f"LQ folder not found: {lq} (add --degrade to make it from --hq)")
         _one_per_stem(list_images(lq), "LQ")
+        check_faces(list_images(lq))
         with tempfile.TemporaryDirectory() as tmp:
             if args.model:
                 restored = Path(args.out) if args.out else Path(tmp)

@@ -21,7 +21,7 @@ import yaml
 from gfp.archs import GeneratorConfig, UnknownArchitectureError, build_generator, detect_config
 from gfp.loading import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 from gfp.messages import load_failure
-from train.config import identity_start
+from train.config import DEFAULTS, identity_start
 
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "id_cos": "Identity cosine similarity"}
 """What the card shows (each higher is better); the validation log has them for the model's output and,
@@ -179,10 +179,12 @@ def model_card(
     base_model: str | None = None,
     repo_name: str | None = None,
     ema: bool = True,
+    half: bool = False,
 ) -> str:
     """README.md with Hugging Face YAML metadata (license, tags, base model, data, metrics) and usage;
-    ``ema`` False: the card of a raw (not EMA) generator, whose logged metrics are the EMA's. Local paths
-    are cut to their last part (:func:`shareable`): a card is written to be published."""
+    ``ema`` False: the card of a raw (not EMA) generator, whose logged metrics are the EMA's; ``half``: the
+    weights are stored as float16. Local paths are cut to their last part (:func:`shareable`): a card is
+    written to be published."""
     cfg = shareable(cfg)[0]
     gen = cfg["model"]["generator"]
     name = repo_name or cfg["name"]
@@ -255,7 +257,32 @@ def model_card(
         if gen.get("detail"):
             residual += " (with a full-size detail path)"
     kind = "EMA" if ema else "raw (not the EMA)"
+    stored = ", its weights stored as float16 (`gfp` loads them as float32)" if half else ""
     validated = f"EMA generator, step {logged_at}" + ("" if ema else ": of the EMA, not of these raw weights")
+    validation = f"""## Validation ({validated})
+
+Scored against the original faces, beside the same score of the degraded input the model restored (the
+baseline a restoration must beat).
+
+| metric | this model | degraded input |
+| --- | --- | --- |
+{rows}
+{below}"""
+    if not metrics:  # no record to name a step or a score of
+        validation = (
+            f"## Validation\n\nNone logged up to step {step} (no validation faces, none scored yet, or no "
+            "`val_log.jsonl` of the run beside the checkpoint).\n"
+        )
+    changed = [
+        f"{key} {value!r} (official {DEFAULTS['degradation'][key]!r})"
+        for key, value in cfg["degradation"].items()
+        if key in DEFAULTS["degradation"] and value != DEFAULTS["degradation"][key]
+    ]
+    degraded = (
+        "with the official GFPGAN recipe's degradation model, these settings changed: " + ", ".join(changed)
+        if changed
+        else "as in the official GFPGAN recipe"
+    )
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---
@@ -265,7 +292,7 @@ def model_card(
 A GFPGAN blind face restoration generator trained with the `train/` package of `gfp`
 (architecture `{gen["arch"]}`, {cfg["data"]["out_size"]} px, channel multiplier
 {gen.get("channel_multiplier")}, narrow {gen.get("narrow")}{residual}); exported from step {step} as
-the {kind} generator.
+the {kind} generator{stored}.
 
 ## Use
 
@@ -276,21 +303,13 @@ python app.py --model {spec}
 
 ## Training
 
-- data: {folders}, degraded on the fly as in the official GFPGAN recipe
+- data: {folders}, degraded on the fly {degraded}
   (full settings in `training_config.yml`)
 - loss weights: pixel {loss["pixel_weight"]}, pyramid {loss["pyramid_weight"]},
   perceptual {loss["perceptual_weight"]} (style {loss["style_weight"]}); {adversarial}
 - initialisation: {cfg["model"]["pretrained"] or "random"}; StyleGAN2 prior: {cfg["model"]["prior"] or "none"}
 
-## Validation ({validated})
-
-Scored against the original faces, beside the same score of the degraded input the model restored (the
-baseline a restoration must beat).
-
-| metric | this model | degraded input |
-| --- | --- | --- |
-{rows or "| (none logged) | | |"}
-{below}"""
+{validation}"""
 
 
 def export(
@@ -315,7 +334,7 @@ def export(
         _check_official_layout(net, config)
     if card is None:
         metrics = validation_metrics(checkpoint, state["step"])
-        card = model_card(state["config"], state["step"], metrics, ema=use_ema)
+        card = model_card(state["config"], state["step"], metrics, ema=use_ema, half=half)
     if half:
         net = net.half()
     folder = save_pretrained(net, config, out_dir, card=card)
@@ -374,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = validation_metrics(checkpoint, state["step"])
         card = model_card(
             state["config"], state["step"], metrics, args.license, args.dataset, args.base_model, args.name,
-            ema=not args.raw,
+            ema=not args.raw, half=args.half,
         )  # fmt: skip
         folder = export(
             checkpoint,

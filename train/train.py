@@ -36,7 +36,7 @@ from tqdm import tqdm
 from gfp.archs import UnknownArchitectureError
 from gfp.archs.gfpgan import fold_pixels, unfold_pixels
 from gfp.atomic import atomic_path
-from gfp.loading import WeightsError, select_device
+from gfp.loading import WeightsError, misfit, select_device
 from gfp.messages import first_line
 from gfp.precision import cpu_has_native_bf16
 from train import losses as L
@@ -96,6 +96,9 @@ class Trainer:
         self.saved_step = 0  # the step of the newest checkpoint (written or resumed from)
         self.sized = False  # whether train.total_iter was sized from train.time_budget_min
         self.out_dir = Path(cfg["output_dir"])
+        # The data first: a missing folder or a bad image is said before any network is built or any
+        # weights are fetched (a download, a VGG19 or ArcFace that cannot be had).
+        self._build_data()
         torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
 
         self.net_g = build_training_generator(cfg).to(self.device)
@@ -142,7 +145,6 @@ class Trainer:
             self.net_g = DistributedDataParallel(self.net_g, device_ids=ids)
             self.nets_d = {k: DistributedDataParallel(v, device_ids=ids) for k, v in self.nets_d.items()}
 
-        self._build_data()
         self.writer = None
         self.timings: dict[str, float] = {}  # seconds per part of an iteration, since the last log line
         self._clock = time.perf_counter()
@@ -629,8 +631,13 @@ class Trainer:
         try:
             self.load_state_dict(state)
         except RuntimeError as err:  # shapes or keys of another model layout
+            # torch's first line only names the network: the settings that changed say what to undo
+            layout = [c for c in changed if c.startswith(("model.", "data.out_size:"))]
+            detail = "; ".join(layout) if layout else misfit(err)
             raise ConfigError(
-                f"cannot resume from {path}: its networks do not fit this config's model ({first_line(err)})"
+                f"cannot resume from {path}: its networks do not fit this config's model ({detail}); a "
+                "checkpoint continues only the model it was trained with: undo the change, or start a new "
+                "run (another output_dir)"
             ) from None
 
     # ---------------------------------------------------------------------------------------------- fit
