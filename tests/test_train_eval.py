@@ -314,10 +314,16 @@ def test_evaluate_says_when_faces_are_identical_to_their_hq(tmp_path: Path, caps
     assert "nan" not in out and "-inf" not in out and "least gain" not in out, out
     assert "3 LQ face(s) identical to their HQ face, e.g. face0 (PSNR inf: nothing to restore" in out
     assert re.search(r"\| lq \(input\) \| inf \| 1.0000 \| inf \|", out) and "| restored − lq | n/a |" in out
-    assert main(["--hq", str(hq), "--lq", str(restored), "--restored", str(hq), "--size", "64"]) == 0
+    report = tmp_path / "report.json"
+    args = ["--hq", str(hq), "--lq", str(restored), "--restored", str(hq), "--size", "64"]
+    args += ["--json", str(report)]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "least gain: none to measure, every restored face is identical to its HQ face" in out, out
     assert "3 restored face(s) identical to their HQ face" in out
+    # JSON has no inf: Python wrote Infinity, which other readers (jq, JavaScript) refuse
+    text = report.read_text()
+    assert "Infinity" not in text and "NaN" not in text and json.loads(text)
 
 
 def test_identity_metric_uses_mobilefacenet_when_arcface_is_missing(shared_data: Path, offline) -> None:

@@ -401,8 +401,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({report['unmatched']} HQ face(s) had no LQ or restored match and were left out)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        Path(args.json).write_text(json.dumps(_finite(report), indent=1, allow_nan=False))
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite number as None: JSON has no inf or NaN (Python writes ``Infinity``,
+    which other readers refuse); the PSNR of a face identical to its HQ one is inf, a gain of two such nan."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 if __name__ == "__main__":
