@@ -634,6 +634,25 @@ def test_unreadable_upload_is_a_gradio_error(client, server: Server, tmp_path: P
         call(client, server, path)
 
 
+def test_a_clients_mistakes_leave_no_traceback_in_the_log(
+    client, server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad option or an unreadable upload printed a traceback to the server's log (a Space's), one per
+    client mistake, burying the server's own faults; the client is told, the log says nothing. Weights the
+    server lacks are its owner's to fix: still logged."""
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not a picture")
+    photo = EXAMPLES / "astronaut_lowres.png"
+    capsys.readouterr()
+    for image, change in ((photo, {"rescale": 9}), (photo, {"faces": "x"}), (bad, {})):
+        with pytest.raises(gradio_client.exceptions.AppError):
+            call(client, server, image, **change)
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(gradio_client.exceptions.AppError, match="Weights missing"):
+        call(client, server, photo, model="gone.pth")
+    assert "Traceback" in capsys.readouterr().err
+
+
 def test_a_video_on_the_photo_tab_points_to_the_video_tab(client, server: Server, tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"  # told by its extension, as the CLI tells videos
     path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
@@ -648,6 +667,30 @@ def test_too_large_upload_is_a_gradio_error(client, server: Server, tmp_path: Pa
     with pytest.raises(gradio_client.exceptions.AppError, match=expected) as err:
         call(client, server, path)
     assert "Python" not in str(err.value)  # words for visitors, not for programmers
+
+
+def test_a_photo_given_by_url_is_held_to_the_upload_limit(
+    client, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gradio refuses an upload above 50 MB but downloads a URL (API, MCP) whatever its size: a 51 MB file
+    given by URL was read and restored. Served here from 127.0.0.1, taken as a public host."""
+    import functools
+    import http.server
+
+    import safehttpx
+
+    (tmp_path / "big.png").write_bytes(bytes(51 * 2**20))
+    monkeypatch.setattr(safehttpx, "is_public_ip", lambda ip: True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{web.server_address[1]}/big.png"
+        expected = r"Could not use this file: big.png is 51 MB, more than this app takes \(50 MB\)"
+        try:
+            with pytest.raises(gradio_client.exceptions.AppError, match=expected):
+                call(client, server, url)
+        finally:
+            web.shutdown()
 
 
 def test_a_result_too_large_for_its_format_is_refused_before_the_work(

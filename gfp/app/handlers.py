@@ -52,6 +52,10 @@ from gfp.weights.errors import WeightsError
 
 FORMATS: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WebP": ".webp"}
 
+MAX_UPLOAD_MB = 50
+"""The largest upload (photo or clip), in MB: gradio refuses a larger upload (``max_file_size``); a file
+given by URL (API, MCP), which gradio downloads whatever its size, is refused by the handlers."""
+
 PREVIEW_MAX_SIDE = 2048
 """The slider and gallery show at most this many pixels per side; the download is always full size."""
 OUTPUT_TTL_S = 3600
@@ -154,13 +158,19 @@ class RequestContext:
         return None if background == self.may_fall_back else background
 
 
-class Cancelled(gr.Error):
-    """Raised from a request's progress report when its event was cancelled, to end the work. A gradio
-    error that prints no traceback: nobody waits for it, and a client that went away is no fault of the
-    server's (its log got a traceback for each closed tab)."""
+class UserError(gr.Error):
+    """A gradio error for what a request got wrong (an option, the upload): the client is told, and the
+    server's log gets no traceback, which it got for each client's mistake, burying the server's own
+    faults (missing weights, a full disk, running out of memory: those stay ``gr.Error``)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, print_exception=False)
+
+
+class Cancelled(UserError):
+    """Raised from a request's progress report when its event was cancelled, to end the work. No traceback
+    either: nobody waits for it, and a client that went away is no fault of the server's (its log got a
+    traceback for each closed tab)."""
 
 
 def queued_event() -> str | None:
@@ -189,7 +199,7 @@ def number(name: str, value: Any, low: float, high: float) -> float:
     except (TypeError, ValueError):
         found = math.nan
     if not low <= found <= high:
-        raise gr.Error(f"{name} must be a number between {low:g} and {high:g}, got {value!r}.")
+        raise UserError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}.")
     return found
 
 
@@ -201,14 +211,14 @@ def flag(name: str, value: Any) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in words:
         return words[value.strip().lower()]
-    raise gr.Error(f"{name} must be true or false, got {value!r}.")
+    raise UserError(f"{name} must be true or false, got {value!r}.")
 
 
 def min_face_pixels(value: Any) -> int:
     """The smallest face (pixels) from the request, or a gradio error that says what is allowed."""
     found = number("Smallest face", value, 0, 100_000)
     if found != int(found):
-        raise gr.Error(f"Smallest face must be a whole number of pixels, got {value!r}.")
+        raise UserError(f"Smallest face must be a whole number of pixels, got {value!r}.")
     return int(found)
 
 
@@ -225,8 +235,14 @@ def upload_path(upload: Upload, noun: str) -> tuple[str, str]:
     else:
         path, name = upload, upload
     if not path:
-        raise gr.Error(f"Please upload a {noun} first.")
-    return str(path), Path(str(name)).name
+        raise UserError(f"Please upload a {noun} first.")
+    shown = Path(str(name)).name
+    with contextlib.suppress(OSError):  # a file that is not there is said by its reader
+        size = Path(path).stat().st_size
+        if size > MAX_UPLOAD_MB * 2**20:
+            message = f"{shown} is {size / 2**20:.0f} MB, more than this app takes ({MAX_UPLOAD_MB} MB)."
+            raise UserError(f"Could not use this file: {message}")
+    return str(path), shown
 
 
 @dataclass(frozen=True)
@@ -280,7 +296,7 @@ class Request:
         choices["color_fix"] = color_fix
         for name, value in choices.items():
             if value not in ctx.allowed[name]:
-                raise gr.Error(f"Unknown {name} {value!r}; choose one of {sorted(ctx.allowed[name])}.")
+                raise UserError(f"Unknown {name} {value!r}; choose one of {sorted(ctx.allowed[name])}.")
         fields = {
             "version": ctx.specs[model],
             "upscale": number("Rescale", rescale, 1.0, 4.0),
@@ -293,6 +309,10 @@ class Request:
             "faces": faces,
             "min_face": min_face_pixels(min_face),
         }
+        try:  # the pipeline's own checks (faces "x"), said now as the client's mistake
+            RestoreOptions(**fields)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         path, name = upload_path(upload, noun)
         return cls(noun, path, name, model, fields, progress, queued_event())
 
@@ -336,9 +356,9 @@ class Request:
             size, most = megapixels(exc.pixels or 0, exc.limit)
             what = f"is {size} MP, more than" if exc.pixels else "is larger than"
             message = f"{self.name} {what} this app takes ({most} MP); please downscale it first."
-            raise gr.Error(f"Could not use this file: {message}") from None
+            raise UserError(f"Could not use this file: {message}") from None
         except (ImageReadError, VideoError) as exc:
-            raise gr.Error(f"Could not use this file: {str(exc).replace(self.path, self.name)}") from None
+            raise UserError(f"Could not use this file: {str(exc).replace(self.path, self.name)}") from None
         except WeightsError as exc:  # the full text (where it looked) is for the server's log
             print(f"app: {exc}", file=sys.stderr)
             raise gr.Error(f"Weights missing or broken on this server: {no_paths(headline(exc))}") from None
@@ -450,7 +470,7 @@ def handle_request(
         faces=faces, min_face=min_face, aligned=aligned, output_format=output_format,
     )  # fmt: skip
     if is_video(request.name):  # the photo reader would call a clip "not an image or corrupt"
-        raise gr.Error(f"{request.name} is a video: restore it in the Video tab (API /restore_video).")
+        raise UserError(f"{request.name} is a video: restore it in the Video tab (API /restore_video).")
     with request.user_errors():
         img = read_image(request.path, max_pixels=ctx.read_limit)
     animated = first_frame_note(request.path, request.name)
@@ -468,7 +488,7 @@ def handle_request(
         height, width = scaled_size(img.shape[0], img.shape[1], options.upscale)
         too_large = size_error(FORMATS[output_format], width, height)  # said now, not after the work
         if too_large:
-            raise ValueError(f"The restored photo's size, {too_large}: choose PNG or a smaller rescale.")
+            raise UserError(f"The restored photo's size, {too_large}: choose PNG or a smaller rescale.")
         result = ctx.restorer.restore(img, options, progress=request.report)
 
     out = result.image

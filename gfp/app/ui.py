@@ -14,7 +14,13 @@ from typing import Any
 import gradio as gr
 
 from gfp import registry
-from gfp.app.handlers import FORMATS, RequestContext, build_handler, build_video_handler
+from gfp.app.handlers import (
+    FORMATS,
+    MAX_UPLOAD_MB,
+    RequestContext,
+    build_handler,
+    build_video_handler,
+)
 from gfp.app.settings import AppSettings, WeightsCheck, weights_banner
 from gfp.color import COLOR_FIXES
 from gfp.pipeline import Restorer
@@ -221,6 +227,6 @@ def launch(demo: gr.Blocks, settings: AppSettings, **kwargs: Any) -> Any:
         server_port=settings.port,
         share=settings.share,
         mcp_server=mcp,
-        max_file_size="50mb",
+        max_file_size=f"{MAX_UPLOAD_MB}mb",
         **kwargs,
     )
