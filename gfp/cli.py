@@ -605,7 +605,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if animated:
             tqdm.write(f"gfp: note: {animated}", file=sys.stderr)
     done = len(inputs) - len(failed)
-    print(f"Restored {done} of {len(inputs)} file(s); results are in the [{output}] folder.")
+    print(f"Restored {done} of {len(inputs)} file(s); results are in the [{shown(str(output))}] folder.")
     if failed:
         print(f"{len(failed)} file(s) failed: {', '.join(shown(p.name) for p in failed)}", file=sys.stderr)
         return 1

@@ -192,7 +192,10 @@ def test_names_holding_a_newline_or_a_tab_are_printed_in_one_line(
     cv2.imwrite(str(inputs / "plain.png"), _gradient())
     (inputs / "bad\tname.png").write_bytes(b"not an image")
     assert main(["-i", str(inputs), "-o", str(tmp_path / "out"), *_args(weights)]) == 1
+    odd = str(tmp_path / "out\nput")  # an -o holding a newline: the last line stays one line too
+    assert main(["-i", str(inputs / "plain.png"), "-o", odd, *_args(weights)]) == 0
     captured = capsys.readouterr()
+    assert f"results are in the [{odd!r}] folder." in captured.out
     err = [line for line in captured.err.splitlines() if line.startswith("gfp:")]
     assert "gfp: 'new\\nline.png': no face found, image only upscaled" in err
     assert "gfp: plain.png: no face found, image only upscaled" in err
