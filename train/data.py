@@ -154,6 +154,11 @@ def check_faces(files: list[str] | list[Path]) -> None:
     """:func:`check_images`, and refuse faces that are not square (from their headers): before a command
     writes or scores anything, so a bad file late in a folder leaves no part of the work done."""
     check_images(files)
+    _refuse_oblong(files)
+
+
+def _refuse_oblong(files: list[str] | list[Path]) -> None:
+    """Refuse readable images that are not square (their headers' sizes): no aligned face."""
     oblong = []
     for path in files:
         with Image.open(path) as img:
@@ -262,7 +267,8 @@ class ImageSource:
 
     def check(self) -> None:
         """:func:`check_images` for every image: the files, and an lmdb's entries (a key its meta_info.txt
-        lists but its database lacks, or bytes that do not open, named as ``DB.lmdb:key``)."""
+        lists but its database lacks, or bytes that do not open, named as ``DB.lmdb:key``); files that are
+        not square are refused too (an lmdb's entries are square when ``prepare`` wrote them)."""
         bad = [path for path in self.files() if not _openable(path)]
         if self.is_lmdb:
             with _lmdb_env(self.root).begin(buffers=True) as txn:
@@ -272,6 +278,7 @@ class ImageSource:
                     if (buf := txn.get(key.encode("utf-8"))) is None or not _buffer_openable(buf)
                 ]
         _refuse_unreadable(bad)
+        _refuse_oblong(self.files())  # found at its first read, maybe hours in, otherwise
 
     def __len__(self) -> int:
         """Images of the main source (the extra folders' come after them)."""
