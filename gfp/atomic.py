@@ -63,12 +63,13 @@ def _temp_name(dest: Path, token: str, suffix: str) -> str:
     return f".{name}{tail}"
 
 
-def temp_files(dest: Path, suffix: str) -> list[Path]:
+def temp_files(dest: Path, suffix: str, names: str | None = None) -> list[Path]:
     """The temporary files :func:`atomic_path` made for ``dest`` with ``suffix`` that are still there (a
-    killed writer's, or a running one's), and none of another file's."""
+    killed writer's, or a running one's), and none of another file's; ``names``: those of every file beside
+    ``dest`` whose name matches that glob (``"step_*.pt"``) instead."""
     tail = f".{'0' * _TOKEN_HEX}{suffix}"
-    start = _temp_name(dest, "0" * _TOKEN_HEX, suffix)[: -len(tail)]
-    pattern = f"{glob.escape(start)}.{'[0-9a-f]' * _TOKEN_HEX}{glob.escape(suffix)}"
+    start = f".{names}" if names else glob.escape(_temp_name(dest, "0" * _TOKEN_HEX, suffix)[: -len(tail)])
+    pattern = f"{start}.{'[0-9a-f]' * _TOKEN_HEX}{glob.escape(suffix)}"
     return sorted(dest.parent.glob(pattern))
 
 
@@ -116,12 +117,13 @@ def atomic_path(dest: Path, suffix: str = ".part", held: bool = False) -> Iterat
             os.close(fd)  # the lock goes with it, once the file is in place or gone
 
 
-def remove_abandoned(dest: Path, suffix: str) -> None:
+def remove_abandoned(dest: Path, suffix: str, names: str | None = None) -> None:
     """Delete the temporary files that held writes of ``dest`` (:func:`atomic_path`) left when their process
     was killed outright, which would stay hidden beside ``dest`` for good, as large as what was written. A
     live writer holds its file's lock, and a new file is left alone (its writer may not have locked it
-    yet)."""
-    for tmp in temp_files(dest, suffix):
+    yet). ``names`` (a glob): those of every such file beside ``dest``, for files written under a new name
+    each time (training checkpoints), whose killed write no later write of the same name clears."""
+    for tmp in temp_files(dest, suffix, names):
         try:
             if time.time() - tmp.stat().st_mtime < ABANDONED_AFTER_S or _locked(tmp):
                 continue

@@ -964,7 +964,9 @@ def test_a_checkpoint_that_cannot_be_written_is_a_one_line_error_and_leaves_no_p
     args = ["train", "--config", str(TINY), f"data.train={faces}", f"output_dir={run}", *FAST]
     assert cli([*args, "train.total_iter=1", "train.ckpt_every=1"]) == 0
     folder = run / "checkpoints"
-    (folder / "step_00000001.pt.part").write_bytes(b"\0" * 64)  # a save killed outright
+    killed = folder / ".step_00000001.pt.0dead000.part"  # a save killed outright (kill -9), long ago
+    killed.write_bytes(b"\0" * 64)
+    os.utime(killed, (0, 0))
     real_save = torch.save
 
     def full_disk(obj, f, *a, **k):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from gfp.archs import UnknownArchitectureError
 from gfp.archs.gfpgan import fold_pixels, unfold_pixels
-from gfp.atomic import atomic_path
+from gfp.atomic import atomic_path, remove_abandoned
 from gfp.loading import WeightsError, misfit, select_device
 from gfp.messages import first_line
 from gfp.precision import cpu_has_native_bf16
@@ -590,16 +590,11 @@ class Trainer:
             folder = self.out_dir / "checkpoints"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"step_{self.step:08d}.pt"
-            tmp = path.with_suffix(".pt.part")
-            for stale in folder.glob(CHECKPOINT_GLOB + ".part"):  # of a run killed while saving (kill -9)
-                stale.unlink(missing_ok=True)
-            try:
-                torch.save(state, tmp)
-                os.replace(tmp, path)
-            except BaseException as err:  # a full disk, or a second Ctrl-C: no half file stays behind
-                tmp.unlink(missing_ok=True)
-                if not isinstance(err, OSError | RuntimeError):
-                    raise
+            remove_abandoned(path, ".part", CHECKPOINT_GLOB)  # of a run killed while saving (kill -9)
+            try:  # a half file (a full disk, a second Ctrl-C) is deleted: it would hold the space
+                with atomic_path(path, ".part", held=True) as tmp:
+                    torch.save(state, tmp)
+            except (OSError, RuntimeError) as err:
                 # torch reports a full disk as "unexpected pos": say what is free, and what is kept
                 free = shutil.disk_usage(folder).free / 2**20
                 kept = latest_checkpoint(self.out_dir)
