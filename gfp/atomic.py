@@ -38,7 +38,7 @@ _TOKEN_HEX = 8
 """Hex digits of the random part of a temporary name."""
 ABANDONED_AFTER_S = 60.0
 """A held temporary file this old, and unlocked, has lost its writer (:func:`remove_abandoned`)."""
-_STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 """What a stopped job or service, or a closed terminal, sends (Windows has no SIGHUP)."""
 
 
@@ -156,7 +156,7 @@ def unwinding_on_termination() -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -172,7 +172,7 @@ def termination_handlers_kept() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    kept = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    kept = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

@@ -31,7 +31,7 @@ from torch import nn
 
 from gfp import __version__
 from gfp.archs import FacesOnly, GeneratorConfig
-from gfp.atomic import atomic_path, remove_abandoned, unwinding_on_termination
+from gfp.atomic import STOP_SIGNALS, atomic_path, remove_abandoned, unwinding_on_termination
 from gfp.loading import WeightsError, load_generator
 from gfp.messages import first_line
 
@@ -129,7 +129,7 @@ def _interrupts_kept() -> Iterator[None]:
 
         return on_signal
 
-    signals = [signal.SIGINT, *(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))]
+    signals = [signal.SIGINT, *STOP_SIGNALS]
     previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig, handler in previous.items():
         if callable(handler):  # one that raises; the default action ends the process anyway
