@@ -382,11 +382,14 @@ class RestoreWorker:
         } | extra
 
 
+def _open_input(filesystem: Any, path: str) -> IO[bytes]:
+    """The file ``path`` on ``filesystem`` (None: the local disk), open for reading."""
+    return Path(path).open("rb") if filesystem is None else filesystem.open_input_stream(path)
+
+
 def _read_bytes(filesystem: Any, path: str) -> bytes:
     """The bytes of the file ``path`` on ``filesystem`` (None: the local disk)."""
-    if filesystem is None:
-        return Path(path).read_bytes()
-    with filesystem.open_input_stream(path) as stream:
+    with _open_input(filesystem, path) as stream:
         return stream.read()
 
 
@@ -662,10 +665,7 @@ def _results(dataset: Any, job: Job, pending: Sequence[Input]) -> Iterator[dict[
 def _unreadable(path: str, filesystem: Any) -> str:
     """Why an input came back without a record (it could not be read, or its worker died on it)."""
     try:
-        if filesystem is None:
-            Path(path).open("rb").close()
-        else:
-            filesystem.open_input_stream(path).close()
+        _open_input(filesystem, path).close()
     except OSError as err:
         return f"cannot read it: {first_line(err)}"
     return "its Ray task failed (a worker died on it?); see the Ray Data log"
