@@ -109,22 +109,23 @@ PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the end chunk every complete PNG 
 _LMDB_HEAD = 1 << 16  # a PNG's chunks before its pixels (size, colour profile) fit in it, as a rule
 
 
-def _opens(image: str | Path | IO[bytes], tail: Callable[[], bytes]) -> bool:
-    """Whether ``image`` opens as an image without decoding it: its header parses and a PNG ends with its
-    end chunk (``tail()``: its last bytes; else all its chunks are read and their checksums checked, so one
-    cut short fails while one with bytes after the end passes). A cheap look, so a large dataset is checked
-    in seconds."""
+def _opens(image: str | Path | IO[bytes], tail: Callable[[], bytes]) -> tuple[int, int] | None:
+    """The size of ``image`` if it opens as an image without decoding it (None if not): its header parses
+    and a PNG ends with its end chunk (``tail()``: its last bytes; else all its chunks are read and their
+    checksums checked, so one cut short fails while one with bytes after the end passes). A cheap look, so
+    a large dataset is checked in seconds."""
     try:
         with Image.open(image) as img:
+            size = img.size
             if img.format != "PNG" or tail() == PNG_END:
-                return True
+                return size
             img.verify()
-        return True
+        return size
     except Exception:  # noqa: BLE001  (Pillow fails a broken file in many ways: one answer)
-        return False
+        return None
 
 
-def _openable(path: str | Path) -> bool:
+def _openable(path: str | Path) -> tuple[int, int] | None:
     """:func:`_opens` for an image file."""
 
     def tail() -> bytes:
@@ -139,32 +140,29 @@ def _buffer_openable(buf: memoryview) -> bool:
     """:func:`_opens` for an image held in an lmdb (a view of its memory map): a complete PNG is looked at
     through its first bytes and its end, so the pre-check does not read a whole dataset of PNGs."""
     tail = bytes(buf[-len(PNG_END) :])
-    if len(buf) > _LMDB_HEAD and _opens(io.BytesIO(bytes(buf[:_LMDB_HEAD])), lambda: tail):
+    if len(buf) > _LMDB_HEAD and _opens(io.BytesIO(bytes(buf[:_LMDB_HEAD])), lambda: tail) is not None:
         return True  # a complete PNG, or any other format's header (it is not decoded whole here)
-    return _opens(io.BytesIO(bytes(buf)), lambda: tail)
+    return _opens(io.BytesIO(bytes(buf)), lambda: tail) is not None
 
 
 def check_images(files: list[str] | list[Path]) -> None:
     """Refuse unreadable images (not images, cut short) before training, rather than when one is first
     sampled, maybe hours in (and again at the same sample on every resume)."""
-    _refuse_unreadable([str(p) for p in files if not _openable(p)])
+    _refuse_unreadable([str(p) for p in files if _openable(p) is None])
 
 
 def check_faces(files: list[str] | list[Path]) -> None:
-    """:func:`check_images`, and refuse faces that are not square (from their headers): before a command
-    writes or scores anything, so a bad file late in a folder leaves no part of the work done."""
-    check_images(files)
-    _refuse_oblong(files)
+    """:func:`check_images`, and refuse faces that are not square (from the same look at their headers):
+    before a command writes or scores anything, so a bad file late in a folder leaves no part of the work
+    done."""
+    sizes = {str(path): _openable(path) for path in files}
+    _refuse_unreadable([path for path, size in sizes.items() if size is None])
+    _refuse_oblong(sizes)
 
 
-def _refuse_oblong(files: list[str] | list[Path]) -> None:
-    """Refuse readable images that are not square (their headers' sizes): no aligned face."""
-    oblong = []
-    for path in files:
-        with Image.open(path) as img:
-            width, height = img.size
-        if width != height:
-            oblong.append(f"{Path(path).name} is {width}x{height}")
+def _refuse_oblong(sizes: dict[str, tuple[int, int] | None]) -> None:
+    """Refuse the images of ``sizes`` (path → header size) that are not square: no aligned face."""
+    oblong = [f"{Path(path).name} is {s[0]}x{s[1]}" for path, s in sizes.items() if s and s[0] != s[1]]
     if oblong:
         more = f" and {len(oblong) - 5} more" if len(oblong) > 5 else ""
         what = "not a square aligned face" if len(oblong) == 1 else "not square aligned faces"
@@ -269,7 +267,8 @@ class ImageSource:
         """:func:`check_images` for every image: the files, and an lmdb's entries (a key its meta_info.txt
         lists but its database lacks, or bytes that do not open, named as ``DB.lmdb:key``); files that are
         not square are refused too (an lmdb's entries are square when ``prepare`` wrote them)."""
-        bad = [path for path in self.files() if not _openable(path)]
+        sizes = {path: _openable(path) for path in self.files()}
+        bad = [path for path, size in sizes.items() if size is None]
         if self.is_lmdb:
             with _lmdb_env(self.root).begin(buffers=True) as txn:
                 bad += [
@@ -278,7 +277,7 @@ class ImageSource:
                     if (buf := txn.get(key.encode("utf-8"))) is None or not _buffer_openable(buf)
                 ]
         _refuse_unreadable(bad)
-        _refuse_oblong(self.files())  # found at its first read, maybe hours in, otherwise
+        _refuse_oblong(sizes)  # found at its first read, maybe hours in, otherwise
 
     def __len__(self) -> int:
         """Images of the main source (the extra folders' come after them)."""
