@@ -76,6 +76,7 @@ __all__ = [
     "download",
     "generator_from",
     "generator_network",
+    "generator_weights",
     "load_generator",
     "load_model",
     "load_network",
@@ -147,14 +148,20 @@ def _read(found: Resolved, mapped: bool = False) -> tuple[dict[str, Tensor], dic
 def read_generator(
     spec: Spec, weights_dir: str | os.PathLike[str] | None = None, mapped: bool = False
 ) -> tuple[dict[str, Tensor], GeneratorConfig, Resolved]:
-    """(state dict, config, where it was found) of a GFPGAN generator, without building it.
+    """(state dict, config, where it was found) of a GFPGAN generator, without building it
+    (:func:`generator_weights` of what ``spec`` resolves to)."""
+    found = _resolved(spec, weights_dir)
+    return (*generator_weights(found, mapped), found)
+
+
+def generator_weights(found: Resolved, mapped: bool = False) -> tuple[dict[str, Tensor], GeneratorConfig]:
+    """(state dict, config) of the GFPGAN generator ``found`` by resolution, without building it.
 
     The config comes from a published folder's config.json, else from the copy our ``model.safetensors``
     carries (:func:`gfp.weights.files.embedded_config`), else it is recognised from the weights' keys and
     shapes. A registry version (e.g. "1.4") must have that version's layout. ``mapped``: see
     :func:`gfp.weights.files.read_weights` (the layout is known without reading the values).
     """
-    found = _resolved(spec, weights_dir)
     state_dict, metadata = _read(found, mapped)
     # a published folder's config.json, else the one our model.safetensors carries out of its folder
     config = read_config(found.path) if found.format == "published" else embedded_config(metadata, found.path)
@@ -166,7 +173,7 @@ def read_generator(
     entry = found.entry
     if entry is not None and entry.config is not None and entry.config != config:
         raise CheckpointError(f"{found.path} is not GFPGAN {entry.name}: its layout is {config}")
-    return state_dict, config, found
+    return state_dict, config
 
 
 def _recognised_as(state_dict: dict[str, Tensor]) -> str:
@@ -275,21 +282,16 @@ def load_model(
 ) -> nn.Module:
     """A registry model (detector, parser, upsampler, ...) with its weights, ready for inference
     (:func:`model_network`'s module)."""
-    return model_network(spec, weights_dir, placement).run
+    return model_network(_resolved(spec, weights_dir), placement).run
 
 
-def model_network(
-    spec: Spec,
-    weights_dir: str | os.PathLike[str] | None = None,
-    placement: Placement | None = None,
-) -> Network:
-    """A registry model with its weights, on ``placement`` (None: the CPU in float32) narrowed to what the
-    model supports: found, read, recognised, built, in that order and once each.
+def model_network(found: Resolved, placement: Placement | None = None) -> Network:
+    """The model ``found`` by resolution with its weights, on ``placement`` (None: the CPU in float32)
+    narrowed to what the model supports: read, recognised, built, in that order and once each.
 
     A registry name builds that entry's network; a file is recognised from its weights by the registered
     families (see :func:`gfp.registry.recognise`) and runs in float32.
     """
-    found = _resolved(spec, weights_dir)
     state_dict = _read(found)[0]
     if found.entry is not None:
         entry = found.entry

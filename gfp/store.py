@@ -30,7 +30,14 @@ from gfp import openvino, registry
 from gfp.archs import FacesOnly, GeneratorConfig
 from gfp.background import BackgroundUpsampler, build_background_upsampler
 from gfp.devices import Placement
-from gfp.loading import Network, generator_network, load_model, model_network, read_generator
+from gfp.loading import (
+    Network,
+    generator_network,
+    generator_weights,
+    load_model,
+    model_network,
+    read_generator,
+)
 from gfp.messages import headline
 from gfp.paste import PARSE_SIZE
 from gfp.weights.errors import WeightsError
@@ -77,14 +84,15 @@ class _Checkpoint:
     def __init__(self, found: Resolved, mapped: bool) -> None:
         self.mapped = mapped
         before = _stamp(found.path)
-        self.state_dict, self.config, self.found = read_generator(found, mapped=mapped)
+        self.found = found
+        self.state_dict, self.config = generator_weights(found, mapped)
         self.stamp = before if before is not None and _stamp(found.path) == before else None
 
     def take(self) -> dict[str, Tensor]:
         """The tensors (read again if already handed over or released: only a rare second build asks)."""
         state_dict, self.state_dict = self.state_dict, None
         if state_dict is None:
-            return read_generator(self.found)[0]
+            return generator_weights(self.found)[0]
         return {key: tensor.clone() for key, tensor in state_dict.items()} if self.mapped else state_dict
 
     def release(self) -> None:
@@ -133,14 +141,6 @@ class ModelStore:
                 self._items[key] = value
         return value
 
-    def _file_key(self, found: Resolved) -> str:
-        """What the store keeps a file's networks under: its real path, so that a symbolic link and its
-        target (or two links to one file) are read and built once (``found.path`` only resolves ``..`` and
-        ``.``). Found once per path, as specs are resolved once: a link pointed elsewhere later does not
-        build a second network beside the first."""
-        path = str(found.path)
-        return self._get(("real path", path), lambda: os.path.realpath(path))
-
     def resolve(self, spec: str | os.PathLike[str]) -> Resolved:
         """Where the weights of ``spec`` are (found once per spelling; a download happens once)."""
         spec = os.fspath(spec)
@@ -150,7 +150,7 @@ class ModelStore:
     def _checkpoint(self, spec: str | os.PathLike[str]) -> _Checkpoint:
         found = self.resolve(spec)
         mapped = self.placement.backend == "openvino"
-        return self._get(("checkpoint", self._file_key(found)), lambda: _Checkpoint(found, mapped))
+        return self._get(("checkpoint", found.real), lambda: _Checkpoint(found, mapped))
 
     def generator_config(self, spec: str | os.PathLike[str]) -> GeneratorConfig:
         """The layout of a generator, from its config file or its weights' keys and shapes (raises what
@@ -161,7 +161,7 @@ class ModelStore:
         """The GFPGAN generator module of a version / file / folder / repo id, in PyTorch."""
         checkpoint = self._checkpoint(spec)
         return self._get(
-            ("generator", self._file_key(checkpoint.found)),
+            ("generator", checkpoint.found.real),
             lambda: generator_network(checkpoint.take(), checkpoint.config, checkpoint.found, self.placement),
         )
 
@@ -194,14 +194,14 @@ class ModelStore:
             checkpoint.release()  # taken by the PyTorch build, or not needed: the conversion serves
             return Network(run, supports, placement, config)
 
-        return self._get(("faces", self._file_key(checkpoint.found)), build)
+        return self._get(("faces", checkpoint.found.real), build)
 
     # ------------------------------------------------------------------------- registry networks
     def network(self, name: str) -> Network:
         """The registry model ``name`` (detector, parser, upsampler) with its weights, in PyTorch."""
         found = self.resolve(name)
-        key = ("network", self._file_key(found))
-        return self._get(key, lambda: model_network(found, placement=self.placement))
+        key = ("network", found.real)
+        return self._get(key, lambda: model_network(found, self.placement))
 
     def optional(self, name: str) -> Network | Unavailable:
         """:meth:`network`, or :class:`Unavailable` when its weights cannot be had (remembered)."""

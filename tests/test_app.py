@@ -318,8 +318,8 @@ def test_a_default_model_that_does_not_load_is_in_the_banner(
     from gfp.pipeline import Restorer
 
     reads = []
-    read = gfp.store.read_generator
-    monkeypatch.setattr(gfp.store, "read_generator", lambda *a, **k: reads.append(a) or read(*a, **k))
+    read = gfp.store.generator_weights
+    monkeypatch.setattr(gfp.store, "generator_weights", lambda *a, **k: reads.append(a) or read(*a, **k))
     weights = make_weights(tmp_path / "weights")
     whole = weights / "tiny" / "model.safetensors"
     settings = AppSettings(models=(str(weights / "tiny"),), weights_dir=str(weights), detector=DETECTOR)

@@ -728,7 +728,7 @@ def test_each_spec_is_resolved_once_and_its_checkpoint_read_once(
         return call
 
     monkeypatch.setattr(gfp.store, "resolve", counted("resolve", gfp.store.resolve))
-    monkeypatch.setattr(gfp.store, "read_generator", counted("read", gfp.store.read_generator))
+    monkeypatch.setattr(gfp.store, "generator_weights", counted("read", gfp.store.generator_weights))
     restorer = Restorer(device="cpu", backend="torch")
     options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
     face = np.full((64, 64, 3), 128, np.uint8)

@@ -43,19 +43,23 @@ _PATH_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 @dataclass(frozen=True)
 class Resolved:
     """What resolution found: the local ``path``, the registry ``entry`` the spec named (None for a file,
-    folder or repo given by the user) and its ``format``: "checkpoint" (one weights file) or "published"
-    (a folder with config.json + model.safetensors)."""
+    folder or repo given by the user), its ``format``: "checkpoint" (one weights file) or "published"
+    (a folder with config.json + model.safetensors), and ``real``, the file's real path when it was
+    found, which the model store keeps its networks under: a symbolic link and its target (or two links
+    to one file) are read and built once, and a link pointed elsewhere later does not build a second
+    network beside the first (``path`` only folds ``..`` and ``.``)."""
 
     path: Path
     entry: ModelEntry | None
     format: str
+    real: str
 
 
 def _found(path: Path, entry: ModelEntry | None = None) -> Resolved:
     # Absolute and normalised: every spelling of one file (w/x, ./w/x, /abs/w/../w/x) is one file, which
     # the model store loads once, whatever the working folder later becomes.
     path = Path(os.path.abspath(path))
-    return Resolved(path, entry, "published" if path.is_dir() else "checkpoint")
+    return Resolved(path, entry, "published" if path.is_dir() else "checkpoint", os.path.realpath(path))
 
 
 def cache_dir() -> Path:
