@@ -108,7 +108,9 @@ def read_image_bytes(
             "save it with interleaved colour channels (contiguous planar configuration) or as a 16-bit PNG"
         )
 
-    if _unassociated_alpha_tiff(header):  # OpenCV multiplies its colours by the alpha
+    # PIL where OpenCV multiplies a TIFF's colours by its alpha, or where libpng would print its own error
+    # line (amid a progress bar) on a damaged PNG, then refuse it
+    if _unassociated_alpha_tiff(header) or _damaged_png(data):
         img = _decode_with_pil(header, name)
     else:
         img = cv2.imdecode(np.frombuffer(_as_stored(data), np.uint8), cv2.IMREAD_UNCHANGED)
@@ -119,6 +121,8 @@ def read_image_bytes(
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if header.mode == "CMYK" and img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]
+    if _opaque_gif_frame(header, img):
         img = img[:, :, :3]
     _check_size(img.shape[1], img.shape[0], max_pixels, name)
     return np.ascontiguousarray(_apply_orientation(img, _orientation(header)))
@@ -225,6 +229,16 @@ def _check_size(width: int, height: int, max_pixels: int | None, name: str) -> N
             width * height,
             max_pixels,
         )
+
+
+def _opaque_gif_frame(header: Image.Image, img: np.ndarray) -> bool:
+    """A GIF's first frame decoded as BGRA although that frame declares no transparent colour and every
+    pixel is opaque: OpenCV gives a GIF four channels when the last frame of the file has a transparent
+    colour (Pillow and ffmpeg write later frames so, as the changes over the first), so an opaque animation
+    would come out RGBA. A frame that declares one keeps its alpha, as a PNG's does (and PIL's decoding)."""
+    if header.format != "GIF" or img.ndim != 3 or img.shape[2] != 4 or "transparency" in header.info:
+        return False
+    return bool((img[:, :, 3] == 255).all())
 
 
 def _orientation(header: Image.Image) -> int:
@@ -341,6 +355,26 @@ def _tiff_pixel_type(data: bytes) -> str | None:
     except (KeyError, struct.error, ValueError, IndexError):
         return None
     return None if kind == "uint" and bits <= 16 else f"{kind}{bits}"
+
+
+def _damaged_png(data: bytes) -> bool:
+    """PNG bytes cut short (a download or copy that stopped) or with a chunk whose CRC does not match.
+
+    libpng stops on them and prints "libpng error: IDAT: CRC error" straight to the process's stderr, amid
+    the progress bar; PIL prints nothing, decodes what it can, and its error reaches our one-line message.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return False
+    view, at = memoryview(data), 8
+    while at + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, at)
+        end = at + 8 + length
+        if end + 4 > len(data) or zlib.crc32(view[at + 4 : end]) != struct.unpack_from(">I", data, end)[0]:
+            return True
+        if kind == b"IEND":
+            return False
+        at = end + 4
+    return True
 
 
 def _as_stored(data: bytes) -> bytes | bytearray:

@@ -324,6 +324,57 @@ def test_frame_count_of_animations_and_pages(tmp_path: Path) -> None:
     assert frame_count(tmp_path / "missing.gif") == 1
 
 
+def test_an_opaque_animated_gif_is_read_without_alpha() -> None:
+    """Pillow (and ffmpeg) write an animation's later frames with a transparent colour, for the pixels that
+    do not change; OpenCV then gave the opaque first frame an alpha channel, and the output was RGBA."""
+    frames = [_smooth_bgr(seed=0), _smooth_bgr(seed=0)]
+    frames[1][10:20, 10:30] = 0  # the second frame changes a part only
+    buf = io.BytesIO()
+    first, *rest = (Image.fromarray(f[:, :, ::-1]).convert("P") for f in frames)
+    first.save(buf, "GIF", save_all=True, append_images=rest)
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))[:, :, ::-1]
+    np.testing.assert_array_equal(read_image_bytes(buf.getvalue()), expected)
+
+
+@pytest.mark.parametrize("used", [True, False])
+def test_a_gif_frame_that_declares_a_transparent_colour_keeps_its_alpha(used: bool) -> None:
+    """As a PNG's alpha (or palette transparency) is kept when every pixel is opaque, so is a GIF frame's."""
+    index = (np.arange(48 * 64).reshape(48, 64) % 16).astype(np.uint8)
+    image = Image.fromarray(index, "P")
+    image.putpalette(bytes(range(256)) * 3)
+    buf = io.BytesIO()
+    image.save(buf, "GIF", transparency=0 if used else 200, optimize=False)
+    img = read_image_bytes(buf.getvalue())
+    assert img.shape == (48, 64, 4)
+    np.testing.assert_array_equal(img[:, :, 3] == 0, (index == 0) & used)
+
+
+def _damaged_png(damage: str) -> tuple[bytes, np.ndarray]:
+    """A PNG of a smooth image damaged as ``damage`` says (its first IDAT's CRC, its first IDAT's data, cut
+    in half: libpng is silent on a file of one IDAT cut short, and this one has three)."""
+    bgr = _smooth_bgr(96, 128)
+    data = bytearray(encode_image(bgr, ".png"))
+    at = data.find(b"IDAT")
+    (length,) = struct.unpack_from(">I", data, at - 4)
+    if damage == "cut":
+        return bytes(data[: len(data) // 2]), bgr
+    data[at + 4 + (length if damage == "crc" else length // 2)] ^= 0x10
+    return bytes(data), bgr
+
+
+@pytest.mark.parametrize("damage", ["crc", "data", "cut"])
+def test_a_damaged_png_prints_nothing_of_libpng(capfd: pytest.CaptureFixture[str], damage: str) -> None:
+    """libpng printed "libpng error: IDAT: CRC error" on stderr itself, amid the CLI's progress bar: a PNG
+    whose pixels are intact is read, one whose pixels are not is refused in our message alone."""
+    data, bgr = _damaged_png(damage)
+    if damage == "crc":
+        np.testing.assert_array_equal(read_image_bytes(data, name="a.png"), bgr)
+    else:
+        with pytest.raises(UnreadableImageError, match="^a.png: corrupt or truncated image"):
+            read_image_bytes(data, name="a.png")
+    assert "libpng" not in capfd.readouterr().err
+
+
 def test_a_png_with_a_colour_profile_above_1_mb_is_read(tmp_path: Path) -> None:
     """Pillow refuses an iCCP chunk above 1 MB by default: a JPEG's large LUT profile, written into our PNG
     output, made that output unreadable here."""
