@@ -338,6 +338,8 @@ class RestoreWorker:
             record = self._restore(path, key, data)
         except WeightsError as err:
             record = {"status": "fatal", "error": str(err)}
+        except TemporaryFolderFull as err:  # not the output disk's fault: the message names the folder
+            record = {"status": "fatal", "error": str(err), "unwritable": True, "folder": err.folder}
         except Exception as err:  # one bad file must not stop the others: it becomes a failed record
             full = unwritable(err)  # ... but a full disk would fail every later one: the job stops
             record = {"status": "failed", "error": first_line(err, key)}
@@ -353,7 +355,7 @@ class RestoreWorker:
         if _is_local(self.job.filesystem):  # a local input (file:// too): never written over
             check_not_input(target, Path(path))
         if is_video(path):
-            with _local_copy(self.job.filesystem, path) as local:
+            with _local_copy(self.job.filesystem, path, key) as local:
                 try:
                     result = restore_video(local, target, self.options, self.video, self.restorer)
                 except VideoError as err:  # it names the file PyAV read: a remote clip's is a deleted copy
@@ -398,17 +400,41 @@ def _is_local(filesystem: Any) -> bool:
     return filesystem is None or filesystem.type_name == "local"
 
 
+class TemporaryFolderFull(Exception):
+    """The local temporary folder ``folder`` (TMPDIR chooses it) is full or read-only: a remote clip cannot
+    be copied there, nor can any later one, so the job stops; its output disk may well have room."""
+
+    def __init__(self, message: str, folder: str) -> None:
+        super().__init__(message)
+        self.folder = folder
+
+
 @contextlib.contextmanager
-def _local_copy(filesystem: Any, path: str) -> Iterator[str]:
+def _local_copy(filesystem: Any, path: str, key: str = "") -> Iterator[str]:
     """``path`` as a local file for PyAV: itself on the local disk (a file:// URL too), else a temporary
-    copy (deleted after)."""
+    copy (deleted after); :class:`TemporaryFolderFull` when that copy finds no room (``key`` names the
+    clip)."""
     if _is_local(filesystem):
         yield path
         return
-    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
         with os.fdopen(fd, "wb") as sink, filesystem.open_input_stream(path) as source:
             shutil.copyfileobj(source, sink, 1 << 22)
+    except OSError as err:
+        if tmp is not None:
+            os.unlink(tmp)
+        full = unwritable(err)
+        if full is None:
+            raise
+        folder = tempfile.gettempdir()
+        raise TemporaryFolderFull(
+            f"cannot copy {shown(key or path)} to the temporary folder {folder!r} (TMPDIR chooses it): "
+            f"{first_line(full)}",
+            folder,
+        ) from None
+    try:
         yield tmp
     finally:
         os.unlink(tmp)
@@ -650,7 +676,7 @@ def _results(dataset: Any, job: Job, pending: Sequence[Input]) -> Iterator[dict[
                 left = f"{len(missing)} of {len(pending)} input(s) not restored"
                 raise FatalError(
                     f"{record['error']}; stopped with {left}: rerun the same command to go on once "
-                    f"{job.output!r} can be written"
+                    f"{record.get('folder', job.output)!r} can be written"
                 )
             if record["status"] == "fatal":
                 raise FatalError(record["error"])

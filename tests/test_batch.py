@@ -449,6 +449,41 @@ def test_a_full_disk_is_a_fatal_record_and_stops_the_job(
     assert _worker(weights, out, None, "").restore(str(broken), broken.read_bytes())["status"] == "failed"
 
 
+def test_a_full_temporary_folder_is_named_not_the_output_disk(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote clip is copied to the temporary folder first: when that is full, the job still stops, but
+    its line names that folder and TMPDIR, not the output disk, which may well have room."""
+    pafs = pytest.importorskip("pyarrow.fs")
+    (tmp_path / "bucket").mkdir()
+    (tmp_path / "bucket" / "clip.mkv").write_bytes(b"a clip")
+    store = pafs.SubTreeFileSystem(str(tmp_path / "bucket"), pafs.LocalFileSystem())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(batch.tempfile, "tempdir", str(scratch))
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batch.shutil, "copyfileobj", full)
+    out = tmp_path / "out"
+    record = _worker(weights, out, store, "s3://bucket/").restore("clip.mkv", b"")
+    assert record["status"] == "fatal" and record["unwritable"]
+    assert record["error"] == (
+        f"cannot copy s3://bucket/clip.mkv to the temporary folder {str(scratch)!r} (TMPDIR chooses it): "
+        "[Errno 28] No space left on device"
+    )
+    assert not list(scratch.iterdir())  # the part copied is deleted
+
+    class Rows:
+        def iter_rows(self) -> Iterator[dict[str, str]]:
+            yield {"record": json.dumps(record)}
+
+    job = batch.Job(argparse.Namespace(), str(out), store, "s3://bucket/", "s1", 1)
+    with pytest.raises(batch.FatalError, match=f"go on once {str(scratch)!r} can be written$"):
+        next(batch._results(Rows(), job, [batch.Input("s3://bucket/clip.mkv", "clip.mkv")]))
+
+
 def test_a_restored_image_too_large_for_its_format_is_a_failed_record(tmp_path: Path, weights: Path) -> None:
     photo = tmp_path / "wide.jpg"
     cv2.imwrite(str(photo), _gradient(8, 8200))

@@ -397,6 +397,23 @@ def test_a_file_that_cannot_be_read_leaves_its_name_to_the_photo(
     assert sorted(p.name for p in (out / "restored_imgs").iterdir()) == ["IMG_1234.JPG", "a.png"]
 
 
+def test_a_damaged_png_is_one_line_not_libpngs(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """libpng's own "libpng error: IDAT: ..." line broke the progress bar: the user sees our line alone."""
+    weights = make_weights(tmp_path / "w")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    ok, png = cv2.imencode(".png", _gradient())
+    data = bytearray(png.tobytes())
+    data[data.find(b"IDAT") + 20] ^= 0x10  # inside the pixel data: its CRC no longer matches
+    (inputs / "a.png").write_bytes(data)
+    cv2.imwrite(str(inputs / "b.png"), _gradient())
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), *_args(weights)]) == 1
+    err = capfd.readouterr().err
+    assert f"gfp: error: {inputs / 'a.png'}: corrupt or truncated image" in err and "libpng" not in err
+    assert [p.name for p in (out / "restored_imgs").iterdir()] == ["b.png"]
+
+
 def test_a_restored_image_too_large_for_its_format_fails_before_the_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
