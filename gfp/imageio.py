@@ -110,10 +110,11 @@ def read_image_bytes(
 
     # PIL where OpenCV multiplies a TIFF's colours by its alpha, or where libpng would print its own error
     # line (amid a progress bar) on a damaged PNG, then refuse it
-    if _unassociated_alpha_tiff(header) or _damaged_png(data):
+    png_chunks = _png_chunks(data)
+    if _unassociated_alpha_tiff(header) or png_chunks is None:
         img = _decode_with_pil(header, name)
     else:
-        img = cv2.imdecode(np.frombuffer(_as_stored(data), np.uint8), cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(np.frombuffer(_as_stored(data, png_chunks), np.uint8), cv2.IMREAD_UNCHANGED)
         if img is None:
             img = _decode_with_pil(header, name)
     if img.dtype not in (np.uint8, np.uint16):
@@ -357,33 +358,41 @@ def _tiff_pixel_type(data: bytes) -> str | None:
     return None if kind == "uint" and bits <= 16 else f"{kind}{bits}"
 
 
-def _damaged_png(data: bytes) -> bool:
-    """PNG bytes cut short (a download or copy that stopped) or with a chunk whose CRC does not match.
-
-    libpng stops on them and prints "libpng error: IDAT: CRC error" straight to the process's stderr, amid
-    the progress bar; PIL prints nothing, decodes what it can, and its error reaches our one-line message.
-    """
+def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
+    """The chunks of PNG bytes up to IEND as (type, start, end), from its length field to past its CRC
+    (empty for bytes that are no PNG); None when the file is cut short (a download or copy that stopped) or
+    a chunk's CRC does not match. libpng stops on such a file and prints "libpng error: IDAT: CRC error"
+    straight to the process's stderr, amid the progress bar; PIL prints nothing, decodes what it can, and
+    its error reaches our one-line message."""
     if data[:8] != b"\x89PNG\r\n\x1a\n":
-        return False
-    view, at = memoryview(data), 8
+        return []
+    view, at, chunks = memoryview(data), 8, []
     while at + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, at)
-        end = at + 8 + length
-        if end + 4 > len(data) or zlib.crc32(view[at + 4 : end]) != struct.unpack_from(">I", data, end)[0]:
-            return True
+        end = at + 12 + length
+        if end > len(data) or zlib.crc32(view[at + 4 : end - 4]) != int.from_bytes(data[end - 4 : end]):
+            return None
+        chunks.append((kind, at, end))
         if kind == b"IEND":
-            return False
-        at = end + 4
-    return True
+            return chunks
+        at = end
+    return None
 
 
-def _as_stored(data: bytes) -> bytes | bytearray:
-    """``data``, or for a TIFF whose Orientation tag is not 1 a copy whose tag says 1.
+def _as_stored(data: bytes, png_chunks: list[tuple[bytes, int, int]]) -> bytes | bytearray:
+    """``data`` as OpenCV is to decode it: for a TIFF whose Orientation tag is not 1 a copy whose tag says
+    1, for a PNG with a colour profile a copy without it, else ``data`` itself.
 
     OpenCV's TIFF decoder turns the pixels by the tag itself, even with IMREAD_IGNORE_ORIENTATION (and in
     tiled files only part of the way), so :func:`_apply_orientation` would turn them twice. With the tag
     at 1 OpenCV decodes the pixels as stored, and the orientation is applied once, as for other formats.
+
+    A PNG's profile is not applied by OpenCV (:func:`read_icc_profile` carries it to the output), but
+    libpng checks it and prints its warnings ("iCCP: known incorrect sRGB profile", an RGB profile in a
+    gray PNG) straight to stderr, amid the progress bar, for a file that is read well.
     """
+    if any(kind == b"iCCP" for kind, _, _ in png_chunks):
+        return data[:8] + b"".join(data[start:end] for kind, start, end in png_chunks if kind != b"iCCP")
     tiff = _tiff_header(data)
     if tiff is None:
         return data

@@ -375,6 +375,31 @@ def test_a_damaged_png_prints_nothing_of_libpng(capfd: pytest.CaptureFixture[str
     assert "libpng" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16"])
+def test_a_png_colour_profile_prints_nothing_of_libpng(capfd: pytest.CaptureFixture[str], mode: str) -> None:
+    """libpng checks a PNG's profile and printed its warnings itself ("iCCP: ... RGB color space not
+    permitted on grayscale PNG", "known incorrect sRGB profile") amid the progress bar, for a file read well:
+    the profile is not given to it, and the pixels and the profile read are those of the file."""
+    from PIL import ImageCms
+
+    rgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    bgr = _smooth_bgr()
+    image = {
+        "L": Image.fromarray(bgr[:, :, 1]),
+        "RGB": Image.fromarray(bgr[:, :, ::-1]),
+        "RGBA": Image.fromarray(np.dstack([bgr[:, :, ::-1], bgr[:, :, 0]])),
+        "I;16": Image.fromarray(bgr[:, :, 1].astype(np.uint16) * 257),
+    }[mode]
+    plain, profiled = io.BytesIO(), io.BytesIO()
+    image.save(plain, "PNG")
+    image.save(profiled, "PNG", icc_profile=rgb)  # an RGB profile, in the gray PNGs too
+    expected = cv2.imdecode(np.frombuffer(plain.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    capfd.readouterr()
+    np.testing.assert_array_equal(read_image_bytes(profiled.getvalue()), expected)
+    assert "libpng" not in capfd.readouterr().err
+    assert read_icc_profile(profiled.getvalue()) == rgb
+
+
 def test_a_png_with_a_colour_profile_above_1_mb_is_read(tmp_path: Path) -> None:
     """Pillow refuses an iCCP chunk above 1 MB by default: a JPEG's large LUT profile, written into our PNG
     output, made that output unreadable here."""
