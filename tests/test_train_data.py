@@ -54,6 +54,9 @@ def test_defaults_are_the_official_recipe():
         d["blur_kernel_size"] == 41 and d["blur_sigma"] == [0.1, 10.0] and d["downsample_range"] == [0.8, 8.0]
     )
     assert d["noise_range"] == [0.0, 20.0] and d["jpeg_range"] == [60, 100] and d["gray_prob"] == 0.01
+    # options/train_gfpgan_v1.yml (and _simple) of the official repository leave gt_gray unset (only a
+    # comment suggests True when training without colorization): a gray LQ keeps its colour GT
+    assert d["gt_gray"] is False
     assert DEFAULTS["loss"]["vgg_layers"] == {
         "conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0,
     }  # fmt: skip

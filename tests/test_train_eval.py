@@ -573,6 +573,45 @@ def test_prepare_refuses_an_existing_lmdb(tmp_path: Path, capsys) -> None:
     env.close()
 
 
+def test_prepare_writes_only_what_it_was_asked_for(tmp_path: Path, capsys) -> None:
+    """``prepare --lmdb`` also wrote a PNG folder beside the lmdb, into which a later run wrote its faces
+    beside the earlier ones, over any of the same name: it writes the lmdb only (a prepared folder can be
+    packed into one), and a folder that holds images already is refused as an output, left as it was. A
+    face that fails to decode leaves no part-done output (which would block a rerun)."""
+    import lmdb
+
+    from train.__main__ import main
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, count in ((first, 3), (second, 2)):
+        folder.mkdir()
+        for i in range(count):
+            cv2.imwrite(str(folder / f"{i}.png"), np.full((64, 64, 3), 40 * i + count, np.uint8))
+    out = tmp_path / "out"
+    assert main(["prepare", str(first), f"{out}.lmdb", "--size", "32", "--lmdb"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "out.lmdb", "second"]
+    assert main(["prepare", str(first), str(out), "--size", "32"]) == 0
+    assert main(["prepare", str(out), str(tmp_path / "packed.lmdb"), "--size", "32", "--lmdb"]) == 0
+    capsys.readouterr()
+    for db in ("out.lmdb", "packed.lmdb"):  # the faces the folder holds
+        with lmdb.open(str(tmp_path / db), readonly=True, lock=False) as env, env.begin() as txn:
+            for png in sorted(out.iterdir()):
+                entry = cv2.imdecode(np.frombuffer(txn.get(png.stem.encode()), np.uint8), cv2.IMREAD_COLOR)
+                np.testing.assert_array_equal(entry, cv2.imread(str(png)))
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["prepare", str(second), str(out), "--size", "32"]) == 2
+    assert "out already holds images: give an empty or new folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+    png = bytearray((second / "1.png").read_bytes())  # a sound header and end, pixels that fail to decode
+    png[png.index(b"IDAT") + 20 : png.index(b"IDAT") + 40] = bytes(20)
+    (second / "1.png").write_bytes(png)
+    before = sorted(tmp_path.iterdir())
+    for args in ([str(tmp_path / "new")], [str(tmp_path / "new.lmdb"), "--lmdb"]):  # nothing left behind
+        assert main(["prepare", str(second), *args, "--size", "32"]) == 2
+        assert "unreadable image: " in capsys.readouterr().err
+        assert sorted(tmp_path.iterdir()) == before
+
+
 def test_command_mistakes_are_one_line_errors(tmp_path: Path, capsys) -> None:
     """A components file that is none, an export or a crop into a path that is a file, a crop size of 0."""
     from train.__main__ import main

@@ -1053,6 +1053,7 @@ def test_the_data_is_checked_before_any_network_is_built(faces, tmp_path, monkey
     """A config without data.train tried to download ArcFace first, and a missing or empty folder was said
     only after every network was built: the data is checked before any network or weight."""
     import train.train as training
+    from train.data import write_lmdb
 
     def built(*args, **kwargs):
         raise AssertionError("a network was built before the data was checked")
@@ -1066,10 +1067,12 @@ def test_the_data_is_checked_before_any_network_is_built(faces, tmp_path, monkey
     oblong.mkdir()
     for name in ("a.png", "b.png"):
         cv2.imwrite(str(oblong / name), np.zeros((64, 64 if name == "a.png" else 48, 3), np.uint8))
+    db = write_lmdb([*sorted(faces.iterdir()), oblong / "b.png"], tmp_path / "oblong.lmdb")  # another tool's
     for folder, message in (
         (tmp_path / "empty", "no images"),
         (tmp_path / "nope", "image folder not found"),
         (oblong, "b.png is 48x64, not a square aligned face"),  # was found at its first read
+        (db, "oblong.lmdb:b is 48x64, not a square aligned face"),  # so was an lmdb's entry, mid-run
     ):
         with pytest.raises(DataError, match=message):
             Trainer(_config(folder, tmp_path / "run"))

@@ -16,7 +16,9 @@ def _prepare(argv: list[str]) -> int:
     p.add_argument("dst", help="output folder (or NAME.lmdb with --lmdb)")
     p.add_argument("--size", type=int, default=512, help="training size in pixels (data.out_size)")
     p.add_argument(
-        "--lmdb", action="store_true", help="also pack the resized faces into a basicsr-style lmdb"
+        "--lmdb",
+        action="store_true",
+        help="write the resized faces into a basicsr-style lmdb DST.lmdb only (no folder of PNGs)",
     )
     args = p.parse_args(argv)
     try:

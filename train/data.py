@@ -13,7 +13,7 @@ import io
 import math
 import os
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -136,13 +136,15 @@ def _openable(path: str | Path) -> tuple[int, int] | None:
     return _opens(path, tail)
 
 
-def _buffer_openable(buf: memoryview) -> bool:
+def _buffer_openable(buf: memoryview) -> tuple[int, int] | None:
     """:func:`_opens` for an image held in an lmdb (a view of its memory map): a complete PNG is looked at
     through its first bytes and its end, so the pre-check does not read a whole dataset of PNGs."""
     tail = bytes(buf[-len(PNG_END) :])
-    if len(buf) > _LMDB_HEAD and _opens(io.BytesIO(bytes(buf[:_LMDB_HEAD])), lambda: tail) is not None:
-        return True  # a complete PNG, or any other format's header (it is not decoded whole here)
-    return _opens(io.BytesIO(bytes(buf)), lambda: tail) is not None
+    if len(buf) > _LMDB_HEAD:
+        size = _opens(io.BytesIO(bytes(buf[:_LMDB_HEAD])), lambda: tail)
+        if size is not None:
+            return size  # a complete PNG, or any other format's header (it is not decoded whole here)
+    return _opens(io.BytesIO(bytes(buf)), lambda: tail)
 
 
 def check_images(files: list[str] | list[Path]) -> None:
@@ -178,25 +180,45 @@ def _refuse_unreadable(bad: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------- lmdb
 def write_lmdb(files: list[Path], lmdb_path: str | Path, compress_level: int = 1) -> Path:
     """Pack images into a basicsr-style lmdb (``data.mdb`` + ``meta_info.txt``, key = file stem)."""
+
+    def read(p: Path) -> np.ndarray:
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise DataError(f"unreadable image: {p}")
+        return img
+
+    total = sum(p.stat().st_size for p in files)
+    return _pack_lmdb(((p.stem, read(p)) for p in files), lmdb_path, total * 10, compress_level)
+
+
+def _pack_lmdb(
+    images: Iterable[tuple[str, np.ndarray]], lmdb_path: str | Path, map_size: int, compress_level: int
+) -> Path:
+    """Write (key, image) pairs as PNGs into a new basicsr-style lmdb of at least ``map_size`` bytes."""
     import lmdb
 
     out = Path(lmdb_path)
     if out.suffix != ".lmdb":
         raise DataError(f"lmdb folder name must end with .lmdb, got {out}")
     _refuse_existing(out)
-    total = sum(p.stat().st_size for p in files)
-    env = lmdb.open(str(out), map_size=max(total * 10, 1 << 24))
+    made = not out.exists()
+    env = lmdb.open(str(out), map_size=max(map_size, 1 << 24))
     lines = []
-    with env.begin(write=True) as txn:
-        for p in files:
-            img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-            if img is None:
-                raise DataError(f"unreadable image: {p}")
-            ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
-            txn.put(p.stem.encode("utf-8"), buf.tobytes())  # ASCII names: basicsr's own keys
-            h, w = img.shape[:2]
-            c = 1 if img.ndim == 2 else img.shape[2]
-            lines.append(f"{p.stem}.png ({h},{w},{c}) {compress_level}\n")
+    try:
+        with env.begin(write=True) as txn:
+            for key, img in images:
+                ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+                txn.put(key.encode("utf-8"), buf.tobytes())  # ASCII names: basicsr's own keys
+                h, w = img.shape[:2]
+                c = 1 if img.ndim == 2 else img.shape[2]
+                lines.append(f"{key}.png ({h},{w},{c}) {compress_level}\n")
+    except BaseException:  # a face that fails to decode, Ctrl-C: no empty lmdb left that blocks a rerun
+        env.close()
+        for name in ("data.mdb", "lock.mdb"):
+            (out / name).unlink(missing_ok=True)
+        if made and not any(out.iterdir()):
+            out.rmdir()
+        raise
     env.close()
     (out / "meta_info.txt").write_text("".join(lines), encoding="utf-8")
     return out
@@ -264,19 +286,17 @@ class ImageSource:
         return ([] if self.is_lmdb else self.keys) + self.extra
 
     def check(self) -> None:
-        """:func:`check_images` for every image: the files, and an lmdb's entries (a key its meta_info.txt
-        lists but its database lacks, or bytes that do not open, named as ``DB.lmdb:key``); files that are
-        not square are refused too (an lmdb's entries are square when ``prepare`` wrote them)."""
+        """:func:`check_faces` for every image: the files, and an lmdb's entries (a key its meta_info.txt
+        lists but its database lacks, bytes that do not open, or a face that is not square, named as
+        ``DB.lmdb:key``; an lmdb written by another tool may hold any shape). An entry's size is read from
+        its header, in the look that checks it opens: its meta_info.txt shape could disagree with it."""
         sizes = {path: _openable(path) for path in self.files()}
-        bad = [path for path, size in sizes.items() if size is None]
         if self.is_lmdb:
             with _lmdb_env(self.root).begin(buffers=True) as txn:
-                bad += [
-                    f"{self.root}:{key}"
-                    for key in self.keys
-                    if (buf := txn.get(key.encode("utf-8"))) is None or not _buffer_openable(buf)
-                ]
-        _refuse_unreadable(bad)
+                for key in self.keys:
+                    buf = txn.get(key.encode("utf-8"))
+                    sizes[f"{self.root}:{key}"] = None if buf is None else _buffer_openable(buf)
+        _refuse_unreadable([path for path, size in sizes.items() if size is None])
         _refuse_oblong(sizes)  # found at its first read, maybe hours in, otherwise
 
     def __len__(self) -> int:
@@ -786,35 +806,50 @@ def square_resized(img: np.ndarray, size: int, name: str) -> np.ndarray:
 
 
 def prepare_folder(src: str | Path, dst: str | Path, size: int, lmdb: bool = False) -> Path:
-    """Resize every aligned face in ``src`` to ``size``² PNGs in ``dst`` (or one ``dst``.lmdb).
+    """Resize every aligned face in ``src`` to ``size``² PNGs in ``dst`` (or, with ``lmdb``, into one
+    ``dst``.lmdb only: no folder of PNGs beside it).
 
     Training at a size below the stored one (FFHQ/CelebA-HQ are 1024 px) otherwise decodes and resizes
-    every image on every step.
+    every image on every step. An output that holds images already is refused: their faces would be
+    overwritten or trained on beside the new ones.
     """
-    from tqdm import tqdm
-
     if size < 1:
         raise DataError(f"the size must be a positive number of pixels, got {size}")
     files = list_images(src)
     out = Path(dst)
-    target = out.with_suffix("") if lmdb else out
+    target = (out if out.suffix == ".lmdb" else out.with_suffix(".lmdb")) if lmdb else out
     if same_folder(target, src):
         raise DataError(f"{dst} is the source folder: the resized faces would replace the originals")
     _one_per_stem(files, "{}.png")
-    db = out if out.suffix == ".lmdb" else out.with_suffix(".lmdb")
     if lmdb:
-        _refuse_existing(db)
+        _refuse_existing(target)
+    elif target.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in target.iterdir()):
+        raise DataError(
+            f"{target} already holds images: give an empty or new folder (they would be overwritten or "
+            "trained on beside the new faces)"
+        )
     check_faces(files)  # a bad file late in the folder would leave part of the output written
+
+    def resized() -> Iterator[tuple[str, np.ndarray]]:
+        for p in tqdm(files, desc="resize", unit="img"):
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                raise DataError(f"unreadable image: {p}")
+            yield p.stem, square_resized(img, size, p.name)
+
+    if lmdb:  # PNG never larger than twice its 8-bit BGR pixels, rows and headers included
+        return _pack_lmdb(resized(), target, len(files) * 2 * (3 * size * size + size + 4096), 1)
+    made = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
-    written = []
-    for p in tqdm(files, desc="resize", unit="img"):
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DataError(f"unreadable image: {p}")
-        img = square_resized(img, size, p.name)
-        dest = target / f"{p.stem}.png"
-        cv2.imwrite(str(dest), img)
-        written.append(dest)
-    if lmdb:
-        return write_lmdb(written, db)
+    written: list[Path] = []
+    try:
+        for stem, img in resized():
+            written.append(target / f"{stem}.png")
+            cv2.imwrite(str(written[-1]), img)
+    except BaseException:  # a face that fails to decode, Ctrl-C: no part-done folder that blocks a rerun
+        for path in written:
+            path.unlink(missing_ok=True)
+        if made and not any(target.iterdir()):
+            target.rmdir()
+        raise
     return target
