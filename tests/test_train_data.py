@@ -241,6 +241,21 @@ def test_dataset_uses_components_file_by_image_number(faces, tmp_path):
         ds_missing[0]
 
 
+def test_validation_faces_need_no_components(faces, tmp_path, monkeypatch):
+    """A data.val face missing from the components file (whose keys are the training faces') stopped the
+    run at its first validation, for boxes validation never reads; the file was also read twice."""
+    import train.data
+
+    path = tmp_path / "landmarks.pth"
+    torch.save(_landmarks(), path)
+    reads = []
+    monkeypatch.setattr(train.data, "load_component_file", lambda p: reads.append(p) or _landmarks())
+    cfg = _cfg(components={"source": "file", "file": str(path), "eye_enlarge_ratio": 1.0})
+    item = FaceDegradationDataset(faces, cfg["data"], cfg["degradation"], indices=[1], train=False)[0]
+    assert item["gt"].shape == (3, 64, 64) and not any(key.startswith("loc_") for key in item)
+    assert reads == []
+
+
 # ---------------------------------------------------------------------------------------- lmdb, sampler
 def test_lmdb_gives_the_same_items_as_the_folder(faces, tmp_path):
     files = sorted(faces.glob("*.png"))

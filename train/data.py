@@ -692,7 +692,10 @@ class FaceDegradationDataset(Dataset):
         self.deg = degradation_cfg
         comp = data_cfg["components"]
         self.eye_enlarge = float(comp["eye_enlarge_ratio"])
-        self.components = load_component_file(comp["file"]) if comp["source"] == "file" else None
+        # Validation items carry no component boxes: nothing reads them, and a data.val face need not be in
+        # the components file, whose keys are the training faces' (the file is read once, for training).
+        self.train = train
+        self.components = load_component_file(comp["file"]) if comp["source"] == "file" and train else None
         self.template = template_components()
 
     def _read(self, source_index: int) -> np.ndarray:
@@ -728,7 +731,7 @@ class FaceDegradationDataset(Dataset):
         rng = np.random.default_rng(list(seed))
         source_index = self.indices[index]
         img_gt = self._read(source_index)
-        parts = self._parts(source_index)
+        parts = self._parts(source_index) if self.train else self.template
         if self.augment is not None:
             img_gt, parts = augment(img_gt, parts, self.augment, rng)
         flipped = self.hflip and rng.uniform() < 0.5
@@ -748,8 +751,9 @@ class FaceDegradationDataset(Dataset):
             "gt": gt.mul_(2).sub_(1),
             "path": self.source.stem(source_index),
         }
-        boxes = component_boxes(parts, self.out_size, flipped, self.eye_enlarge)
-        out.update({f"loc_{k}": v for k, v in boxes.items()})
+        if self.train:
+            boxes = component_boxes(parts, self.out_size, flipped, self.eye_enlarge)
+            out.update({f"loc_{k}": v for k, v in boxes.items()})
         return out
 
 
