@@ -25,12 +25,16 @@ FACE_CHOICES = ("all", "largest", "center")
 _NUMBERS = re.compile(r"\d+(\s*[,\s]\s*\d+)*")
 
 
-def parse_faces(value: str | Sequence[int]) -> str:
+def parse_faces(value: str | int | Sequence[int]) -> str:
     """A face choice in its one spelling: "all", "largest", "center" or numbers "1,3" (ascending, once
-    each). Takes those, "centre", numbers separated by commas or spaces, or a sequence of ints;
-    ``ValueError`` naming what is allowed for anything else (0, negative or non-numbers)."""
+    each). Takes those, "centre", numbers separated by commas or spaces, one int (as a JSON or MCP client
+    sends a face number) or a sequence of ints; ``ValueError`` naming what is allowed for anything else (0,
+    negative or non-numbers, bools)."""
+    if is_whole(value):
+        value = [value]
     if not isinstance(value, str):
-        listed = isinstance(value, Sequence | np.ndarray) and not isinstance(value, bytes)
+        listed = isinstance(value, Sequence) and not isinstance(value, bytes)
+        listed |= isinstance(value, np.ndarray) and value.ndim > 0  # a 0-d array is no list: no TypeError
         numbers = list(value) if listed else [None]  # 2, None, a generator ... are no list of numbers
         if not all(is_whole(n) for n in numbers):
             raise ValueError(_faces_error(value))

@@ -90,7 +90,8 @@ def _layouts(bgr: np.ndarray) -> dict[str, np.ndarray]:
         # wrong types are the same readable ValueError, not an error from inside, nor silently truthy
         ({"strength": None}, "strength must be a number in \\[0, 1\\], got None"),
         ({"strength": "0.5"}, "strength must be a number"),
-        ({"faces": 2}, "faces must be all, largest, center or face numbers"),
+        ({"faces": 2.0}, "faces must be all, largest, center or face numbers"),
+        ({"faces": True}, "faces must be all, largest, center or face numbers"),
         ({"faces": None}, "faces must be all, largest, center or face numbers"),
         ({"faces": [True, 2]}, "faces must be all, largest, center or face numbers"),
         ({"aligned": "False"}, "aligned must be True or False, got 'False'"),

@@ -30,6 +30,8 @@ ROW = np.array(
         ("1, 4", "1,4"),
         ([2, 1], "1,2"),
         ((np.int64(5),), "5"),
+        (2, "2"),  # one face number, as a JSON or MCP client sends it
+        (np.int64(3), "3"),
     ],
 )
 def test_choices_have_one_spelling(given: object, parsed: str) -> None:
@@ -47,6 +49,7 @@ def test_choices_have_one_spelling(given: object, parsed: str) -> None:
         ("", "got ''"),
         ([1.5], "got \\[1.5\\]"),
         (True, "got True"),
+        (np.array(2), "got array\\(2\\)"),  # a 0-d array: this error, not a TypeError from iterating it
     ],
 )
 def test_bad_choices_are_one_line_errors(given: object, message: str) -> None:
