@@ -11,8 +11,13 @@ its input, the aligned crop it restored:
   deviation (over the whole crop) equal the input's. Cheaper, global: a uniform cast or darkening goes,
   a local one stays.
 
+A gray input (its three channels equal: a gray photo saved in colour) has no colour to give: both fixes
+would still leave the colour of the generator's fine detail, so its fixed face is made gray too, each
+channel their mean.
+
 Pure tensor functions: (B, 3, H, W) float tensors, any value range (the pipeline uses [-1, 1]), any
-device; the input is the restored image's size. They return a new tensor and do not clamp.
+channel order, any device; the input is the restored image's size. They return a new tensor and do not
+clamp.
 """
 
 from __future__ import annotations
@@ -75,8 +80,8 @@ def check_method(method: str) -> None:
 
 
 def color_fix(restored: Tensor, source: Tensor, method: str) -> Tensor:
-    """Apply the colour fix ``method`` (one of :data:`COLOR_FIXES`) in float32; "none" returns
-    ``restored`` itself. ``source`` must have ``restored``'s shape."""
+    """Apply the colour fix ``method`` (one of :data:`COLOR_FIXES`) in float32, a face whose ``source`` is
+    gray made gray; "none" returns ``restored`` itself. ``source`` must have ``restored``'s shape."""
     check_method(method)
     if method == "none":
         return restored
@@ -86,4 +91,8 @@ def color_fix(restored: Tensor, source: Tensor, method: str) -> Tensor:
             f"{tuple(restored.shape)}"
         )
     fix = wavelet_fix if method == "wavelet" else adain_fix
-    return fix(restored.float(), source.float())
+    fixed = fix(restored.float(), source.float())
+    gray = (source[:, 1:] == source[:, :1]).flatten(1).all(1)  # per image: every pixel's channels equal
+    if not gray.any():
+        return fixed
+    return torch.where(gray.view(-1, 1, 1, 1), fixed.mean(1, keepdim=True).expand_as(fixed), fixed)

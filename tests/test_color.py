@@ -88,6 +88,20 @@ def test_each_face_of_a_batch_is_fixed_against_its_own_input(
         torch.testing.assert_close(together[i : i + 1], alone, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["wavelet", "adain"])
+def test_a_gray_input_gives_a_gray_face(faces: dict[str, torch.Tensor], method: str) -> None:
+    """A gray photo saved in colour has no colour to give: the generator's tint of the fine detail stayed
+    (the wavelet fix takes only the coarse colour, AdaIN works per channel). Its face comes out gray, the
+    colour face beside it in the batch as before."""
+    gray = faces["source"].mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    restored = torch.cat([faces["restored"]] * 2)
+    fixed = color_fix(restored, torch.cat([gray, faces["source"]]), method)
+    ungrayed = (wavelet_fix if method == "wavelet" else adain_fix)(restored[:1], gray)
+    torch.testing.assert_close(fixed[:1], ungrayed.mean(1, keepdim=True).expand(-1, 3, -1, -1))
+    assert float((ungrayed - ungrayed.mean(1, keepdim=True)).abs().max()) > 0.01  # it had colour
+    torch.testing.assert_close(fixed[1:], color_fix(restored[1:], faces["source"], method), rtol=0, atol=0)
+
+
 def test_a_face_that_already_has_its_input_colours_is_left_alone(faces: dict[str, torch.Tensor]) -> None:
     face = faces["uncast"]
     torch.testing.assert_close(wavelet_fix(face, face), face, rtol=0, atol=1e-5)

@@ -596,6 +596,21 @@ def test_colour_fix_undoes_a_tint_on_the_aligned_path(
     assert psnr(tinted, crop) < 22 and psnr(fixed, crop) > psnr(tinted, crop) + 7  # measured +9.9, +13
 
 
+@pytest.mark.parametrize("fix", ["wavelet", "adain"])
+def test_a_gray_photo_saved_in_colour_stays_gray_with_a_colour_fix(blind_weights: Path, fix: str) -> None:
+    """ "It cannot add colour an input does not have": a gray photo of three equal channels kept the colour
+    the generator gave its faces' fine detail (the wavelet fix takes only the coarse colour)."""
+    gray = cv2.cvtColor(
+        cv2.cvtColor(cv2.resize(_aligned_face(), (64, 64)), cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR
+    )
+    restorer = Restorer(blind_weights, device="cpu")
+    options = _options(blind_weights, aligned=True, upscale=1)
+    plain = restorer.restore(gray, options).restored_faces[0].astype(int)
+    assert np.abs(plain - plain.mean(2, keepdims=True)).max() > 5  # the generator gives it colour
+    fixed = restorer.restore(gray, dataclasses.replace(options, color_fix=fix)).restored_faces[0]
+    assert fixed.ndim == 3 and (fixed == fixed[:, :, :1]).all()
+
+
 @pytest.mark.shared
 @pytest.mark.parametrize("fix", ["wavelet", "adain"])
 def test_colour_fix_takes_each_faces_own_input_colours(
