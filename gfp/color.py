@@ -92,7 +92,10 @@ def color_fix(restored: Tensor, source: Tensor, method: str) -> Tensor:
         )
     fix = wavelet_fix if method == "wavelet" else adain_fix
     fixed = fix(restored.float(), source.float())
-    gray = (source[:, 1:] == source[:, :1]).flatten(1).all(1)  # per image: every pixel's channels equal
-    if not gray.any():
+    # per image: every pixel's channels equal (torch.equal stops at the first difference: a colour face
+    # costs next to nothing)
+    gray = [torch.equal(image[0], image[1]) and torch.equal(image[1], image[2]) for image in source]
+    if not any(gray):
         return fixed
-    return torch.where(gray.view(-1, 1, 1, 1), fixed.mean(1, keepdim=True).expand_as(fixed), fixed)
+    where = torch.tensor(gray, device=fixed.device).view(-1, 1, 1, 1)
+    return torch.where(where, fixed.mean(1, keepdim=True).expand_as(fixed), fixed)
