@@ -85,6 +85,7 @@ def restore_faces(
         x = (x - 0.5) / 0.5
         out = network.run(x)
         if not torch.isfinite(out).all():  # else clamped to black faces, and pasted as if restored
+            store.forget_generator(options.version)  # read again by the next request: it may be fixed
             raise CheckpointError(_broken_output(options.version, network))
         out = out.clamp_(-1, 1)
         if options.color_fix != "none":  # in float32 on the device, against the face's own crop

@@ -223,6 +223,17 @@ class ModelStore:
                 if isinstance(self._items.get(key), Unavailable):
                     del self._items[key]
 
+    def forget_generator(self, spec: str | os.PathLike[str]) -> None:
+        """Forget the generator ``spec`` (where it is, its checkpoint, its networks), so that the next request
+        reads its file again: one that gave NaN or inf (:func:`gfp.stages.restore_faces`) serves once its
+        file is replaced (or, with OpenVINO, its damaged conversion deleted), without a restart. Requests
+        running keep the network they have."""
+        with self._lock:
+            found = self._items.pop(("resolve", os.fspath(spec)), None)
+            if found is not None:
+                for kind in ("checkpoint", "generator", "faces"):
+                    self._items.pop((kind, found.real), None)
+
     def required(self, name: str) -> nn.Module:
         """The module of registry model ``name``; raises its :class:`WeightsError` when it cannot be had."""
         got = self.optional(name)

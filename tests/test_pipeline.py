@@ -778,6 +778,26 @@ def test_a_generator_giving_nan_is_an_error_not_black_faces(tmp_path: Path) -> N
         Restorer(device="cpu", backend="torch").restore(_gradient(64, 64), options)
 
 
+def test_a_generator_fixed_after_giving_nan_serves_without_a_restart(tmp_path: Path) -> None:
+    """The NaN error says the weights are broken: once the file is replaced, the same Restorer (the app's,
+    shared by every user) restores with the new weights, as it finds missing weights once provided; it
+    served the broken network it had cached until the app was restarted."""
+    from gfp.loading import CheckpointError, save_pretrained
+
+    config = tiny_config()
+    net = tiny_generator(config)
+    with torch.no_grad():
+        net.conv_body_first.weight[0, 0, 0, 0] = float("nan")
+    folder = save_pretrained(net, config, tmp_path / "model")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    restorer = Restorer(device="cpu", backend="torch")
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        restorer.restore(_gradient(64, 64), options)
+    save_tiny_generator(folder)  # the file fixed in place
+    expected = Restorer(device="cpu", backend="torch").restore(_gradient(64, 64), options).image
+    np.testing.assert_array_equal(restorer.restore(_gradient(64, 64), options).image, expected)
+
+
 def test_wrong_argument_types_are_clear_errors(blind_weights: Path) -> None:
     """What a caller may get wrong is said, not taken for something else: bool("no") is True, Path("") is
     the current folder, a dict is no RestoreOptions."""
