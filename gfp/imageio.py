@@ -25,8 +25,11 @@ import io
 import os
 import re
 import struct
+import threading
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -133,20 +136,32 @@ def read_icc_profile(source: str | os.PathLike | bytes) -> bytes | None:
     """The ICC colour profile embedded in an image file (a path or its bytes); None when it has none, or
     cannot be read (reading its pixels says why). Only the header is read."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as header:
-                profile = header.info.get("icc_profile")
+        opened = io.BytesIO(source) if isinstance(source, bytes) else source
+        with _no_bomb_warning(), Image.open(opened) as header:
+            profile = header.info.get("icc_profile")
     except Exception:  # (PIL's errors for a file it cannot open are of many kinds)
         return None
     return bytes(profile) if profile else None
 
 
+_WARNINGS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _no_bomb_warning() -> Iterator[None]:
+    """PIL's DecompressionBombWarning silenced in the block (we apply our own limit), one thread at a time:
+    ``warnings.catch_warnings`` puts back the whole process's filter list as it found it, so two requests'
+    blocks interleaved (the app reads uploads in parallel) left the filter on for good, or took it off
+    while the other was still reading."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _open_header(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
     """Parse only the header; PIL decodes nothing until asked."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
+        with _no_bomb_warning():
             return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # PIL's hard limit, met before it gives the size
         found = re.search(r"\((\d+) pixels\)", str(exc))
@@ -196,10 +211,9 @@ def frame_count(source: str | os.PathLike | bytes) -> int:
     """How many frames or pages an animated GIF, PNG or WebP or a multi-page TIFF holds (a path or its
     bytes; 1 for a still and for what cannot be read): :func:`read_image` decodes the first only."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as header:
-                return int(getattr(header, "n_frames", 1)) if header.format in _FRAMED_FORMATS else 1
+        opened = io.BytesIO(source) if isinstance(source, bytes) else source
+        with _no_bomb_warning(), Image.open(opened) as header:
+            return int(getattr(header, "n_frames", 1)) if header.format in _FRAMED_FORMATS else 1
     except Exception:  # (reading its pixels says what is wrong with it)
         return 1
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
+import warnings
 import zlib
 from pathlib import Path
 
@@ -530,6 +532,39 @@ def test_written_files_get_the_permissions_of_any_new_file(tmp_path: Path) -> No
     for path in (image, tmp_path / "model.safetensors"):
         assert path.stat().st_mode & 0o777 == 0o644, (path, oct(path.stat().st_mode))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "model.safetensors"]  # no temp left
+
+
+def test_reads_in_parallel_leave_the_warning_filters_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app reads uploads in parallel threads: one read's warning filters (PIL's size warning silenced)
+    are the whole process's, so a read that began inside another's and ended after it left the filter on
+    for good. A second read now waits for the first (given 0.5 s to get in beside it)."""
+    data = encode_image(_smooth_bgr(), ".png")
+    opened = Image.open
+    inside = [threading.Event(), threading.Event()]
+    may_end = [threading.Event(), threading.Event()]
+
+    def slow_open(*args: object, **kwargs: object) -> Image.Image:
+        n = 1 if inside[0].is_set() else 0
+        inside[n].set()
+        may_end[n].wait(10)
+        return opened(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", slow_open)
+    with warnings.catch_warnings():  # the filters as they were, for the next tests, even if this one fails
+        before = list(warnings.filters)
+        first = threading.Thread(target=read_icc_profile, args=(data,))
+        first.start()
+        assert inside[0].wait(10)
+        second = threading.Thread(target=frame_count, args=(data,))
+        second.start()
+        overlapped = inside[1].wait(0.5)
+        may_end[0].set()  # the first read ends first, the second after it
+        first.join()
+        may_end[1].set()
+        second.join()
+        after = list(warnings.filters)
+    assert after == before
+    assert not overlapped
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
