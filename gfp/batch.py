@@ -51,6 +51,7 @@ from gfp.cli import (
     check_not_input,
     check_output_folder,
     check_output_size,
+    face_summary,
     is_input_file,
     is_job_file,
     list_inputs,
@@ -378,6 +379,9 @@ class RestoreWorker:
             "status": "done",
             "faces_found": result.selection.found,  # faces of a photo, people (face tracks) of a clip
             "faces_restored": len(result.selection.restored),
+            "selection": None
+            if args.aligned
+            else face_summary(result),  # the CLI's line: why faces were skipped
             "outputs": [p.relative_to(self.output).as_posix() for p in written],
             "notes": [*result.notes, *filter(None, [animated])],
             "settings": self.job.settings,

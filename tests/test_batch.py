@@ -508,6 +508,23 @@ def test_an_animation_is_noted_as_restored_from_its_first_frame(tmp_path: Path, 
     assert not any("holds" in note for note in still["notes"])
 
 
+@pytest.mark.shared
+def test_a_record_says_which_faces_were_skipped_and_why(tmp_path: Path, weights: Path) -> None:
+    """The CLI prints why faces were not restored (not chosen, too small, numbers not there); a record held
+    only the counts, so a manifest could not tell a choice from a miss."""
+    photo = shared_data_dir() / "photos" / PHOTOS[0]  # 4 faces
+    worker = _worker(weights, tmp_path / "out", None, "", "--faces", "2,9")
+    record = worker.restore(str(photo), photo.read_bytes())
+    assert record["faces_found"] == 4 and record["faces_restored"] == 1
+    assert (
+        record["selection"]
+        == "4 faces found, 1 restored, 3 skipped (3 not chosen); no face 9 (numbers go up to 4)"
+    )
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), _gradient(64, 64))
+    assert worker.restore(str(blank), blank.read_bytes())["selection"] == "no face found, image only upscaled"
+
+
 # -------------------------------------------------------------------------------------------- with Ray
 def test_outputs_equal_the_cli_byte_for_byte_and_a_corrupt_file_is_a_failed_record(
     tmp_path: Path, cluster: str, weights: Path, capsys: pytest.CaptureFixture[str]
