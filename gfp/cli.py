@@ -581,11 +581,11 @@ def _main(argv: Sequence[str] | None) -> int:
         except Exception as err:  # one bad file must not stop the others: report it in one line
             full = unwritable(err)
             if full is not None:  # a full or read-only disk: every later input would fail to write too
-                left = len(inputs) - index - 1
+                left = len(inputs) - index - 1  # none left: no "stopped with 0 of 1 file(s) not tried"
+                stopped = f"stopped with {left} of {len(inputs)} file(s) not tried: " if left else ""
                 tqdm.write(
                     f"gfp: error: cannot write the outputs of {shown(path.name)}: {first_line(full)}; "
-                    f"stopped with {left} of {len(inputs)} file(s) not tried: rerun the same command once "
-                    f"{str(output)!r} can be written",
+                    f"{stopped}rerun the same command once {str(output)!r} can be written",
                     file=sys.stderr,
                 )
                 return 2

@@ -469,8 +469,10 @@ def restore_frames(
     The streaming core of :func:`restore_video`, without any file: frames are detected and tracked one by
     one, their faces restored in generator batches spanning frames, each frame pasted and yielded in
     order. With ``video.smooth=False`` every frame equals ``restorer.restore(frame, options).image``, in
-    float32; in bf16 (the default on CPUs that compute it natively) a face batched with other frames'
-    faces (``batch_size`` > 1) comes out up to a few levels from the same face run alone.
+    float32, except with a face choice: that chooses people over the clip (``plan``), a photo the faces of
+    its one frame (``faces="1"`` is the first person to appear there, the leftmost face here); in bf16
+    (the default on CPUs that compute it natively) a face batched with other frames' faces
+    (``batch_size`` > 1) comes out up to a few levels from the same face run alone.
     Notes for the caller (e.g. why the face parser was not used) are appended to ``notes``.
 
     A face choice (:func:`needs_plan`) needs ``plan``, made by :func:`plan_faces` over the same frames:

@@ -168,6 +168,33 @@ def test_a_full_or_read_only_disk_stops_the_run_and_leaves_no_half_photo(
     assert names == a  # none of b's, and c not tried
 
 
+def test_a_full_disk_at_the_only_input_counts_no_files_not_tried(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing left to try (one input, or the last), the line says no "stopped with 0 of 1 file(s)
+    not tried"."""
+    weights = make_weights(tmp_path / "w")
+    cv2.imwrite(str(tmp_path / "a.png"), _gradient())
+    face = np.zeros((8, 8, 3), np.uint8)
+    result = RestoreResult(
+        image=_gradient(), cropped_faces=[face], restored_faces=[face], boxes=np.zeros((1, 5), np.float32),
+        landmarks=np.zeros((1, 5, 2), np.float32), timings={}, device="cpu", face_numbers=[1],
+    )  # fmt: skip
+    monkeypatch.setattr(Restorer, "restore", lambda self, img, options: result)
+
+    def full(path: Path, img: np.ndarray, **kwargs: object) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cli, "write_image", full)
+    out = tmp_path / "out"
+    assert main(["-i", str(tmp_path / "a.png"), "-o", str(out), *_args(weights)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [
+        f"gfp: error: cannot write the outputs of a.png: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}; "
+        f"rerun the same command once {str(out)!r} can be written"
+    ]
+
+
 def test_a_clips_full_disk_is_found_behind_its_video_error() -> None:
     """PyAV's error is an OSError with the errno; gfp.video raises a VideoError in its place."""
     try:
