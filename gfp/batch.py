@@ -51,6 +51,7 @@ from gfp.cli import (
     check_not_input,
     check_output_folder,
     check_output_size,
+    disk_error,
     face_summary,
     is_input_file,
     is_job_file,
@@ -345,7 +346,7 @@ class RestoreWorker:
             full = unwritable(err)  # ... but a full disk would fail every later one: the job stops
             record = {"status": "failed", "error": first_line(err, key)}
             if full is not None:
-                why = f"cannot write the outputs of {shown(key)}: {first_line(full)}"
+                why = f"cannot write the outputs of {shown(key)}: {disk_error(full)}"
                 record = {"status": "fatal", "error": why, "unwritable": True}
         return _record(key, seconds=time.perf_counter() - start, worker=self.worker, **record)
 
@@ -435,7 +436,7 @@ def _local_copy(filesystem: Any, path: str, key: str = "") -> Iterator[str]:
         folder = tempfile.gettempdir()
         raise TemporaryFolderFull(
             f"cannot copy {shown(key or path)} to the temporary folder {folder!r} (TMPDIR chooses it): "
-            f"{first_line(full)}",
+            f"{disk_error(full)}",
             folder,
         ) from None
     try:

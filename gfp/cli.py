@@ -415,6 +415,13 @@ def unwritable(err: BaseException) -> OSError | None:
     return None
 
 
+def disk_error(err: OSError) -> str:
+    """A full or read-only disk's error as "[Errno 28] No space left on device", without its file name: for
+    an atomic write that is a hidden temporary file, gone by the time the user reads the line (which names
+    the input and the output folder)."""
+    return f"[Errno {err.errno}] {err.strerror}" if err.strerror else first_line(err)
+
+
 def check_output_size(target: Path | None, img: np.ndarray, upscale: float) -> None:
     """Refuse (``ValueError``) a photo whose restored image, ``img`` upscaled, is larger than the format of
     ``target`` holds (-s 8 on a 2100 px wide photo makes a WebP wider than 16383 px): said before the work,
@@ -584,7 +591,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 left = len(inputs) - index - 1  # none left: no "stopped with 0 of 1 file(s) not tried"
                 stopped = f"stopped with {left} of {len(inputs)} file(s) not tried: " if left else ""
                 tqdm.write(
-                    f"gfp: error: cannot write the outputs of {shown(path.name)}: {first_line(full)}; "
+                    f"gfp: error: cannot write the outputs of {shown(path.name)}: {disk_error(full)}; "
                     f"{stopped}rerun the same command once {str(output)!r} can be written",
                     file=sys.stderr,
                 )

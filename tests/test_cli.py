@@ -172,7 +172,7 @@ def test_a_full_disk_at_the_only_input_counts_no_files_not_tried(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With nothing left to try (one input, or the last), the line says no "stopped with 0 of 1 file(s)
-    not tried"."""
+    not tried", nor the hidden temporary file the error names (gone when the line is read)."""
     weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "a.png"), _gradient())
     face = np.zeros((8, 8, 3), np.uint8)
@@ -182,8 +182,8 @@ def test_a_full_disk_at_the_only_input_counts_no_files_not_tried(
     )  # fmt: skip
     monkeypatch.setattr(Restorer, "restore", lambda self, img, options: result)
 
-    def full(path: Path, img: np.ndarray, **kwargs: object) -> Path:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def full(path: Path, img: np.ndarray, **kwargs: object) -> Path:  # as an atomic write's temporary file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path.parent / f".{path.name}.1f2e.tmp"))
 
     monkeypatch.setattr(cli, "write_image", full)
     out = tmp_path / "out"
