@@ -278,8 +278,12 @@ def _config(bf16: bool, threads: int | None) -> dict[str, Any]:
 
 
 def _read(folder: Path) -> Any:
-    """The IR model in cache entry ``folder``, or None (absent; a damaged one is removed to be redone)."""
-    if not (folder / "model.xml").is_file():
+    """The IR model in cache entry ``folder``, or None (absent, or in a cache folder that cannot be looked
+    into, which only costs a conversion as an unwritable one does; a damaged one is removed to be redone)."""
+    try:
+        if not (folder / "model.xml").is_file():  # raises where a folder on the way is not searchable
+            return None
+    except OSError:
         return None
     try:
         return _core().read_model(str(folder / "model.xml"))
@@ -377,6 +381,9 @@ def convert_in_background(
         return False
     with contextlib.suppress(OSError):
         lock.write_text(f"{socket.gethostname()} {process.pid}", encoding="utf-8")
+    # Collected when it ends: a long-running caller (the app) kept it as a zombie process until it started
+    # another one or exited.
+    threading.Thread(target=process.wait, name="gfp-convert-reaper", daemon=True).start()
     return True
 
 
@@ -457,7 +464,11 @@ def _convert_main(argv: list[str]) -> int:
         # would never be found by that caller, which would start this process again and again.
         if _memo(Path(cache) / SUBDIR, source, role, example, dims).name != Path(lock).name:
             raise RuntimeError("the weights (or gfp, or a library) changed after the caller read them")
-        compile_network(lambda: build(role, source), example, dims, cache_dir=cache, source=source, role=role)
+        net = compile_network(
+            lambda: build(role, source), example, dims, cache_dir=cache, source=source, role=role
+        )
+        if net.folder is None:  # converted for nothing: each process would start this again
+            raise OSError(f"the converted model could not be saved under {cache} (full or not writable)")
     except Exception as err:  # remembered, so later runs do not pay for the same failure again
         with contextlib.suppress(OSError):
             Path(failed).parent.mkdir(parents=True, exist_ok=True)
@@ -495,6 +506,9 @@ def _save(model: Any, folder: Path) -> bool:
         folder.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(folder.parent)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+        # mkdtemp makes it private (0700): the entry gets the cache folder's permissions instead, so that
+        # the other users of a shared cache can read it (they could not, and ran PyTorch for good)
+        tmp.chmod(folder.parent.stat().st_mode & 0o777)
         (tmp / _OWNER).write_text(f"{socket.gethostname()} {os.getpid()}", encoding="utf-8")
     except OSError:
         return False
@@ -502,11 +516,13 @@ def _save(model: Any, folder: Path) -> bool:
         openvino.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         (tmp / _OWNER).unlink()
         os.replace(tmp, folder)
-    except OSError:
+    except (OSError, RuntimeError):  # OpenVINO raises RuntimeError where it cannot write (a full disk)
         pass  # another process saved the same model first, or the disk is full
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return (folder / "model.xml").is_file()
+    with contextlib.suppress(OSError):
+        return (folder / "model.xml").is_file()
+    return False
 
 
 _OWNER = "owner"

@@ -395,6 +395,26 @@ def test_a_cache_that_is_a_file_is_said_and_no_download_is_tried(
     assert f"copy it to {isolated}" not in message and "copy it to a folder GFP_CACHE_DIR names" in message
 
 
+def test_a_cache_that_cannot_be_searched_is_passed_over(
+    monkeypatch: pytest.MonkeyPatch, isolated: Path
+) -> None:
+    """GFP_CACHE_DIR naming a folder the user may not search: looking for a file in it raised PermissionError,
+    not a WeightsError, so a missing optional model (the face parser) failed every photo."""
+    isolated.mkdir()
+    is_file = Path.is_file
+
+    def not_searchable(path: Path) -> bool:  # as a folder without execute permission answers stat
+        if isolated in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", not_searchable)
+    _point_at(monkeypatch, "v1.3", _closed_port_url("/v1.3.pth"), None)
+    with pytest.raises(WeightsNotFoundError) as err:
+        resolve_weights("v1.3", progress=False)
+    assert f"{isolated / MODEL_ZOO['v1.3'].file_name} cannot be looked at (" in str(err.value)
+
+
 def test_http_error_is_reported_as_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
     with serve(FileServer()) as server:
         _point_at(monkeypatch, "v1", server.url("/missing.pth"), None)

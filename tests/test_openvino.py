@@ -328,6 +328,79 @@ def test_an_unwritable_cache_only_costs_a_conversion(tiny, tmp_path: Path) -> No
         assert _rel(compiled(x), net(x)) < 1e-5
 
 
+def test_a_cache_entry_is_readable_by_whoever_can_read_the_cache(tiny, tmp_path: Path) -> None:
+    """An entry has its cache folder's permissions: made private (mkdtemp's 0700), the other users of a
+    shared cache could not read it and ran PyTorch for good, warned on every run."""
+    net, size = tiny
+    (tmp_path / openvino.SUBDIR).mkdir()
+    (tmp_path / openvino.SUBDIR).chmod(0o755)
+    compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=tmp_path)
+    assert compiled.folder is not None and compiled.folder.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_cache_that_cannot_be_searched_only_costs_a_conversion(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache folder the user may not search (no execute permission): looking for the model in it raised
+    PermissionError, so a store fell back to PyTorch instead of using the network it can convert."""
+    net, size = tiny
+    cache = tmp_path / "cache"
+    is_file, mkdir = Path.is_file, Path.mkdir
+
+    def denied(path: Path) -> None:
+        if cache in path.parents or path == cache:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "is_file", lambda path: denied(path) or is_file(path))
+    monkeypatch.setattr(Path, "mkdir", lambda path, *a, **k: denied(path) or mkdir(path, *a, **k))
+    compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=cache)
+    x = _faces(1, size)
+    with torch.no_grad():
+        assert compiled.folder is None and _rel(compiled(x), net(x)) < 1e-5
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO's save_model as on a full disk: part of the files written, then its RuntimeError."""
+
+    def save_model(model: object, path: str, **kwargs: object) -> None:
+        Path(path).write_text("<net")
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(openvino._openvino(), "save_model", save_model)
+
+
+def test_a_full_disk_only_costs_a_conversion(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO raises RuntimeError, not OSError, where it cannot write: the network converted in memory was
+    thrown away (a store ran PyTorch, warning that OpenVINO could not compile it), and nothing half-written
+    may stay in the cache."""
+    net, size = tiny
+    _full_disk(monkeypatch)
+    compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=tmp_path)
+    x = _faces(1, size)
+    with torch.no_grad():
+        assert compiled.folder is None and _rel(compiled(x), net(x)) < 1e-5
+    assert [p.name for p in (tmp_path / openvino.SUBDIR).iterdir()] == []
+
+
+def test_a_background_conversion_that_cannot_be_saved_is_marked_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A converter whose model could not be saved (a full disk) converted for nobody: marked failed, so that
+    each new process does not start a conversion that cannot be kept again."""
+    source = save_tiny_generator(tmp_path / "tiny")
+    size = tiny_config().out_size
+    cache = tmp_path / "cache"
+    memo = openvino._memo(cache / openvino.SUBDIR, source, "faces", torch.zeros(2, 3, size, size), (0,))
+    lock, failed = (cache / openvino.SUBDIR / folder / memo.name for folder in ("converting", "failed"))
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    _full_disk(monkeypatch)
+    args = ["gfp.store:conversion_network", "faces", str(source), f"2x3x{size}x{size}", "0", str(cache)]
+    with pytest.raises(OSError, match="could not be saved"):
+        openvino._convert_main([*args, str(lock), str(failed)])
+    assert "could not be saved" in failed.read_text() and not lock.exists()
+
+
 def test_one_compiled_network_serves_threads(tiny, tmp_path: Path) -> None:
     net, size = tiny
     compiled = openvino.compile_network(net, torch.zeros(2, 3, size, size), (0,), cache_dir=tmp_path)
@@ -840,7 +913,8 @@ def test_one_background_conversion_per_network(tmp_path: Path, monkeypatch: pyte
 
     def popen(args: list[str], **kwargs: object) -> object:
         started.append(args)
-        return type("Process", (), {"pid": os.getpid() if len(started) == 1 else gone.pid})()
+        pid = os.getpid() if len(started) == 1 else gone.pid
+        return type("Process", (), {"pid": pid, "wait": lambda self: 0})()
 
     monkeypatch.setattr(subprocess, "Popen", popen)
     source = tmp_path / "weights.pth"
@@ -873,6 +947,29 @@ def test_one_background_conversion_per_network(tmp_path: Path, monkeypatch: pyte
     (blocked / openvino.SUBDIR / "converting").write_text("a file in the way")
     assert not openvino.convert_in_background(source, "faces", example, (0,), blocked)
     assert len(started) == 4
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_a_background_conversion_that_ended_leaves_no_zombie_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The converter is collected when it ends: a long-running caller (the app) kept it as a zombie."""
+    import subprocess
+
+    started: list[subprocess.Popen[bytes]] = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    source = save_tiny_generator(tmp_path / "tiny")
+    example = torch.zeros(2, 3, tiny_config().out_size, tiny_config().out_size)
+    # an unknown role: the converter fails at once (marked failed), which is enough to see it collected
+    assert openvino.convert_in_background(source, "no-such-role", example, (0,), tmp_path / "cache")
+    pid = started[0].pid
+    deadline = time.monotonic() + 120
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, "the ended converter was not collected: " + (
+            "a zombie" if openvino._zombie(pid) else "still running"
+        )
+        time.sleep(0.2)
 
 
 def test_a_process_that_ends_first_waits_for_prepare(tmp_path: Path) -> None:

@@ -146,11 +146,15 @@ def _resolve_zoo(entry: ModelEntry, weights_dir: str | os.PathLike[str] | None, 
             )
     cache = cache_dir()
     cached = cache / entry.file_name
-    unusable = cache.exists() and not cache.is_dir()  # a file: nothing can be kept or downloaded there
+    try:  # a cache folder that cannot be searched (no permission) is passed over as a missing file
+        unusable = cache.exists() and not cache.is_dir()  # a file: nothing can be kept or downloaded there
+        present, missing = not unusable and cached.is_file(), "does not exist"
+    except OSError as err:
+        unusable, present, missing = False, False, f"cannot be looked at ({describe(err)})"
     if unusable:
         looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cache} is a file, not a folder")
-    elif not cached.is_file():
-        looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cached} does not exist")
+    elif not present:
+        looked.append(f"cache (GFP_CACHE_DIR or ~/.cache/gfp): {cached} {missing}")
     elif (problem := size_problem(cached, entry)) is None:
         remove_killed(cached)
         return cached
