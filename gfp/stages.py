@@ -85,8 +85,9 @@ def restore_faces(
         x = (x - 0.5) / 0.5
         out = network.run(x)
         if not torch.isfinite(out).all():  # else clamped to black faces, and pasted as if restored
+            why = _broken_output(options.version, network)
             store.forget_generator(options.version)  # read again by the next request: it may be fixed
-            raise CheckpointError(_broken_output(options.version, network))
+            raise CheckpointError(why)
         out = out.clamp_(-1, 1)
         if options.color_fix != "none":  # in float32 on the device, against the face's own crop
             out = color_fix(out, x, options.color_fix).clamp_(-1, 1)

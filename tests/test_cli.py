@@ -128,6 +128,16 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
         assert "Restoring" not in err
 
 
+def _one_face_restores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every photo "restored" at once into a gradient with one face, for tests of what is written."""
+    face = np.zeros((8, 8, 3), np.uint8)
+    result = RestoreResult(
+        image=_gradient(), cropped_faces=[face], restored_faces=[face], boxes=np.zeros((1, 5), np.float32),
+        landmarks=np.zeros((1, 5, 2), np.float32), timings={}, device="cpu", face_numbers=[1],
+    )  # fmt: skip
+    monkeypatch.setattr(Restorer, "restore", lambda self, img, options: result)
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_a_full_or_read_only_disk_stops_the_run_and_leaves_no_half_photo(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, code: int
@@ -140,12 +150,7 @@ def test_a_full_or_read_only_disk_stops_the_run_and_leaves_no_half_photo(
     inputs.mkdir()
     for name in ("a.png", "b.png", "c.png"):
         cv2.imwrite(str(inputs / name), _gradient())
-    face = np.zeros((8, 8, 3), np.uint8)
-    result = RestoreResult(
-        image=_gradient(), cropped_faces=[face], restored_faces=[face], boxes=np.zeros((1, 5), np.float32),
-        landmarks=np.zeros((1, 5, 2), np.float32), timings={}, device="cpu", face_numbers=[1],
-    )  # fmt: skip
-    monkeypatch.setattr(Restorer, "restore", lambda self, img, options: result)
+    _one_face_restores(monkeypatch)
     real_write = cli.write_image
 
     def write(path: Path, img: np.ndarray, **kwargs: object) -> Path:
@@ -175,12 +180,7 @@ def test_a_full_disk_at_the_only_input_counts_no_files_not_tried(
     not tried", nor the hidden temporary file the error names (gone when the line is read)."""
     weights = make_weights(tmp_path / "w")
     cv2.imwrite(str(tmp_path / "a.png"), _gradient())
-    face = np.zeros((8, 8, 3), np.uint8)
-    result = RestoreResult(
-        image=_gradient(), cropped_faces=[face], restored_faces=[face], boxes=np.zeros((1, 5), np.float32),
-        landmarks=np.zeros((1, 5, 2), np.float32), timings={}, device="cpu", face_numbers=[1],
-    )  # fmt: skip
-    monkeypatch.setattr(Restorer, "restore", lambda self, img, options: result)
+    _one_face_restores(monkeypatch)
 
     def full(path: Path, img: np.ndarray, **kwargs: object) -> Path:  # as an atomic write's temporary file
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path.parent / f".{path.name}.1f2e.tmp"))

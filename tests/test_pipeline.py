@@ -763,16 +763,23 @@ def test_each_spec_is_resolved_once_and_its_checkpoint_read_once(
     assert counts == {"resolve": 7, "read": 1}
 
 
-def test_a_generator_giving_nan_is_an_error_not_black_faces(tmp_path: Path) -> None:
-    """One NaN weight (a diverged training run) makes every face NaN, which clamping turned into black
-    faces pasted as restored, exit 0: it is a CheckpointError naming the model."""
-    from gfp.loading import CheckpointError, save_pretrained
+def _diverged(folder: Path) -> Path:
+    """A published tiny generator with one NaN weight (a diverged run): every face it gives is NaN."""
+    from gfp.loading import save_pretrained
 
     config = tiny_config()
     net = tiny_generator(config)
     with torch.no_grad():
         net.conv_body_first.weight[0, 0, 0, 0] = float("nan")
-    folder = save_pretrained(net, config, tmp_path / "diverged")
+    return save_pretrained(net, config, folder)
+
+
+def test_a_generator_giving_nan_is_an_error_not_black_faces(tmp_path: Path) -> None:
+    """One NaN weight (a diverged training run) makes every face NaN, which clamping turned into black
+    faces pasted as restored, exit 0: it is a CheckpointError naming the model."""
+    from gfp.loading import CheckpointError
+
+    folder = _diverged(tmp_path / "diverged")
     options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
     with pytest.raises(CheckpointError, match="diverged gives NaN or inf values: its weights are broken"):
         Restorer(device="cpu", backend="torch").restore(_gradient(64, 64), options)
@@ -782,13 +789,9 @@ def test_a_generator_fixed_after_giving_nan_serves_without_a_restart(tmp_path: P
     """The NaN error says the weights are broken: once the file is replaced, the same Restorer (the app's,
     shared by every user) restores with the new weights, as it finds missing weights once provided; it
     served the broken network it had cached until the app was restarted."""
-    from gfp.loading import CheckpointError, save_pretrained
+    from gfp.loading import CheckpointError
 
-    config = tiny_config()
-    net = tiny_generator(config)
-    with torch.no_grad():
-        net.conv_body_first.weight[0, 0, 0, 0] = float("nan")
-    folder = save_pretrained(net, config, tmp_path / "model")
+    folder = _diverged(tmp_path / "model")
     options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
     restorer = Restorer(device="cpu", backend="torch")
     with pytest.raises(CheckpointError, match="NaN or inf"):
