@@ -22,7 +22,7 @@ from gfp.color import color_fix
 from gfp.faces import Detections, detect_faces
 from gfp.loading import Network
 from gfp.paste import parse_masks, paste_faces
-from gfp.store import ModelStore, Unavailable
+from gfp.store import ModelStore, Unavailable, converting
 from gfp.weights.errors import CheckpointError, WeightsError
 
 if TYPE_CHECKING:
@@ -96,7 +96,16 @@ def restore_faces(
         out = ((out + 1) / 2 * 255.0).round().flip(1).permute(0, 2, 3, 1)
         restored.extend(np.ascontiguousarray(face) for face in out.to(torch.uint8).cpu().numpy())
         run.report(len(restored), len(crops), "restore")
+    if converting(network):
+        run.notes.append(conversion_note("generator"))
     return restored
+
+
+def conversion_note(what: str) -> str:
+    """The note of a network that ran in PyTorch while OpenVINO converts it (:func:`gfp.store.converting`)."""
+    return (
+        f"the {what} ran in PyTorch while OpenVINO converts it in the background, once: later runs are faster"
+    )
 
 
 def _broken_output(version: str | os.PathLike[str], network: Network) -> str:
@@ -124,6 +133,8 @@ def face_masks(
     run.report(0, len(restored), "parse")
     with parser.placement.autocast():
         masks = parse_masks(parser.run, restored, batch_size(store, options))
+    if converting(parser):
+        run.notes.append(conversion_note("face parser"))
     run.report(len(restored), len(restored), "parse")
     run.lap("parse")
     return masks, "parsenet"

@@ -365,6 +365,13 @@ class ModelStore:
         return threads
 
 
+def converting(network: Network) -> bool:
+    """Whether ``network`` runs in PyTorch while a background process converts it for OpenVINO (the first
+    run with a model on a CPU): slower this once, which a caller says, so that it is not taken for the
+    speed to expect."""
+    return isinstance(network.run, openvino.Switching) and network.run.converted is None
+
+
 def _stamp(path: str | os.PathLike[str]) -> openvino.Stamp | None:
     """:func:`gfp.openvino.stamp`, or None where the file cannot be looked at (the read says why)."""
     try:

@@ -524,6 +524,22 @@ def test_a_new_restorer_finds_the_converted_generator_without_building_it(
     assert restorer.store._checkpoint(options.version).state_dict is None  # its tensors are not kept
 
 
+def test_a_run_in_pytorch_while_converting_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first run with a model converts it in the background and is slower meanwhile: its result says
+    so (the CLI prints it once, the app shows it), which a user could not tell from the speed to expect.
+    Once converted, nothing is said."""
+    monkeypatch.setenv(CONVERT_ENV, "background")
+    monkeypatch.setattr(openvino, "convert_in_background", lambda *args, **kwargs: True)  # never ready
+    folder = save_tiny_generator(tmp_path / "tiny")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    face = _aligned_face(tiny_config().out_size)
+    note = "the generator ran in PyTorch while OpenVINO converts it in the background, once: later runs are "
+    note += "faster"
+    assert Restorer(device="cpu", backend="openvino", bf16=False).restore(face, options).notes == [note]
+    monkeypatch.setenv(CONVERT_ENV, "now")
+    assert Restorer(device="cpu", backend="openvino", bf16=False).restore(face, options).notes == []
+
+
 def test_a_network_openvino_cannot_convert_runs_in_pytorch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
