@@ -74,6 +74,8 @@ def restore_faces(
     """Run the generator of ``options.version`` over aligned uint8 BGR crops in batches, fix colours against
     each crop, blend by strength; return uint8 BGR faces."""
     network = store.face_network(options.version)
+    if converting(network):  # its first batch at least runs in PyTorch
+        run.notes.append(conversion_note("generator"))
     device = store.placement.device
     restored: list[np.ndarray] = []
     strength = float(options.strength)
@@ -96,8 +98,6 @@ def restore_faces(
         out = ((out + 1) / 2 * 255.0).round().flip(1).permute(0, 2, 3, 1)
         restored.extend(np.ascontiguousarray(face) for face in out.to(torch.uint8).cpu().numpy())
         run.report(len(restored), len(crops), "restore")
-    if converting(network):
-        run.notes.append(conversion_note("generator"))
     return restored
 
 
@@ -130,11 +130,11 @@ def face_masks(
     if isinstance(parser, Unavailable):
         run.notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
         return None, "square"
+    if converting(parser):
+        run.notes.append(conversion_note("face parser"))
     run.report(0, len(restored), "parse")
     with parser.placement.autocast():
         masks = parse_masks(parser.run, restored, batch_size(store, options))
-    if converting(parser):
-        run.notes.append(conversion_note("face parser"))
     run.report(len(restored), len(restored), "parse")
     run.lap("parse")
     return masks, "parsenet"
