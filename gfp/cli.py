@@ -435,6 +435,17 @@ def check_output_size(target: Path | None, img: np.ndarray, upscale: float) -> N
         raise ValueError(f"restored size {why}; use {other}a smaller -s")
 
 
+OUT_OF_MEMORY = "not enough memory: try a smaller -s, --detect-max-side 2048, or a smaller --bg_tile"
+"""What a photo that ran out of memory is reported with, before the allocator's own words."""
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation that failed: numpy's ``MemoryError``, or PyTorch's and OpenCV's
+    own errors for it ("can't allocate memory", "Insufficient memory"), which name no option to change."""
+    text = str(err)
+    return isinstance(err, MemoryError) or "can't allocate memory" in text or "Insufficient memory" in text
+
+
 def check_not_input(target: Path | None, source: Path) -> None:
     """Refuse to write ``target`` over the input ``source`` itself (``-o`` the folder a run wrote before)."""
     if target is not None and target.exists() and os.path.samefile(target, source):
@@ -601,6 +612,8 @@ def _main(argv: Sequence[str] | None) -> int:
             failed.append(path)
             named = isinstance(err, ImageReadError | VideoError)  # their messages begin with the file
             why = first_line(err, str(path))
+            if out_of_memory(err):
+                why = f"{OUT_OF_MEMORY} ({why})"
             tqdm.write(f"gfp: error: {why if named else f'{shown(str(path))}: {why}'}", file=sys.stderr)
             continue
         for note in result.notes:

@@ -104,6 +104,52 @@ def _square_soft_mask(inverse: np.ndarray, face_size: int, size: tuple[int, int]
     return eroded, soft
 
 
+def face_placements(
+    faces: Sequence[np.ndarray], matrices: Sequence[np.ndarray], upscale: float, width: int, height: int
+) -> list[tuple[int, tuple[int, int, int, int], np.ndarray]]:
+    """(index, box (x0, y0, x1, y1), crop → box transform) of each face that lands in a ``width`` x
+    ``height`` output, in detection order: the box is all of the output that pasting the face changes."""
+    placements = []
+    for i, (face, matrix) in enumerate(zip(faces, matrices, strict=True)):
+        face_size = face.shape[0]
+        inverse = inverse_affine(matrix, upscale)
+        side = face_size * math.sqrt(abs(np.linalg.det(inverse[:, :2])))
+        margin = int(side / 4) + int(2 * upscale) + 8  # covers the erosions and blur of the square mask
+        x0, y0, x1, y1 = _face_region(inverse, face_size, width, height, margin)
+        if x1 <= x0 or y1 <= y0:
+            continue  # the face maps entirely outside the output
+        local = inverse.copy()
+        local[:, 2] -= (x0, y0)
+        placements.append((i, (x0, y0, x1, y1), local))
+    return placements
+
+
+def blend_face(
+    region: np.ndarray,
+    face: np.ndarray,
+    local: np.ndarray,
+    upscale: float,
+    mask: np.ndarray | None,
+    face_scale: float,
+) -> None:
+    """Blend one face into ``region`` (its box of a float32 output, see :func:`face_placements`) in place."""
+    face_size = face.shape[0]
+    size = (region.shape[1], region.shape[0])
+    warped_face = cv2.warpAffine(face, local, size).astype(np.float32)
+    if mask is not None:
+        soft = cv2.warpAffine(mask, local, size, flags=cv2.INTER_LINEAR).astype(np.float32)
+    else:
+        eroded, soft = _square_soft_mask(local, face_size, size, upscale)
+        warped_face *= eroded[:, :, None]
+        del eroded
+    if face_scale != 1.0:
+        warped_face *= face_scale
+    soft = soft[:, :, None]
+    region *= 1.0 - soft
+    warped_face *= soft  # in place: the same products as soft * warped_face, without a copy of the box
+    region += warped_face
+
+
 def paste_faces(
     background: np.ndarray,
     faces: Sequence[np.ndarray],
@@ -120,30 +166,17 @@ def paste_faces(
     """
     if background.dtype != np.float32 or background.ndim != 3 or background.shape[2] != 3:
         raise ValueError("paste_faces expects an HxWx3 float32 background")
+    check_faces(faces, matrices, masks)
+    height, width = background.shape[:2]
+    for i, (x0, y0, x1, y1), local in face_placements(faces, matrices, upscale, width, height):
+        mask = None if masks is None else masks[i]
+        blend_face(background[y0:y1, x0:x1], faces[i], local, upscale, mask, face_scale)
+    return background
+
+
+def check_faces(
+    faces: Sequence[np.ndarray], matrices: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None
+) -> None:
+    """A ``ValueError`` unless there is one matrix (and one mask, if any) per face."""
     if len(faces) != len(matrices) or (masks is not None and len(masks) != len(faces)):
         raise ValueError("paste_faces needs one matrix (and one mask) per face")
-    height, width = background.shape[:2]
-    for i, (face, matrix) in enumerate(zip(faces, matrices, strict=True)):
-        face_size = face.shape[0]
-        inverse = inverse_affine(matrix, upscale)
-        side = face_size * math.sqrt(abs(np.linalg.det(inverse[:, :2])))
-        margin = int(side / 4) + int(2 * upscale) + 8  # covers the erosions and blur of the square mask
-        x0, y0, x1, y1 = _face_region(inverse, face_size, width, height, margin)
-        if x1 <= x0 or y1 <= y0:
-            continue  # the face maps entirely outside the output
-        local = inverse.copy()
-        local[:, 2] -= (x0, y0)
-        size = (x1 - x0, y1 - y0)
-        warped_face = cv2.warpAffine(face, local, size).astype(np.float32)
-        if masks is not None:
-            soft = cv2.warpAffine(masks[i], local, size, flags=cv2.INTER_LINEAR).astype(np.float32)
-        else:
-            eroded, soft = _square_soft_mask(local, face_size, size, upscale)
-            warped_face *= eroded[:, :, None]
-        if face_scale != 1.0:
-            warped_face *= face_scale
-        region = background[y0:y1, x0:x1]
-        soft = soft[:, :, None]
-        region *= 1.0 - soft
-        region += soft * warped_face
-    return background

@@ -21,7 +21,7 @@ from gfp.background import lanczos_upsample
 from gfp.color import color_fix
 from gfp.faces import Detections, detect_faces
 from gfp.loading import Network
-from gfp.paste import parse_masks, paste_faces
+from gfp.paste import blend_face, check_faces, face_placements, parse_masks, paste_faces
 from gfp.store import ModelStore, Unavailable, converting
 from gfp.weights.errors import CheckpointError, WeightsError
 
@@ -167,12 +167,42 @@ def paste(
     upscale: float,
 ) -> np.ndarray:
     """The restored ``faces`` blended into ``upscaled`` (the background of ``img``), in ``img``'s layout:
-    gray stays gray, alpha is kept, 16-bit stays 16-bit (8-bit faces rescaled to its values)."""
+    gray stays gray, alpha is kept, 16-bit stays 16-bit (8-bit faces rescaled to its values).
+
+    Only the boxes the faces cover are blended in float32, each face on the newest values its box holds
+    (where an earlier face's box overlaps it, that face's unrounded result), and rounded at the end in the
+    same order: value for value what a float32 copy of the whole output gave, without that copy (12 bytes a
+    pixel, four times an 8-bit output) unless the boxes together are as large."""
+    check_faces(faces, matrices, masks)
     max_value = max_value_of(img)
-    alpha = upscaled[:, :, 3] if upscaled.ndim == 3 and upscaled.shape[2] == 4 else None
-    canvas = color_part(upscaled).astype(np.float32)
-    paste_faces(canvas, faces, matrices, upscale, masks, face_scale=max_value / 255.0)
-    return compose(canvas, alpha, is_gray(img), img.dtype, max_value)
+    gray = is_gray(img)
+    height, width = upscaled.shape[:2]
+    placements = face_placements(faces, matrices, upscale, width, height)
+    area = sum((x1 - x0) * (y1 - y0) for _, (x0, y0, x1, y1), _ in placements)
+    if area >= height * width or (gray and upscaled.ndim == 3):
+        # a whole-image canvas is no larger; gray with alpha: a network may have made its colours unequal
+        alpha = upscaled[:, :, 3] if upscaled.ndim == 3 and upscaled.shape[2] == 4 else None
+        canvas = color_part(upscaled).astype(np.float32)
+        paste_faces(canvas, faces, matrices, upscale, masks, face_scale=max_value / 255.0)
+        return compose(canvas, alpha, gray, img.dtype, max_value)
+    out = upscaled.copy()
+    colour = out if out.ndim == 2 else out[:, :, :3]  # a view: alpha stays as it is
+    blended: list[tuple[tuple[int, int, int, int], np.ndarray]] = []
+    for i, box, local in placements:
+        x0, y0, x1, y1 = box
+        canvas = color_part(colour[y0:y1, x0:x1]).astype(np.float32)
+        for (bx0, by0, bx1, by1), earlier in blended:  # later ones hold the newer values
+            ox0, oy0, ox1, oy1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
+            if ox0 < ox1 and oy0 < oy1:
+                canvas[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = earlier[
+                    oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0
+                ]
+        mask = None if masks is None else masks[i]
+        blend_face(canvas, faces[i], local, upscale, mask, max_value / 255.0)
+        blended.append((box, canvas))
+    for (x0, y0, x1, y1), canvas in blended:  # in order: a later face's box holds the newer values
+        colour[y0:y1, x0:x1] = compose(canvas, None, gray, img.dtype, max_value)
+    return out
 
 
 def is_gray(img: np.ndarray) -> bool:
@@ -201,10 +231,12 @@ def compose(
     canvas: np.ndarray, alpha: np.ndarray | None, gray: bool, dtype: np.dtype, max_value: float
 ) -> np.ndarray:
     """Back to the input's layout: round and clip to ``dtype``, to gray if it was (three equal colour
-    channels when there is alpha), alpha re-attached."""
+    channels when there is alpha), alpha re-attached. Rounds and clips ``canvas`` in place: two more float32
+    copies of a whole upscaled photo would more than double the memory a big output needs."""
     if gray:
         canvas = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
-    out = np.clip(np.rint(canvas), 0, max_value).astype(dtype)
+    np.rint(canvas, out=canvas)
+    out = np.clip(canvas, 0, max_value, out=canvas).astype(dtype)
     if alpha is not None:
         out = np.dstack([*([out] * 3 if gray else [out]), alpha])
     return out

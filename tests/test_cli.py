@@ -195,6 +195,43 @@ def test_a_full_disk_at_the_only_input_counts_no_files_not_tried(
     ]
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(
+            "Unable to allocate 2.15 GiB for an array with shape (13920, 13824, 3) and data type float32"
+        ),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory"
+        ),
+    ],
+)
+def test_a_photo_out_of_memory_says_what_to_change_and_the_run_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """A photo too big for the memory (a large -s, full-size detection of a 40 MP photo) is one line that
+    names the options that need less, not only the allocator's words; the next photo is restored."""
+    weights = make_weights(tmp_path / "w")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(inputs / name), _gradient())
+    real_restore = Restorer.restore
+
+    def restore(self: Restorer, img: np.ndarray, options: object) -> RestoreResult:
+        if not hasattr(restore, "failed"):
+            restore.failed = True  # type: ignore[attr-defined]
+            raise error
+        return real_restore(self, img, options)
+
+    monkeypatch.setattr(Restorer, "restore", restore)
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), *_args(weights)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [f"gfp: error: {inputs / 'a.png'}: {cli.OUT_OF_MEMORY} ({error})"]
+    assert {p.name for p in out.rglob("*") if p.is_file()} == {"b.png"}
+
+
 def test_a_clips_full_disk_is_found_behind_its_video_error() -> None:
     """PyAV's error is an OSError with the errno; gfp.video raises a VideoError in its place."""
     try:

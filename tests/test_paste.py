@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import cv2
 import numpy as np
 import pytest
@@ -9,8 +11,9 @@ import torch
 from facexlib.parsing.parsenet import ParseNet
 from facexlib.utils.face_restoration_helper import FaceRestoreHelper
 
+from gfp import stages
 from gfp.archs.parsenet import ParseNet as OurParseNet
-from gfp.paste import inverse_affine, parse_masks, paste_faces
+from gfp.paste import face_placements, inverse_affine, parse_masks, paste_faces
 
 
 def _matrix(angle_deg: float, scale: float, tx: float, ty: float) -> np.ndarray:
@@ -116,3 +119,63 @@ def test_bad_arguments_are_clear_errors() -> None:
         paste_faces(np.zeros((8, 8, 3), np.uint8), [face], [_matrix(0, 1, 0, 0)], 1)
     with pytest.raises(ValueError, match="one matrix"):
         paste_faces(np.zeros((8, 8, 3), np.float32), [face], [], 1)
+
+
+def _whole_canvas_paste(img, upscaled, faces, matrices, masks, upscale):
+    """The photo paste as a float32 canvas of the whole output, then rounded: the reference formula."""
+    max_value = stages.max_value_of(img)
+    alpha = upscaled[:, :, 3] if upscaled.ndim == 3 and upscaled.shape[2] == 4 else None
+    canvas = stages.color_part(upscaled).astype(np.float32)
+    paste_faces(canvas, faces, matrices, upscale, masks, face_scale=max_value / 255.0)
+    return stages.compose(canvas, alpha, stages.is_gray(img), img.dtype, max_value)
+
+
+@pytest.mark.parametrize("layout", ["bgr", "gray", "bgra", "gray_alpha", "16bit"])
+@pytest.mark.parametrize("upscale", [1, 2.5])
+def test_photo_paste_equals_the_whole_canvas_formula(layout: str, upscale: float) -> None:
+    """Blending only the faces' boxes gives the output of a whole-image float32 canvas, value for value:
+    overlapping faces, a face over the edge, a face apart, with and without masks; and when the boxes
+    together cover the whole output."""
+    rng = np.random.default_rng(3)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (5, 5), 0)
+    gray = bgr[:, :, 1]
+    img = {
+        "bgr": bgr,
+        "gray": gray.copy(),
+        "bgra": np.dstack([bgr, bgr[:, :, 0]]),
+        "gray_alpha": np.dstack([gray, gray, gray, bgr[:, :, 0]]),
+        "16bit": bgr.astype(np.uint16) * 257 + 100,
+    }[layout]
+    upscaled = _upscaled(img, upscale)
+    faces = [cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (5, 5), 0) for _ in range(4)]
+    matrices = [
+        _matrix(10, 2.0, -100, -60),
+        _matrix(-5, 2.2, -162, -43),  # overlaps the first
+        _matrix(20, 3.0, -592, -929),  # over the bottom-right edge
+        _matrix(0, 4.0, -1150, 20),  # apart, at the top right
+    ]
+    boxes = [box for _, box, _ in face_placements(faces, matrices, upscale, *upscaled.shape[1::-1])]
+    assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) < upscaled.shape[0] * upscaled.shape[1]
+    masks = [cv2.GaussianBlur(rng.random((64, 64)), (9, 9), 0) for _ in faces]
+    big = [_matrix(0, 0.25, 0, 0)] * 2  # two faces over the whole output: one canvas of it
+    for f, m, k in ((faces, matrices, None), (faces, matrices, masks), (faces[:2], big, None)):
+        expected = _whole_canvas_paste(img, upscaled, f, m, k, upscale)
+        out = stages.paste(img, upscaled, f, m, k, upscale)
+        assert out.dtype == expected.dtype
+        np.testing.assert_array_equal(out, expected)
+    assert stages.paste(img, upscaled, [], [], None, upscale) is not upscaled  # a copy, never the input
+
+
+def test_photo_paste_makes_no_float_copy_of_the_whole_output() -> None:
+    """A face pasted into a large output costs memory near the output's own size, not the 3 x 12 bytes a
+    pixel that a float32 canvas of it and its rounding took (36 MB here, against a 3 MB image)."""
+    upscaled = np.full((1000, 1000, 3), 90, np.uint8)
+    face = np.full((64, 64, 3), 200, np.uint8)
+    tracemalloc.start()
+    try:
+        out = stages.paste(upscaled, upscaled, [face], [_matrix(0, 1.0, -100, -100)], None, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out[130, 130, 0] == 200 and out[900, 900, 0] == 90
+    assert peak < 2 * upscaled.nbytes
