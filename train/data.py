@@ -157,13 +157,13 @@ def check_faces(files: list[str] | list[Path]) -> None:
     """:func:`check_images`, and refuse faces that are not square (from the same look at their headers):
     before a command writes or scores anything, so a bad file late in a folder leaves no part of the work
     done."""
-    sizes = {str(path): _openable(path) for path in files}
+    _refuse_bad({str(path): _openable(path) for path in files})
+
+
+def _refuse_bad(sizes: dict[str, tuple[int, int] | None]) -> None:
+    """Refuse the images of ``sizes`` (path → header size, None: it does not open) that do not open, then
+    those that are not square: no aligned face."""
     _refuse_unreadable([path for path, size in sizes.items() if size is None])
-    _refuse_oblong(sizes)
-
-
-def _refuse_oblong(sizes: dict[str, tuple[int, int] | None]) -> None:
-    """Refuse the images of ``sizes`` (path → header size) that are not square: no aligned face."""
     oblong = [f"{Path(path).name} is {s[0]}x{s[1]}" for path, s in sizes.items() if s and s[0] != s[1]]
     if oblong:
         more = f" and {len(oblong) - 5} more" if len(oblong) > 5 else ""
@@ -296,8 +296,7 @@ class ImageSource:
                 for key in self.keys:
                     buf = txn.get(key.encode("utf-8"))
                     sizes[f"{self.root}:{key}"] = None if buf is None else _buffer_openable(buf)
-        _refuse_unreadable([path for path, size in sizes.items() if size is None])
-        _refuse_oblong(sizes)  # found at its first read, maybe hours in, otherwise
+        _refuse_bad(sizes)  # found at its first read, maybe hours in, otherwise
 
     def __len__(self) -> int:
         """Images of the main source (the extra folders' come after them)."""
