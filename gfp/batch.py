@@ -53,6 +53,7 @@ from gfp.cli import (
     check_output_size,
     disk_error,
     face_summary,
+    failure,
     is_input_file,
     is_job_file,
     list_inputs,
@@ -344,7 +345,7 @@ class RestoreWorker:
             record = {"status": "fatal", "error": str(err), "unwritable": True, "folder": err.folder}
         except Exception as err:  # one bad file must not stop the others: it becomes a failed record
             full = unwritable(err)  # ... but a full disk would fail every later one: the job stops
-            record = {"status": "failed", "error": first_line(err, key)}
+            record = {"status": "failed", "error": failure(err, key)}
             if full is not None:
                 why = f"cannot write the outputs of {shown(key)}: {disk_error(full)}"
                 record = {"status": "fatal", "error": why, "unwritable": True}
@@ -376,13 +377,12 @@ class RestoreWorker:
             )
             extra = {}
             animated = first_frame_note(data, shown(posixpath.basename(path)))
+        selection = None if args.aligned else face_summary(result)  # the CLI's line: why faces were skipped
         return {
             "status": "done",
             "faces_found": result.selection.found,  # faces of a photo, people (face tracks) of a clip
             "faces_restored": len(result.selection.restored),
-            "selection": None
-            if args.aligned
-            else face_summary(result),  # the CLI's line: why faces were skipped
+            "selection": selection,
             "outputs": [p.relative_to(self.output).as_posix() for p in written],
             "notes": [*result.notes, *filter(None, [animated])],
             "settings": self.job.settings,

@@ -446,6 +446,13 @@ def out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or "can't allocate memory" in text or "Insufficient memory" in text
 
 
+def failure(err: BaseException, name: str) -> str:
+    """The line an input's failure is said in (its error's first line, ``name`` :func:`shown` in it), led by
+    what to change when it ran out of memory: the CLI's and ``gfp batch``'s records alike."""
+    why = first_line(err, name)
+    return f"{OUT_OF_MEMORY} ({why})" if out_of_memory(err) else why
+
+
 def check_not_input(target: Path | None, source: Path) -> None:
     """Refuse to write ``target`` over the input ``source`` itself (``-o`` the folder a run wrote before)."""
     if target is not None and target.exists() and os.path.samefile(target, source):
@@ -611,9 +618,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 give_back(owners, path.name)
             failed.append(path)
             named = isinstance(err, ImageReadError | VideoError)  # their messages begin with the file
-            why = first_line(err, str(path))
-            if out_of_memory(err):
-                why = f"{OUT_OF_MEMORY} ({why})"
+            why = failure(err, str(path))
             tqdm.write(f"gfp: error: {why if named else f'{shown(str(path))}: {why}'}", file=sys.stderr)
             continue
         for note in result.notes:

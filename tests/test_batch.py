@@ -484,6 +484,24 @@ def test_a_full_temporary_folder_is_named_not_the_output_disk(
         next(batch._results(Rows(), job, [batch.Input("s3://bucket/clip.mkv", "clip.mkv")]))
 
 
+def test_a_photo_out_of_memory_is_a_failed_record_saying_what_to_change(
+    tmp_path: Path, weights: Path
+) -> None:
+    """As the CLI says it: the record of a photo too big for a worker's memory leads with the options that
+    need less, not only the allocator's words."""
+    photo = tmp_path / "big.png"
+    cv2.imwrite(str(photo), _gradient(64, 64))
+    worker = _worker(weights, tmp_path / "out", None, "")
+
+    def restore(img: np.ndarray, options: object) -> None:
+        raise MemoryError("Unable to allocate 2.15 GiB for an array")
+
+    worker.restorer.restore = restore  # type: ignore[method-assign]
+    record = worker.restore(str(photo), photo.read_bytes())
+    assert record["status"] == "failed"
+    assert record["error"] == f"{cli.OUT_OF_MEMORY} (Unable to allocate 2.15 GiB for an array)"
+
+
 def test_a_restored_image_too_large_for_its_format_is_a_failed_record(tmp_path: Path, weights: Path) -> None:
     photo = tmp_path / "wide.jpg"
     cv2.imwrite(str(photo), _gradient(8, 8200))
