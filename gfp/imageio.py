@@ -102,7 +102,8 @@ def read_image_bytes(
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
     if not data:
         raise UnreadableImageError(f"{name}: empty file")
-    header = _open_header(data, name, max_pixels)
+    png_chunks = _png_chunks(data)
+    header = _open_header(_png_kept(data, png_chunks) if png_chunks else data, name, max_pixels)
     width, height = header.size
     _check_size(width, height, max_pixels, name)
     if _separate_wide_planes(header):  # OpenCV decodes only the first plane, as garbage; PIL only 8 bits
@@ -113,7 +114,6 @@ def read_image_bytes(
 
     # PIL where OpenCV multiplies a TIFF's colours by its alpha, or where libpng would print its own error
     # line (amid a progress bar) on a damaged PNG, then refuse it
-    png_chunks = _png_chunks(data)
     if _unassociated_alpha_tiff(header) or png_chunks is None:
         img = _decode_with_pil(header, name)
     else:
@@ -136,12 +136,25 @@ def read_icc_profile(source: str | os.PathLike | bytes) -> bytes | None:
     """The ICC colour profile embedded in an image file (a path or its bytes); None when it has none, or
     cannot be read (reading its pixels says why). Only the header is read."""
     try:
-        opened = io.BytesIO(source) if isinstance(source, bytes) else source
-        with _no_bomb_warning(), Image.open(opened) as header:
+        with _no_bomb_warning(), _open_tolerant(source) as header:
             profile = header.info.get("icc_profile")
     except Exception:  # (PIL's errors for a file it cannot open are of many kinds)
         return None
     return bytes(profile) if profile else None
+
+
+def _open_tolerant(source: str | os.PathLike | bytes) -> Image.Image:
+    """PIL's header read of a file (a path or its bytes). PIL refuses a PNG with a damaged ancillary chunk
+    before its pixels (a text or time chunk whose CRC does not match); it is opened again without that
+    chunk, as :func:`read_image` reads it, so that its colour profile is not lost."""
+    try:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except UnidentifiedImageError:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        chunks = _png_chunks(data)
+        if not chunks:
+            raise
+        return Image.open(io.BytesIO(_png_kept(data, chunks)))
 
 
 _WARNINGS_LOCK = threading.Lock()
@@ -211,8 +224,7 @@ def frame_count(source: str | os.PathLike | bytes) -> int:
     """How many frames or pages an animated GIF, PNG or WebP or a multi-page TIFF holds (a path or its
     bytes; 1 for a still and for what cannot be read): :func:`read_image` decodes the first only."""
     try:
-        opened = io.BytesIO(source) if isinstance(source, bytes) else source
-        with _no_bomb_warning(), Image.open(opened) as header:
+        with _no_bomb_warning(), _open_tolerant(source) as header:
             return int(getattr(header, "n_frames", 1)) if header.format in _FRAMED_FORMATS else 1
     except Exception:  # (reading its pixels says what is wrong with it)
         return 1
@@ -375,27 +387,44 @@ def _tiff_pixel_type(data: bytes) -> str | None:
 def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
     """The chunks of PNG bytes up to IEND as (type, start, end), from its length field to past its CRC
     (empty for bytes that are no PNG); None when the file is cut short (a download or copy that stopped) or
-    a chunk's CRC does not match. libpng stops on such a file and prints "libpng error: IDAT: CRC error"
-    straight to the process's stderr, amid the progress bar; PIL prints nothing, decodes what it can, and
-    its error reaches our one-line message."""
+    a critical chunk's CRC does not match. libpng stops on such a file and prints "libpng error: IDAT: CRC
+    error" straight to the process's stderr, amid the progress bar; PIL prints nothing, decodes what it can,
+    and its error reaches our one-line message.
+
+    An ancillary chunk (its type's first letter lower-case: text, time, EXIF, colour profile) whose CRC does
+    not match is left out of the list: libpng (with a warning on stderr) and browsers skip it and show the
+    picture, but PIL refuses the file when the chunk comes before the pixels (see :func:`_png_kept`)."""
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         return []
     view, at, chunks = memoryview(data), 8, []
     while at + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, at)
         end = at + 12 + length
-        if end > len(data) or zlib.crc32(view[at + 4 : end - 4]) != int.from_bytes(data[end - 4 : end]):
+        if end > len(data):
             return None
-        chunks.append((kind, at, end))
+        if zlib.crc32(view[at + 4 : end - 4]) == int.from_bytes(data[end - 4 : end]):
+            chunks.append((kind, at, end))
+        elif not kind[0] & 0x20:  # a critical chunk (IHDR, PLTE, IDAT, IEND)
+            return None
         if kind == b"IEND":
             return chunks
         at = end
     return None
 
 
+def _png_kept(data: bytes, png_chunks: list[tuple[bytes, int, int]], drop: bytes | None = None) -> bytes:
+    """PNG ``data`` made of ``png_chunks`` alone (as :func:`_png_chunks` lists them: damaged ancillary chunks
+    left out), less the chunks of type ``drop``; ``data`` itself when that leaves nothing out."""
+    kept = [(start, end) for kind, start, end in png_chunks if kind != drop]
+    if len(kept) == len(png_chunks) and sum(end - start for start, end in kept) == png_chunks[-1][2] - 8:
+        return data
+    return data[:8] + b"".join(data[start:end] for start, end in kept)
+
+
 def _as_stored(data: bytes, png_chunks: list[tuple[bytes, int, int]]) -> bytes | bytearray:
     """``data`` as OpenCV is to decode it: for a TIFF whose Orientation tag is not 1 a copy whose tag says
-    1, for a PNG with a colour profile a copy without it, else ``data`` itself.
+    1, for a PNG with a colour profile or a damaged ancillary chunk a copy without them, else ``data``
+    itself.
 
     OpenCV's TIFF decoder turns the pixels by the tag itself, even with IMREAD_IGNORE_ORIENTATION (and in
     tiled files only part of the way), so :func:`_apply_orientation` would turn them twice. With the tag
@@ -403,10 +432,11 @@ def _as_stored(data: bytes, png_chunks: list[tuple[bytes, int, int]]) -> bytes |
 
     A PNG's profile is not applied by OpenCV (:func:`read_icc_profile` carries it to the output), but
     libpng checks it and prints its warnings ("iCCP: known incorrect sRGB profile", an RGB profile in a
-    gray PNG) straight to stderr, amid the progress bar, for a file that is read well.
+    gray PNG) straight to stderr, amid the progress bar, for a file that is read well; as it does for a
+    damaged ancillary chunk ("tEXt: CRC error"), which it skips.
     """
-    if any(kind == b"iCCP" for kind, _, _ in png_chunks):
-        return data[:8] + b"".join(data[start:end] for kind, start, end in png_chunks if kind != b"iCCP")
+    if png_chunks:
+        return _png_kept(data, png_chunks, drop=b"iCCP")
     tiff = _tiff_header(data)
     if tiff is None:
         return data

@@ -377,6 +377,55 @@ def test_a_damaged_png_prints_nothing_of_libpng(capfd: pytest.CaptureFixture[str
     assert "libpng" not in capfd.readouterr().err
 
 
+def _with_damaged_chunk(png: bytes, kind: bytes, body: bytes, before: bytes) -> bytes:
+    """``png`` with a chunk ``kind`` put in before its first chunk of type ``before``, its CRC wrong."""
+    crc = zlib.crc32(kind + body) ^ 1
+    at = png.find(before) - 4
+    return png[:at] + struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc) + png[at:]
+
+
+@pytest.mark.parametrize("kind", [b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs"])
+@pytest.mark.parametrize("before", [b"IDAT", b"IEND"])
+def test_a_damaged_ancillary_png_chunk_is_skipped(
+    capfd: pytest.CaptureFixture[str], kind: bytes, before: bytes
+) -> None:
+    """libpng and browsers skip an ancillary chunk whose CRC does not match and show the picture; PIL
+    refused the whole file when the chunk came before the pixels (and its colour profile was lost), and
+    decoded one whose chunk came after them itself, 16-bit colour as 8-bit. Orientation and profile stay."""
+    bodies = {b"tIME": struct.pack(">HBBBBB", 2024, 1, 2, 3, 4, 5), b"pHYs": struct.pack(">IIB", 1, 1, 1)}
+    body = bodies.get(kind, b"Comment\0\0\0\0\0damaged")
+    bgr = _smooth_bgr()
+    clean = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(bgr[:, :, ::-1]).save(clean, "PNG", icc_profile=_rgb_profile(), exif=exif.tobytes())
+    data = _with_damaged_chunk(clean.getvalue(), kind, body, before)
+    bgr16 = bgr.astype(np.uint16) * 257 + 1
+    data16 = _with_damaged_chunk(encode_image(bgr16, ".png"), kind, body, before)
+    capfd.readouterr()
+    np.testing.assert_array_equal(read_image_bytes(data), read_image_bytes(clean.getvalue()))
+    assert read_image_bytes(data).shape == (64, 48, 3)  # turned as the EXIF says
+    assert read_icc_profile(data) == _rgb_profile() and frame_count(data) == 1
+    got = read_image_bytes(data16)
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, bgr16)
+    assert "libpng" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("kind", [b"IHDR", b"PLTE"])
+def test_a_damaged_critical_png_chunk_is_refused(capfd: pytest.CaptureFixture[str], kind: bytes) -> None:
+    """A critical chunk whose CRC does not match is not skipped: the file is refused in our one line."""
+    buf = io.BytesIO()
+    Image.fromarray(_smooth_bgr()).convert("P").save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    at = data.find(kind)
+    (length,) = struct.unpack_from(">I", data, at - 4)
+    data[at + 4 + length] ^= 1
+    with pytest.raises(UnreadableImageError, match=r"^a.png: [^\n]*$"):
+        read_image_bytes(bytes(data), name="a.png")
+    assert "libpng" not in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16"])
 def test_a_png_colour_profile_prints_nothing_of_libpng(capfd: pytest.CaptureFixture[str], mode: str) -> None:
     """libpng checks a PNG's profile and printed its warnings itself ("iCCP: ... RGB color space not
@@ -458,6 +507,7 @@ def test_icc_profile_other_cases(tmp_path: Path) -> None:
         assert im.info["icc_profile"] == gray
     for img, ext, wrong in (
         (bgr, ".jpg", gray),
+        (np.dstack([bgr, bgr[:, :, 0]]), ".png", gray),  # a gray PNG with alpha is read (and written) BGRA
         (bgr[:, :, 0].copy(), ".png", profile),
         (bgr, ".tif", profile),
     ):
