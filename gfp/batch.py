@@ -63,13 +63,14 @@ from gfp.cli import (
     output_group,
     output_owners,
     restore_options,
+    said,
     save_outputs,
     unwritable,
     video_options,
 )
 from gfp.imageio import first_frame_note, read_icc_profile, read_image_bytes
 from gfp.messages import first_line, is_plain, shown
-from gfp.video import VideoError, is_video, restore_video
+from gfp.video import VideoError, VideoOptionError, is_video, restore_video
 from gfp.weights.errors import WeightsError
 
 INSTALL = "pip install -r requirements-batch.txt"
@@ -361,6 +362,8 @@ class RestoreWorker:
             with _local_copy(self.job.filesystem, path, key) as local:
                 try:
                     result = restore_video(local, target, self.options, self.video, self.restorer)
+                except VideoOptionError as err:  # the options it names are said as flags: kept as one
+                    raise VideoOptionError(err.template, **(err.values | {"path": key})) from None
                 except VideoError as err:  # it names the file PyAV read: a remote clip's is a deleted copy
                     raise VideoError(str(err).replace(local, key)) from None
             written, extra = [target], {"audio": result.audio}  # copied, re-encoded (how) or none
@@ -764,7 +767,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "gfp batch") -> int:
             raise ValueError("--cpus-per-worker must be above 0 and --gpus-per-worker at least 0")
         inputs = list_batch_inputs(args.input)
     except (ValueError, FileNotFoundError) as err:
-        parser.error(first_line(err))
+        parser.error(said(err))
     if not inputs.items:
         parser.error(f"input {args.input!r} holds no files")
     # Workers may run in another folder (or on another machine): local paths are given to them whole.

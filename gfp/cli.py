@@ -27,7 +27,7 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +214,27 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+FIELD_DESTS = {"codec": "video_codec"}
+"""The options whose flag's dest is not the option's field name (``--video-codec`` sets ``codec``)."""
+
+
+@cache
+def option_flags() -> dict[str, str]:
+    """Each option's field name → the flag that sets it, in its long spelling (``min_face`` →
+    ``--min-face``), read off :func:`add_restore_arguments`' parser, so that a renamed flag is followed: the
+    words an :class:`OptionError` is said in to the CLI's and ``gfp batch``'s users."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_restore_arguments(parser)
+    flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    return flags | {field: flags[dest] for field, dest in FIELD_DESTS.items()}
+
+
+def said(err: BaseException, name: str | None = None) -> str:
+    """:func:`first_line` of ``err`` with the options it names as the flags that set them
+    (:func:`option_flags`): ``--faces``, not ``faces``."""
+    return first_line(err, name, option_flags())
+
+
 def restore_options(args: argparse.Namespace) -> RestoreOptions:
     """The :class:`RestoreOptions` of parsed restore arguments (``ValueError`` for bad values)."""
     return RestoreOptions(
@@ -236,7 +257,7 @@ def restore_options(args: argparse.Namespace) -> RestoreOptions:
 
 def video_options(args: argparse.Namespace) -> VideoOptions:
     """The :class:`VideoOptions` of parsed restore arguments (``ValueError`` for bad values)."""
-    return VideoOptions(codec=args.video_codec, crf=args.crf, smooth=args.smooth)
+    return VideoOptions(codec=getattr(args, FIELD_DESTS["codec"]), crf=args.crf, smooth=args.smooth)
 
 
 def make_restorer(args: argparse.Namespace) -> Restorer:
@@ -449,7 +470,7 @@ def out_of_memory(err: BaseException) -> bool:
 def failure(err: BaseException, name: str) -> str:
     """The line an input's failure is said in (its error's first line, ``name`` :func:`shown` in it), led by
     what to change when it ran out of memory: the CLI's and ``gfp batch``'s records alike."""
-    why = first_line(err, name)
+    why = said(err, name)
     return f"{OUT_OF_MEMORY} ({why})" if out_of_memory(err) else why
 
 
@@ -559,7 +580,7 @@ def _main(argv: Sequence[str] | None) -> int:
         inputs = list_inputs(args.input)
         restorer = make_restorer(args)
     except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        parser.error(said(err))
     if not inputs:
         parser.error(f"input folder {args.input!r} holds no files")
     try:

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import string
 import unicodedata
+from collections.abc import Mapping
+from functools import partial
 
 _LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
 """Unicode categories of the characters that break or garble a printed line (newline, tab, escape ...)."""
+
+
+class OptionError(ValueError):
+    """An option's value refused, said in the options' field names (``faces must be ...``). The message is
+    ``template`` with each ``{field}`` an option's name and the other placeholders filled from ``values``
+    (a value is never read as a template: a user's ``{`` stays as typed); :meth:`said` gives it in a front
+    end's own names for the options (the CLI's flags, the app's controls), so no front end rewrites a
+    message, and a message is written once, where the value is refused."""
+
+    def __init__(self, template: str, **values: object) -> None:
+        placeholders = (field for _, field, _, _ in string.Formatter().parse(template) if field)
+        self.template, self.values = template, values
+        self.fields = tuple(dict.fromkeys(f for f in placeholders if f not in values))
+        """The options the error is about, in the order the message names them."""
+        super().__init__(self.said({}))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled (a worker process's error) as made: from the template and values, not the message."""
+        return (partial(type(self), self.template, **self.values), ())
+
+    def said(self, names: Mapping[str, str]) -> str:
+        """The message with each option in ``names``' words for it (an option it lacks by its field name)."""
+        return self.template.format_map(
+            {field: names.get(field, field) for field in self.fields} | self.values
+        )
 
 
 def is_plain(name: str) -> bool:
@@ -19,11 +47,13 @@ def shown(name: str) -> str:
     return name if is_plain(name) else repr(name)
 
 
-def first_line(err: BaseException, name: str | None = None) -> str:
+def first_line(err: BaseException, name: str | None = None, options: Mapping[str, str] | None = None) -> str:
     """The first line of an error's message (its type's name when it has none); ``name``, a file the
     message may name (an image or video error begins with it), is :func:`shown`, so that a newline in it
-    does not end the line there."""
-    text = str(err) if name is None else str(err).replace(name, shown(name))
+    does not end the line there; an :class:`OptionError` names its options in ``options``' words for them
+    (a front end's: see :meth:`OptionError.said`)."""
+    text = err.said(options) if options is not None and isinstance(err, OptionError) else str(err)
+    text = text if name is None else text.replace(name, shown(name))
     lines = text.strip().splitlines()
     return lines[0] if lines else type(err).__name__
 

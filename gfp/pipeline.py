@@ -35,6 +35,7 @@ from gfp.checks import is_bool, is_real, is_whole
 from gfp.color import check_method
 from gfp.devices import Placement
 from gfp.faces import align_faces, resize_aligned
+from gfp.messages import OptionError
 from gfp.selection import FaceSelection, parse_faces, reading_order, select_faces
 from gfp.stages import Progress, RunLog
 from gfp.store import FaceNetwork, ModelStore, Unavailable
@@ -101,28 +102,38 @@ class RestoreOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str | os.PathLike) or not os.fspath(self.version).strip():
-            raise ValueError(
-                f"version must be a GFPGAN version, file, folder or repo id, got {self.version!r}"
+            raise OptionError(
+                "{version} must be a GFPGAN version, file, folder or repo id, got {value!r}",
+                value=self.version,
             )
         if not is_real(self.upscale):
-            raise ValueError(f"upscale must be a number in [1, 8], got {self.upscale!r}")
+            raise OptionError("{upscale} must be a number in [1, 8], got {value!r}", value=self.upscale)
         if not (MIN_UPSCALE <= self.upscale <= MAX_UPSCALE):
-            raise ValueError(f"upscale must be in [{MIN_UPSCALE:g}, {MAX_UPSCALE:g}], got {self.upscale}")
+            raise OptionError(
+                "{upscale} must be in [{low:g}, {high:g}], got {value}",
+                low=MIN_UPSCALE,
+                high=MAX_UPSCALE,
+                value=self.upscale,
+            )
         if self.bg_upsampler is not None and self.bg_upsampler not in registry.choice_names("upsampler"):
             choices = ", ".join(registry.choice_names("upsampler"))
             raise ValueError(f"unknown background upsampler {self.bg_upsampler!r}; choose one of: {choices}")
         if not is_whole(self.bg_tile) or self.bg_tile < 0:
-            raise ValueError(f"bg_tile must be an integer >= 0 (0 = no tiling), got {self.bg_tile!r}")
+            raise OptionError(
+                "{bg_tile} must be an integer >= 0 (0 = no tiling), got {value!r}", value=self.bg_tile
+            )
         if not is_real(self.strength) or not 0.0 <= self.strength <= 1.0:
-            raise ValueError(f"strength must be a number in [0, 1], got {self.strength!r}")
+            raise OptionError("{strength} must be a number in [0, 1], got {value!r}", value=self.strength)
         if not is_real(self.weight) or not math.isfinite(self.weight):
-            raise ValueError(f"weight must be a number, got {self.weight!r}")
+            raise OptionError("{weight} must be a number, got {value!r}", value=self.weight)
         for name in ("only_center_face", "aligned"):
             if not is_bool(getattr(self, name)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise OptionError(
+                    f"{{{name}}} must be True or False, got {{value!r}}", value=getattr(self, name)
+                )
             object.__setattr__(self, name, bool(getattr(self, name)))  # NumPy's kept as Python's
         if not (self.use_parse is None or is_bool(self.use_parse)):
-            raise ValueError(f"use_parse must be None, True or False, got {self.use_parse!r}")
+            raise OptionError("{use_parse} must be None, True or False, got {value!r}", value=self.use_parse)
         if self.use_parse is not None:
             object.__setattr__(self, "use_parse", bool(self.use_parse))
         if self.detector not in registry.choice_names("detector"):
@@ -130,19 +141,26 @@ class RestoreOptions:
             raise ValueError(f"unknown face detector {self.detector!r}; choose one of: {choices}")
         side = self.detect_max_side
         if side is not None and (not is_whole(side) or side < 64):
-            raise ValueError(f"detect_max_side must be an integer >= 64 (or None), got {side!r}")
+            raise OptionError(
+                "{detect_max_side} must be an integer >= 64 (or None), got {value!r}", value=side
+            )
         if self.batch_size is not None and (not is_whole(self.batch_size) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+            raise OptionError("{batch_size} must be an integer >= 1, got {value!r}", value=self.batch_size)
         check_method(self.color_fix)
         object.__setattr__(self, "faces", parse_faces(self.faces))
         if not is_whole(self.min_face) or self.min_face < 0:
-            raise ValueError(f"min_face must be a whole number of pixels >= 0, got {self.min_face!r}")
+            raise OptionError(
+                "{min_face} must be a whole number of pixels >= 0, got {value!r}", value=self.min_face
+            )
         if self.only_center_face and self.faces not in ("all", "center"):
-            raise ValueError(
-                f"only_center_face means faces='center'; it cannot be combined with {self.faces!r}"
+            raise OptionError(
+                "{only_center_face} means {faces} 'center'; it cannot be combined with {faces} {value!r}",
+                value=self.faces,
             )
         if self.aligned and (self.faces != "all" or self.min_face):
-            raise ValueError("faces and min_face do not apply to aligned input (each image is one face)")
+            raise OptionError(
+                "{faces} and {min_face} cannot be combined with {aligned} (each image is one aligned face)"
+            )
 
     @property
     def face_choice(self) -> str:

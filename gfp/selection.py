@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gfp.checks import is_whole
+from gfp.messages import OptionError
 
 FACE_CHOICES = ("all", "largest", "center")
 """The named face choices; anything else must be a list of face numbers ("2", "1,3")."""
@@ -37,7 +38,7 @@ def parse_faces(value: str | int | Sequence[int]) -> str:
         listed |= isinstance(value, np.ndarray) and value.ndim > 0  # a 0-d array is no list: no TypeError
         numbers = list(value) if listed else [None]  # 2, None, a generator ... are no list of numbers
         if not all(is_whole(n) for n in numbers):
-            raise ValueError(_faces_error(value))
+            raise _faces_error(value)
         value = ",".join(str(int(n)) for n in numbers)
     text = value.strip().lower()
     if text == "centre":
@@ -45,15 +46,18 @@ def parse_faces(value: str | int | Sequence[int]) -> str:
     if text in FACE_CHOICES:
         return text
     if not _NUMBERS.fullmatch(text):
-        raise ValueError(_faces_error(value))
+        raise _faces_error(value)
     numbers = sorted({int(n) for n in re.split(r"[,\s]+", text)})
     if numbers[0] < 1:
-        raise ValueError(f"face numbers start at 1, got {value!r}")
+        raise OptionError("{faces}: face numbers start at 1, got {value!r}", value=value)
     return ",".join(map(str, numbers))
 
 
-def _faces_error(value: object) -> str:
-    return f"faces must be all, largest, center or face numbers such as 1,3 (from 1), got {value!r}"
+def _faces_error(value: object) -> OptionError:
+    return OptionError(
+        "{faces} must be all, largest, center or face numbers such as 1,3 (from 1), got {value!r}",
+        value=value,
+    )
 
 
 def face_numbers(choice: str) -> tuple[int, ...]:

@@ -45,6 +45,7 @@ from gfp.background import scaled_size
 from gfp.checks import is_bool, is_real, is_whole
 from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
+from gfp.messages import OptionError
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect
 from gfp.selection import FaceSelection, select_faces
 from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
@@ -96,6 +97,11 @@ class VideoError(ValueError):
     """A video that cannot be read or written; the message names the file and says what is wrong."""
 
 
+class VideoOptionError(VideoError, OptionError):
+    """A clip the options cannot make (its restored frames too large for the codec): the message names the
+    file (the value ``path``) and the options to change (see :class:`gfp.messages.OptionError`)."""
+
+
 @dataclass(frozen=True)
 class VideoOptions:
     """How to encode the output and smooth the faces; validated on construction (``ValueError``)."""
@@ -119,15 +125,26 @@ class VideoOptions:
             raise ValueError(f"unknown video codec {self.codec!r}; choose one of: {', '.join(VIDEO_CODECS)}")
         top = VIDEO_CODECS[self.codec][1]
         if not is_whole(self.crf) or not 0 <= self.crf <= top:
-            raise ValueError(f"crf must be an integer in [0, {top}] for {self.codec}, got {self.crf!r}")
+            raise OptionError(
+                "{crf} must be an integer in [0, {top}] for {encoder}, got {value!r}",
+                top=top,
+                encoder=self.codec,
+                value=self.crf,
+            )
         if not is_whole(self.buffer_frames) or self.buffer_frames < 1:
-            raise ValueError(f"buffer_frames must be an integer >= 1, got {self.buffer_frames!r}")
+            raise OptionError(
+                "{buffer_frames} must be an integer >= 1, got {value!r}", value=self.buffer_frames
+            )
         if self.max_pixels is not None and not (is_whole(self.max_pixels) and self.max_pixels >= 1):
-            raise ValueError(f"max_pixels must be a positive integer or None, got {self.max_pixels!r}")
+            raise OptionError(
+                "{max_pixels} must be a positive integer or None, got {value!r}", value=self.max_pixels
+            )
         if self.max_seconds is not None and not (is_real(self.max_seconds) and self.max_seconds > 0):
-            raise ValueError(f"max_seconds must be a positive number or None, got {self.max_seconds!r}")
+            raise OptionError(
+                "{max_seconds} must be a positive number or None, got {value!r}", value=self.max_seconds
+            )
         if not is_bool(self.smooth) or not isinstance(self.smoothing, SmoothingOptions):
-            raise ValueError("smooth must be True or False, and smoothing a SmoothingOptions")
+            raise OptionError("{smooth} must be True or False, and {smoothing} a SmoothingOptions")
         object.__setattr__(self, "smooth", bool(self.smooth))  # NumPy's kept as Python's
 
 
@@ -481,7 +498,7 @@ def restore_frames(
     options = expect(options, RestoreOptions, "options", RestoreOptions)
     video = expect(video, VideoOptions, "video", VideoOptions)
     if options.aligned:
-        raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
+        raise OptionError("{aligned} does not apply to videos (their frames are whole scenes, not one face)")
     if plan is None and needs_plan(options):
         raise ValueError("a face choice over a clip needs a first pass: pass plan=plan_faces(...)")
     store = restorer.store
@@ -903,7 +920,7 @@ def restore_video(
     restorer = expect(restorer, Restorer, "restorer", Restorer)
     source, target = Path(input), Path(output)
     if options.aligned:
-        raise ValueError("aligned input does not apply to videos (their frames are whole scenes)")
+        raise OptionError("{aligned} does not apply to videos (their frames are whole scenes, not one face)")
     info = probe_video(source, video)
     report: Progress = progress or (lambda done, total, stage: None)
     start = time.perf_counter()
@@ -917,9 +934,13 @@ def restore_video(
     size = (out_w + out_w % 2, out_h + out_h % 2)
     widest = MAX_SIDE.get(video.codec)
     if widest is not None and max(size) > widest:
-        raise VideoError(
-            f"{source}: restored frames of {size[0]}x{size[1]} are above the {widest} px a side that "
-            f"{video.codec} encodes; choose a smaller upscale, or the h265 or vp9 codec"
+        raise VideoOptionError(
+            "{path}: restored frames of {size} are above the {widest} px a side that {encoder} encodes; "
+            "choose a smaller {upscale}, or {codec} h265 or vp9",
+            path=str(source),
+            size=f"{size[0]}x{size[1]}",
+            widest=widest,
+            encoder=video.codec,
         )
     if size != (out_w, out_h):
         notes.append(f"{out_w}x{out_h} padded to {size[0]}x{size[1]} (4:2:0 video needs even sizes)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import inspect
 import os
 import re
 import threading
@@ -576,18 +577,21 @@ def test_face_choice_and_colour_fix_through_the_api(client, server: Server) -> N
         ({"detector": "yolo"}, "Unknown detector"),
         ({"output_format": "GIF"}, "Unknown output_format"),
         ({"output_format": None}, "Unknown output_format None"),
-        ({"rescale": 9}, "Rescale must be a number between 1 and 4"),
-        ({"strength": "lots"}, "Strength must be a number between 0 and 1"),
+        ({"rescale": 9}, '"Rescale factor" (rescale) must be a number between 1 and 4'),
+        ({"strength": "lots"}, '"Strength" (strength) must be a number between 0 and 1'),
         ({"color_fix": "sepia"}, "Unknown color_fix 'sepia'"),
-        ({"faces": "0"}, "face numbers start at 1, got '0'"),
-        ({"faces": "x"}, "faces must be all, largest, center or face numbers"),
-        ({"min_face": -3}, "Smallest face must be a number between 0 and 100000"),
-        ({"min_face": 2.5}, "Smallest face must be a whole number of pixels"),
-        ({"aligned": "maybe"}, "Aligned must be true or false, got 'maybe'"),
+        ({"faces": "0"}, "\"Faces to restore\" (faces): face numbers start at 1, got '0'"),
+        ({"faces": "x"}, '"Faces to restore" (faces) must be all, largest, center or face numbers'),
+        ({"min_face": -3}, '"Smallest face" (min_face) must be a number between 0 and 100000'),
+        ({"min_face": 2.5}, '"Smallest face" (min_face) must be a whole number of pixels'),
+        (
+            {"aligned": "maybe"},
+            "\"Input is an aligned 512x512 face\" (aligned) must be true or false, got 'maybe'",
+        ),
     ],
 )
 def test_bad_options_are_gradio_errors(client, server: Server, change: dict, message: str) -> None:
-    with pytest.raises(gradio_client.exceptions.AppError, match=message):
+    with pytest.raises(gradio_client.exceptions.AppError, match=re.escape(message)):
         call(client, server, EXAMPLES / "astronaut_lowres.png", **change)
 
 
@@ -704,6 +708,40 @@ def test_a_result_too_large_for_its_format_is_refused_before_the_work(
         gradio_client.exceptions.AppError, match="16383 px a side that WebP holds: choose PNG"
     ):
         call(client, server, path, rescale=4, fmt="WebP")
+
+
+def test_refused_options_are_named_by_their_controls_and_parameters(tmp_path: Path) -> None:
+    """The pipeline's refusals name each option as the app does, by its control's label (the UI's user)
+    and its parameter (an API or MCP client), not by the Python field (``faces``, ``min_face``); the UI's
+    labels are the ones the messages say."""
+    import gradio as gr
+
+    from gfp.app.handlers import CONTROLS, RequestContext, handle_request, handle_video_request
+    from gfp.app.ui import _label
+    from gfp.pipeline import Restorer
+
+    ctx = RequestContext.create(AppSettings(device="cpu", detector=DETECTOR), Restorer(device="cpu"))
+    photo = str(tmp_path / "a.png")  # refused before it is read
+    cases = [
+        ({"aligned": True, "faces": "1"},
+         '"Faces to restore" (faces) and "Smallest face" (min_face) cannot be combined with "Input is an '
+         'aligned 512x512 face" (aligned) (each image is one aligned face)'),
+        ({"only_center_face": True, "faces": "2"},
+         '"Only the centre face" (only_center_face) means "Faces to restore" (faces) \'center\'; it cannot '
+         'be combined with "Faces to restore" (faces) \'2\''),
+    ]  # fmt: skip
+    for change, message in cases:
+        fields = {"only_center_face": False, "aligned": False, "faces": "all"} | change
+        with pytest.raises(gr.Error) as err:
+            handle_request(
+                ctx, photo, "v1.4", 2, "none", 1.0, fields["only_center_face"], fields["aligned"], DETECTOR,
+                "PNG", "none", fields["faces"], 0,
+            )  # fmt: skip
+        assert err.value.message == message
+    assert all(_label(field) == label for field, (label, _) in CONTROLS.items())
+    handlers = (handle_request, handle_video_request)
+    parameters = {name for handler in handlers for name in inspect.signature(handler).parameters}
+    assert all(parameter in parameters for _, parameter in CONTROLS.values())
 
 
 def test_photos_up_to_a_higher_budget_are_read() -> None:

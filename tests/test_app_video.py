@@ -127,7 +127,7 @@ def test_bad_smooth_value_is_a_plain_sentence(tmp_path) -> None:
         handle_video_request(
             _context(), str(tmp_path / "a.mp4"), "v1.4", 2, "none", 1, False, DETECTOR, "maybe"
         )
-    assert err.value.message == "Smooth must be true or false, got 'maybe'."
+    assert err.value.message == "\"Smooth faces across frames\" (smooth) must be true or false, got 'maybe'."
 
 
 def test_mcp_lists_the_restore_video_tool(server: Server) -> None:

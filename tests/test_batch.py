@@ -161,7 +161,9 @@ def test_gfp_batch_takes_every_restore_option_of_the_cli(capsys: pytest.CaptureF
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["-s", "9"], "upscale"),
+        (["-s", "9"], "gfp batch: error: --upscale must be in [1, 8], got 9.0"),
+        (["--aligned", "--min-face", "9"], "error: --faces and --min-face cannot be combined with --aligned"),
+        (["--crf", "99"], "gfp batch: error: --crf must be an integer in [0, 51] for h264, got 99"),
         (["--workers", "0"], "--workers must be at least 1"),
         (["--cpus-per-worker", "0"], "--cpus-per-worker"),
         (["-o", "s3://bucket/out"], "OUTPUT must be a folder every worker sees"),
@@ -412,6 +414,22 @@ def test_a_remote_clips_error_names_the_clip_not_its_temporary_copy(tmp_path: Pa
     record = _worker(weights, tmp_path / "out", store, "s3://bucket/").restore("cut.mkv", b"")
     assert record["status"] == "failed"
     assert record["error"].startswith("s3://bucket/cut.mkv: truncated or corrupt")
+
+
+def test_a_records_refused_options_are_named_by_their_flags(tmp_path: Path, weights: Path) -> None:
+    """A clip's record says the flags to change, as the CLI does, not the library's field names; a remote
+    clip's names the clip, not its temporary copy."""
+    pafs = pytest.importorskip("pyarrow.fs")
+    (tmp_path / "bucket").mkdir()
+    clip = write_clip(tmp_path / "bucket" / "wide.mkv", [_gradient(48, 2100)], container="matroska")
+    record = _worker(weights, tmp_path / "out", None, "", "--aligned").restore(str(clip), b"")
+    assert record["status"] == "failed"
+    assert record["error"].startswith("--aligned does not apply to videos")
+    store = pafs.SubTreeFileSystem(str(clip.parent), pafs.LocalFileSystem())  # copied first
+    record = _worker(weights, tmp_path / "out", store, "s3://bucket/", "-s", "8").restore("wide.mkv", b"")
+    assert record["status"] == "failed"
+    assert record["error"].startswith("s3://bucket/wide.mkv: restored frames of 16800x384 are above")
+    assert record["error"].endswith("choose a smaller --upscale, or --video-codec h265 or vp9")
 
 
 def test_a_full_disk_is_a_fatal_record_and_stops_the_job(

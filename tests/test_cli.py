@@ -60,17 +60,30 @@ def test_list_inputs(tmp_path: Path) -> None:
     ("extra", "message"),
     [
         (["-i", "/nonexistent/x.png"], "neither a file nor a folder"),
-        (["-s", "9"], "upscale"),
+        (["-s", "9"], "gfp: error: --upscale must be in [1, 8], got 9.0"),
         (["-w", "x"], ""),
-        (["--detect-max-side", "10"], "detect_max_side must be an integer >= 64"),
+        (["--detect-max-side", "10"], "gfp: error: --detect-max-side must be an integer >= 64"),
         (["--backend", "onnx"], "invalid choice: 'onnx'"),
         (["--backend", "openvino", "--device", "cuda:7"], "cuda:7"),
-        (["--faces", "0"], "gfp: error: face numbers start at 1, got '0'"),
-        (["--faces", "x"], "gfp: error: faces must be all, largest, center or face numbers such as 1,3"),
-        (["--min-face", "-3"], "gfp: error: min_face must be a whole number of pixels >= 0, got -3"),
+        (["--faces", "0"], "gfp: error: --faces: face numbers start at 1, got '0'"),
+        (["--faces", "x"], "gfp: error: --faces must be all, largest, center or face numbers such as 1,3"),
+        (["--min-face", "-3"], "gfp: error: --min-face must be a whole number of pixels >= 0, got -3"),
         (["--min-face", "ten"], "argument --min-face: invalid int value: 'ten'"),
         (["--color-fix", "sepia"], "argument --color-fix: invalid choice: 'sepia'"),
-        (["--only_center_face", "--faces", "2"], "only_center_face means faces='center'"),
+        (
+            ["--only_center_face", "--faces", "2"],
+            "gfp: error: --only_center_face means --faces 'center'; it cannot be combined with --faces '2'",
+        ),
+        (
+            ["--aligned", "--faces", "1"],
+            "gfp: error: --faces and --min-face cannot be combined with --aligned (each image is one aligned",
+        ),
+        (["--aligned", "--min-face", "20"], "--faces and --min-face cannot be combined with --aligned"),
+        (
+            ["--faces", "{x}"],
+            "gfp: error: --faces must be all, largest, center or face numbers such as 1,3 "
+            "(from 1), got '{x}'",
+        ),
         (["-o", "restored.mp4"], "-o takes a folder, and 'restored.mp4' looks like a file name"),
         (["-o", "restored.PNG"], "-o takes a folder, and 'restored.PNG' looks like a file name"),
     ],
@@ -86,6 +99,29 @@ def test_usage_errors_exit_2(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_option_errors_name_the_flags_the_parser_has() -> None:
+    """The CLI's words for the options are read off its parser: a renamed flag is followed; a value that
+    looks like a placeholder is said as typed; a pickled error (a worker's) is the same error."""
+    import pickle
+
+    from gfp.messages import OptionError
+    from gfp.pipeline import RestoreOptions
+
+    flags = cli.option_flags()
+    assert flags["min_face"] == "--min-face" and flags["upscale"] == "--upscale"
+    assert flags["codec"] == "--video-codec" and flags["detect_max_side"] == "--detect-max-side"
+    fields = set(RestoreOptions.__dataclass_fields__) - {"use_parse"}  # the one option with no flag
+    assert fields <= set(flags)
+    with pytest.raises(OptionError) as err:
+        RestoreOptions(faces="{min_face}")
+    assert str(err.value).startswith("faces must be all, largest") and str(err.value).endswith("'{min_face}'")
+    assert cli.said(err.value).startswith("--faces must be all") and cli.said(err.value).endswith(
+        "'{min_face}'"
+    )
+    again = pickle.loads(pickle.dumps(err.value))
+    assert type(again) is OptionError and cli.said(again) == cli.said(err.value)
 
 
 def test_an_output_that_is_a_file_is_refused_before_any_work(

@@ -84,9 +84,12 @@ def _layouts(bgr: np.ndarray) -> dict[str, np.ndarray]:
         ({"faces": "x"}, "faces must be all, largest, center or face numbers"),
         ({"min_face": -3}, "min_face must be a whole number of pixels >= 0, got -3"),
         ({"min_face": 2.5}, "min_face must be a whole number"),
-        ({"only_center_face": True, "faces": "largest"}, "only_center_face means faces='center'"),
-        ({"aligned": True, "faces": "2"}, "do not apply to aligned input"),
-        ({"aligned": True, "min_face": 20}, "do not apply to aligned input"),
+        (
+            {"only_center_face": True, "faces": "largest"},
+            "only_center_face means faces 'center'; it cannot be combined with faces 'largest'",
+        ),
+        ({"aligned": True, "faces": "2"}, "faces and min_face cannot be combined with aligned"),
+        ({"aligned": True, "min_face": 20}, "faces and min_face cannot be combined with aligned"),
         # wrong types are the same readable ValueError, not an error from inside, nor silently truthy
         ({"strength": None}, "strength must be a number in \\[0, 1\\], got None"),
         ({"strength": "0.5"}, "strength must be a number"),

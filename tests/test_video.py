@@ -809,13 +809,19 @@ def test_limits_refuse_before_decoding(blind: Path, tmp_path: Path) -> None:
             source, tmp_path / "a.mp4", _options(blind), VideoOptions(max_pixels=3000), _restorer(blind)
         )
     wide = write_clip(tmp_path / "wide.mp4", [_scene(48, 2100)], audio=None)  # x8: wider than H.264 goes
-    with pytest.raises(VideoError, match="frames of 16800x384 are above the 16384 px a side that h264"):
+    with pytest.raises(
+        VideoError, match="frames of 16800x384 are above the 16384 px a side that h264"
+    ) as err:
         restore_video(wide, tmp_path / "c.mp4", _options(blind, upscale=8), restorer=_restorer(blind))
+    assert str(err.value).endswith("h264 encodes; choose a smaller upscale, or codec h265 or vp9")
+    # the options it names, in the flags that set them (gfp.cli), the file named as it was
+    said = err.value.said({"upscale": "--upscale", "codec": "--video-codec"})
+    assert said == str(err.value).replace("upscale, or codec", "--upscale, or --video-codec")
     with pytest.raises(VideoError, match="lasts 2.0 s, above the limit of 1 s"):
         restore_video(
             source, tmp_path / "b.mp4", _options(blind), VideoOptions(max_seconds=1), _restorer(blind)
         )
-    with pytest.raises(ValueError, match="aligned"):
+    with pytest.raises(ValueError, match="aligned does not apply to videos"):
         restore_video(source, tmp_path / "c.mp4", _options(blind, aligned=True), restorer=_restorer(blind))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "wide.mp4"]  # no output left
 
@@ -1049,7 +1055,23 @@ def test_cli_folder_with_photos_videos_and_a_broken_clip(
     assert "Restored 2 of 3" in captured.out
     with pytest.raises(SystemExit):
         main(["-i", str(inputs / "a.mp4"), "-o", str(out), *args[:-3], "--crf", "60"])
-    assert "crf must be an integer in [0, 51]" in capsys.readouterr().err
+    assert "gfp: error: --crf must be an integer in [0, 51] for h264, got 60" in capsys.readouterr().err
+
+
+def test_the_cli_names_a_clips_refused_options_by_their_flags(
+    blind: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clip the options cannot make is a failed file whose line names the flags to change, not the
+    library's field names (upscale, codec, aligned)."""
+    clip = write_clip(tmp_path / "wide.mp4", [_scene(48, 2100)], audio=None)  # x8: wider than H.264 goes
+    args = ["-i", str(clip), "-o", str(tmp_path / "out"), "-v", str(blind / "tiny"), "--weights-dir",
+            str(blind), "--detector", "retinaface_mobile0.25", "--bg_upsampler", "none"]  # fmt: skip
+    assert main([*args, "-s", "8"]) == 1
+    err = capsys.readouterr().err
+    assert f"gfp: error: {clip}: restored frames of 16800x384 are above the 16384 px a side" in err
+    assert "h264 encodes; choose a smaller --upscale, or --video-codec h265 or vp9\n" in err
+    assert main([*args, "--aligned"]) == 1
+    assert f"gfp: error: {clip}: --aligned does not apply to videos" in capsys.readouterr().err
 
 
 # --- clips with a real face (shared data) ------------------------------------------------------------

@@ -45,12 +45,31 @@ from gfp.imageio import (
     to_8bit,
     write_image,
 )
-from gfp.messages import headline
+from gfp.messages import OptionError, headline
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.video import VideoError, VideoOptions, VideoResult, is_video, restore_video
 from gfp.weights.errors import WeightsError
 
 FORMATS: dict[str, str] = {"PNG": ".png", "JPEG": ".jpg", "WebP": ".webp"}
+
+CONTROLS: dict[str, tuple[str, str]] = {
+    "version": ("Model", "model"),
+    "upscale": ("Rescale factor", "rescale"),
+    "bg_upsampler": ("Background upsampler", "background"),
+    "strength": ("Strength", "strength"),
+    "only_center_face": ("Only the centre face", "only_center_face"),
+    "aligned": ("Input is an aligned 512x512 face", "aligned"),
+    "detector": ("Face detector", "detector"),
+    "color_fix": ("Colour fix", "color_fix"),
+    "faces": ("Faces to restore", "faces"),
+    "min_face": ("Smallest face", "min_face"),
+    "smooth": ("Smooth faces across frames", "smooth"),
+}
+"""Each option's field name → (the label its control begins with, the request's parameter for it): the UI
+takes its labels from here (:mod:`gfp.app.ui`), and the handlers' parameters are these names."""
+OPTION_NAMES = {field: f'"{label}" ({parameter})' for field, (label, parameter) in CONTROLS.items()}
+"""How the app's messages name an option: by its control's label, for the UI's user, and its parameter, for
+an API or MCP client (``"Faces to restore" (faces) must be ...``)."""
 
 MAX_UPLOAD_MB = 50
 """The largest upload (photo or clip), in MB: gradio refuses a larger upload (``max_file_size``); a file
@@ -191,6 +210,12 @@ def queued_event() -> str | None:
     return event_id if event is not None and getattr(event, "alive", True) else None
 
 
+def in_app_words(err: BaseException) -> str:
+    """``err``'s message; an :class:`OptionError`'s names its options as the app does (:data:`OPTION_NAMES`),
+    not by their Python field names."""
+    return err.said(OPTION_NAMES) if isinstance(err, OptionError) else str(err)
+
+
 def number(name: str, value: Any, low: float, high: float) -> float:
     """A numeric option from the request, or a gradio error that says what is allowed (an API client's
     ``true`` is no strength of 1)."""
@@ -216,9 +241,9 @@ def flag(name: str, value: Any) -> bool:
 
 def min_face_pixels(value: Any) -> int:
     """The smallest face (pixels) from the request, or a gradio error that says what is allowed."""
-    found = number("Smallest face", value, 0, 100_000)
+    found = number(OPTION_NAMES["min_face"], value, 0, 100_000)
     if found != int(found):
-        raise UserError(f"Smallest face must be a whole number of pixels, got {value!r}.")
+        raise UserError(f"{OPTION_NAMES['min_face']} must be a whole number of pixels, got {value!r}.")
     return int(found)
 
 
@@ -299,11 +324,11 @@ class Request:
                 raise UserError(f"Unknown {name} {value!r}; choose one of {sorted(ctx.allowed[name])}.")
         fields = {
             "version": ctx.specs[model],
-            "upscale": number("Rescale", rescale, 1.0, 4.0),
+            "upscale": number(OPTION_NAMES["upscale"], rescale, 1.0, 4.0),
             "bg_upsampler": ctx.bg_upsampler(background),
-            "only_center_face": flag("Only center face", only_center_face),
-            "aligned": flag("Aligned", aligned),
-            "strength": number("Strength", strength, 0.0, 1.0),
+            "only_center_face": flag(OPTION_NAMES["only_center_face"], only_center_face),
+            "aligned": flag(OPTION_NAMES["aligned"], aligned),
+            "strength": number(OPTION_NAMES["strength"], strength, 0.0, 1.0),
             "detector": detector,
             "color_fix": color_fix,
             "faces": faces,
@@ -312,7 +337,7 @@ class Request:
         try:  # the pipeline's own checks (faces "x"), said now as the client's mistake
             RestoreOptions(**fields)
         except ValueError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(in_app_words(exc)) from None
         path, name = upload_path(upload, noun)
         return cls(noun, path, name, model, fields, progress, queued_event())
 
@@ -358,7 +383,8 @@ class Request:
             message = f"{self.name} {what} this app takes ({most} MP); please downscale it first."
             raise UserError(f"Could not use this file: {message}") from None
         except (ImageReadError, VideoError) as exc:
-            raise UserError(f"Could not use this file: {str(exc).replace(self.path, self.name)}") from None
+            message = in_app_words(exc).replace(self.path, self.name)
+            raise UserError(f"Could not use this file: {message}") from None
         except WeightsError as exc:  # the full text (where it looked) is for the server's log
             print(f"app: {exc}", file=sys.stderr)
             raise gr.Error(f"Weights missing or broken on this server: {no_paths(headline(exc))}") from None
@@ -372,6 +398,8 @@ class Request:
         except OSError as exc:  # the server's own trouble (a full disk): its text is for the server's log
             print(f"app: {exc}", file=sys.stderr)
             raise gr.Error("Could not write the result on this server; please try again later.") from None
+        except OptionError as exc:  # an option refused: the client's mistake, said in the app's words
+            raise UserError(in_app_words(exc)) from None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
@@ -535,7 +563,7 @@ def handle_video_request(
         faces=faces, min_face=min_face,
     )  # fmt: skip
     limits = ctx.video_limits
-    smooth = flag("Smooth", smooth)
+    smooth = flag(OPTION_NAMES["smooth"], smooth)
     with ctx.outputs.result_file(request.stem, ".mp4") as target, request.user_errors():
         video_options = VideoOptions(
             smooth=smooth, max_seconds=limits.max_seconds, max_pixels=limits.max_pixels

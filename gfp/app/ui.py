@@ -15,6 +15,7 @@ import gradio as gr
 
 from gfp import registry
 from gfp.app.handlers import (
+    CONTROLS,
     FORMATS,
     MAX_UPLOAD_MB,
     RequestContext,
@@ -88,10 +89,10 @@ def _photo_tab(ctx: RequestContext, models: list[tuple[str, str]], limit: int) -
             model, rescale, background, strength = _restore_controls(models, ctx.background)
             with gr.Accordion("Advanced", open=False):
                 color_fix, faces_choice, min_face = _choice_controls(photo=True)
-                only_center_face = gr.Checkbox(False, label="Only the centre face (= Faces: center)")
-                aligned = gr.Checkbox(False, label="Input is an aligned 512x512 face")
+                only_center_face = gr.Checkbox(False, label=f"{_label('only_center_face')} (= Faces: center)")
+                aligned = gr.Checkbox(False, label=_label("aligned"))
                 detector = gr.Dropdown(
-                    registry.choices("detector"), value=ctx.settings.detector, label="Face detector"
+                    registry.choices("detector"), value=ctx.settings.detector, label=_label("detector")
                 )
                 output_format = gr.Radio(list(FORMATS), value="PNG", label="Download format")
             run = gr.Button("Restore", variant="primary", elem_id="restore-button")
@@ -138,11 +139,11 @@ def _video_tab(ctx: RequestContext, models: list[tuple[str, str]], limit: int) -
             model, rescale, background, strength = _restore_controls(models, ctx.background)
             with gr.Accordion("Advanced", open=False):
                 color_fix, faces, min_face = _choice_controls(photo=False)
-                only_center_face = gr.Checkbox(False, label="Only the centre face (= Faces: center)")
+                only_center_face = gr.Checkbox(False, label=f"{_label('only_center_face')} (= Faces: center)")
                 detector = gr.Dropdown(
-                    registry.choices("detector"), value=ctx.settings.detector, label="Face detector"
+                    registry.choices("detector"), value=ctx.settings.detector, label=_label("detector")
                 )
-                smooth = gr.Checkbox(True, label="Smooth faces across frames (no jitter)")
+                smooth = gr.Checkbox(True, label=f"{_label('smooth')} (no jitter)")
             run = gr.Button("Restore video", variant="primary", elem_id="restore-video-button")
         with gr.Column(scale=2):
             with gr.Row():
@@ -178,10 +179,10 @@ def _restore_controls(
 ) -> tuple[gr.Dropdown, gr.Slider, gr.Radio, gr.Slider]:
     """The controls the Photo and Video tabs share: model, rescale factor, background upsampler (with
     ``background`` selected), strength."""
-    model = gr.Dropdown(models, value=models[0][1], label="Model")
-    rescale = gr.Slider(1, 4, value=2, step=0.5, label="Rescale factor")
-    background = gr.Radio(registry.choices("upsampler"), value=background, label="Background upsampler")
-    strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength (0 = original face)")
+    model = gr.Dropdown(models, value=models[0][1], label=_label("version"))
+    rescale = gr.Slider(1, 4, value=2, step=0.5, label=_label("upscale"))
+    background = gr.Radio(registry.choices("upsampler"), value=background, label=_label("bg_upsampler"))
+    strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label=f"{_label('strength')} (0 = original face)")
     return model, rescale, background, strength
 
 
@@ -190,7 +191,7 @@ def _choice_controls(photo: bool) -> tuple[gr.Radio, gr.Textbox, gr.Number]:
     color_fix = gr.Radio(
         list(COLOR_FIXES),
         value="none",
-        label="Colour fix",
+        label=_label("color_fix"),
         info="Give restored faces the input's colours and brightness, for models that tint or darken faces: "
         "wavelet keeps the restored detail, adain matches each colour's mean and spread.",
         elem_id="color-fix" if photo else "video-color-fix",
@@ -198,7 +199,7 @@ def _choice_controls(photo: bool) -> tuple[gr.Radio, gr.Textbox, gr.Number]:
     numbered = "as the gallery numbers them" if photo else "in the order people appear, left to right"
     faces = gr.Textbox(
         "all",
-        label="Faces to restore",
+        label=_label("faces"),
         info=f"all, largest, center, or face numbers {numbered} (e.g. 1,3); the others are left as they are.",
         elem_id="faces-choice" if photo else "video-faces-choice",
     )
@@ -206,11 +207,17 @@ def _choice_controls(photo: bool) -> tuple[gr.Radio, gr.Textbox, gr.Number]:
         0,
         minimum=0,
         precision=0,
-        label="Smallest face (pixels)",
+        label=f"{_label('min_face')} (pixels)",
         info="Skip faces whose box is smaller than this on its shorter side (0: any size).",
         elem_id="min-face" if photo else "video-min-face",
     )
     return color_fix, faces, min_face
+
+
+def _label(field: str) -> str:
+    """The label of the control of the option ``field`` (:data:`gfp.app.handlers.CONTROLS`: the app's
+    messages name the option by it)."""
+    return CONTROLS[field][0]
 
 
 def launch(demo: gr.Blocks, settings: AppSettings, **kwargs: Any) -> Any:
