@@ -6,7 +6,7 @@ created with the permissions any new file gets (0666 less the umask, as ``open``
 the user's other files. A writer killed outright (SIGKILL, the out-of-memory killer) runs no cleanup: a
 temporary file it held (``atomic_path(..., held=True)``) is removed by the next writer of the same file
 (:func:`remove_abandoned`). :func:`unwinding_on_termination` makes a killed job (SIGTERM, SIGHUP) clean up
-as Ctrl-C does.
+as Ctrl-C does, and :func:`new_folders_undone` takes back the empty folders a failed write made.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
 
 try:
@@ -40,6 +41,10 @@ ABANDONED_AFTER_S = 60.0
 """A held temporary file this old, and unlocked, has lost its writer (:func:`remove_abandoned`)."""
 STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 """What a stopped job or service, or a closed terminal, sends (Windows has no SIGHUP)."""
+_MADE: ContextVar[list[Path] | None] = ContextVar("gfp_made_folders", default=None)
+"""The folders :func:`make_folder` made inside the innermost :func:`new_folders_undone` (None outside)."""
+_WRITE_TRIES = 3
+"""Folder made again, new file tried again: another writer may remove an empty folder it made meanwhile."""
 
 
 def _temp_beside(dest: Path, suffix: str) -> tuple[int, Path]:
@@ -76,15 +81,59 @@ def temp_files(dest: Path, suffix: str, names: str | None = None) -> list[Path]:
 def make_folder(folder: Path) -> None:
     """Make ``folder`` and its parents; a file in the way is a ``NotADirectoryError`` naming that file
     (``mkdir`` says only "File exists", naming the folder it was asked for). The folders are looked at
-    only when ``mkdir`` fails: every file written passes here."""
+    only when ``mkdir`` fails: every file written passes here. Inside :func:`new_folders_undone` the folders
+    made are noted, to be removed again if the block fails."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        made = _mkdir(folder)
     except (FileExistsError, NotADirectoryError):
         for part in (folder, *folder.parents):
             if part.exists() and not part.is_dir():
                 why = f"{part} is a file, not a folder"
                 raise NotADirectoryError(errno.ENOTDIR, why, str(part)) from None
         raise
+    noted = _MADE.get()
+    if noted is not None:
+        noted.extend(made)
+
+
+def _mkdir(folder: Path) -> list[Path]:
+    """Make ``folder`` and its missing parents; the folders this call made, outermost first (a folder made
+    meanwhile by another process is not among them: only one ``mkdir`` of a name succeeds)."""
+    try:
+        folder.mkdir()
+    except FileNotFoundError:  # a parent is missing
+        if folder.parent == folder:
+            raise
+        made = _mkdir(folder.parent)
+        return made + _mkdir(folder)
+    except OSError:
+        if folder.is_dir():  # a folder already, or a link to one (as ``mkdir(exist_ok=True)`` takes it)
+            return []
+        raise
+    return [folder]
+
+
+@contextmanager
+def new_folders_undone() -> Iterator[None]:
+    """Remove the folders :func:`make_folder` made in the block if the block fails (a full disk, Ctrl-C):
+    a failed run leaves no empty ``restored_videos/``. Only those this process made, deepest first, and
+    each only while empty (``os.rmdir`` refuses another): a folder that another writer (a ``gfp batch``
+    worker) has put a file in meanwhile stays, and one it is about to write into is made again by
+    :func:`atomic_path`. On success the folders count as made by an enclosing block."""
+    made: list[Path] = []
+    token = _MADE.set(made)
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(made):
+            with suppress(OSError):
+                os.rmdir(folder)
+        raise
+    finally:
+        _MADE.reset(token)
+    outer = _MADE.get()
+    if outer is not None:
+        outer.extend(made)
 
 
 @contextmanager
@@ -95,26 +144,34 @@ def atomic_path(dest: Path, suffix: str = ".part", held: bool = False) -> Iterat
     the block runs, so no work is done for a file that could not be kept. ``held``: the temporary file is
     locked until it is renamed or deleted, so that :func:`remove_abandoned` leaves it alone (for long
     writes, whose writer may be killed outright: downloads, clips; the block must write the file in place,
-    not make it anew).
+    not make it anew). The folders made for ``dest`` are removed again when it is not written (each while
+    empty, :func:`new_folders_undone`); one that another writer removes meanwhile is made again.
     """
-    make_folder(dest.parent)
-    if dest.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "a folder is there", str(dest))
-    fd, tmp = _temp_beside(dest, suffix)
-    mode = os.fstat(fd).st_mode & 0o777
-    if held and fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
-    else:
-        os.close(fd)
-        fd = -1
-    try:
-        yield tmp
-        os.chmod(tmp, mode)  # a writer that made the file anew (safetensors' save_file) made it 0600
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-        if fd >= 0:
-            os.close(fd)  # the lock goes with it, once the file is in place or gone
+    with new_folders_undone():  # a failed write leaves no folder it made
+        for attempt in range(_WRITE_TRIES):
+            make_folder(dest.parent)
+            if dest.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "a folder is there", str(dest))
+            try:
+                fd, tmp = _temp_beside(dest, suffix)
+                break
+            except FileNotFoundError:  # the folder was removed after make_folder (a failed writer's, empty)
+                if attempt == _WRITE_TRIES - 1 or dest.parent.is_dir():
+                    raise
+        mode = os.fstat(fd).st_mode & 0o777
+        if held and fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+        else:
+            os.close(fd)
+            fd = -1
+        try:
+            yield tmp
+            os.chmod(tmp, mode)  # a writer that made the file anew (safetensors' save_file) made it 0600
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+            if fd >= 0:
+                os.close(fd)  # the lock goes with it, once the file is in place or gone
 
 
 def remove_abandoned(dest: Path, suffix: str, names: str | None = None) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gfp import registry
-from gfp.atomic import unwinding_on_termination
+from gfp.atomic import new_folders_undone, unwinding_on_termination
 from gfp.background import scaled_size
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
@@ -50,7 +50,15 @@ from gfp.imageio import (
 )
 from gfp.messages import first_line, shown
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
-from gfp.video import VIDEO_CODECS, VideoError, VideoOptions, VideoResult, is_video, restore_video
+from gfp.video import (
+    VIDEO_CODECS,
+    VideoError,
+    VideoOptions,
+    VideoResult,
+    is_video,
+    needs_plan,
+    restore_video,
+)
 from gfp.weights.errors import WeightsError
 
 MANIFEST = "manifest.jsonl"
@@ -314,24 +322,25 @@ def save_outputs(
     (each appears atomically). A face's index in its file name is its face number - 1
     (:mod:`gfp.selection`), whichever faces were chosen. ``icc_profile``, the input's colour profile, goes
     into every file whose format holds one: all their pixels are in the input's colour space. A write that
-    fails (a full disk, Ctrl-C) deletes the files this call wrote before it: a failed input leaves no
-    faces without their image."""
+    fails (a full disk, Ctrl-C) deletes the files this call wrote before it, and the folders it made: a
+    failed input leaves no faces without their image, and no empty folder."""
     write = partial(write_image, icc_profile=icc_profile)
     written: list[Path] = []
-    try:
-        faces = zip(result.face_numbers, result.cropped_faces, result.restored_faces, strict=True)
-        for number, cropped, restored in faces:
-            face = f"{basename}_{number - 1:02d}"
-            written.append(write(output / "cropped_faces" / f"{face}.png", cropped))
-            written.append(write(output / "restored_faces" / f"{_suffixed(face, suffix)}.png", restored))
-            comparison = np.concatenate((cropped, restored), axis=1)
-            written.append(write(output / "cmp" / f"{face}.png", comparison))
-        if not aligned:
-            written.append(write(image_target(output, basename, in_ext, suffix, ext), result.image))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    with new_folders_undone():  # and the folders made for them, then left empty
+        try:
+            faces = zip(result.face_numbers, result.cropped_faces, result.restored_faces, strict=True)
+            for number, cropped, restored in faces:
+                face = f"{basename}_{number - 1:02d}"
+                written.append(write(output / "cropped_faces" / f"{face}.png", cropped))
+                written.append(write(output / "restored_faces" / f"{_suffixed(face, suffix)}.png", restored))
+                comparison = np.concatenate((cropped, restored), axis=1)
+                written.append(write(output / "cmp" / f"{face}.png", comparison))
+            if not aligned:
+                written.append(write(image_target(output, basename, in_ext, suffix, ext), result.image))
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
     return written
 
 
@@ -488,29 +497,44 @@ def restore_video_file(
     path: Path, target: Path, options: RestoreOptions, video: VideoOptions, restorer: Restorer
 ) -> VideoResult:
     """Restore one clip with a progress bar in frames (with ETA when the container gives a frame count);
-    a face choice's first pass over the clip has a bar of its own ("detect")."""
-    with tqdm(desc=shown(path.name), unit="frame", leave=False, file=sys.stderr) as bar:
-        stages = ["frames"]
+    a face choice's first pass over the clip has a bar of its own ("detect"). Each pass has its own bar,
+    the first shown from the start, a later one from its first frame, when the bar before it closes (one
+    bar reset and renamed showed "(detect) 0/N" between the passes)."""
+    bars: dict[str, tqdm] = {}
 
-        def progress(done: int, total: int, stage: str) -> None:
-            if stage != stages[-1]:
-                stages.append(stage)
-                bar.reset()
-                bar.set_description(
-                    f"{shown(path.name)} ({stage})" if stage != "frames" else shown(path.name)
-                )
-            if total and bar.total != total:
-                bar.total = total
-                bar.refresh()
-            bar.update(done - bar.n)
+    def bar_of(stage: str, done: int = 0, total: int = 0) -> tqdm:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            name = shown(path.name) if stage == "frames" else f"{shown(path.name)} ({stage})"
+            bars[stage] = tqdm(
+                desc=name, total=total or None, initial=done, unit="frame", leave=False, file=sys.stderr
+            )
+        return bars[stage]
 
+    def progress(done: int, total: int, stage: str) -> None:
+        bar = bar_of(stage, done, total)
+        resized = total and bar.total != total
+        if resized:
+            bar.total = total
+        if not bar.update(done - bar.n) and resized:  # shown with its count, never "0/N" first
+            bar.refresh()
+
+    bar_of("detect" if needs_plan(options) else "frames")
+    try:
         return restore_video(path, target, options, video, restorer, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 def face_summary(result: RestoreResult | VideoResult) -> str:
-    """One line on the faces of a photo or clip: found, restored, skipped and why (or that none was found)."""
+    """One line on the faces of a photo or the people of a clip: found, restored, skipped and why (or that
+    none was found)."""
     if not result.selection.found:
         return f"no face found, {'video' if isinstance(result, VideoResult) else 'image'} only upscaled"
+    if isinstance(result, VideoResult):  # a clip's faces are people, each counted once however long seen
+        return result.selection.summary("person", "people")
     return result.selection.summary()
 
 

@@ -104,9 +104,11 @@ class FaceSelection:
     missing: tuple[int, ...] = ()
     """Face numbers asked for that are not there (beyond ``found``)."""
 
-    def summary(self, noun: str = "face") -> str:
-        """One line: "4 faces found, 2 restored, 2 skipped (1 smaller than 40 px, 1 not chosen)"."""
-        text = f"{self.found} {noun}{'' if self.found == 1 else 's'} found, {len(self.restored)} restored"
+    def summary(self, noun: str = "face", plural: str | None = None) -> str:
+        """One line: "4 faces found, 2 restored, 2 skipped (1 smaller than 40 px, 1 not chosen)"; ``noun``
+        and its ``plural`` (``noun`` + "s" when None) say what was found: a clip's are people."""
+        nouns = f"{noun}s" if plural is None else plural
+        text = f"{self.found} {noun if self.found == 1 else nouns} found, {len(self.restored)} restored"
         if self.skipped:
             reasons = Counter(self.skipped.values())
             why = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))

@@ -223,6 +223,7 @@ class VideoResult:
     width: int
     height: int
     fps: float
+    """Average frame rate of the output (the input header's unless a variable rate makes it another)."""
     duration: float
     """Seconds, from the first frame's start to the last frame's end."""
     audio: str
@@ -886,13 +887,19 @@ def _x264_cpu_without_avx512() -> str | None:
     return None
 
 
-def _output_duration(path: Path) -> float:
-    """Seconds the written video stream lasts, as a player will read it."""
+def _output_timing(path: Path, fps: float) -> tuple[float, float]:
+    """Seconds the written video stream lasts and its average frame rate, as a player will read them. The
+    rate is ``fps`` (the input header's) where the written one is within 1% of it (timestamps rounded to
+    the millisecond, as Matroska keeps them, make 23.976 fps 23.998), else the written one: a Matroska
+    header's rate is its frames' default duration, 25 fps in a variable-rate clip averaging 14."""
     with av.open(str(path)) as written:
         stream = written.streams.video[0]
+        rate = float(stream.average_rate or 0)
+        if fps and (not rate or abs(rate - fps) <= 0.01 * fps):
+            rate = fps
         if stream.duration and stream.time_base:
-            return float(stream.duration * stream.time_base)
-        return (written.duration or 0) / av.time_base
+            return float(stream.duration * stream.time_base), rate
+        return (written.duration or 0) / av.time_base, rate
 
 
 def restore_video(
@@ -1025,7 +1032,7 @@ def restore_video(
             # Frames are decoded lazily inside the restore loop: report decoding on its own.
             timings["decode"] = facts.seconds
             timings["restore"] = timings.get("restore", 0.0) - facts.seconds
-            duration = _output_duration(partial)
+            duration, fps = _output_timing(partial, info.fps)
         except av.FFmpegError as exc:
             raise VideoError(f"{source}: cannot decode or encode this clip ({_reason(exc)})") from None
     timings["total"] = time.perf_counter() - start
@@ -1036,7 +1043,7 @@ def restore_video(
         faces=faces,
         width=size[0],
         height=size[1],
-        fps=info.fps,
+        fps=fps,
         duration=duration,
         audio="none" if audio is None else audio.how,
         timings=timings,

@@ -75,13 +75,13 @@ def test_restore_video_keeps_frames_and_sound(server: Server, tmp_path) -> None:
     assert file.endswith("party_restored.mp4") and read_clip(after).frames[0].shape == (96, 128, 3)
     assert len(read_clip(before).frames) == 25
     assert "25 frames" in status and "output 128x96 H.264" in status and "audio copied" in status
-    assert "0 faces found, 0 restored" in status  # a gradient: nobody to restore
+    assert "0 people found, 0 restored" in status  # a gradient: nobody to restore
 
 
 def test_restore_video_takes_the_face_choice_and_colour_fix(server: Server, tmp_path) -> None:
     clip = write_clip(tmp_path / "choice.mp4", _frames(10), fps=30000 / 1001, audio=None)
     status = call(server, clip, faces="largest", min_face=30, color_fix="adain")[3]
-    assert "10 frames" in status and "0 faces found" in status  # the first pass ran; no face to choose
+    assert "10 frames" in status and "0 people found" in status  # the first pass ran; no face to choose
     assert "29.97 fps" in status  # NTSC's rate as people write it, not rounded to 30
     assert "colour fix adain" in status
     with pytest.raises(gradio_client.exceptions.AppError, match="face numbers start at 1"):

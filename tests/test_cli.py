@@ -209,6 +209,43 @@ def test_a_full_or_read_only_disk_stops_the_run_and_leaves_no_half_photo(
     assert names == a  # none of b's, and c not tried
 
 
+def test_a_failed_photo_leaves_no_folder_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at the restored image removed the faces written before it but left their folders,
+    empty (and the output folder); as for a clip, the folders the run made go, those that were there or
+    that another writer (a ``gfp batch`` worker) filled meanwhile stay. A writer whose folder another
+    one removes, empty, just before it writes makes it again."""
+    from gfp import atomic
+
+    weights = make_weights(tmp_path / "w")
+    cv2.imwrite(str(tmp_path / "a.png"), _gradient())
+    _one_face_restores(monkeypatch)
+    real_write = cli.write_image
+
+    def write(path: Path, img: np.ndarray, **kwargs: object) -> Path:
+        if path.parent.name == "restored_imgs":
+            if path.parent.parent.name == "kept":
+                (path.parent.parent / "cmp" / "b_00.png").write_bytes(b"another worker's face")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(path, img, **kwargs)
+
+    monkeypatch.setattr(cli, "write_image", write)
+    assert main(["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *_args(weights)]) == 2
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("out*")] == []  # nothing of it
+    (tmp_path / "kept" / "restored_faces").mkdir(parents=True)
+    assert main(["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "kept"), *_args(weights)]) == 2
+    kept = sorted(p.relative_to(tmp_path / "kept").as_posix() for p in (tmp_path / "kept").rglob("*"))
+    assert kept == ["cmp", "cmp/b_00.png", "restored_faces"]
+    real_temp = atomic._temp_beside
+
+    def vanished(dest: Path, suffix: str) -> tuple[int, Path]:  # another writer's rmdir, just before
+        monkeypatch.setattr(atomic, "_temp_beside", real_temp)
+        dest.parent.rmdir()
+        return real_temp(dest, suffix)
+
+    monkeypatch.setattr(atomic, "_temp_beside", vanished)
+    assert real_write(tmp_path / "new" / "a.png", _gradient()).is_file()
+
+
 def test_a_full_disk_at_the_only_input_counts_no_files_not_tried(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,6 +92,10 @@ def test_summary_says_found_restored_skipped_and_why() -> None:
         "(numbers go up to 3)"
     )
     assert FaceSelection(1, (1,)).summary() == "1 face found, 1 restored"
+    assert FaceSelection(1, (1,)).summary("person", "people") == "1 person found, 1 restored"  # a clip's
+    assert FaceSelection(2, (1,), {2: "not chosen"}, (5,)).summary("person", "people") == (
+        "2 people found, 1 restored, 1 skipped (1 not chosen); no person 5 (numbers go up to 2)"
+    )
     # faces asked for that are not there, as spans: "1,...,5000" made a line of 24 KB
     many = _select(",".join(map(str, range(1, 5001))) + ",7000,7002").summary()
     assert many.endswith("3 restored; no face 4-5000, 7000, 7002 (numbers go up to 3)")

@@ -13,6 +13,7 @@ import fnmatch
 import functools
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -385,6 +386,8 @@ def test_variable_frame_rate_keeps_timestamps(blind: Path, tmp_path: Path) -> No
     restored = read_clip(result.path)
     np.testing.assert_allclose(restored.times, times, atol=1e-3)
     assert result.duration == pytest.approx(read_clip(source).duration, abs=1e-3)
+    # the rate the output plays at on average, not FFmpeg's guess for a Matroska header (25)
+    assert result.fps == pytest.approx(restored.fps) and 12 < result.fps < 16  # frames 0.02-0.12 s apart
 
 
 def test_an_avi_with_b_frames_keeps_its_frame_times(blind: Path, tmp_path: Path) -> None:
@@ -942,6 +945,35 @@ def test_failure_midway_keeps_the_earlier_output(blind: Path, tmp_path: Path) ->
     assert target.read_bytes() == b"an earlier result"
 
 
+def test_an_interrupted_clip_leaves_no_folder_it_made(blind: Path, tmp_path: Path) -> None:
+    """Ctrl-C (or a full disk) midway left an empty ``restored_videos/`` (and output folder) behind. The
+    folders the run made go with its temporary file; a folder that was there, or that another writer (a
+    ``gfp batch`` worker) put a file in meanwhile, stays."""
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(12)], audio=None)
+    (tmp_path / "kept").mkdir()
+
+    def interrupt(done: int, total: int, stage: str, other: Path | None = None) -> None:
+        if other is not None:
+            other.write_bytes(b"another worker's clip")
+        if done == 3:
+            raise KeyboardInterrupt
+
+    for target, other in [
+        (tmp_path / "new" / "restored_videos" / "clip.mp4", None),
+        (tmp_path / "kept" / "restored_videos" / "clip.mp4", None),
+        (
+            tmp_path / "shared" / "restored_videos" / "clip.mp4",
+            tmp_path / "shared" / "restored_videos" / "b.mp4",
+        ),
+    ]:
+        report = functools.partial(interrupt, other=other)
+        with pytest.raises(KeyboardInterrupt):
+            restore_video(source, target, _options(blind), restorer=_restorer(blind), progress=report)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "clip.mp4", "kept", "shared", "shared/restored_videos", "shared/restored_videos/b.mp4",
+    ]  # fmt: skip
+
+
 def test_a_terminated_cli_removes_its_half_written_clip(blind: Path, tmp_path: Path) -> None:
     """SIGTERM (a killed job) or SIGHUP (a closed terminal) unwinds like Ctrl-C: exit 130, the temporary
     file removed, an earlier output kept (the process used to die with the temporary file left behind)."""
@@ -1072,6 +1104,28 @@ def test_the_cli_names_a_clips_refused_options_by_their_flags(
     assert "h264 encodes; choose a smaller --upscale, or --video-codec h265 or vp9\n" in err
     assert main([*args, "--aligned"]) == 1
     assert f"gfp: error: {clip}: --aligned does not apply to videos" in capsys.readouterr().err
+
+
+def test_each_pass_of_a_clip_has_its_own_bar_that_never_goes_back(
+    blind: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One bar was reset and renamed between the passes of a face choice: "(detect) 0/N" flashed before
+    the restore's "0/N" (and an unnamed first bar ": : 0frame"). Each pass's bar now only counts up, the
+    detect pass's before the restore's."""
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(8)], audio=None)
+    args = ["-v", str(blind / "tiny"), "--weights-dir", str(blind), "--detector", "retinaface_mobile0.25",
+            "--bg_upsampler", "none", "--device", "cpu", "-s", "1", "--faces", "largest"]  # fmt: skip
+    assert main(["-i", str(source), "-o", str(tmp_path / "out"), *args]) == 0
+    shown = [line.strip() for line in capsys.readouterr().err.replace("\x1b[A", "").split("\r")]
+    bars = [line for line in shown if line.startswith("clip.mp4")]
+    assert bars and not any(": :" in line for line in bars)
+    counts = []
+    for line in bars:
+        stage = "detect" if line.startswith("clip.mp4 (detect):") else "frames"
+        done = re.search(r"(\d+)(?:/8|frame )", line)
+        counts.append((stage == "frames", int(done.group(1))))
+    assert counts == sorted(counts) and counts[0] == (False, 0)  # no "0/8" once a pass counted
+    assert any(frames for frames, _ in counts) and all(done > 0 for frames, done in counts if frames)
 
 
 # --- clips with a real face (shared data) ------------------------------------------------------------
@@ -1218,7 +1272,7 @@ def test_cli_says_which_people_of_a_clip_were_restored(
     args = ["-v", str(real / "tiny"), "--weights-dir", str(real), "--detector", "retinaface_mobile0.25",
             "--bg_upsampler", "none", "--device", "cpu", "-s", "1", "--faces", "largest"]  # fmt: skip
     assert main(["-i", str(source), "-o", str(tmp_path / "out"), *args]) == 0
-    assert "pair.mp4: 2 faces found, 1 restored, 1 skipped (1 not chosen)" in capsys.readouterr().err
+    assert "pair.mp4: 2 people found, 1 restored, 1 skipped (1 not chosen)" in capsys.readouterr().err
     assert len(read_clip(tmp_path / "out" / "restored_videos" / "pair.mp4").frames) == 6
 
 

@@ -571,8 +571,9 @@ def handle_video_request(
         result = restore_video(
             request.path, target, request.options(), video_options, ctx.restorer, progress=request.report
         )
+    people = result.selection.summary("person", "people")  # a clip's faces are people, as the CLI says
     headline = (
-        f"**{result.frames} frames · {result.selection.summary()}** · {result.faces} faces pasted · "
+        f"**{result.frames} frames · {people}** · {result.faces} faces pasted · "
         f"output {result.width}x{result.height} H.264 · {frame_rate(result.fps)} fps · "
         f"{result.duration:.2f} s · audio {result.audio}"
     )
