@@ -38,6 +38,7 @@ from gfp.atomic import new_folders_undone, unwinding_on_termination
 from gfp.background import scaled_size
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
+from gfp.faces import DetectionMemoryError
 from gfp.imageio import (
     WRITE_FORMATS,
     ImageReadError,
@@ -478,8 +479,11 @@ def out_of_memory(err: BaseException) -> bool:
 
 def failure(err: BaseException, name: str) -> str:
     """The line an input's failure is said in (its error's first line, ``name`` :func:`shown` in it), led by
-    what to change when it ran out of memory: the CLI's and ``gfp batch``'s records alike."""
+    what to change when it ran out of memory: the CLI's and ``gfp batch``'s records alike (a detection
+    refused up front for want of memory already says the ``--detect-max-side`` that fits)."""
     why = said(err, name)
+    if isinstance(err, DetectionMemoryError):
+        return f"not enough memory: {why}"
     return f"{OUT_OF_MEMORY} ({why})" if out_of_memory(err) else why
 
 

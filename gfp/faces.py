@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gfp.memory import available_memory
+from gfp.messages import OptionError
 from gfp.selection import center_face
 
 FFHQ_TEMPLATE_512 = np.array(
@@ -38,6 +40,18 @@ CONF_THRESHOLD = 0.97
 NMS_THRESHOLD = 0.4
 EYE_DIST_THRESHOLD = 5.0
 """Faces whose eyes are closer than this many pixels (side or tiny faces) are skipped, as officially."""
+DETECT_BYTES_PER_PIXEL = {"resnet50": 240, "mobile0.25": 64}
+"""Memory a float32 detection on the CPU takes beyond the image, in bytes per pixel detected on, by RetinaFace
+backbone (measured at 6 and 12 MP: 237-238 and 62-63; README, "Limits")."""
+
+
+class DetectionMemoryError(OptionError, MemoryError):
+    """A detection that would not fit in the memory left, refused before it starts; said with a
+    ``detect_max_side`` (a multiple of 256) whose detection takes at most 3/4 of that memory, leaving some
+    for the rest of the restore, in each front end's words for that option (see
+    :class:`~gfp.messages.OptionError`)."""
+
+
 BORDER_VALUE = (135, 133, 132)
 """Gray fill for the parts of an aligned crop that fall outside the image (official value)."""
 
@@ -119,6 +133,29 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.array(keep, dtype=np.int64)
 
 
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+
+
+def check_detect_memory(per_pixel: int | None, width: int, height: int, full_w: int, full_h: int) -> None:
+    """Refuse a detection on ``width`` x ``height`` pixels (of a ``full_w`` x ``full_h`` image) that would not
+    fit in the memory this process can still take (:class:`DetectionMemoryError`). It is not shrunk instead:
+    a smaller copy finds other boxes (one box of a face instead of two overlapping ones, a whole large face
+    instead of part of it), and which faces are restored must not depend on the memory free at the time.
+    Past a cgroup's limit the kernel would kill the whole run rather than fail an allocation."""
+    available = available_memory()
+    if per_pixel is None or available is None or width * height * per_pixel <= available:
+        return
+    what = f"detecting faces on {width}x{height} pixels needs about {_size(width * height * per_pixel)}, "
+    what += f"{_size(available)}"
+    longest, shortest = max(full_w, full_h), min(full_w, full_h)
+    fits = int((0.75 * available / per_pixel * longest / shortest) ** 0.5) // 256 * 256
+    if fits < 256:
+        raise DetectionMemoryError("{what} is free: free some memory first", what=what)
+    advice = "{what} is free: use {detect_max_side} {fits} or less (it detects on a copy that size)"
+    raise DetectionMemoryError(advice, what=what, fits=fits)
+
+
 @torch.inference_mode()
 def detect_faces(
     detector: nn.Module,
@@ -135,7 +172,8 @@ def detect_faces(
     its ``only_center_face`` choice (the face whose box centre is nearest the image centre). ``max_side``
     runs the network on a copy shrunk by area averaging so that its longer side is at most that, and scales
     the boxes and landmarks back: on big photos it is many times faster and finds faces larger than the
-    detector's biggest anchors, which the full-size pass (the official behaviour, None) misses.
+    detector's biggest anchors, which the full-size pass (the official behaviour, None) misses. On the CPU
+    a detection too big for the memory left is refused before it starts (:func:`check_detect_memory`).
     """
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"detect_faces expects an HxWx3 BGR image, got shape {img.shape}")
@@ -146,6 +184,10 @@ def detect_faces(
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     height, width = img.shape[:2]
     device = next(detector.parameters()).device
+    if device.type == "cpu":
+        check_detect_memory(
+            DETECT_BYTES_PER_PIXEL.get(getattr(detector, "backbone", None)), width, height, full_w, full_h
+        )
     dtype = next(detector.parameters()).dtype
     x = torch.from_numpy(np.ascontiguousarray(img.astype(np.float32).transpose(2, 0, 1))).unsqueeze(0)
     x = x.to(device) - torch.tensor(_BGR_MEAN, device=device).view(1, 3, 1, 1)

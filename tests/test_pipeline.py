@@ -22,7 +22,7 @@ from _official_pipeline import psnr
 from _zoo_helpers import save_tiny_generator, tiny_config, tiny_generator
 from conftest import MOBILE, make_weights
 
-from gfp import registry
+from gfp import faces, registry
 from gfp.archs import GeneratorConfig
 from gfp.background import lanczos_upsample, scaled_size, upsample_background
 from gfp.faces import alignment_matrix
@@ -821,3 +821,21 @@ def test_wrong_argument_types_are_clear_errors(blind_weights: Path) -> None:
     for method in (restorer.prepare, restorer.batch_size, lambda o: restorer.restore_faces([], o)):
         with pytest.raises(TypeError, match="options must be a RestoreOptions, got dict"):
             method({"version": "1.4"})  # type: ignore[arg-type]
+
+
+def test_a_detection_too_big_for_the_memory_left_is_refused_before_it_starts(
+    blind_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full-size detection of a big photo takes 64 (MobileNet) to 240 (ResNet-50) bytes a pixel, about
+    9 GB at 40 MP: with less memory free it is refused before the detector runs, naming a max side that
+    fits; the faces found do not change with the memory free (no silent shrink). That size then runs."""
+    monkeypatch.setattr(faces, "available_memory", lambda: 20 * 2**20)
+    restorer, img = Restorer(blind_weights, device="cpu"), np.zeros((768, 1024, 3), np.uint8)
+    ran: list[tuple[int, ...]] = []
+    detector = restorer.store.detector(_options(blind_weights).detector).run
+    detector.register_forward_hook(lambda module, args, out: ran.append(tuple(args[0].shape)))
+    with pytest.raises(faces.DetectionMemoryError, match=r"1024x768 pixels .* detect_max_side 512 or less"):
+        restorer.restore(img, _options(blind_weights, upscale=1))
+    assert ran == []
+    result = restorer.restore(img, _options(blind_weights, upscale=1, detect_max_side=512))
+    assert ran == [(1, 3, 384, 512)] and result.image.shape == img.shape

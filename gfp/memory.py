@@ -1,0 +1,86 @@
+"""How much memory this process can still take, for refusing work up front that would not fit.
+
+A process that outgrows the machine is not always told so with an error: past its cgroup's limit, or with
+no memory left and no swap, the kernel's out-of-memory killer ends it (a whole folder run with it). Only
+Linux is read (no new dependency); elsewhere nothing is known and nothing is refused.
+"""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+
+def available_memory(root: Path = Path("/")) -> int | None:
+    """Bytes this process can still allocate: the least of the system's ``MemAvailable``, the room under
+    its cgroup's limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``; reclaimable file cache counted as
+    free) and under its address-space limit (``ulimit -v``); None where none of them can be read.
+    ``root`` is where ``/proc`` and ``/sys`` are looked up (tests give a folder of fake files)."""
+    rooms = [_meminfo_available(root), _cgroup_room(root), _address_space_room(root)]
+    known = [room for room in rooms if room is not None]
+    return max(0, min(known)) if known else None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _field(text: str | None, name: str, unit: int = 1) -> int | None:
+    """The number after ``name`` in a ``name value`` (or ``name: value kB``) listing, times ``unit``."""
+    for line in (text or "").splitlines():
+        parts = line.replace(":", " ").split()
+        if len(parts) >= 2 and parts[0] == name and parts[1].isdigit():
+            return int(parts[1]) * unit
+    return None
+
+
+def _meminfo_available(root: Path) -> int | None:
+    return _field(_read(root / "proc/meminfo"), "MemAvailable", 1024)
+
+
+def _cgroup_room(root: Path) -> int | None:
+    """The process's cgroup limit less its usage (less its inactive file cache, which the kernel reclaims
+    before it kills): the smallest such room up the hierarchy, None without a limit."""
+    rooms = []
+    for line in (_read(root / "proc/self/cgroup") or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2
+            base = root / "sys/fs/cgroup"
+            limit, usage, cache = "memory.max", "memory.current", "inactive_file"
+        elif "memory" in controllers.split(","):  # v1
+            base = root / "sys/fs/cgroup/memory"
+            limit, usage, cache = "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
+        else:
+            continue
+        folder = base / path.strip().lstrip("/")
+        while True:  # from the process's own cgroup up to the root of what is mounted
+            room = _room(folder, limit, usage, cache)
+            if room is not None:
+                rooms.append(room)
+            if folder == base:
+                break
+            folder = folder.parent
+    return min(rooms) if rooms else None
+
+
+def _room(folder: Path, limit_file: str, usage_file: str, cache_field: str) -> int | None:
+    limit, usage = (_read(folder / limit_file) or "").strip(), (_read(folder / usage_file) or "").strip()
+    if not (limit.isdigit() and usage.isdigit()) or int(limit) >= 1 << 60:  # "max", or v1's no limit
+        return None
+    cache = _field(_read(folder / "memory.stat"), cache_field) or 0
+    return int(limit) - max(0, int(usage) - cache)
+
+
+def _address_space_room(root: Path) -> int | None:
+    """``ulimit -v`` less the process's virtual size (where an allocation past it fails with an error)."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    size = _field(_read(root / "proc/self/status"), "VmSize", 1024)
+    return None if size is None else limit - size
