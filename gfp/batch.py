@@ -386,6 +386,7 @@ class RestoreWorker:
             "faces_found": result.selection.found,  # faces of a photo, people (face tracks) of a clip
             "faces_restored": len(result.selection.restored),
             "selection": selection,
+            "backends": result.backends,  # what ran the generator and the parser (a slow worker's why)
             "outputs": [p.relative_to(self.output).as_posix() for p in written],
             "notes": [*result.notes, *filter(None, [animated])],
             "settings": self.job.settings,

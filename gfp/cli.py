@@ -51,6 +51,7 @@ from gfp.imageio import (
 )
 from gfp.messages import first_line, shown
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
+from gfp.stages import backends_text
 from gfp.video import (
     VIDEO_CODECS,
     VideoError,
@@ -627,6 +628,7 @@ def _main(argv: Sequence[str] | None) -> int:
     restorer.prepare(options)  # the networks load and compile while the first file is read and searched
     failed: list[Path] = []
     noted: set[str] = set()
+    ran: list[dict[str, str]] = []  # what ran the networks, for the summary line
     owners = output_owners(p.name for p in inputs)
     for index, path in enumerate(tqdm(inputs, desc="Restoring", unit="img", file=sys.stderr)):
         basename, in_ext = os.path.splitext(path.name)
@@ -670,6 +672,7 @@ def _main(argv: Sequence[str] | None) -> int:
             why = failure(err, str(path))
             tqdm.write(f"gfp: error: {why if named else f'{shown(str(path))}: {why}'}", file=sys.stderr)
             continue
+        ran.append(result.backends)
         for note in result.notes:
             if note not in noted:  # e.g. the missing parser: say it once, not for every file
                 noted.add(note)
@@ -679,7 +682,9 @@ def _main(argv: Sequence[str] | None) -> int:
         if animated:
             tqdm.write(f"gfp: note: {animated}", file=sys.stderr)
     done = len(inputs) - len(failed)
-    print(f"Restored {done} of {len(inputs)} file(s); results are in the [{shown(str(output))}] folder.")
+    backends = backends_text(*ran)
+    how = f" ({backends})" if backends else ""
+    print(f"Restored {done} of {len(inputs)} file(s){how}; results are in the [{shown(str(output))}] folder.")
     if failed:
         print(f"{len(failed)} file(s) failed: {', '.join(shown(p.name) for p in failed)}", file=sys.stderr)
         return 1

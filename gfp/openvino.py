@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -286,10 +287,19 @@ def _read(folder: Path) -> Any:
     except OSError:
         return None
     try:
-        return _core().read_model(str(folder / "model.xml"))
+        return _read_ir(folder / "model.xml")
     except RuntimeError:  # a damaged entry (OpenVINO raises RuntimeError): convert again, replace it
         shutil.rmtree(folder, ignore_errors=True)
         return None
+
+
+def _read_ir(xml: Path) -> Any:
+    """The OpenVINO IR model ``xml`` (with its .bin beside it), read by the IR frontend alone.
+
+    ``Core.read_model`` tries each installed frontend in turn on a file the IR one rejects, and the
+    TensorFlow one then printed its parse errors to the terminal for a damaged cache entry."""
+    frontend = _openvino().frontend.FrontEndManager().load_by_framework("ir")
+    return frontend.convert(frontend.load(str(xml)))
 
 
 def cached_network(
@@ -332,28 +342,31 @@ def convert_in_background(
     ("module:function") builds the PyTorch network from (role, source). One conversion per network at a
     time: a lock file names its process, and the lock of a process that is gone (killed, say by the
     out-of-memory killer) or older than :data:`STALE_LOCK_S` is taken over. A conversion that failed is
-    not tried again for :data:`FAILED_RETRY_S` (a marker beside the locks), nor at all for the same
-    weights, code and libraries until then. ``stamped``: the file's :func:`stamp` when the caller read it;
-    a file replaced since is not converted for this caller (it is marked failed for that stamp, so that the
-    caller does not start the process again and again: the next process converts the new file).
+    not tried again for the same weights, code and libraries (a marker beside the locks) until
+    :data:`FAILED_RETRY_S` has passed, or, when it could not be saved (a full disk), until the disk has
+    room for it (see :func:`_wait_after_failure`). ``stamped``: the file's :func:`stamp` when the caller
+    read it; a file replaced since is not converted for this caller (it is marked failed for that stamp, so
+    that the caller does not start the process again and again: the next process converts the new file).
+    A cache that cannot be written is warned about, once per process (:func:`_unusable`).
     """
     cache = Path(cache_dir) / SUBDIR
     memo = _memo(cache, source, role, example, dynamic, stamped)
     lock, failed = cache / "converting" / memo.name, cache / "failed" / memo.name
-    with contextlib.suppress(OSError):
-        if time.time() - failed.stat().st_mtime < FAILED_RETRY_S:
-            return False
+    if _wait_after_failure(failed, Path(cache_dir), sum(file[1] for file in stamped or stamp(source))):
+        return False
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False  # an unwritable cache (or a file in the way): nothing to convert into
+    except OSError as err:
+        _unusable(cache_dir, err)  # an unwritable cache (or a file in the way): nothing to convert into
+        return False
     try:
         if _stale(lock):
             lock.unlink(missing_ok=True)
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # a plain file, not executable
     except FileExistsError:
         return True  # another process is converting it
-    except OSError:
+    except OSError as err:
+        _unusable(cache_dir, err)
         return False
     os.close(fd)
     shape = "x".join(map(str, example.shape))
@@ -416,10 +429,54 @@ def _zombie(pid: int) -> bool:
         return False
 
 
+def _wait_after_failure(failed: Path, cache: Path, size: int) -> bool:
+    """Whether a conversion marked failed in ``failed`` is not to be tried again yet: for
+    :data:`FAILED_RETRY_S`, but one that failed for want of disk (its marker begins with the disk's free
+    bytes then) only until the disk of ``cache`` has ``size`` bytes (the weights: about the converted
+    model's size) more free than then, so that freeing space is enough, while a disk as full as it was does
+    not start a conversion that fails again in every new process."""
+    try:
+        if time.time() - failed.stat().st_mtime >= FAILED_RETRY_S:
+            return False
+        first = failed.read_text(encoding="utf-8").partition("\n")[0].split()
+    except (OSError, ValueError):
+        return False
+    if len(first) != 2 or first[0] != _FREE or not first[1].isdigit():
+        return True
+    try:
+        return shutil.disk_usage(cache).free < int(first[1]) + size
+    except OSError:
+        return True
+
+
+_FREE = "free"
+"""How a failed marker's first line begins when the conversion failed for want of disk (then its bytes)."""
+_SAID: set[str] = set()
+"""The cache folders :func:`_unusable` has warned about in this process."""
+_SAID_LOCK = threading.Lock()
+
+
+def _unusable(cache_dir: str | os.PathLike[str], err: OSError) -> None:
+    """Warn, once per process and folder, that nothing can be converted into the cache ``cache_dir``: each
+    network not converted yet then runs in PyTorch, slower, which nothing else would say."""
+    folder = os.path.abspath(cache_dir)
+    with _SAID_LOCK:
+        if folder in _SAID:
+            return
+        _SAID.add(folder)
+    why = err.strerror or type(err).__name__
+    warnings.warn(
+        f"the model cache {folder} cannot be written ({why}), so OpenVINO cannot convert the networks and "
+        "they run in PyTorch, slower: make it a writable folder, or point GFP_CACHE_DIR at another one",
+        stacklevel=3,
+    )
+
+
 STALE_LOCK_S = 30 * 60
 """A conversion lock older than this is from a process that did not finish: convert again."""
 FAILED_RETRY_S = 24 * 3600
-"""A conversion that failed is tried again after this long (a full disk, say, may have been the cause)."""
+"""A conversion that failed is tried again after this long (one that could not be saved, sooner: once the
+disk has room, see :func:`_wait_after_failure`)."""
 
 
 class Switching(nn.Module):
@@ -470,9 +527,13 @@ def _convert_main(argv: list[str]) -> int:
         if net.folder is None:  # converted for nothing: each process would start this again
             raise OSError(f"the converted model could not be saved under {cache} (full or not writable)")
     except Exception as err:  # remembered, so later runs do not pay for the same failure again
+        text = f"{type(err).__name__}: {err}"[:2000]
+        if isinstance(err, OSError):  # not saved (a full disk): tried again once the disk has room
+            with contextlib.suppress(OSError):
+                text = f"{_FREE} {shutil.disk_usage(cache).free}\n{text}"
         with contextlib.suppress(OSError):
             Path(failed).parent.mkdir(parents=True, exist_ok=True)
-            Path(failed).write_text(f"{type(err).__name__}: {err}"[:2000], encoding="utf-8")
+            Path(failed).write_text(text, encoding="utf-8")
         raise
     finally:
         Path(lock).unlink(missing_ok=True)
@@ -553,7 +614,7 @@ def _fixed_ir(folder: Path, shape: tuple[int, ...]) -> Path | None:
         stats = [(st.st_size, st.st_mtime_ns) for st in (xml.stat(), weights.stat())]
         tag = "x".join(map(str, shape)) + "-" + hashlib.sha256(repr(stats).encode()).hexdigest()[:8]
         fixed = folder / f"model-{tag}.xml"
-        if fixed.is_file():
+        if fixed.is_file() and _whole(fixed):
             return fixed
         tree = ElementTree.parse(xml)
         inputs = [layer for layer in tree.iter("layer") if layer.get("type") == "Parameter"]
@@ -572,6 +633,16 @@ def _fixed_ir(folder: Path, shape: tuple[int, ...]) -> Path | None:
         return fixed
     except (OSError, ElementTree.ParseError):
         return None
+
+
+def _whole(xml: Path) -> bool:
+    """Whether the IR file ``xml`` looks whole: its XML declaration first, its closing ``</net>`` last. A
+    damaged one is written anew rather than compiled by path, where OpenVINO's other frontends printed
+    their parse errors (see :func:`_read_ir`)."""
+    with xml.open("rb") as file:
+        head = file.read(5)
+        file.seek(max(0, file.seek(0, os.SEEK_END) - 64))
+        return head == b"<?xml" and file.read().rstrip().endswith(b"</net>")
 
 
 def _link(target: Path, link: Path) -> None:

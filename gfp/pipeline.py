@@ -202,6 +202,9 @@ class RestoreResult:
     :mod:`gfp.selection`), in the order of the lists above."""
     selection: FaceSelection = field(default_factory=lambda: FaceSelection(0))
     """Faces found, restored and skipped (and why): ``selection.summary()`` says it in one line."""
+    backends: dict[str, str] = field(default_factory=dict)
+    """What ran the generator and the face parser ("generator", "face parser": "OpenVINO" or "PyTorch"; a
+    network converting in the background ran in PyTorch); :func:`gfp.stages.backends_text` says it."""
 
 
 class Restorer:
@@ -290,6 +293,7 @@ class Restorer:
             device=str(self.device),
             face_mask="none",
             notes=run.notes,
+            backends=run.backends,
             face_numbers=[1],
             selection=FaceSelection(1, (1,)),
         )
@@ -334,6 +338,7 @@ class Restorer:
             device=str(self.device),
             face_mask=face_mask,
             notes=run.notes,
+            backends=run.backends,
             face_numbers=[int(n) for n in numbers[keep]],
             selection=selection,
         )

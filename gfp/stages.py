@@ -22,7 +22,7 @@ from gfp.color import color_fix
 from gfp.faces import Detections, detect_faces
 from gfp.loading import Network
 from gfp.paste import blend_face, check_faces, face_placements, parse_masks, paste_faces
-from gfp.store import ModelStore, Unavailable, converting
+from gfp.store import ModelStore, Unavailable, converting, runs_in
 from gfp.weights.errors import CheckpointError, WeightsError
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class RunLog:
         self.progress = progress
         self.timings: dict[str, float] = {}
         self.notes: list[str] = []
+        self.backends: dict[str, str] = {}  # what ran each network first (see RestoreResult.backends)
         self.start = self.clock = time.perf_counter()
 
     def report(self, done: int, total: int, stage: str) -> None:
@@ -74,6 +75,7 @@ def restore_faces(
     """Run the generator of ``options.version`` over aligned uint8 BGR crops in batches, fix colours against
     each crop, blend by strength; return uint8 BGR faces."""
     network = store.face_network(options.version)
+    run.backends.setdefault("generator", runs_in(network))
     if converting(network):  # its first batch at least runs in PyTorch
         run.notes.append(conversion_note("generator"))
     device = store.placement.device
@@ -108,6 +110,23 @@ def conversion_note(what: str) -> str:
     )
 
 
+def backends_text(*seen: dict[str, str]) -> str:
+    """What ran the networks in the :attr:`RestoreResult.backends` ``seen``, in a few words: "generator and
+    face parser in OpenVINO", or "generator in PyTorch then OpenVINO, face parser in OpenVINO" over runs
+    that switched ("" when none ran). So that a slow run, or outputs that differ slightly between machines,
+    can be told apart from the backend."""
+    ran: dict[str, list[str]] = {}
+    for backends in seen:
+        for what, backend in backends.items():
+            names = ran.setdefault(what, [])
+            if backend not in names:
+                names.append(backend)
+    groups: dict[str, list[str]] = {}
+    for what, names in ran.items():
+        groups.setdefault(" then ".join(names), []).append(what)
+    return ", ".join(f"{' and '.join(whats)} in {names}" for names, whats in groups.items())
+
+
 def _broken_output(version: str | os.PathLike[str], network: Network) -> str:
     """Why a generator gives NaN or inf: broken weights, or a damaged OpenVINO conversion of them."""
     text = f"the generator {os.fspath(version)} gives NaN or inf values: its weights are broken"
@@ -130,6 +149,7 @@ def face_masks(
     if isinstance(parser, Unavailable):
         run.notes.append(parser.note("face parser", "faces blended with the soft square mask instead"))
         return None, "square"
+    run.backends.setdefault("face parser", runs_in(parser))
     if converting(parser):
         run.notes.append(conversion_note("face parser"))
     run.report(0, len(restored), "parse")

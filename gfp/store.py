@@ -372,6 +372,15 @@ def converting(network: Network) -> bool:
     return isinstance(network.run, openvino.Switching) and network.run.converted is None
 
 
+def runs_in(network: Network) -> str:
+    """What computes ``network`` now: "OpenVINO" (converted, or switched to its conversion) or "PyTorch"
+    (the PyTorch backend, a network not converted yet, or one OpenVINO could not convert)."""
+    run = network.run
+    if isinstance(run, openvino.Switching):
+        run = run.converted
+    return "OpenVINO" if isinstance(run, openvino.OpenVINONetwork) else "PyTorch"
+
+
 def _stamp(path: str | os.PathLike[str]) -> openvino.Stamp | None:
     """:func:`gfp.openvino.stamp`, or None where the file cannot be looked at (the read says why)."""
     try:

@@ -233,6 +233,8 @@ class VideoResult:
     notes: list[str] = field(default_factory=list)
     selection: FaceSelection = field(default_factory=lambda: FaceSelection(0))
     """Faces (people, i.e. tracks) found, restored and skipped, and why."""
+    backends: dict[str, str] = field(default_factory=dict)
+    """What ran the generator and the face parser, as :attr:`gfp.pipeline.RestoreResult.backends`."""
 
 
 def is_video(path: str | os.PathLike[str]) -> bool:
@@ -481,6 +483,7 @@ def restore_frames(
     video: VideoOptions | None = None,
     notes: list[str] | None = None,
     plan: FacePlan | None = None,
+    backends: dict[str, str] | None = None,
 ) -> Iterator[RestoredFrame]:
     """Restore a stream of (uint8 BGR frame, time in seconds) pairs, in order; yields each restored frame.
 
@@ -491,7 +494,8 @@ def restore_frames(
     its one frame (``faces="1"`` is the first person to appear there, the leftmost face here); in bf16
     (the default on CPUs that compute it natively) a face batched with other frames' faces
     (``batch_size`` > 1) comes out up to a few levels from the same face run alone.
-    Notes for the caller (e.g. why the face parser was not used) are appended to ``notes``.
+    Notes for the caller (e.g. why the face parser was not used) are appended to ``notes``, and what ran the
+    generator and the face parser is put in ``backends`` (see :attr:`gfp.pipeline.RestoreResult.backends`).
 
     A face choice (:func:`needs_plan`) needs ``plan``, made by :func:`plan_faces` over the same frames:
     its detections are used instead of detecting again, and only the tracks it chose are restored.
@@ -530,6 +534,9 @@ def restore_frames(
         if notes is not None:  # each frame notes the same fallback: say it once per clip
             notes.extend(note for note in dict.fromkeys(log.notes) if note not in notes)
         log.notes.clear()
+        if backends is not None:  # what each network ran in first, for the whole clip
+            for what, backend in log.backends.items():
+                backends.setdefault(what, backend)
 
     frames = _checked(frames)
     tracked = _tracked(restorer, frames, options, video) if plan is None else _replayed(frames, plan)
@@ -933,6 +940,7 @@ def restore_video(
     start = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
+    backends: dict[str, str] = {}
     restorer.generator_config(options.version)  # missing weights fail here, before any file is made
     restorer.store.detector(options.detector)
     timings["load"] = time.perf_counter() - start
@@ -1005,7 +1013,7 @@ def restore_video(
                 counted = _Counted(report, "frames", known)
                 clock = time.perf_counter()
                 for done, restored in enumerate(
-                    restore_frames(restorer, timed_frames(), options, video, notes, plan), 1
+                    restore_frames(restorer, timed_frames(), options, video, notes, plan, backends), 1
                 ):
                     timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - clock
                     clock = time.perf_counter()
@@ -1049,5 +1057,6 @@ def restore_video(
         timings=timings,
         device=str(restorer.device),
         notes=notes,
+        backends=backends,
         selection=every if plan is None else plan.selection,
     )

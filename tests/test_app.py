@@ -623,9 +623,13 @@ def test_status_notes_name_files_not_server_folders(capsys: pytest.CaptureFixtur
     from gfp.app.handlers import Request
 
     note = "face parser unavailable (/srv/w/parsing_parsenet.pth is not a readable PyTorch checkpoint)"
-    result = SimpleNamespace(device="cpu", timings={"restore": 0.5}, notes=[note, "plain note"])
+    backends = {"generator": "OpenVINO", "face parser": "OpenVINO"}
+    result = SimpleNamespace(
+        device="cpu", timings={"restore": 0.5}, notes=[note, "plain note"], backends=backends
+    )
     request = Request("photo", "/tmp/x", "x.png", "v1.4", {"color_fix": "none"})
     status = request.status("**headline**", result)
+    assert "device cpu (generator and face parser in OpenVINO) · model" in status  # what ran them
     assert "(parsing_parsenet.pth is not a readable" in status and "/srv" not in status
     assert "Note: plain note" in status
     assert "/srv/w/parsing_parsenet.pth" in capsys.readouterr().err  # the server's log keeps the folder

@@ -549,9 +549,10 @@ def test_a_record_says_which_faces_were_skipped_and_why(tmp_path: Path, weights:
     """The CLI prints why faces were not restored (not chosen, too small, numbers not there); a record held
     only the counts, so a manifest could not tell a choice from a miss."""
     photo = shared_data_dir() / "photos" / PHOTOS[0]  # 4 faces
-    worker = _worker(weights, tmp_path / "out", None, "", "--faces", "2,9")
+    worker = _worker(weights, tmp_path / "out", None, "", "--faces", "2,9", "--backend", "torch")
     record = worker.restore(str(photo), photo.read_bytes())
     assert record["faces_found"] == 4 and record["faces_restored"] == 1
+    assert record["backends"]["generator"] == "PyTorch"  # what ran it, as the CLI's last line says
     assert (
         record["selection"]
         == "4 faces found, 1 restored, 3 skipped (3 not chosen); no face 9 (numbers go up to 4)"

@@ -157,6 +157,23 @@ def test_a_damaged_cache_entry_is_converted_again_and_replaced(tiny, tmp_path: P
     assert (folder / "model.bin").is_file() and "truncated" not in (folder / "model.xml").read_text()
 
 
+def test_a_damaged_cache_entry_is_read_without_other_frontends_printing(
+    tiny, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged model.xml was handed to every OpenVINO frontend in turn, and the TensorFlow one printed
+    its parse errors to the terminal; it is rejected by the IR reader alone, and still rebuilt."""
+    net, size = tiny
+    example = torch.zeros(2, 3, size, size)
+    folder = tmp_path / openvino.SUBDIR / openvino.fingerprint(net, example, (0,))
+    folder.mkdir(parents=True)
+    (folder / "model.xml").write_text("garbage")
+    capfd.readouterr()
+    assert openvino._read(folder) is None and not folder.exists()
+    assert capfd.readouterr().err == ""
+    compiled = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
+    assert compiled.folder == folder and openvino._read(folder) is not None
+
+
 def test_a_save_cut_short_by_a_killed_process_is_removed_by_the_next(tiny, tmp_path: Path) -> None:
     """A converter killed while saving (the out-of-memory killer, say) leaves its temporary folder, a
     model's size of disk that nothing reads: the next save removes it, and no folder a process is writing."""
@@ -282,7 +299,7 @@ def test_a_cached_model_known_by_its_file_is_used_without_building_the_network(
 
 
 def test_a_fixed_shape_compilation_is_cached_and_computes_the_same(
-    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     net, size = tiny
     example = torch.zeros(2, 3, size, size)
@@ -300,9 +317,11 @@ def test_a_fixed_shape_compilation_is_cached_and_computes_the_same(
     assert torch.equal(again(x), in_memory)
     assert sorted(blobs.iterdir()) == saved  # its compilation came from the cache
     assert torch.equal(again(_faces(3, size))[:1], again(x))  # another shape: compiled for it too
-    fixed.write_bytes(b"\xfd garbled by a disk")  # damaged: compiled in memory, and written anew next time
+    fixed.write_bytes(b"\xfd garbled by a disk")  # damaged: written anew, not shown to OpenVINO's frontends
+    capfd.readouterr()
     damaged = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
     assert torch.equal(damaged(x), in_memory)
+    assert "tensorflow" not in capfd.readouterr().err
     mended = openvino.compile_network(net, example, (0,), cache_dir=tmp_path)
     assert torch.equal(mended(x), in_memory)
     assert fixed.read_bytes().startswith(b"<?xml") and fixed.with_suffix(".bin").samefile(entry / "model.bin")
@@ -399,6 +418,78 @@ def test_a_background_conversion_that_cannot_be_saved_is_marked_failed(
     with pytest.raises(OSError, match="could not be saved"):
         openvino._convert_main([*args, str(lock), str(failed)])
     assert "could not be saved" in failed.read_text() and not lock.exists()
+
+
+def test_a_conversion_that_could_not_be_saved_is_tried_again_once_the_disk_has_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversion that failed for want of disk waited a day even once space was freed; one that failed
+    otherwise still does, and a disk as full as it was starts no conversion that would fail again."""
+    import shutil
+    import subprocess
+    from collections import namedtuple
+
+    source = save_tiny_generator(tmp_path / "tiny")
+    size = tiny_config().out_size
+    example = torch.zeros(2, 3, size, size)
+    cache = tmp_path / "cache"
+    memo = openvino._memo(cache / openvino.SUBDIR, source, "faces", example, (0,))
+    lock, failed = (cache / openvino.SUBDIR / folder / memo.name for folder in ("converting", "failed"))
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    free = [10_000]
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, free[0]))
+    _full_disk(monkeypatch)
+    args = ["gfp.store:conversion_network", "faces", str(source), f"2x3x{size}x{size}", "0", str(cache)]
+    with pytest.raises(OSError, match="could not be saved"):
+        openvino._convert_main([*args, str(lock), str(failed)])
+    assert failed.read_text().startswith("free 10000\n")
+    started: list[object] = []
+    process = type("Process", (), {"pid": os.getpid(), "wait": lambda self: 0})
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or process())
+    weights = sum(f.stat().st_size for f in source.iterdir())
+    free[0] += weights - 1  # not yet room for the converted weights
+    assert not openvino.convert_in_background(source, "faces", example, (0,), cache)
+    free[0] += 1
+    assert openvino.convert_in_background(source, "faces", example, (0,), cache) and len(started) == 1
+    lock.unlink()
+    failed.write_text("RuntimeError: cannot convert")  # not the disk's fault: a day, whatever the room
+    free[0] = 10**12
+    assert not openvino.convert_in_background(source, "faces", example, (0,), cache) and len(started) == 1
+
+
+def test_a_cache_that_cannot_be_written_is_said_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GFP_CACHE_DIR naming a file, or a folder that cannot be written: nothing can be converted, and every
+    run was PyTorch, slower, without a word. One warning per process names the folder and the fix."""
+    monkeypatch.setenv(CONVERT_ENV, "background")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("GFP_CACHE_DIR", str(blocker))
+    folder = save_tiny_generator(tmp_path / "tiny")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    face = _aligned_face(tiny_config().out_size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two processes' worth of stores: said once in this one
+            Restorer(device="cpu", backend="openvino", bf16=False).restore(face, options)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"the model cache {blocker} cannot be written (Not a directory)")
+    assert "run in PyTorch" in said[0] and "point GFP_CACHE_DIR at another one" in said[0]
+
+    readonly = tmp_path / "readonly"  # (chmod does not stop the superuser: the denial is simulated)
+    mkdir = Path.mkdir
+
+    def denied(path: Path, *args: object, **kwargs: object) -> None:
+        if readonly in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    example = torch.zeros(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=rf"cache {readonly} cannot be written \(Permission denied\)"):
+        assert not openvino.convert_in_background(folder, "faces", example, (0,), readonly)
 
 
 def test_one_compiled_network_serves_threads(tiny, tmp_path: Path) -> None:
@@ -540,6 +631,28 @@ def test_a_run_in_pytorch_while_converting_says_so(tmp_path: Path, monkeypatch: 
     assert Restorer(device="cpu", backend="openvino", bf16=False).restore(face, options).notes == []
 
 
+def test_a_result_says_what_ran_its_networks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing said whether the generator and the parser ran in OpenVINO or PyTorch, which tells a slow run
+    (or outputs that differ slightly between machines) apart: the result says it, as the store decided."""
+    folder = save_tiny_generator(tmp_path / "tiny")
+    options = RestoreOptions(version=str(folder), aligned=True, upscale=1, bg_upsampler="none")
+    face = _aligned_face(tiny_config().out_size)
+    for backend, ran in (("openvino", "OpenVINO"), ("torch", "PyTorch")):
+        result = Restorer(device="cpu", backend=backend, bf16=False).restore(face, options)
+        assert result.backends == {"generator": ran}
+    other = save_tiny_generator(tmp_path / "other", seed=1)
+    monkeypatch.setenv(CONVERT_ENV, "background")
+    monkeypatch.setattr(openvino, "convert_in_background", lambda *args, **kwargs: True)  # never ready
+    converting = RestoreOptions(version=str(other), aligned=True, upscale=1, bg_upsampler="none")
+    result = Restorer(device="cpu", backend="openvino", bf16=False).restore(face, converting)
+    assert result.backends == {"generator": "PyTorch"}
+    both = {"generator": "OpenVINO", "face parser": "OpenVINO"}
+    assert stages.backends_text(both) == "generator and face parser in OpenVINO"
+    first = {"generator": "PyTorch", "face parser": "OpenVINO"}
+    assert stages.backends_text(first, both) == "generator in PyTorch then OpenVINO, face parser in OpenVINO"
+    assert stages.backends_text() == ""
+
+
 def test_a_network_openvino_cannot_convert_runs_in_pytorch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -639,13 +752,15 @@ def test_cli_backend_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     folder = save_tiny_generator(tmp_path / "tiny")
     cv2.imwrite(str(tmp_path / "face.png"), _aligned_face(tiny_config().out_size))
     faces = {}
-    for backend in ("openvino", "torch"):
+    for backend, ran in (("openvino", "OpenVINO"), ("torch", "PyTorch")):
         out = tmp_path / backend
         args = ["-i", str(tmp_path / "face.png"), "-o", str(out), "--aligned", "-v", str(folder), "-s", "1"]
         assert main([*args, "--device", "cpu", "--fp32", "--backend", backend]) == 0
         faces[backend] = cv2.imread(str(out / "restored_faces" / "face_00.png")).astype(int)
+        captured = capsys.readouterr()
+        assert f"Restored 1 of 1 file(s) (generator in {ran}); results" in captured.out  # what ran it
+        assert "Traceback" not in captured.err
     assert np.abs(faces["openvino"] - faces["torch"]).max() <= 1
-    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_app_warm_up_prepares_the_generator_and_parser_before_any_request(

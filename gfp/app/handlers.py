@@ -47,6 +47,7 @@ from gfp.imageio import (
 )
 from gfp.messages import OptionError, headline
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
+from gfp.stages import backends_text
 from gfp.video import VideoError, VideoOptions, VideoResult, is_video, restore_video
 from gfp.weights.errors import WeightsError
 
@@ -404,13 +405,16 @@ class Request:
             raise gr.Error(str(exc)) from None
 
     def status(self, headline: str, result: RestoreResult | VideoResult, notices: Sequence[str] = ()) -> str:
-        """The status line (Markdown): ``notices`` first, the headline with the device, model and colour fix,
-        the time per stage, then the result's notes (e.g. a default model that fell back) with file names
-        only (a note that names a server folder is printed whole to the server's log)."""
+        """The status line (Markdown): ``notices`` first, the headline with the device (and what ran the
+        generator and the parser there), model and colour fix, the time per stage, then the result's notes
+        (e.g. a default model that fell back) with file names only (a note that names a server folder is
+        printed whole to the server's log)."""
         color_fix = self.fields["color_fix"]
         fix = "" if color_fix == "none" else f" · colour fix {color_fix}"
         lines = [f"**Note:** {notice}" for notice in notices]
-        lines.append(f"{headline} · device {result.device} · model {registry.label(self.model)}{fix}")
+        ran = backends_text(result.backends)  # OpenVINO or PyTorch: why a run was slow, or differs slightly
+        device = f"device {result.device}" + (f" ({ran})" if ran else "")
+        lines.append(f"{headline} · {device} · model {registry.label(self.model)}{fix}")
         lines.append(
             "Time: " + " · ".join(f"{stage} {seconds:.2f} s" for stage, seconds in result.timings.items())
         )
