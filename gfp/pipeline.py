@@ -157,10 +157,10 @@ class RestoreOptions:
                 "{only_center_face} means {faces} 'center'; it cannot be combined with {faces} {value!r}",
                 value=self.faces,
             )
-        if self.aligned and (self.faces != "all" or self.min_face):
-            raise OptionError(
-                "{faces} and {min_face} cannot be combined with {aligned} (each image is one aligned face)"
-            )
+        given = [name for name, on in (("faces", self.faces != "all"), ("min_face", self.min_face)) if on]
+        if self.aligned and given:  # named as given: a user who chose faces alone is not told of min_face
+            said = " and ".join(f"{{{name}}}" for name in given)
+            raise OptionError(f"{said} cannot be combined with {{aligned}} (each image is one aligned face)")
 
     @property
     def face_choice(self) -> str:

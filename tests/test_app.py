@@ -728,7 +728,7 @@ def test_refused_options_are_named_by_their_controls_and_parameters(tmp_path: Pa
     photo = str(tmp_path / "a.png")  # refused before it is read
     cases = [
         ({"aligned": True, "faces": "1"},
-         '"Faces to restore" (faces) and "Smallest face" (min_face) cannot be combined with "Input is an '
+         '"Faces to restore" (faces) cannot be combined with "Input is an '
          'aligned 512x512 face" (aligned) (each image is one aligned face)'),
         ({"only_center_face": True, "faces": "2"},
          '"Only the centre face" (only_center_face) means "Faces to restore" (faces) \'center\'; it cannot '

@@ -162,7 +162,7 @@ def test_gfp_batch_takes_every_restore_option_of_the_cli(capsys: pytest.CaptureF
     ("extra", "message"),
     [
         (["-s", "9"], "gfp batch: error: --upscale must be in [1, 8], got 9.0"),
-        (["--aligned", "--min-face", "9"], "error: --faces and --min-face cannot be combined with --aligned"),
+        (["--aligned", "--min-face", "9"], "error: --min-face cannot be combined with --aligned"),
         (["--crf", "99"], "gfp batch: error: --crf must be an integer in [0, 51] for h264, got 99"),
         (["--workers", "0"], "--workers must be at least 1"),
         (["--cpus-per-worker", "0"], "--cpus-per-worker"),

@@ -76,9 +76,13 @@ def test_list_inputs(tmp_path: Path) -> None:
         ),
         (
             ["--aligned", "--faces", "1"],
-            "gfp: error: --faces and --min-face cannot be combined with --aligned (each image is one aligned",
+            "gfp: error: --faces cannot be combined with --aligned (each image is one aligned face)",
         ),
-        (["--aligned", "--min-face", "20"], "--faces and --min-face cannot be combined with --aligned"),
+        (
+            ["--aligned", "--faces", "1", "--min-face", "9"],
+            "gfp: error: --faces and --min-face cannot be combined with --aligned",
+        ),
+        (["--aligned", "--min-face", "20"], "error: --min-face cannot be combined with --aligned"),
         (
             ["--faces", "{x}"],
             "gfp: error: --faces must be all, largest, center or face numbers such as 1,3 "

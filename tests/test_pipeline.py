@@ -88,8 +88,8 @@ def _layouts(bgr: np.ndarray) -> dict[str, np.ndarray]:
             {"only_center_face": True, "faces": "largest"},
             "only_center_face means faces 'center'; it cannot be combined with faces 'largest'",
         ),
-        ({"aligned": True, "faces": "2"}, "faces and min_face cannot be combined with aligned"),
-        ({"aligned": True, "min_face": 20}, "faces and min_face cannot be combined with aligned"),
+        ({"aligned": True, "faces": "2"}, "^faces cannot be combined with aligned"),
+        ({"aligned": True, "min_face": 20}, "^min_face cannot be combined with aligned"),
         # wrong types are the same readable ValueError, not an error from inside, nor silently truthy
         ({"strength": None}, "strength must be a number in \\[0, 1\\], got None"),
         ({"strength": "0.5"}, "strength must be a number"),
