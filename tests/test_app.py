@@ -27,6 +27,7 @@ from conftest import DETECTOR, MAX_PIXELS, MOBILE, Server, start_server
 
 import app
 from gfp import registry
+from gfp.app import handlers
 from gfp.app.handlers import PREVIEW_MAX_SIDE, OutputFolder, as_display, fit_budget
 from gfp.app.settings import (
     AppSettings,
@@ -943,6 +944,77 @@ def test_mcp_serves_the_restore_tool(server: Server) -> None:
         required = set(schemas[tool].get("required", ()))
         for name, prop in schemas[tool]["properties"].items():
             assert name in required or "default" in prop or "default" in prop.get("description", ""), name
+
+
+def test_a_url_that_cannot_be_fetched_is_said_in_one_sentence(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An MCP client's image or video given by a URL gradio cannot download (HTTP 404, no such host, a
+    private address, a server that does not answer) got "The upstream Gradio app has raised an exception
+    but has not enabled verbose error reporting ...", whatever the cause: it is told what was wrong with
+    the URL. A server that never answers held the request for good (gradio's download of a public host has
+    no timeout): it is cut off. A page or a cut-short file that does download is refused by the readers."""
+    pytest.importorskip("mcp")
+    import functools
+    import http.server
+
+    import anyio
+    import safehttpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    png = (EXAMPLES / "astronaut_lowres.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 3])
+    (tmp_path / "page.html").write_text("<html><body>a page, not a photo</body></html>")
+
+    class Site(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/slow"):
+                time.sleep(3)  # past the time a download may take (made 1 s below): nobody listens now
+                return
+            super().do_GET()
+
+    monkeypatch.setattr(handlers, "FETCH_TIMEOUT_S", 1)
+    args = {"model": server.model, "background": "none", "detector": DETECTOR}
+    mcp_url = server.url + "gradio_api/mcp/"
+
+    async def answer(tool: str, url: str) -> str:
+        upload = "video" if tool == "restore_video" else "image"
+        async with streamablehttp_client(mcp_url) as (rd, wr, _), ClientSession(rd, wr) as session:
+            await session.initialize()
+            result = await session.call_tool(tool, {upload: url} | args)
+            assert result.isError
+            return " ".join(getattr(part, "text", "") for part in result.content)
+
+    def said(url: str, tool: str = "restore") -> str:
+        return anyio.run(answer, tool, url)
+
+    assert said("http://no-such-host.invalid/a.png") == (
+        "Could not fetch http://no-such-host.invalid/a.png: no such host."
+    )
+    handler = functools.partial(Site, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        local = f"http://127.0.0.1:{web.server_address[1]}/"
+        try:
+            private = said(local + "cut.png")  # gradio fetches public addresses only
+            assert private == f"Could not fetch {local}cut.png: its host is not a public address " + (
+                "(this server fetches only public URLs)."
+            )
+            monkeypatch.setattr(safehttpx, "is_public_ip", lambda ip: True)  # 127.0.0.1 taken as public
+            for tool in ("restore", "restore_video"):
+                missing = said(local + "missing.mp4", tool)
+                assert missing == f"Could not fetch {local}missing.mp4: its server answered HTTP 404."
+            slow = said(local + "slow/cut.png")
+            assert slow == f"Could not fetch {local}slow/cut.png: its server did not answer in time."
+            read = "Could not use this file: "  # downloaded, then refused by the photo reader
+            assert said(local + "page.html").startswith(read + "page.html: not an image")
+            assert said(local + "cut.png").startswith(read + "cut.png: corrupt or truncated")
+        finally:
+            web.shutdown()
 
 
 @pytest.mark.usefixtures("offline")

@@ -9,9 +9,11 @@ the photo is read, fitted to the pixel budget and written in the chosen format; 
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import math
+import re
 import shutil
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from typing import Any
 
 import cv2
 import gradio as gr
+import httpx
 import numpy as np
 import torch
 from gradio.context import LocalContext
@@ -75,6 +78,11 @@ an API or MCP client (``"Faces to restore" (faces) must be ...``)."""
 MAX_UPLOAD_MB = 50
 """The largest upload (photo or clip), in MB: gradio refuses a larger upload (``max_file_size``); a file
 given by URL (API, MCP), which gradio downloads whatever its size, is refused by the handlers."""
+
+FETCH_TIMEOUT_S = 120
+"""The longest a file given by URL (API, MCP) may take to download. gradio's download of a public host has
+no time limit of its own (its SSRF-safe transport drops httpx's timeouts): a server that never answered held
+the request, and its place in the queue, for good."""
 
 PREVIEW_MAX_SIDE = 2048
 """The slider and gallery show at most this many pixels per side; the download is always full size."""
@@ -269,6 +277,48 @@ def upload_path(upload: Upload, noun: str) -> tuple[str, str]:
             message = f"{shown} is {size / 2**20:.0f} MB, more than this app takes ({MAX_UPLOAD_MB} MB)."
             raise UserError(f"Could not use this file: {message}")
     return str(path), shown
+
+
+def fetch_error(url: str, exc: BaseException) -> str:
+    """One sentence for a file given by an http(s) URL (API, MCP) that gradio could not download before
+    the handler runs: what was wrong with the URL. gradio's own error is no message for the client (an MCP
+    client got "The upstream Gradio app has raised an exception ...", whatever the cause)."""
+    text = str(exc)
+    status = re.search(r"Status code: (\d+)", text)
+    if status:
+        why = f"its server answered HTTP {status[1]}"
+    elif isinstance(exc, httpx.TimeoutException | TimeoutError):
+        why = "its server did not answer in time"
+    elif isinstance(exc, httpx.TransportError):
+        why = "its server could not be reached"
+    elif "Unable to resolve hostname" in text:
+        why = "no such host"
+    elif "failed validation" in text:
+        why = "its host is not a public address (this server fetches only public URLs)"
+    else:
+        why = "the download failed"
+    shown = url if len(url) <= 200 else url[:200] + "..."
+    return f"Could not fetch {shown}: {why}."
+
+
+def say_fetch_errors(upload: gr.Image | gr.Video) -> None:
+    """A file given to the component ``upload`` by an http(s) URL (API, MCP) is downloaded by gradio before
+    the handler runs, with the component's own method, wrapped here: the download is cut off after
+    :data:`FETCH_TIMEOUT_S`, and one that fails is refused in one sentence (:func:`fetch_error`)."""
+    download = getattr(upload, "async_move_resource_to_block_cache", None)
+    if download is None:  # another gradio 6 release: its own download and error stand
+        return
+
+    async def fetched(url_or_file_path: str | Path | None) -> str | None:
+        url = str(url_or_file_path)
+        if not url.startswith(("http://", "https://")):
+            return await download(url_or_file_path)
+        try:
+            return await asyncio.wait_for(download(url_or_file_path), FETCH_TIMEOUT_S)
+        except Exception as exc:
+            raise UserError(fetch_error(url, exc)) from None
+
+    upload.async_move_resource_to_block_cache = fetched
 
 
 @dataclass(frozen=True)

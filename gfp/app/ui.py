@@ -21,6 +21,7 @@ from gfp.app.handlers import (
     RequestContext,
     build_handler,
     build_video_handler,
+    say_fetch_errors,
 )
 from gfp.app.settings import AppSettings, WeightsCheck, weights_banner
 from gfp.color import COLOR_FIXES
@@ -86,6 +87,7 @@ def _photo_tab(ctx: RequestContext, models: list[tuple[str, str]], limit: int) -
                 label="Photo",
                 elem_id="input-image",
             )
+            say_fetch_errors(image)
             model, rescale, background, strength = _restore_controls(models, ctx.background)
             with gr.Accordion("Advanced", open=False):
                 color_fix, faces_choice, min_face = _choice_controls(photo=True)
@@ -136,6 +138,7 @@ def _video_tab(ctx: RequestContext, models: list[tuple[str, str]], limit: int) -
     with gr.Row():
         with gr.Column(scale=1):
             video = gr.Video(sources=["upload"], label="Video", elem_id="input-video")
+            say_fetch_errors(video)
             model, rescale, background, strength = _restore_controls(models, ctx.background)
             with gr.Accordion("Advanced", open=False):
                 color_fix, faces, min_face = _choice_controls(photo=False)
