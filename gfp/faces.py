@@ -42,7 +42,7 @@ EYE_DIST_THRESHOLD = 5.0
 """Faces whose eyes are closer than this many pixels (side or tiny faces) are skipped, as officially."""
 DETECT_BYTES_PER_PIXEL = {"resnet50": 240, "mobile0.25": 64}
 """Memory a float32 detection on the CPU takes beyond the image, in bytes per pixel detected on, by RetinaFace
-backbone (measured at 6 and 12 MP: 237-238 and 62-63; README, "Limits")."""
+backbone (measured at 6 and 12 MP: 237-238 and 62-63; README, "Speed", peak memory)."""
 
 
 class DetectionMemoryError(OptionError, MemoryError):
