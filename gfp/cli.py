@@ -684,7 +684,8 @@ def _main(argv: Sequence[str] | None) -> int:
     done = len(inputs) - len(failed)
     backends = backends_text(*ran)
     how = f" ({backends})" if backends else ""
-    print(f"Restored {done} of {len(inputs)} file(s){how}; results are in the [{shown(str(output))}] folder.")
+    where = f"results are in the [{shown(str(output))}] folder" if output.is_dir() else "nothing was written"
+    print(f"Restored {done} of {len(inputs)} file(s){how}; {where}.")  # a failed run's folder is gone
     if failed:
         print(f"{len(failed)} file(s) failed: {', '.join(shown(p.name) for p in failed)}", file=sys.stderr)
         return 1

@@ -250,6 +250,18 @@ def test_a_failed_photo_leaves_no_folder_it_made(tmp_path: Path, monkeypatch: py
     assert real_write(tmp_path / "new" / "a.png", _gradient()).is_file()
 
 
+def test_a_run_that_wrote_nothing_names_no_results_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every input failed: the last line named a results folder that was never made (or was removed, with
+    the folders a failed write made)."""
+    weights = make_weights(tmp_path / "w")
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    assert main(["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *_args(weights)]) == 1
+    assert "Restored 0 of 1 file(s); nothing was written." in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_full_disk_at_the_only_input_counts_no_files_not_tried(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
