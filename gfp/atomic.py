@@ -106,9 +106,11 @@ def _mkdir(folder: Path) -> list[Path]:
             raise
         made = _mkdir(folder.parent)
         return made + _mkdir(folder)
-    except OSError:
+    except OSError as err:
         if folder.is_dir():  # a folder already, or a link to one (as ``mkdir(exist_ok=True)`` takes it)
             return []
+        if isinstance(err, FileExistsError) and not os.path.lexists(folder):
+            return _mkdir(folder)  # there, then removed (a failed writer's, empty) before it was looked at
         raise
     return [folder]
 

@@ -393,10 +393,15 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
 
     An ancillary chunk (its type's first letter lower-case: text, time, EXIF, colour profile) whose CRC does
     not match is left out of the list: libpng (with a warning on stderr) and browsers skip it and show the
-    picture, but PIL refuses the file when the chunk comes before the pixels (see :func:`_png_kept`)."""
+    picture, but PIL refuses the file when the chunk comes before the pixels (see :func:`_png_kept`). Not
+    one whose type is a critical one's with a letter's case flipped ("iDAT": the flipped bit is the damage),
+    nor a list left without pixels (a damaged length field that skipped over them). A damaged animation
+    chunk (APNG's acTL, fcTL, fdAT) leaves out the animation's every chunk: the file is read as the still
+    its pixels make, as a reader without APNG shows it (without the first frame's fcTL an APNG reader
+    shows the second frame first)."""
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         return []
-    view, at, chunks = memoryview(data), 8, []
+    view, at, chunks, animation_damaged = memoryview(data), 8, [], False
     while at + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, at)
         end = at + 12 + length
@@ -404,12 +409,20 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
             return None
         if zlib.crc32(view[at + 4 : end - 4]) == int.from_bytes(data[end - 4 : end]):
             chunks.append((kind, at, end))
-        elif not kind[0] & 0x20:  # a critical chunk (IHDR, PLTE, IDAT, IEND)
+        elif not kind[0] & 0x20 or kind.upper() in _PNG_CRITICAL:  # a critical chunk, or one whose case broke
             return None
+        else:
+            animation_damaged |= kind in _APNG_CHUNKS
         if kind == b"IEND":
-            return chunks
+            if animation_damaged:
+                chunks = [chunk for chunk in chunks if chunk[0] not in _APNG_CHUNKS]
+            return chunks if any(chunk[0] == b"IDAT" for chunk in chunks) else None
         at = end
     return None
+
+
+_PNG_CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
+_APNG_CHUNKS = frozenset({b"acTL", b"fcTL", b"fdAT"})
 
 
 def _png_kept(data: bytes, png_chunks: list[tuple[bytes, int, int]], drop: bytes | None = None) -> bytes:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 
 def available_memory(root: Path = Path("/")) -> int | None:
-    """Bytes this process can still allocate: the least of the system's ``MemAvailable``, the room under
-    its cgroup's limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``; reclaimable file cache counted as
-    free) and under its address-space limit (``ulimit -v``); None where none of them can be read.
+    """Bytes this process can still allocate: the least of the system's ``MemAvailable`` and free swap, the
+    room under its cgroup's limit (v2 ``memory.max`` and the swap it may still fill, v1
+    ``memory.limit_in_bytes``; reclaimable file cache counted as free) and under its address-space limit
+    (``ulimit -v``); None where none of them can be read.
     ``root`` is where ``/proc`` and ``/sys`` are looked up (tests give a folder of fake files)."""
     rooms = [_meminfo_available(root), _cgroup_room(root), _address_space_room(root)]
     known = [room for room in rooms if room is not None]
@@ -38,7 +39,11 @@ def _field(text: str | None, name: str, unit: int = 1) -> int | None:
 
 
 def _meminfo_available(root: Path) -> int | None:
-    return _field(_read(root / "proc/meminfo"), "MemAvailable", 1024)
+    """``MemAvailable`` and the free swap: past the memory the kernel swaps pages out (slower) and kills only
+    once swap is full too, so a detection that needs some of it runs, as it did before it was checked."""
+    text = _read(root / "proc/meminfo")
+    available = _field(text, "MemAvailable", 1024)
+    return None if available is None else available + (_field(text, "SwapFree", 1024) or 0)
 
 
 def _cgroup_room(root: Path) -> int | None:
@@ -51,16 +56,18 @@ def _cgroup_room(root: Path) -> int | None:
             continue
         _, controllers, path = parts
         if controllers == "":  # v2
-            base = root / "sys/fs/cgroup"
+            base, swap = root / "sys/fs/cgroup", ("memory.swap.max", "memory.swap.current")
             limit, usage, cache = "memory.max", "memory.current", "inactive_file"
         elif "memory" in controllers.split(","):  # v1
-            base = root / "sys/fs/cgroup/memory"
+            base, swap = root / "sys/fs/cgroup/memory", None
             limit, usage, cache = "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
         else:
             continue
         folder = base / path.strip().lstrip("/")
         while True:  # from the process's own cgroup up to the root of what is mounted
             room = _room(folder, limit, usage, cache)
+            if room is not None and swap is not None:
+                room += _swap_room(root, folder, *swap)
             if room is not None:
                 rooms.append(room)
             if folder == base:
@@ -75,6 +82,16 @@ def _room(folder: Path, limit_file: str, usage_file: str, cache_field: str) -> i
         return None
     cache = _field(_read(folder / "memory.stat"), cache_field) or 0
     return int(limit) - max(0, int(usage) - cache)
+
+
+def _swap_room(root: Path, folder: Path, limit_file: str, usage_file: str) -> int:
+    """The swap a v2 cgroup may still fill (its ``memory.swap.max`` less its use, at most the system's free
+    swap): past ``memory.max`` the kernel swaps the cgroup's pages out, and kills only once that is full."""
+    system = _field(_read(root / "proc/meminfo"), "SwapFree", 1024) or 0
+    limit, usage = (_read(folder / limit_file) or "").strip(), (_read(folder / usage_file) or "").strip()
+    if limit == "max":
+        return system
+    return min(system, max(0, int(limit) - int(usage))) if limit.isdigit() and usage.isdigit() else 0
 
 
 def _address_space_room(root: Path) -> int | None:

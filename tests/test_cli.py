@@ -262,6 +262,25 @@ def test_a_run_that_wrote_nothing_names_no_results_folder(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_removed_between_mkdir_and_its_look_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer's folder, there when ``mkdir`` refused to make it and removed (empty: that writer
+    failed) before it was looked at, failed a write with "[Errno 17] File exists" (gfp batch workers
+    writing into one new folder, half of them failing, met it): the folder is made again."""
+    real_mkdir = Path.mkdir
+    raced = tmp_path / "out" / "cmp"
+
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self == raced and not getattr(mkdir, "done", False):
+            mkdir.done = True  # type: ignore[attr-defined]
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(self))  # and gone since
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    assert cli.write_image(raced / "a.png", _gradient()).is_file()
+
+
 def test_a_full_disk_at_the_only_input_counts_no_files_not_tried(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -426,6 +426,54 @@ def test_a_damaged_critical_png_chunk_is_refused(capfd: pytest.CaptureFixture[st
     assert "libpng" not in capfd.readouterr().err
 
 
+def _damaged_crc(png: bytes, kind: bytes, nth: int = 0) -> bytes:
+    """``png`` with the CRC of its ``nth`` chunk of type ``kind`` made wrong."""
+    at = -1
+    for _ in range(nth + 1):
+        at = png.index(kind, at + 1)
+    (length,) = struct.unpack_from(">I", png, at - 4)
+    data = bytearray(png)
+    data[at + 4 + length] ^= 1
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("kind", "nth"), [(b"acTL", 0), (b"fcTL", 0), (b"fcTL", 1), (b"fdAT", 0)])
+def test_a_damaged_apng_chunk_reads_the_first_frame(
+    capfd: pytest.CaptureFixture[str], kind: bytes, nth: int
+) -> None:
+    """An animation chunk is ancillary too: left out alone, a damaged fcTL of the first frame made the
+    pixels no frame, and OpenCV's APNG reader gave the second frame; a later one's made libpng warn on
+    stderr. The whole animation is left out: its first frame is read, as a still."""
+    frames = [Image.fromarray(np.full((16, 16, 3), value, np.uint8)) for value in (10, 120, 240)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    data = _damaged_crc(buf.getvalue(), kind, nth)
+    capfd.readouterr()
+    np.testing.assert_array_equal(read_image_bytes(data), np.full((16, 16, 3), 10, np.uint8))
+    assert frame_count(data) in (1, 3)
+    assert "libpng" not in capfd.readouterr().err
+
+
+def test_a_png_chunk_damaged_in_its_type_or_length_is_refused(capfd: pytest.CaptureFixture[str]) -> None:
+    """A chunk whose CRC does not match is not skipped as ancillary where the damage is what made it look
+    so: an IDAT with its first letter's case flipped ("iDAT"), or a text chunk whose length field reaches
+    over the pixels. libpng printed its error for the pixels left; the file is refused in our one line."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8)).save(buf, "PNG")
+    png = buf.getvalue()  # its pixels in more than one IDAT chunk: the second is damaged
+    flipped = bytearray(png)
+    flipped[png.index(b"IDAT", png.index(b"IDAT") + 1)] ^= 0x20
+    text = _with_damaged_chunk(png, b"tEXt", b"Comment\0x", b"IDAT")
+    at = text.index(b"tEXt") - 4
+    over = bytearray(text)
+    struct.pack_into(">I", over, at, text.index(b"IEND") - 4 - at - 12)  # its chunk ends where IEND begins
+    for data in (bytes(flipped), bytes(over)):
+        with pytest.raises(UnreadableImageError, match=r"^a.png: [^\n]*$"):
+            read_image_bytes(data, name="a.png")
+    err = capfd.readouterr().err
+    assert "libpng" not in err and "WARN" not in err
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16"])
 def test_a_png_colour_profile_prints_nothing_of_libpng(capfd: pytest.CaptureFixture[str], mode: str) -> None:
     """libpng checks a PNG's profile and printed its warnings itself ("iCCP: ... RGB color space not

@@ -74,3 +74,24 @@ def test_ulimit_v_less_the_virtual_size(tmp_path: Path, monkeypatch: pytest.Monk
         {"proc/meminfo": "MemAvailable:   20000000 kB\n", "proc/self/status": "VmSize:\t 4194304 kB\n"},
     )
     assert available_memory(root) == 2 * GIB
+
+
+def test_free_swap_is_room(tmp_path: Path) -> None:
+    """Past the memory the kernel swaps (slower) and kills only once swap is full: a detection that needs
+    some of it is no false refusal, on the machine or under a cgroup v2 limit that may swap."""
+    meminfo = "MemAvailable:    1048576 kB\nSwapTotal:       8388608 kB\nSwapFree:        4194304 kB\n"
+    assert available_memory(_write(tmp_path / "machine", {"proc/meminfo": meminfo})) == 5 * GIB
+    job = {
+        "proc/meminfo": meminfo,
+        "proc/self/cgroup": "0::/job\n",
+        "sys/fs/cgroup/job/memory.max": f"{GIB}\n",
+    }
+    job["sys/fs/cgroup/job/memory.current"] = f"{GIB // 2}\n"
+    for swap_max, room in (
+        ("max\n", GIB // 2 + 4 * GIB),
+        (f"{GIB}\n", GIB // 2 + GIB // 4),
+        ("0\n", GIB // 2),
+    ):
+        files = job | {"sys/fs/cgroup/job/memory.swap.max": swap_max}
+        files["sys/fs/cgroup/job/memory.swap.current"] = f"{3 * GIB // 4}\n"
+        assert available_memory(_write(tmp_path / swap_max.strip(), files)) == room
