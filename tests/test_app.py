@@ -946,6 +946,50 @@ def test_mcp_serves_the_restore_tool(server: Server) -> None:
             assert name in required or "default" in prop or "default" in prop.get("description", ""), name
 
 
+def test_an_mcp_result_with_and_without_a_progress_token(server: Server) -> None:
+    """What the README says a restore tool call returns, in gradio's two forms: with a progress token, the
+    restored PNG as an image, its URL and the status line as parts of their own (after the before/after
+    pair and the faces, as text); without one, every output in one text (gradio's server puts the outputs'
+    tuple in a list), which holds the status line and the restored file's URL but no image. When gradio
+    answers both alike, this fails: the README's "MCP" is then to be updated."""
+    pytest.importorskip("mcp")
+    import anyio
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    photo = (
+        "data:image/png;base64," + base64.b64encode((EXAMPLES / "astronaut_lowres.png").read_bytes()).decode()
+    )
+    arguments = {"image": photo, "model": server.model, "background": "none", "detector": DETECTOR}
+    steps: list[str | None] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        steps.append(message)
+
+    async def content(token: bool) -> list[Any]:
+        url = server.url + "gradio_api/mcp/"
+        async with streamablehttp_client(url) as (rd, wr, _), ClientSession(rd, wr) as session:
+            await session.initialize()
+            report = progress if token else None
+            result = await session.call_tool("restore", arguments, progress_callback=report)
+            assert not result.isError
+            return result.content
+
+    parts = anyio.run(content, True)
+    images = [part for part in parts if part.type == "image"]
+    assert [image.mimeType for image in images] == ["image/png"]
+    png = np.frombuffer(base64.b64decode(images[0].data), np.uint8)
+    assert cv2.imdecode(png, cv2.IMREAD_UNCHANGED).shape[:2] == (320, 320)
+    texts = [part.text for part in parts if part.type == "text"]
+    assert any(text.startswith("Image URL: http") and text.endswith("_restored.png") for text in texts), texts
+    assert texts[-1].startswith("**") and "output 320x320 PNG" in texts[-1], texts[-1]
+    assert steps  # the queue and each stage, as progress notifications
+    steps.clear()
+    (only,) = anyio.run(content, False)
+    assert only.type == "text" and "output 320x320 PNG" in only.text and "_restored.png" in only.text
+    assert not steps
+
+
 def test_a_url_that_cannot_be_fetched_is_said_in_one_sentence(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
