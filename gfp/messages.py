@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import string
 import unicodedata
 from collections.abc import Mapping
@@ -26,14 +27,33 @@ class OptionError(ValueError):
         super().__init__(self.said({}))
 
     def __reduce__(self) -> tuple[object, ...]:
-        """Pickled (a worker process's error) as made: from the template and values, not the message."""
-        return (partial(type(self), self.template, **self.values), ())
+        """Pickled (a worker process's error) as made: from the template and values, not the message; a value
+        that cannot be pickled (a generator given as ``faces``) as the text of its repr, which the message
+        shows alike."""
+        values = {name: _picklable(value) for name, value in self.values.items()}
+        return (partial(type(self), self.template, **values), ())
 
     def said(self, names: Mapping[str, str]) -> str:
         """The message with each option in ``names``' words for it (an option it lacks by its field name)."""
         return self.template.format_map(
             {field: names.get(field, field) for field in self.fields} | self.values
         )
+
+
+class _Shown(str):
+    """A value's repr standing in for the value (see :meth:`OptionError.__reduce__`): ``{value!r}`` and
+    ``{value}`` show it as the value's ``!r`` did."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _picklable(value: object) -> object:
+    try:
+        pickle.dumps(value)
+    except Exception:  # (what cannot be pickled fails in many ways)
+        return _Shown(repr(value))
+    return value
 
 
 def is_plain(name: str) -> bool:

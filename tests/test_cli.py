@@ -126,6 +126,10 @@ def test_option_errors_name_the_flags_the_parser_has() -> None:
     )
     again = pickle.loads(pickle.dumps(err.value))
     assert type(again) is OptionError and cli.said(again) == cli.said(err.value)
+    with pytest.raises(OptionError) as err:
+        RestoreOptions(faces=(n for n in (1, 2)))  # no list of numbers; a generator cannot be pickled
+    again = pickle.loads(pickle.dumps(err.value))  # a worker's error reaches its caller whatever the value
+    assert str(again) == str(err.value) and "generator object" in str(again)
 
 
 def test_an_output_that_is_a_file_is_refused_before_any_work(
