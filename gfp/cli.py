@@ -38,7 +38,6 @@ from gfp.atomic import new_folders_undone, unwinding_on_termination
 from gfp.background import scaled_size
 from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
-from gfp.faces import DetectionMemoryError
 from gfp.imageio import (
     WRITE_FORMATS,
     ImageReadError,
@@ -49,7 +48,7 @@ from gfp.imageio import (
     size_error,
     write_image,
 )
-from gfp.messages import first_line, shown
+from gfp.messages import OptionError, first_line, shown
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.stages import backends_text
 from gfp.video import (
@@ -480,12 +479,13 @@ def out_of_memory(err: BaseException) -> bool:
 
 def failure(err: BaseException, name: str) -> str:
     """The line an input's failure is said in (its error's first line, ``name`` :func:`shown` in it), led by
-    what to change when it ran out of memory: the CLI's and ``gfp batch``'s records alike (a detection
-    refused up front for want of memory already says the ``--detect-max-side`` that fits)."""
+    what to change when it ran out of memory: the CLI's and ``gfp batch``'s records alike. A refusal for want
+    of memory that is an :class:`~gfp.messages.OptionError` (detection refused up front) already names the
+    option and the value that fit: it is not given the general advice."""
     why = said(err, name)
-    if isinstance(err, DetectionMemoryError):
-        return f"not enough memory: {why}"
-    return f"{OUT_OF_MEMORY} ({why})" if out_of_memory(err) else why
+    if not out_of_memory(err):
+        return why
+    return f"not enough memory: {why}" if isinstance(err, OptionError) else f"{OUT_OF_MEMORY} ({why})"
 
 
 def check_not_input(target: Path | None, source: Path) -> None:

@@ -67,12 +67,17 @@ def shown(name: str) -> str:
     return name if is_plain(name) else repr(name)
 
 
+def in_words(err: BaseException, options: Mapping[str, str] | None = None) -> str:
+    """``err``'s message; an :class:`OptionError`'s with its options in ``options``' words for them (a front
+    end's: see :meth:`OptionError.said`)."""
+    return err.said(options) if options is not None and isinstance(err, OptionError) else str(err)
+
+
 def first_line(err: BaseException, name: str | None = None, options: Mapping[str, str] | None = None) -> str:
     """The first line of an error's message (its type's name when it has none); ``name``, a file the
     message may name (an image or video error begins with it), is :func:`shown`, so that a newline in it
-    does not end the line there; an :class:`OptionError` names its options in ``options``' words for them
-    (a front end's: see :meth:`OptionError.said`)."""
-    text = err.said(options) if options is not None and isinstance(err, OptionError) else str(err)
+    does not end the line there; its options are said in ``options``' words (:func:`in_words`)."""
+    text = in_words(err, options)
     text = text if name is None else text.replace(name, shown(name))
     lines = text.strip().splitlines()
     return lines[0] if lines else type(err).__name__

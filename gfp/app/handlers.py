@@ -48,7 +48,7 @@ from gfp.imageio import (
     to_8bit,
     write_image,
 )
-from gfp.messages import OptionError, headline
+from gfp.messages import OptionError, headline, in_words
 from gfp.pipeline import RestoreOptions, Restorer, RestoreResult
 from gfp.stages import backends_text
 from gfp.video import VideoError, VideoOptions, VideoResult, is_video, restore_video
@@ -219,12 +219,6 @@ def queued_event() -> str | None:
     return event_id if event is not None and getattr(event, "alive", True) else None
 
 
-def in_app_words(err: BaseException) -> str:
-    """``err``'s message; an :class:`OptionError`'s names its options as the app does (:data:`OPTION_NAMES`),
-    not by their Python field names."""
-    return err.said(OPTION_NAMES) if isinstance(err, OptionError) else str(err)
-
-
 def number(name: str, value: Any, low: float, high: float) -> float:
     """A numeric option from the request, or a gradio error that says what is allowed (an API client's
     ``true`` is no strength of 1)."""
@@ -388,7 +382,7 @@ class Request:
         try:  # the pipeline's own checks (faces "x"), said now as the client's mistake
             RestoreOptions(**fields)
         except ValueError as exc:
-            raise UserError(in_app_words(exc)) from None
+            raise UserError(in_words(exc, OPTION_NAMES)) from None
         path, name = upload_path(upload, noun)
         return cls(noun, path, name, model, fields, progress, queued_event())
 
@@ -434,7 +428,7 @@ class Request:
             message = f"{self.name} {what} this app takes ({most} MP); please downscale it first."
             raise UserError(f"Could not use this file: {message}") from None
         except (ImageReadError, VideoError) as exc:
-            message = in_app_words(exc).replace(self.path, self.name)
+            message = in_words(exc, OPTION_NAMES).replace(self.path, self.name)
             raise UserError(f"Could not use this file: {message}") from None
         except WeightsError as exc:  # the full text (where it looked) is for the server's log
             print(f"app: {exc}", file=sys.stderr)
@@ -450,7 +444,7 @@ class Request:
             print(f"app: {exc}", file=sys.stderr)
             raise gr.Error("Could not write the result on this server; please try again later.") from None
         except OptionError as exc:  # an option refused: the client's mistake, said in the app's words
-            raise UserError(in_app_words(exc)) from None
+            raise UserError(in_words(exc, OPTION_NAMES)) from None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
