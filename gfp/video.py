@@ -534,9 +534,8 @@ def restore_frames(
         if notes is not None:  # each frame notes the same fallback: say it once per clip
             notes.extend(note for note in dict.fromkeys(log.notes) if note not in notes)
         log.notes.clear()
-        if backends is not None:  # what each network ran in first, for the whole clip
-            for what, backend in log.backends.items():
-                backends.setdefault(what, backend)
+        if backends is not None:  # the clip's log keeps what each network ran in first
+            backends.update(log.backends)
 
     frames = _checked(frames)
     tracked = _tracked(restorer, frames, options, video) if plan is None else _replayed(frames, plan)
