@@ -168,7 +168,20 @@ def paste_faces(
         raise ValueError("paste_faces expects an HxWx3 float32 background")
     check_faces(faces, matrices, masks)
     height, width = background.shape[:2]
-    for i, (x0, y0, x1, y1), local in face_placements(faces, matrices, upscale, width, height):
+    placements = face_placements(faces, matrices, upscale, width, height)
+    return blend_faces(background, faces, placements, upscale, masks, face_scale)
+
+
+def blend_faces(
+    background: np.ndarray,
+    faces: Sequence[np.ndarray],
+    placements: Sequence[tuple[int, tuple[int, int, int, int], np.ndarray]],
+    upscale: float,
+    masks: Sequence[np.ndarray] | None,
+    face_scale: float,
+) -> np.ndarray:
+    """Blend each face of :func:`face_placements` into its box of ``background`` (float32), in place."""
+    for i, (x0, y0, x1, y1), local in placements:
         mask = None if masks is None else masks[i]
         blend_face(background[y0:y1, x0:x1], faces[i], local, upscale, mask, face_scale)
     return background

@@ -21,7 +21,7 @@ from gfp.background import lanczos_upsample
 from gfp.color import color_fix
 from gfp.faces import Detections, detect_faces
 from gfp.loading import Network
-from gfp.paste import blend_face, check_faces, face_placements, parse_masks, paste_faces
+from gfp.paste import blend_face, blend_faces, check_faces, face_placements, parse_masks
 from gfp.store import ModelStore, Unavailable, converting, runs_in
 from gfp.weights.errors import CheckpointError, WeightsError
 
@@ -203,7 +203,7 @@ def paste(
         # a whole-image canvas is no larger; gray with alpha: a network may have made its colours unequal
         alpha = upscaled[:, :, 3] if upscaled.ndim == 3 and upscaled.shape[2] == 4 else None
         canvas = color_part(upscaled).astype(np.float32)
-        paste_faces(canvas, faces, matrices, upscale, masks, face_scale=max_value / 255.0)
+        blend_faces(canvas, faces, placements, upscale, masks, max_value / 255.0)  # placed once, above
         return compose(canvas, alpha, gray, img.dtype, max_value)
     out = upscaled.copy()
     colour = out if out.ndim == 2 else out[:, :, :3]  # a view: alpha stays as it is
