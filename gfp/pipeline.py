@@ -141,8 +141,9 @@ class RestoreOptions:
             raise ValueError(f"unknown face detector {self.detector!r}; choose one of: {choices}")
         side = self.detect_max_side
         if side is not None and (not is_whole(side) or side < 64):
-            raise OptionError(
-                "{detect_max_side} must be an integer >= 64 (or None), got {value!r}", value=side
+            raise OptionError(  # "unset", not None: the CLI's users leave the flag out
+                "{detect_max_side} must be an integer >= 64 or unset (the full image), got {value!r}",
+                value=side,
             )
         if self.batch_size is not None and (not is_whole(self.batch_size) or self.batch_size < 1):
             raise OptionError("{batch_size} must be an integer >= 1, got {value!r}", value=self.batch_size)

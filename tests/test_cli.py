@@ -62,7 +62,10 @@ def test_list_inputs(tmp_path: Path) -> None:
         (["-i", "/nonexistent/x.png"], "neither a file nor a folder"),
         (["-s", "9"], "gfp: error: --upscale must be in [1, 8], got 9.0"),
         (["-w", "x"], ""),
-        (["--detect-max-side", "10"], "gfp: error: --detect-max-side must be an integer >= 64"),
+        (
+            ["--detect-max-side", "10"],
+            "gfp: error: --detect-max-side must be an integer >= 64 or unset (the full image), got 10",
+        ),
         (["--backend", "onnx"], "invalid choice: 'onnx'"),
         (["--backend", "openvino", "--device", "cuda:7"], "cuda:7"),
         (["--faces", "0"], "gfp: error: --faces: face numbers start at 1, got '0'"),
