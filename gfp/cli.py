@@ -40,6 +40,7 @@ from gfp.color import COLOR_FIXES
 from gfp.devices import BACKENDS
 from gfp.imageio import (
     WRITE_FORMATS,
+    ImageMemoryError,
     ImageReadError,
     first_frame_note,
     is_image_name,
@@ -481,9 +482,10 @@ def failure(err: BaseException, name: str) -> str:
     """The line an input's failure is said in (its error's first line, ``name`` :func:`shown` in it), led by
     what to change when it ran out of memory: the CLI's and ``gfp batch``'s records alike. A refusal for want
     of memory that is an :class:`~gfp.messages.OptionError` (detection refused up front) already names the
-    option and the value that fit: it is not given the general advice."""
+    option and the value that fit: it is not given the general advice, nor a photo too big to decode
+    (:class:`~gfp.imageio.ImageMemoryError`), whose line says memory and what to do (no option helps)."""
     why = said(err, name)
-    if not out_of_memory(err):
+    if not out_of_memory(err) or isinstance(err, ImageMemoryError):
         return why
     return f"not enough memory: {why}" if isinstance(err, OptionError) else f"{OUT_OF_MEMORY} ({why})"
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gfp.memory import available_memory
+from gfp.memory import available_memory, size_text
 from gfp.messages import OptionError
 from gfp.selection import center_face
 
@@ -133,10 +133,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.array(keep, dtype=np.int64)
 
 
-def _size(count: int) -> str:
-    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
-
-
 def check_detect_memory(per_pixel: int | None, width: int, height: int, full_w: int, full_h: int) -> None:
     """Refuse a detection on ``width`` x ``height`` pixels (of a ``full_w`` x ``full_h`` image) that would not
     fit in the memory this process can still take (:class:`DetectionMemoryError`). It is not shrunk instead:
@@ -146,8 +142,8 @@ def check_detect_memory(per_pixel: int | None, width: int, height: int, full_w: 
     available = available_memory()
     if per_pixel is None or available is None or width * height * per_pixel <= available:
         return
-    what = f"detecting faces on {width}x{height} pixels needs about {_size(width * height * per_pixel)}, "
-    what += f"{_size(available)}"
+    what = f"detecting faces on {width}x{height} pixels needs about {size_text(width * height * per_pixel)}, "
+    what += f"{size_text(available)}"
     longest, shortest = max(full_w, full_h), min(full_w, full_h)
     fits = int((0.75 * available / per_pixel * longest / shortest) ** 0.5) // 256 * 256
     if fits < 256:

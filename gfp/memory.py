@@ -22,6 +22,14 @@ def available_memory(root: Path = Path("/")) -> int | None:
     return max(0, min(known)) if known else None
 
 
+def size_text(count: int) -> str:
+    """A number of bytes as a message says it: GiB with one decimal from 1 GiB, else whole MiB (KiB below
+    1 MiB, which would read "0 MiB")."""
+    if count < 2**20:
+        return f"{count / 2**10:.0f} KiB"
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()

@@ -225,6 +225,33 @@ def test_budget_and_display_helpers() -> None:
     assert big.shape == (PREVIEW_MAX_SIDE, 68, 3)
 
 
+@pytest.mark.parametrize(("side", "shown"), [(3000, None), (100, (230, 230))], ids=["shrunk", "enlarged"])
+def test_a_transparent_results_preview_has_no_dark_fringe(side: int, shown: tuple[int, int] | None) -> None:
+    """An opaque red disc on transparent black, resized for the slider (shrunk to PREVIEW_MAX_SIDE, or the
+    before image enlarged to the after image's size): its edge pixels are red, partly transparent, not the
+    transparent pixels' black mixed in (a dark 1 px fringe around every cut-out)."""
+    img = np.zeros((side, side, 4), np.uint8)
+    cv2.circle(img, (side // 2, side // 2), side // 3, (0, 0, 255, 255), -1, lineType=cv2.LINE_8)
+    preview = as_display(img) if shown is None else as_display(img, shown)
+    assert preview.shape[:2] == ((PREVIEW_MAX_SIDE,) * 2 if shown is None else shown)
+    seen = preview[preview[:, :, 3] > 0]
+    assert ((preview[:, :, 3] > 0) & (preview[:, :, 3] < 255)).any()  # the edge was blended
+    assert seen[:, 0].min() >= 254 and seen[:, 1:3].max() <= 1, seen[seen[:, 0].argmin()]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_transparent_upload_over_the_budget_keeps_its_edges_colour(dtype: type) -> None:
+    """The upload itself, shrunk to the app's budget before the restore, had the dark fringe: in the
+    result, not only its preview."""
+    top = np.iinfo(dtype).max
+    img = np.zeros((600, 600, 4), dtype)
+    cv2.circle(img, (300, 300), 200, (0, 0, top, top), -1, lineType=cv2.LINE_8)
+    small, _ = fit_budget(img, 200_000)
+    seen = small[small[:, :, 3] > 0]
+    assert ((small[:, :, 3] > 0) & (small[:, :, 3] < top)).any()
+    assert seen[:, 2].min() >= top - top // 255 and seen[:, :2].max() <= top // 255
+
+
 def test_a_one_pixel_strip_is_fitted_to_the_budget_too() -> None:
     """Scaling both sides by one factor rounds a 1 px side up to 1 again: the other side must still fit."""
     for shape in ((1, 31_000, 3), (70_000, 1), (2, 40_000, 4)):
@@ -781,6 +808,22 @@ def test_running_out_of_memory_is_a_plain_sentence(
 
     monkeypatch.setattr(Restorer, "restore", out_of_memory)
     expected = "This server ran out of memory for astronaut_lowres.png: choose a smaller rescale or photo."
+    with pytest.raises(gradio_client.exceptions.AppError, match=expected):
+        call(client, server, EXAMPLES / "astronaut_lowres.png")
+
+
+def test_a_photo_too_big_to_decode_in_the_memory_left_is_not_called_a_broken_file(
+    client, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoders' errors for a photo that does not fit read as "corrupt or truncated image": the app says
+    the server's memory, the photo's size and what its decode needs instead."""
+    from gfp import imageio
+
+    monkeypatch.setattr(imageio, "available_memory", lambda: 2**16)
+    expected = (
+        r"This server has too little memory: astronaut_lowres.png \(160x160\) needs about 150 KiB to read, "
+        r"64 KiB free; choose a smaller photo\."
+    )
     with pytest.raises(gradio_client.exceptions.AppError, match=expected):
         call(client, server, EXAMPLES / "astronaut_lowres.png")
 

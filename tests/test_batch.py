@@ -33,7 +33,7 @@ from _zoo_helpers import shared_data_dir
 from conftest import make_weights, shared_detector
 from PIL import Image, ImageCms
 
-from gfp import batch, cli
+from gfp import batch, cli, imageio
 from gfp.registry import MODEL_ZOO
 
 with contextlib.suppress(ImportError):  # without Ray its tests skip, the others run
@@ -518,6 +518,22 @@ def test_a_photo_out_of_memory_is_a_failed_record_saying_what_to_change(
     record = worker.restore(str(photo), photo.read_bytes())
     assert record["status"] == "failed"
     assert record["error"] == f"{cli.OUT_OF_MEMORY} (Unable to allocate 2.15 GiB for an array)"
+
+
+def test_a_photo_too_big_to_decode_is_a_failed_record_saying_memory(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the CLI says it: its size, what its decode needs and what is free, not a corrupt file, nor the
+    options that make the restore smaller (none makes the decode fit)."""
+    monkeypatch.setattr(imageio, "available_memory", lambda: 2**20)
+    photo = tmp_path / "big.png"
+    cv2.imwrite(str(photo), _gradient(500, 700))
+    record = _worker(weights, tmp_path / "out", None, "").restore(str(photo), photo.read_bytes())
+    assert record["status"] == "failed"
+    assert record["error"] == (
+        f"{photo}: not enough memory: decoding its 700x500 pixels (0.3 MP) needs about 2 MiB, 1 MiB is free: "
+        "free some memory or downscale it first"
+    )
 
 
 def test_a_restored_image_too_large_for_its_format_is_a_failed_record(tmp_path: Path, weights: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from _zoo_helpers import save_tiny_generator
 from conftest import MOBILE, make_weights
 
-from gfp import cli, faces
+from gfp import cli, faces, imageio
 from gfp.cli import list_inputs, main
 from gfp.pipeline import Restorer, RestoreResult
 
@@ -365,6 +365,28 @@ def test_a_photo_whose_detection_would_not_fit_is_refused_up_front_naming_the_si
     assert errors == [
         f"gfp: error: {inputs / 'a.png'}: not enough memory: detecting faces on 1024x768 pixels needs about "
         "48 MiB, 20 MiB is free: use --detect-max-side 512 or less (it detects on a copy that size)"
+    ]
+    assert {p.name for p in out.rglob("*") if p.is_file()} == {"b.png"}
+
+
+def test_a_photo_too_big_to_decode_says_memory_not_the_options_that_do_not_help(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photo whose decode would not fit is one line saying its size, what its decode needs and what is
+    free, without the general advice (a smaller -s or --bg_tile does not make it decode); the next photo
+    is restored."""
+    monkeypatch.setattr(imageio, "available_memory", lambda: 20 * 2**20)
+    weights = make_weights(tmp_path / "w")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "a.png"), np.zeros((2000, 3000, 3), np.uint8))
+    cv2.imwrite(str(inputs / "b.png"), _gradient())
+    out = tmp_path / "out"
+    assert main(["-i", str(inputs), "-o", str(out), *_args(weights, "-s", "1")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [
+        f"gfp: error: {inputs / 'a.png'}: not enough memory: decoding its 3000x2000 pixels (6.0 MP) needs "
+        "about 34 MiB, 20 MiB is free: free some memory or downscale it first"
     ]
     assert {p.name for p in out.rglob("*") if p.is_file()} == {"b.png"}
 

@@ -6,6 +6,7 @@ import io
 import os
 import struct
 import threading
+import tracemalloc
 import warnings
 import zlib
 from pathlib import Path
@@ -13,11 +14,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
+from gfp import imageio
 from gfp.imageio import (
+    ImageMemoryError,
     ImageTooLargeError,
     UnreadableImageError,
+    as_written,
     encode_image,
     frame_count,
     read_icc_profile,
@@ -66,6 +70,34 @@ def test_16bit_stays_16bit(tmp_path: Path, ext: str, channels: int) -> None:
     out = read_image(write_image(tmp_path / f"x{ext}", img))
     assert out.dtype == np.uint16
     np.testing.assert_array_equal(out, img)
+
+
+def _peak_bytes(work: object) -> int:
+    """The most bytes Python and NumPy held at once while ``work()`` ran, above what they held before."""
+    tracemalloc.start()
+    try:
+        work()  # type: ignore[operator]
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_what_an_8bit_format_holds_is_made_without_whole_image_float_copies() -> None:
+    """16-bit rounded to 8-bit, and BGRA composited over white for JPEG, as before (every value, every
+    colour and alpha), without float copies of the whole image: a 40 MP BGRA result's JPEG and its
+    preview took 2.4 GB (16-bit) and 1.5 GB (8-bit) above the image itself."""
+    wide = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    np.testing.assert_array_equal(as_written(wide, ".jpg"), np.round(wide / 257.0).astype(np.uint8))
+    colour, alpha = np.meshgrid(np.arange(256), np.arange(256))
+    bgra = np.dstack([colour, 255 - colour, colour // 2, alpha]).astype(np.uint8)
+    a = bgra[:, :, 3:].astype(np.float32) / 255
+    over_white = np.round(bgra[:, :, :3].astype(np.float32) * a + 255 * (1 - a)).astype(np.uint8)
+    np.testing.assert_array_equal(as_written(bgra, ".jpg"), over_white)
+
+    big = np.zeros((1000, 1000, 4), np.uint16)
+    assert _peak_bytes(lambda: as_written(big, ".webp")) < 2 * big.size  # the 8-bit result, and a little
+    small = big.astype(np.uint8)
+    assert _peak_bytes(lambda: as_written(small, ".jpg")) < 4 * small.size
 
 
 @pytest.mark.parametrize("ext", [".jpg", ".webp", ".bmp"])
@@ -294,6 +326,67 @@ def test_truncated_and_missing(tmp_path: Path) -> None:
         read_image(tmp_path / "cut.png")
     with pytest.raises(UnreadableImageError, match="nope.png"):
         read_image(tmp_path / "nope.png")
+
+
+@pytest.mark.parametrize(
+    ("layout", "depth", "need"),
+    [
+        ((1000, 2000, 3), np.uint8, "11 MiB"),
+        ((1000, 2000, 3), np.uint16, "23 MiB"),
+        ((1000, 2000, 4), np.uint8, "15 MiB"),
+        ((1000, 2000, 4), np.uint16, "31 MiB"),
+        ((1000, 2000), np.uint8, "4 MiB"),
+        ((1000, 2000), np.uint16, "8 MiB"),
+    ],
+)
+def test_a_decode_that_would_not_fit_is_refused_from_the_header_saying_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: tuple[int, ...], need: str, depth: type
+) -> None:
+    """Under a cgroup's or ``ulimit -v``'s limit, the decoders' errors for a big photo read as a corrupt file
+    (or OpenCV's "Insufficient memory"): refused before decoding, from the header's size, saying what it
+    needs and what is free; with room enough it is read."""
+    img = np.zeros(layout, depth)
+    cv2.imwrite(str(tmp_path / "big.png"), img)
+    monkeypatch.setattr(imageio, "available_memory", lambda: 3 * 2**20)
+    with pytest.raises(ImageMemoryError) as caught:
+        read_image(tmp_path / "big.png")
+    assert str(caught.value) == (
+        f"{tmp_path / 'big.png'}: not enough memory: decoding its 2000x1000 pixels (2.0 MP) needs about "
+        f"{need}, 3 MiB is free: free some memory or downscale it first"
+    )
+    monkeypatch.setattr(imageio, "available_memory", lambda: img.nbytes * 2)
+    np.testing.assert_array_equal(read_image(tmp_path / "big.png"), img)
+
+
+@pytest.mark.parametrize("failure", [MemoryError(), OSError("out of memory when reading image file")])
+def test_a_decode_that_runs_out_of_memory_says_memory_not_corrupt(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """PIL's MemoryError, or its decoder's own "out of memory" OSError, was said "corrupt or truncated
+    image": a user would throw the photo away. (OpenCV's decoder prints its failure and gives None, so PIL
+    decodes next; a really corrupt file still says corrupt: test_a_damaged_png_prints_nothing_of_libpng.)"""
+    monkeypatch.setattr(cv2, "imdecode", lambda *_: None)
+
+    def load(self: Image.Image) -> None:
+        raise failure
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    with pytest.raises(ImageMemoryError, match="^a.png: not enough memory: decoding its 64x48 pixels "):
+        read_image_bytes(encode_image(_smooth_bgr(), ".png"), name="a.png")
+
+
+def test_opencvs_insufficient_memory_says_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenCV's own error for an allocation that failed ("(-4:Insufficient memory) Failed to allocate ...
+    bytes in function 'OutOfMemoryError'", seen under ``ulimit -v``) is said as memory, naming the file."""
+    error = cv2.error("(-4:Insufficient memory) Failed to allocate 9216 bytes in function 'OutOfMemoryError'")
+    error.code = cv2.Error.StsNoMem
+
+    def imdecode(*_: object) -> None:
+        raise error
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    with pytest.raises(ImageMemoryError, match=r"^a.png: not enough memory: decoding .* ran out of it \("):
+        read_image_bytes(encode_image(_smooth_bgr(), ".png"), name="a.png")
 
 
 @pytest.mark.parametrize(
