@@ -34,8 +34,9 @@ class SmoothingOptions:
     match_distance: float = 0.5
     """... or when their landmarks are within this many face sizes of each other (fast motion)."""
     keep_lost: float = 0.5
-    """Seconds a face the detector misses keeps its track: found again near where it was within this time,
-    it continues its track (the same id, so a face choice keeps applying to it), its smoothing restarted."""
+    """Seconds a face the detector misses keeps its track: found again within this time near where it was,
+    or where it was heading, it continues its track (the same id, so a face choice keeps applying to it),
+    its smoothing restarted."""
 
     def __post_init__(self) -> None:
         ranges: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -113,6 +114,8 @@ class _Track:
     filter: OneEuroFilter
     seen: float
     """When it was last detected (seconds)."""
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    """How fast its box centre moved between its last two detections (pixels per second)."""
 
 
 class FaceTracker:
@@ -131,19 +134,20 @@ class FaceTracker:
         self._lost: list[_Track] = []
         self._next_id = 0
 
-    def _match(self, boxes: np.ndarray, landmarks: np.ndarray, tracks: list[_Track]) -> list[int | None]:
-        """For each detection, the index of the track it continues (greedy, best match first), or None."""
+    def _match(
+        self, boxes: np.ndarray, landmarks: np.ndarray, tracks: list[_Track], time: float | None = None
+    ) -> list[int | None]:
+        """For each detection, the index of the track it continues (greedy, best match first), or None.
+        With ``time``, a track is also looked for where its last motion would have taken it by then."""
         if not tracks or not len(boxes):
             return [None] * len(boxes)
-        iou = box_iou(boxes, np.stack([t.box for t in tracks]))
-        distance = np.array(
-            [
-                [np.linalg.norm(pts - t.landmarks, axis=-1).mean() / face_size(t.landmarks) for t in tracks]
-                for pts in landmarks
+        score = self._score(boxes, landmarks, [(t.box, t.landmarks) for t in tracks])
+        if time is not None:
+            shifts = [t.velocity * (time - t.seen) for t in tracks]
+            ahead = [
+                (t.box[:4] + np.tile(d, 2), t.landmarks + d) for t, d in zip(tracks, shifts, strict=True)
             ]
-        )
-        ok = (iou >= self.options.match_iou) | (distance <= self.options.match_distance)
-        score = np.where(ok, iou - distance, -np.inf)  # prefer overlap, then closeness
+            score = np.maximum(score, self._score(boxes, landmarks, ahead))
         matched: list[int | None] = [None] * len(boxes)
         while np.isfinite(score).any():
             det, track = np.unravel_index(int(np.argmax(score)), score.shape)
@@ -151,6 +155,20 @@ class FaceTracker:
             score[det, :] = -np.inf
             score[:, track] = -np.inf
         return matched
+
+    def _score(
+        self, boxes: np.ndarray, landmarks: np.ndarray, places: list[tuple[np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
+        """How well each detection continues a face at each place (box, landmarks); -inf for no match."""
+        iou = box_iou(boxes, np.stack([box[:4] for box, _ in places]))
+        distance = np.array(
+            [
+                [np.linalg.norm(pts - at, axis=-1).mean() / face_size(at) for _, at in places]
+                for pts in landmarks
+            ]
+        )
+        ok = (iou >= self.options.match_iou) | (distance <= self.options.match_distance)
+        return np.where(ok, iou - distance, -np.inf)  # prefer overlap, then closeness
 
     def update(self, boxes: np.ndarray, landmarks: np.ndarray, time: float) -> tuple[np.ndarray, list[int]]:
         """Track one frame's detections (boxes (N, >=4), landmarks (N, 5, 2)) seen at ``time`` seconds.
@@ -163,7 +181,13 @@ class FaceTracker:
         )
         lost = [t for t in self._lost if time - t.seen <= self.options.keep_lost]
         candidates = self._tracks + lost
-        matched = self._match(boxes, landmarks, candidates)
+        # The faces of the previous frame first, the lost ones only for the detections left: a lost face's
+        # last place took the face that had since moved there (two people crossing swapped identities). A
+        # lost face is also looked for further along its way (one hidden behind another while they cross).
+        matched = self._match(boxes, landmarks, self._tracks)
+        left = [i for i, index in enumerate(matched) if index is None]
+        for i, index in zip(left, self._match(boxes[left], landmarks[left], lost, time), strict=True):
+            matched[i] = None if index is None else len(self._tracks) + index
         tracks: list[_Track] = []
         out = np.empty_like(landmarks)
         ids: list[int] = []
@@ -175,6 +199,8 @@ class FaceTracker:
                 track = candidates[index]
                 if index >= len(self._tracks):  # missed for a while: same face, smoothing starts again
                     track.filter = OneEuroFilter(self.options)
+                moved = (boxes[i, :2] + boxes[i, 2:4] - track.box[:2] - track.box[2:4]) / 2
+                track.velocity = moved / (time - track.seen) if time > track.seen else np.zeros(2)
                 track.box, track.landmarks, track.seen = boxes[i], landmarks[i], time
             smoothed = track.filter(landmarks[i], time)
             out[i] = smoothed if self.smooth else landmarks[i]

@@ -960,7 +960,7 @@ def restore_video(
         notes.append(f"{out_w}x{out_h} padded to {size[0]}x{size[1]} (4:2:0 video needs even sizes)")
     facts = _Decoded()
     faces = 0
-    tracks: set[int] = set()
+    seen: list[FrameFaces] = []  # without a plan, to count people as a plan would (choose_tracks)
     plan = None
     try:
         # Written beside the target under a temporary name, held while written and moved into place when
@@ -1023,7 +1023,8 @@ def restore_video(
                     frame.pts, frame.time_base = pts_of.pop(restored.time), time_base
                     sink.mux(out.encode(frame))
                     faces += len(restored.restored_faces)
-                    tracks.update(restored.track_ids)
+                    if plan is None:
+                        seen.append(FrameFaces(restored.boxes, restored.landmarks, restored.track_ids))
                     timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - clock
                     counted(done)
                     clock = time.perf_counter()
@@ -1043,7 +1044,8 @@ def restore_video(
         except av.FFmpegError as exc:
             raise VideoError(f"{source}: cannot decode or encode this clip ({_reason(exc)})") from None
     timings["total"] = time.perf_counter() - start
-    every = FaceSelection(len(tracks), tuple(range(1, len(tracks) + 1)))
+    # A face back where its track ended is the same person with every face choice, so "all" counts so too.
+    selection = choose_tracks(seen, info.width, info.height).selection if plan is None else plan.selection
     return VideoResult(
         path=target,
         frames=facts.frames,
@@ -1057,5 +1059,5 @@ def restore_video(
         device=str(restorer.device),
         notes=notes,
         backends=backends,
-        selection=every if plan is None else plan.selection,
+        selection=selection,
     )

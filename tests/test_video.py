@@ -153,6 +153,24 @@ def test_a_face_missed_for_a_moment_keeps_its_track_with_smoothing_restarted() -
         SmoothingOptions(keep_lost=-1)
 
 
+def test_a_lost_face_does_not_take_the_face_that_moved_to_its_place() -> None:
+    """Two people cross, one hidden behind the other meanwhile: the one in front reaches the place where
+    the hidden one was last seen. It was taken for the hidden one (its track id, so a face choice
+    restored the wrong person from then on); the tracks of the previous frame are matched first. The
+    hidden one, found again further along its way, is the same face (a new one, it was a new person)."""
+    tracker = FaceTracker()
+    front, behind = [], []
+    for i in range(9):
+        a, b = 100 + 20 * i, 300 - 20 * i  # centres: a moves right, b left; they meet at frame 5
+        shown = [b] if 4 <= i <= 6 else [a, b]  # a hidden behind b in frames 4-6
+        boxes = np.array([[x - 40, 60, x + 40, 140, 1] for x in shown], np.float32)
+        _, ids = tracker.update(boxes, np.stack([_still_face((x, 100), 80) for x in shown]), i / 25)
+        front.append(ids[-1])
+        behind += ids[:-1]
+    assert len(set(front)) == 1  # b keeps its track all along, also where a was last seen (frame 7)
+    assert front[0] not in behind and len(set(behind)) == 1
+
+
 def _track_frames(sides: list[dict[int, float]]) -> list[FrameFaces]:
     """Frames of square faces: per frame {track id: box side}; track t sits at x = 200 * t."""
     frames = []
@@ -1262,6 +1280,22 @@ def test_face_choice_follows_each_person_through_the_clip(
             assert len(got.restored_faces) == 1  # the chosen person in every frame, never twice
             assert face[0] >= changed[0] and face[2] <= changed[2]  # the chosen person's face
             assert np.abs(_region(got.image, face) - _region(frame, face)).mean() > 10
+
+
+@pytest.mark.shared
+def test_every_face_choice_counts_a_face_back_where_it_was_as_one_person(
+    real: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    """A face hidden for longer than the tracker waits and back where it was is one person: a face choice
+    said so ("1 person found") but all faces counted its two tracks ("2 people found, 2 restored")."""
+    frames, _ = _face_frames(shared_data, 26)
+    frames = [frame if not 5 <= i < 20 else _scene(240, 400) for i, frame in enumerate(frames)]
+    source = write_clip(tmp_path / "back.mp4", frames, audio=None)
+    for faces in ("all", "1"):
+        result = restore_video(
+            source, tmp_path / f"{faces}.mp4", _options(real, upscale=1, faces=faces), None, _restorer(real)
+        )
+        assert result.faces == 11 and result.selection == FaceSelection(1, (1,))
 
 
 @pytest.mark.shared
