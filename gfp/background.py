@@ -35,6 +35,8 @@ from gfp import registry
 from gfp.checks import is_real, is_whole
 from gfp.devices import Placement, prepare_for_inference
 from gfp.loading import load_model
+from gfp.memory import available_memory, size_text
+from gfp.messages import OptionError
 
 MIN_OUTSCALE = 1.0
 MAX_OUTSCALE = 8.0
@@ -42,6 +44,20 @@ STAGE = "background"
 _UNSHUFFLE = {2: 2, 1: 4}  # RRDBNet pixel-unshuffles x2 input by 2 and x1 input by 4
 
 Progress = Callable[[int, int, str], None]
+
+NETWORK_BYTES_PER_INPUT_PIXEL = 830
+"""The networks' own working memory, in bytes per input pixel of one network call (``batch_pixels`` of them;
+measured with realesr-animevideov3 on the CPU)."""
+SUGGEST_SHARE = 0.9
+"""An upscale is suggested where its least need fits in this share of the memory left: the estimate leaves
+out the paste's face boxes and smaller buffers (a 14 MP photo refused at x4 with 1.19 GB left failed at the
+x3.5 that fitted its whole 1.19 GB, and ran at x3)."""
+
+
+class OutputMemoryError(OptionError, MemoryError):
+    """An upscaled output whose background and paste-back would not fit in the memory left, refused before
+    the background is upsampled; said with the largest ``upscale`` that fits, in each front end's words
+    for that option (see :class:`~gfp.messages.OptionError`)."""
 
 
 def background_choices() -> dict[str, tuple[str, ...]]:
@@ -64,9 +80,73 @@ def lanczos_upsample(img: np.ndarray, outscale: float) -> np.ndarray:
     """The "none" background: resize to :func:`scaled_size` with Lanczos (cv2.INTER_LANCZOS4)."""
     _check_outscale(outscale)
     _check_image(img)
+    check_output_memory(img, outscale)
     h, w = img.shape[:2]
     out_h, out_w = scaled_size(h, w, outscale)
     return _resize(img, out_h, out_w)
+
+
+def output_memory(img: np.ndarray, outscale: float, scale: int, batch_pixels: int = 0) -> int:
+    """The least memory, in bytes, the background of ``img`` at ``outscale`` (upsampled with a network of
+    native ``scale``, 1 for Lanczos, ``batch_pixels`` a call) and its paste-back take at their peak: the
+    larger of the background's (the network's native result, beside either the network's float32 input
+    and working memory or that result resized) and the paste's (the background and its pasted copy). The
+    float32 boxes the faces are blended in are left out: they depend on the faces, so that a photo that
+    fits is never refused for them."""
+    h, w = img.shape[:2]
+    pixel = img.itemsize * (1 if img.ndim == 2 else img.shape[2])
+    out_h, out_w = scaled_size(h, w, outscale)
+    out = out_h * out_w
+    if scale == 1:
+        background = out * pixel
+    else:
+        native = h * w * scale * scale
+        resized = out * pixel if native != out else 0
+        network = 12 * h * w + NETWORK_BYTES_PER_INPUT_PIXEL * batch_pixels
+        background = native * pixel + max(network, resized)
+    return max(background, 2 * out * pixel)
+
+
+def check_output_memory(
+    img: np.ndarray,
+    outscale: float,
+    scale_for: Callable[[float], int] | None = None,
+    batch_pixels: int = 0,
+) -> None:
+    """Refuse to upscale ``img`` by ``outscale`` when even the least its background and paste-back take
+    (:func:`output_memory`; ``scale_for(outscale)`` is the network's native scale, None for Lanczos) is more
+    than the memory this process can still take: it would otherwise fail (or be killed) only once the slow
+    upsampling had run, or was running. The :class:`OutputMemoryError` names what fits in
+    :data:`SUGGEST_SHARE` of that memory: the largest upscale, in halves, else (a network's native result
+    is the larger buffer) the Lanczos background."""
+    available = available_memory()
+
+    def need(s: float, network: bool) -> int:
+        return output_memory(img, s, scale_for(s) if network and scale_for else 1, batch_pixels)
+
+    if available is None or need(outscale, True) <= available:
+        return
+    h, w = img.shape[:2]
+    out_h, out_w = scaled_size(h, w, outscale)
+    least, free = size_text(need(outscale, True)), size_text(available)
+    what = f"a {out_w}x{out_h} restored image needs at least {least}, {free}"
+    halves = [k / 2 for k in range(math.ceil(2 * outscale) - 1, 1, -1)]  # below outscale, down to 1
+    room = SUGGEST_SHARE * available
+    fits = next((s for s in halves if need(s, True) <= room), None)
+    if fits is not None:
+        less = "" if fits == MIN_OUTSCALE else " or less"
+        raise OutputMemoryError(
+            "{what} is free: use {upscale} {fits:g}{less}", what=what, fits=fits, less=less
+        )
+    if scale_for is not None:
+        plain = next((s for s in [outscale, *halves] if need(s, False) <= room), None)
+        if plain == outscale:
+            raise OutputMemoryError("{what} is free: use {bg_upsampler} none", what=what)
+        if plain is not None:
+            raise OutputMemoryError(
+                "{what} is free: use {bg_upsampler} none and {upscale} {fits:g}", what=what, fits=plain
+            )
+    raise OutputMemoryError("{what} is free: free some memory first", what=what)
 
 
 def upsample_background(
@@ -169,33 +249,33 @@ class BackgroundUpsampler:
         scale = self.scale_for(outscale)
         _check_image(img)
         tile = self.tile if tile is None else _check_tile(tile)
+        check_output_memory(img, outscale, self.scale_for, self.batch_pixels)
         net = self.network(scale)
         h, w = img.shape[:2]
         max_range = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
-        x = img.astype(np.float32) / np.float32(max_range) if max_range != 1.0 else img.astype(np.float32)
 
-        gray = x.ndim == 2
+        gray = img.ndim == 2
         out_dtype = img.dtype if max_range != 1.0 else np.dtype(np.float32)
-        out = np.empty((h * scale, w * scale, 1 if gray else x.shape[2]), out_dtype)
-        # (RGB float input, reduce the network's output to gray, channels of `out` it fills)
+        out = np.empty((h * scale, w * scale, 1 if gray else img.shape[2]), out_dtype)
+        # (channels of `img` the network's R, G, B planes are, reduce its output to gray, channels of `out`)
         if gray:
-            passes = [(cv2.cvtColor(x, cv2.COLOR_GRAY2RGB), True, slice(0, 1))]
+            passes = [((0, 0, 0), True, slice(0, 1))]
         else:
-            passes = [(cv2.cvtColor(x[:, :, :3], cv2.COLOR_BGR2RGB), False, slice(0, 3))]
-            if x.shape[2] == 4:
-                alpha = np.ascontiguousarray(x[:, :, 3])
-                passes.append((cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB), True, slice(3, 4)))
+            passes = [((2, 1, 0), False, slice(0, 3))]
+            if img.shape[2] == 4:
+                passes.append(((3, 3, 3), True, slice(3, 4)))
 
         batches = self._batches(self._tiles(h, w, scale, tile))
         total, done = len(batches) * len(passes), 0
         with torch.inference_mode():
-            for rgb, to_gray, channels in passes:
-                padded = self._pad(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None], scale)
+            for planes, to_gray, channels in passes:
+                padded = self._pad(torch.from_numpy(_rgb_planes(img, planes, max_range))[None], scale)
                 for batch in batches:
                     self._run_batch(net, scale, padded, batch, out[:, :, channels], to_gray, max_range)
                     done += 1
                     if progress is not None:
                         progress(done, total, STAGE)
+                del padded  # (not held beside the next pass's input, nor the resized result)
         out = out[:, :, 0] if gray else out
 
         out_h, out_w = scaled_size(h, w, outscale)
@@ -335,6 +415,20 @@ def _pad_bottom_right(x: torch.Tensor, right: int, bottom: int) -> torch.Tensor:
         return x
     mode = "reflect" if right < x.shape[3] and bottom < x.shape[2] else "replicate"
     return F.pad(x, (0, right, 0, bottom), mode=mode)
+
+
+def _rgb_planes(img: np.ndarray, channels: tuple[int, int, int], max_range: float) -> np.ndarray:
+    """The network's (3, H, W) float32 input: the R, G, B planes are ``img``'s ``channels`` (all one for gray
+    or alpha) divided by ``max_range``. Made plane by plane from ``img``, with the values a float32 copy of
+    the whole image and its BGR -> RGB conversion gave, without those two copies (each 4 bytes a value)."""
+    planes = np.empty((3, *img.shape[:2]), np.float32)
+    for plane, channel in zip(planes, channels, strict=True):
+        source = img if img.ndim == 2 else img[:, :, channel]
+        if max_range != 1.0:
+            np.divide(source, np.float32(max_range), out=plane, dtype=np.float32)
+        else:
+            plane[...] = source  # float64 rounded to float32, as astype rounds it
+    return planes
 
 
 def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -192,7 +192,8 @@ def paste(
     Only the boxes the faces cover are blended in float32, each face on the newest values its box holds
     (where an earlier face's box overlaps it, that face's unrounded result), and rounded at the end in the
     same order: value for value what a float32 copy of the whole output gave, without that copy (12 bytes a
-    pixel, four times an 8-bit output) unless the boxes together are as large."""
+    pixel, four times an 8-bit output) unless the boxes together are as large. A box is rounded as soon as no
+    later face's box overlaps it, so only the boxes a later face still reads are held in float32."""
     check_faces(faces, matrices, masks)
     max_value = max_value_of(img)
     gray = is_gray(img)
@@ -207,11 +208,12 @@ def paste(
         return compose(canvas, alpha, gray, img.dtype, max_value)
     out = upscaled.copy()
     colour = out if out.ndim == 2 else out[:, :, :3]  # a view: alpha stays as it is
-    blended: list[tuple[tuple[int, int, int, int], np.ndarray]] = []
-    for i, box, local in placements:
+    boxes = [box for _, box, _ in placements]
+    blended: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = []
+    for n, (i, box, local) in enumerate(placements):
         x0, y0, x1, y1 = box
         canvas = color_part(colour[y0:y1, x0:x1]).astype(np.float32)
-        for (bx0, by0, bx1, by1), earlier in blended:  # later ones hold the newer values
+        for _, (bx0, by0, bx1, by1), earlier in blended:  # later ones hold the newer values
             ox0, oy0, ox1, oy1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
             if ox0 < ox1 and oy0 < oy1:
                 canvas[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = earlier[
@@ -219,10 +221,22 @@ def paste(
                 ]
         mask = None if masks is None else masks[i]
         blend_face(canvas, faces[i], local, upscale, mask, max_value / 255.0)
-        blended.append((box, canvas))
-    for (x0, y0, x1, y1), canvas in blended:  # in order: a later face's box holds the newer values
-        colour[y0:y1, x0:x1] = compose(canvas, None, gray, img.dtype, max_value)
+        blended.append((_last_overlap(boxes, n), box, canvas))
+        # rounded in order (a later box holds the newer values where boxes overlap): each box once the last
+        # face overlapping it is blended and every box before it is rounded
+        while blended and blended[0][0] <= n:
+            _, (bx0, by0, bx1, by1), done = blended.pop(0)
+            colour[by0:by1, bx0:bx1] = compose(done, None, gray, img.dtype, max_value)
     return out
+
+
+def _last_overlap(boxes: Sequence[tuple[int, int, int, int]], n: int) -> int:
+    """The last of ``boxes`` (``n`` itself when none) from ``n`` on that overlaps box ``n``."""
+    return max((m for m in range(n + 1, len(boxes)) if _overlap(boxes[m], boxes[n])), default=n)
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return max(a[0], b[0]) < min(a[2], b[2]) and max(a[1], b[1]) < min(a[3], b[3])
 
 
 def is_gray(img: np.ndarray) -> bool:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import math
 import threading
+import tracemalloc
 from pathlib import Path
 
 import cv2
@@ -15,7 +18,7 @@ from basicsr.archs.rrdbnet_arch import RRDBNet
 from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from realesrgan import RealESRGANer
 
-from gfp import registry
+from gfp import background, registry
 from gfp.background import (
     BackgroundUpsampler,
     background_choices,
@@ -173,6 +176,58 @@ def test_layouts_and_dtypes_kept() -> None:
     assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
     q = up.upsample(_image(), 4)
     assert np.abs(np.round(out * 255) - q).max() <= 1  # float path = 8-bit path without the rounding
+
+
+def test_no_float_copies_of_the_whole_input() -> None:
+    """The network's float32 input is made plane by plane from the image: not also a float32 copy of the
+    image and one of its RGB conversion (12 bytes an input pixel each, as much as a x2 uint8 output)."""
+    img = _image(200, 300)
+    up = BackgroundUpsampler({4: _tiny_x4()}, tile=64, tile_pad=2)
+    tracemalloc.start()
+    try:
+        out = up.upsample(img, 4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < out.nbytes + 18 * img.shape[0] * img.shape[1]  # the uint8 result and one float input
+
+
+def test_an_output_that_would_not_fit_is_refused_before_upsampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upscale whose background and paste-back need more than the memory left is refused before the
+    network runs, naming what fits with a margin: a smaller upscale, else the Lanczos background (a x4
+    network's native result is the larger buffer at any upscale); nothing known about memory refuses
+    nothing."""
+    img = _image(100, 120)
+    up = BackgroundUpsampler({4: _tiny_x4()}, tile=12, tile_pad=2, batch_pixels=16 * 16)
+    ran: list[int] = []
+    up.network(4).register_forward_hook(lambda module, args, out: ran.append(1))
+
+    def refusal(available: int, outscale: float, upsampler: BackgroundUpsampler | None = up) -> str:
+        monkeypatch.setattr(background, "available_memory", lambda: available)
+        run = functools.partial(up.upsample if upsampler else lanczos_upsample, img, outscale)
+        return pytest.raises(background.OutputMemoryError, run).value.said(
+            {"upscale": "-s", "bg_upsampler": "-b"}
+        )
+
+    def room(need: int) -> int:  # memory left in which ``need`` is suggested (with the estimate's margin)
+        return math.ceil(need / background.SUGGEST_SHARE)
+
+    at = functools.partial(background.output_memory, img, scale=4, batch_pixels=up.batch_pixels)
+    assert at(outscale=3) < at(outscale=4)  # x4: its input and working memory, or (above) two outputs
+    said = refusal(room(at(outscale=3)), 4)
+    assert said.startswith("a 480x400 restored image needs at least") and said.endswith("use -s 3 or less")
+    assert refusal(room(background.output_memory(img, 1, 1)), 2, None).endswith("use -s 1")  # 1 is the least
+    lanczos = background.output_memory(img, 2, 1)  # two uint8 x2 outputs: less than a x4 result at 1
+    assert lanczos < at(outscale=1)
+    assert refusal(room(lanczos), 2).endswith("use -b none")
+    assert refusal(room(background.output_memory(img, 1.5, 1)), 2).endswith("use -b none and -s 1.5")
+    assert refusal(1, 4).endswith("free some memory first")
+    assert refusal(room(background.output_memory(img, 2, 1)), 8, None).endswith("use -s 2 or less")  # Lanczos
+    assert ran == []
+    monkeypatch.setattr(background, "available_memory", lambda: at(outscale=2))
+    assert up.upsample(img, 2).shape[:2] == (200, 240) and ran
+    monkeypatch.setattr(background, "available_memory", lambda: None)  # nothing known: nothing refused
+    assert up.upsample(img, 4).shape[:2] == (400, 480)
 
 
 def test_tiny_images_with_x2_model() -> None:

@@ -158,7 +158,10 @@ def test_photo_paste_equals_the_whole_canvas_formula(layout: str, upscale: float
     assert sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) < upscaled.shape[0] * upscaled.shape[1]
     masks = [cv2.GaussianBlur(rng.random((64, 64)), (9, 9), 0) for _ in faces]
     big = [_matrix(0, 0.25, 0, 0)] * 2  # two faces over the whole output: one canvas of it
-    for f, m, k in ((faces, matrices, None), (faces, matrices, masks), (faces[:2], big, None)):
+    # the first overlaps the third only: the second, apart, is rounded after the first, in order
+    later = [faces[0], faces[2], faces[1], faces[3]], [matrices[0], matrices[2], matrices[1], matrices[3]]
+    cases = ((faces, matrices, None), (faces, matrices, masks), (faces[:2], big, None), (*later, None))
+    for f, m, k in cases:
         expected = _whole_canvas_paste(img, upscaled, f, m, k, upscale)
         out = stages.paste(img, upscaled, f, m, k, upscale)
         assert out.dtype == expected.dtype
@@ -179,3 +182,21 @@ def test_photo_paste_makes_no_float_copy_of_the_whole_output() -> None:
         tracemalloc.stop()
     assert out[130, 130, 0] == 200 and out[900, 900, 0] == 90
     assert peak < 2 * upscaled.nbytes
+
+
+def test_photo_paste_keeps_no_float_box_of_a_face_no_later_face_overlaps() -> None:
+    """Faces apart from each other are rounded into the output one by one: the float32 canvases of their
+    boxes (12 bytes a pixel each) are not all held until the last face is blended."""
+    upscaled = np.full((1000, 1000, 3), 90, np.uint8)
+    faces = [np.full((64, 64, 3), 200, np.uint8)] * 4
+    matrices = [_matrix(0, 1.0, -x, -y) for x, y in ((100, 100), (600, 100), (100, 600), (600, 600))]
+    boxes = [box for _, box, _ in face_placements(faces, matrices, 1, 1000, 1000)]
+    box_bytes = max((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) * 12
+    tracemalloc.start()
+    try:
+        out = stages.paste(upscaled, upscaled, faces, matrices, None, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out[130, 130, 0] == 200 and out[630, 630, 0] == 200
+    assert peak < upscaled.nbytes + 5 * box_bytes  # one box and its blending temporaries at a time

@@ -839,3 +839,26 @@ def test_a_detection_too_big_for_the_memory_left_is_refused_before_it_starts(
     assert ran == []
     result = restorer.restore(img, _options(blind_weights, upscale=1, detect_max_side=512))
     assert ran == [(1, 3, 384, 512)] and result.image.shape == img.shape
+
+
+def test_an_output_too_big_for_the_memory_left_is_refused_before_the_background(
+    blind_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upscaled photo whose background and paste-back would not fit is refused before the background is
+    upsampled (not after minutes of it, with an allocator's error), naming the largest upscale that fits
+    in the CLI's flag; that upscale then runs."""
+    from gfp import background
+    from gfp.cli import failure
+
+    img = _gradient(60, 80)
+    need = background.output_memory(img, 4, 1)
+    monkeypatch.setattr(background, "available_memory", lambda: need // 3)
+    restorer = Restorer(blind_weights, device="cpu")
+    with pytest.raises(background.OutputMemoryError) as refused:
+        restorer.restore(img, _options(blind_weights, upscale=4))
+    line = failure(refused.value, "photo.png")
+    assert line.startswith("not enough memory: a 320x240 restored image needs at least")
+    assert "--upscale" in line
+    fits = float(line.split("--upscale ")[1].split()[0])
+    result = restorer.restore(img, _options(blind_weights, upscale=fits))
+    assert result.image.shape[:2] == scaled_size(60, 80, fits)
