@@ -812,6 +812,23 @@ def test_running_out_of_memory_is_a_plain_sentence(
         call(client, server, EXAMPLES / "astronaut_lowres.png")
 
 
+def test_an_output_too_big_for_the_memory_left_names_the_rescale_that_fits(
+    client, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upscale refused before its background (it would not fit) is said with the app's own control for
+    what fits, not the general "choose a smaller rescale or photo"."""
+    from gfp import background
+
+    need = 2 * 640 * 640 * 3  # a 160 px photo at rescale 4: the output and its pasted copy
+    monkeypatch.setattr(background, "available_memory", lambda: need // 2)
+    expected = (
+        r"This server ran out of memory for astronaut_lowres.png: a 640x640 restored image needs at least "
+        r"[\d.]+ [KM]iB, [\d.]+ [KM]iB is free: use \"Rescale factor\" \(rescale\) [\d.]+ or less\."
+    )
+    with pytest.raises(gradio_client.exceptions.AppError, match=expected):
+        call(client, server, EXAMPLES / "astronaut_lowres.png", rescale=4)
+
+
 def test_a_photo_too_big_to_decode_in_the_memory_left_is_not_called_a_broken_file(
     client, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -442,11 +442,13 @@ class Request:
             raise gr.Error(f"Weights missing or broken on this server: {no_paths(headline(exc))}") from None
         except gr.Error:  # already a message for the user (and a ValueError, whose str() quotes it)
             raise
-        except (MemoryError, torch.OutOfMemoryError):  # the request's size, not a fault: say what helps
-            message = (
-                f"This server ran out of memory for {self.name}: choose a smaller rescale or {self.noun}."
-            )
-            raise gr.Error(message) from None
+        except (MemoryError, torch.OutOfMemoryError) as exc:  # the request's size, not a fault: what helps
+            if isinstance(exc, OptionError) and set(exc.fields) <= OPTION_NAMES.keys():
+                # refused up front, naming what fits in the app's own controls (a smaller rescale, say)
+                helps = in_words(exc, OPTION_NAMES)
+            else:
+                helps = f"choose a smaller rescale or {self.noun}"
+            raise gr.Error(f"This server ran out of memory for {self.name}: {helps}.") from None
         except OSError as exc:  # the server's own trouble (a full disk): its text is for the server's log
             print(f"app: {exc}", file=sys.stderr)
             raise gr.Error("Could not write the result on this server; please try again later.") from None
