@@ -513,12 +513,17 @@ def test_download_formats(
     client, server: Server, tmp_path: Path, fmt: str, magic: bytes, channels: int
 ) -> None:
     path = tmp_path / "cutout.png"
-    cv2.imwrite(str(path), cv2.resize(read(EXAMPLES / "astronaut_alpha.png"), (112, 112)))
+    cutout = cv2.resize(read(EXAMPLES / "astronaut_alpha.png"), (112, 112))
+    cv2.imwrite(str(path), cutout)
     slider, _, file, _ = call(client, server, path, rescale=1, fmt=fmt)
     assert Path(file).read_bytes()[: len(magic)] == magic
     assert Path(file).suffix == {"JPEG": ".jpg", "WebP": ".webp"}[fmt]
     assert read(file).shape == (112, 112, channels)  # JPEG drops alpha (over white), WebP keeps it
     assert read(slider[1]).shape[2] == channels  # the preview shows what was downloaded
+    before = read(slider[0])  # on the same background as the after image, not transparent beside white
+    assert before.shape[2] == channels
+    if fmt == "JPEG":
+        assert before[cutout[:, :, 3] == 0].mean() > 250  # (the slider images are compressed)
 
 
 def test_alpha_and_16_bit_survive(client, server: Server, tmp_path: Path) -> None:

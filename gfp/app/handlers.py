@@ -607,6 +607,8 @@ def handle_request(
     # it: a JPEG download has no transparency to show
     after = as_display(as_written(out, FORMATS[output_format]))
     before = as_display(img, (after.shape[1], after.shape[0]))
+    if before.ndim == 3 and before.shape[2] > after.shape[2]:  # flattened too: one background either side
+        before = as_written(before, FORMATS[output_format])  # (over white at preview size; RGBA: same sums)
     notices = [notice] if notice else []
     if animated:  # an animated GIF, WebP or PNG, or a multi-page TIFF
         notices.append(f"{animated}.")
