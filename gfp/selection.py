@@ -3,7 +3,8 @@
 Faces are numbered from 1, left to right (by the centre of their boxes; ties top to bottom), so the
 numbers of a row of people read as the row does. Those are the numbers the CLI's file names (face ``N`` is
 ``NAME_{N-1:02d}.png``) and the app's gallery show. In a video the faces are the tracks of people, numbered
-in the order they appear (those appearing together, left to right).
+in the order they appear (those appearing together, left to right); a face seen for less than
+:data:`BRIEF_SECONDS` (a passer-by, a false detection) is no person: not numbered nor chosen.
 
 Pure functions over detection boxes (x1, y1, x2, y2 in the image's pixels); the pipeline and the video
 code call :func:`select_faces` and paste every face it skips back untouched.
@@ -23,6 +24,9 @@ from gfp.messages import OptionError
 
 FACE_CHOICES = ("all", "largest", "center")
 """The named face choices; anything else must be a list of face numbers ("2", "1,3")."""
+BRIEF_SECONDS = 0.5
+"""A face seen in a clip for less than this long (and in less than half its frames) is a brief face, not a
+person: a one-frame false detection early in a clip was person 1, and ``faces="1"`` restored it."""
 _NUMBERS = re.compile(r"\d+(\s*[,\s]\s*\d+)*")
 
 
@@ -103,6 +107,10 @@ class FaceSelection:
     """Face number → why it was skipped ("smaller than 40 px", "not chosen")."""
     missing: tuple[int, ...] = ()
     """Face numbers asked for that are not there (beyond ``found``)."""
+    brief: int = 0
+    """Faces of a clip seen too briefly to be people (:data:`BRIEF_SECONDS`): not in ``found``."""
+    brief_restored: int = 0
+    """How many of those were restored (``faces="all"`` restores them)."""
 
     def summary(self, noun: str = "face", plural: str | None = None) -> str:
         """One line: "4 faces found, 2 restored, 2 skipped (1 smaller than 40 px, 1 not chosen)"; ``noun``
@@ -115,6 +123,12 @@ class FaceSelection:
             text += f", {len(self.skipped)} skipped ({why})"
         if self.missing:
             text += f"; no {noun} {_spans(self.missing)} (numbers go up to {self.found})"
+        if self.brief:
+            faces = f"{self.brief} brief face{'s' if self.brief > 1 else ''} (seen under {BRIEF_SECONDS:g} s)"
+            if self.brief_restored == self.brief:
+                text += f"; {faces} restored too"
+            else:
+                text += f"; {faces}, {self.brief_restored or 'none'} restored"
         return text
 
 

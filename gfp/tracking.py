@@ -37,6 +37,11 @@ class SmoothingOptions:
     """Seconds a face the detector misses keeps its track: found again within this time near where it was,
     or where it was heading, it continues its track (the same id, so a face choice keeps applying to it),
     its smoothing restarted."""
+    cut_jump: float = 0.25
+    """A face whose landmarks land more than this many face sizes from where their last motion would have
+    taken them (a hard cut to another face at about the same place) starts its smoothing over, keeping its
+    track: smoothed, the first frames after the cut were dragged toward the last shot's face. Steady motion,
+    however fast, is foreseen and keeps its smoothing."""
 
     def __post_init__(self) -> None:
         ranges: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -46,6 +51,7 @@ class SmoothingOptions:
             "match_iou": (lambda v: 0 < v <= 1, "in (0, 1]"),
             "match_distance": (lambda v: v >= 0, ">= 0 face sizes"),
             "keep_lost": (lambda v: v >= 0, ">= 0 seconds"),
+            "cut_jump": (lambda v: v > 0, "> 0 face sizes"),
         }
         for name, (within, limits) in ranges.items():
             value = getattr(self, name)  # a bool or a string is no number here; NaN is within no range
@@ -71,21 +77,28 @@ class OneEuroFilter:
     """One-Euro filter over one face's (5, 2) landmarks; one adaptive cutoff for the whole face.
 
     A single cutoff per face (from the mean landmark speed) moves all points together, so the face's
-    shape is not distorted by points being smoothed differently.
+    shape is not distorted by points being smoothed differently. Points far from where the last two
+    observed ones were heading (more than ``options.cut_jump`` face sizes: a cut) start it over.
     """
 
     options: SmoothingOptions = field(default_factory=SmoothingOptions)
     _value: np.ndarray | None = None
     _speed: float = 0.0
     _time: float | None = None
+    _seen: np.ndarray | None = None
+    """The last points observed (unsmoothed)."""
+    _heading: np.ndarray | None = None
+    """How fast each observed point moved between the last two observations (pixels per second)."""
 
     def __call__(self, points: np.ndarray, time: float) -> np.ndarray:
         """Filter ``points`` observed at ``time`` (seconds); returns the smoothed points (float64)."""
         points = np.asarray(points, dtype=np.float64)
-        if self._value is None or self._time is None or time <= self._time:
+        if self._value is None or self._time is None or time <= self._time or self._cut(points, time):
             self._value, self._speed, self._time = points.copy(), 0.0, time
+            self._seen, self._heading = points.copy(), None
             return points.copy()
         dt = time - self._time
+        self._heading, self._seen = (points - self._seen) / dt, points.copy()
         scale = face_size(points)
         raw_speed = float(np.linalg.norm(points - self._value, axis=-1).mean()) / scale / dt
         self._speed += _alpha(self.options.d_cutoff, dt) * (raw_speed - self._speed)
@@ -93,6 +106,15 @@ class OneEuroFilter:
         self._value = self._value + _alpha(cutoff, dt) * (points - self._value)
         self._time = time
         return self._value.copy()
+
+    def _cut(self, points: np.ndarray, time: float) -> bool:
+        """Whether ``points`` lie more than ``cut_jump`` face sizes (mean over the points) from where the
+        last two observations were heading: not motion but a cut. Needs two observations since the start."""
+        if self._heading is None or self._seen is None or self._time is None:
+            return False
+        expected = self._seen + self._heading * (time - self._time)
+        miss = float(np.linalg.norm(points - expected, axis=-1).mean()) / face_size(points)
+        return miss > self.options.cut_jump
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

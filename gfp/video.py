@@ -27,6 +27,7 @@ detecting again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -47,7 +48,7 @@ from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
 from gfp.messages import OptionError
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect
-from gfp.selection import FaceSelection, select_faces
+from gfp.selection import BRIEF_SECONDS, FaceSelection, parse_faces, select_faces, shorter_sides
 from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
 
 try:
@@ -196,6 +197,8 @@ class FrameFaces:
     landmarks: np.ndarray
     """(N, 5, 2) landmarks to align with (smoothed unless smoothing is off)."""
     track_ids: list[int]
+    time: float | None = None
+    """Presentation time (seconds), which tells how long a face is seen; None: unknown (25 fps assumed)."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ class FacePlan:
     """Over tracks (people): found, restored and skipped face numbers and why."""
     numbers: dict[int, int]
     """Track id → its person's number: from 1 in the order people appear (those appearing together, left
-    to right)."""
+    to right); the tracks of brief faces (:data:`gfp.selection.BRIEF_SECONDS`) have none."""
 
 
 @dataclass
@@ -374,7 +377,7 @@ def _tracked(
     for image, seconds in frames:
         found = stages.detect(restorer.store, image, options)
         landmarks, ids = tracker.update(found.boxes, found.landmarks, seconds)
-        yield image, seconds, FrameFaces(found.boxes, landmarks, ids)
+        yield image, seconds, FrameFaces(found.boxes, landmarks, ids, seconds)
 
 
 def plan_faces(
@@ -408,7 +411,11 @@ def choose_tracks(
     are numbered in order of first appearance, those appearing together left to right.
 
     A person is a track, or several tracks one after another: a face that comes back where a track ended
-    (after a cut-away or an occlusion longer than the tracker waits) continues that person.
+    (after a cut-away or an occlusion longer than the tracker waits) continues that person. A face seen
+    for less than :data:`~gfp.selection.BRIEF_SECONDS` (its frames times the clip's median frame interval)
+    and in less than half the frames is brief, not a person (a passer-by, a false detection): numbered
+    first, it took number 1 from the person the clip is about. It is neither numbered nor chosen, and is
+    restored only by ``choice="all"`` (when not smaller than ``min_face``).
     """
     first: dict[int, tuple[int, float, float]] = {}
     last: dict[int, int] = {}
@@ -427,11 +434,22 @@ def choose_tracks(
             max(ended, key=lambda p: box_iou(boxes[p[-1]][-1][None], begins[None])[0, 0]).append(track)
         else:
             people.append([track])
+    times = [faces.time for faces in frames]
+    steps = np.diff(np.array(times, np.float64)) if None not in times else np.zeros(0)
+    period = float(np.median(steps)) if len(steps) else 1 / 25  # seconds a frame shows
+    seen = [sum(len(boxes[t]) for t in person) for person in people]  # frames each person is in
+    brief = [n * period < BRIEF_SECONDS and 2 * n < len(frames) for n in seen]
     typical = [_median_box(np.stack([b for t in person for b in boxes[t]])) for person in people]
-    selection = select_faces(np.array(typical).reshape(-1, 4), width, height, choice, min_face)
-    restore = frozenset(track for n in selection.restored for track in people[n - 1])
-    numbers = {track: n for n, person in enumerate(people, 1) for track in person}
-    return FacePlan(list(frames), restore, selection, numbers)
+    typical = np.array(typical).reshape(-1, 4)
+    lasting = [p for p, short in zip(people, brief, strict=True) if not short]
+    selection = select_faces(typical[np.logical_not(brief)], width, height, choice, min_face)
+    restore = {track for n in selection.restored for track in lasting[n - 1]}
+    # a brief face is no person to choose, but still a face that "all" restores
+    kept = np.array(brief, bool) & (shorter_sides(typical) >= min_face) & (parse_faces(choice) == "all")
+    restore |= {track for person, keep in zip(people, kept, strict=True) if keep for track in person}
+    selection = dataclasses.replace(selection, brief=sum(brief), brief_restored=int(kept.sum()))
+    numbers = {track: n for n, person in enumerate(lasting, 1) for track in person}
+    return FacePlan(list(frames), frozenset(restore), selection, numbers)
 
 
 def _same_place(box: np.ndarray, other: np.ndarray) -> bool:
@@ -1024,7 +1042,9 @@ def restore_video(
                     sink.mux(out.encode(frame))
                     faces += len(restored.restored_faces)
                     if plan is None:
-                        seen.append(FrameFaces(restored.boxes, restored.landmarks, restored.track_ids))
+                        seen.append(
+                            FrameFaces(restored.boxes, restored.landmarks, restored.track_ids, restored.time)
+                        )
                     timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - clock
                     counted(done)
                     clock = time.perf_counter()
