@@ -249,8 +249,10 @@ class BackgroundUpsampler:
         scale = self.scale_for(outscale)
         _check_image(img)
         tile = self.tile if tile is None else _check_tile(tile)
-        check_output_memory(img, outscale, self.scale_for, self.batch_pixels)
+        # loaded first: a default upsampler without its weights falls back to Lanczos (see
+        # gfp.stages.background), which a refusal sized for the network would stop even where Lanczos fits
         net = self.network(scale)
+        check_output_memory(img, outscale, self.scale_for, self.batch_pixels)
         h, w = img.shape[:2]
         max_range = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
 

@@ -180,10 +180,12 @@ def _decoded(
 
 def _decoded_bytes(header: Image.Image, data: bytes) -> int:
     """About the size of the array a decode of ``data`` gives, from PIL's ``header`` of it: its channels
-    (gray, BGR, or BGRA for any alpha) and sample size (16-bit PNG and TIFF; PIL calls 16-bit RGB "RGB")."""
+    (gray, BGR, or BGRA for any alpha: a palette's or RGB's transparent colour is decoded as alpha, a gray
+    one is not) and sample size (16-bit PNG and TIFF; PIL calls 16-bit RGB "RGB")."""
     width, height = header.size
     bands = len(header.getbands())
-    channels = 4 if bands in (2, 4) or "transparency" in header.info else 3 if header.mode == "P" else bands
+    keyed = header.mode in ("P", "RGB") and "transparency" in header.info
+    channels = 4 if bands in (2, 4) or keyed else 3 if header.mode == "P" else bands
     wide = header.mode.startswith("I;16") or (header.format == "PNG" and data[24:25] == b"\x10")
     if header.format == "TIFF":
         wide = wide or max(_tag(header, 258, 8)) > 8

@@ -165,11 +165,7 @@ class FaceTracker:
             return [None] * len(boxes)
         score = self._score(boxes, landmarks, [(t.box, t.landmarks) for t in tracks])
         if time is not None:
-            shifts = [t.velocity * (time - t.seen) for t in tracks]
-            ahead = [
-                (t.box[:4] + np.tile(d, 2), t.landmarks + d) for t, d in zip(tracks, shifts, strict=True)
-            ]
-            score = np.maximum(score, self._score(boxes, landmarks, ahead))
+            score = np.maximum(score, self._score(boxes, landmarks, _ahead(tracks, time)))
         matched: list[int | None] = [None] * len(boxes)
         while np.isfinite(score).any():
             det, track = np.unravel_index(int(np.argmax(score)), score.shape)
@@ -177,6 +173,20 @@ class FaceTracker:
             score[det, :] = -np.inf
             score[:, track] = -np.inf
         return matched
+
+    def _held_back(
+        self, boxes: np.ndarray, landmarks: np.ndarray, lost: list[_Track], time: float
+    ) -> np.ndarray:
+        """Which detections a lost track, where its motion would have taken it by ``time``, continues better
+        than each previous-frame track does at its last place or where it was heading, by more than
+        ``match_distance`` (in :meth:`_score`'s units: where two faces cross, both continue it about as
+        well, and the noise of their motion would decide).
+        """
+        if not lost or not self._tracks or not len(boxes):
+            return np.zeros(len(boxes), bool)
+        back = self._score(boxes, landmarks, _ahead(lost, time)).max(axis=1)
+        places = [(t.box, t.landmarks) for t in self._tracks] + _ahead(self._tracks, time)
+        return back > self._score(boxes, landmarks, places).max(axis=1) + self.options.match_distance
 
     def _score(
         self, boxes: np.ndarray, landmarks: np.ndarray, places: list[tuple[np.ndarray, np.ndarray]]
@@ -206,7 +216,12 @@ class FaceTracker:
         # The faces of the previous frame first, the lost ones only for the detections left: a lost face's
         # last place took the face that had since moved there (two people crossing swapped identities). A
         # lost face is also looked for further along its way (one hidden behind another while they cross).
-        matched = self._match(boxes, landmarks, self._tracks)
+        # Not a detection that a lost face, where it was heading, continues much better than any face of the
+        # previous frame does: two faces side by side, each missed in turn, swapped identities (the face seen
+        # took the other's detection, which its box overlaps).
+        held = self._held_back(boxes, landmarks, lost, time)
+        matched = self._match(boxes[~held], landmarks[~held], self._tracks)
+        matched = _spread(matched, ~held)
         left = [i for i, index in enumerate(matched) if index is None]
         for i, index in zip(left, self._match(boxes[left], landmarks[left], lost, time), strict=True):
             matched[i] = None if index is None else len(self._tracks) + index
@@ -231,3 +246,17 @@ class FaceTracker:
         self._lost = [t for t in candidates if all(t is not kept for kept in tracks)]
         self._tracks = tracks
         return out, ids
+
+
+def _ahead(tracks: list[_Track], time: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Where each track's last motion would have taken its box and landmarks by ``time``."""
+    shifts = [t.velocity * (time - t.seen) for t in tracks]
+    return [(t.box[:4] + np.tile(d, 2), t.landmarks + d) for t, d in zip(tracks, shifts, strict=True)]
+
+
+def _spread(matched: list[int | None], where: np.ndarray) -> list[int | None]:
+    """``matched`` (one per True of ``where``) placed at those positions, None elsewhere."""
+    out: list[int | None] = [None] * len(where)
+    for i, index in zip(np.flatnonzero(where), matched, strict=True):
+        out[i] = index
+    return out

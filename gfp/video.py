@@ -427,13 +427,20 @@ def choose_tracks(
             last[track] = index
     ordered = sorted(first, key=first.__getitem__)
     people: list[list[int]] = []  # each person's tracks, in order
+    # each person's last frame and box so far, as arrays: a clip's thousands of tracks (faces in a crowd, each
+    # missed now and then) are each compared with every person at once, not one by one (minutes)
+    ends, last_boxes = np.empty(len(ordered), np.int64), np.empty((len(ordered), 4))
     for track in ordered:
         start, begins = first[track][0], boxes[track][0]
-        ended = [p for p in people if last[p[-1]] < start and _same_place(boxes[p[-1]][-1], begins)]
-        if ended:  # the person whose face was last seen nearest to where this one appears
-            max(ended, key=lambda p: box_iou(boxes[p[-1]][-1][None], begins[None])[0, 0]).append(track)
+        n = len(people)
+        ended = np.flatnonzero((ends[:n] < start) & _same_place(last_boxes[:n], begins))
+        if len(ended):  # the person whose face was last seen nearest to where this one appears
+            person = int(ended[np.argmax(box_iou(last_boxes[ended], begins[None])[:, 0])])
+            people[person].append(track)
         else:
+            person = n
             people.append([track])
+        ends[person], last_boxes[person] = last[track], boxes[track][-1]
     times = [faces.time for faces in frames]
     steps = np.diff(np.array(times, np.float64)) if None not in times else np.zeros(0)
     period = float(np.median(steps)) if len(steps) else 1 / 25  # seconds a frame shows
@@ -452,13 +459,12 @@ def choose_tracks(
     return FacePlan(list(frames), frozenset(restore), selection, numbers)
 
 
-def _same_place(box: np.ndarray, other: np.ndarray) -> bool:
-    """Whether two face boxes (x1, y1, x2, y2) lie where one face would: overlapping by a third, or their
-    centres closer than half a face."""
-    if box_iou(box[None], other[None])[0, 0] >= 1 / 3:
-        return True
-    size = (box[2:] - box[:2] + other[2:] - other[:2]).mean() / 2
-    return bool(np.linalg.norm((box[:2] + box[2:]) / 2 - (other[:2] + other[2:]) / 2) < size / 2)
+def _same_place(boxes: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Which face boxes (N, 4: x1, y1, x2, y2) lie where the face box ``other`` does, as one face would:
+    overlapping it by a third, or their centres closer than half a face."""
+    size = (boxes[:, 2:] - boxes[:, :2] + other[2:] - other[:2]).mean(axis=1) / 2
+    apart = np.linalg.norm((boxes[:, :2] + boxes[:, 2:]) / 2 - (other[:2] + other[2:]) / 2, axis=1)
+    return (box_iou(boxes, other[None])[:, 0] >= 1 / 3) | (apart < size / 2)
 
 
 def _median_box(boxes: np.ndarray) -> np.ndarray:

@@ -668,6 +668,28 @@ def test_status_notes_name_files_not_server_folders(capsys: pytest.CaptureFixtur
     assert "/srv/w/parsing_parsenet.pth" in capsys.readouterr().err  # the server's log keeps the folder
 
 
+def test_a_refusal_for_memory_naming_no_control_gets_the_apps_advice() -> None:
+    """An upscale refused for the server's memory where no rescale or background fits says what the app's
+    user can change (a smaller photo), not the refusal's "free some memory first": the server's memory,
+    which a visitor cannot free; one that names a control keeps it."""
+    import gradio as gr
+
+    from gfp.app.handlers import Request
+    from gfp.background import OutputMemoryError
+
+    request = Request("photo", "/uploads/x", "x.png", "v1.4", {})
+    with pytest.raises(gr.Error) as caught, request.user_errors():
+        raise OutputMemoryError(
+            "{what} is free: free some memory first", what="a 9x9 image needs 1 MiB, 1 KiB"
+        )
+    assert caught.value.message == "This server ran out of memory for x.png: choose a smaller photo."
+    with pytest.raises(gr.Error) as caught, request.user_errors():
+        raise OutputMemoryError(
+            "{what} is free: use {upscale} {fits:g}", what="a 9x9 image needs 1 MiB, 1 KiB", fits=2
+        )
+    assert caught.value.message.endswith('1 KiB is free: use "Rescale factor" (rescale) 2.')
+
+
 def test_unreadable_upload_is_a_gradio_error(client, server: Server, tmp_path: Path) -> None:
     path = tmp_path / "holiday.png"
     path.write_bytes(b"this is not a picture")

@@ -28,6 +28,7 @@ from gfp.background import (
     upsample_background,
 )
 from gfp.devices import Placement
+from gfp.weights.errors import WeightsError
 
 
 def _tiny_x4(seed: int = 0) -> SRVGGNetCompact:
@@ -375,3 +376,20 @@ def test_build_loads_real_weights_through_gfp_loading(shared_data: Path) -> None
     general = registry.build(registry.MODEL_ZOO["realesr-general-x4v3"])
     with pytest.raises(RuntimeError):  # the x4v3 body is twice as deep: the anime file must not fit it
         general.load_state_dict(state, strict=True)
+
+
+def test_missing_weights_are_said_before_the_networks_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upsampler whose weights cannot be had raises their error, from which the default upsampler falls
+    back to Lanczos, even where the network's memory would not fit: it was refused for memory first, with
+    "use --bg_upsampler none", where the Lanczos background it would have fallen back to fitted."""
+
+    def missing() -> torch.nn.Module:
+        raise WeightsError("realesr-general-x4v3.pth: not found")
+
+    img = _image(100, 120)
+    lanczos = background.output_memory(img, 2, 1)
+    assert background.output_memory(img, 2, 4, 512 * 512) > 2 * lanczos
+    monkeypatch.setattr(background, "available_memory", lambda: 2 * lanczos)
+    with pytest.raises(WeightsError, match="not found"):
+        BackgroundUpsampler({4: missing}).upsample(img, 2)
+    assert lanczos_upsample(img, 2).shape[:2] == (200, 240)  # what the default falls back to

@@ -358,6 +358,21 @@ def test_a_decode_that_would_not_fit_is_refused_from_the_header_saying_memory(
     np.testing.assert_array_equal(read_image(tmp_path / "big.png"), img)
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "1"])
+def test_a_gray_png_with_a_transparent_colour_is_sized_as_the_gray_it_decodes_to(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A gray PNG's tRNS colour is no alpha channel in the decode (gray, as without it): it was sized as
+    BGRA, four times its decode, and refused where it fitted."""
+    gray = Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) % 2).convert(mode)
+    buffer = io.BytesIO()
+    gray.save(buffer, "PNG", transparency=1)
+    wide = 2 if mode == "I;16" else 1
+    monkeypatch.setattr(imageio, "available_memory", lambda: 2 * 64 * 48 * wide)  # the decode's 2x, no more
+    img = read_image_bytes(buffer.getvalue())
+    assert img.shape == (48, 64) and img.itemsize == wide
+
+
 @pytest.mark.parametrize("failure", [MemoryError(), OSError("out of memory when reading image file")])
 def test_a_decode_that_runs_out_of_memory_says_memory_not_corrupt(
     monkeypatch: pytest.MonkeyPatch, failure: Exception

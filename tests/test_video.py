@@ -199,6 +199,22 @@ def test_a_hard_cut_to_another_face_nearby_starts_its_smoothing_over() -> None:
         SmoothingOptions(cut_jump=0)
 
 
+def test_two_faces_side_by_side_each_missed_in_turn_keep_their_tracks() -> None:
+    """Two still faces whose boxes overlap, the detector missing one, then the other: the face of the
+    previous frame took the detection of the other, lost the frame before, where that one stood (the two
+    swapped numbers for the rest of the clip). A lost face is taken where it was heading (here: where it
+    stood) before a face of the previous frame that continues the detection less well."""
+    tracker = FaceTracker()
+    places = {"a": 100, "b": 130}  # boxes 80 px wide: IoU 0.45, above match_iou
+    seen: dict[str, set[int]] = {"a": set(), "b": set()}
+    for i, shown in enumerate(["ab", "ab", "a", "b", "ab", "ab"]):
+        boxes = np.array([[places[f] - 40, 60, places[f] + 40, 140, 1] for f in shown], np.float32)
+        _, ids = tracker.update(boxes, np.stack([_still_face((places[f], 100), 80) for f in shown]), i / 25)
+        for face, track in zip(shown, ids, strict=True):
+            seen[face].add(track)
+    assert len(seen["a"]) == len(seen["b"]) == 1 and seen["a"] != seen["b"], seen
+
+
 def _track_frames(sides: list[dict[int, float]]) -> list[FrameFaces]:
     """Frames of square faces: per frame {track id: box side}; track t sits at x = 200 * t."""
     frames = []
@@ -220,6 +236,27 @@ def test_tracks_are_chosen_as_people_on_their_median_size() -> None:
     small = choose_tracks(frames, 1200, 400, min_face=50)
     assert small.restore == {3, 5} and small.selection.skipped == {1: "smaller than 50 px"}
     assert small.selection.summary() == "3 faces found, 2 restored, 1 skipped (1 smaller than 50 px)"
+
+
+def test_people_are_found_among_many_tracks_comparing_each_track_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every clip's people are counted now, with --faces all too: a crowd's thousands of tracks (faces each
+    missed now and then) were each compared with every person one pair at a time (40 s for 5000 tracks,
+    after the clip was written); a track is compared with all of them at once."""
+    import gfp.video
+
+    calls = []
+    monkeypatch.setattr(gfp.video, "box_iou", lambda a, b: calls.append(1) or box_iou(a, b))
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(400):  # a new face every frame, each seen for 3 frames, here and there
+        ids = [t for t in range(i - 2, i + 1) if t >= 0]
+        corners = rng.uniform(0, 1000, (len(ids), 2))
+        boxes = np.hstack([corners, corners + 60, np.ones((len(ids), 1))]).astype(np.float32)
+        frames.append(FrameFaces(boxes, np.zeros((len(ids), 5, 2), np.float32), ids))
+    plan = choose_tracks(frames, 1100, 1100)
+    assert plan.selection.found + plan.selection.brief > 100 and len(calls) <= 2 * 400  # (faces of 3 frames)
 
 
 def test_a_face_back_where_a_track_ended_is_the_same_person() -> None:

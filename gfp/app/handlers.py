@@ -444,8 +444,9 @@ class Request:
             raise
         except (MemoryError, torch.OutOfMemoryError) as exc:  # the request's size, not a fault: what helps
             if isinstance(exc, OptionError) and set(exc.fields) <= OPTION_NAMES.keys():
-                # refused up front, naming what fits in the app's own controls (a smaller rescale, say)
-                helps = in_words(exc, OPTION_NAMES)
+                # refused up front, naming what fits in the app's own controls (a smaller rescale, say); where
+                # none does, its "free some memory first" is the server's memory, which a visitor cannot free
+                helps = in_words(exc, OPTION_NAMES) if exc.fields else f"choose a smaller {self.noun}"
             else:
                 helps = f"choose a smaller rescale or {self.noun}"
             raise gr.Error(f"This server ran out of memory for {self.name}: {helps}.") from None
