@@ -167,10 +167,12 @@ def _spawn(
 
 
 def _conversions_done(cache: Path) -> float:
-    """Wait until no background conversion runs in ``cache``; the seconds waited."""
-    locks = cache / "openvino" / "converting"
+    """Wait until no background conversion runs in ``cache`` (a lock a killed one left is not waited for:
+    it was, forever); the seconds waited."""
+    from gfp.openvino import conversions_running
+
     start = time.perf_counter()
-    while locks.is_dir() and any(locks.iterdir()):
+    while conversions_running(cache):
         time.sleep(0.2)
     return time.perf_counter() - start
 

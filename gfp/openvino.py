@@ -400,6 +400,16 @@ def convert_in_background(
     return True
 
 
+def conversions_running(cache_dir: str | os.PathLike[str]) -> list[Path]:
+    """The locks of the background conversions still running in ``cache_dir`` (not those a killed
+    conversion left: :func:`_stale`), for a caller that waits until none runs (a benchmark)."""
+    locks = Path(cache_dir) / SUBDIR / "converting"
+    try:
+        return [lock for lock in sorted(locks.iterdir()) if not _stale(lock)]
+    except OSError:  # no conversion was ever started here
+        return []
+
+
 def _stale(lock: Path) -> bool:
     """Whether a conversion lock is left by a process that is gone: one of this machine that no longer
     runs, or any older than :data:`STALE_LOCK_S`."""

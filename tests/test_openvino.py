@@ -867,11 +867,26 @@ def _wait_for_conversion(cache: Path, timeout: float = 300.0) -> None:
     """Until no background conversion holds a lock in ``cache`` (the process removes it when done)."""
     import time
 
-    locks = cache / openvino.SUBDIR / "converting"
     deadline = time.monotonic() + timeout
-    while locks.is_dir() and any(locks.iterdir()):
+    while openvino.conversions_running(cache):
         assert time.monotonic() < deadline, "the background conversion did not finish"
         time.sleep(0.2)
+
+
+def test_a_lock_a_killed_conversion_left_is_not_a_conversion_running(tmp_path: Path) -> None:
+    """What a caller waits for (the benchmark): the conversions whose process runs. A lock left by one that
+    was killed (its process gone) kept the benchmark waiting forever."""
+    import subprocess
+    import sys
+
+    assert openvino.conversions_running(tmp_path / "never used") == []
+    locks = tmp_path / openvino.SUBDIR / "converting"
+    locks.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    (locks / "killed").write_text(f"{socket.gethostname()} {gone.pid}", encoding="utf-8")
+    (locks / "running").write_text(f"{socket.gethostname()} {os.getpid()}", encoding="utf-8")
+    assert openvino.conversions_running(tmp_path) == [locks / "running"]
 
 
 def test_a_network_not_yet_converted_runs_in_pytorch_while_another_process_converts_it(
