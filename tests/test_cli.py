@@ -14,7 +14,7 @@ import pytest
 from _zoo_helpers import save_tiny_generator
 from conftest import MOBILE, make_weights
 
-from gfp import cli, faces, imageio
+from gfp import background, cli, faces, imageio
 from gfp.cli import list_inputs, main
 from gfp.pipeline import Restorer, RestoreResult
 
@@ -347,47 +347,54 @@ def test_a_photo_out_of_memory_says_what_to_change_and_the_run_goes_on(
     assert {p.name for p in out.rglob("*") if p.is_file()} == {"b.png"}
 
 
-def test_a_photo_whose_detection_would_not_fit_is_refused_up_front_naming_the_side_that_does(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("module", "shape", "upscale", "said"),
+    [
+        (  # full-size detection of a 40 MP photo takes about 9 GB: past a cgroup's limit the run was killed
+            faces,
+            (768, 1024),
+            "1",
+            "detecting faces on 1024x768 pixels needs about 48 MiB, 20 MiB is free: use --detect-max-side "
+            "512 or less (it detects on a copy that size)",
+        ),
+        (  # a decode that does not fit said "corrupt"; no option helps, so none is advised
+            imageio,
+            (2000, 3000),
+            "1",
+            "decoding its 3000x2000 pixels (6.0 MP) needs about 34 MiB, 20 MiB is free: free some memory or "
+            "downscale it first",
+        ),
+        (  # an output that does not fit failed only after the slow background
+            background,
+            (768, 1000),
+            "4",
+            "a 4000x3072 restored image needs at least 70 MiB, 20 MiB is free: use --upscale 2 or less",
+        ),
+    ],
+    ids=["detection", "decode", "output"],
+)
+def test_a_photo_that_would_not_fit_is_refused_up_front_saying_what_fits(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    module: object,
+    shape: tuple[int, int],
+    upscale: str,
+    said: str,
 ) -> None:
-    """Full-size detection of a 40 MP photo takes about 9 GB: with less free it is one line, before the
-    detector runs, that says what it needs, what is free and the --detect-max-side that fits (past a
-    cgroup's limit the kernel would kill the whole run instead); the next photo is restored."""
-    monkeypatch.setattr(faces, "available_memory", lambda: 20 * 2**20)
+    """A photo whose detection, decode or output would not fit in the memory left is one line, before that
+    work, saying what it needs, what is free and what fits (in the CLI's flags); the next photo is
+    restored."""
+    monkeypatch.setattr(module, "available_memory", lambda: 20 * 2**20)
     weights = make_weights(tmp_path / "w")
     inputs = tmp_path / "in"
     inputs.mkdir()
-    cv2.imwrite(str(inputs / "a.png"), np.zeros((768, 1024, 3), np.uint8))
+    cv2.imwrite(str(inputs / "a.png"), np.zeros((*shape, 3), np.uint8))
     cv2.imwrite(str(inputs / "b.png"), _gradient())
     out = tmp_path / "out"
-    assert main(["-i", str(inputs), "-o", str(out), *_args(weights, "-s", "1")]) == 1
+    assert main(["-i", str(inputs), "-o", str(out), *_args(weights, "-s", upscale)]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert errors == [
-        f"gfp: error: {inputs / 'a.png'}: not enough memory: detecting faces on 1024x768 pixels needs about "
-        "48 MiB, 20 MiB is free: use --detect-max-side 512 or less (it detects on a copy that size)"
-    ]
-    assert {p.name for p in out.rglob("*") if p.is_file()} == {"b.png"}
-
-
-def test_a_photo_too_big_to_decode_says_memory_not_the_options_that_do_not_help(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A photo whose decode would not fit is one line saying its size, what its decode needs and what is
-    free, without the general advice (a smaller -s or --bg_tile does not make it decode); the next photo
-    is restored."""
-    monkeypatch.setattr(imageio, "available_memory", lambda: 20 * 2**20)
-    weights = make_weights(tmp_path / "w")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    cv2.imwrite(str(inputs / "a.png"), np.zeros((2000, 3000, 3), np.uint8))
-    cv2.imwrite(str(inputs / "b.png"), _gradient())
-    out = tmp_path / "out"
-    assert main(["-i", str(inputs), "-o", str(out), *_args(weights, "-s", "1")]) == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert errors == [
-        f"gfp: error: {inputs / 'a.png'}: not enough memory: decoding its 3000x2000 pixels (6.0 MP) needs "
-        "about 34 MiB, 20 MiB is free: free some memory or downscale it first"
-    ]
+    assert errors == [f"gfp: error: {inputs / 'a.png'}: not enough memory: {said}"]
     assert {p.name for p in out.rglob("*") if p.is_file()} == {"b.png"}
 
 
