@@ -538,7 +538,7 @@ def restore_video_file(
 def face_summary(result: RestoreResult | VideoResult) -> str:
     """One line on the faces of a photo or the people of a clip: found, restored, skipped and why (or that
     none was found; a clip's brief faces are found faces too)."""
-    if not result.selection.found and not result.selection.brief:
+    if not result.selection.any_face:
         return f"no face found, {'video' if isinstance(result, VideoResult) else 'image'} only upscaled"
     if isinstance(result, VideoResult):  # a clip's faces are people, each counted once however long seen
         return result.selection.summary("person", "people")

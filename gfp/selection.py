@@ -112,6 +112,11 @@ class FaceSelection:
     brief_restored: int = 0
     """How many of those were restored (``faces="all"`` restores them)."""
 
+    @property
+    def any_face(self) -> bool:
+        """Whether any face was found: a person, or a clip's brief face (what "no face found" is said by)."""
+        return bool(self.found or self.brief)
+
     def summary(self, noun: str = "face", plural: str | None = None) -> str:
         """One line: "4 faces found, 2 restored, 2 skipped (1 smaller than 40 px, 1 not chosen)"; ``noun``
         and its ``plural`` (``noun`` + "s" when None) say what was found: a clip's are people."""

@@ -683,8 +683,7 @@ def handle_video_request(
         f"output {result.width}x{result.height} H.264 · {frame_rate(result.fps)} fps · "
         f"{result.duration:.2f} s · audio {result.audio}"
     )
-    found = result.selection.found or result.selection.brief  # a brief face is a face found, if no person
-    notices = [] if found else ["No face found: the video was only upscaled."]
+    notices = [] if result.selection.any_face else ["No face found: the video was only upscaled."]
     return request.path, str(result.path), str(result.path), request.status(headline, result, notices)
 
 
