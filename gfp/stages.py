@@ -214,8 +214,9 @@ def paste(
         x0, y0, x1, y1 = box
         canvas = color_part(colour[y0:y1, x0:x1]).astype(np.float32)
         for _, (bx0, by0, bx1, by1), earlier in blended:  # later ones hold the newer values
-            ox0, oy0, ox1, oy1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
-            if ox0 < ox1 and oy0 < oy1:
+            common = _intersection(box, (bx0, by0, bx1, by1))
+            if common is not None:
+                ox0, oy0, ox1, oy1 = common
                 canvas[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = earlier[
                     oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0
                 ]
@@ -232,11 +233,13 @@ def paste(
 
 def _last_overlap(boxes: Sequence[tuple[int, int, int, int]], n: int) -> int:
     """The last of ``boxes`` (``n`` itself when none) from ``n`` on that overlaps box ``n``."""
-    return max((m for m in range(n + 1, len(boxes)) if _overlap(boxes[m], boxes[n])), default=n)
+    return max((m for m in range(n + 1, len(boxes)) if _intersection(boxes[m], boxes[n])), default=n)
 
 
-def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return max(a[0], b[0]) < min(a[2], b[2]) and max(a[1], b[1]) < min(a[3], b[3])
+def _intersection(a: Sequence[int], b: Sequence[int]) -> tuple[int, int, int, int] | None:
+    """The box (x0, y0, x1, y1) two boxes share, or None when they do not overlap."""
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 
 
 def is_gray(img: np.ndarray) -> bool:
