@@ -124,11 +124,12 @@ def check_output_memory(
     def need(s: float, network: bool) -> int:
         return output_memory(img, s, scale_for(s) if network and scale_for else 1, batch_pixels)
 
-    if available is None or need(outscale, True) <= available:
+    least = need(outscale, True)
+    if available is None or least <= available:
         return
     h, w = img.shape[:2]
     out_h, out_w = scaled_size(h, w, outscale)
-    least, free = size_text(need(outscale, True)), size_text(available)
+    least, free = size_text(least), size_text(available)
     what = f"a {out_w}x{out_h} restored image needs at least {least}, {free}"
     halves = [k / 2 for k in range(math.ceil(2 * outscale) - 1, 1, -1)]  # below outscale, down to 1
     room = SUGGEST_SHARE * available

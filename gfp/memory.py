@@ -17,7 +17,9 @@ def available_memory(root: Path = Path("/")) -> int | None:
     ``memory.limit_in_bytes``; reclaimable file cache counted as free) and under its address-space limit
     (``ulimit -v``); None where none of them can be read.
     ``root`` is where ``/proc`` and ``/sys`` are looked up (tests give a folder of fake files)."""
-    rooms = [_meminfo_available(root), _cgroup_room(root), _address_space_room(root)]
+    meminfo = _read(root / "proc/meminfo")  # read once: the cgroups' swap room is bounded by its free swap
+    swap_free = _field(meminfo, "SwapFree", 1024) or 0
+    rooms = [_meminfo_available(meminfo, swap_free), _cgroup_room(root, swap_free), _address_space_room(root)]
     known = [room for room in rooms if room is not None]
     return max(0, min(known)) if known else None
 
@@ -46,15 +48,14 @@ def _field(text: str | None, name: str, unit: int = 1) -> int | None:
     return None
 
 
-def _meminfo_available(root: Path) -> int | None:
+def _meminfo_available(meminfo: str | None, swap_free: int) -> int | None:
     """``MemAvailable`` and the free swap: past the memory the kernel swaps pages out (slower) and kills only
     once swap is full too, so a detection that needs some of it runs, as it did before it was checked."""
-    text = _read(root / "proc/meminfo")
-    available = _field(text, "MemAvailable", 1024)
-    return None if available is None else available + (_field(text, "SwapFree", 1024) or 0)
+    available = _field(meminfo, "MemAvailable", 1024)
+    return None if available is None else available + swap_free
 
 
-def _cgroup_room(root: Path) -> int | None:
+def _cgroup_room(root: Path, swap_free: int) -> int | None:
     """The process's cgroup limit less its usage (less its inactive file cache, which the kernel reclaims
     before it kills): the smallest such room up the hierarchy, None without a limit."""
     rooms = []
@@ -75,7 +76,7 @@ def _cgroup_room(root: Path) -> int | None:
         while True:  # from the process's own cgroup up to the root of what is mounted
             room = _room(folder, limit, usage, cache)
             if room is not None and swap is not None:
-                room += _swap_room(root, folder, *swap)
+                room += _swap_room(folder, *swap, swap_free)
             if room is not None:
                 rooms.append(room)
             if folder == base:
@@ -92,10 +93,10 @@ def _room(folder: Path, limit_file: str, usage_file: str, cache_field: str) -> i
     return int(limit) - max(0, int(usage) - cache)
 
 
-def _swap_room(root: Path, folder: Path, limit_file: str, usage_file: str) -> int:
+def _swap_room(folder: Path, limit_file: str, usage_file: str, system: int) -> int:
     """The swap a v2 cgroup may still fill (its ``memory.swap.max`` less its use, at most the system's free
-    swap): past ``memory.max`` the kernel swaps the cgroup's pages out, and kills only once that is full."""
-    system = _field(_read(root / "proc/meminfo"), "SwapFree", 1024) or 0
+    swap, ``system``): past ``memory.max`` the kernel swaps the cgroup's pages out, and kills only once that
+    is full."""
     limit, usage = (_read(folder / limit_file) or "").strip(), (_read(folder / usage_file) or "").strip()
     if limit == "max":
         return system
