@@ -8,7 +8,6 @@ notes, progress) and keeps no state between calls.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -20,10 +19,9 @@ import torch
 from gfp.background import lanczos_upsample
 from gfp.color import color_fix
 from gfp.faces import Detections, detect_faces
-from gfp.loading import Network
 from gfp.paste import blend_face, blend_faces, check_faces, face_placements, parse_masks
 from gfp.store import ModelStore, Unavailable, converting, runs_in
-from gfp.weights.errors import CheckpointError, WeightsError
+from gfp.weights.errors import WeightsError
 
 if TYPE_CHECKING:
     from gfp.pipeline import RestoreOptions
@@ -74,6 +72,7 @@ def restore_faces(
 ) -> list[np.ndarray]:
     """Run the generator of ``options.version`` over aligned uint8 BGR crops in batches, fix colours against
     each crop, blend by strength; return uint8 BGR faces."""
+    batch = batch_size(store, options)
     network = store.face_network(options.version)
     run.backends.setdefault("generator", runs_in(network))
     if converting(network):  # its first batch at least runs in PyTorch
@@ -82,16 +81,13 @@ def restore_faces(
     restored: list[np.ndarray] = []
     strength = float(options.strength)
     run.report(0, len(crops), "restore")
-    batch = batch_size(store, options)
     for start in range(0, len(crops), batch):
         chunk = np.stack(crops[start : start + batch])
         x = torch.from_numpy(chunk).to(device).permute(0, 3, 1, 2).flip(1).float() / 255.0
         x = (x - 0.5) / 0.5
         out = network.run(x)
         if not torch.isfinite(out).all():  # else clamped to black faces, and pasted as if restored
-            why = _broken_output(options.version, network)
-            store.forget_generator(options.version)  # read again by the next request: it may be fixed
-            raise CheckpointError(why)
+            raise store.broken_generator(options.version, network)
         out = out.clamp_(-1, 1)
         if options.color_fix != "none":  # in float32 on the device, against the face's own crop
             out = color_fix(out, x, options.color_fix).clamp_(-1, 1)
@@ -125,17 +121,6 @@ def backends_text(*seen: dict[str, str]) -> str:
     for what, names in ran.items():
         groups.setdefault(" then ".join(names), []).append(what)
     return ", ".join(f"{' and '.join(whats)} in {names}" for names, whats in groups.items())
-
-
-def _broken_output(version: str | os.PathLike[str], network: Network) -> str:
-    """Why a generator gives NaN or inf: broken weights, or a damaged OpenVINO conversion of them."""
-    text = f"the generator {os.fspath(version)} gives NaN or inf values: its weights are broken"
-    if network.placement.backend == "openvino":
-        text += (
-            ", or its OpenVINO conversion is damaged (delete the openvino folder of the model cache, "
-            "GFP_CACHE_DIR or ~/.cache/gfp, to convert it again)"
-        )
-    return text
 
 
 def face_masks(

@@ -40,7 +40,7 @@ from gfp.loading import (
 )
 from gfp.messages import headline
 from gfp.paste import PARSE_SIZE
-from gfp.weights.errors import WeightsError
+from gfp.weights.errors import CheckpointError, WeightsError
 from gfp.weights.resolve import Resolved, cache_dir, resolve
 
 T = TypeVar("T")
@@ -223,16 +223,23 @@ class ModelStore:
                 if isinstance(self._items.get(key), Unavailable):
                     del self._items[key]
 
-    def forget_generator(self, spec: str | os.PathLike[str]) -> None:
-        """Forget the generator ``spec`` (where it is, its checkpoint, its networks), so that the next request
-        reads its file again: one that gave NaN or inf (:func:`gfp.stages.restore_faces`) serves once its
-        file is replaced (or, with OpenVINO, its damaged conversion deleted), without a restart. Requests
-        running keep the network they have."""
+    def broken_generator(self, spec: str | os.PathLike[str], network: Network) -> CheckpointError:
+        """The error of the generator ``spec`` whose ``network`` gave NaN or inf values (broken weights, or a
+        damaged OpenVINO conversion of them), once the store has forgotten it (where it is, its checkpoint,
+        its networks): the next request reads its file again, so that it serves once its file is replaced
+        (or its conversion deleted), without a restart. Requests running keep the network they have."""
         with self._lock:
             found = self._items.pop(("resolve", os.fspath(spec)), None)
             if found is not None:
                 for kind in ("checkpoint", "generator", "faces"):
                     self._items.pop((kind, found.real), None)
+        text = f"the generator {os.fspath(spec)} gives NaN or inf values: its weights are broken"
+        if network.placement.backend == "openvino":
+            text += (
+                ", or its OpenVINO conversion is damaged (delete the openvino folder of the model cache, "
+                "GFP_CACHE_DIR or ~/.cache/gfp, to convert it again)"
+            )
+        return CheckpointError(text)
 
     def required(self, name: str) -> nn.Module:
         """The module of registry model ``name``; raises its :class:`WeightsError` when it cannot be had."""
