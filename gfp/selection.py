@@ -6,12 +6,14 @@ numbers of a row of people read as the row does. Those are the numbers the CLI's
 in the order they appear (those appearing together, left to right); a face seen for less than
 :data:`BRIEF_SECONDS` (a passer-by, a false detection) is no person: not numbered nor chosen.
 
-Pure functions over detection boxes (x1, y1, x2, y2 in the image's pixels); the pipeline and the video
-code call :func:`select_faces` and paste every face it skips back untouched.
+Pure functions over detection boxes (x1, y1, x2, y2 in the image's pixels): the pipeline calls
+:func:`select_faces` for a photo, the video code :func:`choose_tracks` for the people of a clip (which
+applies :func:`select_faces` to them), and both paste every face skipped back untouched.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ import numpy as np
 
 from gfp.checks import is_whole
 from gfp.messages import OptionError
+from gfp.tracking import box_iou
 
 FACE_CHOICES = ("all", "largest", "center")
 """The named face choices; anything else must be a list of face numbers ("2", "1,3")."""
@@ -177,3 +180,102 @@ def select_faces(
     skipped |= {n: "not chosen" for n in left if n not in chosen}
     missing = tuple(n for n in face_numbers(choice) if n > len(boxes))
     return FaceSelection(len(boxes), tuple(chosen), dict(sorted(skipped.items())), missing)
+
+
+@dataclass(frozen=True)
+class FrameFaces:
+    """The faces found in one frame, tracked: detections, landmarks to align with, track ids."""
+
+    boxes: np.ndarray
+    """(N, 5) detections x1, y1, x2, y2, score."""
+    landmarks: np.ndarray
+    """(N, 5, 2) landmarks to align with (smoothed unless smoothing is off)."""
+    track_ids: list[int]
+    time: float | None = None
+    """Presentation time (seconds), which tells how long a face is seen; None: unknown (25 fps assumed)."""
+
+
+@dataclass(frozen=True)
+class FacePlan:
+    """A first pass over a clip (:func:`gfp.video.plan_faces`): every frame's faces, and which tracks to
+    restore."""
+
+    frames: list[FrameFaces]
+    restore: frozenset[int]
+    """Track ids the face choice restores."""
+    selection: FaceSelection
+    """Over tracks (people): found, restored and skipped face numbers and why."""
+    numbers: dict[int, int]
+    """Track id → its person's number: from 1 in the order people appear (those appearing together, left
+    to right); the tracks of brief faces (:data:`BRIEF_SECONDS`) have none."""
+
+
+def choose_tracks(
+    frames: Sequence[FrameFaces], width: int, height: int, choice: str = "all", min_face: int = 0
+) -> FacePlan:
+    """Apply a face choice (:func:`select_faces`) to the people of a clip, each taken as its
+    median box (median centre, width and height over its frames) in a ``width`` x ``height`` frame; people
+    are numbered in order of first appearance, those appearing together left to right.
+
+    A person is a track, or several tracks one after another: a face that comes back where a track ended
+    (after a cut-away or an occlusion longer than the tracker waits) continues that person. A face seen
+    for less than :data:`BRIEF_SECONDS` (its frames times the clip's median frame interval)
+    and in less than half the frames is brief, not a person (a passer-by, a false detection): numbered
+    first, it took number 1 from the person the clip is about. It is neither numbered nor chosen, and is
+    restored only by ``choice="all"`` (when not smaller than ``min_face``).
+    """
+    first: dict[int, tuple[int, float, float]] = {}
+    last: dict[int, int] = {}
+    boxes: dict[int, list[np.ndarray]] = {}
+    for index, faces in enumerate(frames):
+        for box, track in zip(faces.boxes, faces.track_ids, strict=True):
+            boxes.setdefault(track, []).append(np.asarray(box[:4], np.float64))
+            first.setdefault(track, (index, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+            last[track] = index
+    ordered = sorted(first, key=first.__getitem__)
+    people: list[list[int]] = []  # each person's tracks, in order
+    # each person's last frame and box so far, as arrays: a clip's thousands of tracks (faces in a crowd, each
+    # missed now and then) are each compared with every person at once, not one by one (minutes)
+    ends, last_boxes = np.empty(len(ordered), np.int64), np.empty((len(ordered), 4))
+    for track in ordered:
+        start, begins = first[track][0], boxes[track][0]
+        n = len(people)
+        ended = np.flatnonzero((ends[:n] < start) & _same_place(last_boxes[:n], begins))
+        if len(ended):  # the person whose face was last seen nearest to where this one appears
+            person = int(ended[np.argmax(box_iou(last_boxes[ended], begins[None])[:, 0])])
+            people[person].append(track)
+        else:
+            person = n
+            people.append([track])
+        ends[person], last_boxes[person] = last[track], boxes[track][-1]
+    times = [faces.time for faces in frames]
+    steps = np.diff(np.array(times, np.float64)) if None not in times else np.zeros(0)
+    period = float(np.median(steps)) if len(steps) else 1 / 25  # seconds a frame shows
+    seen = [sum(len(boxes[t]) for t in person) for person in people]  # frames each person is in
+    brief = [n * period < BRIEF_SECONDS and 2 * n < len(frames) for n in seen]
+    typical = [_median_box(np.stack([b for t in person for b in boxes[t]])) for person in people]
+    typical = np.array(typical).reshape(-1, 4)
+    lasting = [p for p, short in zip(people, brief, strict=True) if not short]
+    selection = select_faces(typical[np.logical_not(brief)], width, height, choice, min_face)
+    restore = {track for n in selection.restored for track in lasting[n - 1]}
+    # a brief face is no person to choose, but still a face that "all" restores
+    kept = np.array(brief, bool) & (shorter_sides(typical) >= min_face) & (parse_faces(choice) == "all")
+    restore |= {track for person, keep in zip(people, kept, strict=True) if keep for track in person}
+    selection = dataclasses.replace(selection, brief=sum(brief), brief_restored=int(kept.sum()))
+    numbers = {track: n for n, person in enumerate(lasting, 1) for track in person}
+    return FacePlan(list(frames), frozenset(restore), selection, numbers)
+
+
+def _same_place(boxes: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Which face boxes (N, 4: x1, y1, x2, y2) lie where the face box ``other`` does, as one face would:
+    overlapping it by a third, or their centres closer than half a face."""
+    size = (boxes[:, 2:] - boxes[:, :2] + other[2:] - other[:2]).mean(axis=1) / 2
+    apart = np.linalg.norm((boxes[:, :2] + boxes[:, 2:]) / 2 - (other[:2] + other[2:]) / 2, axis=1)
+    return (box_iou(boxes, other[None])[:, 0] >= 1 / 3) | (apart < size / 2)
+
+
+def _median_box(boxes: np.ndarray) -> np.ndarray:
+    """The box (x1, y1, x2, y2) of the median centre, width and height of ``boxes`` (N, 4)."""
+    center = np.median((boxes[:, :2] + boxes[:, 2:]) / 2, axis=0)
+    half = np.median(boxes[:, 2:] - boxes[:, :2], axis=0) / 2
+    return np.concatenate([center - half, center + half])

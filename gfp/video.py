@@ -27,13 +27,12 @@ detecting again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -48,8 +47,8 @@ from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
 from gfp.messages import OptionError
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect
-from gfp.selection import BRIEF_SECONDS, FaceSelection, parse_faces, select_faces, shorter_sides
-from gfp.tracking import FaceTracker, SmoothingOptions, box_iou
+from gfp.selection import FacePlan, FaceSelection, FrameFaces, choose_tracks
+from gfp.tracking import FaceTracker, SmoothingOptions
 
 try:
     import av
@@ -186,33 +185,6 @@ class RestoredFrame:
     track_ids: list[int]
     """Face track of each face (the same person keeps its id from frame to frame)."""
     restored_faces: list[np.ndarray]
-
-
-@dataclass(frozen=True)
-class FrameFaces:
-    """The faces found in one frame, tracked: detections, landmarks to align with, track ids."""
-
-    boxes: np.ndarray
-    """(N, 5) detections x1, y1, x2, y2, score."""
-    landmarks: np.ndarray
-    """(N, 5, 2) landmarks to align with (smoothed unless smoothing is off)."""
-    track_ids: list[int]
-    time: float | None = None
-    """Presentation time (seconds), which tells how long a face is seen; None: unknown (25 fps assumed)."""
-
-
-@dataclass(frozen=True)
-class FacePlan:
-    """A first pass over a clip (:func:`plan_faces`): every frame's faces, and which tracks to restore."""
-
-    frames: list[FrameFaces]
-    restore: frozenset[int]
-    """Track ids the face choice restores."""
-    selection: FaceSelection
-    """Over tracks (people): found, restored and skipped face numbers and why."""
-    numbers: dict[int, int]
-    """Track id → its person's number: from 1 in the order people appear (those appearing together, left
-    to right); the tracks of brief faces (:data:`gfp.selection.BRIEF_SECONDS`) have none."""
 
 
 @dataclass
@@ -393,6 +365,18 @@ def plan_faces(
     Holds only boxes and landmarks, not frames. ``progress(done, total, "detect")`` after each frame."""
     options = expect(options, RestoreOptions, "options", RestoreOptions)
     video = expect(video, VideoOptions, "video", VideoOptions)
+    return _plan(restorer, frames, options, video, progress, total)
+
+
+def _plan(
+    restorer: Restorer,
+    frames: Iterable[tuple[np.ndarray, float]],
+    options: RestoreOptions,
+    video: VideoOptions,
+    progress: Progress | None,
+    total: int,
+) -> FacePlan:
+    """:func:`plan_faces` with its arguments checked."""
     seen: list[FrameFaces] = []
     height = width = 0
     for done, (image, _, faces) in enumerate(_tracked(restorer, _checked(frames), options, video), 1):
@@ -401,77 +385,6 @@ def plan_faces(
         if progress is not None:
             progress(done, total, "detect")
     return choose_tracks(seen, width, height, options.face_choice, options.min_face)
-
-
-def choose_tracks(
-    frames: Sequence[FrameFaces], width: int, height: int, choice: str = "all", min_face: int = 0
-) -> FacePlan:
-    """Apply a face choice (:func:`gfp.selection.select_faces`) to the people of a clip, each taken as its
-    median box (median centre, width and height over its frames) in a ``width`` x ``height`` frame; people
-    are numbered in order of first appearance, those appearing together left to right.
-
-    A person is a track, or several tracks one after another: a face that comes back where a track ended
-    (after a cut-away or an occlusion longer than the tracker waits) continues that person. A face seen
-    for less than :data:`~gfp.selection.BRIEF_SECONDS` (its frames times the clip's median frame interval)
-    and in less than half the frames is brief, not a person (a passer-by, a false detection): numbered
-    first, it took number 1 from the person the clip is about. It is neither numbered nor chosen, and is
-    restored only by ``choice="all"`` (when not smaller than ``min_face``).
-    """
-    first: dict[int, tuple[int, float, float]] = {}
-    last: dict[int, int] = {}
-    boxes: dict[int, list[np.ndarray]] = {}
-    for index, faces in enumerate(frames):
-        for box, track in zip(faces.boxes, faces.track_ids, strict=True):
-            boxes.setdefault(track, []).append(np.asarray(box[:4], np.float64))
-            first.setdefault(track, (index, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
-            last[track] = index
-    ordered = sorted(first, key=first.__getitem__)
-    people: list[list[int]] = []  # each person's tracks, in order
-    # each person's last frame and box so far, as arrays: a clip's thousands of tracks (faces in a crowd, each
-    # missed now and then) are each compared with every person at once, not one by one (minutes)
-    ends, last_boxes = np.empty(len(ordered), np.int64), np.empty((len(ordered), 4))
-    for track in ordered:
-        start, begins = first[track][0], boxes[track][0]
-        n = len(people)
-        ended = np.flatnonzero((ends[:n] < start) & _same_place(last_boxes[:n], begins))
-        if len(ended):  # the person whose face was last seen nearest to where this one appears
-            person = int(ended[np.argmax(box_iou(last_boxes[ended], begins[None])[:, 0])])
-            people[person].append(track)
-        else:
-            person = n
-            people.append([track])
-        ends[person], last_boxes[person] = last[track], boxes[track][-1]
-    times = [faces.time for faces in frames]
-    steps = np.diff(np.array(times, np.float64)) if None not in times else np.zeros(0)
-    period = float(np.median(steps)) if len(steps) else 1 / 25  # seconds a frame shows
-    seen = [sum(len(boxes[t]) for t in person) for person in people]  # frames each person is in
-    brief = [n * period < BRIEF_SECONDS and 2 * n < len(frames) for n in seen]
-    typical = [_median_box(np.stack([b for t in person for b in boxes[t]])) for person in people]
-    typical = np.array(typical).reshape(-1, 4)
-    lasting = [p for p, short in zip(people, brief, strict=True) if not short]
-    selection = select_faces(typical[np.logical_not(brief)], width, height, choice, min_face)
-    restore = {track for n in selection.restored for track in lasting[n - 1]}
-    # a brief face is no person to choose, but still a face that "all" restores
-    kept = np.array(brief, bool) & (shorter_sides(typical) >= min_face) & (parse_faces(choice) == "all")
-    restore |= {track for person, keep in zip(people, kept, strict=True) if keep for track in person}
-    selection = dataclasses.replace(selection, brief=sum(brief), brief_restored=int(kept.sum()))
-    numbers = {track: n for n, person in enumerate(lasting, 1) for track in person}
-    return FacePlan(list(frames), frozenset(restore), selection, numbers)
-
-
-def _same_place(boxes: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Which face boxes (N, 4: x1, y1, x2, y2) lie where the face box ``other`` does, as one face would:
-    overlapping it by a third, or their centres closer than half a face."""
-    size = (boxes[:, 2:] - boxes[:, :2] + other[2:] - other[:2]).mean(axis=1) / 2
-    apart = np.linalg.norm((boxes[:, :2] + boxes[:, 2:]) / 2 - (other[:2] + other[2:]) / 2, axis=1)
-    return (box_iou(boxes, other[None])[:, 0] >= 1 / 3) | (apart < size / 2)
-
-
-def _median_box(boxes: np.ndarray) -> np.ndarray:
-    """The box (x1, y1, x2, y2) of the median centre, width and height of ``boxes`` (N, 4)."""
-    center = np.median((boxes[:, :2] + boxes[:, 2:]) / 2, axis=0)
-    half = np.median(boxes[:, 2:] - boxes[:, :2], axis=0) / 2
-    return np.concatenate([center - half, center + half])
 
 
 def _checked(frames: Iterable[tuple[np.ndarray, float]]) -> Iterator[tuple[np.ndarray, float]]:
@@ -530,6 +443,21 @@ def restore_frames(
         raise OptionError("{aligned} does not apply to videos (their frames are whole scenes, not one face)")
     if plan is None and needs_plan(options):
         raise ValueError("a face choice over a clip needs a first pass: pass plan=plan_faces(...)")
+    yield from _restore_frames(restorer, frames, options, video, notes, plan, backends)
+
+
+def _restore_frames(
+    restorer: Restorer,
+    frames: Iterable[tuple[np.ndarray, float]],
+    options: RestoreOptions,
+    video: VideoOptions,
+    notes: list[str] | None,
+    plan: FacePlan | None,
+    backends: dict[str, str] | None,
+) -> Iterator[RestoredFrame]:
+    """:func:`restore_frames` with its arguments checked."""
+    frames = _checked(frames)
+    tracked = _tracked(restorer, frames, options, video) if plan is None else _replayed(frames, plan)
     store = restorer.store
     face_size = store.generator_config(options.version).out_size
     batch = stages.batch_size(store, options)
@@ -561,8 +489,6 @@ def restore_frames(
         if backends is not None:  # the clip's log keeps what each network ran in first
             backends.update(log.backends)
 
-    frames = _checked(frames)
-    tracked = _tracked(restorer, frames, options, video) if plan is None else _replayed(frames, plan)
     for image, seconds, faces in tracked:
         keep = [i for i, track in enumerate(faces.track_ids) if plan is None or track in plan.restore]
         landmarks, ids = faces.landmarks[keep], [faces.track_ids[i] for i in keep]
@@ -1005,7 +931,7 @@ def restore_video(
                     stream = _video_stream(container, source)
                     frames = _decode(container, stream, None, planning, source, info, video)
                     decoded = (img[:2] for img in frames)
-                    plan = plan_faces(restorer, decoded, options, video, detect)  # detect knows its total
+                    plan = _plan(restorer, decoded, options, video, detect, 0)  # detect knows its total
                 detect.end(planning.frames)
                 timings["plan"] = time.perf_counter() - clock
             with _open(source) as container, av.open(str(partial), "w", format="mp4") as sink:
@@ -1036,7 +962,7 @@ def restore_video(
                 counted = _Counted(report, "frames", known)
                 clock = time.perf_counter()
                 for done, restored in enumerate(
-                    restore_frames(restorer, timed_frames(), options, video, notes, plan, backends), 1
+                    _restore_frames(restorer, timed_frames(), options, video, notes, plan, backends), 1
                 ):
                     timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - clock
                     clock = time.perf_counter()

@@ -35,14 +35,12 @@ from gfp.atomic import PARTIAL_GLOB
 from gfp.cli import face_summary, main
 from gfp.faces import FFHQ_TEMPLATE_512
 from gfp.pipeline import RestoreOptions, Restorer
-from gfp.selection import FaceSelection
+from gfp.selection import FaceSelection, FrameFaces, choose_tracks
 from gfp.tracking import FaceTracker, OneEuroFilter, SmoothingOptions, box_iou, face_size
 from gfp.video import (
     VIDEO_CODECS,
-    FrameFaces,
     VideoError,
     VideoOptions,
-    choose_tracks,
     is_video,
     plan_faces,
     probe_video,
@@ -244,10 +242,10 @@ def test_people_are_found_among_many_tracks_comparing_each_track_once(
     """Every clip's people are counted now, with --faces all too: a crowd's thousands of tracks (faces each
     missed now and then) were each compared with every person one pair at a time (40 s for 5000 tracks,
     after the clip was written); a track is compared with all of them at once."""
-    import gfp.video
+    import gfp.selection
 
     calls = []
-    monkeypatch.setattr(gfp.video, "box_iou", lambda a, b: calls.append(1) or box_iou(a, b))
+    monkeypatch.setattr(gfp.selection, "box_iou", lambda a, b: calls.append(1) or box_iou(a, b))
     rng = np.random.default_rng(0)
     frames = []
     for i in range(400):  # a new face every frame, each seen for 3 frames, here and there
