@@ -14,6 +14,9 @@ Behaviour follows facexlib ``FaceRestoreHelper.paste_faces_to_input_image`` as t
 Unlike the official code, each face is warped only into its own bounding region of the output instead of
 a full-image canvas, which makes pasting cost proportional to the face, not the photo, with equal results
 up to OpenCV's 1/32-pixel sampling grid.
+
+:func:`paste_back` is the paste stage that photos and video frames run (in the input's layout: gray,
+alpha, 16-bit); :func:`paste_faces` is the same blend over a whole float32 canvas.
 """
 
 from __future__ import annotations
@@ -193,3 +196,104 @@ def check_faces(
     """A ``ValueError`` unless there is one matrix (and one mask, if any) per face."""
     if len(faces) != len(matrices) or (masks is not None and len(masks) != len(faces)):
         raise ValueError("paste_faces needs one matrix (and one mask) per face")
+
+
+def paste_back(
+    img: np.ndarray,
+    upscaled: np.ndarray,
+    faces: Sequence[np.ndarray],
+    matrices: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray] | None,
+    upscale: float,
+) -> np.ndarray:
+    """The restored ``faces`` blended into ``upscaled`` (the background of ``img``), in ``img``'s layout:
+    gray stays gray, alpha is kept, 16-bit stays 16-bit (8-bit faces rescaled to its values).
+
+    Only the boxes the faces cover are blended in float32, each face on the newest values its box holds
+    (where an earlier face's box overlaps it, that face's unrounded result), and rounded at the end in the
+    same order: value for value what a float32 copy of the whole output gave, without that copy (12 bytes a
+    pixel, four times an 8-bit output) unless the boxes together are as large. A box is rounded as soon as no
+    later face's box overlaps it, so only the boxes a later face still reads are held in float32."""
+    check_faces(faces, matrices, masks)
+    max_value = max_value_of(img)
+    gray = is_gray(img)
+    height, width = upscaled.shape[:2]
+    placements = face_placements(faces, matrices, upscale, width, height)
+    area = sum((x1 - x0) * (y1 - y0) for _, (x0, y0, x1, y1), _ in placements)
+    if area >= height * width or (gray and upscaled.ndim == 3):
+        # a whole-image canvas is no larger; gray with alpha: a network may have made its colours unequal
+        alpha = upscaled[:, :, 3] if upscaled.ndim == 3 and upscaled.shape[2] == 4 else None
+        canvas = color_part(upscaled).astype(np.float32)
+        blend_faces(canvas, faces, placements, upscale, masks, max_value / 255.0)  # placed once, above
+        return compose(canvas, alpha, gray, img.dtype, max_value)
+    out = upscaled.copy()
+    colour = out if out.ndim == 2 else out[:, :, :3]  # a view: alpha stays as it is
+    boxes = [box for _, box, _ in placements]
+    blended: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = []
+    for n, (i, box, local) in enumerate(placements):
+        x0, y0, x1, y1 = box
+        canvas = color_part(colour[y0:y1, x0:x1]).astype(np.float32)
+        for _, (bx0, by0, bx1, by1), earlier in blended:  # later ones hold the newer values
+            common = _intersection(box, (bx0, by0, bx1, by1))
+            if common is not None:
+                ox0, oy0, ox1, oy1 = common
+                canvas[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = earlier[
+                    oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0
+                ]
+        mask = None if masks is None else masks[i]
+        blend_face(canvas, faces[i], local, upscale, mask, max_value / 255.0)
+        blended.append((_last_overlap(boxes, n), box, canvas))
+        # rounded in order (a later box holds the newer values where boxes overlap): each box once the last
+        # face overlapping it is blended and every box before it is rounded
+        while blended and blended[0][0] <= n:
+            _, (bx0, by0, bx1, by1), done = blended.pop(0)
+            colour[by0:by1, bx0:bx1] = compose(done, None, gray, img.dtype, max_value)
+    return out
+
+
+def _last_overlap(boxes: Sequence[tuple[int, int, int, int]], n: int) -> int:
+    """The last of ``boxes`` (``n`` itself when none) from ``n`` on that overlaps box ``n``."""
+    return max((m for m in range(n + 1, len(boxes)) if _intersection(boxes[m], boxes[n])), default=n)
+
+
+def _intersection(a: Sequence[int], b: Sequence[int]) -> tuple[int, int, int, int] | None:
+    """The box (x0, y0, x1, y1) two boxes share, or None when they do not overlap."""
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+
+def is_gray(img: np.ndarray) -> bool:
+    """HxW gray, or gray with alpha: BGRA whose colour channels are all equal, which is how cv2 (and
+    :mod:`gfp.imageio`) reads a gray+alpha file, since no layout of its holds gray with alpha."""
+    if img.ndim == 2:
+        return True
+    if img.shape[2] != 4:  # three equal channels stay BGR, as the official pipeline keeps them
+        return False
+    return bool(np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 1], img[:, :, 2]))
+
+
+def max_value_of(img: np.ndarray) -> float:
+    """The largest value of ``img``'s pixel type (16-bit or 8-bit)."""
+    return 65535.0 if img.dtype == np.uint16 else 255.0
+
+
+def color_part(img: np.ndarray) -> np.ndarray:
+    """The BGR part of an image (gray expanded to 3 channels, alpha dropped)."""
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return img if img.shape[2] == 3 else np.ascontiguousarray(img[:, :, :3])
+
+
+def compose(
+    canvas: np.ndarray, alpha: np.ndarray | None, gray: bool, dtype: np.dtype, max_value: float
+) -> np.ndarray:
+    """Back to the input's layout: round and clip to ``dtype``, to gray if it was (three equal colour
+    channels when there is alpha), alpha re-attached. Rounds and clips ``canvas`` in place: two more float32
+    copies of a whole upscaled photo would more than double the memory a big output needs."""
+    if gray:
+        canvas = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY)
+    np.rint(canvas, out=canvas)
+    out = np.clip(canvas, 0, max_value, out=canvas).astype(dtype)
+    if alpha is not None:
+        out = np.dstack([*([out] * 3 if gray else [out]), alpha])
+    return out

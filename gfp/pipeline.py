@@ -36,6 +36,7 @@ from gfp.color import check_method
 from gfp.devices import Placement
 from gfp.faces import align_faces, resize_aligned
 from gfp.messages import OptionError
+from gfp.paste import color_part, compose, is_gray, max_value_of, paste_back
 from gfp.selection import FaceSelection, parse_faces, reading_order, select_faces
 from gfp.stages import Progress, RunLog
 from gfp.store import FaceNetwork, ModelStore, Unavailable
@@ -326,7 +327,7 @@ class Restorer:
         upscaled = stages.background(self.store, img, options, run)
         run.lap("background")
         run.report(0, len(restored), "paste")
-        image = stages.paste(img, upscaled, restored, matrices, masks, options.upscale)
+        image = paste_back(img, upscaled, restored, matrices, masks, options.upscale)
         run.report(len(restored), len(restored), "paste")
         run.lap("paste")
         return RestoreResult(
@@ -378,10 +379,10 @@ def expect(value: Any, kind: type[T], name: str, default: Callable[[], T] | None
 
 def _work_image(img: np.ndarray) -> np.ndarray:
     """The BGR image faces are found and cut on: 8-bit values (as the official helper scales 16-bit)."""
-    color = stages.color_part(img)
+    color = color_part(img)
     if img.dtype == np.uint8:
         return color
-    return color.astype(np.float32) * np.float32(255.0 / stages.max_value_of(img))
+    return color.astype(np.float32) * np.float32(255.0 / max_value_of(img))
 
 
 def _checked_input(img: Any) -> np.ndarray:
@@ -400,13 +401,13 @@ def _checked_input(img: Any) -> np.ndarray:
 
 def _aligned_output(img: np.ndarray, face: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """For aligned input: the restored face at input size × upscale, in the input's layout."""
-    max_value = stages.max_value_of(img)
+    max_value = max_value_of(img)
     canvas = cv2.resize(face, (out_w, out_h), interpolation=cv2.INTER_LANCZOS4).astype(np.float32)
     canvas *= np.float32(max_value / 255.0)
     alpha = None
     if img.ndim == 3 and img.shape[2] == 4:
         alpha = cv2.resize(img[:, :, 3], (out_w, out_h), interpolation=cv2.INTER_LANCZOS4)
-    return stages.compose(canvas, alpha, stages.is_gray(img), img.dtype, max_value)
+    return compose(canvas, alpha, is_gray(img), img.dtype, max_value)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:

@@ -169,32 +169,30 @@ class ModelStore:
         """The generator as a :data:`FaceNetwork` in the store's backend: OpenVINO when converted (a cached
         conversion is used without building the PyTorch module), else PyTorch."""
         checkpoint = self._checkpoint(spec)
-        path = str(checkpoint.found.path)
+        return self._get(("faces", checkpoint.found.real), lambda: self._faces(spec, checkpoint))
 
-        def build() -> Network:
-            config = checkpoint.config
-            supports = registry.generator_supports(config)
-            placement = self.placement.for_model(supports)
+    def _faces(self, spec: str | os.PathLike[str], checkpoint: _Checkpoint) -> Network:
+        config = checkpoint.config
+        supports = registry.generator_supports(config)
+        placement = self.placement.for_model(supports)
 
-            def torch_faces() -> FaceNetwork:
-                net = self.generator(spec).run
-                dtype = placement.dtype
+        def torch_faces() -> FaceNetwork:
+            net = self.generator(spec).run
+            dtype = placement.dtype
 
-                def faces(x: Tensor) -> Tensor:
-                    with placement.autocast():
-                        return net(x.to(dtype), return_rgb=False)[0].float()
+            def faces(x: Tensor) -> Tensor:
+                with placement.autocast():
+                    return net(x.to(dtype), return_rgb=False)[0].float()
 
-                return faces
+            return faces
 
-            def module() -> nn.Module:
-                return FacesOnly(self.generator(spec).run)
+        def module() -> nn.Module:
+            return FacesOnly(self.generator(spec).run)
 
-            size = config.out_size
-            run = self._backend(path, "faces", module, torch_faces, size, placement, checkpoint.stamp)
-            checkpoint.release()  # taken by the PyTorch build, or not needed: the conversion serves
-            return Network(run, supports, placement, config)
-
-        return self._get(("faces", checkpoint.found.real), build)
+        path, size = str(checkpoint.found.path), config.out_size
+        run = self._backend(path, "faces", module, torch_faces, size, placement, checkpoint.stamp)
+        checkpoint.release()  # taken by the PyTorch build, or not needed: the conversion serves
+        return Network(run, supports, placement, config)
 
     # ------------------------------------------------------------------------- registry networks
     def network(self, name: str) -> Network:

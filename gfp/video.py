@@ -46,6 +46,7 @@ from gfp.checks import is_bool, is_real, is_whole
 from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
 from gfp.messages import OptionError
+from gfp.paste import paste_back
 from gfp.pipeline import Progress, RestoreOptions, Restorer, RunLog, expect
 from gfp.selection import FacePlan, FaceSelection, FrameFaces, choose_tracks
 from gfp.tracking import FaceTracker, SmoothingOptions
@@ -476,7 +477,7 @@ def _restore_frames(
             faces = restored[start:stop]
             upscaled = stages.background(store, item.image, options, log)
             mine = None if masks is None else masks[start:stop]
-            image = stages.paste(item.image, upscaled, faces, item.matrices, mine, options.upscale)
+            image = paste_back(item.image, upscaled, faces, item.matrices, mine, options.upscale)
             yield RestoredFrame(
                 image, item.time, item.boxes, item.landmarks, item.matrices, item.track_ids, faces
             )

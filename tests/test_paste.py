@@ -11,9 +11,18 @@ import torch
 from facexlib.parsing.parsenet import ParseNet
 from facexlib.utils.face_restoration_helper import FaceRestoreHelper
 
-from gfp import stages
 from gfp.archs.parsenet import ParseNet as OurParseNet
-from gfp.paste import face_placements, inverse_affine, parse_masks, paste_faces
+from gfp.paste import (
+    color_part,
+    compose,
+    face_placements,
+    inverse_affine,
+    is_gray,
+    max_value_of,
+    parse_masks,
+    paste_back,
+    paste_faces,
+)
 
 
 def _matrix(angle_deg: float, scale: float, tx: float, ty: float) -> np.ndarray:
@@ -123,11 +132,11 @@ def test_bad_arguments_are_clear_errors() -> None:
 
 def _whole_canvas_paste(img, upscaled, faces, matrices, masks, upscale):
     """The photo paste as a float32 canvas of the whole output, then rounded: the reference formula."""
-    max_value = stages.max_value_of(img)
+    max_value = max_value_of(img)
     alpha = upscaled[:, :, 3] if upscaled.ndim == 3 and upscaled.shape[2] == 4 else None
-    canvas = stages.color_part(upscaled).astype(np.float32)
+    canvas = color_part(upscaled).astype(np.float32)
     paste_faces(canvas, faces, matrices, upscale, masks, face_scale=max_value / 255.0)
-    return stages.compose(canvas, alpha, stages.is_gray(img), img.dtype, max_value)
+    return compose(canvas, alpha, is_gray(img), img.dtype, max_value)
 
 
 @pytest.mark.parametrize("layout", ["bgr", "gray", "bgra", "gray_alpha", "16bit"])
@@ -163,10 +172,10 @@ def test_photo_paste_equals_the_whole_canvas_formula(layout: str, upscale: float
     cases = ((faces, matrices, None), (faces, matrices, masks), (faces[:2], big, None), (*later, None))
     for f, m, k in cases:
         expected = _whole_canvas_paste(img, upscaled, f, m, k, upscale)
-        out = stages.paste(img, upscaled, f, m, k, upscale)
+        out = paste_back(img, upscaled, f, m, k, upscale)
         assert out.dtype == expected.dtype
         np.testing.assert_array_equal(out, expected)
-    assert stages.paste(img, upscaled, [], [], None, upscale) is not upscaled  # a copy, never the input
+    assert paste_back(img, upscaled, [], [], None, upscale) is not upscaled  # a copy, never the input
 
 
 def test_photo_paste_makes_no_float_copy_of_the_whole_output() -> None:
@@ -176,7 +185,7 @@ def test_photo_paste_makes_no_float_copy_of_the_whole_output() -> None:
     face = np.full((64, 64, 3), 200, np.uint8)
     tracemalloc.start()
     try:
-        out = stages.paste(upscaled, upscaled, [face], [_matrix(0, 1.0, -100, -100)], None, 1)
+        out = paste_back(upscaled, upscaled, [face], [_matrix(0, 1.0, -100, -100)], None, 1)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -194,7 +203,7 @@ def test_photo_paste_keeps_no_float_box_of_a_face_no_later_face_overlaps() -> No
     box_bytes = max((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) * 12
     tracemalloc.start()
     try:
-        out = stages.paste(upscaled, upscaled, faces, matrices, None, 1)
+        out = paste_back(upscaled, upscaled, faces, matrices, None, 1)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -183,8 +183,8 @@ def test_gray_with_alpha_stays_gray(blind_weights: Path, tmp_path: Path, dtype: 
     the file written keep them equal (no tinted face), with the alpha."""
     from PIL import Image
 
-    from gfp import stages
     from gfp.imageio import read_image, write_image
+    from gfp.paste import paste_back
 
     gray = _layouts(_gradient(96, 96))["gray"]
     alpha = np.linspace(255, 40, 96, dtype=np.uint8)[:, None].repeat(96, 1)
@@ -204,7 +204,7 @@ def test_gray_with_alpha_stays_gray(blind_weights: Path, tmp_path: Path, dtype: 
     # a photo's faces are pasted the same way
     face = np.dstack([np.full((16, 16), v, np.uint8) for v in (40, 120, 200)])
     matrix = np.float32([[1, 0, -8], [0, 1, -8]])  # the face's corner at (8, 8) of the photo
-    pasted = stages.paste(img, img, [face], [matrix], None, 1)
+    pasted = paste_back(img, img, [face], [matrix], None, 1)
     assert pasted.shape == img.shape and (pasted[:, :, 0] == pasted[:, :, 2]).all()
     assert (pasted != img).any()
 
