@@ -305,7 +305,7 @@ class Restorer:
     ) -> RestoreResult:
         """A photo: detect and align faces, restore them, upsample the background, paste the faces back."""
         work = _work_image(img)
-        self.store.detector(options.detector)
+        stages.load_required(self.store, options)
         run.lap("load")
         run.report(0, 1, "detect")
         found = stages.detect(self.store, work, options)

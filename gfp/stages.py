@@ -60,6 +60,20 @@ def batch_size(store: ModelStore, options: RestoreOptions) -> int:
     return 1 if store.placement.device.type == "cpu" else 4
 
 
+def load_required(store: ModelStore, options: RestoreOptions) -> None:
+    """Load the networks of a photo or clip that ``options`` cannot do without: the detector, the face parser
+    when ``use_parse`` is True, and a background upsampler asked for by name (its network for
+    ``options.upscale``). Missing or broken weights then fail before any work, not after the faces of a photo
+    were restored, or a clip's first pass (minutes) had run. A default parser or upsampler is not required:
+    its stage falls back without its weights (noted)."""
+    store.detector(options.detector)
+    if options.use_parse is True:
+        store.parser(required=True)
+    upsampler = store.background(options.bg_upsampler, named=True) if options.bg_upsampler else None
+    if upsampler is not None:
+        upsampler.network(upsampler.scale_for(options.upscale))
+
+
 def detect(store: ModelStore, image: np.ndarray, options: RestoreOptions) -> Detections:
     """Faces and landmarks of a BGR image (8-bit values), with the options' detector and ``max_side``."""
     detector = store.detector(options.detector).run

@@ -892,7 +892,7 @@ def restore_video(
     notes: list[str] = []
     backends: dict[str, str] = {}
     restorer.generator_config(options.version)  # missing weights fail here, before any file is made
-    restorer.store.detector(options.detector)
+    stages.load_required(restorer.store, options)
     timings["load"] = time.perf_counter() - start
 
     out_h, out_w = scaled_size(info.height, info.width, options.upscale)

@@ -291,9 +291,16 @@ def test_default_background_falls_back_to_lanczos_with_a_note(
     [("realesrgan", "RealESRGAN_x2plus.pth"), ("realesr-general-x4v3", "realesr-general-x4v3.pth")],
 )
 def test_a_background_asked_for_by_name_must_be_had(blind_weights: Path, name: str, file_name: str) -> None:
+    """Before any work: it failed once the faces had been found and restored."""
+    reported: list[str] = []
     with pytest.raises(WeightsNotFoundError) as err:
-        Restorer(blind_weights, device="cpu").restore(_gradient(), _options(blind_weights, bg_upsampler=name))
+        Restorer(blind_weights, device="cpu").restore(
+            _gradient(),
+            _options(blind_weights, bg_upsampler=name),
+            lambda done, total, stage: reported.append(stage),
+        )
     assert file_name in str(err.value) and str(blind_weights / file_name) in str(err.value)
+    assert reported == []  # no stage began
 
 
 def test_a_model_asked_for_by_name_is_looked_for_again_after_it_was_missing(

@@ -1434,6 +1434,23 @@ def test_missing_default_background_falls_back_once_per_clip(blind: Path, tmp_pa
     assert not (tmp_path / "named.mp4").exists()
 
 
+@pytest.mark.parametrize("missing", [{"bg_upsampler": "realesr-general-x4v3"}, {"use_parse": True}])
+def test_weights_a_clip_must_have_are_missing_before_its_first_pass(
+    blind: Path, tmp_path: Path, missing: dict[str, object]
+) -> None:
+    """A background upsampler named, or the parser required, without weights: the clip failed once its
+    first pass (a face choice detects every frame first: minutes for a long clip) and its first faces had
+    run, or (the parser, in a clip without faces) not at all. Now before a frame is decoded."""
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(5)], audio=None)
+    reported: list[str] = []
+    with pytest.raises(WeightsError):
+        restore_video(
+            source, tmp_path / "out.mp4", _options(blind, faces="1", **missing), restorer=_restorer(blind),
+            progress=lambda done, total, stage: reported.append(stage),
+        )  # fmt: skip
+    assert reported == [] and not (tmp_path / "out.mp4").exists()
+
+
 def test_arguments_in_the_wrong_order_or_empty_frames_are_named(blind: Path, tmp_path: Path) -> None:
     """Swapped arguments are a TypeError naming the argument, not an AttributeError from deep inside; an
     empty frame is a ValueError, not torch's RuntimeError."""
