@@ -88,12 +88,15 @@ class _Checkpoint:
         self.state_dict, self.config = generator_weights(found, mapped)
         self.stamp = before if before is not None and _stamp(found.path) == before else None
 
-    def take(self) -> dict[str, Tensor]:
-        """The tensors (read again if already handed over or released: only a rare second build asks)."""
+    def network(self, placement: Placement) -> Network:
+        """The PyTorch generator built on ``placement`` with the tensors, which it takes (read again if
+        already handed over or released: only a rare second build asks)."""
         state_dict, self.state_dict = self.state_dict, None
         if state_dict is None:
-            return generator_weights(self.found)[0]
-        return {key: tensor.clone() for key, tensor in state_dict.items()} if self.mapped else state_dict
+            state_dict = generator_weights(self.found)[0]
+        elif self.mapped:
+            state_dict = {key: tensor.clone() for key, tensor in state_dict.items()}
+        return generator_network(state_dict, self.config, self.found, placement)
 
     def release(self) -> None:
         """Drop the tensors: a converted network serves, so no PyTorch build will take them."""
@@ -160,10 +163,7 @@ class ModelStore:
     def generator(self, spec: str | os.PathLike[str]) -> Network:
         """The GFPGAN generator module of a version / file / folder / repo id, in PyTorch."""
         checkpoint = self._checkpoint(spec)
-        return self._get(
-            ("generator", checkpoint.found.real),
-            lambda: generator_network(checkpoint.take(), checkpoint.config, checkpoint.found, self.placement),
-        )
+        return self._get(("generator", checkpoint.found.real), lambda: checkpoint.network(self.placement))
 
     def face_network(self, spec: str | os.PathLike[str]) -> Network:
         """The generator as a :data:`FaceNetwork` in the store's backend: OpenVINO when converted (a cached
