@@ -377,7 +377,7 @@ def _plan(
     progress: Progress | None,
     total: int,
 ) -> FacePlan:
-    """:func:`plan_faces` with its arguments checked."""
+    """:func:`plan_faces` over arguments already checked (:func:`restore_video` checks its own once)."""
     seen: list[FrameFaces] = []
     height = width = 0
     for done, (image, _, faces) in enumerate(_tracked(restorer, _checked(frames), options, video), 1):
@@ -456,7 +456,7 @@ def _restore_frames(
     plan: FacePlan | None,
     backends: dict[str, str] | None,
 ) -> Iterator[RestoredFrame]:
-    """:func:`restore_frames` with its arguments checked."""
+    """:func:`restore_frames` over arguments already checked (:func:`restore_video` checks its own once)."""
     frames = _checked(frames)
     tracked = _tracked(restorer, frames, options, video) if plan is None else _replayed(frames, plan)
     store = restorer.store
