@@ -28,7 +28,8 @@ class SmoothingOptions:
     beta: float = 2.0
     """How fast the cutoff rises with speed (per face size per second): higher = less lag on motion."""
     d_cutoff: float = 1.0
-    """Cutoff frequency (Hz) of the speed estimate itself."""
+    """Cutoff frequency (Hz) of the speed estimates themselves: the filter's, and each track's velocity (where
+    a face the detector misses is looked for)."""
     match_iou: float = 0.3
     """A detection continues a track when their boxes overlap at least this much (IoU) ..."""
     match_distance: float = 0.5
@@ -136,8 +137,9 @@ class _Track:
     filter: OneEuroFilter
     seen: float
     """When it was last detected (seconds)."""
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    """How fast its box centre moved between its last two detections (pixels per second)."""
+    velocity: np.ndarray | None = None
+    """How fast its box centre moves (pixels per second), low-passed over its detections; None until it has
+    been detected twice."""
 
 
 class FaceTracker:
@@ -163,7 +165,7 @@ class FaceTracker:
         With ``time``, a track is also looked for where its last motion would have taken it by then."""
         if not tracks or not len(boxes):
             return [None] * len(boxes)
-        score = self._score(boxes, landmarks, [(t.box, t.landmarks) for t in tracks])
+        score = self._score(boxes, landmarks, _places(tracks))
         if time is not None:
             score = np.maximum(score, self._score(boxes, landmarks, _ahead(tracks, time)))
         matched: list[int | None] = [None] * len(boxes)
@@ -177,16 +179,20 @@ class FaceTracker:
     def _held_back(
         self, boxes: np.ndarray, landmarks: np.ndarray, lost: list[_Track], time: float
     ) -> np.ndarray:
-        """Which detections a lost track, where its motion would have taken it by ``time``, continues better
-        than each previous-frame track does at its last place or where it was heading, by more than
-        ``match_distance`` (in :meth:`_score`'s units: where two faces cross, both continue it about as
-        well, and the noise of their motion would decide).
+        """Which detections a lost track, at its last place or where its motion would have taken it by
+        ``time``, continues better than each previous-frame track does at its last place or where it was
+        heading, by more than ``match_distance`` (in :meth:`_score`'s units: where two faces cross, both
+        continue it about as well, and the noise of their motion would decide).
+
+        A lost face's last place counts too: a still face found again where it stood is the same face however
+        far its wobble would have sent it (looked for only where it was heading, it lost its detection to the
+        face beside it, whose box overlaps it: the two swapped identities).
         """
         if not lost or not self._tracks or not len(boxes):
             return np.zeros(len(boxes), bool)
-        back = self._score(boxes, landmarks, _ahead(lost, time)).max(axis=1)
-        places = [(t.box, t.landmarks) for t in self._tracks] + _ahead(self._tracks, time)
-        return back > self._score(boxes, landmarks, places).max(axis=1) + self.options.match_distance
+        back = self._score(boxes, landmarks, _places(lost) + _ahead(lost, time)).max(axis=1)
+        visible = self._score(boxes, landmarks, _places(self._tracks) + _ahead(self._tracks, time))
+        return back > visible.max(axis=1) + self.options.match_distance
 
     def _score(
         self, boxes: np.ndarray, landmarks: np.ndarray, places: list[tuple[np.ndarray, np.ndarray]]
@@ -202,6 +208,20 @@ class FaceTracker:
         ok = (iou >= self.options.match_iou) | (distance <= self.options.match_distance)
         return np.where(ok, iou - distance, -np.inf)  # prefer overlap, then closeness
 
+    def _velocity(self, track: _Track, box: np.ndarray, time: float) -> np.ndarray | None:
+        """``track``'s velocity once detected at ``box`` at ``time``: its last step's, low-passed at
+        ``d_cutoff``. The detector wobbles a pixel or two, so from one step a still face seemed to move at
+        tens of px/s, and missed for a few frames it was looked for well away from where it stood (toward its
+        neighbour: two faces side by side swapped identities); steady motion is followed, as the filter's
+        speed is."""
+        dt = time - track.seen
+        if dt <= 0:
+            return track.velocity
+        moved = (box[:2] + box[2:4] - track.box[:2] - track.box[2:4]) / 2 / dt
+        if track.velocity is None:
+            return moved
+        return track.velocity + _alpha(self.options.d_cutoff, dt) * (moved - track.velocity)
+
     def update(self, boxes: np.ndarray, landmarks: np.ndarray, time: float) -> tuple[np.ndarray, list[int]]:
         """Track one frame's detections (boxes (N, >=4), landmarks (N, 5, 2)) seen at ``time`` seconds.
 
@@ -216,9 +236,9 @@ class FaceTracker:
         # The faces of the previous frame first, the lost ones only for the detections left: a lost face's
         # last place took the face that had since moved there (two people crossing swapped identities). A
         # lost face is also looked for further along its way (one hidden behind another while they cross).
-        # Not a detection that a lost face, where it was heading, continues much better than any face of the
-        # previous frame does: two faces side by side, each missed in turn, swapped identities (the face seen
-        # took the other's detection, which its box overlaps).
+        # Not a detection that a lost face, where it was or was heading, continues much better than any face
+        # of the previous frame does: two faces side by side, each missed in turn, swapped identities (the
+        # face seen took the other's detection, which its box overlaps).
         held = self._held_back(boxes, landmarks, lost, time)
         matched = self._match(boxes[~held], landmarks[~held], self._tracks)
         matched = _spread(matched, ~held)
@@ -236,8 +256,7 @@ class FaceTracker:
                 track = candidates[index]
                 if index >= len(self._tracks):  # missed for a while: same face, smoothing starts again
                     track.filter = OneEuroFilter(self.options)
-                moved = (boxes[i, :2] + boxes[i, 2:4] - track.box[:2] - track.box[2:4]) / 2
-                track.velocity = moved / (time - track.seen) if time > track.seen else np.zeros(2)
+                track.velocity = self._velocity(track, boxes[i], time)
                 track.box, track.landmarks, track.seen = boxes[i], landmarks[i], time
             smoothed = track.filter(landmarks[i], time)
             out[i] = smoothed if self.smooth else landmarks[i]
@@ -248,9 +267,14 @@ class FaceTracker:
         return out, ids
 
 
+def _places(tracks: list[_Track]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each track's last detected box and landmarks."""
+    return [(t.box, t.landmarks) for t in tracks]
+
+
 def _ahead(tracks: list[_Track], time: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Where each track's last motion would have taken its box and landmarks by ``time``."""
-    shifts = [t.velocity * (time - t.seen) for t in tracks]
+    shifts = [np.zeros(2) if t.velocity is None else t.velocity * (time - t.seen) for t in tracks]
     return [(t.box[:4] + np.tile(d, 2), t.landmarks + d) for t, d in zip(tracks, shifts, strict=True)]
 
 
