@@ -108,21 +108,19 @@ def output_memory(img: np.ndarray, outscale: float, scale: int, batch_pixels: in
 
 
 def check_output_memory(
-    img: np.ndarray,
-    outscale: float,
-    scale_for: Callable[[float], int] | None = None,
-    batch_pixels: int = 0,
+    img: np.ndarray, outscale: float, upsampler: BackgroundUpsampler | None = None
 ) -> None:
-    """Refuse to upscale ``img`` by ``outscale`` when even the least its background and paste-back take
-    (:func:`output_memory`; ``scale_for(outscale)`` is the network's native scale, None for Lanczos) is more
-    than the memory this process can still take: it would otherwise fail (or be killed) only once the slow
-    upsampling had run, or was running. The :class:`OutputMemoryError` names what fits in
-    :data:`SUGGEST_SHARE` of that memory: the largest upscale, in halves, else (a network's native result
-    is the larger buffer) the Lanczos background."""
+    """Refuse to upscale ``img`` by ``outscale`` with ``upsampler`` (None: Lanczos) when even the least its
+    background and paste-back take (:func:`output_memory`) is more than the memory this process can still
+    take: it would otherwise fail (or be killed) only once the slow upsampling had run, or was running.
+    The :class:`OutputMemoryError` names what fits in :data:`SUGGEST_SHARE` of that memory: the largest
+    upscale, in halves, else (a network's native result is the larger buffer) the Lanczos background."""
     available = available_memory()
 
     def need(s: float, network: bool) -> int:
-        return output_memory(img, s, scale_for(s) if network and scale_for else 1, batch_pixels)
+        if not network or upsampler is None:
+            return output_memory(img, s, 1)
+        return output_memory(img, s, upsampler.scale_for(s), upsampler.batch_pixels)
 
     least = need(outscale, True)
     if available is None or least <= available:
@@ -139,7 +137,7 @@ def check_output_memory(
         raise OutputMemoryError(
             "{what} is free: use {upscale} {fits:g}{less}", what=what, fits=fits, less=less
         )
-    if scale_for is not None:
+    if upsampler is not None:
         plain = next((s for s in [outscale, *halves] if need(s, False) <= room), None)
         if plain == outscale:
             raise OutputMemoryError("{what} is free: use {bg_upsampler} none", what=what)
@@ -253,7 +251,7 @@ class BackgroundUpsampler:
         # loaded first: a default upsampler without its weights falls back to Lanczos (see
         # gfp.stages.background), which a refusal sized for the network would stop even where Lanczos fits
         net = self.network(scale)
-        check_output_memory(img, outscale, self.scale_for, self.batch_pixels)
+        check_output_memory(img, outscale, self)
         h, w = img.shape[:2]
         max_range = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
 

@@ -304,8 +304,9 @@ class Restorer:
         self, img: np.ndarray, config: GeneratorConfig, options: RestoreOptions, run: RunLog
     ) -> RestoreResult:
         """A photo: detect and align faces, restore them, upsample the background, paste the faces back."""
-        work = _work_image(img)
         stages.load_required(self.store, options)
+        stages.check_output(self.store, img, options)
+        work = _work_image(img)
         run.lap("load")
         run.report(0, 1, "detect")
         found = stages.detect(self.store, work, options)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from gfp.background import lanczos_upsample
+from gfp.background import BackgroundUpsampler, check_output_memory, lanczos_upsample
 from gfp.color import color_fix
 from gfp.faces import Detections, detect_faces
 from gfp.paste import parse_masks
@@ -61,17 +61,24 @@ def batch_size(store: ModelStore, options: RestoreOptions) -> int:
 
 
 def load_required(store: ModelStore, options: RestoreOptions) -> None:
-    """Load the networks of a photo or clip that ``options`` cannot do without: the detector, the face parser
-    when ``use_parse`` is True, and a background upsampler asked for by name (its network for
-    ``options.upscale``). Missing or broken weights then fail before any work, not after the faces of a photo
-    were restored, or a clip's first pass (minutes) had run. A default parser or upsampler is not required:
-    its stage falls back without its weights (noted)."""
+    """Load the networks of a photo or clip that ``options`` cannot do without: the detector and the face
+    parser when ``use_parse`` is True (a background upsampler asked for by name: :func:`check_output`).
+    Missing or broken weights then fail before any work, not after the faces of a photo were restored, or a
+    clip's first pass (minutes) had run. A default parser is not required: its stage falls back without its
+    weights (noted)."""
     store.detector(options.detector)
     if options.use_parse is True:
         store.parser(required=True)
-    upsampler = store.background(options.bg_upsampler, named=True) if options.bg_upsampler else None
-    if upsampler is not None:
-        upsampler.network(upsampler.scale_for(options.upscale))
+
+
+def check_output(store: ModelStore, img: np.ndarray, options: RestoreOptions) -> None:
+    """Refuse ``img`` (a photo, or a clip's frame) before any work when its output at ``options.upscale``
+    and the background it gets would not fit in the memory left (:func:`gfp.background.check_output_memory`):
+    found in the background stage, it cost the detection and restoration of every face first (a minute on a
+    big photo), and a clip's first pass. A background upsampler asked for by name is loaded here, so that its
+    missing weights fail before any work too."""
+    upsampler = background_upsampler(store, options, RunLog(None))  # the background stage notes a fallback
+    check_output_memory(img, options.upscale, upsampler)
 
 
 def detect(store: ModelStore, image: np.ndarray, options: RestoreOptions) -> Detections:
@@ -159,19 +166,33 @@ def face_masks(
     return masks, "parsenet"
 
 
-def background(store: ModelStore, img: np.ndarray, options: RestoreOptions, run: RunLog) -> np.ndarray:
-    """The whole image upscaled; the default upsampler falls back to Lanczos (noted) without weights."""
+def background_upsampler(
+    store: ModelStore, options: RestoreOptions, run: RunLog
+) -> BackgroundUpsampler | None:
+    """The background upsampler of ``options`` with its network for ``options.upscale`` loaded, or None for
+    a Lanczos resize: the choice "none", or the default upsampler when its weights cannot be had (noted in
+    ``run``). One asked for by name must be had (its ``WeightsError`` says what is missing and where we
+    looked)."""
     choice = options.background_on(store.placement.device)
     upsampler = store.background(choice, named=options.bg_upsampler is not None)
-    run.lap("load")
     if upsampler is None:
-        return lanczos_upsample(img, options.upscale)
+        return None
     try:
-        with upsampler.placement.autocast():
-            return upsampler.upsample(img, options.upscale, progress=run.progress, tile=options.bg_tile)
+        upsampler.network(upsampler.scale_for(options.upscale))
     except WeightsError as err:
-        if options.bg_upsampler is not None:  # asked for by name: say what is missing and where we looked
+        if options.bg_upsampler is not None:
             raise
         instead = "the background was resized with Lanczos instead"
         run.notes.append(Unavailable(choice, err).note(f"background upsampler {choice}", instead))
+        return None
+    return upsampler
+
+
+def background(store: ModelStore, img: np.ndarray, options: RestoreOptions, run: RunLog) -> np.ndarray:
+    """The whole image upscaled; the default upsampler falls back to Lanczos (noted) without weights."""
+    upsampler = background_upsampler(store, options, run)
+    run.lap("load")
+    if upsampler is None:
         return lanczos_upsample(img, options.upscale)
+    with upsampler.placement.autocast():
+        return upsampler.upsample(img, options.upscale, progress=run.progress, tile=options.bg_tile)

@@ -893,6 +893,8 @@ def restore_video(
     backends: dict[str, str] = {}
     restorer.generator_config(options.version)  # missing weights fail here, before any file is made
     stages.load_required(restorer.store, options)
+    frame = np.broadcast_to(np.zeros((), np.uint8), (info.height, info.width, 3))  # a frame's layout
+    stages.check_output(restorer.store, frame, options)  # not after the first pass: each frame's output
     timings["load"] = time.perf_counter() - start
 
     out_h, out_w = scaled_size(info.height, info.width, options.upscale)

@@ -848,12 +848,12 @@ def test_a_detection_too_big_for_the_memory_left_is_refused_before_it_starts(
     assert ran == [(1, 3, 384, 512)] and result.image.shape == img.shape
 
 
-def test_an_output_too_big_for_the_memory_left_is_refused_before_the_background(
+def test_an_output_too_big_for_the_memory_left_is_refused_before_any_work(
     blind_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An upscaled photo whose background and paste-back would not fit is refused before the background is
-    upsampled (not after minutes of it, with an allocator's error), naming the largest upscale that fits
-    in the CLI's flag; that upscale then runs."""
+    """An upscaled photo whose background and paste-back would not fit is refused before any work (not
+    after minutes of the background, with an allocator's error; nor once every face was detected and
+    restored), naming the largest upscale that fits in the CLI's flag; that upscale then runs."""
     from gfp import background
     from gfp.cli import failure
 
@@ -861,8 +861,12 @@ def test_an_output_too_big_for_the_memory_left_is_refused_before_the_background(
     need = background.output_memory(img, 4, 1)
     monkeypatch.setattr(background, "available_memory", lambda: need // 3)
     restorer = Restorer(blind_weights, device="cpu")
+    reported: list[str] = []
     with pytest.raises(background.OutputMemoryError) as refused:
-        restorer.restore(img, _options(blind_weights, upscale=4))
+        restorer.restore(
+            img, _options(blind_weights, upscale=4), lambda done, total, stage: reported.append(stage)
+        )
+    assert reported == []  # no stage began
     line = failure(refused.value, "photo.png")
     assert line.startswith("not enough memory: a 320x240 restored image needs at least")
     assert "--upscale" in line

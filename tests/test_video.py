@@ -1486,6 +1486,25 @@ def test_weights_a_clip_must_have_are_missing_before_its_first_pass(
     assert reported == [] and not (tmp_path / "out.mp4").exists()
 
 
+def test_a_clip_whose_frames_cannot_fit_is_refused_before_its_first_pass(
+    blind: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each frame's output is checked against the memory left in the background stage: a clip was refused
+    there, once its first pass (a face choice detects every frame first) and its first faces had run."""
+    from gfp import background
+
+    source = write_clip(tmp_path / "clip.mp4", [_scene(i=i) for i in range(5)], audio=None)
+    need = background.output_memory(_scene(), 4, 1)
+    monkeypatch.setattr(background, "available_memory", lambda: need // 3)
+    reported: list[str] = []
+    with pytest.raises(background.OutputMemoryError, match="a 256x192 restored image needs at least"):
+        restore_video(
+            source, tmp_path / "out.mp4", _options(blind, faces="1", upscale=4), restorer=_restorer(blind),
+            progress=lambda done, total, stage: reported.append(stage),
+        )  # fmt: skip
+    assert reported == [] and not (tmp_path / "out.mp4").exists()
+
+
 def test_arguments_in_the_wrong_order_or_empty_frames_are_named(blind: Path, tmp_path: Path) -> None:
     """Swapped arguments are a TypeError naming the argument, not an AttributeError from deep inside; an
     empty frame is a ValueError, not torch's RuntimeError."""
