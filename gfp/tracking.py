@@ -140,6 +140,8 @@ class _Track:
     velocity: np.ndarray | None = None
     """How fast its box centre moves (pixels per second), low-passed over its detections; None until it has
     been detected twice."""
+    step: np.ndarray | None = None
+    """How fast its box centre moved between its last two detections (pixels per second; None alike)."""
 
 
 class FaceTracker:
@@ -162,18 +164,23 @@ class FaceTracker:
         self, boxes: np.ndarray, landmarks: np.ndarray, tracks: list[_Track], time: float | None = None
     ) -> list[int | None]:
         """For each detection, the index of the track it continues (greedy, best match first), or None.
-        With ``time``, a track is also looked for where its last motion would have taken it by then."""
+        With ``time``, a track is also looked for where its motion would have taken it by then, and, for the
+        detections no track continues so, where its last step would have: a face that has just begun to move
+        fast, whose low-passed velocity still lags far behind, came back from a few missed frames as a new
+        person. Only for those, since a still face's wobble sends its last step anywhere (toward the face
+        beside it, whose detection it took where both were missed)."""
         if not tracks or not len(boxes):
             return [None] * len(boxes)
         score = self._score(boxes, landmarks, _places(tracks))
         if time is not None:
             score = np.maximum(score, self._score(boxes, landmarks, _ahead(tracks, time)))
         matched: list[int | None] = [None] * len(boxes)
-        while np.isfinite(score).any():
-            det, track = np.unravel_index(int(np.argmax(score)), score.shape)
-            matched[det] = int(track)
-            score[det, :] = -np.inf
-            score[:, track] = -np.inf
+        _greedy(score, matched)
+        if time is not None:
+            score = self._score(boxes, landmarks, _ahead(tracks, time, last_step=True))
+            score[[i for i, index in enumerate(matched) if index is not None]] = -np.inf
+            score[:, [index for index in matched if index is not None]] = -np.inf
+            _greedy(score, matched)
         return matched
 
     def _held_back(
@@ -208,19 +215,22 @@ class FaceTracker:
         ok = (iou >= self.options.match_iou) | (distance <= self.options.match_distance)
         return np.where(ok, iou - distance, -np.inf)  # prefer overlap, then closeness
 
-    def _velocity(self, track: _Track, box: np.ndarray, time: float) -> np.ndarray | None:
-        """``track``'s velocity once detected at ``box`` at ``time``: its last step's, low-passed at
-        ``d_cutoff``. The detector wobbles a pixel or two, so from one step a still face seemed to move at
-        tens of px/s, and missed for a few frames it was looked for well away from where it stood (toward its
-        neighbour: two faces side by side swapped identities); steady motion is followed, as the filter's
-        speed is."""
+    def _moved(self, track: _Track, box: np.ndarray, time: float) -> None:
+        """Update ``track``'s motion for its detection at ``box`` at ``time``: its last step, and its
+        velocity, that step low-passed at ``d_cutoff``. The detector wobbles a pixel or two, so from one step
+        a still face seemed to move at tens of px/s, and missed for a few frames it was looked for well away
+        from where it stood (toward its neighbour: two faces side by side swapped identities); steady motion
+        is followed, as the filter's speed is."""
         dt = time - track.seen
         if dt <= 0:
-            return track.velocity
-        moved = (box[:2] + box[2:4] - track.box[:2] - track.box[2:4]) / 2 / dt
+            return
+        track.step = (box[:2] + box[2:4] - track.box[:2] - track.box[2:4]) / 2 / dt
         if track.velocity is None:
-            return moved
-        return track.velocity + _alpha(self.options.d_cutoff, dt) * (moved - track.velocity)
+            track.velocity = track.step
+        else:
+            track.velocity = track.velocity + _alpha(self.options.d_cutoff, dt) * (
+                track.step - track.velocity
+            )
 
     def update(self, boxes: np.ndarray, landmarks: np.ndarray, time: float) -> tuple[np.ndarray, list[int]]:
         """Track one frame's detections (boxes (N, >=4), landmarks (N, 5, 2)) seen at ``time`` seconds.
@@ -256,7 +266,7 @@ class FaceTracker:
                 track = candidates[index]
                 if index >= len(self._tracks):  # missed for a while: same face, smoothing starts again
                     track.filter = OneEuroFilter(self.options)
-                track.velocity = self._velocity(track, boxes[i], time)
+                self._moved(track, boxes[i], time)
                 track.box, track.landmarks, track.seen = boxes[i], landmarks[i], time
             smoothed = track.filter(landmarks[i], time)
             out[i] = smoothed if self.smooth else landmarks[i]
@@ -272,10 +282,23 @@ def _places(tracks: list[_Track]) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(t.box, t.landmarks) for t in tracks]
 
 
-def _ahead(tracks: list[_Track], time: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Where each track's last motion would have taken its box and landmarks by ``time``."""
-    shifts = [np.zeros(2) if t.velocity is None else t.velocity * (time - t.seen) for t in tracks]
+def _ahead(tracks: list[_Track], time: float, last_step: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Where each track's motion would have taken its box and landmarks by ``time``: at its low-passed
+    velocity, or (``last_step``) at its last step's."""
+    velocities = [t.step if last_step else t.velocity for t in tracks]
+    shifts = [
+        np.zeros(2) if v is None else v * (time - t.seen) for t, v in zip(tracks, velocities, strict=True)
+    ]
     return [(t.box[:4] + np.tile(d, 2), t.landmarks + d) for t, d in zip(tracks, shifts, strict=True)]
+
+
+def _greedy(score: np.ndarray, matched: list[int | None]) -> None:
+    """Pair detections (rows of ``score``) with tracks (columns), best score first, into ``matched``."""
+    while np.isfinite(score).any():
+        det, track = np.unravel_index(int(np.argmax(score)), score.shape)
+        matched[det] = int(track)
+        score[det, :] = -np.inf
+        score[:, track] = -np.inf
 
 
 def _spread(matched: list[int | None], where: np.ndarray) -> list[int | None]:
