@@ -37,6 +37,7 @@ from gfp.devices import Placement, prepare_for_inference
 from gfp.loading import load_model
 from gfp.memory import available_memory, size_text
 from gfp.messages import OptionError
+from gfp.paste import is_gray
 
 MIN_OUTSCALE = 1.0
 MAX_OUTSCALE = 8.0
@@ -86,13 +87,16 @@ def lanczos_upsample(img: np.ndarray, outscale: float) -> np.ndarray:
     return _resize(img, out_h, out_w)
 
 
-def output_memory(img: np.ndarray, outscale: float, scale: int, batch_pixels: int = 0) -> int:
+def output_memory(
+    img: np.ndarray, outscale: float, scale: int, batch_pixels: int = 0, canvas: bool = False
+) -> int:
     """The least memory, in bytes, the background of ``img`` at ``outscale`` (upsampled with a network of
     native ``scale``, 1 for Lanczos, ``batch_pixels`` a call) and its paste-back take at their peak: the
     larger of the background's (the network's native result, beside either the network's float32 input
-    and working memory or that result resized) and the paste's (the background and its pasted copy). The
-    float32 boxes the faces are blended in are left out: they depend on the faces, so that a photo that
-    fits is never refused for them."""
+    and working memory or that result resized) and the paste's (the background and its pasted copy; with
+    ``canvas``, gray with alpha, the background beside a float32 canvas of the whole output and its gray,
+    which :func:`gfp.paste.paste_back` blends such an image on). The float32 boxes the faces are blended in
+    are left out: they depend on the faces, so that a photo that fits is never refused for them."""
     h, w = img.shape[:2]
     pixel = img.itemsize * (1 if img.ndim == 2 else img.shape[2])
     out_h, out_w = scaled_size(h, w, outscale)
@@ -104,7 +108,8 @@ def output_memory(img: np.ndarray, outscale: float, scale: int, batch_pixels: in
         resized = out * pixel if native != out else 0
         network = 12 * h * w + NETWORK_BYTES_PER_INPUT_PIXEL * batch_pixels
         background = native * pixel + max(network, resized)
-    return max(background, 2 * out * pixel)
+    paste = out * pixel + (16 * out if canvas else out * pixel)
+    return max(background, paste)
 
 
 def check_output_memory(
@@ -116,14 +121,17 @@ def check_output_memory(
     The :class:`OutputMemoryError` names what fits in :data:`SUGGEST_SHARE` of that memory: the largest
     upscale, in halves, else (a network's native result is the larger buffer) the Lanczos background."""
     available = available_memory()
+    if available is None:
+        return
+    canvas = img.ndim == 3 and img.shape[2] == 4 and is_gray(img)
 
     def need(s: float, network: bool) -> int:
         if not network or upsampler is None:
-            return output_memory(img, s, 1)
-        return output_memory(img, s, upsampler.scale_for(s), upsampler.batch_pixels)
+            return output_memory(img, s, 1, canvas=canvas)
+        return output_memory(img, s, upsampler.scale_for(s), upsampler.batch_pixels, canvas)
 
     least = need(outscale, True)
-    if available is None or least <= available:
+    if least <= available:
         return
     h, w = img.shape[:2]
     out_h, out_w = scaled_size(h, w, outscale)

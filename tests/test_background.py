@@ -378,6 +378,23 @@ def test_build_loads_real_weights_through_gfp_loading(shared_data: Path) -> None
         general.load_state_dict(state, strict=True)
 
 
+def test_a_gray_with_alpha_output_counts_the_canvas_its_paste_blends_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Gray with alpha (BGRA with equal colour channels) is pasted on a float32 canvas of the whole output
+    (gfp.paste.paste_back), which the estimate left out: such a photo passed the check and could then run
+    out of memory in the paste. A colour BGRA image of the same size needs no canvas."""
+    gray = np.repeat(_image(100, 120)[:, :, :1], 4, axis=2)
+    gray[:, :, 3] = 200
+    colour = _image(100, 120, channels=4)
+    plain = background.output_memory(gray, 2, 1)
+    assert background.output_memory(gray, 2, 1, canvas=True) == 200 * 240 * (4 + 16) > plain
+    monkeypatch.setattr(background, "available_memory", lambda: plain)
+    with pytest.raises(background.OutputMemoryError):
+        lanczos_upsample(gray, 2)
+    assert lanczos_upsample(colour, 2).shape == (200, 240, 4)
+
+
 def test_missing_weights_are_said_before_the_networks_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """An upsampler whose weights cannot be had raises their error, from which the default upsampler falls
     back to Lanczos, even where the network's memory would not fit: it was refused for memory first, with
