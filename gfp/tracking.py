@@ -160,27 +160,34 @@ class FaceTracker:
         self._lost: list[_Track] = []
         self._next_id = 0
 
-    def _match(
-        self, boxes: np.ndarray, landmarks: np.ndarray, tracks: list[_Track], time: float | None = None
+    def _match_visible(self, boxes: np.ndarray, landmarks: np.ndarray, time: float) -> list[int | None]:
+        """For each detection, the index of the previous frame's track it continues (greedy, best match
+        first), or None: each track where its motion has taken it by ``time`` (a still face's is its last
+        place). Looked for at its last place, a face that had just walked in front of a missed one took that
+        face's detection when it showed again where it had stood (the two swapped numbers)."""
+        matched: list[int | None] = [None] * len(boxes)
+        if self._tracks and len(boxes):
+            _greedy(self._score(boxes, landmarks, _ahead(self._tracks, time)), matched)
+        return matched
+
+    def _match_lost(
+        self, boxes: np.ndarray, landmarks: np.ndarray, tracks: list[_Track], time: float
     ) -> list[int | None]:
-        """For each detection, the index of the track it continues (greedy, best match first), or None.
-        With ``time``, a track is also looked for where its motion would have taken it by then, and, for the
+        """For each detection, the index of the lost track it continues (greedy, best match first), or None:
+        each track at its last place or where its motion would have taken it by ``time``, and, for the
         detections no track continues so, where its last step would have: a face that has just begun to move
         fast, whose low-passed velocity still lags far behind, came back from a few missed frames as a new
         person. Only for those, since a still face's wobble sends its last step anywhere (toward the face
         beside it, whose detection it took where both were missed)."""
-        if not tracks or not len(boxes):
-            return [None] * len(boxes)
-        score = self._score(boxes, landmarks, _places(tracks))
-        if time is not None:
-            score = np.maximum(score, self._score(boxes, landmarks, _ahead(tracks, time)))
         matched: list[int | None] = [None] * len(boxes)
+        if not tracks or not len(boxes):
+            return matched
+        score = self._score(boxes, landmarks, _places(tracks))
+        _greedy(np.maximum(score, self._score(boxes, landmarks, _ahead(tracks, time))), matched)
+        score = self._score(boxes, landmarks, _ahead(tracks, time, last_step=True))
+        score[[i for i, index in enumerate(matched) if index is not None]] = -np.inf
+        score[:, [index for index in matched if index is not None]] = -np.inf
         _greedy(score, matched)
-        if time is not None:
-            score = self._score(boxes, landmarks, _ahead(tracks, time, last_step=True))
-            score[[i for i, index in enumerate(matched) if index is not None]] = -np.inf
-            score[:, [index for index in matched if index is not None]] = -np.inf
-            _greedy(score, matched)
         return matched
 
     def _held_back(
@@ -243,17 +250,17 @@ class FaceTracker:
         )
         lost = [t for t in self._lost if time - t.seen <= self.options.keep_lost]
         candidates = self._tracks + lost
-        # The faces of the previous frame first, the lost ones only for the detections left: a lost face's
-        # last place took the face that had since moved there (two people crossing swapped identities). A
-        # lost face is also looked for further along its way (one hidden behind another while they cross).
+        # The faces of the previous frame first, where their motion has taken them, the lost ones only for the
+        # detections left: a lost face's last place took the face that had since moved there (two people
+        # crossing swapped identities). A lost face is also looked for further along its way (one hidden
+        # behind another while they cross).
         # Not a detection that a lost face, where it was or was heading, continues much better than any face
         # of the previous frame does: two faces side by side, each missed in turn, swapped identities (the
         # face seen took the other's detection, which its box overlaps).
         held = self._held_back(boxes, landmarks, lost, time)
-        matched = self._match(boxes[~held], landmarks[~held], self._tracks)
-        matched = _spread(matched, ~held)
+        matched = _spread(self._match_visible(boxes[~held], landmarks[~held], time), ~held)
         left = [i for i, index in enumerate(matched) if index is None]
-        for i, index in zip(left, self._match(boxes[left], landmarks[left], lost, time), strict=True):
+        for i, index in zip(left, self._match_lost(boxes[left], landmarks[left], lost, time), strict=True):
             matched[i] = None if index is None else len(self._tracks) + index
         tracks: list[_Track] = []
         out = np.empty_like(landmarks)

@@ -248,6 +248,23 @@ def test_a_still_face_missed_for_a_while_beside_another_is_found_where_it_stood(
     assert len(seen["a"]) == len(seen["b"]) == 1 and seen["a"] != seen["b"], seen
 
 
+def test_a_face_that_walked_in_front_of_a_still_one_does_not_take_it_when_it_shows_again() -> None:
+    """B walks in front of A, who sits still and is missed meanwhile (hidden behind B). When A shows again,
+    B has moved on 16 px past where A sits, and was 4 px from it a frame before: at its last place, B's
+    track continued A's detection better than its own, and the two swapped numbers. The previous frame's
+    faces are looked for where their motion has taken them."""
+    tracker = FaceTracker()
+    ids_of: dict[str, set[int]] = {"a": set(), "b": set()}
+    for i in range(30):
+        a, b = (100, 100), (180 - 12 * max(i - 10, 0), 100)
+        shown = {"b": b} if 10 <= i < 18 else {"a": a, "b": b}
+        boxes = np.array([[x - 40, y - 40, x + 40, y + 40, 1] for x, y in shown.values()], np.float32)
+        _, ids = tracker.update(boxes, np.stack([_still_face(c, 80) for c in shown.values()]), i / 25)
+        for face, track in zip(shown, ids, strict=True):
+            ids_of[face].add(track)
+    assert len(ids_of["a"]) == len(ids_of["b"]) == 1 and ids_of["a"] != ids_of["b"], ids_of
+
+
 def test_a_face_missed_just_after_it_began_to_move_fast_keeps_its_track() -> None:
     """A face still for a second, then moving at 12 px a frame (a pan starting), missed for 9 frames after
     its first 2 steps: its low-passed velocity (108 of its 300 px/s by then) looked for it 77 px behind where
