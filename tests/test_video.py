@@ -175,16 +175,30 @@ def test_a_face_hidden_while_two_cross_is_not_looked_for_where_a_wobble_sent_it(
     before that is 6 px low (the detector's wobble). Its velocity from that one step (150 px/s downwards)
     looked for it 42 px below where it came out, so it came back as a new person. A track's velocity is
     low-passed over its detections."""
-    tracker = FaceTracker()
-    ids_of: dict[str, set[int]] = {"a": set(), "b": set()}
+    frames = []
     for i in range(20):
         a, b = (100 + 12 * i, 106 if i == 6 else 100), (328 - 12 * i, 100)
-        shown = {"b": b} if 7 <= i <= 12 else {"a": a, "b": b}
+        frames.append({"b": b} if 7 <= i <= 12 else {"a": a, "b": b})
+    _assert_one_track_each(_track_ids(frames))
+
+
+def _track_ids(frames: list[dict[str, tuple[float, float]]]) -> dict[str, set[int]]:
+    """Track 80 px faces at the centres each frame shows ({face: centre}, 25 frames a second); the track ids
+    each face got."""
+    tracker = FaceTracker()
+    ids_of: dict[str, set[int]] = {}
+    for i, shown in enumerate(frames):
         boxes = np.array([[x - 40, y - 40, x + 40, y + 40, 1] for x, y in shown.values()], np.float32)
         _, ids = tracker.update(boxes, np.stack([_still_face(c, 80) for c in shown.values()]), i / 25)
         for face, track in zip(shown, ids, strict=True):
-            ids_of[face].add(track)
-    assert len(ids_of["a"]) == len(ids_of["b"]) == 1 and ids_of["a"] != ids_of["b"], ids_of
+            ids_of.setdefault(face, set()).add(track)
+    return ids_of
+
+
+def _assert_one_track_each(ids_of: dict[str, set[int]]) -> None:
+    """Each face kept one track id all along, and no two faces shared one."""
+    assert all(len(ids) == 1 for ids in ids_of.values()), ids_of
+    assert len(set.union(*ids_of.values())) == len(ids_of), ids_of
 
 
 def test_a_hard_cut_to_another_face_nearby_starts_its_smoothing_over() -> None:
@@ -235,17 +249,13 @@ def test_a_still_face_missed_for_a_while_beside_another_is_found_where_it_stood(
     overlaps it: it was looked for only where the wobble would have taken it (33 px off), so the face seen
     took its detection when it came back and the other was missed (the two swapped numbers). A lost face is
     also looked for where it stood, and a track's velocity is low-passed over its detections."""
-    tracker = FaceTracker()
     places = {"a": (100, 100), "b": (130, 100)}  # boxes 80 px wide: IoU 0.45, above match_iou
-    seen: dict[str, set[int]] = {"a": set(), "b": set()}
-    frames = ["ab", "ab", "ab"] + ["b"] * 10 + ["a", "ab", "ab"]
-    for i, shown in enumerate(frames):
-        centres = [np.array(places[f]) + (0, 3 if (f, i) == ("a", 2) else 0) for f in shown]
-        boxes = np.array([[x - 40, y - 40, x + 40, y + 40, 1] for x, y in centres], np.float32)
-        _, ids = tracker.update(boxes, np.stack([_still_face(c, 80) for c in centres]), i / 25)
-        for face, track in zip(shown, ids, strict=True):
-            seen[face].add(track)
-    assert len(seen["a"]) == len(seen["b"]) == 1 and seen["a"] != seen["b"], seen
+    shown = ["ab", "ab", "ab"] + ["b"] * 10 + ["a", "ab", "ab"]
+    frames = [
+        {f: (places[f][0], places[f][1] + (3 if (f, i) == ("a", 2) else 0)) for f in faces}
+        for i, faces in enumerate(shown)
+    ]
+    _assert_one_track_each(_track_ids(frames))
 
 
 def test_a_face_that_walked_in_front_of_a_still_one_does_not_take_it_when_it_shows_again() -> None:
@@ -253,16 +263,11 @@ def test_a_face_that_walked_in_front_of_a_still_one_does_not_take_it_when_it_sho
     B has moved on 16 px past where A sits, and was 4 px from it a frame before: at its last place, B's
     track continued A's detection better than its own, and the two swapped numbers. The previous frame's
     faces are looked for where their motion has taken them."""
-    tracker = FaceTracker()
-    ids_of: dict[str, set[int]] = {"a": set(), "b": set()}
+    frames = []
     for i in range(30):
         a, b = (100, 100), (180 - 12 * max(i - 10, 0), 100)
-        shown = {"b": b} if 10 <= i < 18 else {"a": a, "b": b}
-        boxes = np.array([[x - 40, y - 40, x + 40, y + 40, 1] for x, y in shown.values()], np.float32)
-        _, ids = tracker.update(boxes, np.stack([_still_face(c, 80) for c in shown.values()]), i / 25)
-        for face, track in zip(shown, ids, strict=True):
-            ids_of[face].add(track)
-    assert len(ids_of["a"]) == len(ids_of["b"]) == 1 and ids_of["a"] != ids_of["b"], ids_of
+        frames.append({"b": b} if 10 <= i < 18 else {"a": a, "b": b})
+    _assert_one_track_each(_track_ids(frames))
 
 
 def test_a_face_missed_just_after_it_began_to_move_fast_keeps_its_track() -> None:
