@@ -160,15 +160,14 @@ class FaceTracker:
         self._lost: list[_Track] = []
         self._next_id = 0
 
-    def _match_visible(self, boxes: np.ndarray, landmarks: np.ndarray, time: float) -> list[int | None]:
-        """For each detection, the index of the previous frame's track it continues (greedy, best match
-        first), or None: each track where its motion has taken it by ``time`` (a still face's is its last
-        place). Looked for at its last place, a face that had just walked in front of a missed one took that
-        face's detection when it showed again where it had stood (the two swapped numbers)."""
-        matched: list[int | None] = [None] * len(boxes)
-        if self._tracks and len(boxes):
-            _greedy(self._score(boxes, landmarks, _ahead(self._tracks, time)), matched)
-        return matched
+    def _visible(self, boxes: np.ndarray, landmarks: np.ndarray, time: float) -> np.ndarray:
+        """How well each detection continues each previous-frame track (:meth:`_score`), each track where its
+        motion has taken it by ``time`` (a still face's is its last place). Looked for at its last place, a
+        face that had just walked in front of a missed one took that face's detection when it showed again
+        where it had stood (the two swapped numbers)."""
+        if not self._tracks or not len(boxes):
+            return np.full((len(boxes), len(self._tracks)), -np.inf)
+        return self._score(boxes, landmarks, _ahead(self._tracks, time))
 
     def _match_lost(
         self, boxes: np.ndarray, landmarks: np.ndarray, tracks: list[_Track], time: float
@@ -191,12 +190,12 @@ class FaceTracker:
         return matched
 
     def _held_back(
-        self, boxes: np.ndarray, landmarks: np.ndarray, lost: list[_Track], time: float
+        self, boxes: np.ndarray, landmarks: np.ndarray, lost: list[_Track], time: float, visible: np.ndarray
     ) -> np.ndarray:
         """Which detections a lost track, at its last place or where its motion would have taken it by
-        ``time``, continues better than each previous-frame track does at its last place or where it was
-        heading, by more than ``match_distance`` (in :meth:`_score`'s units: where two faces cross, both
-        continue it about as well, and the noise of their motion would decide).
+        ``time``, continues better than any previous-frame track does (``visible``: :meth:`_visible`), by
+        more than ``match_distance`` (in :meth:`_score`'s units: where two faces cross, both continue it
+        about as well, and the noise of their motion would decide).
 
         A lost face's last place counts too: a still face found again where it stood is the same face however
         far its wobble would have sent it (looked for only where it was heading, it lost its detection to the
@@ -205,7 +204,6 @@ class FaceTracker:
         if not lost or not self._tracks or not len(boxes):
             return np.zeros(len(boxes), bool)
         back = self._score(boxes, landmarks, _places(lost) + _ahead(lost, time)).max(axis=1)
-        visible = self._score(boxes, landmarks, _places(self._tracks) + _ahead(self._tracks, time))
         return back > visible.max(axis=1) + self.options.match_distance
 
     def _score(
@@ -257,8 +255,10 @@ class FaceTracker:
         # Not a detection that a lost face, where it was or was heading, continues much better than any face
         # of the previous frame does: two faces side by side, each missed in turn, swapped identities (the
         # face seen took the other's detection, which its box overlaps).
-        held = self._held_back(boxes, landmarks, lost, time)
-        matched = _spread(self._match_visible(boxes[~held], landmarks[~held], time), ~held)
+        visible = self._visible(boxes, landmarks, time)
+        held = self._held_back(boxes, landmarks, lost, time, visible)
+        matched: list[int | None] = [None] * len(boxes)
+        _greedy(np.where(held[:, None], -np.inf, visible), matched)
         left = [i for i, index in enumerate(matched) if index is None]
         for i, index in zip(left, self._match_lost(boxes[left], landmarks[left], lost, time), strict=True):
             matched[i] = None if index is None else len(self._tracks) + index
@@ -306,11 +306,3 @@ def _greedy(score: np.ndarray, matched: list[int | None]) -> None:
         matched[det] = int(track)
         score[det, :] = -np.inf
         score[:, track] = -np.inf
-
-
-def _spread(matched: list[int | None], where: np.ndarray) -> list[int | None]:
-    """``matched`` (one per True of ``where``) placed at those positions, None elsewhere."""
-    out: list[int | None] = [None] * len(where)
-    for i, index in zip(np.flatnonzero(where), matched, strict=True):
-        out[i] = index
-    return out
