@@ -305,7 +305,7 @@ class Restorer:
     ) -> RestoreResult:
         """A photo: detect and align faces, restore them, upsample the background, paste the faces back."""
         stages.load_required(self.store, options)
-        stages.check_output(self.store, img, options)
+        upsampler = stages.check_output(self.store, img, options, run)
         work = _work_image(img)
         run.lap("load")
         run.report(0, 1, "detect")
@@ -325,7 +325,7 @@ class Restorer:
         restored = stages.restore_faces(self.store, crops, options, run)
         run.lap("restore")
         masks, face_mask = stages.face_masks(self.store, restored, options, run)
-        upscaled = stages.background(self.store, img, options, run)
+        upscaled = stages.background(upsampler, img, options, run)
         run.lap("background")
         run.report(0, len(restored), "paste")
         image = paste_back(img, upscaled, restored, matrices, masks, options.upscale)

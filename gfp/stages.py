@@ -71,14 +71,17 @@ def load_required(store: ModelStore, options: RestoreOptions) -> None:
         store.parser(required=True)
 
 
-def check_output(store: ModelStore, img: np.ndarray, options: RestoreOptions) -> None:
-    """Refuse ``img`` (a photo, or a clip's frame) before any work when its output at ``options.upscale``
-    and the background it gets would not fit in the memory left (:func:`gfp.background.check_output_memory`):
-    found in the background stage, it cost the detection and restoration of every face first (a minute on a
-    big photo), and a clip's first pass. A background upsampler asked for by name is loaded here, so that its
-    missing weights fail before any work too."""
-    upsampler = background_upsampler(store, options, RunLog(None))  # the background stage notes a fallback
+def check_output(
+    store: ModelStore, img: np.ndarray, options: RestoreOptions, run: RunLog
+) -> BackgroundUpsampler | None:
+    """The :func:`background_upsampler` of a photo or clip (a fallback noted in ``run``), for its background
+    stage; first, ``img`` (the photo, or a clip's frame) is refused when its output at ``options.upscale``
+    and that background would not fit in the memory left (:func:`gfp.background.check_output_memory`).
+    Found in the background stage, that cost the detection and restoration of every face first (a minute on
+    a big photo), and a clip's first pass; so did a named upsampler's missing weights."""
+    upsampler = background_upsampler(store, options, run)
     check_output_memory(img, options.upscale, upsampler)
+    return upsampler
 
 
 def detect(store: ModelStore, image: np.ndarray, options: RestoreOptions) -> Detections:
@@ -188,10 +191,11 @@ def background_upsampler(
     return upsampler
 
 
-def background(store: ModelStore, img: np.ndarray, options: RestoreOptions, run: RunLog) -> np.ndarray:
-    """The whole image upscaled; the default upsampler falls back to Lanczos (noted) without weights."""
-    upsampler = background_upsampler(store, options, run)
-    run.lap("load")
+def background(
+    upsampler: BackgroundUpsampler | None, img: np.ndarray, options: RestoreOptions, run: RunLog
+) -> np.ndarray:
+    """The whole image upscaled by the request's ``upsampler`` (:func:`background_upsampler`), or resized
+    with Lanczos when it is None."""
     if upsampler is None:
         return lanczos_upsample(img, options.upscale)
     with upsampler.placement.autocast():

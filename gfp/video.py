@@ -41,7 +41,7 @@ import numpy as np
 
 from gfp import stages
 from gfp.atomic import PARTIAL_SUFFIX, atomic_path, remove_abandoned
-from gfp.background import scaled_size
+from gfp.background import BackgroundUpsampler, scaled_size
 from gfp.checks import is_bool, is_real, is_whole
 from gfp.faces import align_faces
 from gfp.imageio import DEFAULT_MAX_PIXELS, megapixels
@@ -444,7 +444,11 @@ def restore_frames(
         raise OptionError("{aligned} does not apply to videos (their frames are whole scenes, not one face)")
     if plan is None and needs_plan(options):
         raise ValueError("a face choice over a clip needs a first pass: pass plan=plan_faces(...)")
-    yield from _restore_frames(restorer, frames, options, video, notes, plan, backends)
+    run = RunLog(None)
+    upsampler = stages.background_upsampler(restorer.store, options, run)
+    if notes is not None:
+        notes.extend(run.notes)
+    yield from _restore_frames(restorer, frames, options, video, notes, plan, backends, upsampler)
 
 
 def _restore_frames(
@@ -455,14 +459,16 @@ def _restore_frames(
     notes: list[str] | None,
     plan: FacePlan | None,
     backends: dict[str, str] | None,
+    upsampler: BackgroundUpsampler | None,
 ) -> Iterator[RestoredFrame]:
-    """:func:`restore_frames` over arguments already checked (:func:`restore_video` checks its own once)."""
+    """:func:`restore_frames` over arguments already checked (:func:`restore_video` checks its own once),
+    with the clip's background ``upsampler`` (:func:`gfp.stages.background_upsampler`)."""
     frames = _checked(frames)
     tracked = _tracked(restorer, frames, options, video) if plan is None else _replayed(frames, plan)
     store = restorer.store
     face_size = store.generator_config(options.version).out_size
     batch = stages.batch_size(store, options)
-    log = RunLog(None)  # the default parser/background fall back here, noted, as for photos
+    log = RunLog(None)  # the default parser falls back here, noted, as for photos
     pending: list[_Pending] = []
     waiting_faces = 0
 
@@ -475,7 +481,7 @@ def _restore_frames(
         for item in pending:
             stop = start + len(item.crops)
             faces = restored[start:stop]
-            upscaled = stages.background(store, item.image, options, log)
+            upscaled = stages.background(upsampler, item.image, options, log)
             mine = None if masks is None else masks[start:stop]
             image = paste_back(item.image, upscaled, faces, item.matrices, mine, options.upscale)
             yield RestoredFrame(
@@ -894,7 +900,9 @@ def restore_video(
     restorer.generator_config(options.version)  # missing weights fail here, before any file is made
     stages.load_required(restorer.store, options)
     frame = np.broadcast_to(np.zeros((), np.uint8), (info.height, info.width, 3))  # a frame's layout
-    stages.check_output(restorer.store, frame, options)  # not after the first pass: each frame's output
+    clip = RunLog(None)  # not after the first pass: each frame's output, and the clip's upsampler
+    upsampler = stages.check_output(restorer.store, frame, options, clip)
+    notes.extend(clip.notes)
     timings["load"] = time.perf_counter() - start
 
     out_h, out_w = scaled_size(info.height, info.width, options.upscale)
@@ -965,7 +973,10 @@ def restore_video(
                 counted = _Counted(report, "frames", known)
                 clock = time.perf_counter()
                 for done, restored in enumerate(
-                    _restore_frames(restorer, timed_frames(), options, video, notes, plan, backends), 1
+                    _restore_frames(
+                        restorer, timed_frames(), options, video, notes, plan, backends, upsampler
+                    ),
+                    1,
                 ):
                     timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - clock
                     clock = time.perf_counter()
