@@ -33,7 +33,9 @@ class SmoothingOptions:
     match_iou: float = 0.3
     """A detection continues a track when their boxes overlap at least this much (IoU) ..."""
     match_distance: float = 0.5
-    """... or when their landmarks are within this many face sizes of each other (fast motion)."""
+    """... or when their landmarks are within this many face sizes of each other (fast motion); faces lost
+    together are found again together when each lands within it of where one shift of the whole scene (a
+    camera pan) takes it."""
     keep_lost: float = 0.5
     """Seconds a face the detector misses keeps its track: found again within this time near where it was,
     or where it was heading, it continues its track (the same id, so a face choice keeps applying to it),
@@ -142,6 +144,34 @@ class _Track:
     been detected twice."""
     step: np.ndarray | None = None
     """How fast its box centre moved between its last two detections (pixels per second; None alike)."""
+    scene: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    """Where the scene was (:meth:`_Scene.at`) when it was last detected."""
+    with_scene: bool = True
+    """Whether it moved with the scene then (within :data:`_WITH_SCENE`): missed, it is looked for where the
+    scene has moved since only if so. Two people crossing, the one seen alone was the scene's motion, and
+    the one hidden was looked for on its way (whose number it took)."""
+
+
+@dataclass
+class _Scene:
+    """How far the whole scene has moved since the first frame (pixels), and how fast it moves (pixels per
+    second, low-passed as a track's velocity is), as the faces seen in two frames in a row show it: a camera
+    pan moves them all, also those the detector misses meanwhile."""
+
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    time: float = 0.0
+
+    def follow(self, steps: list[np.ndarray], dt: float, time: float, d_cutoff: float) -> None:
+        """Move by the median of the ``steps`` the faces seen made in the ``dt`` seconds up to ``time``."""
+        step = np.median(steps, axis=0)
+        self.velocity = self.velocity + _alpha(d_cutoff, dt) * (step / dt - self.velocity)
+        self.shift, self.time = self.shift + step, time
+
+    def at(self, time: float) -> np.ndarray:
+        """Where the scene is at ``time``: carried on at its velocity through frames where no face moved in
+        sight."""
+        return self.shift + self.velocity * (time - self.time)
 
 
 class FaceTracker:
@@ -150,7 +180,8 @@ class FaceTracker:
     Feed frames in presentation order through :meth:`update`. A face not detected in a frame ends its
     smoothing (found again, it starts unsmoothed), so a smoothed face never lags behind a cut; its track
     id is kept for ``options.keep_lost`` seconds, so a face the detector misses for a few frames is still
-    the same face. ``smooth=False`` keeps the tracking (ids) but returns the detector's landmarks as is.
+    the same face, also where a camera pan has taken it meanwhile (:class:`_Scene`). ``smooth=False`` keeps
+    the tracking (ids) but returns the detector's landmarks as is.
     """
 
     def __init__(self, options: SmoothingOptions | None = None, smooth: bool = True) -> None:
@@ -159,6 +190,7 @@ class FaceTracker:
         self._tracks: list[_Track] = []
         self._lost: list[_Track] = []
         self._next_id = 0
+        self._scene = _Scene()
 
     def _visible(self, boxes: np.ndarray, landmarks: np.ndarray, time: float) -> np.ndarray:
         """How well each detection continues each previous-frame track (:meth:`_score`), each track where its
@@ -173,21 +205,50 @@ class FaceTracker:
         self, boxes: np.ndarray, landmarks: np.ndarray, tracks: list[_Track], time: float
     ) -> list[int | None]:
         """For each detection, the index of the lost track it continues (greedy, best match first), or None:
-        each track at its last place or where its motion would have taken it by ``time``, and, for the
-        detections no track continues so, where its last step would have: a face that has just begun to move
-        fast, whose low-passed velocity still lags far behind, came back from a few missed frames as a new
-        person. Only for those, since a still face's wobble sends its last step anywhere (toward the face
-        beside it, whose detection it took where both were missed)."""
+        each track at its last place, where its motion would have taken it by ``time``, or where the scene's
+        has (a face missed while the camera pans, the other faces seen), or where one shift of the whole scene
+        takes several lost faces onto detections at once (:meth:`_common_shift`); and, for the detections no
+        track continues so, where its last step would have: a face that has just begun to move fast, whose
+        low-passed velocity still lags far behind, came back from a few missed frames as a new person. Only
+        for those, since a still face's wobble sends its last step anywhere (toward the face beside it, whose
+        detection it took where both were missed)."""
         matched: list[int | None] = [None] * len(boxes)
         if not tracks or not len(boxes):
             return matched
+        moved = [self._scene.at(time) - t.scene if t.with_scene else np.zeros(2) for t in tracks]
         score = self._score(boxes, landmarks, _places(tracks))
-        _greedy(np.maximum(score, self._score(boxes, landmarks, _ahead(tracks, time))), matched)
+        for places in (_ahead(tracks, time), _shifted(tracks, moved)):
+            score = np.maximum(score, self._score(boxes, landmarks, places))
+        common = self._common_shift(landmarks, tracks, moved, score)
+        if common is not None:
+            shifted = _shifted(tracks, [shift + common for shift in moved])
+            score = np.maximum(score, self._score(boxes, landmarks, shifted))
+        _greedy(score, matched)
         score = self._score(boxes, landmarks, _ahead(tracks, time, last_step=True))
         score[[i for i, index in enumerate(matched) if index is not None]] = -np.inf
         score[:, [index for index in matched if index is not None]] = -np.inf
         _greedy(score, matched)
         return matched
+
+    def _common_shift(
+        self, landmarks: np.ndarray, tracks: list[_Track], moved: list[np.ndarray], score: np.ndarray
+    ) -> np.ndarray | None:
+        """A shift of the whole scene, beyond ``moved`` (each track's shift so far), that lands more lost
+        faces within ``match_distance`` of detections at once than ``score`` matches, and at least two: a
+        pan that began while the detector missed every face (motion blur), which moved each toward the
+        place of its neighbour, whose number it took. Tried: each detection on one of the lost faces seen
+        last (:data:`_ANCHORS`, to bound the work of a crowd)."""
+        if len(tracks) < 2 or len(landmarks) < 2:
+            return None
+        best, found = max(_count(score), 1), None
+        anchors = sorted(range(len(tracks)), key=lambda i: -tracks[i].seen)[:_ANCHORS]
+        for i in anchors:
+            for shift in (landmarks - (tracks[i].landmarks + moved[i])).mean(axis=1):
+                near = _distance(landmarks, _shifted(tracks, [m + shift for m in moved]))
+                fits = _count(np.where(near <= self.options.match_distance, -near, -np.inf))
+                if fits > best:
+                    best, found = fits, shift
+        return found
 
     def _held_back(
         self, boxes: np.ndarray, landmarks: np.ndarray, lost: list[_Track], time: float, visible: np.ndarray
@@ -211,12 +272,7 @@ class FaceTracker:
     ) -> np.ndarray:
         """How well each detection continues a face at each place (box, landmarks); -inf for no match."""
         iou = box_iou(boxes, np.stack([box[:4] for box, _ in places]))
-        distance = np.array(
-            [
-                [np.linalg.norm(pts - at, axis=-1).mean() / face_size(at) for _, at in places]
-                for pts in landmarks
-            ]
-        )
+        distance = _distance(landmarks, places)
         ok = (iou >= self.options.match_iou) | (distance <= self.options.match_distance)
         return np.where(ok, iou - distance, -np.inf)  # prefer overlap, then closeness
 
@@ -229,7 +285,7 @@ class FaceTracker:
         dt = time - track.seen
         if dt <= 0:
             return
-        track.step = (box[:2] + box[2:4] - track.box[:2] - track.box[2:4]) / 2 / dt
+        track.step = (_centre(box) - _centre(track.box)) / dt
         if track.velocity is None:
             track.velocity = track.step
         else:
@@ -259,6 +315,13 @@ class FaceTracker:
         held = self._held_back(boxes, landmarks, lost, time, visible)
         matched: list[int | None] = [None] * len(boxes)
         _greedy(np.where(held[:, None], -np.inf, visible), matched)
+        steps = [
+            _centre(boxes[i]) - _centre(self._tracks[index].box)
+            for i, index in enumerate(matched)
+            if index is not None
+        ]
+        if steps and time > self._tracks[0].seen:
+            self._scene.follow(steps, time - self._tracks[0].seen, time, self.options.d_cutoff)
         left = [i for i, index in enumerate(matched) if index is None]
         for i, index in zip(left, self._match_lost(boxes[left], landmarks[left], lost, time), strict=True):
             matched[i] = None if index is None else len(self._tracks) + index
@@ -275,6 +338,10 @@ class FaceTracker:
                     track.filter = OneEuroFilter(self.options)
                 self._moved(track, boxes[i], time)
                 track.box, track.landmarks, track.seen = boxes[i], landmarks[i], time
+            track.scene = self._scene.at(time)
+            own = np.zeros(2) if track.velocity is None else track.velocity
+            drift = float(np.linalg.norm(own - self._scene.velocity)) / face_size(track.landmarks)
+            track.with_scene = drift <= _WITH_SCENE
             smoothed = track.filter(landmarks[i], time)
             out[i] = smoothed if self.smooth else landmarks[i]
             tracks.append(track)
@@ -296,7 +363,39 @@ def _ahead(tracks: list[_Track], time: float, last_step: bool = False) -> list[t
     shifts = [
         np.zeros(2) if v is None else v * (time - t.seen) for t, v in zip(tracks, velocities, strict=True)
     ]
+    return _shifted(tracks, shifts)
+
+
+def _shifted(tracks: list[_Track], shifts: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each track's last detected box and landmarks, moved by its shift (pixels)."""
     return [(t.box[:4] + np.tile(d, 2), t.landmarks + d) for t, d in zip(tracks, shifts, strict=True)]
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    """The centre of a box (x1, y1, x2, y2, ...)."""
+    return (box[:2] + box[2:4]) / 2
+
+
+def _distance(landmarks: np.ndarray, places: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Mean distance of each detection's landmarks (N, 5, 2) from each place's, in the place's face sizes."""
+    at = np.stack([points for _, points in places])
+    sizes = np.array([face_size(points) for points in at])
+    return np.linalg.norm(landmarks[:, None] - at[None], axis=-1).mean(axis=-1) / sizes
+
+
+def _count(score: np.ndarray) -> int:
+    """How many pairs :func:`_greedy` makes of ``score``."""
+    matched: list[int | None] = [None] * len(score)
+    _greedy(score.copy(), matched)
+    return sum(index is not None for index in matched)
+
+
+_WITH_SCENE = 3.0
+"""How much faster than the scene (face sizes per second) a face moving with it may move: its head's sway
+(a 5 px sway at 1 Hz of a face 20 px tall is 1.5), not a walk across it (about 14)."""
+
+_ANCHORS = 4
+"""How many lost faces, the last seen, :meth:`FaceTracker._common_shift` tries each detection on."""
 
 
 def _greedy(score: np.ndarray, matched: list[int | None]) -> None:

@@ -189,7 +189,8 @@ def _track_ids(frames: list[dict[str, tuple[float, float]]]) -> dict[str, set[in
     ids_of: dict[str, set[int]] = {}
     for i, shown in enumerate(frames):
         boxes = np.array([[x - 40, y - 40, x + 40, y + 40, 1] for x, y in shown.values()], np.float32)
-        _, ids = tracker.update(boxes, np.stack([_still_face(c, 80) for c in shown.values()]), i / 25)
+        landmarks = np.array([_still_face(c, 80) for c in shown.values()], np.float32)
+        _, ids = tracker.update(boxes.reshape(-1, 5), landmarks.reshape(-1, 5, 2), i / 25)
         for face, track in zip(shown, ids, strict=True):
             ids_of.setdefault(face, set()).add(track)
     return ids_of
@@ -283,6 +284,41 @@ def test_a_face_missed_just_after_it_began_to_move_fast_keeps_its_track() -> Non
         boxes = np.array([[x - 40, 60, x + 40, 140, 1] for x in shown], np.float32).reshape(-1, 5)
         seen.update(tracker.update(boxes, np.array([_still_face((x, 100), 80) for x in shown]), i / 25)[1])
     assert len(seen) == 1, seen
+
+
+def test_faces_missed_as_a_pan_begins_are_found_where_the_pan_took_them() -> None:
+    """Three faces in a row, the camera starting to pan at 10 px a frame while the detector misses them all
+    for 6 frames (motion blur): each came back 60 px along, nearer its right-hand neighbour's last place, and
+    took its number. Faces lost together are found again where one shift of the whole scene lands them."""
+    frames = []
+    for i in range(30):
+        x = 10 * max(i - 10, 0)
+        faces = {"a": (100 + x, 100), "b": (190 + x, 100), "c": (280 + x, 110)}
+        frames.append({} if 10 <= i < 16 else faces)
+    _assert_one_track_each(_track_ids(frames))
+
+
+def test_a_face_missed_while_the_camera_pans_is_found_where_the_scene_moved() -> None:
+    """Two faces, the camera panning at 10 px a frame; one is missed for 8 frames meanwhile (turned away),
+    the other seen: still when it was lost, it came back 70 px from its last place, as a new person. A face
+    missed is also looked for where the faces seen have moved since (the scene's motion)."""
+    frames = []
+    for i in range(30):
+        x = 10 * max(i - 10, 0)
+        faces = {"a": (100 + x, 100), "b": (190 + x, 100)}
+        frames.append({"b": faces["b"]} if 8 <= i < 16 else faces)
+    _assert_one_track_each(_track_ids(frames))
+
+
+def test_a_face_that_left_while_another_walked_is_not_looked_for_on_the_walkers_way() -> None:
+    """A sits still and leaves while B walks past at 12 px a frame; 0.2 s later C shows up 80 px right of
+    where A sat. The scene's motion is what the faces seen share, here B's walk alone: A, who did not move
+    with it, is not looked for where it would have carried A (else C, found there, took A's number)."""
+    frames = []
+    for i in range(16):
+        faces = {"a": (100, 100), "b": (300 + 12 * i, 100)} if i < 5 else {"b": (300 + 12 * i, 100)}
+        frames.append({**faces, "c": (180, 100)} if i >= 10 else faces)
+    _assert_one_track_each(_track_ids(frames))
 
 
 def _track_frames(sides: list[dict[int, float]]) -> list[FrameFaces]:
