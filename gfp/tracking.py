@@ -147,9 +147,10 @@ class _Track:
     scene: np.ndarray = field(default_factory=lambda: np.zeros(2))
     """Where the scene was (:meth:`_Scene.at`) when it was last detected."""
     with_scene: bool = True
-    """Whether it moved with the scene then (within :data:`_WITH_SCENE`): missed, it is looked for where the
-    scene has moved since only if so. Two people crossing, the one seen alone was the scene's motion, and
-    the one hidden was looked for on its way (whose number it took)."""
+    """Whether it moved with the scene then (within :data:`_WITH_SCENE`; a face seen once, whose motion is
+    not known, is taken to: most faces coming into sight during a pan are still in the scene): missed, it is
+    looked for where the scene has moved since only if so. Two people crossing, the one seen alone was the
+    scene's motion, and the one hidden was looked for on its way (whose number it took)."""
 
 
 @dataclass
@@ -163,10 +164,13 @@ class _Scene:
     time: float = 0.0
 
     def follow(self, steps: list[np.ndarray], dt: float, time: float, d_cutoff: float) -> None:
-        """Move by the median of the ``steps`` the faces seen made in the ``dt`` seconds up to ``time``."""
+        """Move by the median of the ``steps`` the faces seen made in the ``dt`` seconds up to ``time``, from
+        where it was carried on to (dropped, the motion carried through frames with no face seen twice in a
+        row was lost: a face lost before them was looked for short of where the pan had taken it)."""
         step = np.median(steps, axis=0)
+        self.shift = self.at(time - dt) + step
         self.velocity = self.velocity + _alpha(d_cutoff, dt) * (step / dt - self.velocity)
-        self.shift, self.time = self.shift + step, time
+        self.time = time
 
     def at(self, time: float) -> np.ndarray:
         """Where the scene is at ``time``: carried on at its velocity through frames where no face moved in
@@ -219,7 +223,7 @@ class FaceTracker:
         score = self._score(boxes, landmarks, _places(tracks))
         for places in (_ahead(tracks, time), _shifted(tracks, moved)):
             score = np.maximum(score, self._score(boxes, landmarks, places))
-        common = self._common_shift(landmarks, tracks, moved, score)
+        common = self._common_shift(landmarks, tracks, moved, score, time)
         if common is not None:
             shifted = _shifted(tracks, [shift + common for shift in moved])
             score = np.maximum(score, self._score(boxes, landmarks, shifted))
@@ -231,19 +235,28 @@ class FaceTracker:
         return matched
 
     def _common_shift(
-        self, landmarks: np.ndarray, tracks: list[_Track], moved: list[np.ndarray], score: np.ndarray
+        self,
+        landmarks: np.ndarray,
+        tracks: list[_Track],
+        moved: list[np.ndarray],
+        score: np.ndarray,
+        time: float,
     ) -> np.ndarray | None:
         """A shift of the whole scene, beyond ``moved`` (each track's shift so far), that lands more lost
         faces within ``match_distance`` of detections at once than ``score`` matches, and at least two: a
         pan that began while the detector missed every face (motion blur), which moved each toward the
         place of its neighbour, whose number it took. Tried: each detection on one of the lost faces seen
-        last (:data:`_ANCHORS`, to bound the work of a crowd)."""
-        if len(tracks) < 2 or len(landmarks) < 2:
-            return None
+        last (:data:`_ANCHORS`, to bound the work of a crowd), within the reach of a pan by ``time``
+        (:data:`_PAN_SPEED`): a cut to other people framed alike, elsewhere, is no pan."""
         best, found = max(_count(score), 1), None
+        if best >= min(len(tracks), len(landmarks)):  # none could land more
+            return None
         anchors = sorted(range(len(tracks)), key=lambda i: -tracks[i].seen)[:_ANCHORS]
         for i in anchors:
+            reach = _PAN_SPEED * (time - tracks[i].seen) * face_size(tracks[i].landmarks)
             for shift in (landmarks - (tracks[i].landmarks + moved[i])).mean(axis=1):
+                if np.linalg.norm(shift) > reach:
+                    continue
                 near = _distance(landmarks, _shifted(tracks, [m + shift for m in moved]))
                 fits = _count(np.where(near <= self.options.match_distance, -near, -np.inf))
                 if fits > best:
@@ -339,9 +352,10 @@ class FaceTracker:
                 self._moved(track, boxes[i], time)
                 track.box, track.landmarks, track.seen = boxes[i], landmarks[i], time
             track.scene = self._scene.at(time)
-            own = np.zeros(2) if track.velocity is None else track.velocity
-            drift = float(np.linalg.norm(own - self._scene.velocity)) / face_size(track.landmarks)
-            track.with_scene = drift <= _WITH_SCENE
+            track.with_scene = track.velocity is None or (
+                float(np.linalg.norm(track.velocity - self._scene.velocity)) / face_size(track.landmarks)
+                <= _WITH_SCENE
+            )
             smoothed = track.filter(landmarks[i], time)
             out[i] = smoothed if self.smooth else landmarks[i]
             tracks.append(track)
@@ -393,6 +407,11 @@ def _count(score: np.ndarray) -> int:
 _WITH_SCENE = 3.0
 """How much faster than the scene (face sizes per second) a face moving with it may move: its head's sway
 (a 5 px sway at 1 Hz of a face 20 px tall is 1.5), not a walk across it (about 14)."""
+
+_PAN_SPEED = 30.0
+"""How fast (face sizes per second) a pan may have moved faces lost together, for
+:meth:`FaceTracker._common_shift` (a 14 px a frame pan of faces 20 px tall is 17): people framed alike
+seen a frame after a cut, some faces away, took the numbers of those before it."""
 
 _ANCHORS = 4
 """How many lost faces, the last seen, :meth:`FaceTracker._common_shift` tries each detection on."""

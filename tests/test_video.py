@@ -310,6 +310,42 @@ def test_a_face_missed_while_the_camera_pans_is_found_where_the_scene_moved() ->
     _assert_one_track_each(_track_ids(frames))
 
 
+def test_the_scene_carried_on_through_frames_with_no_face_keeps_that_motion() -> None:
+    """Two faces; A turns away as the camera starts to pan at 12 px a frame, and the detector misses both
+    for 3 frames meanwhile (motion blur). The scene, carried on at its velocity through those frames, fell
+    back to where it was before them once B was seen twice in a row again, so A was looked for 36 px short
+    of where it came back, as a new person."""
+    frames = []
+    for i in range(20):
+        x = 12 * max(i - 10, 0)
+        faces = {"a": (100 + x, 100), "b": (190 + x, 105)}
+        frames.append({} if 12 <= i < 15 else {"b": faces["b"]} if 9 <= i < 18 else faces)
+    _assert_one_track_each(_track_ids(frames))
+
+
+def test_a_face_seen_once_while_the_camera_pans_is_looked_for_where_the_scene_moved() -> None:
+    """The camera pans at 12 px a frame past two faces; a third comes into sight, is detected once and then
+    missed for 5 frames (motion blur). Its own motion unknown, it was taken as still in the picture, not
+    moving with the scene, and came back 72 px on as a new person."""
+    frames = []
+    for i in range(20):
+        x = 12 * i
+        faces = {"a": (100 + x, 100), "b": (190 + x, 105), "c": (x - 20, 110)}
+        frames.append({k: faces[k] for k in "ab"} if i < 10 or 11 <= i < 16 else faces)
+    _assert_one_track_each(_track_ids(frames))
+
+
+def test_a_cut_to_other_people_framed_alike_elsewhere_gives_them_new_numbers() -> None:
+    """Two people side by side, a frame with no face detected (the cut), then two others framed alike
+    (the same spacing), 150 px right and 60 px lower: one shift of the whole scene landed both lost faces
+    on them, and they took the numbers of the two before the cut. No pan moves faces 4 face sizes a frame."""
+    frames: list[dict[str, tuple[float, float]]] = []
+    for i in range(20):
+        before = {"a": (100, 100), "b": (190, 100)}
+        frames.append(before if i < 10 else {} if i == 10 else {"c": (250, 160), "d": (340, 160)})
+    _assert_one_track_each(_track_ids(frames))
+
+
 def test_a_face_that_left_while_another_walked_is_not_looked_for_on_the_walkers_way() -> None:
     """A sits still and leaves while B walks past at 12 px a frame; 0.2 s later C shows up 80 px right of
     where A sat. The scene's motion is what the faces seen share, here B's walk alone: A, who did not move
