@@ -209,13 +209,13 @@ class FaceTracker:
         self, boxes: np.ndarray, landmarks: np.ndarray, tracks: list[_Track], time: float
     ) -> list[int | None]:
         """For each detection, the index of the lost track it continues (greedy, best match first), or None:
-        each track at its last place, where its motion would have taken it by ``time``, or where the scene's
-        has (a face missed while the camera pans, the other faces seen), or where one shift of the whole scene
-        takes several lost faces onto detections at once (:meth:`_common_shift`); and, for the detections no
-        track continues so, where its last step would have: a face that has just begun to move fast, whose
-        low-passed velocity still lags far behind, came back from a few missed frames as a new person. Only
-        for those, since a still face's wobble sends its last step anywhere (toward the face beside it, whose
-        detection it took where both were missed)."""
+        first where one shift of the whole scene takes several lost faces onto detections at once
+        (:meth:`_common_shift`), then each track at its last place, where its motion would have taken it by
+        ``time``, or where the scene's has (a face missed while the camera pans, the other faces seen); and,
+        for the detections no track continues so, where its last step would have: a face that has just begun
+        to move fast, whose low-passed velocity still lags far behind, came back from a few missed frames as a
+        new person. Only for those, since a still face's wobble sends its last step anywhere (toward the face
+        beside it, whose detection it took where both were missed)."""
         matched: list[int | None] = [None] * len(boxes)
         if not tracks or not len(boxes):
             return matched
@@ -224,14 +224,12 @@ class FaceTracker:
         for places in (_ahead(tracks, time), _shifted(tracks, moved)):
             score = np.maximum(score, self._score(boxes, landmarks, places))
         common = self._common_shift(landmarks, tracks, moved, score, time)
-        if common is not None:
-            shifted = _shifted(tracks, [shift + common for shift in moved])
-            score = np.maximum(score, self._score(boxes, landmarks, shifted))
-        _greedy(score, matched)
-        score = self._score(boxes, landmarks, _ahead(tracks, time, last_step=True))
-        score[[i for i, index in enumerate(matched) if index is not None]] = -np.inf
-        score[:, [index for index in matched if index is not None]] = -np.inf
-        _greedy(score, matched)
+        if common is not None:  # first: a pan of one spacing lands each face on its neighbour's last place
+            _greedy(self._landing(landmarks, _shifted(tracks, [shift + common for shift in moved])), matched)
+        _greedy(_unmatched(score, matched), matched)
+        _greedy(
+            _unmatched(self._score(boxes, landmarks, _ahead(tracks, time, last_step=True)), matched), matched
+        )
         return matched
 
     def _common_shift(
@@ -257,11 +255,16 @@ class FaceTracker:
             for shift in (landmarks - (tracks[i].landmarks + moved[i])).mean(axis=1):
                 if np.linalg.norm(shift) > reach:
                     continue
-                near = _distance(landmarks, _shifted(tracks, [m + shift for m in moved]))
-                fits = _count(np.where(near <= self.options.match_distance, -near, -np.inf))
+                fits = _count(self._landing(landmarks, _shifted(tracks, [m + shift for m in moved])))
                 if fits > best:
                     best, found = fits, shift
         return found
+
+    def _landing(self, landmarks: np.ndarray, places: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """How well each detection lands on each place, by the distance of their landmarks alone (-inf beyond
+        ``match_distance``): the test of a shift of the whole scene, which keeps the faces' layout."""
+        near = _distance(landmarks, places)
+        return np.where(near <= self.options.match_distance, -near, -np.inf)
 
     def _held_back(
         self, boxes: np.ndarray, landmarks: np.ndarray, lost: list[_Track], time: float, visible: np.ndarray
@@ -395,6 +398,14 @@ def _distance(landmarks: np.ndarray, places: list[tuple[np.ndarray, np.ndarray]]
     at = np.stack([points for _, points in places])
     sizes = np.array([face_size(points) for points in at])
     return np.linalg.norm(landmarks[:, None] - at[None], axis=-1).mean(axis=-1) / sizes
+
+
+def _unmatched(score: np.ndarray, matched: list[int | None]) -> np.ndarray:
+    """``score`` without the detections (rows) and the tracks (columns) that ``matched`` pairs already."""
+    score = score.copy()
+    score[[i for i, index in enumerate(matched) if index is not None]] = -np.inf
+    score[:, [index for index in matched if index is not None]] = -np.inf
+    return score
 
 
 def _count(score: np.ndarray) -> int:

@@ -346,6 +346,20 @@ def test_a_cut_to_other_people_framed_alike_elsewhere_gives_them_new_numbers() -
     _assert_one_track_each(_track_ids(frames))
 
 
+def test_faces_a_pan_moved_one_spacing_along_a_row_are_not_taken_for_their_neighbours() -> None:
+    """Four faces in a row 90 px apart, the camera panning 90 px left while the detector misses them all:
+    each came back exactly where its left-hand neighbour had been. One shift of the whole scene explained all
+    four, but each face's neighbour, at its last place, continued its detection as well, and the order of
+    the detections decided: each took its neighbour's number. The faces the shift lands are matched first."""
+    frames = []
+    for i in range(24):
+        x = -18 * min(max(i - 10, 0), 5)
+        order = "abcd" if i < 10 else "dcba"  # the detector's order changes
+        faces = {k: (300 + 90 * "abcd".index(k) + x, 100) for k in order}
+        frames.append({} if 10 <= i < 15 else faces)
+    _assert_one_track_each(_track_ids(frames))
+
+
 def test_a_face_that_left_while_another_walked_is_not_looked_for_on_the_walkers_way() -> None:
     """A sits still and leaves while B walks past at 12 px a frame; 0.2 s later C shows up 80 px right of
     where A sat. The scene's motion is what the faces seen share, here B's walk alone: A, who did not move
