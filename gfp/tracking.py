@@ -13,10 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from gfp.checks import is_real
+
+T = TypeVar("T", float, np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,12 @@ class SmoothingOptions:
                 raise ValueError(f"{name} must be a number {limits}, got {value!r}")
 
 
-def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
-    """Smoothing factor of a first-order low-pass filter with this cutoff over a step of ``dt`` seconds."""
-    tau = 1.0 / (2.0 * math.pi * cutoff)
-    return 1.0 / (1.0 + tau / dt)
+def _low_pass(value: T, target: T, cutoff: float, dt: float) -> T:
+    """One step of ``dt`` seconds of a first-order low-pass filter with this cutoff (Hz) from ``value``
+    toward ``target``: the landmarks' and speed's of the One-Euro filter, a track's and the scene's
+    velocity."""
+    alpha = 1.0 / (1.0 + 1.0 / (2.0 * math.pi * cutoff) / dt)
+    return value + alpha * (target - value)
 
 
 def face_size(landmarks: np.ndarray) -> float:
@@ -104,9 +109,9 @@ class OneEuroFilter:
         self._heading, self._seen = (points - self._seen) / dt, points.copy()
         scale = face_size(points)
         raw_speed = float(np.linalg.norm(points - self._value, axis=-1).mean()) / scale / dt
-        self._speed += _alpha(self.options.d_cutoff, dt) * (raw_speed - self._speed)
+        self._speed = _low_pass(self._speed, raw_speed, self.options.d_cutoff, dt)
         cutoff = self.options.min_cutoff + self.options.beta * abs(self._speed)
-        self._value = self._value + _alpha(cutoff, dt) * (points - self._value)
+        self._value = _low_pass(self._value, points, cutoff, dt)
         self._time = time
         return self._value.copy()
 
@@ -169,7 +174,7 @@ class _Scene:
         row was lost: a face lost before them was looked for short of where the pan had taken it)."""
         step = np.median(steps, axis=0)
         self.shift = self.at(time - dt) + step
-        self.velocity = self.velocity + _alpha(d_cutoff, dt) * (step / dt - self.velocity)
+        self.velocity = _low_pass(self.velocity, step / dt, d_cutoff, dt)
         self.time = time
 
     def at(self, time: float) -> np.ndarray:
@@ -305,9 +310,7 @@ class FaceTracker:
         if track.velocity is None:
             track.velocity = track.step
         else:
-            track.velocity = track.velocity + _alpha(self.options.d_cutoff, dt) * (
-                track.step - track.velocity
-            )
+            track.velocity = _low_pass(track.velocity, track.step, self.options.d_cutoff, dt)
 
     def update(self, boxes: np.ndarray, landmarks: np.ndarray, time: float) -> tuple[np.ndarray, list[int]]:
         """Track one frame's detections (boxes (N, >=4), landmarks (N, 5, 2)) seen at ``time`` seconds.
